@@ -1,0 +1,81 @@
+"""Cost model (DESIGN.md): every duration the planner and the simulator use, in seconds.
+
+forward on node n   = compute_s_per_sample_per_layer[n] x layers_per_stage x samples
+backward            = backward_factor x forward
+loss at the origin  = loss_factor x forward
+link i -> j         = latency + bytes / bandwidth + per_hop_overhead  (same location: local link)
+averaging in stage  = ring all-reduce over the stage's slowest link of its parameter bytes
+
+Messages on one directed link queue: the link is busy for `bytes / bandwidth` per message
+(`serialization_s`), and latency plus overhead are added after (`propagation_s`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from .scenario import Scenario
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Durations for one scenario; node ids index the scenario's nodes."""
+
+    scenario: Scenario
+
+    @cached_property
+    def activation_bytes(self) -> int:
+        """Bytes of one microbatch's activations (and of its gradient) on the wire."""
+        m, p = self.scenario.model, self.scenario.pipeline
+        return m.activation_dtype_bytes * m.d_model * m.ctx_tokens * p.samples_per_microbatch
+
+    def forward_s(self, node: int) -> float:
+        n = self.scenario.nodes[node]
+        return (n.compute_s_per_sample_per_layer * self.scenario.layers_per_stage
+                * self.scenario.pipeline.samples_per_microbatch)
+
+    def backward_s(self, node: int) -> float:
+        return self.scenario.costs.backward_factor * self.forward_s(node)
+
+    def loss_s(self, node: int) -> float:
+        return self.scenario.costs.loss_factor * self.forward_s(node)
+
+    def op_s(self, kind: str, node: int) -> float:
+        """Duration of one operation: kind 'F' (forward), 'L' (loss) or 'B' (backward)."""
+        return {"F": self.forward_s, "L": self.loss_s, "B": self.backward_s}[kind](node)
+
+    def serialization_s(self, src: int, dst: int, nbytes: int | None = None) -> float:
+        """Time the directed link src -> dst is busy sending one message."""
+        if src == dst:
+            return 0.0
+        b = self.activation_bytes if nbytes is None else nbytes
+        return b / self.scenario.link(src, dst).bandwidth_bytes_per_s
+
+    def propagation_s(self, src: int, dst: int) -> float:
+        """Latency plus per-hop overhead, added after serialization (no link is busy then)."""
+        if src == dst:
+            return 0.0
+        return self.scenario.link(src, dst).latency_s + self.scenario.costs.per_hop_overhead_s
+
+    def link_s(self, src: int, dst: int, nbytes: int | None = None) -> float:
+        """Transfer time of one message on an idle link."""
+        return self.serialization_s(src, dst, nbytes) + self.propagation_s(src, dst)
+
+    def stage_param_bytes(self, stage: int) -> int:
+        m = self.scenario.model
+        params = m.layer_params() * self.scenario.layers_per_stage
+        if stage == 0:
+            params += m.head_params()
+        return params * m.param_dtype_bytes
+
+    def averaging_s(self, stage: int, nodes: list[int] | tuple[int, ...]) -> float:
+        """Ring all-reduce of the stage's gradients among `nodes`: 2(n-1) steps, each moving
+        1/n of the parameter bytes over the slowest link in the group (the ring's bottleneck)."""
+        n = len(nodes)
+        if n <= 1:
+            return 0.0
+        pairs = [(a, b) for a in nodes for b in nodes if a < b]
+        slowest_bw = min(self.scenario.link(a, b).bandwidth_bytes_per_s for a, b in pairs)
+        worst_latency = max(self.scenario.link(a, b).latency_s for a, b in pairs)
+        chunk = self.stage_param_bytes(stage) / n
+        return 2 * (n - 1) * (chunk / slowest_bw + worst_latency)

@@ -1,0 +1,7 @@
+"""User-facing errors: commands print them as one line and exit with code 2."""
+
+
+class SkipPipeError(Exception):
+    """Bad input (settings, schedule, infeasible constraints, a dead peer, a busy port)."""
+
+    exit_code = 2
