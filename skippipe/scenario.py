@@ -124,6 +124,7 @@ class Scenario:
     network: Network
     nodes: tuple[Node, ...]
     extra: dict = field(default_factory=dict, compare=False, hash=False)  # optional sections
+    overrides: dict = field(default_factory=dict, compare=False, hash=False)  # "section.key" -> value
 
     @property
     def layers_per_stage(self) -> int:
@@ -309,10 +310,22 @@ def _read_toml(path: Path) -> dict:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Parse and validate a settings file. Raises ScenarioError naming the file and key."""
+def _apply_overrides(path, raw: dict, overrides: dict) -> None:
+    """Set "section.key" values (e.g. from the command line) before validation."""
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if not key or not isinstance(raw.get(section, {}), dict):
+            raise _fail(path, dotted, "override must name section.key")
+        raw.setdefault(section, {})[key] = value
+
+
+def load_scenario(path: str | Path, overrides: dict | None = None) -> Scenario:
+    """Parse and validate a settings file, with optional "section.key" overrides.
+    Raises ScenarioError naming the file and key."""
     path = Path(path)
     raw = _read_toml(path)
+    overrides = dict(overrides or {})
+    _apply_overrides(path, raw, overrides)
     unknown = sorted(set(raw) - _SECTIONS)
     if unknown:
         raise _fail(path, unknown[0], f"unknown section (known: {', '.join(sorted(_SECTIONS))})")
@@ -335,7 +348,7 @@ def load_scenario(path: str | Path) -> Scenario:
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
     name = raw.get("name", path.stem)
     return Scenario(name, str(path), digest[:16], model, pipeline, costs, training, network,
-                    nodes, extra)
+                    nodes, extra, overrides)
 
 
 def _check_consistency(path, model: ModelConfig, p: PipelineConfig, nodes) -> None:

@@ -109,6 +109,7 @@ class Schedule:
     scenario_path: str
     allocation: tuple[tuple[int, ...], ...]  # stage -> node ids
     variants: dict[str, VariantSchedule]
+    scenario_overrides: dict = field(default_factory=dict)  # "section.key" -> value
     schema_version: int = SCHEMA_VERSION
 
     def stage_of(self) -> dict[int, int]:
@@ -126,7 +127,8 @@ class Schedule:
 def to_dict(s: Schedule) -> dict:
     return {
         "schema_version": s.schema_version,
-        "scenario": {"name": s.scenario_name, "hash": s.scenario_hash, "path": s.scenario_path},
+        "scenario": {"name": s.scenario_name, "hash": s.scenario_hash, "path": s.scenario_path,
+                     "overrides": dict(s.scenario_overrides)},
         "allocation": {"stages": [list(nodes) for nodes in s.allocation]},
         "variants": {name: _variant_dict(v) for name, v in s.variants.items()},
     }
@@ -181,7 +183,7 @@ def _from_dict(d: dict) -> Schedule:
     sc = d["scenario"]
     return Schedule(str(sc["name"]), str(sc["hash"]), str(sc.get("path", "")),
                     tuple(tuple(_int(n) for n in nodes) for nodes in d["allocation"]["stages"]),
-                    variants)
+                    variants, dict(sc.get("overrides", {})))
 
 
 def _int(x) -> int:
@@ -224,7 +226,7 @@ def load_schedule(path: str | Path, scenario: Scenario | None = None,
     if scenario is None:
         if not sched.scenario_path or not Path(sched.scenario_path).is_file():
             raise ScheduleError(f"{path}: scenario file {sched.scenario_path!r} not found")
-        scenario = load_scenario(sched.scenario_path)
+        scenario = load_scenario(sched.scenario_path, sched.scenario_overrides)
     if scenario.content_hash != sched.scenario_hash:
         raise ScheduleError(f"{path}: made for scenario {sched.scenario_name} hash "
                             f"{sched.scenario_hash}, settings now hash {scenario.content_hash}: re-plan")

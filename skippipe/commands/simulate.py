@@ -1,0 +1,98 @@
+"""Simulate one iteration of each variant of a schedule: times, node utilisation, timelines."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..schedule import VARIANTS, load_schedule
+from ..simulate import SimResult, simulate
+from ..timeline import chrome_trace, gantt_png, write_jsonl
+
+HELP = "simulate a schedule's variants: iteration time, busy/idle/waiting, Gantt and traces"
+BASELINE = "baseline"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("schedule", help="schedule JSON, e.g. schedules/tiny.json")
+    p.add_argument("--variant", choices=VARIANTS, action="append", metavar="VARIANT",
+                   help=f"variant to simulate, repeatable (default: all in the file; one of "
+                        f"{', '.join(VARIANTS)})")
+    p.add_argument("--fcfs", action="store_true",
+                   help="ignore the planned per-node order: first come first served")
+    p.add_argument("--per-node", action="store_true", help="also print each node's times")
+    p.add_argument("--gantt", metavar="PNG", help="write a Gantt chart, one panel per variant")
+    p.add_argument("--timeline", metavar="JSONL",
+                   help="write the events (one file per variant when several: NAME.VARIANT.jsonl)")
+    p.add_argument("--trace", metavar="JSON",
+                   help="write a Chrome trace (one file per variant when several)")
+
+
+def run(args: argparse.Namespace) -> int:
+    sched, scenario = load_schedule(args.schedule)
+    names = list(dict.fromkeys(args.variant)) if args.variant else list(sched.variants)
+    for name in names:
+        sched.variant(name)  # unknown variant -> ScheduleError
+    use_order = not args.fcfs
+    results = {n: simulate(sched, n, scenario, use_order) for n in names}
+    base = results.get(BASELINE)
+    if base is None and BASELINE in sched.variants:
+        base = simulate(sched, BASELINE, scenario, use_order)
+    mode = "first come first served" if args.fcfs else "planned order where present"
+    print(f"schedule {args.schedule} (scenario {sched.scenario_name}, {mode})")
+    predicted = {n: sched.variants[n].predicted for n in names}
+    print(format_table(summary_rows(results, base, predicted)))
+    if args.per_node:
+        for name, r in results.items():
+            print(f"\n{name}:")
+            print(format_table(node_rows(r)))
+    _write_outputs(args, results)
+    return 0
+
+
+def summary_rows(results: dict[str, SimResult], base: SimResult | None,
+                 predicted: dict[str, dict[str, float]]) -> list[list[str]]:
+    """Header + one row per variant: times in seconds, mean fractions over nodes."""
+    rows = [["variant", "order", "iteration_s", "makespan_s", "predicted_s", "busy", "idle",
+             "waiting", "vs baseline"]]
+    for name, r in results.items():
+        pred = predicted.get(name, {}).get("iteration_s")
+        ratio = f"{r.iteration_s / base.iteration_s:.3f}" if base and base.iteration_s > 0 else "-"
+        rows.append([name, "planned" if r.used_order else "fcfs", f"{r.iteration_s:.3f}",
+                     f"{r.makespan_s:.3f}", "-" if pred is None else f"{pred:.3f}",
+                     f"{r.mean_fraction('busy'):.1%}", f"{r.mean_fraction('idle'):.1%}",
+                     f"{r.mean_fraction('waiting'):.1%}", ratio])
+    return rows
+
+
+def node_rows(r: SimResult) -> list[list[str]]:
+    """Header + one row per node of one result (seconds)."""
+    rows = [["node", "stage", "ops", "busy_s", "averaging_s", "waiting_s", "idle_s"]]
+    for s in r.per_node:
+        rows.append([str(s.node), str(s.stage), str(s.n_ops), f"{s.busy_s:.3f}",
+                     f"{s.averaging_s:.3f}", f"{s.waiting_s:.3f}", f"{s.idle_s:.3f}"])
+    return rows
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+def _write_outputs(args: argparse.Namespace, results: dict[str, SimResult]) -> None:
+    several = len(results) > 1
+    for name, r in results.items():
+        if args.timeline:
+            out = write_jsonl(r.events, _per_variant(args.timeline, name, several))
+            print(f"timeline -> {out}")
+        if args.trace:
+            print(f"trace -> {chrome_trace(r.events, _per_variant(args.trace, name, several))}")
+    if args.gantt:
+        panels = [(f"{name}: {'planned order' if r.used_order else 'fcfs'}, iteration "
+                   f"{r.iteration_s:.3f} s", r.events) for name, r in results.items()]
+        print(f"gantt -> {gantt_png(panels, args.gantt)}")
+
+
+def _per_variant(path: str, variant: str, several: bool) -> Path:
+    p = Path(path)
+    return p.with_name(f"{p.stem}.{variant}{p.suffix}") if several else p

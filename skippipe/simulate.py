@@ -1,0 +1,375 @@
+"""Event simulator: one training iteration of one variant of a schedule, in seconds.
+
+Semantics (shared with the CP-SAT planner and the distributed runtime):
+
+* A microbatch runs F at hops 0..k-1, L (loss) at its origin, then B at hops k-1..0; durations
+  come from `Costs.op_s`.
+* Between consecutive operations on different nodes one message of `Costs.activation_bytes`
+  travels on the directed link (src, dst). The link is a FIFO server, busy for
+  `Costs.serialization_s` per message in order of hand-off time (ties: sending node, then
+  microbatch, kind, hop); the message arrives `Costs.propagation_s` after its serialization ends.
+* A node runs one operation at a time. With a planned per-node order (and `use_order`) it runs
+  exactly that order; otherwise first come first served by arrival time, ties: B, then L, then
+  F, then the lower microbatch id, then the lower hop.
+* A node has `memory_slots` activation slots: an F takes one when it starts, the B of the same
+  (microbatch, hop) frees it when it ends. An F without a free slot cannot start.
+* Every microbatch's F at hop 0 is ready at t = 0 at its origin.
+* Each stage averages its gradients for `Costs.averaging_s` as soon as all of its nodes have
+  finished all their operations; the iteration ends when the last stage's averaging ends.
+
+A deadlock (operations left, no event pending) raises `SimulationError` naming the stuck nodes.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+from .costs import Costs
+from .errors import SkipPipeError
+from .scenario import Scenario
+from .schedule import Op, Schedule, VariantSchedule, expected_ops
+
+log = logging.getLogger(__name__)
+
+KIND_RANK = {"B": 0, "L": 1, "F": 2}  # FCFS tie-break among ops that arrived at the same time
+SIMULTANEOUS_S = 1e-9  # events closer than this (float noise) are handled as one instant
+MAX_LISTED = 4  # ops / slot holders named per node in a deadlock message
+_END, _ARRIVE = 0, 1  # event classes; within one instant ends are handled before arrivals
+
+OpKey = tuple[str, int, int]  # (kind, microbatch, hop)
+
+
+class SimulationError(SkipPipeError):
+    """The schedule cannot run to completion (deadlock) or its order is inconsistent."""
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    """Where one node's time went over [0, iteration_s], in seconds.
+
+    busy_s + averaging_s + waiting_s + idle_s == iteration_s. waiting_s is time not running
+    while an arrived operation could not start (memory full, or not next in the planned order).
+    """
+
+    node: int
+    stage: int
+    busy_s: float  # running F, L, B
+    averaging_s: float  # gradient averaging of its stage
+    waiting_s: float
+    idle_s: float
+    n_ops: int
+
+    def fractions(self, total_s: float) -> dict[str, float]:
+        """busy/averaging/waiting/idle as fractions of `total_s` (0 when total_s is 0)."""
+        scale = 1.0 / total_s if total_s > 0 else 0.0
+        return {"busy": self.busy_s * scale, "averaging": self.averaging_s * scale,
+                "waiting": self.waiting_s * scale, "idle": self.idle_s * scale}
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """One simulated iteration. Times in seconds from the iteration's start."""
+
+    variant: str
+    used_order: bool  # True when the planned per-node order was followed
+    iteration_s: float  # max over stages of (stage done + averaging)
+    makespan_s: float  # end of the last B at hop 0
+    per_node: tuple[NodeStats, ...]  # indexed by node id
+    events: tuple[dict, ...]  # timeline events (see skippipe/timeline.py), sorted by t
+    averaging_s: tuple[float, ...]  # per stage: duration of its gradient averaging
+    stage_done_s: tuple[float, ...]  # per stage: when its last operation ended
+    # node -> its operations in the order they ran, start_s set: a replayable planned order
+    order: dict[int, tuple[Op, ...]] = field(default_factory=dict)
+
+    def mean_fraction(self, kind: str) -> float:
+        """Mean over nodes of one NodeStats fraction ('busy', 'averaging', 'waiting', 'idle')."""
+        if not self.per_node:
+            return 0.0
+        return sum(s.fractions(self.iteration_s)[kind] for s in self.per_node) / len(self.per_node)
+
+
+def simulate(schedule: Schedule, variant: str, scenario: Scenario, use_order: bool = True,
+             *, iteration: int = 0) -> SimResult:
+    """Simulate one iteration of `variant`; `iteration` only labels the events.
+
+    Raises SimulationError on a deadlock or an order that does not list each op of a node once."""
+    sim = _Simulation(schedule, schedule.variant(variant), scenario, use_order, iteration)
+    result = sim.run()
+    mode = "planned order" if result.used_order else "fcfs"
+    log.debug("simulated %s (%s): iteration %.3f s, makespan %.3f s", variant, mode,
+              result.iteration_s, result.makespan_s)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _NodeState:
+    """Mutable per-node state during one simulation (internal)."""
+
+    stage: int
+    slots_free: int
+    order: tuple[OpKey, ...] | None
+    remaining: int
+    next_index: int = 0
+    running: OpKey | None = None
+    arrived: dict[OpKey, float] = field(default_factory=dict)  # waiting to start -> arrival time
+    held: list[tuple[int, int]] = field(default_factory=list)  # (microbatch, hop) holding slots
+    last_end_s: float = 0.0
+
+
+class _Simulation:
+    """Heap-based event loop over op ends and message arrivals (internal; times in seconds)."""
+
+    def __init__(self, schedule: Schedule, v: VariantSchedule, scenario: Scenario,
+                 use_order: bool, iteration: int):
+        self.schedule, self.v, self.iteration = schedule, v, iteration
+        self.costs = Costs(scenario)
+        self.ordered = use_order and v.order is not None
+        stage_of = schedule.stage_of()
+        wanted = expected_ops(v)
+        self.state = {n.id: _NodeState(stage_of.get(n.id, -1), n.memory_slots,
+                                       self._node_order(n.id, wanted.get(n.id, set())),
+                                       len(wanted.get(n.id, ())))
+                      for n in scenario.nodes}
+        self.heap: list[tuple[float, int, int, int, OpKey]] = []
+        self.seq = itertools.count()
+        self.link_free_s: dict[tuple[int, int], float] = {}
+        self.arrival_s: dict[OpKey, float] = {}
+        self.start_s: dict[OpKey, float] = {}
+        self.events: list[dict] = []
+        self.now = 0.0
+
+    def _node_order(self, node: int, wanted: set[OpKey]) -> tuple[OpKey, ...] | None:
+        if not self.ordered:
+            return None
+        got = tuple((o.kind, o.microbatch, o.hop) for o in self.v.order.get(node, ()))
+        if len(got) != len(set(got)) or set(got) != wanted:
+            raise SimulationError(f"variant {self.v.name}: node {node}'s planned order must list "
+                                  f"each of its {len(wanted)} operations exactly once")
+        return got
+
+    # -- topology ---------------------------------------------------------------------------
+
+    def node_of(self, op: OpKey) -> int:
+        kind, mb, hop = op
+        path = self.v.path(mb)
+        return path.origin if kind == "L" else path.hops[hop].node
+
+    def successor(self, op: OpKey) -> OpKey | None:
+        """The next operation of the same microbatch, or None after B at hop 0."""
+        kind, mb, hop = op
+        last = len(self.v.path(mb).hops) - 1
+        if kind == "F":
+            return ("F", mb, hop + 1) if hop < last else ("L", mb, 0)
+        if kind == "L":
+            return ("B", mb, last)
+        return ("B", mb, hop - 1) if hop > 0 else None
+
+    # -- event loop -------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        for p in self.v.paths:
+            self._push(0.0, _ARRIVE, p.origin, ("F", p.microbatch, 0))
+        while self.heap:
+            batch = self._pop_instant()
+            touched: set[int] = set()
+            for _, _, what, node, op in sorted(batch, key=_batch_key):
+                touched.add(node)
+                if what == _END:
+                    touched |= self._finish(node, op)
+                else:
+                    self._arrive(node, op)
+            for node in sorted(touched):
+                self._dispatch(node)
+        if any(st.remaining for st in self.state.values()):
+            raise SimulationError(self._deadlock_message())
+        return self._result()
+
+    def _push(self, t: float, what: int, node: int, op: OpKey) -> None:
+        heapq.heappush(self.heap, (t, next(self.seq), what, node, op))
+
+    def _pop_instant(self) -> list[tuple]:
+        """All events within SIMULTANEOUS_S of the earliest; `now` becomes the latest of them."""
+        first = heapq.heappop(self.heap)
+        batch = [first]
+        while self.heap and self.heap[0][0] <= first[0] + SIMULTANEOUS_S:
+            batch.append(heapq.heappop(self.heap))
+        self.now = max(self.now, max(e[0] for e in batch))
+        return batch
+
+    def _arrive(self, node: int, op: OpKey) -> None:
+        self.state[node].arrived[op] = self.now
+        self.arrival_s[op] = self.now
+
+    def _finish(self, node: int, op: OpKey) -> set[int]:
+        """An op ended on `node`: free its slot (B), hand its output on. Returns touched nodes."""
+        st = self.state[node]
+        kind, mb, hop = op
+        end = self.start_s[op] + self.costs.op_s(kind, node)
+        st.running, st.remaining, st.last_end_s = None, st.remaining - 1, end
+        if kind == "B":
+            st.held.remove((mb, hop))
+            st.slots_free += 1
+        nxt = self.successor(op)
+        if nxt is None:
+            return set()
+        dst = self.node_of(nxt)
+        if dst == node:
+            self._arrive(node, nxt)
+            return {node}
+        self._send(node, dst, nxt, end)
+        return set()
+
+    def _send(self, src: int, dst: int, op: OpKey, handoff_s: float) -> None:
+        """Queue one message on the directed link src -> dst (FIFO) and schedule its arrival."""
+        wire_start = max(handoff_s, self.link_free_s.get((src, dst), 0.0))
+        wire_end = wire_start + self.costs.serialization_s(src, dst)
+        self.link_free_s[(src, dst)] = wire_end
+        arrive = wire_end + self.costs.propagation_s(src, dst)
+        self._push(arrive, _ARRIVE, dst, op)
+        self.events.append({"t": handoff_s, "node": src, "event": "send", "dst": dst,
+                            "microbatch": op[1], "bytes": self.costs.activation_bytes,
+                            "arrive": arrive, "wire_start": wire_start,
+                            "iteration": self.iteration})
+
+    def _dispatch(self, node: int) -> None:
+        st = self.state[node]
+        if st.running is not None:
+            return
+        op = self._pick(st)
+        if op is None:
+            return
+        kind, mb, hop = op
+        del st.arrived[op]
+        if kind == "F":
+            st.slots_free -= 1
+            st.held.append((mb, hop))
+        if st.order is not None:
+            st.next_index += 1
+        st.running = op
+        self.start_s[op] = self.now
+        dur = self.costs.op_s(kind, node)
+        self._push(self.now + dur, _END, node, op)
+        self.events.append({"t": self.now, "node": node, "event": "op", "kind": kind,
+                            "microbatch": mb, "hop": hop, "stage": st.stage, "dur": dur,
+                            "iteration": self.iteration})
+
+    def _pick(self, st: _NodeState) -> OpKey | None:
+        if st.order is not None:
+            if st.next_index >= len(st.order):
+                return None
+            op = st.order[st.next_index]
+            return op if op in st.arrived and _fits(st, op) else None
+        ready = [op for op in st.arrived if _fits(st, op)]
+        if not ready:
+            return None
+        return min(ready, key=lambda op: (st.arrived[op], KIND_RANK[op[0]], op[1], op[2]))
+
+    # -- outcome ----------------------------------------------------------------------------
+
+    def _deadlock_message(self) -> str:
+        left = sum(st.remaining for st in self.state.values())
+        stuck = [f"node {n}: {self._blocked(st)}" for n, st in sorted(self.state.items())
+                 if st.remaining]
+        mode = "planned order" if self.ordered else "fcfs"
+        return (f"variant {self.v.name} ({mode}): deadlock at t={self.now:.6f}s with {left} "
+                f"operations left; " + "; ".join(stuck))
+
+    def _blocked(self, st: _NodeState) -> str:
+        slots = (f"memory full ({len(st.held)} slots held by "
+                 f"{_listed(f'mb{mb} hop{hop}' for mb, hop in st.held)})")
+        if st.order is not None:
+            op = st.order[st.next_index]
+            why = slots if op in st.arrived else "input not arrived"
+            return f"next in order {_fmt(op)}: {why}"
+        if st.arrived:
+            return f"arrived {_listed(_fmt(op) for op in sorted(st.arrived))}, {slots}"
+        return f"{st.remaining} operations, none arrived"
+
+    def _result(self) -> SimResult:
+        costs, alloc = self.costs, self.schedule.allocation
+        done = tuple(max((self.state[n].last_end_s for n in nodes), default=0.0) for nodes in alloc)
+        avg = tuple(costs.averaging_s(s, nodes) for s, nodes in enumerate(alloc))
+        for s, nodes in enumerate(alloc):
+            for n in nodes:
+                self.events.append({"t": done[s], "node": n, "event": "op", "kind": "AVG",
+                                    "microbatch": None, "hop": None, "stage": s, "dur": avg[s],
+                                    "iteration": self.iteration})
+        iteration_s = max((d + a for d, a in zip(done, avg)), default=0.0)
+        makespan_s = max((self.start_s[("B", p.microbatch, 0)] + costs.op_s("B", p.origin)
+                          for p in self.v.paths), default=0.0)
+        ops_of: dict[int, list[OpKey]] = {n: [] for n in self.state}
+        for op in self.start_s:
+            ops_of[self.node_of(op)].append(op)
+        stats = tuple(self._stats(n, ops_of[n], avg[st.stage] if st.stage >= 0 else 0.0,
+                                  iteration_s) for n, st in sorted(self.state.items()))
+        events = tuple(sorted(self.events, key=lambda e: (e["t"], e["node"])))
+        return SimResult(self.v.name, self.ordered, iteration_s, makespan_s, stats, events,
+                         avg, done, self._run_order())
+
+    def _stats(self, node: int, ops: list[OpKey], averaging_s: float,
+               iteration_s: float) -> NodeStats:
+        busy = sorted((self.start_s[op], self.start_s[op] + self.costs.op_s(op[0], node))
+                      for op in ops)
+        pending = [(self.arrival_s[op], self.start_s[op]) for op in ops]
+        busy_s = sum(e - s for s, e in busy)
+        waiting_s = _waiting_s(pending, busy)
+        idle_s = max(0.0, iteration_s - busy_s - averaging_s - waiting_s)
+        return NodeStats(node, self.state[node].stage, busy_s, averaging_s, waiting_s, idle_s,
+                         len(ops))
+
+    def _run_order(self) -> dict[int, tuple[Op, ...]]:
+        by_node: dict[int, list[Op]] = {}
+        for op, t in sorted(self.start_s.items(), key=lambda item: item[1]):
+            by_node.setdefault(self.node_of(op), []).append(Op(op[0], op[1], op[2], t))
+        return {n: tuple(ops) for n, ops in sorted(by_node.items())}
+
+
+def _batch_key(event: tuple) -> tuple:
+    """Deterministic order inside one instant: ends first, then by node and operation."""
+    _, _, what, node, (kind, mb, hop) = event
+    return what, node, mb, KIND_RANK[kind], hop
+
+
+def _fits(st: _NodeState, op: OpKey) -> bool:
+    return op[0] != "F" or st.slots_free > 0
+
+
+def _fmt(op: OpKey) -> str:
+    kind, mb, hop = op
+    return f"{kind} mb{mb} hop{hop}"
+
+
+def _listed(items) -> str:
+    items = list(items)
+    more = f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return ", ".join(items[:MAX_LISTED]) + more
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted, disjoint union of [start, end) intervals; empty ones are dropped."""
+    out: list[list[float]] = []
+    for s, e in sorted(i for i in intervals if i[1] > i[0]):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def _waiting_s(pending: list[tuple[float, float]], busy: list[tuple[float, float]]) -> float:
+    """Length of (union of pending intervals) minus its overlap with the sorted busy intervals."""
+    merged = _union(pending)
+    total = sum(e - s for s, e in merged)
+    overlap, j = 0.0, 0
+    for s, e in merged:
+        while j < len(busy) and busy[j][1] <= s:
+            j += 1
+        k = j
+        while k < len(busy) and busy[k][0] < e:
+            overlap += max(0.0, min(e, busy[k][1]) - max(s, busy[k][0]))
+            k += 1
+    return max(0.0, total - overlap)
