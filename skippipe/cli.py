@@ -15,6 +15,13 @@ from .errors import SkipPipeError
 COMMANDS = {  # command -> module
     "schedule": "skippipe.commands.schedule",
     "simulate": "skippipe.commands.simulate",
+    "run": "skippipe.commands.run",
+    "node": "skippipe.commands.node",
+    "infer": "skippipe.commands.infer",
+    "infer-node": "skippipe.commands.infer_node",
+    "train": "skippipe.commands.train",
+    "evaluate": "skippipe.commands.evaluate",
+    "measure": "skippipe.commands.measure",
 }
 
 

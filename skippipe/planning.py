@@ -54,7 +54,8 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         v = _make_variant(name, scenario, alloc.stages, opts, progress)
         variants[name] = dataclasses.replace(
             v, provenance=dataclasses.replace(v.provenance, wall_s=round(time.perf_counter() - t0, 3)))
-    sched = Schedule(scenario.name, scenario.content_hash, scenario.source, alloc.stages, variants)
+    sched = Schedule(scenario.name, scenario.content_hash, scenario.source, alloc.stages, variants,
+                     dict(scenario.overrides))
     validate(sched, scenario)
     for name, v in sched.variants.items():
         sim = simulate(sched, name, scenario)
@@ -81,7 +82,7 @@ def summary_rows(sched: Schedule) -> list[dict]:
 
 def format_table(rows: list[dict]) -> str:
     def f(x, spec):
-        return "-" if x is None else format(x, spec)
+        return format(x, spec) if x is not None else format("-", f">{spec.split('.')[0]}")
     lines = [f"{'variant':<15} {'iteration s':>11} {'makespan s':>10} {'vs baseline':>11} "
              f"{'bound s':>8} {'gap':>6} {'solve s':>8}  status"]
     for r in rows:

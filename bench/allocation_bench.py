@@ -1,0 +1,67 @@
+"""Allocation quality and speed: the searched allocation against random ones.
+
+For each settings file: the score (seconds, `skippipe.planner.allocation_score`) of the
+allocation `allocate` finds, against `--samples` uniformly random allocations (median, best,
+and the share of them scoring at or below the found one: 0% = better than every random one),
+plus the round-robin allocation and the search's wall time.
+
+    .venv/bin/python bench/allocation_bench.py [settings/geo-distributed.toml ...]
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from skippipe.planner import (allocate, allocation_score, random_allocation,  # noqa: E402
+                              round_robin_allocation)
+from skippipe.planner.allocation import DEFAULT_TIME_BUDGET_S  # noqa: E402
+from skippipe.scenario import load_scenario  # noqa: E402
+
+DEFAULT_SETTINGS = ["settings/geo-distributed.toml", "settings/hetero-gpus.toml"]
+DEFAULT_SAMPLES = 100  # random allocations to compare with
+
+
+def bench(path: str, samples: int, seed: int, time_budget_s: float) -> dict:
+    scenario = load_scenario(ROOT / path if not Path(path).is_absolute() else path)
+    started = time.monotonic()
+    found = allocate(scenario, seed=seed, time_budget_s=time_budget_s)
+    wall = time.monotonic() - started
+    rng = random.Random(seed)
+    randoms = sorted(allocation_score(scenario, random_allocation(scenario, rng))
+                     for _ in range(samples))
+    at_or_below = sum(score <= found.score_s for score in randoms)
+    return {"scenario": scenario.name, "nodes": len(scenario.nodes), "found": found.score_s,
+            "breakdown": found.breakdown, "median": statistics.median(randoms),
+            "best": randoms[0], "percentile": 100.0 * at_or_below / samples,
+            "round_robin": allocation_score(scenario, round_robin_allocation(scenario)),
+            "wall_s": wall, "moves": found.evaluations, "stages": found.stages}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("settings", nargs="*", default=DEFAULT_SETTINGS)
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-budget-s", type=float, default=DEFAULT_TIME_BUDGET_S)
+    args = parser.parse_args(argv)
+    print(f"{'scenario':<30} {'nodes':>5} {'found_s':>8} {'rand_med':>8} {'rand_best':>9} "
+          f"{'pct':>5} {'rr_s':>8} {'wall_s':>7} {'moves':>6}")
+    for path in args.settings:
+        r = bench(path, args.samples, args.seed, args.time_budget_s)
+        print(f"{r['scenario']:<30} {r['nodes']:>5} {r['found']:>8.2f} {r['median']:>8.2f} "
+              f"{r['best']:>9.2f} {r['percentile']:>4.0f}% {r['round_robin']:>8.2f} "
+              f"{r['wall_s']:>7.2f} {r['moves']:>6}")
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in r["breakdown"].items())
+        print(f"  found: {parts}; stages {[list(s) for s in r['stages']]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Inference with failed nodes: perplexity of a trained run through its live nodes only.
+
+The failed nodes are simply not started. The first live data node streams validation windows
+through one live node of every stage that still has one (a stage with no live node is jumped
+over, as SkipPipe's paths allow), each node runs its stage's layers without gradients, and the
+origin scores the returning activations. The result must agree with single-process evaluation
+with the same stages omitted (evaluate.py), which `python -m skippipe infer` prints beside it.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .data import prepare_data, validation_batches
+from .errors import SkipPipeError
+from .model import STAGE_FILE, Stage, build_stage, load_stage_state, read_checkpoint_info
+from .node import NodeFailure, device_for, pack_path, unpack_path
+from .runconfig import RunConfig
+from .schedule import load_schedule
+from .transport import Transport, TransportError
+from .wire import Kind, Message
+
+log = logging.getLogger(__name__)
+
+TAG_HOP, TAG_PATH_LO, TAG_PATH_HI = 0, 2, 3  # as in node.py's data messages
+
+
+@dataclass(frozen=True)
+class InferencePlan:
+    live: tuple[int, ...]  # nodes running
+    path: tuple[int, ...]  # origin first, then one live node per stage that has one
+    omitted_stages: tuple[int, ...]  # stages without a live node
+    samples: int  # sequences per batch
+    max_batches: int
+
+
+def plan(allocation: tuple[tuple[int, ...], ...], failed: set[int], samples: int,
+         max_batches: int, all_nodes: int) -> InferencePlan:
+    live = tuple(n for n in range(all_nodes) if n not in failed)
+    origins = [n for n in allocation[0] if n not in failed]
+    if not origins:
+        raise SkipPipeError("every data node failed: nothing can run inference")
+    path, omitted = [origins[0]], []
+    for stage, nodes in enumerate(allocation[1:], start=1):
+        alive = [n for n in nodes if n not in failed]
+        if alive:
+            path.append(alive[0])
+        else:
+            omitted.append(stage)
+    return InferencePlan(live, tuple(path), tuple(omitted), samples, max_batches)
+
+
+def load_trained_stage(run_dir: Path, node: int, stage: int, n_stages: int, device) -> Stage:
+    """The node's own saved stage if it has one, else the run's stage file."""
+    ckpt = run_dir / "checkpoint"
+    info = read_checkpoint_info(ckpt)
+    own = ckpt / "nodes" / f"node-{node}" / STAGE_FILE.format(stage=stage)
+    path = own if own.is_file() else ckpt / STAGE_FILE.format(stage=stage)
+    module = build_stage(info.model, stage, n_stages, device)
+    load_stage_state(module, torch.load(path, map_location=device, weights_only=True))
+    return module.eval()
+
+
+class InferenceNode:
+    def __init__(self, cfg: RunConfig, node_id: int, p: InferencePlan):
+        self.cfg, self.id, self.plan = cfg, node_id, p
+        self.schedule, self.sc = load_schedule(cfg.schedule_path)
+        self.stage = self.schedule.stage_of()[node_id]
+        self.device = device_for(node_id)
+        self.module = load_trained_stage(Path(cfg.run_dir), node_id, self.stage,
+                                         self.sc.pipeline.n_stages, self.device)
+        self.info = read_checkpoint_info(Path(cfg.run_dir) / "checkpoint")
+
+    async def run(self) -> dict | None:
+        host, port = self.cfg.peers[self.id]
+        async with Transport(self.id, host, port, self.cfg.peers, Path(self.cfg.run_dir) / "transport") as t:
+            self.t = t
+            await self._hello()
+            if self.id == self.plan.path[0]:
+                result = await self._score()
+                for n in self.plan.live:
+                    if n != self.id:
+                        await t.send(n, Message.from_json(Kind.CONTROL, self.id, {"stop": 1}))
+                return result
+            await self._serve()
+        return None
+
+    async def _hello(self) -> None:
+        others = set(self.plan.live) - {self.id}
+        deadline = time.monotonic() + self.cfg.connect_timeout_s
+        for n in sorted(others):
+            await self.t.send(n, Message.from_json(Kind.CONTROL, self.id, {"hello": 1}),
+                              timeout_s=max(0.1, deadline - time.monotonic()))
+        heard: set[int] = set()
+        self.early: list[Message] = []  # work that arrived before every greeting did
+        while others - heard:
+            msg = await self.t.recv(timeout_s=max(0.1, deadline - time.monotonic()))
+            if msg.kind == Kind.CONTROL and "hello" in msg.json():
+                heard.add(msg.sender)
+            else:
+                self.early.append(msg)
+
+    async def _next(self) -> Message:
+        if self.early:
+            return self.early.pop(0)
+        return await self.t.recv(timeout_s=self.cfg.peer_timeout_s * 10)
+
+    async def _serve(self) -> None:
+        while True:
+            msg = await self._next()
+            if msg.kind == Kind.CONTROL and "stop" in msg.json():
+                return
+            if msg.kind == Kind.FORWARD:
+                with torch.no_grad():
+                    out = self.module.run_layers(msg.to_torch().to(self.device)).cpu()
+                await self._forward(out, msg.tags[TAG_HOP] + 1, msg.microbatch)
+
+    async def _forward(self, h: torch.Tensor, hop: int, batch: int) -> None:
+        path = self.plan.path
+        dst = path[hop] if hop < len(path) else path[0]
+        tags = (hop, 0, *pack_path(path))
+        await self.t.send(dst, Message.from_tensor(Kind.FORWARD, self.id, h, microbatch=batch, tags=tags))
+
+    async def _score(self) -> dict:
+        data = prepare_data(None, self.info.model.vocab_size)
+        batches = validation_batches(data.validation, self.plan.samples, self.info.model.ctx_tokens,
+                                     self.plan.max_batches)
+        nll, tokens = 0.0, 0
+        for i, batch in enumerate(batches):
+            batch = batch.to(self.device)
+            with torch.no_grad():
+                h = self.module.run_layers(self.module.embed(batch[:, :-1])).cpu()
+            await self._forward(h, 1, i)
+            while True:
+                msg = await self._next()
+                if msg.kind == Kind.FORWARD and msg.microbatch == i:
+                    break
+            assert unpack_path(msg.tags[TAG_PATH_LO], msg.tags[TAG_PATH_HI]) == self.plan.path
+            with torch.no_grad():
+                token_nll = self.module.token_nll(msg.to_torch().to(self.device), batch[:, 1:])
+            nll += float(token_nll.sum())
+            tokens += token_nll.numel()
+        return {"nll_sum": nll, "tokens": tokens, "perplexity": math.exp(nll / tokens), **asdict(self.plan)}
+
+
+def node_main(config_path: str, node_id: int, plan_path: str) -> int:
+    from .runconfig import load_config
+    cfg = load_config(config_path)
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    p = InferencePlan(**{k: tuple(v) if isinstance(v, list) else v
+                         for k, v in json.loads(Path(plan_path).read_text()).items()})
+    try:
+        result = asyncio.run(InferenceNode(cfg, node_id, p).run())
+    except (NodeFailure, TransportError, TimeoutError) as e:
+        log.error("[node %d] inference failed: %s", node_id, e)
+        return 1
+    if result is not None:
+        Path(plan_path).with_suffix(".result.json").write_text(json.dumps(result, indent=1))
+    return 0

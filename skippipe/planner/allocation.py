@@ -1,0 +1,535 @@
+"""Node -> stage allocation, aware of links and of node speed.
+
+Objective (seconds; lower is better), DT-FM's communication cost plus a compute term:
+
+    score = averaging_s + pipeline_s + compute_s
+
+* averaging_s: the largest `Costs.averaging_s` over the stages (DT-FM's data-parallel cost:
+  every stage all-reduces its gradients at once, the slowest one ends the iteration).
+* pipeline_s: 2 x the closed tour 0 -> 1 -> ... -> S-1 -> 0 of bottleneck matchings between
+  consecutive stages (DT-FM's pipeline cost; x2 because activations go forward and gradients
+  come back). The bottleneck of two stages is the smallest t such that every node of the larger
+  stage can be paired with a node of the smaller one over a link with `Costs.link_s` <= t,
+  with the smaller stage's nodes taking loads that differ by at most 1 (the baseline's rule).
+* compute_s: the busiest stage's compute time in one iteration. A data node runs forward, loss
+  and backward of its own `microbatches_per_node` microbatches and cannot share them, so stage 0
+  costs its slowest node's work. A later stage gets TC1's even share of forward visits
+  (`schedule.stage_visit_cap`), which a path planner can spread over the stage's nodes in
+  proportion to their speed: visits / sum over nodes of 1 / (forward + backward).
+
+Why the compute term: with identical GPUs it is the same for every allocation, so the optimum is
+exactly DT-FM's; with heterogeneous GPUs it keeps slow nodes out of stage 0 (where nobody can
+take their work) and spreads them so no stage's aggregate throughput falls far below the rest.
+All three terms are seconds on the iteration's critical path, so summing them is meaningful.
+Not modelled: memory slots, link queueing between microbatches, links between non-adjacent
+stages that skipping paths use (the CP-SAT planner sees all of those).
+
+Search: simulated annealing over two moves, swapping two nodes of different stages or the node
+sets of two equal-size stages (stage sizes stay `scenario.pipeline.stage_sizes`), then a
+first-improvement descent; several restarts (the first from the round-robin allocation, the
+others random). The max() terms are flat almost everywhere, so the search minimises a guide:
+the score plus small pulls towards cheaper non-worst stages and towards stages whose nodes sit
+on fast links to each other; the best allocation is chosen by the score itself. Deterministic
+given the seed unless the wall-clock cap `time_budget_s` is reached (logged as a warning).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Callable, Sequence
+
+from ..costs import Costs
+from ..scenario import Scenario
+from ..schedule import stage_visit_cap
+from .paths import PlanningError
+
+log = logging.getLogger(__name__)
+
+Stages = tuple[tuple[int, ...], ...]
+
+DEFAULT_TIME_BUDGET_S = 25.0  # wall-clock cap; the search normally ends on its move budget first
+DEFAULT_RESTARTS = 3  # annealing runs; the first starts from the round-robin allocation
+DEFAULT_MOVES = 8000  # proposed moves per annealing run
+PIPELINE_DIRECTIONS = 2  # each stage boundary is crossed by activations and by gradients
+FIRST_TEMPERATURE_SHARE = 0.04  # first temperature / score of the run's start allocation
+FINAL_TEMPERATURE_RATIO = 0.01  # last temperature / first (geometric cooling)
+STAGE_MOVE_SHARE = 0.2  # share of annealing moves that exchange two whole stages
+TIE_BREAK_WEIGHT = 0.1  # guide: weight of the summed stage costs (not just the worst stage's)
+SPREAD_WEIGHT = 3.0  # guide: weight of the mean link time between nodes of one stage
+TIME_CHECK_EVERY = 64  # moves between wall-clock checks
+SCORE_EPS_S = 1e-9  # differences smaller than this are float noise
+CACHE_MAX_ENTRIES = 200_000  # cost cache is cleared beyond this (~0.5 KB an entry at 120 nodes)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Stage -> sorted node ids, with the score (seconds) and its parts (seconds)."""
+
+    stages: Stages
+    score_s: float
+    breakdown: dict[str, float] = field(default_factory=dict)
+    seed: int | None = None
+    evaluations: int = 0  # moves scored by the search
+    wall_s: float = 0.0
+
+
+def stages_of(allocation: Allocation | Sequence[Sequence[int]]) -> Stages:
+    """The stage -> node ids tuple of an Allocation or of a plain nested sequence."""
+    raw = allocation.stages if isinstance(allocation, Allocation) else allocation
+    return tuple(tuple(int(n) for n in nodes) for nodes in raw)
+
+
+def check_allocation(scenario: Scenario, stages: Stages) -> None:
+    """Raise PlanningError unless stage sizes match the scenario and each node appears once."""
+    sizes = tuple(len(nodes) for nodes in stages)
+    if sizes != scenario.pipeline.stage_sizes:
+        raise PlanningError(f"{scenario.source}: allocation stage sizes {list(sizes)} differ "
+                            f"from pipeline.stage_sizes {list(scenario.pipeline.stage_sizes)}")
+    if sorted(n for nodes in stages for n in nodes) != list(range(len(scenario.nodes))):
+        raise PlanningError(f"{scenario.source}: allocation must place every node exactly once")
+
+
+def _normalise(groups: Sequence[Sequence[int]]) -> Stages:
+    return tuple(tuple(sorted(g)) for g in groups)
+
+
+def random_allocation(scenario: Scenario, rng: random.Random) -> Stages:
+    """A uniformly random allocation with the scenario's stage sizes."""
+    nodes = list(range(len(scenario.nodes)))
+    rng.shuffle(nodes)
+    out, start = [], 0
+    for size in scenario.pipeline.stage_sizes:
+        out.append(nodes[start:start + size])
+        start += size
+    return _normalise(out)
+
+
+def round_robin_allocation(scenario: Scenario) -> Stages:
+    """Deal node ids 0, 1, 2, ... to stages 0, 1, ..., S-1 in turn, skipping full stages."""
+    sizes = scenario.pipeline.stage_sizes
+    groups: list[list[int]] = [[] for _ in sizes]
+    stage = 0
+    for node in range(len(scenario.nodes)):
+        while len(groups[stage]) == sizes[stage]:
+            stage = (stage + 1) % len(sizes)
+        groups[stage].append(node)
+        stage = (stage + 1) % len(sizes)
+    return _normalise(groups)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+
+class _Transport:
+    """Flow from left classes (each sends <= supply) to right classes (each takes <= capacity)
+    over the pairs allowed so far; `fill` may be called again with more pairs allowed."""
+
+    def __init__(self, supply: list[int], capacity: list[int]):
+        self.supply, self.capacity = supply, capacity
+        self.flow = [[0] * len(capacity) for _ in supply]
+        self.sent, self.taken = [0] * len(supply), [0] * len(capacity)
+
+    def fill(self, allowed: list[list[bool]]) -> int:
+        """Raise the flow to the maximum over `allowed` pairs; returns the total flow."""
+        self._greedy(allowed)
+        while (path := self._augmenting_path(allowed)) is not None:
+            self._push(path[0::2], path[1::2])
+        return sum(self.sent)
+
+    def _greedy(self, allowed: list[list[bool]]) -> None:
+        """Direct flow on allowed pairs first: most of it then needs no path search."""
+        for i, row in enumerate(allowed):
+            spare = self.supply[i] - self.sent[i]
+            for j, ok in enumerate(row):
+                if spare == 0:
+                    break
+                room = self.capacity[j] - self.taken[j]
+                if ok and room > 0:
+                    amount = min(spare, room)
+                    self.flow[i][j] += amount
+                    self.taken[j] += amount
+                    spare -= amount
+            self.sent[i] = self.supply[i] - spare
+
+    def _push(self, lefts: list[int], rights: list[int]) -> None:
+        """Send flow up along (lefts[i], rights[i]) and back down along (lefts[i+1], rights[i])."""
+        back = list(zip(lefts[1:], rights))
+        amount = min([self.supply[lefts[0]] - self.sent[lefts[0]],
+                      self.capacity[rights[-1]] - self.taken[rights[-1]]]
+                     + [self.flow[l][r] for l, r in back])
+        for l, r in zip(lefts, rights):
+            self.flow[l][r] += amount
+        for l, r in back:
+            self.flow[l][r] -= amount
+        self.sent[lefts[0]] += amount
+        self.taken[rights[-1]] += amount
+
+    def _augmenting_path(self, allowed: list[list[bool]]) -> list[int] | None:
+        """[left, right, left, ..., right], breadth-first: from a left class with supply to
+        spare to a right class with room, alternating allowed pairs and pairs carrying flow."""
+        left_from = {i: None for i, s in enumerate(self.supply) if self.sent[i] < s}
+        right_from: dict[int, int] = {}
+        queue = deque(left_from)
+        while queue:
+            i = queue.popleft()
+            for j, ok in enumerate(allowed[i]):
+                if ok and j not in right_from:
+                    right_from[j] = i
+                    if self.taken[j] < self.capacity[j]:
+                        return _trace(j, left_from, right_from)
+                    for k, row in enumerate(self.flow):
+                        if row[j] > 0 and k not in left_from:
+                            left_from[k] = j
+                            queue.append(k)
+        return None
+
+
+def _trace(right: int | None, left_from: dict, right_from: dict) -> list[int]:
+    path = []
+    while right is not None:
+        left = right_from[right]
+        path += [right, left]
+        right = left_from[left]
+    return path[::-1]
+
+
+def _smallest_limit(supply: list[int], capacity: list[int], link: list[list[float]],
+                    limits: list[float]) -> float:
+    """The first of the ascending `limits` at which links <= limit carry all of `supply`."""
+    transport = _Transport(supply, capacity)
+    for limit in limits:
+        if transport.fill([[t <= limit for t in row] for row in link]) == sum(supply):
+            return limit
+    raise AssertionError("unreachable: the largest limit allows every link")
+
+
+def bottleneck_s(link: Sequence[Sequence[float]], big: Sequence[int] | None = None,
+                 small: Sequence[int] | None = None) -> float:
+    """Bottleneck balanced matching between two stages, s: the smallest t such that every node
+    of the larger stage can be paired with a node of the smaller one over a link <= t, the
+    smaller stage's nodes taking q or q+1 each (q = larger size // smaller size).
+
+    link[a][b] is the link time between class a of the larger stage (big[a] nodes, default 1)
+    and class b of the smaller one (small[b] nodes, default 1). By the Mendelsohn-Dulmage
+    theorem (on the graph with every node expanded) such a pairing exists iff (a) every
+    larger-stage node fits with loads <= ceil(larger / smaller) and (b) every smaller-stage node
+    can get q; both only get easier as t grows, so t = max(t_a, t_b)."""
+    big = list(big or [1] * len(link))
+    small = list(small or [1] * len(link[0]))
+    link = [list(row) for row in link]
+    q, r = divmod(sum(big), sum(small))
+    lower = max(max(min(row) for row in link),  # each larger-stage node needs one link,
+                max(_kth_smallest(col, big, q * m)  # each smaller-stage node q of them
+                    for col, m in zip(zip(*link), small)))
+    limits = sorted({t for row in link for t in row if t >= lower})
+    t_a = _smallest_limit(big, [(q + (1 if r else 0)) * m for m in small], link, limits)
+    if r == 0:
+        return float(t_a)  # (a) with loads <= q already gives every smaller-stage node exactly q
+    t_b = _smallest_limit([q * m for m in small], big, [list(c) for c in zip(*link)], limits)
+    return float(max(t_a, t_b))
+
+
+def _kth_smallest(values: Sequence[float], counts: Sequence[int], k: int) -> float:
+    """The k-th smallest (k >= 1) of `values` with each repeated `counts` times."""
+    for value, count in sorted(zip(values, counts)):
+        k -= count
+        if k <= 0:
+            return value
+    raise ValueError("k exceeds the number of values")
+
+
+class _Scorer:
+    """Per-stage and per-boundary costs of one scenario. Link costs depend only on how many
+    nodes of each location a stage holds, so they are computed and cached on those counts."""
+
+    def __init__(self, scenario: Scenario):
+        self.costs = c = Costs(scenario)
+        n = len(scenario.nodes)
+        self.place = _classes([node.location for node in scenario.nodes])
+        self.place_link = self._place_link([[c.link_s(i, j) for j in range(n)] for i in range(n)])
+        per_node = scenario.pipeline.microbatches_per_node
+        self.own_work_s = [per_node * (c.forward_s(i) + c.loss_s(i) + c.backward_s(i))
+                           for i in range(n)]
+        self.visit_work_s = [c.forward_s(i) + c.backward_s(i) for i in range(n)]
+        self.stage_visits = stage_visit_cap(scenario, scenario.pipeline.stage_sizes[0] * per_node)
+        self._cache: dict[tuple, float] = {}
+
+    def _place_link(self, link: list[list[float]]) -> list[list[float]]:
+        """Link time between two distinct nodes of locations a and b (0 where there are none)."""
+        k = max(self.place) + 1
+        out = [[0.0] * k for _ in range(k)]
+        for i, row in enumerate(link):
+            for j, t in enumerate(row):
+                if i != j:
+                    out[self.place[i]][self.place[j]] = t
+        return out
+
+    def _cached(self, key: tuple, compute: Callable[[], float]) -> float:
+        if key not in self._cache:
+            if len(self._cache) >= CACHE_MAX_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def signature(self, nodes: Sequence[int]) -> tuple[int, ...]:
+        """The stage's locations, sorted: every link cost of the stage depends only on this."""
+        return tuple(sorted(self.place[n] for n in nodes))
+
+    def _counts(self, signature: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """(location, nodes there) pairs of a signature."""
+        return self._cached(("counts", signature),
+                            lambda: tuple(sorted(Counter(signature).items())))
+
+    def averaging(self, stage: int, nodes: Sequence[int], signature: tuple[int, ...]) -> float:
+        """Gradient all-reduce time of the stage, s. It depends on the stage's size and on the
+        location pairs it holds (slowest link, worst latency), so equal ones share an entry."""
+        def by_pairs() -> float:
+            counts = self._counts(signature)
+            key = ("avg-pairs", stage == 0, len(nodes), tuple(p for p, _ in counts),
+                   any(m > 1 for _, m in counts))
+            return self._cached(key, lambda: self.costs.averaging_s(stage, tuple(nodes)))
+        return self._cached(("avg", stage == 0, signature), by_pairs)
+
+    def compute(self, stage: int, nodes: Sequence[int]) -> float:
+        """Busy time of the stage's compute in one iteration, s (module docstring)."""
+        if stage == 0:
+            return max(self.own_work_s[n] for n in nodes)
+        return self.stage_visits / sum(1.0 / self.visit_work_s[n] for n in nodes)
+
+    def spread(self, signature: tuple[int, ...]) -> float:
+        """Mean link time between two nodes of the stage, s (a guide term only)."""
+        n = len(signature)
+        counts = self._counts(signature)
+        return 0.0 if n < 2 else self._cached(("spread", signature), lambda: sum(
+            ma * (mb - (a == b)) * self.place_link[a][b] for a, ma in counts for b, mb in counts)
+            / (n * (n - 1)))
+
+    def pair(self, a: tuple[int, ...], b: tuple[int, ...]) -> float:
+        """Bottleneck balanced matching between two stages given by their signatures, s."""
+        big, small = (a, b) if len(a) >= len(b) else (b, a)
+
+        def matching() -> float:
+            big_counts, small_counts = self._counts(big), self._counts(small)
+            return bottleneck_s(
+                [[self.place_link[p][q] for q, _ in small_counts] for p, _ in big_counts],
+                [m for _, m in big_counts], [m for _, m in small_counts])
+        return self._cached(("pair", big, small), matching)
+
+
+def _classes(values: list) -> list[int]:
+    """Index of each value's class: equal values share a class."""
+    ids: dict = {}
+    return [ids.setdefault(v, len(ids)) for v in values]
+
+
+@lru_cache(maxsize=4)
+def _scorer_for(scenario: Scenario) -> _Scorer:
+    return _Scorer(scenario)
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """Costs of one allocation, seconds: per stage (avg, comp, spread), per boundary (pairs:
+    pairs[s] is stage s -> s+1, the last one S-1 -> 0)."""
+
+    avg: tuple[float, ...]
+    comp: tuple[float, ...]
+    spread: tuple[float, ...]
+    pairs: tuple[float, ...]
+
+    @property
+    def score(self) -> float:
+        return max(self.avg) + PIPELINE_DIRECTIONS * sum(self.pairs) + max(self.comp)
+
+    @property
+    def guide(self) -> float:
+        """What the search minimises (module docstring)."""
+        return (self.score + TIE_BREAK_WEIGHT * (sum(self.avg) + sum(self.comp))
+                + SPREAD_WEIGHT * sum(self.spread) / len(self.spread))
+
+    def breakdown(self) -> dict[str, float]:
+        return {"averaging_s": max(self.avg), "pipeline_s": PIPELINE_DIRECTIONS * sum(self.pairs),
+                "compute_s": max(self.comp), "score_s": self.score}
+
+
+def _parts(scorer: _Scorer, groups: Sequence[Sequence[int]], old: _Parts | None = None,
+           changed: Sequence[int] | None = None) -> _Parts:
+    """Costs of `groups`; with `old`, only the `changed` stages and their boundaries are redone."""
+    n = len(groups)
+    changed = range(n) if old is None else changed
+    avg, comp, spread = ([0.0] * n, [0.0] * n, [0.0] * n) if old is None else (
+        list(old.avg), list(old.comp), list(old.spread))
+    pairs = [0.0] * n if old is None else list(old.pairs)
+    boundaries = {q for s in changed for q in ((s - 1) % n, s)}
+    sig = {s: scorer.signature(groups[s]) for s in boundaries | {(p + 1) % n for p in boundaries}}
+    for s in changed:
+        avg[s] = scorer.averaging(s, groups[s], sig[s])
+        comp[s], spread[s] = scorer.compute(s, groups[s]), scorer.spread(sig[s])
+    for p in boundaries:
+        pairs[p] = scorer.pair(sig[p], sig[(p + 1) % n])
+    return _Parts(tuple(avg), tuple(comp), tuple(spread), tuple(pairs))
+
+
+def score_breakdown(scenario: Scenario, stages: Sequence[Sequence[int]]) -> dict[str, float]:
+    """The objective's parts for any valid allocation, seconds: averaging_s, pipeline_s,
+    compute_s and their sum score_s (module docstring)."""
+    stages = stages_of(stages)
+    check_allocation(scenario, stages)
+    return _parts(_scorer_for(scenario), stages).breakdown()
+
+
+def allocation_score(scenario: Scenario, stages: Sequence[Sequence[int]]) -> float:
+    """The objective (seconds, lower is better) of any valid allocation."""
+    return score_breakdown(scenario, stages)["score_s"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Search
+
+@dataclass(frozen=True)
+class _Move:
+    """A proposed allocation: the changed stages' new node sets and the costs after it."""
+
+    groups: dict[int, list[int]]
+    parts: _Parts
+
+
+class _State:
+    """The allocation being searched and its costs."""
+
+    def __init__(self, scorer: _Scorer, stages: Stages):
+        self.scorer = scorer
+        self.groups = [list(g) for g in stages]
+        self.stage_of = {node: s for s, g in enumerate(self.groups) for node in g}
+        self.parts = _parts(scorer, self.groups)
+        n = len(self.groups)
+        self.stage_pairs = [(a, b) for a in range(n) for b in range(a + 1, n)
+                            if len(self.groups[a]) == len(self.groups[b])]
+
+    def swap_nodes(self, x: int, y: int) -> _Move:
+        """Swap nodes x and y (of different stages); not applied."""
+        a, b = self.stage_of[x], self.stage_of[y]
+        return self._propose({a: [y if n == x else n for n in self.groups[a]],
+                              b: [x if n == y else n for n in self.groups[b]]})
+
+    def swap_stages(self, a: int, b: int) -> _Move:
+        """Exchange the node sets of two equal-size stages; not applied."""
+        return self._propose({a: list(self.groups[b]), b: list(self.groups[a])})
+
+    def _propose(self, changed: dict[int, list[int]]) -> _Move:
+        groups = [changed.get(s, g) for s, g in enumerate(self.groups)]
+        return _Move(changed, _parts(self.scorer, groups, self.parts, list(changed)))
+
+    def apply(self, move: _Move) -> None:
+        for s, g in move.groups.items():
+            self.groups[s] = g
+            self.stage_of.update((node, s) for node in g)
+        self.parts = move.parts
+
+    def stages(self) -> Stages:
+        return _normalise(self.groups)
+
+
+@dataclass
+class _Search:
+    """What all runs of one search share: the rng, the wall-clock cap and the best so far."""
+
+    rng: random.Random
+    deadline: float
+    evaluations: int = 0
+    expired: bool = False
+    best: Stages | None = None
+    best_key: tuple[float, float] = (math.inf, math.inf)
+
+    def spent(self) -> bool:
+        self.expired = self.expired or time.monotonic() > self.deadline
+        return self.expired
+
+    def offer(self, state: _State) -> None:
+        """Keep the state if it has the lowest score so far (ties: the lowest guide)."""
+        key = (round(state.parts.score / SCORE_EPS_S), state.parts.guide)
+        if key < self.best_key:
+            self.best, self.best_key = state.stages(), key
+
+
+def _random_move(state: _State, rng: random.Random) -> _Move:
+    """Exchange two equal-size stages (share STAGE_MOVE_SHARE, when any exist) or two nodes of
+    different stages, chosen uniformly."""
+    if state.stage_pairs and rng.random() < STAGE_MOVE_SHARE:
+        return state.swap_stages(*rng.choice(state.stage_pairs))
+    x = rng.randrange(len(state.stage_of))
+    others = [n for s, g in enumerate(state.groups) if s != state.stage_of[x] for n in g]
+    return state.swap_nodes(x, rng.choice(others))
+
+
+def _anneal(state: _State, search: _Search, moves: int) -> None:
+    """Simulated annealing on the guide, offering every accepted allocation to the search."""
+    temp = FIRST_TEMPERATURE_SHARE * state.parts.score
+    cooling = FINAL_TEMPERATURE_RATIO ** (1.0 / max(1, moves - 1))
+    for step in range(moves):
+        if step % TIME_CHECK_EVERY == 0 and search.spent():
+            return
+        move = _random_move(state, search.rng)
+        search.evaluations += 1
+        delta = move.parts.guide - state.parts.guide
+        if delta <= 0 or (temp > 0 and search.rng.random() < math.exp(-delta / temp)):
+            state.apply(move)
+            search.offer(state)
+        temp *= cooling
+
+
+def _descend(state: _State, search: _Search) -> None:
+    """First-improvement descent over every move (seeded random order) to a local optimum."""
+    nodes = sorted(state.stage_of)
+    moves = [("nodes", x, y) for x in nodes for y in nodes if x < y]
+    moves += [("stages", a, b) for a, b in state.stage_pairs]
+    improved = True
+    while improved and not search.spent():
+        improved = False
+        search.rng.shuffle(moves)
+        for kind, i, j in moves:
+            if kind == "nodes" and state.stage_of[i] == state.stage_of[j]:
+                continue
+            move = state.swap_nodes(i, j) if kind == "nodes" else state.swap_stages(i, j)
+            search.evaluations += 1
+            if move.parts.guide < state.parts.guide - SCORE_EPS_S:
+                state.apply(move)
+                improved = True
+    search.offer(state)
+
+
+def allocate(scenario: Scenario, seed: int = 0, time_budget_s: float = DEFAULT_TIME_BUDGET_S,
+             restarts: int = DEFAULT_RESTARTS, moves: int = DEFAULT_MOVES) -> Allocation:
+    """Search a node -> stage allocation minimising `allocation_score` (module docstring).
+
+    `restarts` runs of `moves` annealing moves then a descent to a local optimum; run 0 starts
+    from the round-robin allocation (so the result never scores worse than it), the others from
+    random ones drawn from `seed`. `time_budget_s` (seconds) caps the wall time; past it the best
+    so far is returned and the result may depend on machine speed (logged as a warning)."""
+    started = time.monotonic()
+    scorer = _scorer_for(scenario)
+    search = _Search(random.Random(seed), started + time_budget_s)
+    for run in range(max(1, restarts)):
+        start = (round_robin_allocation(scenario) if run == 0
+                 else random_allocation(scenario, search.rng))
+        state = _State(scorer, start)
+        search.offer(state)
+        _anneal(state, search, moves)
+        _descend(state, search)
+        log.debug("allocation run %d: score %.3f s", run, state.parts.score)
+        if search.expired:
+            log.warning("allocation search hit its %.1f s time budget in run %d of %d; "
+                        "the result depends on machine speed", time_budget_s, run + 1, restarts)
+            break
+    breakdown = score_breakdown(scenario, search.best)
+    wall = time.monotonic() - started
+    log.info("allocation for %s: score %.3f s (averaging %.3f, pipeline %.3f, compute %.3f) "
+             "after %d moves in %.2f s", scenario.name, breakdown["score_s"],
+             breakdown["averaging_s"], breakdown["pipeline_s"], breakdown["compute_s"],
+             search.evaluations, wall)
+    return Allocation(search.best, breakdown["score_s"], breakdown, seed, search.evaluations, wall)

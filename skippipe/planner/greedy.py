@@ -1,0 +1,267 @@
+"""Greedy list scheduler for ca-partial: a fast feasible timed plan, CP-SAT's hint and fallback.
+
+Microbatches are taken round-robin over the data nodes (each data node's in id order). Each one
+tries every candidate path of its origin (CC3-valid stage sequences x allowed nodes) and is
+inserted whole into the node timelines: every op at the earliest time its node is free for its
+duration and its input has arrived over an idle link (gaps between placed ops are used). Memory:
+when a hop's hold [F start, B end) would overflow its node's slots, that F is delayed until the
+saturation ends and the path is placed again (the upstream hops keep their times and hold their
+activations longer). The earliest finish wins (ties: the shorter idle round trip).
+
+TC1's visit cap is kept by looking ahead: a microbatch may only take a stage set after which
+the remaining microbatches can still be given stage sets within every stage's share (a quick
+greedy completion, else the exact count model `cpsat.stage_set_counts`, cached). Everything is
+in the model's ticks (cpsat.ModelData), so the plan is a feasible CP-SAT hint as it is.
+"""
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .cpsat import ModelData, TimedPlan, chain, stage_set_counts
+from .paths import PlanningError
+
+log = logging.getLogger(__name__)
+
+CANDIDATES_PER_ORIGIN = 600  # paths a microbatch tries: the paper's setting has 594 in all
+PLACEMENT_BUDGET = 200_000  # op placements in all (~1 s of Python): fewer paths per microbatch
+# when there are many microbatches and hops (each path costs 2k+1 timeline look-ups)
+
+StageSet = tuple[int, ...]
+
+
+def path_limit(data: ModelData) -> int:
+    """Candidate paths per origin: CANDIDATES_PER_ORIGIN within the PLACEMENT_BUDGET."""
+    per_path = len(data.microbatches) * len(chain(data.k))
+    return max(1, min(CANDIDATES_PER_ORIGIN, PLACEMENT_BUDGET // per_path))
+
+
+def candidate_paths(data: ModelData, origin: int) -> list[tuple[int, ...]]:
+    """Node paths (origin first) over every CC3-valid sequence and the origin's allowed nodes;
+    when there are more than `path_limit`, a beam search per sequence and then the cheapest
+    (idle round trip) of them, with the cheapest of every stage set."""
+    allowed = data.allowed[origin]
+    total = sum(_product_size(allowed, seq) for seq in data.sequences)
+    limit = path_limit(data)
+    if total <= limit:
+        return [(origin,) + rest for seq in data.sequences
+                for rest in itertools.product(*(allowed[s] for s in seq[1:]))]
+    width = max(1, limit // len(data.sequences))
+    paths = sorted({p for seq in data.sequences for p in _beam(data, origin, seq, width)},
+                   key=lambda p: (data.path_ticks(p), p))
+    best_per_set = {}
+    for p in paths:  # every stage set keeps its cheapest path, for TC1's look-ahead
+        best_per_set.setdefault(_stage_set(data, p), p)
+    kept = set(best_per_set.values())
+    for p in paths:
+        if len(kept) >= limit:
+            break
+        kept.add(p)
+    return sorted(kept, key=lambda p: (data.path_ticks(p), p))
+
+
+def _product_size(allowed, seq) -> int:
+    size = 1
+    for s in seq[1:]:
+        size *= len(allowed[s])
+    return size
+
+
+def _beam(data: ModelData, origin: int, seq: tuple[int, ...], width: int) -> list[tuple[int, ...]]:
+    d = data
+    beam = [(d.dur["F"][origin] + d.dur["L"][origin] + d.dur["B"][origin], (origin,))]
+    for s in seq[1:]:
+        grown = [(cost + d.link[p[-1]][n] + d.link[n][p[-1]] + d.dur["F"][n] + d.dur["B"][n], p + (n,))
+                 for cost, p in beam for n in d.allowed[origin][s]]
+        beam = heapq.nsmallest(width, grown)
+    return [p for _, p in beam]
+
+
+@dataclass
+class _State:
+    """Mutable placement state (internal): busy intervals and activation holds per node."""
+
+    busy_start: dict[int, list[int]] = field(default_factory=dict)
+    busy_end: dict[int, list[int]] = field(default_factory=dict)
+    holds: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+    def fit(self, node: int, ready: int, dur: int) -> int:
+        """Earliest t >= ready with [t, t + dur) free on `node`."""
+        starts, ends = self.busy_start.setdefault(node, []), self.busy_end.setdefault(node, [])
+        i = bisect.bisect_right(ends, ready)
+        t = ready
+        while i < len(starts) and starts[i] < t + dur:
+            t = max(t, ends[i])
+            i += 1
+        return t
+
+    def occupy(self, node: int, start: int, end: int) -> None:
+        i = bisect.bisect_left(self.busy_start.setdefault(node, []), start)
+        self.busy_start[node].insert(i, start)
+        self.busy_end.setdefault(node, []).insert(i, end)
+
+    def saturated_until(self, node: int, start: int, end: int, slots: int) -> int | None:
+        """None when one more hold over [start, end) fits `slots`; else when the first
+        saturation inside the window ends (a hold starting then may fit)."""
+        inside = [(s, e) for s, e in self.holds.get(node, ()) if s < end and e > start]
+        if len(inside) < slots:
+            return None
+        events = sorted([(max(s, start), 1) for s, _ in inside] + [(e, -1) for _, e in inside])
+        held, saturated = 0, False
+        for t, group in itertools.groupby(events, key=lambda ev: ev[0]):
+            held += sum(delta for _, delta in group)
+            if held >= slots and t < end:
+                saturated = True
+            elif saturated and held < slots:
+                return t
+        return None
+
+
+class GreedyScheduler:
+    """Builds one TimedPlan for the model data (see the module docstring)."""
+
+    def __init__(self, data: ModelData):
+        self.data, self.ops = data, chain(data.k)
+        self.state = _State()
+        self.candidates = {o: candidate_paths(data, o) for o in data.origins()}
+        self.round_trip = {p: data.path_ticks(p) for paths in self.candidates.values() for p in paths}
+        self.caps = {s: data.visit_cap for s in range(1, len(data.stages))}
+        self.reference = Counter(dict(data.visit_plan))  # a TC1-feasible completion
+        self.all_sets = sorted({_stage_set(data, p) for paths in self.candidates.values() for p in paths})
+        self._completions: dict[tuple, Counter | None] = {}
+        self.nodes: dict[int, tuple[int, ...]] = {}
+        self.starts: dict[tuple[str, int, int], int] = {}
+
+    def run(self) -> TimedPlan:
+        for mb, origin in _round_robin(self.data.microbatches):
+            self._schedule(mb, origin)
+        return relabel_by_start(self.data, TimedPlan(self.nodes, self.starts))
+
+    def _schedule(self, mb: int, origin: int) -> None:
+        """Place `mb` on its earliest-finishing path whose stage set keeps TC1 completable."""
+        placed = sorted((self._place(p) + (p,) for p in self.candidates[origin]), key=lambda r: r[:2])
+        for _, _, starts, path in placed:
+            rest = self._rest_after(_stage_set(self.data, path))
+            if rest is not None:
+                self._commit(mb, path, starts, rest)
+                return
+        raise PlanningError(f"TC1: microbatch {mb} has no path within the stages' visit share")
+
+    def _rest_after(self, st: StageSet) -> Counter | None:
+        """A TC1-feasible plan of stage sets for the microbatches after one taking `st`: the
+        reference plan minus `st`, or with one of its sets swapped for `st`, or a new one."""
+        if self.reference.get(st, 0) > 0:
+            return self.reference - Counter({st: 1})
+        caps = {s: c - (s in st) for s, c in self.caps.items()}
+        if min(caps.values()) < 0:
+            return None
+        used = Counter(s for t, n in self.reference.items() for s in t for _ in range(n))
+        for t in sorted(self.reference):  # the reference covers this microbatch too: drop one set
+            if all(used[s] - (s in t) <= caps[s] for s in caps):
+                return self.reference - Counter({t: 1})
+        return self._complete(caps, sum(self.reference.values()) - 1)
+
+    def _complete(self, caps: dict[int, int], left: int) -> Counter | None:
+        """Stage sets for `left` microbatches within `caps`: most-free stages first, else exact."""
+        key = (tuple(sorted(caps.items())), left)
+        if key not in self._completions:
+            quick = _quick_completion(dict(caps), left, self.all_sets)
+            if quick is None:
+                exact = stage_set_counts(self.all_sets, caps, left)
+                quick = None if exact is None else Counter(exact)
+            self._completions[key] = quick
+        return self._completions[key]
+
+    def _place(self, path: tuple[int, ...]) -> tuple[int, int, dict]:
+        """(finish tick, idle round trip, op -> start) for `path` inserted into the timelines."""
+        d, not_before = self.data, {}
+        while True:
+            starts, ready, prev = {}, 0, None
+            for kind, hop in self.ops:
+                node = d.op_node(path, kind, hop)
+                if prev is not None:
+                    ready += d.link[prev][node]
+                ready = max(ready, not_before.get((kind, hop), 0))
+                starts[kind, hop] = self.state.fit(node, ready, d.dur[kind][node])
+                ready, prev = starts[kind, hop] + d.dur[kind][node], node
+            late = self._memory_delay(path, starts)
+            if late is None:
+                return ready, self.round_trip[path], starts
+            not_before[late[0]] = late[1]
+
+    def _memory_delay(self, path, starts) -> tuple[tuple[str, int], int] | None:
+        """None when every hop's hold fits its node's slots, else (its F, the earliest start)."""
+        d = self.data
+        for h, node in enumerate(path):
+            s, e = starts["F", h], starts["B", h] + d.dur["B"][node]
+            free_at = self.state.saturated_until(node, s, e, d.slots[node])
+            if free_at is not None:
+                return ("F", h), free_at
+        return None
+
+    def _commit(self, mb: int, path: tuple[int, ...], starts: dict, rest: Counter) -> None:
+        d = self.data
+        for (kind, hop), t in starts.items():
+            node = d.op_node(path, kind, hop)
+            self.state.occupy(node, t, t + d.dur[kind][node])
+            self.starts[kind, mb, hop] = t
+        for h, node in enumerate(path):
+            self.state.holds.setdefault(node, []).append((starts["F", h], starts["B", h] + d.dur["B"][node]))
+        for n in path[1:]:
+            self.caps[d.stage_of[n]] -= 1
+        self.nodes[mb] = path
+        self.reference = rest
+
+
+def _stage_set(data: ModelData, path: tuple[int, ...]) -> StageSet:
+    return tuple(sorted(data.stage_of[n] for n in path[1:]))
+
+
+def _round_robin(microbatches) -> list[tuple[int, int]]:
+    """One microbatch of each data node in turn, each data node's in id order."""
+    by_origin: dict[int, list[tuple[int, int]]] = {}
+    for mb, origin in microbatches:
+        by_origin.setdefault(origin, []).append((mb, origin))
+    columns = itertools.zip_longest(*by_origin.values())
+    return [item for column in columns for item in column if item is not None]
+
+
+def _quick_completion(caps: dict[int, int], left: int, sets: list[StageSet]) -> Counter | None:
+    """Stage sets for `left` microbatches, each time the set whose stages have most room left;
+    None when that runs out (the exact model then decides)."""
+    out: Counter = Counter()
+    for _ in range(left):
+        fits = [st for st in sets if all(caps[s] >= 1 for s in st)]
+        if not fits:
+            return None
+        best = max(fits, key=lambda st: (min(caps[s] for s in st), sum(caps[s] for s in st)))
+        for s in best:
+            caps[s] -= 1
+        out[best] += 1
+    return out
+
+
+def relabel_by_start(data: ModelData, plan: TimedPlan) -> TimedPlan:
+    """Renumber each data node's (identical) microbatches so their F at hop 0 start in id order."""
+    by_origin: dict[int, list[int]] = {}
+    for mb, origin in data.microbatches:
+        by_origin.setdefault(origin, []).append(mb)
+    rename = {}
+    for mbs in by_origin.values():
+        ordered = sorted(mbs, key=lambda mb: (plan.starts["F", mb, 0], mb))
+        rename.update(zip(ordered, mbs))
+    nodes = {rename[mb]: path for mb, path in plan.nodes.items()}
+    starts = {(kind, rename[mb], hop): t for (kind, mb, hop), t in plan.starts.items()}
+    return TimedPlan(nodes, starts)
+
+
+def greedy_plan(data: ModelData) -> TimedPlan:
+    """A feasible timed plan (all rules of the model) by the greedy list scheduler."""
+    plan = GreedyScheduler(data).run()
+    log.debug("greedy plan: %d microbatches, makespan %d ticks", len(plan.nodes),
+              max(plan.starts["B", mb, 0] + data.dur["B"][p[0]] for mb, p in plan.nodes.items()))
+    return plan

@@ -1,0 +1,45 @@
+"""Planning around dead nodes: the fallback rule every node applies the same way.
+
+A path that visits a dead node gets, for that stage, a live node of the same stage (chosen
+round-robin by microbatch id among the stage's live nodes, so the extra load spreads evenly); if
+the whole stage is dead the path skips it (a shorter path, which SkipPipe training tolerates),
+as long as it keeps stage 0 and at least one more stage. A path whose origin died is lost: a
+data node's failure loses only its own microbatches. The repaired paths run first come first
+served (a planned order assumed the dead node's time slots). This is a quick, deterministic
+re-plan: every node computes the same paths from the same set of dead nodes, without a solver.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from .schedule import Hop, MicrobatchPath, VariantSchedule
+
+MIN_PATH_STAGES = 2  # stage 0 and at least one other stage
+
+
+def repair_path(path: MicrobatchPath, dead: set[int] | frozenset[int],
+                allocation: tuple[tuple[int, ...], ...]) -> MicrobatchPath | None:
+    """The path with dead nodes replaced or their stages skipped; None if it cannot run."""
+    if path.origin in dead:
+        return None
+    hops = []
+    for h in path.hops:
+        if h.node not in dead:
+            hops.append(h)
+            continue
+        live = [n for n in allocation[h.stage] if n not in dead]
+        if live:
+            hops.append(Hop(h.stage, live[path.microbatch % len(live)]))
+    if len(hops) < MIN_PATH_STAGES:
+        return None
+    return dataclasses.replace(path, hops=tuple(hops))
+
+
+def live_variant(variant: VariantSchedule, dead: set[int] | frozenset[int],
+                 allocation: tuple[tuple[int, ...], ...]) -> VariantSchedule:
+    """The variant as it runs with `dead` nodes: repaired paths, lost ones left out, and no
+    planned order once anything changed."""
+    if not dead:
+        return variant
+    paths = tuple(p for p in (repair_path(p, dead, allocation) for p in variant.paths) if p is not None)
+    return dataclasses.replace(variant, paths=paths, order=None)

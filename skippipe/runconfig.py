@@ -1,0 +1,86 @@
+"""Run configuration shared by the launcher and its node processes (`runs/<run-id>/config.json`),
+and the writer of each node's JSONL event stream (`runs/<run-id>/events/node-N.jsonl`, the
+simulator's timeline format: read it with timeline.read_jsonl)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from .errors import SkipPipeError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    run_dir: str
+    scenario_path: str
+    scenario_overrides: dict
+    schedule_path: str
+    variant: str
+    iterations: int
+    time_scale: float  # emulated seconds = scenario seconds x time_scale
+    emulate_compute: bool  # pad each operation to the scenario's compute time
+    emulate_links: bool  # delay each message by the scenario's link time
+    peers: dict[int, tuple[str, int]]  # node id -> (host, port)
+    local_nodes: tuple[int, ...]  # the nodes this launcher started
+    data_nodes: tuple[int, ...]  # stage-0 nodes of the allocation
+    epoch: float  # wall-clock time (time.time()) that event times count from
+    seed: int
+    peer_timeout_s: float  # wall seconds without progress before a peer is declared dead
+    connect_timeout_s: float  # wall seconds to wait for every peer at start-up
+    checkpoint_every: int = 0  # iterations between per-stage checkpoints (0: only at the end if asked)
+    save_checkpoint: bool = False
+    failures: tuple[dict, ...] = ()  # failure plan entries (see faults.py)
+    dump_gradients: bool = False  # tests: write each stage's averaged gradients after iteration 0
+    stand_in_model: str = ""  # settings file whose [model] (but not n_layers) the nodes run,
+    # while emulation keeps the scenario's compute times and message sizes
+
+    def planned_crashes(self) -> set[int]:
+        return {f["node"] for f in self.failures if f.get("how") in ("crash", "hang")}
+
+    def expected_nodes(self, iteration: int) -> int:
+        """How many of the local nodes should report `iteration` as finished."""
+        gone = {f["node"] for f in self.failures if f.get("how") in ("crash", "hang")
+                and f.get("iteration", 0) <= iteration}
+        return len(set(self.local_nodes) - gone)
+
+
+def save_config(cfg: RunConfig) -> Path:
+    path = Path(cfg.run_dir) / "config.json"
+    data = dataclasses.asdict(cfg)
+    data["peers"] = [[n, h, p] for n, (h, p) in sorted(cfg.peers.items())]
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def load_config(path: str | Path) -> RunConfig:
+    try:
+        data = json.loads(Path(path).read_text())
+        data["peers"] = {int(n): (str(h), int(p)) for n, h, p in data["peers"]}
+        for key in ("local_nodes", "data_nodes", "failures"):
+            data[key] = tuple(data[key])
+        return RunConfig(**data)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SkipPipeError(f"{path}: not a usable run config ({e})") from None
+
+
+def events_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "events"
+
+
+class EventWriter:
+    """Appends one node's events, `{"t": s since the run's epoch, "node": n, "event": ...}`,
+    one JSON object a line (the simulator's timeline format)."""
+
+    def __init__(self, path: Path, node: int, epoch: float):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.node, self.epoch = path, node, epoch
+        self._file = open(path, "a", buffering=1)
+
+    def now(self) -> float:
+        return time.time() - self.epoch
+
+    def write(self, event: str, t: float | None = None, **fields) -> None:
+        record = {"t": round(self.now() if t is None else t, 6), "node": self.node, "event": event, **fields}
+        self._file.write(json.dumps(record) + "\n")

@@ -1,0 +1,130 @@
+"""Training survives failures: kill -9 of a node in each phase, a hang, survivors exit cleanly,
+no process is left behind. Uses a hand-built tiny schedule (no planner needed)."""
+import dataclasses
+import json
+import math
+
+import pytest
+
+from skippipe.faults import FailurePlanError, parse_spec, random_plan
+from skippipe.schedule import VariantSchedule, save_schedule
+from skippipe.timeline import read_jsonl
+
+from conftest import SETTINGS
+import time
+
+import torch
+
+from runtime_util import alive, finish, free_base_port, run_skippipe, start_skippipe
+from schedules import make_paths, make_schedule, timed_schedule, tiny
+
+RUN_DEADLINE_S = 240
+PEER_TIMEOUT_S = 3.0  # detection deadline in these tests (wall seconds)
+
+
+@pytest.fixture(scope="module")
+def schedule_file(tmp_path_factory):
+    sc = tiny()
+    s = make_schedule(sc, make_paths())
+    baseline = VariantSchedule("baseline", make_paths([(g // 3, [(1, 2 + g % 2), (2, 4), (3, 5)]) for g in range(6)]))
+    variants = {"random": s.variants["random"], "baseline": baseline,
+                "ca-partial": timed_schedule(sc).variants["ca-partial"]}
+    path = tmp_path_factory.mktemp("faults") / "tiny.json"
+    save_schedule(dataclasses.replace(s, variants=variants), path)
+    return path
+
+
+def _train_with(tmp_path, schedule_file, fail: str, variant="random", seed=0):
+    base = free_base_port(6, seed=seed)
+    r = run_skippipe(["run", "0", "6", variant, "0", "--scenario", str(SETTINGS / "tiny.toml"),
+                      "--schedule", str(schedule_file), "--iterations", "3", "--base-port", str(base),
+                      "--runs", str(tmp_path / "runs"), "--peer-timeout", str(PEER_TIMEOUT_S),
+                      "--fail", fail], cwd=tmp_path, timeout_s=RUN_DEADLINE_S)
+    run_dir = next((tmp_path / "runs").iterdir())
+    return r, run_dir, read_jsonl(run_dir / "events")
+
+
+def _survivors_finished_cleanly(events, dead: int):
+    pids = {e["node"]: e["pid"] for e in events if e["event"] == "ready"}
+    finished = {e["node"] for e in events if e["event"] == "finished"}
+    assert finished == set(range(6)) - {dead}
+    assert not any(alive(p) for p in pids.values())
+
+
+@pytest.mark.parametrize("node,phase,variant", [(3, "forward", "random"), (4, "backward", "ca-partial"),
+                                                 (2, "averaging", "random")])
+def test_training_survives_kill_9(tmp_path, schedule_file, node, phase, variant):
+    r, run_dir, events = _train_with(tmp_path, schedule_file, f"node={node},iteration=1,phase={phase},how=crash",
+                                     variant, seed=node)
+    assert r.returncode == 0, r.stdout
+    rows = json.loads((run_dir / "iterations.json").read_text())
+    assert len(rows) == 3 and all(math.isfinite(x["loss"]) for x in rows)
+    assert any(e["event"] == "fault" and e["node"] == node for e in events)
+    assert {e["node"] for e in events if e["event"] == "peer_dead" and node in e["peers"]} >= set(range(6)) - {node}
+    _survivors_finished_cleanly(events, node)
+
+
+def test_hung_node_is_detected_within_the_deadline(tmp_path, schedule_file):
+    r, run_dir, events = _train_with(tmp_path, schedule_file, "node=5,iteration=1,phase=forward,how=hang", seed=9)
+    assert r.returncode == 0, r.stdout
+    hung_at = next(e["t"] for e in events if e["event"] == "fault" and e["node"] == 5)
+    detected = [e["t"] for e in events if e["event"] == "peer_dead" and e["peers"] == [5] and e["node"] != 5]
+    assert detected and min(detected) - hung_at < 2 * PEER_TIMEOUT_S
+    dead_reports = {p for e in events if e["event"] == "peer_dead" and e["node"] != 5 for p in e["peers"]}
+    assert dead_reports == {5}  # no live node is falsely declared dead
+    _survivors_finished_cleanly(events, 5)
+
+
+def _wait_for_event(run_parent, node: int, event: str, deadline_s: float):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for f in run_parent.glob(f"*/events/node-{node}.jsonl"):
+            if f'"{event}"' in f.read_text():
+                return f.parent.parent
+        time.sleep(0.1)  # polling a file another process writes, until the deadline
+    raise AssertionError(f"node {node} wrote no {event!r} event within {deadline_s} s")
+
+
+def test_restarted_node_rejoins_with_its_stage_peers_weights(tmp_path, schedule_file):
+    base = free_base_port(6, seed=11)
+    main = start_skippipe(["run", "0", "6", "random", "0", "--scenario", str(SETTINGS / "tiny.toml"),
+                           "--schedule", str(schedule_file), "--iterations", "10", "--time-scale", "8",
+                           "--base-port", str(base), "--runs", str(tmp_path / "runs"), "--checkpoint",
+                           "--peer-timeout", str(PEER_TIMEOUT_S), "--fail", "node=3,iteration=1,how=crash"],
+                          cwd=tmp_path)
+    try:
+        run_dir = _wait_for_event(tmp_path / "runs", 3, "fault", RUN_DEADLINE_S)
+        back = run_skippipe(["run", "3", "4", "random", "0", "--rejoin", str(run_dir)], cwd=tmp_path,
+                            timeout_s=RUN_DEADLINE_S)
+    finally:
+        r = finish(main, RUN_DEADLINE_S)
+    assert back.returncode == 0, back.stdout
+    assert r.returncode == 0, r.stdout
+    events = read_jsonl(run_dir / "events")
+    joined = [e for e in events if e["event"] == "rejoined"]
+    assert joined and joined[0]["sponsor"] == 2  # node 2 is node 3's stage peer
+    nodes = run_dir / "checkpoint" / "nodes"
+    a = torch.load(nodes / "node-2" / "stage-1.pt", weights_only=True)
+    b = torch.load(nodes / "node-3" / "stage-1.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # inference with failed nodes: through the live ones only, equal to single-process evaluation
+    # with the same stages omitted (node 4 is stage 2's only node: stage 2 is jumped over)
+    inf = run_skippipe(["infer", str(run_dir), "--failed", "4", "--max-batches", "2"], cwd=tmp_path,
+                       timeout_s=RUN_DEADLINE_S)
+    assert inf.returncode == 0, inf.stdout
+    assert "stages omitted [2]" in inf.stdout
+    diff = float(inf.stdout.split("relative difference")[1].split()[0])
+    assert diff < 1e-4
+
+
+def test_failure_specs():
+    sc = tiny()
+    assert parse_spec("node=3,iteration=1,phase=backward,how=crash", sc)["phase"] == "backward"
+    assert parse_spec("node=2,how=slow", sc)["factor"] > 1
+    for bad in ("node=9", "node=1,phase=lunch", "node=1,how=explode", "node=1,colour=red", "iteration=2"):
+        with pytest.raises(FailurePlanError):
+            parse_spec(bad, sc)
+    plan = random_plan(sc, rate=0.5, iterations=4, seed=1, protect=frozenset({0, 1}))
+    assert plan == random_plan(sc, rate=0.5, iterations=4, seed=1, protect=frozenset({0, 1}))
+    assert all(f["node"] not in (0, 1) for f in plan)

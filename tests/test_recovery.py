@@ -1,0 +1,32 @@
+from skippipe.node import pack_path, unpack_path
+from skippipe.recovery import live_variant, repair_path
+from skippipe.schedule import Hop, validate
+
+from schedules import TINY_ALLOCATION, make_paths, timed_schedule, tiny
+
+
+def test_dead_node_is_replaced_by_a_live_stage_peer():
+    p = make_paths()[0]  # 0 -> node 2 (stage 1) -> node 4 (stage 2)
+    fixed = repair_path(p, {2}, TINY_ALLOCATION)
+    assert fixed.hops == (Hop(0, 0), Hop(1, 3), Hop(2, 4))
+
+
+def test_a_dead_stage_is_skipped_and_a_dead_origin_loses_the_microbatch():
+    p = make_paths()[0]
+    assert repair_path(p, {4}, TINY_ALLOCATION).stages == (0, 1)
+    assert repair_path(p, {0}, TINY_ALLOCATION) is None
+    assert repair_path(p, {2, 3, 4}, TINY_ALLOCATION) is None  # nothing but stage 0 left
+
+
+def test_live_variant_drops_the_planned_order_and_lost_paths():
+    sc = tiny()
+    v = timed_schedule(sc).variants["ca-partial"]
+    assert live_variant(v, set(), TINY_ALLOCATION) is v
+    live = live_variant(v, {1, 5}, TINY_ALLOCATION)
+    assert live.order is None and {p.origin for p in live.paths} == {0}
+    assert all(5 not in p.nodes for p in live.paths)
+
+
+def test_paths_travel_in_wire_tags():
+    for nodes in [(0,), (3, 7, 1), tuple(range(8)), (32765, 0, 12)]:
+        assert unpack_path(*pack_path(nodes)) == nodes
