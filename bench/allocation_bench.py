@@ -5,6 +5,10 @@ allocation `allocate` finds, against `--samples` uniformly random allocations (m
 and the share of them scoring at or below the found one: 0% = better than every random one),
 plus the round-robin allocation and the search's wall time.
 
+With `--plan-samples K`, also the iteration time (seconds) the greedy ca-partial planner
+(`skippipe.planner.greedy`, SkipPipe's first feasible plan) achieves on the found allocation
+against K random ones: whether a better score gives a faster plan.
+
     .venv/bin/python bench/allocation_bench.py [settings/geo-distributed.toml ...]
 """
 from __future__ import annotations
@@ -44,12 +48,32 @@ def bench(path: str, samples: int, seed: int, time_budget_s: float) -> dict:
             "wall_s": wall, "moves": found.evaluations, "stages": found.stages}
 
 
+def planned_iteration_s(scenario, stages) -> float:
+    """Iteration time (s) of the greedy ca-partial plan on this allocation."""
+    from skippipe.planner.cpsat import build_data, plan_values
+    from skippipe.planner.greedy import greedy_plan
+    data = build_data(scenario, stages)
+    return plan_values(data, greedy_plan(data))["iteration"] * data.tick_s
+
+
+def bench_plans(path: str, samples: int, seed: int) -> dict:
+    scenario = load_scenario(ROOT / path if not Path(path).is_absolute() else path)
+    found = allocate(scenario, seed=seed)
+    rng = random.Random(seed)
+    randoms = sorted(planned_iteration_s(scenario, random_allocation(scenario, rng))
+                     for _ in range(samples))
+    return {"found": planned_iteration_s(scenario, found.stages),
+            "median": statistics.median(randoms), "best": randoms[0]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("settings", nargs="*", default=DEFAULT_SETTINGS)
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-budget-s", type=float, default=DEFAULT_TIME_BUDGET_S)
+    parser.add_argument("--plan-samples", type=int, default=0,
+                        help="random allocations to plan with the greedy ca-partial planner")
     args = parser.parse_args(argv)
     print(f"{'scenario':<30} {'nodes':>5} {'found_s':>8} {'rand_med':>8} {'rand_best':>9} "
           f"{'pct':>5} {'rr_s':>8} {'wall_s':>7} {'moves':>6}")
@@ -60,6 +84,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['wall_s']:>7.2f} {r['moves']:>6}")
         parts = ", ".join(f"{k} {v:.2f}" for k, v in r["breakdown"].items())
         print(f"  found: {parts}; stages {[list(s) for s in r['stages']]}")
+        if args.plan_samples:
+            p = bench_plans(path, args.plan_samples, args.seed)
+            print(f"  greedy ca-partial iteration_s: found {p['found']:.1f}, "
+                  f"{args.plan_samples} random allocations median {p['median']:.1f} "
+                  f"best {p['best']:.1f}")
     return 0
 
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from benchutil import free_base_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {  # name: (settings, nodes, time scale, iterations, extra run arguments)
@@ -30,18 +31,6 @@ CASES = {  # name: (settings, nodes, time scale, iterations, extra run arguments
 }
 VARIANTS = ("baseline", "ca-partial")
 FIRST_PORT = 36000  # bench runs use ports from here on
-
-
-def free_base(n: int, start: int) -> int:
-    base = start
-    while True:
-        try:
-            for i in range(n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            base += n
 
 
 def run_case(name: str, variant: str, out: Path, port: int) -> dict:
@@ -70,9 +59,9 @@ def main() -> int:
     results, port = [], FIRST_PORT
     for name in args.only or list(CASES):
         for variant in VARIANTS:
-            port = free_base(CASES[name][1], port + 50)
+            port = free_base_port(CASES[name][1], port + 50)
             results.append(run_case(name, variant, out, port))
-    print(f"\n| scenario | variant | time scale | measured s/iter | predicted s/iter | measured / predicted |")
+    print("\n| scenario | variant | time scale | measured s/iter | predicted s/iter | measured / predicted |")
     print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['scenario']} | {r['variant']} | {r['time_scale']:g} | {r['measured_s']:.2f} | "

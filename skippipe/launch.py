@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 from .errors import SkipPipeError
 from .planning import PlanOptions, build_schedule
+from .procs import stop_sessions
 from .runconfig import RunConfig, events_dir, save_config
 from .scenario import Scenario, load_scenario
 from .schedule import ScheduleError, load_schedule, save_schedule
@@ -26,7 +26,6 @@ from .timeline import read_jsonl
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this
 POLL_S = 0.2  # how often the launcher looks at its children and their event files
 
 
@@ -99,23 +98,7 @@ class Launcher:
 
     def stop(self) -> None:
         """SIGTERM every process we started (its whole session), SIGKILL stragglers."""
-        for p in self.procs.values():
-            if p.poll() is None:
-                _signal_group(p, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for p in self.procs.values():
-            try:
-                p.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _signal_group(p, signal.SIGKILL)
-                p.wait()
-
-
-def _signal_group(p: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(p.pid, sig)  # the node's own session: its pid is the group id
-    except ProcessLookupError:
-        pass
+        stop_sessions(self.procs.values())
 
 
 class Progress:

@@ -404,10 +404,13 @@ class Node:
         self.degraded = True
         disp.planned = False
         dead = self.live.dead
+        reporter = min(self.data_nodes - dead, default=None) == self.id  # logs losses once
         for mb, path in list(self.paths.items()):
             if path.origin in dead:
                 self._forget(mb, disp)
                 del self.paths[mb]
+                if reporter:
+                    self.events.write("microbatch_lost", iteration=it, microbatch=mb, why="its data node died")
             elif path.origin == self.id and mb not in self.completed and set(path.nodes) & dead:
                 self._restart(it, mb, disp)
         if self.my_microbatches and not {mb for mb, p in self.paths.items() if p.origin == self.id} - self.completed:

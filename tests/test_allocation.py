@@ -134,9 +134,8 @@ def test_score_parts_by_hand(two_clusters):
     assert parts["pipeline_s"] == pytest.approx(2 * 2 * costs.link_s(0, 1))
     assert parts["averaging_s"] == pytest.approx(max(costs.averaging_s(0, pure[0]),
                                                      costs.averaging_s(1, pure[1])))
-    work = two_clusters.pipeline.microbatches_per_node * (
-        costs.forward_s(0) + costs.loss_s(0) + costs.backward_s(0))
-    assert parts["compute_s"] == pytest.approx(work)  # stage 0's own work is the larger here
+    # stage 1 takes all 8 microbatches (k = 2), spread over its 4 equal nodes
+    assert parts["compute_s"] == pytest.approx(8 * (costs.forward_s(1) + costs.backward_s(1)) / 4)
     mixed = ((0, 1, 2, 3), (4, 5, 6, 7))
     assert score_breakdown(two_clusters, mixed)["pipeline_s"] == pytest.approx(
         2 * 2 * costs.link_s(0, 2))
@@ -160,9 +159,14 @@ def test_clusters_share_a_stage_and_search_finds_the_optimum(two_clusters):
     assert found.score_s == pytest.approx(_brute_best(two_clusters))
 
 
-def test_slow_node_stays_out_of_stage_zero(one_slow_node):
+def test_slow_node_goes_to_stage_zero(one_slow_node):
+    """Links are all alike, so only compute differs: a later stage holding the 4x slower node
+    has 1/4 + 1 node-speeds instead of 2 (1.6x the time); stage 0 is not charged its own work."""
     found = allocate(one_slow_node, seed=0, **QUICK)
-    assert 0 not in found.stages[0]
+    assert 0 in found.stages[0]
+    with_slow_later = ((1, 2), (0, 3), (4, 5))
+    assert allocation_score(one_slow_node, with_slow_later) - found.score_s == pytest.approx(
+        score_breakdown(one_slow_node, with_slow_later)["compute_s"] * (1 - 1.25 / 2))
     assert found.score_s == pytest.approx(_brute_best(one_slow_node))
 
 
@@ -231,11 +235,8 @@ def test_score_equals_a_node_by_node_recomputation(name):
             a, b = stages[s], stages[(s + 1) % n]
             big, small = (a, b) if len(a) >= len(b) else (b, a)
             pairs.append(bottleneck_s([[costs.link_s(i, j) for j in small] for i in big]))
-        own = max(scenario.pipeline.microbatches_per_node
-                  * (costs.forward_s(i) + costs.loss_s(i) + costs.backward_s(i))
-                  for i in stages[0])
         visits = max(cap / sum(1 / (costs.forward_s(i) + costs.backward_s(i)) for i in nodes)
                      for nodes in stages[1:])
         expected = (max(costs.averaging_s(s, nodes) for s, nodes in enumerate(stages))
-                    + 2 * sum(pairs) + max(own, visits))
+                    + 2 * sum(pairs) + visits)
         assert allocation_score(scenario, stages) == pytest.approx(expected)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..errors import SkipPipeError
+from ..procs import stop_sessions
 
 HELP = "measure links and compute of live nodes and write a scenario file for them"
 DEFAULT_BASE_PORT = 29600
@@ -292,22 +293,5 @@ def _show_logs(run_dir: Path, nodes: list[int], say) -> None:
 
 
 def _stop(procs: dict[int, subprocess.Popen]) -> None:
-    """SIGTERM the session of every process still running (only those we started), SIGKILL
-    those still there after STOP_GRACE_S, and reap them all."""
-    for p in procs.values():
-        if p.poll() is None:
-            _signal_session(p, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for p in procs.values():
-        try:
-            p.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_session(p, signal.SIGKILL)
-            p.wait()
-
-
-def _signal_session(p: subprocess.Popen, sig: int) -> None:
-    try:
-        os.killpg(p.pid, sig)  # the process leads its own session: its pid is the group id
-    except ProcessLookupError:
-        pass
+    """Stop every process we started that still runs (their sessions), and reap them all."""
+    stop_sessions(procs.values(), STOP_GRACE_S)

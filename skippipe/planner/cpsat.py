@@ -33,6 +33,7 @@ import dataclasses
 import itertools
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,6 +52,7 @@ MIN_TICKS_PER_OP = 20  # finer ticks when an op or link would span fewer (roundi
 MAX_HOP_CHOICES = 8_000  # (microbatch, hop, node) choices before nodes are pruned per origin:
 # the paper's setting needs 1,350; beyond ~10k the model takes tens of seconds to build and presolve
 VISIT_CHAIN_TIME_S = 2.0  # budget of the small visit-chain bound model (its proven bound is valid early)
+VISIT_CHAIN_MAX_CHOICES = 3_000  # (microbatch, stage set) pairs beyond which that bound model is skipped
 ROUNDING_SLACK = 1e-9  # float noise allowed before rounding a duration up to the next tick
 
 Stages = tuple[tuple[int, ...], ...]
@@ -228,21 +230,36 @@ def hop_choices(data: ModelData, sequences) -> int:
 
 
 def _prune(data: ModelData) -> ModelData:
-    """Keep each origin's best-ranked nodes per stage until the model fits MAX_HOP_CHOICES."""
+    """Keep `keep` nodes per stage for each origin, fewer until the model fits MAX_HOP_CHOICES."""
     if hop_choices(data, data.sequences) <= MAX_HOP_CHOICES:
         return data
-    ranked = {o: tuple(tuple(sorted(nodes, key=lambda a: _rank(data, o, a))) for nodes in data.stages)
-              for o in data.origins()}
-    keep = max(len(nodes) for nodes in data.stages[1:])
-    pruned = data
+    keep, pruned = max(len(nodes) for nodes in data.stages[1:]), data
     while keep > 1 and hop_choices(pruned, data.sequences) > MAX_HOP_CHOICES:
         keep -= 1
-        allowed = {o: (data.stages[0],) + tuple(r[:keep] for r in ranked[o][1:]) for o in ranked}
-        pruned = dataclasses.replace(pruned, allowed=allowed, pruned=True)
-    log.warning("model pruned: each origin may use its %d best-ranked nodes per stage (of up to %d); "
-                "the bound is relative to that candidate set", keep,
-                max(len(nodes) for nodes in data.stages[1:]))
+        pruned = dataclasses.replace(pruned, allowed=_spread(data, keep), pruned=True)
+    log.warning("model pruned: each origin may use %d nodes per stage (of up to %d); the bound is "
+                "relative to that candidate set", keep, max(len(nodes) for nodes in data.stages[1:]))
     return pruned
+
+
+def _spread(data: ModelData, keep: int) -> dict[int, Stages]:
+    """Per origin, `keep` nodes of each stage: in turns, each origin takes its best-ranked node
+    (`_rank`) among those not yet taken by more than an even share of the origins."""
+    origins = data.origins()
+    allowed = {o: [data.stages[0]] for o in origins}
+    for nodes in data.stages[1:]:
+        share = math.ceil(len(origins) * min(keep, len(nodes)) / len(nodes))
+        taken, mine = Counter(), {o: [] for o in origins}
+        for _ in range(min(keep, len(nodes))):
+            for o in origins:
+                free = ([n for n in nodes if n not in mine[o] and taken[n] < share]
+                        or [n for n in nodes if n not in mine[o]])
+                best = min(free, key=lambda n: (_rank(data, o, n), n))
+                mine[o].append(best)
+                taken[best] += 1
+        for o in origins:
+            allowed[o].append(tuple(sorted(mine[o])))
+    return {o: tuple(stages) for o, stages in allowed.items()}
 
 
 def _rank(data: ModelData, origin: int, node: int) -> int:
@@ -629,6 +646,9 @@ class PathBounds:
         m slots, the top jm+1 microbatches put j+1 on one chain, so a chain holds at least the
         j+1 smallest of them; and at least the mean r / m. Its proven bound is valid."""
         d, m = self.data, cp_model.CpModel()
+        n_sets = len({tuple(sorted(seq[1:])) for seq in self.sequences})
+        if len(d.microbatches) * n_sets > VISIT_CHAIN_MAX_CHOICES:
+            return 0  # too large to pay off within its budget: the plain slot chains stand
         longest = sum(max(self.set_round_trips(o).values()) for o in d.origins())
         bound, visits = m.NewIntVar(0, longest, "bound"), {}
         for origin in d.origins():
