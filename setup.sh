@@ -13,10 +13,14 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing pinned dependencies (first run takes a few minutes)" >&2
-  "$VENV/bin/python" -m pip install -q --upgrade pip setuptools >&2
-  "$VENV/bin/python" -m pip install -q -r requirements.txt >&2
-  "$VENV/bin/python" -m pip install -q --no-deps -e . >&2
+  echo "setup: installing pinned dependencies (first run takes a few minutes; log: $VENV/setup.log)" >&2
+  if ! { "$VENV/bin/python" -m pip install -q --upgrade pip setuptools &&
+         "$VENV/bin/python" -m pip install -q -r requirements.txt &&
+         "$VENV/bin/python" -m pip install -q --no-deps -e . ; } > "$VENV/setup.log" 2>&1; then
+    tail -n 20 "$VENV/setup.log" >&2
+    echo "setup: installation failed (full log: $VENV/setup.log)" >&2
+    exit 1
+  fi
   echo "$want" > "$STAMP"
 fi
 

@@ -198,7 +198,7 @@ def _run_stdlib_walk(path: Path) -> None:
     """Run `walk_stdlib_docs` in a child Python process writing to `path`."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
             "from skippipe.data import walk_stdlib_docs; walk_stdlib_docs(sys.argv[2])")
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes may build the cache at once
     try:
         subprocess.run([sys.executable, "-c", code, str(REPO_ROOT), str(tmp)], check=True,
                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -91,6 +91,15 @@ def _peers(args, n_nodes: int) -> dict[int, tuple[str, int]]:
     return peers
 
 
+def _prepare_data(sc, stand_in_model: str, say) -> None:
+    """Build the corpus and tokenizer caches once, before the data nodes all want them."""
+    from ..data import prepare_data
+    from ..node import stand_in
+    vocab = stand_in(sc.model, stand_in_model).vocab_size
+    say(f"preparing the built-in corpus and a {vocab}-token tokenizer (cached after the first run)")
+    prepare_data(None, vocab)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..faults import parse_failures
     from ..simulate import simulate
@@ -107,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     sched, _ = load_schedule(sched_path, sc)
     variant = sched.variant(args.setting)
     predicted = simulate(sched, args.setting, sc).iteration_s
+    _prepare_data(sc, args.stand_in_model, say)
     run_dir = launch.new_run_dir(args.runs, args.setting)
     cfg = RunConfig(
         run_dir=str(run_dir), scenario_path=str(Path(args.scenario).resolve()),

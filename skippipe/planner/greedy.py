@@ -9,8 +9,8 @@ saturation ends and the path is placed again (the upstream hops keep their times
 activations longer). The earliest finish wins (ties: the shorter idle round trip).
 
 TC1's visit cap is kept by looking ahead: a microbatch may only take a stage set after which
-the remaining microbatches can still be given stage sets within every stage's share (a quick
-greedy completion, else the exact count model `cpsat.stage_set_counts`, cached). Everything is
+the remaining microbatches can still be given stage sets within every stage's share (the plan
+so far minus one set, else the exact count model `cpsat.stage_set_counts`, cached). Everything is
 in the model's ticks (cpsat.ModelData), so the plan is a feasible CP-SAT hint as it is.
 """
 from __future__ import annotations
@@ -19,15 +19,18 @@ import bisect
 import heapq
 import itertools
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .cpsat import ModelData, TimedPlan, chain, stage_set_counts
+from .cpsat import ModelData, TimedPlan, chain, plan_values, stage_set_counts
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
 
 CANDIDATES_PER_ORIGIN = 600  # paths a microbatch tries: the paper's setting has 594 in all
+GREEDY_PACINGS = (0, 1, None)  # visits a stage may run ahead of its paced share (None: unpaced)
+EXACT_CHECKS = 3  # stage sets per microbatch checked with the exact count model (a few ms each)
 PLACEMENT_BUDGET = 200_000  # op placements in all (~1 s of Python): fewer paths per microbatch
 # when there are many microbatches and hops (each path costs 2k+1 timeline look-ups)
 
@@ -51,8 +54,8 @@ def candidate_paths(data: ModelData, origin: int) -> list[tuple[int, ...]]:
         return [(origin,) + rest for seq in data.sequences
                 for rest in itertools.product(*(allowed[s] for s in seq[1:]))]
     width = max(1, limit // len(data.sequences))
-    paths = sorted({p for seq in data.sequences for p in _beam(data, origin, seq, width)},
-                   key=lambda p: (data.path_ticks(p), p))
+    cost = {p: data.path_ticks(p) for seq in data.sequences for p in _beam(data, origin, seq, width)}
+    paths = sorted(cost, key=lambda p: (cost[p], p))
     best_per_set = {}
     for p in paths:  # every stage set keeps its cheapest path, for TC1's look-ahead
         best_per_set.setdefault(_stage_set(data, p), p)
@@ -61,7 +64,7 @@ def candidate_paths(data: ModelData, origin: int) -> list[tuple[int, ...]]:
         if len(kept) >= limit:
             break
         kept.add(p)
-    return sorted(kept, key=lambda p: (data.path_ticks(p), p))
+    return sorted(kept, key=lambda p: (cost[p], p))
 
 
 def _product_size(allowed, seq) -> int:
@@ -124,8 +127,8 @@ class _State:
 class GreedyScheduler:
     """Builds one TimedPlan for the model data (see the module docstring)."""
 
-    def __init__(self, data: ModelData):
-        self.data, self.ops = data, chain(data.k)
+    def __init__(self, data: ModelData, pacing: int | None = None):
+        self.data, self.ops, self.pacing = data, chain(data.k), pacing
         self.state = _State()
         self.candidates = {o: candidate_paths(data, o) for o in data.origins()}
         self.round_trip = {p: data.path_ticks(p) for paths in self.candidates.values() for p in paths}
@@ -142,18 +145,36 @@ class GreedyScheduler:
         return relabel_by_start(self.data, TimedPlan(self.nodes, self.starts))
 
     def _schedule(self, mb: int, origin: int) -> None:
-        """Place `mb` on its earliest-finishing path whose stage set keeps TC1 completable."""
+        """Place `mb` on its earliest-finishing path whose stage set keeps TC1 completable: the
+        best one the reference plan allows directly, unless one of the few better ones passes
+        the exact check."""
         placed = sorted((self._place(p) + (p,) for p in self.candidates[origin]), key=lambda r: r[:2])
-        for _, _, starts, path in placed:
-            rest = self._rest_after(_stage_set(self.data, path))
+        paced = [r for r in placed if self._within_pace(_stage_set(self.data, r[3]))]
+        exact_sets: set[StageSet] = set()
+        for _, _, starts, path in paced + placed:
+            st = _stage_set(self.data, path)
+            rest = self._rest_after(st)
+            if rest is None and st not in exact_sets and len(exact_sets) < EXACT_CHECKS:
+                exact_sets.add(st)
+                rest = self._exact_rest_after(st)
             if rest is not None:
                 self._commit(mb, path, starts, rest)
                 return
         raise PlanningError(f"TC1: microbatch {mb} has no path within the stages' visit share")
 
+    def _within_pace(self, st: StageSet) -> bool:
+        """TC1's even share spread over the microbatches in placement order: after j of N, a
+        stage has at most ceil(share x j / N) + pacing visits (so slow stages are not all left
+        to the last microbatches). Always true without pacing."""
+        if self.pacing is None:
+            return True
+        d = self.data
+        pace = math.ceil(d.visit_cap * (len(self.nodes) + 1) / len(d.microbatches)) + self.pacing
+        return all(d.visit_cap - self.caps[s] + 1 <= pace for s in st)
+
     def _rest_after(self, st: StageSet) -> Counter | None:
-        """A TC1-feasible plan of stage sets for the microbatches after one taking `st`: the
-        reference plan minus `st`, or with one of its sets swapped for `st`, or a new one."""
+        """A TC1-feasible plan of stage sets for the microbatches after one taking `st`, cheaply:
+        the reference plan minus `st`, or minus a set that `st` can replace. None: not found."""
         if self.reference.get(st, 0) > 0:
             return self.reference - Counter({st: 1})
         caps = {s: c - (s in st) for s, c in self.caps.items()}
@@ -163,17 +184,20 @@ class GreedyScheduler:
         for t in sorted(self.reference):  # the reference covers this microbatch too: drop one set
             if all(used[s] - (s in t) <= caps[s] for s in caps):
                 return self.reference - Counter({t: 1})
+        return None
+
+    def _exact_rest_after(self, st: StageSet) -> Counter | None:
+        caps = {s: c - (s in st) for s, c in self.caps.items()}
+        if min(caps.values()) < 0:
+            return None
         return self._complete(caps, sum(self.reference.values()) - 1)
 
     def _complete(self, caps: dict[int, int], left: int) -> Counter | None:
-        """Stage sets for `left` microbatches within `caps`: most-free stages first, else exact."""
+        """Stage sets for `left` microbatches within `caps` (the exact count model, cached)."""
         key = (tuple(sorted(caps.items())), left)
         if key not in self._completions:
-            quick = _quick_completion(dict(caps), left, self.all_sets)
-            if quick is None:
-                exact = stage_set_counts(self.all_sets, caps, left)
-                quick = None if exact is None else Counter(exact)
-            self._completions[key] = quick
+            exact = stage_set_counts(self.all_sets, caps, left)
+            self._completions[key] = None if exact is None else Counter(exact)
         return self._completions[key]
 
     def _place(self, path: tuple[int, ...]) -> tuple[int, int, dict]:
@@ -230,21 +254,6 @@ def _round_robin(microbatches) -> list[tuple[int, int]]:
     return [item for column in columns for item in column if item is not None]
 
 
-def _quick_completion(caps: dict[int, int], left: int, sets: list[StageSet]) -> Counter | None:
-    """Stage sets for `left` microbatches, each time the set whose stages have most room left;
-    None when that runs out (the exact model then decides)."""
-    out: Counter = Counter()
-    for _ in range(left):
-        fits = [st for st in sets if all(caps[s] >= 1 for s in st)]
-        if not fits:
-            return None
-        best = max(fits, key=lambda st: (min(caps[s] for s in st), sum(caps[s] for s in st)))
-        for s in best:
-            caps[s] -= 1
-        out[best] += 1
-    return out
-
-
 def relabel_by_start(data: ModelData, plan: TimedPlan) -> TimedPlan:
     """Renumber each data node's (identical) microbatches so their F at hop 0 start in id order."""
     by_origin: dict[int, list[int]] = {}
@@ -259,9 +268,14 @@ def relabel_by_start(data: ModelData, plan: TimedPlan) -> TimedPlan:
     return TimedPlan(nodes, starts)
 
 
-def greedy_plan(data: ModelData) -> TimedPlan:
-    """A feasible timed plan (all rules of the model) by the greedy list scheduler."""
-    plan = GreedyScheduler(data).run()
-    log.debug("greedy plan: %d microbatches, makespan %d ticks", len(plan.nodes),
-              max(plan.starts["B", mb, 0] + data.dur["B"][p[0]] for mb, p in plan.nodes.items()))
-    return plan
+def greedy_plan(data: ModelData, objective: str = "iteration") -> TimedPlan:
+    """The best (by `objective`, see cpsat.plan_values) of the greedy plans with each pacing of
+    GREEDY_PACINGS: feasible for every rule of the model."""
+    best, best_value = None, math.inf
+    for pacing in GREEDY_PACINGS:
+        plan = GreedyScheduler(data, pacing).run()
+        value = plan_values(data, plan)[objective]
+        log.debug("greedy plan (pacing %s): %s %d ticks", pacing, objective, value)
+        if value < best_value:
+            best, best_value = plan, value
+    return best
