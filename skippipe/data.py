@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from .errors import SkipPipeError
-from .tokenizer import cached_tokenizer, encode_documents, load_tokenizer, tokenizer_key, write_atomic
+from .tokenizer import cached_tokenizer, encode_documents, load_tokenizer, write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import os
 import signal
 import time
@@ -46,7 +45,7 @@ from .recovery import live_variant, repair_path
 from .runconfig import EventWriter, RunConfig, events_dir
 from .scenario import ModelConfig, load_scenario
 from .schedule import Hop, MicrobatchPath, load_schedule
-from .train_local import TrainConfig, learning_rate, make_optimizer
+from .train_local import TrainConfig, clip_stage, learning_rate, make_optimizer
 from .transport import Transport, TransportError
 from .wire import Kind, Message
 
@@ -131,6 +130,7 @@ class Node:
         self.revive_at: dict[int, set[int]] = {}  # iteration -> peers planned in again from then
         self.sponsoring: dict[int, set[int]] = {}  # after this iteration, send these peers our state
         self.welcome: dict | None = None  # rejoining: the sponsor's plan and our stage's state
+        self.greeted: set[int] = set()  # peers whose start-up greeting arrived
 
     # -- set-up -----------------------------------------------------------------------------
     def _emulator(self) -> LinkEmulator | None:
@@ -185,7 +185,6 @@ class Node:
         Returns the first iteration to run (0)."""
         deadline = time.monotonic() + self.cfg.connect_timeout_s
         unsent = {n for n in self.cfg.peers if n != self.id}
-        self.greeted: set[int] = set()
         while unsent or set(self.cfg.peers) - self.greeted - {self.id}:
             for n in sorted(unsent):
                 try:
@@ -488,10 +487,7 @@ class Node:
         return ("B", msg.microbatch, hop)
 
     def _step(self, it: int) -> None:
-        params = [p for p in self.module.parameters() if p.grad is not None]
-        clip = self.train_cfg.grad_clip
-        if params:
-            torch.nn.utils.clip_grad_norm_(params, clip if clip > 0 else math.inf)
+        clip_stage(self.module, self.train_cfg.grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(it, self.train_cfg)
         self.optimizer.step()

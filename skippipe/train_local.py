@@ -3,7 +3,8 @@
 Every microbatch of an iteration runs the stages of its path in path order (stage 0 embeds and
 runs its layers, then each later stage of the path runs its layers, then stage 0 applies the
 final norm, LM head and loss). Losses are averaged over the iteration's microbatches, gradients
-accumulate over all of them, the global gradient norm is clipped to `grad_clip`, and AdamW takes
+accumulate over all of them, each stage's gradient norm is clipped to `grad_clip` (as the
+distributed runtime does: stages clip without a global barrier), and AdamW takes
 exactly one step per iteration. Parameters of a stage no microbatch visited get no gradient and
 are left untouched by that step.
 
@@ -51,7 +52,7 @@ class TrainConfig:
     samples_per_microbatch: int
     learning_rate: float
     weight_decay: float
-    grad_clip: float  # max global gradient norm; 0 disables clipping
+    grad_clip: float  # max gradient norm per stage; 0 disables clipping
     seed: int  # model initialisation and data order
     warmup_iterations: int = 0  # linear learning-rate warm-up
     cosine_decay: bool = False  # decay to MIN_LR_FRACTION x peak at the last iteration
@@ -195,6 +196,14 @@ def learning_rate(iteration: int, cfg: TrainConfig) -> float:
     return floor + (cfg.learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def clip_stage(stage: torch.nn.Module, grad_clip: float) -> float:
+    """Clip one stage's gradient norm to `grad_clip` (0: no clipping); returns the norm before."""
+    params = [p for p in stage.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf))
+
+
 def train_iteration(stages: Sequence[Stage], optimizer: torch.optim.Optimizer,
                     paths: Sequence[StagePath], batches: Iterator[torch.Tensor],
                     grad_clip: float) -> tuple[float, float]:
@@ -209,8 +218,8 @@ def train_iteration(stages: Sequence[Stage], optimizer: torch.optim.Optimizer,
         loss = forward_path(stages, next(batches).to(device), path)
         (loss / len(paths)).backward()
         total += loss.item()
-    params = [p for s in stages for p in s.parameters() if p.grad is not None]
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    norms = [clip_stage(s, grad_clip) for s in stages]
+    norm = math.sqrt(sum(n * n for n in norms))
     optimizer.step()
     return total / len(paths), float(norm)
 

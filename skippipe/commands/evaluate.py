@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweep", action="store_true",
                    help="every subset of non-first stages (seeded sample when S > 8), table + PNG")
     p.add_argument("--max-batches", type=int, default=DEFAULT_MAX_BATCHES,
-                   help=f"validation batches of --samples sequences per path (default %(default)s)")
+                   help="validation batches of --samples sequences per path (default %(default)s)")
     p.add_argument("--samples", type=int, default=EVAL_SAMPLES, help="sequences per batch")
     p.add_argument("--seed", type=int, default=0, help="subset sample seed when S > 8")
     p.add_argument("--data", help="data source (default: the one the checkpoint was trained on)")

@@ -289,10 +289,13 @@ class Rules:
 
 class PathModel:
     """The CP-SAT model of one planning problem; `upper_bound` (ticks of the objective, e.g. a
-    greedy plan's) bounds every start time, else a serial schedule's length does."""
+    greedy plan's) bounds every start time, else a serial schedule's length does. With
+    `fixed_paths` (microbatch -> node per hop) those microbatches keep their paths and only
+    their timing is free (sequencing subproblems)."""
 
-    def __init__(self, data: ModelData, rules: Rules = Rules(), upper_bound: int | None = None):
-        self.data, self.rules = data, rules
+    def __init__(self, data: ModelData, rules: Rules = Rules(), upper_bound: int | None = None,
+                 fixed_paths: dict[int, tuple[int, ...]] | None = None):
+        self.data, self.rules, self.fixed = data, rules, fixed_paths or {}
         self.model = cp_model.CpModel()
         self.sequences = data.sequences if rules.cc3 else all_sequences(data)
         self.ops = chain(data.k)
@@ -330,7 +333,8 @@ class PathModel:
         self.st, self.start, self.span = {}, {}, {}
         for mb, origin in d.microbatches:
             for h in range(1, d.k):
-                nodes = d.hop_nodes(origin, h, self.sequences)
+                nodes = ((self.fixed[mb][h],) if mb in self.fixed
+                         else d.hop_nodes(origin, h, self.sequences))
                 self.x[mb, h] = {n: m.NewBoolVar(f"x_{mb}_{h}_{n}") for n in nodes}
                 self.st[mb, h] = m.NewIntVarFromDomain(
                     cp_model.Domain.FromValues(sorted({d.stage_of[n] for n in nodes})), f"st_{mb}_{h}")

@@ -127,11 +127,14 @@ class _State:
 class GreedyScheduler:
     """Builds one TimedPlan for the model data (see the module docstring)."""
 
-    def __init__(self, data: ModelData, pacing: int | None = None):
+    def __init__(self, data: ModelData, pacing: int | None = None,
+                 fixed_paths: dict[int, tuple[int, ...]] | None = None):
         self.data, self.ops, self.pacing = data, chain(data.k), pacing
+        self.fixed = fixed_paths or {}
         self.state = _State()
         self.candidates = {o: candidate_paths(data, o) for o in data.origins()}
         self.round_trip = {p: data.path_ticks(p) for paths in self.candidates.values() for p in paths}
+        self.round_trip.update({p: data.path_ticks(p) for p in self.fixed.values()})
         self.caps = {s: data.visit_cap for s in range(1, len(data.stages))}
         self.reference = Counter(dict(data.visit_plan))  # a TC1-feasible completion
         self.all_sets = sorted({_stage_set(data, p) for paths in self.candidates.values() for p in paths})
@@ -148,7 +151,8 @@ class GreedyScheduler:
         """Place `mb` on its earliest-finishing path whose stage set keeps TC1 completable: the
         best one the reference plan allows directly, unless one of the few better ones passes
         the exact check."""
-        placed = sorted((self._place(p) + (p,) for p in self.candidates[origin]), key=lambda r: r[:2])
+        options = [self.fixed[mb]] if mb in self.fixed else self.candidates[origin]
+        placed = sorted((self._place(p) + (p,) for p in options), key=lambda r: r[:2])
         paced = [r for r in placed if self._within_pace(_stage_set(self.data, r[3]))]
         exact_sets: set[StageSet] = set()
         for _, _, starts, path in paced + placed:
@@ -268,12 +272,14 @@ def relabel_by_start(data: ModelData, plan: TimedPlan) -> TimedPlan:
     return TimedPlan(nodes, starts)
 
 
-def greedy_plan(data: ModelData, objective: str = "iteration") -> TimedPlan:
+def greedy_plan(data: ModelData, objective: str = "iteration",
+                fixed_paths: dict[int, tuple[int, ...]] | None = None) -> TimedPlan:
     """The best (by `objective`, see cpsat.plan_values) of the greedy plans with each pacing of
-    GREEDY_PACINGS: feasible for every rule of the model."""
+    GREEDY_PACINGS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
+    node per hop) only the timing is chosen."""
     best, best_value = None, math.inf
-    for pacing in GREEDY_PACINGS:
-        plan = GreedyScheduler(data, pacing).run()
+    for pacing in (GREEDY_PACINGS if not fixed_paths else (None,)):
+        plan = GreedyScheduler(data, pacing, fixed_paths).run()
         value = plan_values(data, plan)[objective]
         log.debug("greedy plan (pacing %s): %s %d ticks", pacing, objective, value)
         if value < best_value:
