@@ -3,7 +3,7 @@
 microbatches were re-routed or lost, iteration times and losses side by side (with a plot), then
 perplexity through the live nodes with 0-50% of the nodes failed.
 
-    .venv/bin/python bench/failure_experiment.py                       # tiny, default plan
+    .venv/bin/python bench/failure_experiment.py                       # tiny, default plan (by role)
     .venv/bin/python bench/failure_experiment.py --iterations 30 \\
         --fail node=3,iteration=4,phase=backward,how=crash --fail node=5,iteration=8,how=hang
 
@@ -23,13 +23,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from skippipe.commands.infer import distributed_perplexity, local_perplexity  # noqa: E402
+from skippipe.launch import ensure_schedule  # noqa: E402
+from skippipe.planning import DEFAULT_TIME_LIMIT_S  # noqa: E402
+from skippipe.scenario import load_scenario  # noqa: E402
+from skippipe.schedule import load_schedule  # noqa: E402
 from skippipe.timeline import read_jsonl  # noqa: E402
 
 from benchutil import free_base_port  # noqa: E402
 
-DEFAULT_FAILS = ["node=3,iteration=3,phase=backward,how=crash", "node=4,iteration=6,phase=forward,how=hang"]
 FAILED_FRACTIONS = (0.0, 0.17, 0.34, 0.5)  # of all nodes, data nodes excepted where possible
 PORT_START = 41000
+
+
+def default_plan(allocation, iterations: int) -> list[str]:
+    """One failure of each kind of consequence, chosen by role in the allocation: a node of a
+    stage with peers crashes (its microbatches are re-routed), the only node of a stage hangs
+    (the stage is skipped), a data node crashes (its microbatches are lost)."""
+    shared = next(nodes[-1] for nodes in allocation[1:] if len(nodes) > 1)
+    alone = next((nodes[0] for nodes in allocation[1:] if len(nodes) == 1), None)
+    at = [max(1, iterations * f // 4) for f in (1, 2, 3)]
+    plan = [f"node={shared},iteration={at[0]},phase=backward,how=crash",
+            f"node={allocation[0][-1]},iteration={at[2]},phase=forward,how=crash"]
+    if alone is not None:
+        plan.insert(1, f"node={alone},iteration={at[1]},phase=forward,how=hang")
+    return plan
 
 
 def train(out: Path, name: str, args, fails: list[str], port: int) -> Path:
@@ -99,14 +116,17 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=12)
     ap.add_argument("--time-scale", type=float, default=2.0)
     ap.add_argument("--peer-timeout", type=float, default=3.0, help="failure detection deadline, wall s")
-    ap.add_argument("--fail", action="append", help=f"failure spec (default: {DEFAULT_FAILS})")
+    ap.add_argument("--fail", action="append", help="failure spec (default: one of each consequence, see default_plan)")
     ap.add_argument("--max-batches", type=int, default=8, help="validation batches for perplexity")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="runs/failure-experiment")
     args = ap.parse_args()
+    os.chdir(ROOT)  # schedules/ and runs/ are relative to the project
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    fails = args.fail or DEFAULT_FAILS
+    sc = load_scenario(ROOT / args.scenario)
+    sched, _ = load_schedule(ensure_schedule(sc, args.variant, None, DEFAULT_TIME_LIMIT_S, print), sc)
+    fails = args.fail or default_plan(sched.allocation, args.iterations)
 
     clean_dir = train(out, "clean", args, [], free_base_port(args.nodes, PORT_START))
     failed_dir = train(out, "failures", args, fails, free_base_port(args.nodes, PORT_START + 100))
