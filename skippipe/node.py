@@ -14,7 +14,9 @@ number, so a node can serve a re-routed microbatch it was not planned for. When 
 iteration turns *degraded*: nodes run first come first served and end the iteration once every
 live data node has reported DONE; each data node restarts its unfinished microbatches that
 touched a dead node on a repaired path (attempt + 1). A node that already finished the
-iteration still serves late operations for it, computing input gradients only.
+iteration still serves late operations for it, computing input gradients only. A restarted
+attempt may repeat gradient contributions its failed attempt already made on later hops: a bias
+of at most one microbatch per affected stage, in the failure's iteration only.
 
 Emulation: each operation is padded to the scenario's compute time for this node, and each
 message waits on its emulated link (scenario bytes, not the tiny model's), both x time_scale.
