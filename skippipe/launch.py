@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -219,6 +220,19 @@ def new_run_dir(base: str | Path, variant: str) -> Path:
     d = Path(base) / f"{stamp}-{variant}-{os.getpid()}"
     d.mkdir(parents=True, exist_ok=False)
     return d
+
+
+def check_ports(peers: dict[int, tuple[str, int]], nodes: range) -> None:
+    """One clear error for a port this host's nodes need that something else holds."""
+    for n in nodes:
+        host, port = peers[n]
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):  # the transport binds both
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind((host, port))
+                except OSError as e:
+                    raise SkipPipeError(f"port {host}:{port} for node {n} is not free ({e.strerror}); "
+                                        f"choose another --base-port") from None
 
 
 def check_range(first: int, last: int, sc: Scenario) -> range:

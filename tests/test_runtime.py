@@ -119,3 +119,14 @@ def test_distributed_gradients_equal_single_process(tmp_path, tiny_schedule):
         assert set(got) == set(want)
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6)
+
+
+def test_a_busy_port_is_one_clear_error(tmp_path, tiny_schedule):
+    base, args = _run(tmp_path, tiny_schedule, "random", "--iterations", "1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", base + 2))
+        s.listen()
+        r = run_skippipe(args, cwd=tmp_path, timeout_s=RUN_DEADLINE_S)
+    assert r.returncode == 2
+    assert r.stdout.strip().splitlines()[-1].startswith(f"error: port 127.0.0.1:{base + 2} for node 2 is not free")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     variant = sched.variant(args.setting)
     predicted = simulate(sched, args.setting, sc).iteration_s
     _prepare_data(sc, args.stand_in_model, say)
+    peers = _peers(args, len(sc.nodes))
+    launch.check_ports(peers, nodes)
     run_dir = launch.new_run_dir(args.runs, args.setting)
     cfg = RunConfig(
         run_dir=str(run_dir), scenario_path=str(Path(args.scenario).resolve()),
@@ -124,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         variant=variant.name, iterations=args.iterations or sc.training.iterations,
         time_scale=args.time_scale or sc.training.time_scale,
         emulate_compute=not args.no_emulate_compute, emulate_links=not args.no_emulate_links,
-        peers=_peers(args, len(sc.nodes)), local_nodes=tuple(nodes), data_nodes=sched.allocation[0],
+        peers=peers, local_nodes=tuple(nodes), data_nodes=sched.allocation[0],
         epoch=time.time(), seed=sc.training.seed if args.seed is None else args.seed,
         peer_timeout_s=args.peer_timeout, connect_timeout_s=DEFAULT_CONNECT_TIMEOUT_S,
         save_checkpoint=args.checkpoint, failures=tuple(parse_failures(args.fail, sc)),
