@@ -271,11 +271,18 @@ def test_ca_partial_variant_is_valid_and_consistent():
     assert sim.iteration_s <= prov.objective + 1e-6  # the simulator runs the planned order as early as it can
 
 
+REPRO_TIME_LIMIT_S = 6.0  # long enough for a few path-LNS steps and the full model
+
+
 def test_same_seed_one_worker_is_reproducible():
-    sc = tiny()
-    a, b = (ca_partial_variant(sc, TINY_ALLOCATION, time_limit_s=SOLVE_S, seed=3, workers=1)
+    sizes = (2, 3, 3, 3)  # big enough that the greedy plan is not optimal
+    latency = {(a, b): 0.1 + ((a * 7 + b * 3) % 5) / 4 for a in range(11) for b in range(a + 1, 11)}
+    sc = make_scenario(sizes, k=3, mb_per_node=4, slots=2, latency=latency)
+    alloc = allocation_of(sizes)
+    a, b = (ca_partial_variant(sc, alloc, time_limit_s=REPRO_TIME_LIMIT_S, seed=3, workers=1)
             for _ in range(2))
     assert a.paths == b.paths and a.order == b.order
+    assert a.provenance.objective == b.provenance.objective
 
 
 def test_non_ca_variant_has_no_order_and_validates():

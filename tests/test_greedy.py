@@ -2,7 +2,6 @@
 TC1's visit share by looking ahead, and are deterministic."""
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 
 import pytest
@@ -17,7 +16,7 @@ from skippipe.planner.partial import to_variant
 from skippipe.planner.paths import stage_sequences
 
 from conftest import SETTINGS
-from test_cpsat import FAR_S, NEAR_S, allocation_of, data_for, make_scenario
+from test_cpsat import FAR_S, NEAR_S, data_for, make_scenario
 
 GEO_ALLOCATION = ((1, 3, 11, 13, 15), (7, 14, 16), (2, 4, 19), (0, 9, 12), (5, 10, 17), (6, 8, 18))
 

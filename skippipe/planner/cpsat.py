@@ -22,6 +22,9 @@ makespan (last B at hop 0). Redundant constraints (add_bounds: memory slot chain
 nodes, data-node work, stage work) and symmetry breaking (a data node's identical microbatches
 start in id order) only tighten the search.
 
+Sub-models (partial.improve_paths, the path LNS): `fixed_paths` pins some microbatches' nodes
+(their link constraints become plain precedences) and `fixed_order` keeps their op order per node.
+
 Approximated: links are idle in the model (the simulator's FIFO queueing on a directed link is
 not modelled); durations are rounded up to ticks. When the full candidate set is too large
 (MAX_HOP_CHOICES), each origin may only use its best-ranked nodes per stage: the proven
@@ -53,6 +56,8 @@ MAX_HOP_CHOICES = 8_000  # (microbatch, hop, node) choices before nodes are prun
 # the paper's setting needs 1,350; beyond ~10k the model takes tens of seconds to build and presolve
 VISIT_CHAIN_TIME_S = 2.0  # budget of the small visit-chain bound model (its proven bound is valid early)
 VISIT_CHAIN_MAX_CHOICES = 3_000  # (microbatch, stage set) pairs beyond which that bound model is skipped
+DTIME_PER_WALL_S = 0.1  # CP-SAT deterministic time per wall second on the 2-core dev box (loaded,
+# one worker, measured 0.1-0.15): one-worker runs are bounded in it, so a seed reproduces
 ROUNDING_SLACK = 1e-9  # float noise allowed before rounding a duration up to the next tick
 
 Stages = tuple[tuple[int, ...], ...]
@@ -291,16 +296,18 @@ class PathModel:
     """The CP-SAT model of one planning problem; `upper_bound` (ticks of the objective, e.g. a
     greedy plan's) bounds every start time, else a serial schedule's length does. With
     `fixed_paths` (microbatch -> node per hop) those microbatches keep their paths and only
-    their timing is free (sequencing subproblems)."""
+    their timing is free (sequencing subproblems); with `fixed_order` their ops also keep that
+    plan's order on each node; `lower` shares bounds already computed."""
 
     def __init__(self, data: ModelData, rules: Rules = Rules(), upper_bound: int | None = None,
-                 fixed_paths: dict[int, tuple[int, ...]] | None = None):
+                 fixed_paths: dict[int, tuple[int, ...]] | None = None,
+                 lower: PathBounds | None = None, fixed_order: TimedPlan | None = None):
         self.data, self.rules, self.fixed = data, rules, fixed_paths or {}
         self.model = cp_model.CpModel()
         self.sequences = data.sequences if rules.cc3 else all_sequences(data)
         self.ops = chain(data.k)
         self.pos = {op: p for p, op in enumerate(self.ops)}
-        self.lower = PathBounds(data, self.sequences)
+        self.lower = lower if lower is not None else PathBounds(data, self.sequences)
         self.horizon = upper_bound if upper_bound is not None else self._serial_horizon()
         self._add_variables()
         self.add_paths()
@@ -317,6 +324,8 @@ class PathModel:
             self.add_bounds()
         if rules.symmetry:
             self.add_symmetry_breaking()
+        if fixed_order is not None:
+            self.keep_order(fixed_order)
 
     # -- variables ------------------------------------------------------------------------------
 
@@ -491,24 +500,31 @@ class PathModel:
             m.Add(self.span[mb, 0] >= lb.round_trip(origin) - d.dur["B"][origin])
             for h in range(1, d.k):
                 m.Add(self.span[mb, h] >= lb.hold(origin, h))
-        if r.tc1_memory:
-            m.Add(self.makespan >= lb.visit_chains(VISIT_CHAIN_TIME_S, visit_cap=r.tc1_load))
-        for origin in d.origins():
-            if r.tc1_memory:
-                m.Add(self.makespan >= lb.slot_chains(origin, r.tc2))
-            if r.tc2:
-                m.Add(self.makespan >= lb.data_node_work(origin))
-        if r.tc2 and r.tc1_load:
-            for s in range(1, len(d.stages)):
-                work = lb.stage_work(s)
-                if work is not None:
-                    m.Add(self.done[s] >= work[0])
-                    m.Add(self.makespan >= work[0] + work[1])
+        m.Add(self.makespan >= lb.makespan_floor(r))
+        for s, done in lb.done_floors(r).items():
+            m.Add(self.done[s] >= done)
+
+    def keep_order(self, plan: TimedPlan) -> None:
+        """Ops of fixed-path microbatches keep their order on each node as in `plan` (LNS
+        insertion steps: the freed microbatches are inserted among them)."""
+        d, by_node = self.data, {}
+        for (kind, mb, hop), t in plan.starts.items():
+            if mb in self.fixed:
+                node = d.op_node(self.fixed[mb], kind, hop)
+                by_node.setdefault(node, []).append((t, kind, mb, hop))
+        for ops in by_node.values():
+            ops.sort()
+            for (_, k0, m0, h0), (_, k1, m1, h1) in zip(ops, ops[1:]):
+                node = d.op_node(self.fixed[m0], k0, h0)
+                self.model.Add(self.start[m1, self.pos[k1, h1]] >=
+                               self.start[m0, self.pos[k0, h0]] + d.dur[k0][node])
 
     def add_symmetry_breaking(self) -> None:
-        """A data node's microbatches are identical: their F at hop 0 run in id order."""
+        """A data node's microbatches are identical: their F at hop 0 run in id order (among
+        those whose path is not fixed)."""
         d, f0 = self.data, self.pos["F", 0]
-        for (mb, origin), (nxt, o2) in zip(d.microbatches, d.microbatches[1:]):
+        free = [(mb, o) for mb, o in d.microbatches if mb not in self.fixed]
+        for (mb, origin), (nxt, o2) in zip(free, free[1:]):
             if origin == o2:
                 gap = d.dur["F"][origin] if self.rules.tc2 else 0
                 self.model.Add(self.start[nxt, f0] >= self.start[mb, f0] + gap)
@@ -561,6 +577,7 @@ class PathBounds:
         self.data, self.sequences, self.ops = data, sequences, chain(data.k)
         self._steps: dict[int, tuple[int, ...]] = {}
         self._round_trip: dict[int, int] = {}
+        self._visit_chains: dict[bool, int] = {}
 
     def _nodes(self, origin: int, kind: str, hop: int) -> tuple[int, ...]:
         return (origin,) if kind == "L" else self.data.hop_nodes(origin, hop, self.sequences)
@@ -634,6 +651,32 @@ class PathBounds:
         tail = min(d.link[n][o] + d.dur["B"][o] for o in d.origins() for n in d.allowed[o][stage])
         return first + lo, tail
 
+    def makespan_floor(self, rules: Rules) -> int:
+        """The largest of the makespan bounds that `rules` keep valid (ticks)."""
+        d, floors = self.data, [0]
+        if rules.tc1_memory:
+            floors.append(self.visit_chains(VISIT_CHAIN_TIME_S, visit_cap=rules.tc1_load))
+            floors += [self.slot_chains(o, rules.tc2) for o in d.origins()]
+        if rules.tc2:
+            floors += [self.data_node_work(o) for o in d.origins()]
+        if rules.tc2 and rules.tc1_load:
+            floors += [sum(w) for s in range(1, len(d.stages)) if (w := self.stage_work(s))]
+        return max(floors)
+
+    def done_floors(self, rules: Rules) -> dict[int, int]:
+        """Stage -> least tick its last op can end (stage work; needs TC2 and the visit share)."""
+        if not (rules.tc2 and rules.tc1_load):
+            return {}
+        return {s: w[0] for s in range(1, len(self.data.stages)) if (w := self.stage_work(s))}
+
+    def objective_floor(self, rules: Rules) -> int:
+        """A proven lower bound (ticks) on `rules.objective` from the bounds above alone."""
+        d, makespan = self.data, self.makespan_floor(rules)
+        if rules.objective == "makespan":
+            return makespan
+        done = self.done_floors(rules)
+        return max([makespan + d.avg[0]] + [done.get(s, 0) + d.avg[s] for s in range(1, len(d.stages))])
+
     def set_round_trips(self, origin: int) -> dict[tuple[int, ...], int]:
         """Least round trip (ticks) of `origin` per visited stage set."""
         out: dict[tuple[int, ...], int] = {}
@@ -649,6 +692,11 @@ class PathBounds:
         to minimise the largest chain bound over data nodes: with round trips r1 >= r2 >= ... and
         m slots, the top jm+1 microbatches put j+1 on one chain, so a chain holds at least the
         j+1 smallest of them; and at least the mean r / m. Its proven bound is valid."""
+        if visit_cap not in self._visit_chains:
+            self._visit_chains[visit_cap] = self._solve_visit_chains(time_limit_s, visit_cap)
+        return self._visit_chains[visit_cap]
+
+    def _solve_visit_chains(self, time_limit_s: float, visit_cap: bool) -> int:
         d, m = self.data, cp_model.CpModel()
         n_sets = len({tuple(sorted(seq[1:])) for seq in self.sequences})
         if len(d.microbatches) * n_sets > VISIT_CHAIN_MAX_CHOICES:
@@ -677,7 +725,7 @@ class PathBounds:
                 m.Add(sum(vs) <= d.visit_cap)
         m.Minimize(bound)
         solver = cp_model.CpSolver()
-        solver.parameters.max_time_in_seconds = time_limit_s
+        solver.parameters.max_deterministic_time = time_limit_s * DTIME_PER_WALL_S
         solver.parameters.num_workers = 1  # deterministic; the model is small
         status = solver.Solve(m)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -717,19 +765,24 @@ class _Progress(cp_model.CpSolverSolutionCallback):
     def on_solution_callback(self) -> None:
         line = progress_line(self.WallTime(), self.ObjectiveValue() * self.tick_s,
                              self.BestObjectiveBound() * self.tick_s)
-        log.info("%s", line)
+        log.debug("%s", line)
         if self.report is not None:
             self.report(line)
 
 
 def solve(pm: PathModel, time_limit_s: float, seed: int, workers: int,
-          progress: Callable[[str], None] | None = None) -> SolveResult:
-    """Run CP-SAT on the model. Raises PlanningError when it proves the rules infeasible."""
+          progress: Callable[[str], None] | None = None, planned_s: float | None = None) -> SolveResult:
+    """Run CP-SAT on the model for up to `time_limit_s` wall seconds. With one worker the run is
+    also limited in deterministic time (DTIME_PER_WALL_S per second of `planned_s`, default the
+    time limit), so that a seed gives the same result on any machine not slower than that.
+    Raises PlanningError when CP-SAT proves the rules infeasible."""
     solver = cp_model.CpSolver()
     params = solver.parameters
     params.max_time_in_seconds = time_limit_s
     params.num_workers = workers
     params.random_seed = seed
+    if workers == 1:
+        params.max_deterministic_time = (planned_s or time_limit_s) * DTIME_PER_WALL_S
     status = solver.Solve(pm.model, _Progress(pm.data.tick_s, progress))
     name = solver.StatusName(status)
     if status == cp_model.INFEASIBLE:
@@ -740,7 +793,7 @@ def solve(pm: PathModel, time_limit_s: float, seed: int, workers: int,
     found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
     plan = pm.extract(solver) if found else None
     objective = round(solver.ObjectiveValue()) if found else None
-    log.info("cp-sat %s after %.1f s: objective %s, bound %d ticks of %g s", name, solver.WallTime(),
+    log.debug("cp-sat %s after %.1f s: objective %s, bound %d ticks of %g s", name, solver.WallTime(),
              objective, round(solver.BestObjectiveBound()), pm.data.tick_s)
     return SolveResult(name, plan, objective, math.ceil(solver.BestObjectiveBound() - ROUNDING_SLACK),
                        solver.WallTime())

@@ -10,8 +10,11 @@ activations longer). The earliest finish wins (ties: the shorter idle round trip
 
 TC1's visit cap is kept by looking ahead: a microbatch may only take a stage set after which
 the remaining microbatches can still be given stage sets within every stage's share (the plan
-so far minus one set, else the exact count model `cpsat.stage_set_counts`, cached). Everything is
-in the model's ticks (cpsat.ModelData), so the plan is a feasible CP-SAT hint as it is.
+so far minus one set, else the exact count model `cpsat.stage_set_counts`, cached). Optionally
+the visits are also paced: after j of N microbatches a stage may hold only about j/N of its
+share, so the slow stages are not all left to the last microbatches; `greedy_plan` runs each
+pacing of GREEDY_PACINGS and keeps the best plan. Everything is in the model's ticks
+(cpsat.ModelData), so the plan is a feasible CP-SAT hint as it is.
 """
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 """The partial-pipeline variants: `ca-partial` (SkipPipe) and `non-ca-partial` (without TC2).
 
-ca-partial: the greedy list scheduler gives a first feasible timed plan; CP-SAT (the full model
-of cpsat.py, hinted with it and bounded by it) improves it until optimal or out of time. The
-variant holds each microbatch's path and every node's op order with planned start times; its
-provenance holds CP-SAT's status, objective and proven bound (seconds of the model's objective,
-the simulator's iteration time). If CP-SAT finds nothing better than the greedy plan in time,
-the greedy plan is returned and the status says so.
+ca-partial: the greedy list scheduler gives a first feasible timed plan; a large neighbourhood
+search over paths improves it (CP-SAT on sub-models of cpsat.py where most microbatches keep
+their paths); then the full model, hinted with the best plan and bounded by it, runs for the
+rest of the time limit: it may improve the plan further and proves the bound. The whole call
+stays within `time_limit_s`. The variant holds each microbatch's path and every node's op order
+with planned start times; its provenance holds the status, the objective and CP-SAT's proven
+bound (seconds of the model's objective: the simulator's iteration time). If nothing better
+than the greedy plan is found in time, the greedy plan is returned and the status says so.
 
 non-ca-partial: the same model without TC2 (collision-blind: memory slots and the visit share
 are kept, ops on a node may overlap), returned without an order, so the simulator runs its
@@ -17,8 +19,10 @@ the model's values within its rounding (one tick per rounded-up duration on the 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -28,12 +32,22 @@ from ..scenario import Scenario
 from ..schedule import (TIME_TOLERANCE_S, Hop, MicrobatchPath, Op, Provenance, Schedule,
                         ScheduleError, VariantSchedule, op_end_times, planned_makespan, validate)
 from .allocation import check_allocation, stages_of
-from .cpsat import ModelData, PathModel, Rules, SolveResult, TimedPlan, build_data, plan_values, solve
-from .greedy import greedy_plan
+from .cpsat import (ModelData, PathBounds, PathModel, Rules, SolveResult, TimedPlan, all_sequences,
+                    build_data, plan_values, solve)
+from .greedy import greedy_plan, relabel_by_start
+from .paths import PlanningError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIME_LIMIT_S = 60.0  # CP-SAT budget per variant (the paper's planner took minutes)
+FINISH_RESERVE_S = 1.0  # kept from the time limit for extraction, validation, recomputation
+LNS_SHARE = 0.8  # of the solving time for path LNS; the rest for the full model (bound, polish)
+LNS_STEP_S = 2.0  # CP-SAT limit of one LNS sub-model (a few free paths solve or stall by then)
+LNS_MIN_STEP_S = 0.5  # no LNS step is started with less time left
+LNS_START_FREE = 4  # microbatches freed by the first LNS step
+LNS_MIN_FREE = 2
+NEIGHBOURHOODS = ("critical", "origin", "shared", "random")  # LNS steps cycle through these
+RESEQUENCE_EVERY = 8  # every so many LNS steps the fixed microbatches' order is free too
 MAKESPAN_TICKS_TOLERANCE = 1  # the last B's duration is rounded up by less than one tick
 ITERATION_TICKS_TOLERANCE = 2  # ... plus the stage's averaging time, rounded up as well
 
@@ -76,7 +90,7 @@ def _variant(name: str, scenario: Scenario, allocation, rules: Rules, time_limit
     stages = stages_of(allocation)
     check_allocation(scenario, stages)
     data = build_data(scenario, stages)
-    result = plan(data, rules, started + time_limit_s, seed, workers or os.cpu_count() or 1, progress)
+    result = plan(data, rules, time_limit_s, seed, workers or os.cpu_count() or 1, progress, started)
     wall = time.monotonic() - started
     tick = data.tick_s
     prov = Provenance("cp-sat", seed, workers or os.cpu_count() or 1, time_limit_s, result.status,
@@ -87,29 +101,108 @@ def _variant(name: str, scenario: Scenario, allocation, rules: Rules, time_limit
     return variant
 
 
-def plan(data: ModelData, rules: Rules, deadline: float, seed: int, workers: int,
-         progress: Progress | None = None) -> PlanResult:
-    """Greedy first, then CP-SAT hinted with it until `deadline` (time.monotonic() seconds);
-    the better of the two (ticks)."""
-    first = greedy_plan(data)
+def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers: int,
+         progress: Progress | None = None, started: float | None = None) -> PlanResult:
+    """Greedy first; then path LNS (CP-SAT on sub-models) for LNS_SHARE of the time; then the
+    full model, hinted with the best plan, until `time_limit_s` after `started` (time.monotonic()
+    seconds, default now) less FINISH_RESERVE_S. Returns the best plan, the status and the proven
+    bound (ticks). With one worker the budgets come from the time limit alone and every CP-SAT
+    call is bounded in deterministic time too, so a seed reproduces."""
+    started = time.monotonic() if started is None else started
+    deadline = started + time_limit_s
+    first = greedy_plan(data, rules.objective)
     first_value = plan_values(data, first)[rules.objective]
     if progress is not None:
         progress(f"greedy: first feasible plan, objective {first_value * data.tick_s:.2f} s")
-    model = PathModel(data, rules, upper_bound=first_value)
-    model.add_hint(first)
-    budget = deadline - time.monotonic()
+    lower = PathBounds(data, data.sequences if rules.cc3 else all_sequences(data))
+    left = deadline - FINISH_RESERVE_S - time.monotonic()
+    total = max(0.0, time_limit_s - FINISH_RESERVE_S if workers == 1 else left)
+    lns_s, full_s = LNS_SHARE * total, (1 - LNS_SHARE) * total
+    best = improve_paths(data, rules, first, lns_s, seed, workers, lower, progress,
+                         cap_s=LNS_SHARE * max(0.0, left))
+    best_value = plan_values(data, best)[rules.objective]
+    floor = lower.objective_floor(rules)
+    budget = deadline - FINISH_RESERVE_S - time.monotonic()
     if budget <= 0:
-        return PlanResult(first, "GREEDY: no time left for CP-SAT", first_value, None)
-    solved: SolveResult = solve(model, budget, seed, workers, progress)
-    if solved.plan is not None and solved.objective < first_value:
-        return PlanResult(solved.plan, solved.status, solved.objective, solved.bound)
+        return PlanResult(best, "FEASIBLE: no time left for the full model", best_value, floor)
+    model = PathModel(data, rules, upper_bound=best_value, lower=lower)
+    model.add_hint(relabel_by_start(data, best))
+    solved: SolveResult = solve(model, budget, seed, workers, progress, planned_s=full_s)
+    bound = max(floor, solved.bound)
+    if solved.plan is not None and solved.objective < best_value:
+        return PlanResult(solved.plan, solved.status, solved.objective, bound)
     if solved.status == "OPTIMAL":
-        return PlanResult(first, "OPTIMAL: the greedy plan, proven optimal by CP-SAT", first_value,
-                          solved.bound)
-    status = (f"GREEDY: CP-SAT ({solved.status}) found nothing better than the greedy plan "
-              f"in {budget:.1f} s")
+        return PlanResult(best, "OPTIMAL", best_value, bound)
+    status = ("GREEDY: CP-SAT found nothing better than the greedy plan" if best is first
+              else f"FEASIBLE: the path-LNS plan, the full model ({solved.status}) found nothing better")
     log.info("%s", status)
-    return PlanResult(first, status, first_value, solved.bound)
+    return PlanResult(best, status, best_value, bound)
+
+
+def improve_paths(data: ModelData, rules: Rules, start: TimedPlan, budget_s: float, seed: int,
+                  workers: int, lower: PathBounds, progress: Progress | None = None,
+                  cap_s: float | None = None) -> TimedPlan:
+    """Large neighbourhood search over paths for `budget_s` seconds: each step frees the paths
+    of a few microbatches (the last to finish, one data node's, those sharing nodes with a late
+    one, or random), keeps every other path and that path's op order on each node (every
+    RESEQUENCE_EVERY steps the order is free too), leaves all start times free, and lets CP-SAT
+    re-solve that sub-model for up to LNS_STEP_S, hinted with the best plan and bounded by it.
+    A step that finishes (optimal) grows the neighbourhood, one that times out shrinks it. With
+    one worker the step count is fixed by the budget (reproducible); `cap_s` (default the
+    budget) stops the search by the wall clock regardless."""
+    rng, best = random.Random(seed), start
+    best_value = plan_values(data, best)[rules.objective]
+    size, step, started = LNS_START_FREE, 0, time.monotonic()
+    deadline = started + (budget_s if cap_s is None else cap_s)
+    sub_rules = dataclasses.replace(rules, symmetry=False)  # fixed paths break the symmetry
+    steps = int(budget_s / LNS_STEP_S) if workers == 1 else None
+    floor = lower.objective_floor(rules)
+    while deadline - time.monotonic() > LNS_MIN_STEP_S and (steps is None or step < steps):
+        free = _neighbourhood(data, best, size, NEIGHBOURHOODS[step % len(NEIGHBOURHOODS)], rng)
+        fixed = {mb: nodes for mb, nodes in best.nodes.items() if mb not in free}
+        model = PathModel(data, sub_rules, upper_bound=best_value, fixed_paths=fixed, lower=lower,
+                          fixed_order=best if step % RESEQUENCE_EVERY else None)
+        model.add_hint(best)
+        limit = min(LNS_STEP_S, deadline - time.monotonic())
+        try:
+            result = solve(model, limit, seed + step, workers, planned_s=LNS_STEP_S)
+        except PlanningError:  # the bounded sub-model has no better plan
+            result = None
+        step += 1
+        if result is not None and result.plan is not None and result.objective < best_value:
+            best, best_value = result.plan, result.objective
+            if progress is not None:
+                progress(f"lns    {time.monotonic() - started:7.1f} s  best {best_value * data.tick_s:9.2f} s"
+                         f"  (step {step}, {len(free)} microbatches freed)")
+        solved = result is not None and result.status == "OPTIMAL"
+        if solved and len(free) == len(data.microbatches) or best_value <= floor:
+            break  # every path was free and the step proved its optimum, or the bound is met
+        size = min(len(data.microbatches), size + 1) if solved else max(LNS_MIN_FREE, size - 1)
+    if steps is not None and step < steps and deadline - time.monotonic() <= LNS_MIN_STEP_S:
+        log.warning("path LNS stopped by the wall clock after %d of %d steps: with one worker "
+                    "the result now depends on machine speed", step, steps)
+    log.debug("path LNS: %d steps, objective %d ticks", step, best_value)
+    return best
+
+
+def _neighbourhood(data: ModelData, plan_: TimedPlan, size: int, kind: str,
+                   rng: random.Random) -> set[int]:
+    """`size` microbatches whose paths a LNS step frees."""
+    mbs = [mb for mb, _ in data.microbatches]
+    size = min(size, len(mbs))
+    if kind == "critical":  # the last to finish, and random others
+        last = sorted(mbs, key=lambda mb: -plan_.starts["B", mb, 0])[:max(1, size // 2)]
+        return set(last) | set(rng.sample([mb for mb in mbs if mb not in last], size - len(last)))
+    if kind == "origin":  # a data node's microbatches (re-pair its slot chains), a late one likely
+        pivot = max(rng.sample(mbs, min(len(mbs), size)), key=lambda mb: plan_.starts["B", mb, 0])
+        origin = dict(data.microbatches)[pivot]
+        return {mb for mb, o in data.microbatches if o == origin}
+    if kind == "shared":  # microbatches meeting a late one on its nodes
+        pivot = max(rng.sample(mbs, min(len(mbs), size)), key=lambda mb: plan_.starts["B", mb, 0])
+        nodes = set(plan_.nodes[pivot][1:])
+        near = [mb for mb in mbs if mb != pivot and nodes & set(plan_.nodes[mb][1:])]
+        return {pivot} | set(rng.sample(near, min(len(near), size - 1)))
+    return set(rng.sample(mbs, size))
 
 
 def to_variant(name: str, data: ModelData, plan_: TimedPlan, provenance: Provenance,
@@ -117,11 +210,11 @@ def to_variant(name: str, data: ModelData, plan_: TimedPlan, provenance: Provena
     """The plan as a VariantSchedule (seconds); `ordered`: with per-node order and start times."""
     paths = tuple(MicrobatchPath(mb, origin, tuple(Hop(data.stage_of[n], n) for n in plan_.nodes[mb]))
                   for mb, origin in sorted(data.microbatches))
+    if not ordered:  # collision-blind times mean nothing: the simulator predicts this variant
+        return VariantSchedule(name, paths, None, {}, provenance)
     values = plan_values(data, plan_)
     predicted = {"planned_makespan_s": values["makespan"] * data.tick_s,
                  "planned_iteration_s": values["iteration"] * data.tick_s}
-    if not ordered:
-        return VariantSchedule(name, paths, None, predicted, provenance)
     by_node: dict[int, list[tuple[int, Op]]] = {}
     for (kind, mb, hop), t in plan_.starts.items():
         node = data.op_node(plan_.nodes[mb], kind, hop)
