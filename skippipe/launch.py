@@ -105,8 +105,8 @@ class Launcher:
 class Progress:
     """Reads the nodes' event files and turns finished iterations into lines."""
 
-    def __init__(self, cfg: RunConfig, predicted_s: float, n_data_nodes: int):
-        self.cfg, self.predicted_s, self.n_data = cfg, predicted_s, n_data_nodes
+    def __init__(self, cfg: RunConfig, predicted_s: float):
+        self.cfg, self.predicted_s = cfg, predicted_s
         self.rows: list[dict] = []
 
     def update(self, final: bool = False) -> list[dict]:
@@ -157,7 +157,7 @@ def run(cfg: RunConfig, nodes: range, predicted_s: float, timeout_s: float,
     save_config(cfg)
     events_dir(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     launcher = Launcher(cfg, nodes)
-    progress = Progress(cfg, predicted_s, len(cfg.data_nodes))
+    progress = Progress(cfg, predicted_s)
     code = 0
     deadline = time.monotonic() + timeout_s
     try:
