@@ -475,17 +475,15 @@ class PathModel:
         d, m = self.data, self.model
         for mb, origin in d.microbatches:
             m.Add(self.makespan >= self.start[mb, self.pos["B", 0]] + d.dur["B"][origin])
-        if self.rules.objective == "makespan":
-            m.Minimize(self.makespan)
-            return
-        for (mb, h), choice in self.x.items():
-            for n, v in choice.items():
-                end = self.start[mb, self.pos["B", h]] + d.dur["B"][n]
-                m.Add(self.done[d.stage_of[n]] >= end).OnlyEnforceIf(v)
-        m.Add(self.iteration >= self.makespan + d.avg[0])
-        for s, done in self.done.items():
-            m.Add(self.iteration >= done + d.avg[s])
-        m.Minimize(self.iteration)
+        if self.rules.objective == "iteration":
+            for (mb, h), choice in self.x.items():
+                for n, v in choice.items():
+                    end = self.start[mb, self.pos["B", h]] + d.dur["B"][n]
+                    m.Add(self.done[d.stage_of[n]] >= end).OnlyEnforceIf(v)
+            m.Add(self.iteration >= self.makespan + d.avg[0])
+            for s, done in self.done.items():
+                m.Add(self.iteration >= done + d.avg[s])
+        m.Minimize(self.objective_var())
 
     def objective_var(self):
         return self.makespan if self.rules.objective == "makespan" else self.iteration
@@ -792,9 +790,9 @@ def solve(pm: PathModel, time_limit_s: float, seed: int, workers: int,
         raise PlanningError(f"CP-SAT rejected the model: {pm.model.Validate()}")
     found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
     plan = pm.extract(solver) if found else None
-    objective = round(solver.ObjectiveValue()) if found else None
+    objective = solver.Value(pm.objective_var()) if found else None
+    bound = math.ceil(solver.BestObjectiveBound() - ROUNDING_SLACK)
     log.debug("cp-sat %s after %.1f s: objective %s, bound %d ticks of %g s", name, solver.WallTime(),
-             objective, round(solver.BestObjectiveBound()), pm.data.tick_s)
-    return SolveResult(name, plan, objective, math.ceil(solver.BestObjectiveBound() - ROUNDING_SLACK),
-                       solver.WallTime())
+              objective, bound, pm.data.tick_s)
+    return SolveResult(name, plan, objective, bound, solver.WallTime())
 

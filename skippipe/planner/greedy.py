@@ -11,9 +11,11 @@ activations longer). The earliest finish wins (ties: the shorter idle round trip
 TC1's visit cap is kept by looking ahead: a microbatch may only take a stage set after which
 the remaining microbatches can still be given stage sets within every stage's share (the plan
 so far minus one set, else the exact count model `cpsat.stage_set_counts`, cached). Optionally
-the visits are also paced: after j of N microbatches a stage may hold only about j/N of its
-share, so the slow stages are not all left to the last microbatches; `greedy_plan` runs each
-pacing of GREEDY_PACINGS and keeps the best plan. Everything is in the model's ticks
+the visits are also paced (after j of N microbatches a stage may hold only about j/N of its
+share, so the slow stages are not all left to the last microbatches) and spread over a stage's
+nodes in proportion to their speed (so early microbatches do not take every fast node); paths
+within those limits go first. `greedy_plan` runs each setting of GREEDY_VARIANTS and keeps the
+best plan. Everything is in the model's ticks
 (cpsat.ModelData), so the plan is a feasible CP-SAT hint as it is.
 """
 from __future__ import annotations
@@ -32,7 +34,9 @@ from .paths import PlanningError
 log = logging.getLogger(__name__)
 
 CANDIDATES_PER_ORIGIN = 600  # paths a microbatch tries: the paper's setting has 594 in all
-GREEDY_PACINGS = (0, 1, None)  # visits a stage may run ahead of its paced share (None: unpaced)
+PATHS_PER_NODE = 3  # when paths are cut to the cheapest, each allowed node keeps this many
+GREEDY_VARIANTS = ((0, None), (0, 1), (None, None))  # (stage pacing, node slack) per greedy run:
+# visits a stage may run ahead of its paced share, a node beyond its share (None: unlimited)
 EXACT_CHECKS = 3  # stage sets per microbatch checked with the exact count model (a few ms each)
 PLACEMENT_BUDGET = 200_000  # op placements in all (~1 s of Python): fewer paths per microbatch
 # when there are many microbatches and hops (each path costs 2k+1 timeline look-ups)
@@ -48,8 +52,9 @@ def path_limit(data: ModelData) -> int:
 
 def candidate_paths(data: ModelData, origin: int) -> list[tuple[int, ...]]:
     """Node paths (origin first) over every CC3-valid sequence and the origin's allowed nodes;
-    when there are more than `path_limit`, a beam search per sequence and then the cheapest
-    (idle round trip) of them, with the cheapest of every stage set."""
+    when there are more than `path_limit`, a beam search per sequence (and one per node forced
+    into its stage) and then the cheapest (idle round trip) of them, keeping the cheapest of
+    every stage set and PATHS_PER_NODE through every allowed node."""
     allowed = data.allowed[origin]
     total = sum(_product_size(allowed, seq) for seq in data.sequences)
     limit = path_limit(data)
@@ -58,11 +63,18 @@ def candidate_paths(data: ModelData, origin: int) -> list[tuple[int, ...]]:
                 for rest in itertools.product(*(allowed[s] for s in seq[1:]))]
     width = max(1, limit // len(data.sequences))
     cost = {p: data.path_ticks(p) for seq in data.sequences for p in _beam(data, origin, seq, width)}
+    for stage, nodes in enumerate(allowed[1:], start=1):  # paths through every allowed node
+        for n in (nodes if len(nodes) > 1 else ()):
+            forced = allowed[:stage] + ((n,),) + allowed[stage + 1:]
+            cost.update({p: data.path_ticks(p) for seq in data.sequences if stage in seq
+                         for p in _beam(data, origin, seq, 1, forced)})
     paths = sorted(cost, key=lambda p: (cost[p], p))
-    best_per_set = {}
-    for p in paths:  # every stage set keeps its cheapest path, for TC1's look-ahead
-        best_per_set.setdefault(_stage_set(data, p), p)
-    kept = set(best_per_set.values())
+    best_per_set, per_node = {}, Counter()
+    kept = set()
+    for p in paths:  # every stage set keeps its cheapest path (TC1's look-ahead), every node a few
+        if best_per_set.setdefault(_stage_set(data, p), p) == p or any(per_node[n] < PATHS_PER_NODE for n in p[1:]):
+            kept.add(p)
+            per_node.update(p[1:])
     for p in paths:
         if len(kept) >= limit:
             break
@@ -77,12 +89,14 @@ def _product_size(allowed, seq) -> int:
     return size
 
 
-def _beam(data: ModelData, origin: int, seq: tuple[int, ...], width: int) -> list[tuple[int, ...]]:
-    d = data
+def _beam(data: ModelData, origin: int, seq: tuple[int, ...], width: int,
+          allowed=None) -> list[tuple[int, ...]]:
+    """The `width` cheapest paths of `seq` by a beam search on the idle round trip."""
+    d, allowed = data, allowed or data.allowed[origin]
     beam = [(d.dur["F"][origin] + d.dur["L"][origin] + d.dur["B"][origin], (origin,))]
     for s in seq[1:]:
         grown = [(cost + d.link[p[-1]][n] + d.link[n][p[-1]] + d.dur["F"][n] + d.dur["B"][n], p + (n,))
-                 for cost, p in beam for n in d.allowed[origin][s]]
+                 for cost, p in beam for n in allowed[s]]
         beam = heapq.nsmallest(width, grown)
     return [p for _, p in beam]
 
@@ -131,11 +145,14 @@ class GreedyScheduler:
     """Builds one TimedPlan for the model data (see the module docstring)."""
 
     def __init__(self, data: ModelData, pacing: int | None = None,
-                 fixed_paths: dict[int, tuple[int, ...]] | None = None):
+                 fixed_paths: dict[int, tuple[int, ...]] | None = None, node_slack: int | None = None,
+                 candidates: dict[int, list[tuple[int, ...]]] | None = None):
         self.data, self.ops, self.pacing = data, chain(data.k), pacing
         self.fixed = fixed_paths or {}
+        self.node_share = {} if node_slack is None else _node_shares(data, node_slack)
+        self.node_visits: Counter = Counter()
         self.state = _State()
-        self.candidates = {o: candidate_paths(data, o) for o in data.origins()}
+        self.candidates = candidates or {o: candidate_paths(data, o) for o in data.origins()}
         self.round_trip = {p: data.path_ticks(p) for paths in self.candidates.values() for p in paths}
         self.round_trip.update({p: data.path_ticks(p) for p in self.fixed.values()})
         self.caps = {s: data.visit_cap for s in range(1, len(data.stages))}
@@ -156,7 +173,8 @@ class GreedyScheduler:
         the exact check."""
         options = [self.fixed[mb]] if mb in self.fixed else self.candidates[origin]
         placed = sorted((self._place(p) + (p,) for p in options), key=lambda r: r[:2])
-        paced = [r for r in placed if self._within_pace(_stage_set(self.data, r[3]))]
+        paced = [r for r in placed if self._within_pace(_stage_set(self.data, r[3]))
+                 and all(self.node_visits[n] < self.node_share.get(n, math.inf) for n in r[3][1:])]
         exact_sets: set[StageSet] = set()
         for _, _, starts, path in paced + placed:
             st = _stage_set(self.data, path)
@@ -244,8 +262,20 @@ class GreedyScheduler:
             self.state.holds.setdefault(node, []).append((starts["F", h], starts["B", h] + d.dur["B"][node]))
         for n in path[1:]:
             self.caps[d.stage_of[n]] -= 1
+            self.node_visits[n] += 1
         self.nodes[mb] = path
         self.reference = rest
+
+
+def _node_shares(data: ModelData, slack: int) -> dict[int, int]:
+    """Node -> forward visits it should take at most: its stage's share split in proportion to
+    node speed (1 / (F + B)), rounded up, plus `slack` (TC1: nodes of a stage share its visits)."""
+    out = {}
+    for nodes in data.stages[1:]:
+        speed = {n: 1.0 / (data.dur["F"][n] + data.dur["B"][n]) for n in nodes}
+        total = sum(speed.values())
+        out.update({n: math.ceil(data.visit_cap * v / total) + slack for n, v in speed.items()})
+    return out
 
 
 def _stage_set(data: ModelData, path: tuple[int, ...]) -> StageSet:
@@ -277,14 +307,16 @@ def relabel_by_start(data: ModelData, plan: TimedPlan) -> TimedPlan:
 
 def greedy_plan(data: ModelData, objective: str = "iteration",
                 fixed_paths: dict[int, tuple[int, ...]] | None = None) -> TimedPlan:
-    """The best (by `objective`, see cpsat.plan_values) of the greedy plans with each pacing of
-    GREEDY_PACINGS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
+    """The best (by `objective`, see cpsat.plan_values) of the greedy plans with each setting of
+    GREEDY_VARIANTS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
     node per hop) only the timing is chosen."""
     best, best_value = None, math.inf
-    for pacing in (GREEDY_PACINGS if not fixed_paths else (None,)):
-        plan = GreedyScheduler(data, pacing, fixed_paths).run()
+    candidates = {o: candidate_paths(data, o) for o in data.origins()}
+    for pacing, node_slack in (GREEDY_VARIANTS if not fixed_paths else ((None, None),)):
+        plan = GreedyScheduler(data, pacing, fixed_paths, node_slack, candidates).run()
         value = plan_values(data, plan)[objective]
-        log.debug("greedy plan (pacing %s): %s %d ticks", pacing, objective, value)
+        log.debug("greedy plan (pacing %s, node slack %s): %s %d ticks", pacing, node_slack,
+                  objective, value)
         if value < best_value:
             best, best_value = plan, value
     return best
