@@ -383,8 +383,7 @@ class Node:
             return False
         if not self.degraded:
             return disp.done
-        mine = {mb for mb, p in self.paths.items() if p.origin == self.id}
-        if mine - self.completed:
+        if self._own_unfinished():
             return False
         waiting = (self.data_nodes - {self.id} - self.live.dead) - self.done_from.get(it, set())
         return not waiting
@@ -393,10 +392,16 @@ class Node:
         """After B at hop 0 of its last own microbatch a data node reports DONE to everyone."""
         if op[0] == "B" and op[2] == 0:
             self.completed.add(op[1])
-            mine = {mb for mb, p in self.paths.items() if p.origin == self.id}
-            if not mine - self.completed:
-                for n in self.live.live_peers():
-                    self._spawn_send(n, Message(Kind.DONE, self.id, iteration=it))
+            if not self._own_unfinished():
+                self._report_done(it)
+
+    def _own_unfinished(self) -> set[int]:
+        """This data node's microbatches of the iteration that have not come back yet."""
+        return {mb for mb, p in self.paths.items() if p.origin == self.id} - self.completed
+
+    def _report_done(self, it: int) -> None:
+        for n in self.live.live_peers():
+            self._spawn_send(n, Message(Kind.DONE, self.id, iteration=it))
 
     # -- failures ---------------------------------------------------------------------------
     def _handle_deaths(self, it: int, disp: Dispatcher) -> None:
@@ -414,9 +419,8 @@ class Node:
                     self.events.write("microbatch_lost", iteration=it, microbatch=mb, why="its data node died")
             elif path.origin == self.id and mb not in self.completed and set(path.nodes) & dead:
                 self._restart(it, mb, disp)
-        if self.my_microbatches and not {mb for mb, p in self.paths.items() if p.origin == self.id} - self.completed:
-            for n in self.live.live_peers():
-                self._spawn_send(n, Message(Kind.DONE, self.id, iteration=it))
+        if self.my_microbatches and not self._own_unfinished():
+            self._report_done(it)  # again: peers that just turned degraded wait for it
 
     def _forget(self, mb: int, disp: Dispatcher) -> None:
         disp.forget(mb)
