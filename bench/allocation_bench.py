@@ -50,7 +50,7 @@ def bench(path: str, samples: int, seed: int, time_budget_s: float) -> dict:
 
 def planned_iteration_s(scenario, stages) -> float:
     """Iteration time (s) of the greedy ca-partial plan on this allocation."""
-    from skippipe.planner.cpsat import build_data, plan_values
+    from skippipe.planner.model_data import build_data, plan_values
     from skippipe.planner.greedy import greedy_plan
     data = build_data(scenario, stages)
     return plan_values(data, greedy_plan(data))["iteration"] * data.tick_s

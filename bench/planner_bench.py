@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skippipe.planner.allocation import allocate  # noqa: E402
 from skippipe.planner.baselines import baseline_variant, random_variant  # noqa: E402
-from skippipe.planner.cpsat import Rules, build_data, plan_values  # noqa: E402
+from skippipe.planner.cpsat import Rules  # noqa: E402
+from skippipe.planner.model_data import build_data, plan_values  # noqa: E402
 from skippipe.planner.greedy import GREEDY_VARIANTS, GreedyScheduler  # noqa: E402
 from skippipe.planner.partial import ca_partial_variant, non_ca_partial_variant  # noqa: E402
 from skippipe.scenario import load_scenario  # noqa: E402

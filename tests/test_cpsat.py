@@ -5,7 +5,7 @@ Brute force: every path assignment (CC3, TC1's visit share) and, for each, every
 order; the order fixes the schedule (each op as early as its order, its input and the links
 allow: optimal for a given order because the objective only grows with op ends), memory is
 checked on the order (an F needs a free slot from earlier ops on its node). Times are the model's
-ticks (cpsat.ModelData), so optima must match exactly.
+ticks (model_data.ModelData), so optima must match exactly.
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from skippipe.scenario import (CostConfig, Link, ModelConfig, Network, Node, Pip
                                Scenario, TrainingConfig, load_scenario)
 from skippipe.schedule import Schedule, planned_makespan, validate
 from skippipe.simulate import simulate
-from skippipe.planner.cpsat import (ModelData, PathModel, Rules, all_sequences, build_data, chain,
-                                    plan_values, solve, stage_set_counts)
+from skippipe.planner.cpsat import PathModel, Rules, solve
+from skippipe.planner.model_data import (ModelData, all_sequences, build_data, chain, plan_values,
+                                         stage_set_counts)
 from skippipe.planner.partial import ca_partial_variant, non_ca_partial_variant, planned_iteration_s
 from skippipe.planner.paths import PlanningError
 

@@ -10,7 +10,8 @@ from ortools.sat.python import cp_model
 from skippipe.schedule import Provenance, Schedule, validate
 from skippipe.scenario import load_scenario
 from skippipe.planner import greedy
-from skippipe.planner.cpsat import PathModel, Rules, build_data, plan_values
+from skippipe.planner.cpsat import PathModel, Rules
+from skippipe.planner.model_data import build_data, plan_values
 from skippipe.planner.greedy import candidate_paths, greedy_plan
 from skippipe.planner.partial import to_variant
 from skippipe.planner.paths import stage_sequences

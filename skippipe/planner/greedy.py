@@ -10,13 +10,13 @@ activations longer). The earliest finish wins (ties: the shorter idle round trip
 
 TC1's visit cap is kept by looking ahead: a microbatch may only take a stage set after which
 the remaining microbatches can still be given stage sets within every stage's share (the plan
-so far minus one set, else the exact count model `cpsat.stage_set_counts`, cached). Optionally
+so far minus one set, else the exact count model `model_data.stage_set_counts`, cached). Optionally
 the visits are also paced (after j of N microbatches a stage may hold only about j/N of its
 share, so the slow stages are not all left to the last microbatches) and spread over a stage's
 nodes in proportion to their speed (so early microbatches do not take every fast node); paths
 within those limits go first. `greedy_plan` runs each setting of GREEDY_VARIANTS and keeps the
 best plan. Everything is in the model's ticks
-(cpsat.ModelData), so the plan is a feasible CP-SAT hint as it is.
+(model_data.ModelData), so the plan is a feasible CP-SAT hint as it is.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .cpsat import ModelData, TimedPlan, chain, plan_values, stage_set_counts
+from .model_data import ModelData, TimedPlan, chain, plan_values, stage_set_counts
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
@@ -307,7 +307,7 @@ def relabel_by_start(data: ModelData, plan: TimedPlan) -> TimedPlan:
 
 def greedy_plan(data: ModelData, objective: str = "iteration",
                 fixed_paths: dict[int, tuple[int, ...]] | None = None) -> TimedPlan:
-    """The best (by `objective`, see cpsat.plan_values) of the greedy plans with each setting of
+    """The best (by `objective`, see model_data.plan_values) of the greedy plans with each setting of
     GREEDY_VARIANTS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
     node per hop) only the timing is chosen."""
     best, best_value = None, math.inf

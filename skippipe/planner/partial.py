@@ -32,8 +32,9 @@ from ..scenario import Scenario
 from ..schedule import (TIME_TOLERANCE_S, Hop, MicrobatchPath, Op, Provenance, Schedule,
                         ScheduleError, VariantSchedule, op_end_times, planned_makespan, validate)
 from .allocation import check_allocation, stages_of
-from .cpsat import (ModelData, PathBounds, PathModel, Rules, SolveResult, TimedPlan, all_sequences,
-                    build_data, plan_values, solve)
+from .bounds import PathBounds
+from .cpsat import PathModel, Rules, SolveResult, solve
+from .model_data import ModelData, TimedPlan, all_sequences, build_data, plan_values
 from .greedy import greedy_plan, relabel_by_start
 from .paths import PlanningError
 
