@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ortools.sat.python import cp_model
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-VISIT_CHAIN_TIME_S = 2.0  # budget of the small visit-chain bound model (its proven bound is valid early)
-VISIT_CHAIN_MAX_CHOICES = 3_000  # (microbatch, stage set) pairs beyond which that bound model is skipped
+RELAX_MAX_CHOICES = 12_000  # (microbatch, stage set) pairs beyond which the relaxation is skipped
+# (the paper's setting has 300 and solves in ~3 s on 2 cores; scale-80 has 5,376)
 
 
 class PathBounds:
@@ -30,7 +31,7 @@ class PathBounds:
         self.data, self.sequences, self.ops = data, sequences, chain(data.k)
         self._steps: dict[int, tuple[int, ...]] = {}
         self._round_trip: dict[int, int] = {}
-        self._visit_chains: dict[bool, int] = {}
+        self._relaxed: dict[tuple, Relaxation | None] = {}
 
     def _nodes(self, origin: int, kind: str, hop: int) -> tuple[int, ...]:
         return (origin,) if kind == "L" else self.data.hop_nodes(origin, hop, self.sequences)
@@ -108,8 +109,9 @@ class PathBounds:
         """The largest of the makespan bounds that `rules` keep valid (ticks)."""
         d, floors = self.data, [0]
         if rules.tc1_memory:
-            floors.append(self.visit_chains(VISIT_CHAIN_TIME_S, visit_cap=rules.tc1_load))
             floors += [self.slot_chains(o, rules.tc2) for o in d.origins()]
+        if rules.objective == "makespan":
+            floors.append(self.relaxed_floor(rules))
         if rules.tc2:
             floors += [self.data_node_work(o) for o in d.origins()]
         if rules.tc2 and rules.tc1_load:
@@ -123,66 +125,181 @@ class PathBounds:
         return {s: w[0] for s in range(1, len(self.data.stages)) if (w := self.stage_work(s))}
 
     def objective_floor(self, rules: Rules) -> int:
-        """A proven lower bound (ticks) on `rules.objective` from the bounds above alone."""
+        """A proven lower bound (ticks) on `rules.objective` from the bounds above and the
+        relaxation (when `relax` has run for these rules)."""
         d, makespan = self.data, self.makespan_floor(rules)
         if rules.objective == "makespan":
             return makespan
         done = self.done_floors(rules)
-        return max([makespan + d.avg[0]] + [done.get(s, 0) + d.avg[s] for s in range(1, len(d.stages))])
+        return max([makespan + d.avg[0], self.relaxed_floor(rules)]
+                   + [done.get(s, 0) + d.avg[s] for s in range(1, len(d.stages))])
 
-    def set_round_trips(self, origin: int) -> dict[tuple[int, ...], int]:
-        """Least round trip (ticks) of `origin` per visited stage set."""
-        out: dict[tuple[int, ...], int] = {}
-        for seq in self.sequences:
-            st = tuple(sorted(seq[1:]))
-            out[st] = min(out.get(st, math.inf), self.data.best_for_sequence(origin, seq))
-        return out
+    def relax(self, rules: Rules, time_limit_s: float, workers: int = 1) -> Relaxation | None:
+        """Solve the data-node relaxation (see `Relaxation`) for up to `time_limit_s` (with one
+        worker: that much deterministic time at DTIME_PER_WALL_S, so a seed reproduces); cached
+        per rule set. None when the model is too large (RELAX_MAX_CHOICES)."""
+        key = _rules_key(rules)
+        if key not in self._relaxed:
+            self._relaxed[key] = Relaxation.solve(self.data, self.sequences, rules, time_limit_s, workers)
+        return self._relaxed[key]
 
-    def visit_chains(self, time_limit_s: float, visit_cap: bool = True) -> int:
-        """Memory slot chains under TC1's visit share. Each microbatch's slot at its data node is
-        held at least the least round trip of its stage set; the shares force some microbatches
-        onto slow stage sets. A small model picks every microbatch's stage set (within the shares)
-        to minimise the largest chain bound over data nodes: with round trips r1 >= r2 >= ... and
-        m slots, the top jm+1 microbatches put j+1 on one chain, so a chain holds at least the
-        j+1 smallest of them; and at least the mean r / m. Its proven bound is valid."""
-        if visit_cap not in self._visit_chains:
-            self._visit_chains[visit_cap] = self._solve_visit_chains(time_limit_s, visit_cap)
-        return self._visit_chains[visit_cap]
+    def relaxed_floor(self, rules: Rules) -> int:
+        """The relaxation's proven bound, 0 when it has not run for these rules."""
+        found = self._relaxed.get(_rules_key(rules))
+        return found.bound if found is not None else 0
 
-    def _solve_visit_chains(self, time_limit_s: float, visit_cap: bool) -> int:
-        d, m = self.data, cp_model.CpModel()
-        n_sets = len({tuple(sorted(seq[1:])) for seq in self.sequences})
-        if len(d.microbatches) * n_sets > VISIT_CHAIN_MAX_CHOICES:
-            return 0  # too large to pay off within its budget: the plain slot chains stand
-        longest = sum(max(self.set_round_trips(o).values()) for o in d.origins())
-        bound, visits = m.NewIntVar(0, longest, "bound"), {}
+
+def _rules_key(rules: Rules) -> tuple:
+    return rules.tc1_memory, rules.tc1_load, rules.tc2, rules.cc3, rules.objective
+
+
+
+StageSet = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SetTimes:
+    """Least no-wait times (ticks) of one origin's microbatch over every path visiting a stage
+    set (every CC3-valid order, every allowed node): F0 start to L start (`fwd`), L end to B0
+    end (`bwd`), the round trip (`round_trip`, exact: the same nodes both ways) and `tail`:
+    max over the set's stages s of (least L end to B end at s, plus s's averaging), which the
+    iteration time cannot beat once the L has ended."""
+
+    fwd: int
+    bwd: int
+    round_trip: int
+    tail: int
+
+
+def set_times(data: ModelData, origin: int, sequences) -> dict[StageSet, SetTimes]:
+    """Per stage set its SetTimes: shortest-path passes over the hops of each sequence. The
+    minima are taken separately (a path fast forward need not be fast backward), which keeps
+    them lower bounds."""
+    d, parts = data, {}
+    for seq in sequences:
+        fwd, bwd, tails = _sequence_times(d, origin, seq)
+        st = tuple(sorted(seq[1:]))
+        rt = d.best_for_sequence(origin, seq)
+        old = parts.get(st)
+        if old is None:
+            parts[st] = [fwd, bwd, rt, dict(tails)]
+            continue
+        old[0], old[1], old[2] = min(old[0], fwd), min(old[1], bwd), min(old[2], rt)
+        for s, t in tails.items():
+            old[3][s] = min(old[3][s], t)
+    return {st: SetTimes(f, b, rt, max(t + d.avg[s] for s, t in tails.items()))
+            for st, (f, b, rt, tails) in parts.items()}
+
+
+def _sequence_times(d: ModelData, origin: int, seq) -> tuple[int, int, dict[int, int]]:
+    """(fwd, bwd, stage -> least L end to B end) of one stage sequence over the allowed nodes."""
+    hops = [d.allowed[origin][s] for s in seq[1:]]
+    arrive = {n: d.dur["F"][origin] + d.link[origin][n] + d.dur["F"][n] for n in hops[0]}
+    for nodes in hops[1:]:
+        arrive = {n: min(t + d.link[a][n] for a, t in arrive.items()) + d.dur["F"][n] for n in nodes}
+    fwd = min(t + d.link[n][origin] for n, t in arrive.items())
+    back = {n: d.link[origin][n] + d.dur["B"][n] for n in hops[-1]}
+    tails = {seq[-1]: min(back.values())}
+    for stage, nodes in zip(reversed(seq[1:-1]), reversed(hops[:-1])):
+        back = {n: min(t + d.link[a][n] for a, t in back.items()) + d.dur["B"][n] for n in nodes}
+        tails[stage] = min(back.values())
+    bwd = min(t + d.link[n][origin] for n, t in back.items()) + d.dur["B"][origin]
+    return fwd, bwd, tails
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """The data-node relaxation: every rule at the data nodes is kept (TC2: their F0, L and B0
+    do not overlap; TC1: at most m microbatches between F0 start and B0 end) and TC1's visit
+    share, but the rest of each path is replaced by the least no-wait times of its stage set
+    (`SetTimes`): the other nodes and the links are never busy. Any schedule is a solution of
+    it with the same objective, so its optimum, and CP-SAT's proven bound on it, bound the
+    planning objective from below. Its solution (a stage set and a start per microbatch) is
+    also a guide for the greedy (greedy.py)."""
+
+    bound: int  # ticks of the objective
+    status: str
+    stage_set: dict[int, StageSet]  # microbatch -> its stage set in the relaxed optimum (or {})
+    start: dict[int, int]  # microbatch -> F0 start tick there
+
+    @staticmethod
+    def solve(data: ModelData, sequences, rules: Rules, time_limit_s: float,
+              workers: int) -> Relaxation | None:
+        times = {o: set_times(data, o, sequences) for o in data.origins()}
+        if sum(len(times[o]) for _, o in data.microbatches) > RELAX_MAX_CHOICES:
+            return None
+        m = cp_model.CpModel()
+        build = _RelaxationModel(m, data, times, rules)
+        solver = cp_model.CpSolver()
+        solver.parameters.num_workers = workers
+        solver.parameters.max_time_in_seconds = time_limit_s
+        if workers == 1:
+            solver.parameters.max_deterministic_time = time_limit_s * DTIME_PER_WALL_S
+        status = solver.Solve(m)
+        name = solver.StatusName(status)
+        if status == cp_model.INFEASIBLE:  # the visit share itself (check_feasible said so too)
+            return None
+        bound = math.ceil(solver.BestObjectiveBound() - ROUNDING_SLACK)
+        log.debug("relaxation %s after %.1f s: bound %d ticks", name, solver.WallTime(), bound)
+        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return Relaxation(bound, name, {}, {})
+        sets = {mb: next(st for st, v in z.items() if solver.Value(v)) for mb, z in build.z.items()}
+        return Relaxation(bound, name, sets, {mb: solver.Value(s) for mb, s in build.start.items()})
+
+
+class _RelaxationModel:
+    """Builds the relaxation into `m` (see Relaxation)."""
+
+    def __init__(self, m: cp_model.CpModel, data: ModelData, times: dict, rules: Rules):
+        d = data
+        horizon = sum(max(t.round_trip for t in times[o].values()) for _, o in d.microbatches)
+        horizon += max(d.avg) + max(t.tail for ts in times.values() for t in ts.values())
+        self.objective = m.NewIntVar(0, horizon, "objective")
+        self.z, self.start, visits = {}, {}, {}
         for origin in d.origins():
-            rts = self.set_round_trips(origin)
-            n, slots = sum(1 for _, o in d.microbatches if o == origin), d.slots[origin]
-            r = [m.NewIntVar(min(rts.values()), max(rts.values()), f"r_{origin}_{i}") for i in range(n)]
-            for i in range(n):
-                z = {st: m.NewBoolVar(f"z_{origin}_{i}_{st}") for st in rts}
+            mbs = [mb for mb, o in d.microbatches if o == origin]
+            ops, holds = [], []
+            for mb in mbs:
+                z = {st: m.NewBoolVar(f"z_{mb}_{st}") for st in times[origin]}
                 m.AddExactlyOne(z.values())
-                m.Add(r[i] == sum(rts[st] * v for st, v in z.items()))
                 for st, v in z.items():
                     for s in st:
                         visits.setdefault(s, []).append(v)
-            for i in range(n - 1):
-                m.Add(r[i] >= r[i + 1])
-            m.Add(bound >= r[0])
-            m.Add(slots * bound >= sum(r))
-            for j in range(1, (n - 1) // slots + 1):
-                m.Add(bound >= sum(r[j * slots - j: j * slots + 1]))
-        if visit_cap:
+                ops_mb, hold = self._microbatch(m, d, mb, origin, z, times[origin], horizon, rules)
+                ops += ops_mb
+                holds.append(hold)
+                self.z[mb] = z
+            for prev, nxt in zip(mbs, mbs[1:]):  # identical microbatches: F0 in id order
+                gap = d.dur["F"][origin] if rules.tc2 else 0
+                m.Add(self.start[nxt] >= self.start[prev] + gap)
+            if rules.tc2:
+                m.AddNoOverlap(ops)
+            if rules.tc1_memory and len(holds) > d.slots[origin]:
+                m.AddCumulative(holds, [1] * len(holds), d.slots[origin])
+        if rules.tc1_load:
             for vs in visits.values():
-                m.Add(sum(vs) <= d.visit_cap)
-        m.Minimize(bound)
-        solver = cp_model.CpSolver()
-        solver.parameters.max_deterministic_time = time_limit_s * DTIME_PER_WALL_S
-        solver.parameters.num_workers = 1  # deterministic; the model is small
-        status = solver.Solve(m)
-        if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return 0
-        log.debug("visit-chain bound %s: %d ticks", solver.StatusName(status), solver.BestObjectiveBound())
-        return math.ceil(solver.BestObjectiveBound() - ROUNDING_SLACK)
+                if len(vs) > d.visit_cap:
+                    m.Add(sum(vs) <= d.visit_cap)
+        m.Minimize(self.objective)
 
+    def _microbatch(self, m, d: ModelData, mb: int, origin: int, z: dict, times: dict,
+                    horizon: int, rules: Rules):
+        """One microbatch's F0 start s, L start l and B0 end e, its ops and its memory hold."""
+        def of(field: str):  # the chosen stage set's time
+            return sum(getattr(times[st], field) * v for st, v in z.items())
+
+        f, l_, b = d.dur["F"][origin], d.dur["L"][origin], d.dur["B"][origin]
+        s, l, e = (m.NewIntVar(0, horizon, f"{x}_{mb}") for x in "sle")
+        m.Add(l >= s + of("fwd"))
+        m.Add(e >= l + l_ + of("bwd"))
+        m.Add(e >= s + of("round_trip"))
+        if rules.objective == "makespan":
+            m.Add(self.objective >= e)
+        else:
+            m.Add(self.objective >= e + d.avg[0])
+            m.Add(self.objective >= l + l_ + of("tail"))
+        self.start[mb] = s
+        ops = [m.NewFixedSizeIntervalVar(s, f, f"F0_{mb}"), m.NewFixedSizeIntervalVar(l, l_, f"L_{mb}"),
+               m.NewFixedSizeIntervalVar(e - b, b, f"B0_{mb}")]
+        hold = m.NewIntervalVar(s, m.NewIntVar(0, horizon, f"hold_{mb}"), e, f"M_{mb}")
+        return ops, hold

@@ -257,8 +257,8 @@ class PathModel:
     # -- redundant constraints and symmetry breaking ----------------------------------------------
 
     def add_bounds(self) -> None:
-        """Redundant: round trips, memory slot chains (and under the visit shares), work at the
-        data nodes, stage work. Each is only added with the rules it relies on."""
+        """Redundant: round trips, memory slot chains, work at the data nodes, stage work, the
+        data-node relaxation's bound (when solved). Each holds under the rules it relies on."""
         d, lb, m, r = self.data, self.lower, self.model, self.rules
         for mb, origin in d.microbatches:
             m.Add(self.span[mb, 0] >= lb.round_trip(origin) - d.dur["B"][origin])
@@ -267,6 +267,7 @@ class PathModel:
         m.Add(self.makespan >= lb.makespan_floor(r))
         for s, done in lb.done_floors(r).items():
             m.Add(self.done[s] >= done)
+        m.Add(self.objective_var() >= lb.objective_floor(r))
 
     def keep_order(self, plan: TimedPlan) -> None:
         """Ops of fixed-path microbatches keep their order on each node as in `plan` (LNS

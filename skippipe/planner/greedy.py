@@ -27,8 +27,12 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .model_data import ModelData, TimedPlan, chain, plan_values, stage_set_counts
+
+if TYPE_CHECKING:
+    from .bounds import Relaxation
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
@@ -146,9 +150,11 @@ class GreedyScheduler:
 
     def __init__(self, data: ModelData, pacing: int | None = None,
                  fixed_paths: dict[int, tuple[int, ...]] | None = None, node_slack: int | None = None,
-                 candidates: dict[int, list[tuple[int, ...]]] | None = None):
+                 candidates: dict[int, list[tuple[int, ...]]] | None = None,
+                 guide: Relaxation | None = None):
         self.data, self.ops, self.pacing = data, chain(data.k), pacing
         self.fixed = fixed_paths or {}
+        self.guide = guide if guide is not None and guide.stage_set else None
         self.node_share = {} if node_slack is None else _node_shares(data, node_slack)
         self.node_visits: Counter = Counter()
         self.state = _State()
@@ -156,14 +162,18 @@ class GreedyScheduler:
         self.round_trip = {p: data.path_ticks(p) for paths in self.candidates.values() for p in paths}
         self.round_trip.update({p: data.path_ticks(p) for p in self.fixed.values()})
         self.caps = {s: data.visit_cap for s in range(1, len(data.stages))}
-        self.reference = Counter(dict(data.visit_plan))  # a TC1-feasible completion
+        self.reference = Counter(dict(data.visit_plan) if self.guide is None  # a TC1-feasible
+                                 else self.guide.stage_set.values())  # completion
         self.all_sets = sorted({_stage_set(data, p) for paths in self.candidates.values() for p in paths})
         self._completions: dict[tuple, Counter | None] = {}
         self.nodes: dict[int, tuple[int, ...]] = {}
         self.starts: dict[tuple[str, int, int], int] = {}
 
     def run(self) -> TimedPlan:
-        for mb, origin in _round_robin(self.data.microbatches):
+        order = _round_robin(self.data.microbatches)
+        if self.guide is not None:  # the relaxation's start order
+            order.sort(key=lambda item: (self.guide.start[item[0]], item[0]))
+        for mb, origin in order:
             self._schedule(mb, origin)
         return relabel_by_start(self.data, TimedPlan(self.nodes, self.starts))
 
@@ -171,7 +181,7 @@ class GreedyScheduler:
         """Place `mb` on its earliest-finishing path whose stage set keeps TC1 completable: the
         best one the reference plan allows directly, unless one of the few better ones passes
         the exact check."""
-        options = [self.fixed[mb]] if mb in self.fixed else self.candidates[origin]
+        options = [self.fixed[mb]] if mb in self.fixed else self._guided(mb, self.candidates[origin])
         placed = sorted((self._place(p) + (p,) for p in options), key=lambda r: r[:2])
         paced = [r for r in placed if self._within_pace(_stage_set(self.data, r[3]))
                  and all(self.node_visits[n] < self.node_share.get(n, math.inf) for n in r[3][1:])]
@@ -186,6 +196,13 @@ class GreedyScheduler:
                 self._commit(mb, path, starts, rest)
                 return
         raise PlanningError(f"TC1: microbatch {mb} has no path within the stages' visit share")
+
+    def _guided(self, mb: int, paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """With a guide: the paths of the stage set the relaxation gave `mb` (all when none)."""
+        if self.guide is None:
+            return paths
+        want = self.guide.stage_set[mb]
+        return [p for p in paths if _stage_set(self.data, p) == want] or paths
 
     def _within_pace(self, st: StageSet) -> bool:
         """TC1's even share spread over the microbatches in placement order: after j of N, a
@@ -306,14 +323,16 @@ def relabel_by_start(data: ModelData, plan: TimedPlan) -> TimedPlan:
 
 
 def greedy_plan(data: ModelData, objective: str = "iteration",
-                fixed_paths: dict[int, tuple[int, ...]] | None = None) -> TimedPlan:
+                fixed_paths: dict[int, tuple[int, ...]] | None = None,
+                guide: Relaxation | None = None) -> TimedPlan:
     """The best (by `objective`, see model_data.plan_values) of the greedy plans with each setting of
     GREEDY_VARIANTS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
-    node per hop) only the timing is chosen."""
+    node per hop) only the timing is chosen. With `guide` (a solved bounds.Relaxation) each
+    microbatch takes its stage set there, in the order of its relaxed start."""
     best, best_value = None, math.inf
     candidates = {o: candidate_paths(data, o) for o in data.origins()}
-    for pacing, node_slack in (GREEDY_VARIANTS if not fixed_paths else ((None, None),)):
-        plan = GreedyScheduler(data, pacing, fixed_paths, node_slack, candidates).run()
+    for pacing, node_slack in (GREEDY_VARIANTS if not (fixed_paths or guide) else ((None, None),)):
+        plan = GreedyScheduler(data, pacing, fixed_paths, node_slack, candidates, guide).run()
         value = plan_values(data, plan)[objective]
         log.debug("greedy plan (pacing %s, node slack %s): %s %d ticks", pacing, node_slack,
                   objective, value)

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIME_LIMIT_S = 60.0  # CP-SAT budget per variant (the paper's planner took minutes)
 FINISH_RESERVE_S = 2.0  # kept from the time limit for CP-SAT's stop, extraction, validation
 # and recomputation (about 1 s on the 40-node scaling scenario on the 2-core dev box)
+RELAX_SHARE = 0.1  # of the time limit at most for the data-node relaxation (bound, greedy guide)
 LNS_SHARE = 0.8  # of the solving time for path LNS; the rest for the full model (bound, polish)
 LNS_STEP_S = 2.0  # CP-SAT limit of one LNS sub-model (a few free paths solve or stall by then)
 LNS_MIN_STEP_S = 0.5  # no LNS step is started with less time left
@@ -105,20 +106,29 @@ def _variant(name: str, scenario: Scenario, allocation, rules: Rules, time_limit
 
 def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers: int,
          progress: Progress | None = None, started: float | None = None) -> PlanResult:
-    """Greedy first; then path LNS (CP-SAT on sub-models) for LNS_SHARE of the time; then the
-    full model, hinted with the best plan, until `time_limit_s` after `started` (time.monotonic()
-    seconds, default now) less FINISH_RESERVE_S. Returns the best plan, the status and the proven
+    """Greedy first; the data-node relaxation (bounds.Relaxation: a proven bound, and a guide
+    for a second greedy plan) for up to RELAX_SHARE of the time; then path LNS (CP-SAT on
+    sub-models) for LNS_SHARE of the time left; then the full model, hinted with the best plan,
+    until `time_limit_s` after `started` (time.monotonic() seconds, default now) less
+    FINISH_RESERVE_S. Returns the best plan, the status and the proven
     bound (ticks). With one worker the budgets come from the time limit alone and every CP-SAT
     call is bounded in deterministic time too, so a seed reproduces."""
     started = time.monotonic() if started is None else started
     deadline = started + time_limit_s
     first = greedy_plan(data, rules.objective)
-    first_value = plan_values(data, first)[rules.objective]
-    if progress is not None:
-        progress(f"greedy: first feasible plan, objective {first_value * data.tick_s:.2f} s")
+    say = progress or (lambda line: None)
+    say(f"greedy: first feasible plan, objective {_seconds(data, first, rules)}")
     lower = PathBounds(data, data.sequences if rules.cc3 else all_sequences(data))
+    relaxed = lower.relax(rules, RELAX_SHARE * time_limit_s, workers)
+    if relaxed is not None:
+        say(f"relaxation: bound {relaxed.bound * data.tick_s:.2f} s ({relaxed.status})")
+        if relaxed.stage_set:
+            guided = greedy_plan(data, rules.objective, guide=relaxed)
+            say(f"greedy guided by the relaxation: objective {_seconds(data, guided, rules)}")
+            if plan_values(data, guided)[rules.objective] < plan_values(data, first)[rules.objective]:
+                first = guided
     left = deadline - FINISH_RESERVE_S - time.monotonic()
-    total = max(0.0, time_limit_s - FINISH_RESERVE_S if workers == 1 else left)
+    total = max(0.0, (1 - RELAX_SHARE) * time_limit_s - FINISH_RESERVE_S if workers == 1 else left)
     lns_s, full_s = LNS_SHARE * total, (1 - LNS_SHARE) * total
     best = improve_paths(data, rules, first, lns_s, seed, workers, lower, progress,
                          cap_s=LNS_SHARE * max(0.0, left))
@@ -139,6 +149,10 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
               else f"FEASIBLE: the path-LNS plan, the full model ({solved.status}) found nothing better")
     log.info("%s", status)
     return PlanResult(best, status, best_value, bound)
+
+
+def _seconds(data: ModelData, plan_: TimedPlan, rules: Rules) -> str:
+    return f"{plan_values(data, plan_)[rules.objective] * data.tick_s:.2f} s"
 
 
 def improve_paths(data: ModelData, rules: Rules, start: TimedPlan, budget_s: float, seed: int,
