@@ -18,7 +18,7 @@ makespan (last B at hop 0). Redundant constraints (add_bounds: memory slot chain
 nodes, data-node work, stage work) and symmetry breaking (a data node's identical microbatches
 start in id order) only tighten the search.
 
-Sub-models (partial.improve_paths, the path LNS): `fixed_paths` pins some microbatches' nodes
+Sub-models (lns.py, the path LNS): `fixed_paths` pins some microbatches' nodes
 (their link constraints become plain precedences) and `fixed_order` keeps their op order per node.
 
 Approximated: links are idle in the model (the simulator's FIFO queueing on a directed link is

@@ -1,9 +1,10 @@
 """The partial-pipeline variants: `ca-partial` (SkipPipe) and `non-ca-partial` (without TC2).
 
-ca-partial: the greedy list scheduler gives a first feasible timed plan; a large neighbourhood
-search over paths improves it (CP-SAT on sub-models of cpsat.py where most microbatches keep
-their paths); then the full model, hinted with the best plan and bounded by it, runs for the
-rest of the time limit: it may improve the plan further and proves the bound. The whole call
+ca-partial: the greedy list scheduler gives a first feasible timed plan; the data-node
+relaxation (bounds.py) proves a lower bound and guides a second greedy plan; a large
+neighbourhood search over paths (lns.py: CP-SAT on sub-models where most microbatches keep their
+paths) improves the better one; then the full model, hinted with the best plan and bounded by
+it, runs for the rest of the time limit: it may improve the plan further and prove the bound. The whole call
 stays within `time_limit_s`. The variant holds each microbatch's path and every node's op order
 with planned start times; its provenance holds the status, the objective and CP-SAT's proven
 bound (seconds of the model's objective: the simulator's iteration time). If nothing better
@@ -19,10 +20,8 @@ the model's values within its rounding (one tick per rounded-up duration on the 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -36,21 +35,15 @@ from .bounds import PathBounds
 from .cpsat import PathModel, Rules, SolveResult, solve
 from .model_data import ModelData, TimedPlan, all_sequences, build_data, plan_values
 from .greedy import greedy_plan, relabel_by_start
-from .paths import PlanningError
+from .lns import improve_paths
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIME_LIMIT_S = 60.0  # CP-SAT budget per variant (the paper's planner took minutes)
 FINISH_RESERVE_S = 2.0  # kept from the time limit for CP-SAT's stop, extraction, validation
 # and recomputation (about 1 s on the 40-node scaling scenario on the 2-core dev box)
-RELAX_SHARE = 0.1  # of the time limit at most for the data-node relaxation (bound, greedy guide)
+RELAX_SHARE = 0.15  # of the time limit at most for the data-node relaxation (bound, greedy guide)
 LNS_SHARE = 0.8  # of the solving time for path LNS; the rest for the full model (bound, polish)
-LNS_STEP_S = 2.0  # CP-SAT limit of one LNS sub-model (a few free paths solve or stall by then)
-LNS_MIN_STEP_S = 0.5  # no LNS step is started with less time left
-LNS_START_FREE = 4  # microbatches freed by the first LNS step
-LNS_MIN_FREE = 2
-NEIGHBOURHOODS = ("critical", "origin", "shared", "random")  # LNS steps cycle through these
-RESEQUENCE_EVERY = 8  # every so many LNS steps the fixed microbatches' order is free too
 MAKESPAN_TICKS_TOLERANCE = 1  # the last B's duration is rounded up by less than one tick
 ITERATION_TICKS_TOLERANCE = 2  # ... plus the stage's averaging time, rounded up as well
 
@@ -153,72 +146,6 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
 
 def _seconds(data: ModelData, plan_: TimedPlan, rules: Rules) -> str:
     return f"{plan_values(data, plan_)[rules.objective] * data.tick_s:.2f} s"
-
-
-def improve_paths(data: ModelData, rules: Rules, start: TimedPlan, budget_s: float, seed: int,
-                  workers: int, lower: PathBounds, progress: Progress | None = None,
-                  cap_s: float | None = None) -> TimedPlan:
-    """Large neighbourhood search over paths for `budget_s` seconds: each step frees the paths
-    of a few microbatches (the last to finish, one data node's, those sharing nodes with a late
-    one, or random), keeps every other path and that path's op order on each node (every
-    RESEQUENCE_EVERY steps the order is free too), leaves all start times free, and lets CP-SAT
-    re-solve that sub-model for up to LNS_STEP_S, hinted with the best plan and bounded by it.
-    A step that finishes (optimal) grows the neighbourhood, one that times out shrinks it. With
-    one worker the step count is fixed by the budget (reproducible); `cap_s` (default the
-    budget) stops the search by the wall clock regardless."""
-    rng, best = random.Random(seed), start
-    best_value = plan_values(data, best)[rules.objective]
-    size, step, started = LNS_START_FREE, 0, time.monotonic()
-    deadline = started + (budget_s if cap_s is None else cap_s)
-    sub_rules = dataclasses.replace(rules, symmetry=False)  # fixed paths break the symmetry
-    steps = int(budget_s / LNS_STEP_S) if workers == 1 else None
-    floor = lower.objective_floor(rules)
-    while deadline - time.monotonic() > LNS_MIN_STEP_S and (steps is None or step < steps):
-        free = _neighbourhood(data, best, size, NEIGHBOURHOODS[step % len(NEIGHBOURHOODS)], rng)
-        fixed = {mb: nodes for mb, nodes in best.nodes.items() if mb not in free}
-        model = PathModel(data, sub_rules, upper_bound=best_value, fixed_paths=fixed, lower=lower,
-                          fixed_order=best if step % RESEQUENCE_EVERY else None)
-        model.add_hint(best)
-        limit = min(LNS_STEP_S, deadline - time.monotonic())
-        try:
-            result = solve(model, limit, seed + step, workers, planned_s=LNS_STEP_S)
-        except PlanningError:  # the bounded sub-model has no better plan
-            result = None
-        step += 1
-        if result is not None and result.plan is not None and result.objective < best_value:
-            best, best_value = result.plan, result.objective
-            if progress is not None:
-                progress(f"lns    {time.monotonic() - started:7.1f} s  best {best_value * data.tick_s:9.2f} s"
-                         f"  (step {step}, {len(free)} microbatches freed)")
-        solved = result is not None and result.status == "OPTIMAL"
-        if solved and len(free) == len(data.microbatches) or best_value <= floor:
-            break  # every path was free and the step proved its optimum, or the bound is met
-        size = min(len(data.microbatches), size + 1) if solved else max(LNS_MIN_FREE, size - 1)
-    if steps is not None and step < steps and deadline - time.monotonic() <= LNS_MIN_STEP_S:
-        log.warning("path LNS stopped by the wall clock after %d of %d steps: with one worker "
-                    "the result now depends on machine speed", step, steps)
-    log.debug("path LNS: %d steps, objective %d ticks", step, best_value)
-    return best
-
-
-def _neighbourhood(data: ModelData, plan_: TimedPlan, size: int, kind: str,
-                   rng: random.Random) -> set[int]:
-    """`size` microbatches whose paths a LNS step frees."""
-    mbs = [mb for mb, _ in data.microbatches]
-    size = min(size, len(mbs))
-    if kind == "critical":  # the last to finish, and random others
-        last = sorted(mbs, key=lambda mb: -plan_.starts["B", mb, 0])[:max(1, size // 2)]
-        return set(last) | set(rng.sample([mb for mb in mbs if mb not in last], size - len(last)))
-    if kind == "origin":  # a data node's microbatches (re-pair its slot chains), a late one likely
-        pivot = max(rng.sample(mbs, min(len(mbs), size)), key=lambda mb: plan_.starts["B", mb, 0])
-        origin = dict(data.microbatches)[pivot]
-        return {mb for mb, o in data.microbatches if o == origin}
-    if kind == "shared":  # microbatches meeting a late one on its nodes
-        pivot = max(rng.sample(mbs, min(len(mbs), size)), key=lambda mb: plan_.starts["B", mb, 0])
-        nodes = set(plan_.nodes[pivot][1:])
-        near = [mb for mb in mbs if mb != pivot and nodes & set(plan_.nodes[mb][1:])]
-        return {pivot} | set(rng.sample(near, min(len(near), size - 1)))
-    return set(rng.sample(mbs, size))
 
 
 def to_variant(name: str, data: ModelData, plan_: TimedPlan, provenance: Provenance,
