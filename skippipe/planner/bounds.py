@@ -1,7 +1,11 @@
-"""Lower bounds on the planning objective from the data alone (ticks of `ModelData`): round
-trips, memory slot chains at the data nodes, data-node and stage work (`PathBounds`, used for
-start domains and redundant constraints of the CP-SAT model and for the proven bound it
-reports).
+"""Lower bounds on the planning objective (ticks of `ModelData`), for start domains and
+redundant constraints of the CP-SAT model and for the proven bound a schedule reports.
+
+`PathBounds` holds the bounds from the data alone (round trips, memory slot chains at the data
+nodes, data-node and stage work) and the data-node relaxation (`Relaxation`): a small CP-SAT
+model that keeps every rule at the data nodes and TC1's visit share but replaces the rest of
+each path by the least no-wait times of its stage set (`SetTimes`). It is solved to optimality
+in seconds on the paper's setting, and its stage sets guide a second greedy plan.
 """
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RELAX_MAX_CHOICES = 12_000  # (microbatch, stage set) pairs beyond which the relaxation is skipped
-# (the paper's setting has 300 and solves in ~3 s on 2 cores; scale-80 has 5,376)
+RELAX_MAX_CHOICES = 3_000  # (microbatch, stage set) pairs beyond which the relaxation is skipped:
+# the paper's setting has 300 (optimal in ~3 s on 2 cores), scale-40 600 (~2 s); scale-80's 5,376
+# did not reach the plain bounds in 9 s
 
 
 class PathBounds:
@@ -153,7 +158,6 @@ def _rules_key(rules: Rules) -> tuple:
     return rules.tc1_memory, rules.tc1_load, rules.tc2, rules.cc3, rules.objective
 
 
-
 StageSet = tuple[int, ...]
 
 
@@ -225,9 +229,9 @@ class Relaxation:
     @staticmethod
     def solve(data: ModelData, sequences, rules: Rules, time_limit_s: float,
               workers: int) -> Relaxation | None:
-        times = {o: set_times(data, o, sequences) for o in data.origins()}
-        if sum(len(times[o]) for _, o in data.microbatches) > RELAX_MAX_CHOICES:
+        if len(data.microbatches) * len({frozenset(seq) for seq in sequences}) > RELAX_MAX_CHOICES:
             return None
+        times = {o: set_times(data, o, sequences) for o in data.origins()}
         m = cp_model.CpModel()
         build = _RelaxationModel(m, data, times, rules)
         solver = cp_model.CpSolver()
@@ -280,7 +284,23 @@ class _RelaxationModel:
             for vs in visits.values():
                 if len(vs) > d.visit_cap:
                     m.Add(sum(vs) <= d.visit_cap)
+        self._order_twins(m, d, times)
         m.Minimize(self.objective)
+
+    def _order_twins(self, m: cp_model.CpModel, d: ModelData, times: dict) -> None:
+        """Data nodes that are interchangeable here (same times, durations, slots, number of
+        microbatches: two nodes of one location) start their first microbatch in node order."""
+        firsts: dict[tuple, list[int]] = {}
+        for mb, origin in d.microbatches:
+            key = (tuple(sorted(times[origin].items())), d.slots[origin],
+                   tuple(d.dur[kind][origin] for kind in "FLB"),
+                   sum(1 for _, o in d.microbatches if o == origin))
+            group = firsts.setdefault(key, [])
+            if origin not in {o for o, _ in group}:
+                group.append((origin, mb))
+        for group in firsts.values():
+            for (_, a), (_, b) in zip(group, group[1:]):
+                m.Add(self.start[a] <= self.start[b])
 
     def _microbatch(self, m, d: ModelData, mb: int, origin: int, z: dict, times: dict,
                     horizon: int, rules: Rules):

@@ -361,16 +361,19 @@ class _Progress(cp_model.CpSolverSolutionCallback):
 
 
 def solve(pm: PathModel, time_limit_s: float, seed: int, workers: int,
-          progress: Callable[[str], None] | None = None, planned_s: float | None = None) -> SolveResult:
+          progress: Callable[[str], None] | None = None, planned_s: float | None = None,
+          lns_only: bool = False) -> SolveResult:
     """Run CP-SAT on the model for up to `time_limit_s` wall seconds. With one worker the run is
     also limited in deterministic time (DTIME_PER_WALL_S per second of `planned_s`, default the
     time limit), so that a seed gives the same result on any machine not slower than that.
-    Raises PlanningError when CP-SAT proves the rules infeasible."""
+    `lns_only`: every worker improves the hint by CP-SAT's own neighbourhood search (no proof of
+    optimality then). Raises PlanningError when CP-SAT proves the rules infeasible."""
     solver = cp_model.CpSolver()
     params = solver.parameters
     params.max_time_in_seconds = time_limit_s
     params.num_workers = workers
     params.random_seed = seed
+    params.use_lns_only = lns_only
     if workers == 1:
         params.max_deterministic_time = (planned_s or time_limit_s) * DTIME_PER_WALL_S
     status = solver.Solve(pm.model, _Progress(pm.data.tick_s, progress))
