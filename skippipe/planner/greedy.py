@@ -10,13 +10,14 @@ activations longer). The earliest finish wins (ties: the shorter idle round trip
 
 TC1's visit cap is kept by looking ahead: a microbatch may only take a stage set after which
 the remaining microbatches can still be given stage sets within every stage's share (the plan
-so far minus one set, else the exact count model `model_data.stage_set_counts`, cached). Optionally
-the visits are also paced (after j of N microbatches a stage may hold only about j/N of its
-share, so the slow stages are not all left to the last microbatches) and spread over a stage's
-nodes in proportion to their speed (so early microbatches do not take every fast node); paths
-within those limits go first. `greedy_plan` runs each setting of GREEDY_VARIANTS and keeps the
-best plan. Everything is in the model's ticks
-(model_data.ModelData), so the plan is a feasible CP-SAT hint as it is.
+so far minus one set, else the exact count model `model_data.stage_set_counts`, cached).
+Optionally the visits are also paced (after j of N microbatches a stage may hold only about j/N
+of its share, so the slow stages are not all left to the last microbatches) and spread over a
+stage's nodes in proportion to their speed (so early microbatches do not take every fast node);
+paths within those limits go first. `greedy_plan` runs each setting of GREEDY_VARIANTS and
+keeps the best plan; guided by the data-node relaxation (bounds.Relaxation) it runs once, each
+microbatch on its relaxed stage set, in the order of its relaxed start. Everything is in the
+model's ticks (model_data.ModelData), so the plan is a feasible CP-SAT hint as it is.
 """
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .model_data import ModelData, TimedPlan, chain, plan_values, stage_set_counts
+from .paths import PlanningError
 
 if TYPE_CHECKING:
     from .bounds import Relaxation
-from .paths import PlanningError
 
 log = logging.getLogger(__name__)
 
@@ -325,8 +326,8 @@ def relabel_by_start(data: ModelData, plan: TimedPlan) -> TimedPlan:
 def greedy_plan(data: ModelData, objective: str = "iteration",
                 fixed_paths: dict[int, tuple[int, ...]] | None = None,
                 guide: Relaxation | None = None) -> TimedPlan:
-    """The best (by `objective`, see model_data.plan_values) of the greedy plans with each setting of
-    GREEDY_VARIANTS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
+    """The best (by `objective`, see model_data.plan_values) of the greedy plans with each
+    setting of GREEDY_VARIANTS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
     node per hop) only the timing is chosen. With `guide` (a solved bounds.Relaxation) each
     microbatch takes its stage set there, in the order of its relaxed start."""
     best, best_value = None, math.inf

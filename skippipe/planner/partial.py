@@ -5,11 +5,11 @@ relaxation (bounds.py) proves a lower bound and guides a second greedy plan; a l
 neighbourhood search over paths (lns.py: CP-SAT on sub-models where most microbatches keep their
 paths) improves the better one; then the full model, hinted with the best plan and bounded by
 it, runs for the rest of the time limit to improve it further. A plan that meets the proven
-bound is optimal and returned at once. The whole call
-stays within `time_limit_s`. The variant holds each microbatch's path and every node's op order
-with planned start times; its provenance holds the status, the objective and CP-SAT's proven
-bound (seconds of the model's objective: the simulator's iteration time). If nothing better
-than the greedy plan is found in time, the greedy plan is returned and the status says so.
+bound is optimal and returned at once. The whole call stays within `time_limit_s`. The variant
+holds each microbatch's path and every node's op order with planned start times; its provenance
+holds the status, the objective and the proven bound (seconds of the model's objective: the
+simulator's iteration time). If nothing better than the greedy plan is found in time, the
+greedy plan is returned and the status says so.
 
 non-ca-partial: the same model without TC2 (collision-blind: memory slots and the visit share
 are kept, ops on a node may overlap), returned without an order, so the simulator runs its
@@ -107,9 +107,9 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
     for a second greedy plan) for up to RELAX_SHARE of the time; then path LNS (CP-SAT on
     sub-models) for LNS_SHARE of the time left; then the full model, hinted with the best plan,
     until `time_limit_s` after `started` (time.monotonic() seconds, default now) less
-    FINISH_RESERVE_S. Returns the best plan, the status and the proven
-    bound (ticks). With one worker the budgets come from the time limit alone and every CP-SAT
-    call is bounded in deterministic time too, so a seed reproduces."""
+    FINISH_RESERVE_S. Returns the best plan, the status and the proven bound (ticks). With one
+    worker the budgets come from the time limit alone and every CP-SAT call is bounded in
+    deterministic time too, so a seed reproduces."""
     started = time.monotonic() if started is None else started
     deadline = started + time_limit_s
     first = greedy_plan(data, rules.objective)
