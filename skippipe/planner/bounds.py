@@ -260,8 +260,8 @@ class _RelaxationModel:
         horizon += max(d.avg) + max(t.tail for ts in times.values() for t in ts.values())
         self.objective = m.NewIntVar(0, horizon, "objective")
         self.z, self.start, visits = {}, {}, {}
-        for origin in d.origins():
-            mbs = [mb for mb, o in d.microbatches if o == origin]
+        by_origin = {o: [mb for mb, o2 in d.microbatches if o2 == o] for o in d.origins()}
+        for origin, mbs in by_origin.items():
             ops, holds = [], []
             for mb in mbs:
                 z = {st: m.NewBoolVar(f"z_{mb}_{st}") for st in times[origin]}
@@ -284,22 +284,20 @@ class _RelaxationModel:
             for vs in visits.values():
                 if len(vs) > d.visit_cap:
                     m.Add(sum(vs) <= d.visit_cap)
-        self._order_twins(m, d, times)
+        self._order_twins(m, d, times, by_origin)
         m.Minimize(self.objective)
 
-    def _order_twins(self, m: cp_model.CpModel, d: ModelData, times: dict) -> None:
+    def _order_twins(self, m: cp_model.CpModel, d: ModelData, times: dict,
+                     by_origin: dict[int, list[int]]) -> None:
         """Data nodes that are interchangeable here (same times, durations, slots, number of
         microbatches: two nodes of one location) start their first microbatch in node order."""
-        firsts: dict[tuple, list[int]] = {}
-        for mb, origin in d.microbatches:
+        twins: dict[tuple, list[int]] = {}
+        for origin, mbs in by_origin.items():
             key = (tuple(sorted(times[origin].items())), d.slots[origin],
-                   tuple(d.dur[kind][origin] for kind in "FLB"),
-                   sum(1 for _, o in d.microbatches if o == origin))
-            group = firsts.setdefault(key, [])
-            if origin not in {o for o, _ in group}:
-                group.append((origin, mb))
-        for group in firsts.values():
-            for (_, a), (_, b) in zip(group, group[1:]):
+                   tuple(d.dur[kind][origin] for kind in "FLB"), len(mbs))
+            twins.setdefault(key, []).append(mbs[0])
+        for firsts in twins.values():
+            for a, b in zip(firsts, firsts[1:]):
                 m.Add(self.start[a] <= self.start[b])
 
     def _microbatch(self, m, d: ModelData, mb: int, origin: int, z: dict, times: dict,

@@ -43,7 +43,7 @@ class PathSearch:
 
     def __init__(self, data: ModelData, rules: Rules, start: TimedPlan, lower: PathBounds,
                  seed: int, progress: Progress | None):
-        self.data, self.rules, self.lower, self.seed, self.progress = data, rules, lower, seed, progress
+        self.data, self.lower, self.seed, self.progress = data, lower, seed, progress
         self.sub_rules = dataclasses.replace(rules, symmetry=False)  # fixed paths break the symmetry
         self.best, self.value = start, plan_values(data, start)[rules.objective]
         self.floor = lower.objective_floor(rules)
