@@ -36,7 +36,7 @@ from skippipe.planner.greedy import GREEDY_VARIANTS, GreedyScheduler  # noqa: E4
 from skippipe.planner.partial import ca_partial_variant, non_ca_partial_variant  # noqa: E402
 from skippipe.scenario import load_scenario  # noqa: E402
 from skippipe.schedule import Schedule, validate  # noqa: E402
-from skippipe.simulate import simulate  # noqa: E402
+from skippipe.sim.simulate import simulate  # noqa: E402
 
 SETTINGS = Path(__file__).resolve().parents[1] / "settings"
 DEFAULT_TIME_LIMIT_S = 60.0  # the planner's default CP-SAT budget

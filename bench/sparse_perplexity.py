@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from skippipe.data import prepare_data, validation_batches  # noqa: E402
-from skippipe.evaluate import Perplexity, omission_subsets, plot_sweep, summarize, sweep  # noqa: E402
-from skippipe.model import pick_device  # noqa: E402
+from skippipe.train.data import prepare_data, validation_batches  # noqa: E402
+from skippipe.train.evaluate import Perplexity, omission_subsets, plot_sweep, summarize, sweep  # noqa: E402
+from skippipe.train.model import pick_device  # noqa: E402
 from skippipe.scenario import Scenario, load_scenario  # noqa: E402
-from skippipe.train_local import (RunInfo, TrainConfig, balanced_skip_paths, baseline_paths,  # noqa: E402
+from skippipe.train.local import (RunInfo, TrainConfig, balanced_skip_paths, baseline_paths,  # noqa: E402
                                   microbatches_per_iteration, new_run_dir, schedule_paths, train)
 
 log = logging.getLogger("bench.sparse_perplexity")

@@ -41,7 +41,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
                    progress: Callable[[str], None] | None = None) -> Schedule:
     """Plan every variant in `opts.variants` and attach the simulator's prediction to each."""
     from .planner.allocation import allocate
-    from .simulate import simulate
+    from .sim.simulate import simulate
 
     say = progress or log.info
     alloc = allocate(scenario, seed=opts.seed)

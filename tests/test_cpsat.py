@@ -19,7 +19,7 @@ from skippipe.costs import Costs
 from skippipe.scenario import (CostConfig, Link, ModelConfig, Network, Node, PipelineConfig,
                                Scenario, TrainingConfig, load_scenario)
 from skippipe.schedule import Schedule, planned_makespan, validate
-from skippipe.simulate import simulate
+from skippipe.sim.simulate import simulate
 from skippipe.planner.cpsat import PathModel, Rules, solve
 from skippipe.planner.model_data import (ModelData, all_sequences, build_data, chain, plan_values,
                                          stage_set_counts)

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-import skippipe.tokenizer as tokenizer_module
-from skippipe.data import (DataError, Document, builtin_corpus, hf_corpus, is_validation,
+import skippipe.train.tokenizer as tokenizer_module
+from skippipe.train.data import (DataError, Document, builtin_corpus, hf_corpus, is_validation,
                            local_corpus, make_corpus, module_text, prepare_data,
                            training_batches, validation_batches)
-from skippipe.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
+from skippipe.train.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
 
 VOCAB = 64
 WORDS = ("the stage node path pipeline skips layers while training converges on a network of "

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from skippipe.errors import SkipPipeError
-from skippipe.evaluate import (format_table, omission_path, omission_subsets, parse_stage_list,
+from skippipe.train.evaluate import (format_table, omission_path, omission_subsets, parse_stage_list,
                                path_nll, perplexity, plot_sweep, summarize, sweep)
-from skippipe.model import build_stages
+from skippipe.train.model import build_stages
 from skippipe.scenario import ModelConfig
 
 torch.set_num_threads(1)

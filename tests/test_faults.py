@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from skippipe.faults import FailurePlanError, parse_spec, random_plan
+from skippipe.runtime.faults import FailurePlanError, parse_spec, random_plan
 from skippipe.schedule import VariantSchedule, save_schedule
 from skippipe.timeline import read_jsonl
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from skippipe.linkemu import (ComputeModel, LinkEmulator, LinkModel, LinkTimeline, pad_to)
+from skippipe.runtime.linkemu import (ComputeModel, LinkEmulator, LinkModel, LinkTimeline, pad_to)
 from skippipe.scenario import GIB, load_scenario
 
 TINY = Path(__file__).resolve().parents[1] / "settings" / "tiny.toml"

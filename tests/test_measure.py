@@ -268,8 +268,8 @@ def test_interrupt_stops_every_local_process(tmp_path, sig, code):
 
 
 def test_a_node_that_goes_away_fails_fast(torch_threads):
-    from skippipe.transport import Transport
-    from skippipe.wire import Kind, Message
+    from skippipe.runtime.transport import Transport
+    from skippipe.runtime.wire import Kind, Message
 
     async def scenario():
         base = free_base_port(2, 12)

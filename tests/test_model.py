@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from skippipe.errors import SkipPipeError
-from skippipe.model import (PathError, CheckpointInfo, build_stage, build_stages, check_path,
+from skippipe.train.model import (PathError, CheckpointInfo, build_stage, build_stages, check_path,
                             forward_path, initial_stage_state, initial_state, layer_range,
                             load_checkpoint, load_stage_file, load_stage_state, path_token_nll,
                             save_checkpoint)

@@ -9,13 +9,13 @@ import time
 import pytest
 import torch
 
-from skippipe.data import prepare_data, training_batches
-from skippipe.model import build_stages, forward_path
+from skippipe.train.data import prepare_data, training_batches
+from skippipe.train.model import build_stages, forward_path
 from skippipe.planning import PlanOptions, build_schedule
 from skippipe.scenario import load_scenario
 from skippipe.schedule import save_schedule
 from skippipe.timeline import read_jsonl
-from skippipe.train_local import baseline_paths
+from skippipe.train.local import baseline_paths
 
 from conftest import SETTINGS
 from runtime_util import alive, free_base_port, run_skippipe

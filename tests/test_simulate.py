@@ -13,7 +13,7 @@ from skippipe.scenario import (CostConfig, Link, ModelConfig, Network, Node, Pip
                                Scenario, TrainingConfig, load_scenario)
 from skippipe.schedule import (Hop, MicrobatchPath, Op, Schedule, VariantSchedule, planned_makespan,
                                save_schedule, violations)
-from skippipe.simulate import SimulationError, simulate
+from skippipe.sim.simulate import SimulationError, simulate
 
 from conftest import SETTINGS
 

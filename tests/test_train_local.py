@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from skippipe.data import TokenData, training_batches
+from skippipe.train.data import TokenData, training_batches
 from skippipe.errors import SkipPipeError
-from skippipe.model import build_stages, forward_path, load_checkpoint
+from skippipe.train.model import build_stages, forward_path, load_checkpoint
 from skippipe.scenario import ModelConfig, load_scenario
 from skippipe.schedule import cc3_problem
-from skippipe.train_local import (RunInfo, TrainConfig, balanced_skip_paths, baseline_paths,
+from skippipe.train.local import (RunInfo, TrainConfig, balanced_skip_paths, baseline_paths,
                                   learning_rate, local_paths, make_optimizer, train,
                                   train_iteration)
 
@@ -150,7 +150,7 @@ def test_local_paths_need_a_schedule_for_planner_variants():
 
 
 def test_paths_come_from_a_schedule_file_in_microbatch_order(tmp_path):
-    from skippipe.train_local import resolve_paths
+    from skippipe.train.local import resolve_paths
 
     settings = ROOT / "settings" / "tiny.toml"
     scenario = load_scenario(settings)

@@ -11,11 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from skippipe.linkemu import LinkEmulator, LinkModel
-from skippipe.transport import (INTRO_MAGIC, LENGTH_BYTES, SEED, PortInUse, SendTimeout,
+from skippipe.runtime.linkemu import LinkEmulator, LinkModel
+from skippipe.runtime.transport import (INTRO_MAGIC, LENGTH_BYTES, SEED, PortInUse, SendTimeout,
                                 Transport, TransportConfig, TransportError, UnknownPeer,
                                 node_key)
-from skippipe.wire import Kind, Message, decode, encode
+from skippipe.runtime.wire import Kind, Message, decode, encode
 
 HOST = "127.0.0.1"
 TEST_DEADLINE_S = 20.0  # an async test that takes longer than this has hung
@@ -97,7 +97,7 @@ def test_malformed_frames_are_rejected_and_the_node_keeps_running(tmp_path, capl
             await b.send(0, heartbeat(1, 8))
             assert (await a.recv(WAIT_S)).microbatch == 8
 
-    with caplog.at_level(logging.WARNING, logger="skippipe.transport"):
+    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.transport"):
         run(main())
     assert any("[node 0] rejected (malformed)" in r.getMessage() for r in caplog.records)
 

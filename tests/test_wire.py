@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from skippipe.wire import (HEADER_MIN_BYTES, MAGIC, MAX_NDIM, NUM_TAGS, WIRE_VERSION, DType,
+from skippipe.runtime.wire import (HEADER_MIN_BYTES, MAGIC, MAX_NDIM, NUM_TAGS, WIRE_VERSION, DType,
                            Kind, Message, WireError, decode, encode)
 
 TORCH_DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16,

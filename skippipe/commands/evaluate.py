@@ -29,8 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _checkpoint_dir(path: str) -> Path:
-    from ..model import CHECKPOINT_META
-    from ..train_local import CHECKPOINT_DIR
+    from ..train.model import CHECKPOINT_META
+    from ..train.local import CHECKPOINT_DIR
 
     p = Path(path)
     return p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR / CHECKPOINT_META).is_file() else p
@@ -44,11 +44,11 @@ def _result_row(r) -> dict:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import prepare_data, validation_batches
+    from ..train.data import prepare_data, validation_batches
     from ..errors import SkipPipeError
-    from ..evaluate import (format_table, omission_subsets, parse_stage_list, perplexity,
+    from ..train.evaluate import (format_table, omission_subsets, parse_stage_list, perplexity,
                             plot_sweep, summarize, sweep)
-    from ..model import load_checkpoint, resolve_device
+    from ..train.model import load_checkpoint, resolve_device
 
     if args.max_batches < 1 or args.samples < 1:
         raise SkipPipeError("--max-batches and --samples must be positive")

@@ -34,9 +34,9 @@ def parse_failed(text: str, n_nodes: int) -> set[int]:
 
 def distributed_perplexity(run_dir: Path, failed: set[int], max_batches: int, samples: int = 0) -> dict:
     """Start the live nodes of `run_dir` for inference and return the origin's result."""
-    from .. import launch
-    from ..infer import plan
-    from ..runconfig import load_config
+    from ..runtime import launch
+    from ..runtime.infer import plan
+    from ..runtime.runconfig import load_config
     from ..schedule import load_schedule
     cfg = load_config(run_dir / "config.json")
     if not (run_dir / "checkpoint" / "checkpoint.json").is_file():
@@ -60,9 +60,9 @@ def distributed_perplexity(run_dir: Path, failed: set[int], max_batches: int, sa
 
 
 def local_perplexity(run_dir: Path, omitted, max_batches: int, samples: int) -> float:
-    from ..data import prepare_data, validation_batches
-    from ..evaluate import perplexity
-    from ..model import load_checkpoint
+    from ..train.data import prepare_data, validation_batches
+    from ..train.evaluate import perplexity
+    from ..train.model import load_checkpoint
     info, stages = load_checkpoint(run_dir / "checkpoint", "cpu")
     data = prepare_data(None, info.model.vocab_size)
     batches = validation_batches(data.validation, samples, info.model.ctx_tokens, max_batches)
@@ -70,7 +70,7 @@ def local_perplexity(run_dir: Path, omitted, max_batches: int, samples: int) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runconfig import load_config
+    from ..runtime.runconfig import load_config
     run_dir = Path(args.run_dir)
     cfg = load_config(run_dir / "config.json")
     failed = parse_failed(args.failed, len(cfg.peers))

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from ..errors import SkipPipeError
-from ..procs import stop_sessions
+from ..util.procs import stop_sessions
 
 HELP = "measure links and compute of live nodes and write a scenario file for them"
 DEFAULT_BASE_PORT = 29600

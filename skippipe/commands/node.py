@@ -13,5 +13,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..node import main
+    from ..runtime.node import main
     return main(args.config, args.node_id, args.rejoin)

@@ -6,10 +6,10 @@ import os
 import time
 from pathlib import Path
 
-from .. import launch
+from ..runtime import launch
 from ..errors import SkipPipeError
 from ..planning import DEFAULT_TIME_LIMIT_S
-from ..runconfig import RunConfig, load_config
+from ..runtime.runconfig import RunConfig, load_config
 from ..scenario import load_scenario
 from ..schedule import VARIANTS, load_schedule
 
@@ -93,16 +93,16 @@ def _peers(args, n_nodes: int) -> dict[int, tuple[str, int]]:
 
 def _prepare_data(sc, stand_in_model: str, say) -> None:
     """Build the corpus and tokenizer caches once, before the data nodes all want them."""
-    from ..data import prepare_data
-    from ..node import stand_in
+    from ..train.data import prepare_data
+    from ..runtime.node import stand_in
     vocab = stand_in(sc.model, stand_in_model).vocab_size
     say(f"preparing the built-in corpus and a {vocab}-token tokenizer (cached after the first run)")
     prepare_data(None, vocab)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..faults import parse_failures
-    from ..simulate import simulate
+    from ..runtime.faults import parse_failures
+    from ..sim.simulate import simulate
 
     say = lambda line: print(line, flush=True)  # noqa: E731
     if args.rejoin:
@@ -138,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     result = launch.run(cfg, nodes, predicted, timeout, say)
     say(launch.summary(result.iterations))
     if args.gantt:
-        from ..report import measured_vs_predicted_gantt
+        from ..runtime.report import measured_vs_predicted_gantt
         measured_vs_predicted_gantt(cfg, sched, sc, args.gantt)
         say(f"gantt: {args.gantt}")
     return result.exit_code

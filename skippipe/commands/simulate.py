@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..schedule import VARIANTS, load_schedule
-from ..simulate import SimResult, simulate
+from ..sim.simulate import SimResult, simulate
 from ..timeline import chrome_trace, gantt_png, write_jsonl
 
 HELP = "simulate a schedule's variants: iteration time, busy/idle/waiting, Gantt and traces"

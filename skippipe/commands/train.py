@@ -42,10 +42,10 @@ def _positive(name: str, value: int | None, zero_ok: bool = False) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import prepare_data, validation_batches
-    from ..evaluate import perplexity
-    from ..model import resolve_device
-    from ..train_local import (METRICS_FILE, MetricsWriter, RunInfo, TrainConfig, new_run_dir,
+    from ..train.data import prepare_data, validation_batches
+    from ..train.evaluate import perplexity
+    from ..train.model import resolve_device
+    from ..train.local import (METRICS_FILE, MetricsWriter, RunInfo, TrainConfig, new_run_dir,
                                resolve_paths, train)
 
     for name in ("iterations", "log_every", "threads"):

@@ -26,10 +26,10 @@ import itertools
 import logging
 from dataclasses import dataclass, field
 
-from .costs import Costs
-from .errors import SkipPipeError
-from .scenario import Scenario
-from .schedule import Op, Schedule, VariantSchedule, expected_ops
+from ..costs import Costs
+from ..errors import SkipPipeError
+from ..scenario import Scenario
+from ..schedule import Op, Schedule, VariantSchedule, expected_ops
 
 log = logging.getLogger(__name__)
 

@@ -41,9 +41,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import SkipPipeError
-from .transport import Transport, TransportError
-from .wire import Kind, Message
+from ..errors import SkipPipeError
+from ..runtime.transport import Transport, TransportError
+from ..runtime.wire import Kind, Message
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def significant(x: float, digits: int = SIGNIFICANT_DIGITS) -> float:
 def device_for(name: str):
     import torch
 
-    from .model import pick_device
+    from ..train.model import pick_device
     return pick_device() if name == "auto" else torch.device(name)
 
 
@@ -180,8 +180,8 @@ def measure_compute(task: ComputeTask, repeat: int, warmup: int, device, node: i
     sequences; seconds per sample per layer for each timed repetition."""
     import torch
 
-    from .model import build_stage
-    from .scenario import ModelConfig
+    from ..train.model import build_stage
+    from ..scenario import ModelConfig
 
     cfg = ModelConfig(**task.model)
     cuda = device.type == "cuda"
@@ -231,7 +231,7 @@ def _warm_up_libraries(cfg, device) -> None:
     as the stage's memory."""
     import torch
 
-    from .model import build_stage
+    from ..train.model import build_stage
 
     mini = dataclasses.replace(cfg, d_model=8, n_heads=2, n_layers=2, ffn_hidden=8, ctx_tokens=4,
                                vocab_size=16)
@@ -708,7 +708,7 @@ def memory_warnings(meas: Measurements, slots: int) -> list[str]:
 
 def write_scenario(text: str, out: str | Path):
     """Write `text` to `out` atomically once load_scenario accepts it; returns the Scenario."""
-    from .scenario import load_scenario
+    from ..scenario import load_scenario
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

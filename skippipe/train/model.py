@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import SkipPipeError
-from .scenario import ModelConfig
+from ..errors import SkipPipeError
+from ..scenario import ModelConfig
 
 ROPE_BASE = 10000.0  # rotary embedding base frequency (LLaMA default)
 RMS_NORM_EPS = 1e-5  # added to the mean square before the reciprocal square root

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import SkipPipeError
+from ..errors import SkipPipeError
 from .model import Stage, check_path, path_token_nll
 
 SWEEP_EXHAUSTIVE_MAX_STAGES = 8  # S up to this: every subset of the non-first stages

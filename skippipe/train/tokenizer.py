@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from .errors import SkipPipeError
+from ..errors import SkipPipeError
 
 log = logging.getLogger(__name__)
 

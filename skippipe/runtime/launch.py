@@ -17,13 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import SkipPipeError
-from .planning import PlanOptions, build_schedule
-from .procs import stop_sessions
+from ..errors import SkipPipeError
+from ..planning import PlanOptions, build_schedule
+from ..util.procs import stop_sessions
 from .runconfig import RunConfig, events_dir, save_config
-from .scenario import Scenario, load_scenario
-from .schedule import ScheduleError, load_schedule, save_schedule
-from .timeline import read_jsonl
+from ..scenario import Scenario, load_scenario
+from ..schedule import ScheduleError, load_schedule, save_schedule
+from ..timeline import read_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .runconfig import RunConfig, events_dir
-from .scenario import Scenario
-from .schedule import Schedule
-from .simulate import simulate
-from .timeline import gantt_png, read_jsonl
+from ..scenario import Scenario
+from ..schedule import Schedule
+from ..sim.simulate import simulate
+from ..timeline import gantt_png, read_jsonl
 
 TIMED_EVENTS = ("op", "send")
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SkipPipeError
+from ..errors import SkipPipeError
 
 MAGIC = b"SP"
 WIRE_VERSION = 1

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from .errors import SkipPipeError
+from ..errors import SkipPipeError
 from .wire import Kind, Message
 
 STALL_FACTOR = 3  # live peers silent on averaging for this many peer timeouts: give up

@@ -20,8 +20,8 @@ import json
 import random
 from pathlib import Path
 
-from .errors import SkipPipeError
-from .scenario import Scenario
+from ..errors import SkipPipeError
+from ..scenario import Scenario
 
 PHASES = ("start", "forward", "backward", "averaging")
 HOWS = ("crash", "hang", "slow")

@@ -36,18 +36,18 @@ import torch
 
 from . import faults as faults_mod
 from .averaging import StageAverager, load_stage_state_vector, stage_state_vector
-from .costs import Costs
-from .data import prepare_data, training_batches
-from .dispatch import Dispatcher, OpKey, next_hop_op, node_ops
-from .errors import SkipPipeError
+from ..costs import Costs
+from ..train.data import prepare_data, training_batches
+from ..dispatch import Dispatcher, OpKey, next_hop_op, node_ops
+from ..errors import SkipPipeError
 from .linkemu import LinkEmulator, LinkModel
 from .liveness import Liveness
-from .model import CheckpointInfo, build_stage, save_checkpoint, save_stage
+from ..train.model import CheckpointInfo, build_stage, save_checkpoint, save_stage
 from .recovery import live_variant, repair_path
 from .runconfig import EventWriter, RunConfig, events_dir
-from .scenario import ModelConfig, load_scenario
-from .schedule import Hop, MicrobatchPath, load_schedule
-from .train_local import TrainConfig, clip_stage, learning_rate, make_optimizer
+from ..scenario import ModelConfig, load_scenario
+from ..schedule import Hop, MicrobatchPath, load_schedule
+from ..train.local import TrainConfig, clip_stage, learning_rate, make_optimizer
 from .transport import Transport, TransportError
 from .wire import Kind, Message
 

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from .errors import SkipPipeError
+from ..errors import SkipPipeError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Mapping
 
-from .scenario import Scenario
+from ..scenario import Scenario
 
 Clock = Callable[[], float]  # monotonic seconds
 SleepUntil = Callable[[float], Awaitable[None]]  # wait until a clock time, seconds

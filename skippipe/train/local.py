@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from .data import TokenData, training_batches
-from .errors import SkipPipeError
+from ..errors import SkipPipeError
 from .model import CheckpointInfo, Stage, build_stages, check_path, forward_path, save_checkpoint
-from .scenario import ModelConfig, Scenario
+from ..scenario import ModelConfig, Scenario
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def _random_swaps(stages: list[int], max_swaps: int, rng: random.Random) -> list
 
 def _skip_plan(scenario: Scenario, n_microbatches: int, rng: random.Random) -> list[StagePath] | None:
     """One draw of skip paths; None when a path breaks CC3 even without swaps."""
-    from .schedule import cc3_problem
+    from ..schedule import cc3_problem
 
     p = scenario.pipeline
     quota = _visit_quotas(p.n_stages, n_microbatches * (p.path_length - 1), rng)
@@ -308,7 +308,7 @@ def _timed_iteration(stages, optimizer, paths, batches, cfg: TrainConfig, it: in
 # ----------------------------------------------------------------------------------------------
 # Where paths and run directories come from.
 
-RUNS_DIR = Path(__file__).resolve().parents[1] / "runs"  # default parent of run directories
+RUNS_DIR = Path(__file__).resolve().parents[2] / "runs"  # default parent of run directories
 LOCAL_VARIANTS = ("baseline", "random")  # variants available without a schedule file
 
 
@@ -336,11 +336,11 @@ def resolve_paths(source: str | Path, variant: str,
     """
     source = Path(source)
     if source.suffix == ".json":
-        from .schedule import load_schedule
+        from ..schedule import load_schedule
 
         schedule, scenario = load_schedule(source)
         return scenario, schedule_paths(schedule.variant(variant))
-    from .scenario import load_scenario
+    from ..scenario import load_scenario
 
     scenario = load_scenario(source)
     return scenario, local_paths(scenario, variant, scenario.training.seed if seed is None else seed)

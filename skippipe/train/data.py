@@ -44,12 +44,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import SkipPipeError
+from ..errors import SkipPipeError
 from .tokenizer import cached_tokenizer, encode_documents, load_tokenizer, write_atomic
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_ENV = "SKIPPIPE_CACHE"  # overrides the cache directory
 DEFAULT_CACHE_DIR = REPO_ROOT / "runs" / "cache"
 CORPUS_VERSION = 1  # bump when the built-in corpus extraction changes (part of its cache key)
@@ -197,7 +197,7 @@ def _builtin_cache_path(directory: Path) -> Path:
 def _run_stdlib_walk(path: Path) -> None:
     """Run `walk_stdlib_docs` in a child Python process writing to `path`."""
     code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-            "from skippipe.data import walk_stdlib_docs; walk_stdlib_docs(sys.argv[2])")
+            "from skippipe.train.data import walk_stdlib_docs; walk_stdlib_docs(sys.argv[2])")
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes may build the cache at once
     try:
         subprocess.run([sys.executable, "-c", code, str(REPO_ROOT), str(tmp)], check=True,

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from .data import prepare_data, validation_batches
-from .errors import SkipPipeError
-from .model import STAGE_FILE, Stage, build_stage, load_stage_state, read_checkpoint_info
+from ..train.data import prepare_data, validation_batches
+from ..errors import SkipPipeError
+from ..train.model import STAGE_FILE, Stage, build_stage, load_stage_state, read_checkpoint_info
 from .node import NodeFailure, device_for, pack_path, unpack_path
 from .runconfig import RunConfig
-from .schedule import load_schedule
+from ..schedule import load_schedule
 from .transport import Transport, TransportError
 from .wire import Kind, Message
 

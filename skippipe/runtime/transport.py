@@ -9,7 +9,7 @@ connection table (`connections`/`DictItem`/`locks`), its stack bindings (`get_pe
 with the 36-byte introduction b"\\xe4\\xe5\\xf3\\xc6" + node key, and every frame is a 32-byte
 big-endian length followed by the bytes. A stock DecCom peer can therefore exchange frames with
 us (over one connection: it closes a second one, see deduplication below). The frame bytes are
-one `skippipe.wire` message.
+one `skippipe.runtime.wire` message.
 
 What is replaced, and why (faults of deccom 0.1.0 found by reading its source and measuring):
 - Nagle stall: DecCom creates its sockets itself with proto 0, so asyncio's automatic
@@ -76,11 +76,11 @@ from deccom.protocols.peerdiscovery.kademliadiscovery import KademliaDiscovery
 from deccom.protocols.streamprotocol import DictItem, StreamProtocol
 from deccom.protocols.wrappers import bindto
 
-from .errors import SkipPipeError
+from ..errors import SkipPipeError
 from .linkemu import LinkEmulator
 from .wire import Message, WireError, decode, encode_parts
 
-logger = logging.getLogger("skippipe.transport")
+logger = logging.getLogger("skippipe.runtime.transport")
 deccom_logger = logging.getLogger("skippipe.deccom")
 
 INTRO_MAGIC = b"\xe4\xe5\xf3\xc6"  # DecCom StreamProtocol: first bytes of a connection

@@ -1,0 +1,1 @@
+"""The event simulator: the judge of every variant's iteration time."""

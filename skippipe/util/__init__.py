@@ -1,0 +1,1 @@
+"""Plumbing shared by the commands, the runtime and measurement: processes, ports, tables."""
