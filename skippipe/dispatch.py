@@ -1,127 +1,117 @@
-"""Which operation a node runs next: the runtime's scheduling rule, without sockets or tensors.
+"""Which operation a node runs next: the one rule the simulator and the runtime both follow.
 
-An operation is `(kind, microbatch, hop)` as in schedule.py. It becomes *arrived* when its input
-is there (the data batch for F at hop 0, else a message). A node runs one operation at a time:
-- with a planned order (ca-partial) it runs exactly that order, waiting for each op's input;
-- without one it runs first come first served, preferring B, then L, then F (backward frees
-  memory), then arrival order.
-A forward needs one of the node's `slots`; the backward of the same (microbatch, hop) frees it.
+An operation (ops.Op) becomes *arrived* when its input is there (the data batch for F at hop 0,
+else a message), stamped with its arrival time. A node runs one operation at a time:
+- `planned` (a variant whose dispatch is "planned"): exactly the node's action list, in order,
+  waiting for each op's input;
+- otherwise first come first served: the earliest arrival first; among ops that arrived at the
+  same time, backward before loss before forward (backward frees memory), then the lower
+  microbatch, then the lower hop.
+A forward needs one of the node's `slots` (TC1); the backward at the same hop frees it.
+
+The simulator stamps arrivals with simulated time, the runtime with its monotonic clock; both
+ask `next_op()` whenever the node is free, so a node given the same arrivals picks the same
+order in both (tests/test_dispatch.py).
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
+from typing import Iterable
 
-from .schedule import MicrobatchPath, VariantSchedule
-
-OpKey = tuple[str, int, int]  # (kind, microbatch, hop)
-_PRIORITY = {"B": 0, "L": 1, "F": 2}  # FCFS tie-break: free memory first
+from .ops import Op, frees_slot, takes_slot
 
 
-def node_ops(variant: VariantSchedule, node: int) -> list[OpKey]:
-    """The operations `node` runs in one iteration: the planned order if any, else any order."""
-    if variant.order is not None:
-        return [(o.kind, o.microbatch, o.hop) for o in variant.order.get(node, ())]
-    ops = []
-    for p in variant.paths:
-        for i, h in enumerate(p.hops):
-            if h.node == node:
-                ops += [("F", p.microbatch, i), ("B", p.microbatch, i)]
-        if p.origin == node:
-            ops.append(("L", p.microbatch, 0))
-    return ops
-
-
-def next_hop_op(path: MicrobatchPath, op: OpKey) -> tuple[OpKey, int] | None:
-    """The operation after `op` on its microbatch and the node that runs it (None after B0)."""
-    kind, mb, hop = op
-    k = len(path.hops)
-    if kind == "F":
-        return (("F", mb, hop + 1), path.hops[hop + 1].node) if hop + 1 < k else (("L", mb, 0), path.origin)
-    if kind == "L":
-        return ("B", mb, k - 1), path.hops[k - 1].node
-    return (("B", mb, hop - 1), path.hops[hop - 1].node) if hop > 0 else None
+def fcfs_key(op: Op, arrived_s: float) -> tuple:
+    """First come first served; ties (same instant): B, L, F, then microbatch, then hop."""
+    return arrived_s, op.kind.rank, op.microbatch, op.hop
 
 
 @dataclass
 class Dispatcher:
-    """Tracks one node's operations for one iteration."""
+    """One node's operations for one iteration."""
 
-    ops: list[OpKey]
-    slots: int
+    ops: list[Op]  # the node's action list (its run order when planned)
+    slots: int  # memory slots (TC1)
     planned: bool  # follow `ops` strictly in order
-    arrived: dict[OpKey, int] = field(default_factory=dict)  # op -> arrival sequence number
-    finished: set[OpKey] = field(default_factory=set)
-    running: OpKey | None = None
-    held: int = 0  # memory slots in use
-    _seq: itertools.count = field(default_factory=itertools.count)
+    arrived: dict[Op, float] = field(default_factory=dict)  # op -> arrival time, until started
+    finished: set[Op] = field(default_factory=set)
+    running: Op | None = None
+    held: list[Op] = field(default_factory=list)  # forwards holding a slot
 
     def __post_init__(self) -> None:
-        self.ops = list(self.ops)
+        self.ops = [Op(o.kind, o.microbatch, o.hop) for o in self.ops]  # identity only
         self._todo = set(self.ops)
+        if len(self._todo) != len(self.ops):
+            raise ValueError("a node's action list names an operation twice")
         self._cursor = 0  # planned mode: index of the next op in `ops`
 
     @property
     def done(self) -> bool:
         return not self._todo and self.running is None
 
-    def expects(self, op: OpKey) -> bool:
+    def expects(self, op: Op) -> bool:
         return op in self._todo and op not in self.arrived
 
-    def arrive(self, op: OpKey) -> None:
+    def arrive(self, op: Op, at_s: float) -> None:
+        """`op`'s input is here (at time `at_s`); a repeated arrival keeps the first stamp."""
         if op not in self._todo:
             raise KeyError(f"operation {op} is not this node's in this iteration")
-        self.arrived.setdefault(op, next(self._seq))
+        self.arrived.setdefault(op, at_s)
 
-    def next_op(self) -> OpKey | None:
-        """An operation that may start now, or None (nothing ready, busy, or memory full)."""
+    def next_op(self) -> Op | None:
+        """The operation to start now, or None (busy, nothing ready, or memory full)."""
         if self.running is not None:
             return None
         if self.planned:
             op = self.ops[self._cursor] if self._cursor < len(self.ops) else None
             return op if op is not None and self._can_start(op) else None
-        ready = [op for op in self.arrived if op in self._todo and self._can_start(op)]
-        return min(ready, key=lambda op: (_PRIORITY[op[0]], self.arrived[op], op[1]), default=None)
+        ready = [op for op in self.arrived if self._can_start(op)]
+        return min(ready, key=lambda op: fcfs_key(op, self.arrived[op]), default=None)
+
+    def next_planned(self) -> Op | None:
+        """Planned mode: the op the node waits for (started or not), for messages and stats."""
+        return self.ops[self._cursor] if self.planned and self._cursor < len(self.ops) else None
 
     def blocked_on_memory(self) -> bool:
         """True when an arrived forward waits only for a memory slot."""
-        return any(op[0] == "F" and op in self._todo for op in self.arrived) and self.held >= self.slots
+        return len(self.held) >= self.slots and any(takes_slot(op) for op in self.arrived)
 
-    def _can_start(self, op: OpKey) -> bool:
-        return op in self.arrived and (op[0] != "F" or self.held < self.slots)
+    def _can_start(self, op: Op) -> bool:
+        return op in self.arrived and (not takes_slot(op) or len(self.held) < self.slots)
 
-    def start(self, op: OpKey) -> None:
+    def start(self, op: Op) -> None:
         assert self.running is None and self._can_start(op), op
         self.running = op
         self._todo.discard(op)
+        del self.arrived[op]
         if self.planned:
             self._cursor += 1
-        if op[0] == "F":
-            self.held += 1
+        if takes_slot(op):
+            self.held.append(op)
 
-    def finish(self, op: OpKey) -> None:
+    def finish(self, op: Op) -> None:
         assert self.running == op, (self.running, op)
         self.running = None
         self.finished.add(op)
-        if op[0] == "B":
-            self.held -= 1
+        freed = frees_slot(op)
+        if freed in self.held:
+            self.held.remove(freed)
 
     def forget(self, microbatch: int) -> None:
         """Drop every operation of `microbatch` (its attempt failed) and free the memory its
         forwards held; the node then runs first come first served."""
-        for op in [op for op in self._todo | self.finished if op[1] == microbatch]:
-            if op[0] == "F" and op in self.finished and ("B", op[1], op[2]) not in self.finished:
-                self.held -= 1
-            self._todo.discard(op)
-            self.finished.discard(op)
-            self.arrived.pop(op, None)
+        self._todo = {op for op in self._todo if op.microbatch != microbatch}
+        self.finished = {op for op in self.finished if op.microbatch != microbatch}
+        self.arrived = {op: t for op, t in self.arrived.items() if op.microbatch != microbatch}
+        self.held = [op for op in self.held if op.microbatch != microbatch]
         self.planned = False
 
-    def add(self, ops: list[OpKey]) -> None:
+    def add(self, ops: Iterable[Op]) -> None:
         """New operations for this iteration (a restarted microbatch's attempt)."""
+        ops = [Op(o.kind, o.microbatch, o.hop) for o in ops]
         self._todo |= set(ops)
         self.ops += ops
         self.planned = False
 
-    def pending(self) -> list[OpKey]:
-        return sorted(self._todo)
+    def pending(self) -> list[Op]:
+        return sorted(self._todo, key=lambda op: op.sort_key)

@@ -1,9 +1,10 @@
 """Schedule: the planner's output for one scenario, its JSON form, and the one validator.
 
 A schedule holds the allocation (node -> stage) and, per variant, a path for every microbatch,
-optionally each node's operation order with planned start times, the predicted iteration time
-and the solver's provenance. Operations are named (kind, microbatch, hop): kind 'F' forward and
-'B' backward run on hops[hop].node; 'L' (loss) runs at the origin and always has hop 0.
+each node's action list (its operations, ops.Op, in run order, with start times where known),
+the rule its nodes dispatch by ("planned": exactly the action list, the planner's timing;
+"fcfs": first come first served, the action list being what that rule produced in the
+simulator), the predicted iteration time and the solver's provenance.
 
 `violations()` checks every rule of DESIGN.md (CC1-CC3, TC1, TC2 when start times are present,
 the baseline's shape) and returns them all; `validate()` raises the first as a ScheduleError.
@@ -20,11 +21,13 @@ from typing import Any, Iterable
 
 from .costs import Costs
 from .errors import SkipPipeError
+from .ops import Op, OpKind, node_ops, op_chain, takes_slot
 from .scenario import Scenario, load_scenario
 
 SCHEMA_VERSION = 1
 VARIANTS = ("baseline", "random", "non-ca-partial", "ca-partial")
 TIME_TOLERANCE_S = 1e-6  # float slack when comparing planned times
+DISPATCH_RULES = ("planned", "fcfs")  # see dispatch.py
 
 
 class ScheduleError(SkipPipeError):
@@ -53,14 +56,6 @@ class MicrobatchPath:
 
 
 @dataclass(frozen=True)
-class Op:
-    kind: str  # 'F', 'L' or 'B'
-    microbatch: int
-    hop: int
-    start_s: float | None = None  # planned start, seconds from the iteration's start
-
-
-@dataclass(frozen=True)
 class Provenance:
     solver: str
     seed: int | None = None
@@ -82,9 +77,29 @@ class Provenance:
 class VariantSchedule:
     name: str
     paths: tuple[MicrobatchPath, ...]
-    order: dict[int, tuple[Op, ...]] | None = None  # node -> its operations in run order
+    order: dict[int, tuple[Op, ...]] | None = None  # node -> its action list, in run order
     predicted: dict[str, float] = field(default_factory=dict)  # makespan_s, iteration_s, ...
     provenance: Provenance = Provenance("none")
+    dispatch: str = ""  # "planned" or "fcfs"; empty: "planned" when there is an order
+
+    def __post_init__(self) -> None:
+        if not self.dispatch:
+            object.__setattr__(self, "dispatch", "fcfs" if self.order is None else "planned")
+        if self.dispatch not in DISPATCH_RULES:
+            raise ScheduleError(f"variant {self.name}: dispatch {self.dispatch!r} is not one of "
+                                f"{', '.join(DISPATCH_RULES)}")
+
+    def actions(self, node: int) -> list[Op]:
+        """`node`'s action list: its planned order where there is one, else its ops path by
+        path (the order the dispatch rule starts from)."""
+        if self.order is not None:
+            return list(self.order.get(node, ()))
+        return node_ops(self.paths).get(node, [])
+
+    @property
+    def planned(self) -> bool:
+        """Do nodes run exactly their action lists (else first come first served)?"""
+        return self.dispatch == "planned" and self.order is not None
 
     def path(self, microbatch: int) -> MicrobatchPath:
         return self._by_mb()[microbatch]
@@ -140,6 +155,7 @@ def _variant_dict(v: VariantSchedule) -> dict:
                    "hops": [{"stage": h.stage, "node": h.node} for h in p.hops]} for p in v.paths],
         "predicted": dict(v.predicted),
         "provenance": {**v.provenance.__dict__, "gap": v.provenance.gap},
+        "dispatch": v.dispatch,
     }
     if v.order is not None:
         out["order"] = [{"node": n, "ops": [_op_dict(op) for op in ops]}
@@ -148,7 +164,7 @@ def _variant_dict(v: VariantSchedule) -> dict:
 
 
 def _op_dict(op: Op) -> dict:
-    d = {"kind": op.kind, "microbatch": op.microbatch, "hop": op.hop}
+    d = {"kind": op.kind.value, "microbatch": op.microbatch, "hop": op.hop}
     if op.start_s is not None:
         d["start_s"] = round(op.start_s, 6)
     return d
@@ -200,13 +216,13 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
     if v.get("order") is not None:
         order = {}
         for entry in v["order"]:
-            ops = tuple(Op(str(o["kind"]), _int(o["microbatch"]), _int(o["hop"]),
+            ops = tuple(Op(OpKind(o["kind"]), _int(o["microbatch"]), _int(o["hop"]),
                            None if o.get("start_s") is None else float(o["start_s"]))
                         for o in entry["ops"])
             order[_int(entry["node"])] = ops
     prov = {k: val for k, val in v.get("provenance", {"solver": "none"}).items() if k != "gap"}
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
-                           Provenance(**prov))
+                           Provenance(**prov), str(v.get("dispatch", "")))
 
 
 def load_schedule(path: str | Path, scenario: Scenario | None = None,
@@ -394,42 +410,31 @@ def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
     return out
 
 
-def expected_ops(v: VariantSchedule) -> dict[int, set[tuple[str, int, int]]]:
-    """Every operation of the variant, by the node that runs it."""
-    ops: dict[int, set] = defaultdict(set)
-    for p in v.paths:
-        for i, h in enumerate(p.hops):
-            ops[h.node].add(("F", p.microbatch, i))
-            ops[h.node].add(("B", p.microbatch, i))
-        ops[p.origin].add(("L", p.microbatch, 0))
-    return ops
-
-
 def _check_order(v: VariantSchedule) -> list[Violation]:
-    want = expected_ops(v)
+    want = {n: set(ops) for n, ops in node_ops(v.paths).items()}
     out = []
     for node in sorted(set(want) | set(v.order)):
-        got = [(o.kind, o.microbatch, o.hop) for o in v.order.get(node, ())]
+        got = list(v.order.get(node, ()))
         if len(got) != len(set(got)) or set(got) != want.get(node, set()):
-            missing = sorted(want.get(node, set()) - set(got))
-            out.append(Violation("ORDER", v.name, missing[0][1] if missing else None, None,
+            missing = sorted(want.get(node, set()) - set(got), key=lambda op: op.sort_key)
+            out.append(Violation("ORDER", v.name, missing[0].microbatch if missing else None, None,
                                  f"node {node}'s order must list each of its operations once"))
     return out
 
 
-def op_end_times(v: VariantSchedule, costs: Costs) -> dict[tuple[str, int, int], tuple[float, float, int]]:
-    """(kind, microbatch, hop) -> (start, end, node) from the planned start times."""
+def op_end_times(v: VariantSchedule, costs: Costs) -> dict[Op, tuple[float, float, int]]:
+    """op -> (start, end, node) from the planned start times."""
     out = {}
     for node, ops in v.order.items():
         for o in ops:
-            out[(o.kind, o.microbatch, o.hop)] = (o.start_s, o.start_s + costs.op_s(o.kind, node), node)
+            out[o] = (o.start_s, o.start_s + costs.op_s(o.kind, node), node)
     return out
 
 
 def planned_makespan(v: VariantSchedule, costs: Costs) -> float:
     """Independent recomputation of the makespan: the last backward end at a data node."""
     times = op_end_times(v, costs)
-    return max(times[("B", p.microbatch, 0)][1] for p in v.paths)
+    return max(times[Op(OpKind.B, p.microbatch, 0)][1] for p in v.paths)
 
 
 def _check_times(v: VariantSchedule, costs: Costs) -> list[Violation]:
@@ -440,8 +445,8 @@ def _check_times(v: VariantSchedule, costs: Costs) -> list[Violation]:
         for (s0, e0, a), (s1, _, b) in zip(spans, spans[1:]):
             if s1 < e0 - TIME_TOLERANCE_S:
                 out.append(Violation("TC2", v.name, b.microbatch, b.hop,
-                                     f"{b.kind} on node {node} starts at {s1:.3f}s while "
-                                     f"{a.kind} of microbatch {a.microbatch} runs until {e0:.3f}s"))
+                                     f"{b.kind.value} on node {node} starts at {s1:.3f}s while "
+                                     f"{a.kind.value} of microbatch {a.microbatch} runs until {e0:.3f}s"))
         out += _check_memory(v, node, ops, times, costs.scenario.nodes[node].memory_slots)
     return out
 
@@ -450,14 +455,13 @@ def _check_precedence(v: VariantSchedule, costs: Costs, times) -> list[Violation
     """Each operation starts after the previous one of its microbatch ends plus the link time."""
     out = []
     for p in v.paths:
-        chain = [("F", i) for i in range(len(p.hops))] + [("L", 0)] + \
-                [("B", i) for i in reversed(range(len(p.hops)))]
-        for (k0, h0), (k1, h1) in zip(chain, chain[1:]):
-            _, end0, n0 = times[(k0, p.microbatch, h0)]
-            start1, _, n1 = times[(k1, p.microbatch, h1)]
+        chain = op_chain(p.microbatch, len(p.hops))
+        for a, b in zip(chain, chain[1:]):
+            _, end0, n0 = times[a]
+            start1, _, n1 = times[b]
             if start1 < end0 + costs.link_s(n0, n1) - TIME_TOLERANCE_S:
-                out.append(Violation("TIMING", v.name, p.microbatch, h1,
-                                     f"{k1} starts at {start1:.3f}s before its input arrives "
+                out.append(Violation("TIMING", v.name, p.microbatch, b.hop,
+                                     f"{b.kind.value} starts at {start1:.3f}s before its input arrives "
                                      f"({end0 + costs.link_s(n0, n1):.3f}s)"))
     return out
 
@@ -466,9 +470,9 @@ def _check_memory(v, node: int, ops, times, slots: int) -> list[Violation]:
     """TC1: activations held from forward start to backward end; at most `slots` at once."""
     events = []
     for o in ops:
-        if o.kind == "F":
+        if takes_slot(o):
             events.append((o.start_s, 1, o))
-            events.append((times[("B", o.microbatch, o.hop)][1] - TIME_TOLERANCE_S, -1, o))
+            events.append((times[Op(OpKind.B, o.microbatch, o.hop)][1] - TIME_TOLERANCE_S, -1, o))
     held = 0
     for t, delta, o in sorted(events, key=lambda e: (e[0], e[1])):
         held += delta

@@ -5,7 +5,8 @@ import dataclasses
 
 from skippipe.costs import Costs
 from skippipe.scenario import load_scenario
-from skippipe.schedule import Hop, MicrobatchPath, Op, Schedule, VariantSchedule
+from skippipe.ops import Op, node_of, op_chain, prev_op
+from skippipe.schedule import Hop, MicrobatchPath, Schedule, VariantSchedule
 
 from conftest import SETTINGS
 
@@ -31,35 +32,27 @@ def make_schedule(sc, paths, name="random", order=None, allocation=TINY_ALLOCATI
     return Schedule(sc.name, sc.content_hash, sc.source, allocation, {name: v})
 
 
-def op_chain(p: MicrobatchPath) -> list[tuple[str, int]]:
-    k = len(p.hops)
-    return [("F", i) for i in range(k)] + [("L", 0)] + [("B", i) for i in reversed(range(k))]
-
-
 def list_schedule(sc, paths, op_sequence) -> dict[int, tuple[Op, ...]]:
-    """Give each (kind, microbatch, hop) in `op_sequence` the earliest start after its node is
-    free and its input arrived on an idle link. No memory check: tests break TC1 with it."""
+    """Give each op in `op_sequence` the earliest start after its node is free and its input
+    arrived on an idle link. No memory check: tests break TC1 with it."""
     costs, by_mb = Costs(sc), {p.microbatch: p for p in paths}
     free, end, order = {}, {}, {}
-    for kind, mb, hop in op_sequence:
-        p = by_mb[mb]
-        node = p.hops[hop].node
-        chain = op_chain(p)
-        i = chain.index((kind, hop))
+    for op in op_sequence:
+        p = by_mb[op.microbatch]
+        node = node_of(op, p.nodes)
+        before = prev_op(op, len(p.hops))
         ready = 0.0
-        if i:
-            pk, ph = chain[i - 1]
-            pnode = p.hops[ph].node
-            ready = end[(pk, mb, ph)] + costs.link_s(pnode, node)
+        if before is not None:
+            ready = end[before] + costs.link_s(node_of(before, p.nodes), node)
         start = max(ready, free.get(node, 0.0))
-        end[(kind, mb, hop)] = start + costs.op_s(kind, node)
-        free[node] = end[(kind, mb, hop)]
-        order.setdefault(node, []).append(Op(kind, mb, hop, start))
+        end[op] = start + costs.op_s(op.kind, node)
+        free[node] = end[op]
+        order.setdefault(node, []).append(op.at(start))
     return {n: tuple(ops) for n, ops in order.items()}
 
 
 def sequential_ops(paths):
-    return [(k, p.microbatch, h) for p in paths for k, h in op_chain(p)]
+    return [op for p in paths for op in op_chain(p.microbatch, len(p.hops))]
 
 
 def timed_schedule(sc, paths=None, op_sequence=None, name="ca-partial") -> Schedule:

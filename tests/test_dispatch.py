@@ -1,71 +1,125 @@
-from skippipe.dispatch import Dispatcher, next_hop_op, node_ops
-from skippipe.schedule import Op, VariantSchedule
+"""The one dispatch rule: unit cases, and the simulator and a runtime-style loop agreeing."""
+import heapq
 
-from schedules import make_paths
+from skippipe.costs import Costs
+from skippipe.dispatch import Dispatcher
+from skippipe.ops import B, F, L, next_op, node_of
+from skippipe.schedule import VariantSchedule
+from skippipe.sim.simulate import simulate
+
+from schedules import make_paths, make_schedule, tiny
 
 
-def test_fcfs_prefers_backward_then_arrival_order():
-    d = Dispatcher([("F", 0, 1), ("F", 1, 1), ("B", 2, 1), ("F", 2, 1)], slots=3, planned=False)
-    d.arrive(("F", 1, 1))
-    d.arrive(("F", 0, 1))
-    assert d.next_op() == ("F", 1, 1)  # arrived first
-    d.arrive(("B", 2, 1))
-    assert d.next_op() == ("B", 2, 1)
+def test_fcfs_takes_the_earliest_arrival_then_backward_first():
+    d = Dispatcher([F(0, 1), F(1, 1), B(2, 1), F(2, 1), L(3)], slots=3, planned=False)
+    d.arrive(F(1, 1), 1.0)
+    d.arrive(B(2, 1), 2.0)
+    assert d.next_op() == F(1, 1)  # arrived first, although a backward waits too
+    d.arrive(F(0, 1), 3.0)
+    d.arrive(L(3), 3.0)
+    d.start(F(1, 1))
+    d.finish(F(1, 1))
+    assert d.next_op() == B(2, 1)
+    d.start(B(2, 1))
+    d.finish(B(2, 1))
+    assert d.next_op() == L(3)  # same instant as F(0, 1): the loss first
 
 
 def test_forward_waits_for_a_memory_slot():
-    d = Dispatcher([("F", 0, 1), ("F", 1, 1), ("B", 0, 1), ("B", 1, 1)], slots=1, planned=False)
-    d.arrive(("F", 0, 1))
-    d.arrive(("F", 1, 1))
-    d.start(("F", 0, 1))
-    d.finish(("F", 0, 1))
+    d = Dispatcher([F(0, 1), F(1, 1), B(0, 1), B(1, 1)], slots=1, planned=False)
+    d.arrive(F(0, 1), 0.0)
+    d.arrive(F(1, 1), 0.0)
+    d.start(F(0, 1))
+    d.finish(F(0, 1))
     assert d.next_op() is None and d.blocked_on_memory()
-    d.arrive(("B", 0, 1))
-    d.start(d.next_op())
-    d.finish(("B", 0, 1))
-    assert d.next_op() == ("F", 1, 1)
+    d.arrive(B(0, 1), 1.0)
+    d.start(B(0, 1))
+    d.finish(B(0, 1))
+    assert d.next_op() == F(1, 1)
 
 
 def test_planned_order_is_followed_strictly():
-    ops = [("F", 1, 1), ("F", 0, 1), ("B", 1, 1), ("B", 0, 1)]
-    d = Dispatcher(ops, slots=2, planned=True)
-    d.arrive(("F", 0, 1))
-    assert d.next_op() is None  # F of microbatch 1 comes first
-    d.arrive(("F", 1, 1))
-    assert d.next_op() == ("F", 1, 1)
-    for op in ops:
-        d.arrive(op)
-        assert d.next_op() == op
-        d.start(op)
-        d.finish(op)
-    assert d.done
+    d = Dispatcher([F(1, 1), F(0, 1), B(1, 1), B(0, 1)], slots=2, planned=True)
+    d.arrive(F(0, 1), 0.0)
+    assert d.next_op() is None and d.next_planned() == F(1, 1)
+    d.arrive(F(1, 1), 1.0)
+    assert d.next_op() == F(1, 1)
 
 
-def test_forget_frees_memory_of_a_failed_attempt():
-    d = Dispatcher([("F", 0, 1), ("B", 0, 1), ("F", 1, 1), ("B", 1, 1)], slots=1, planned=True)
-    d.arrive(("F", 0, 1))
-    d.start(("F", 0, 1))
-    d.finish(("F", 0, 1))
-    d.arrive(("F", 1, 1))
-    assert d.next_op() is None  # memory full until microbatch 0's backward
-    d.forget(0)
-    assert d.next_op() == ("F", 1, 1) and not d.planned
-    d.add([("F", 0, 1), ("B", 0, 1)])  # the restarted attempt
-    d.start(("F", 1, 1))
-    d.finish(("F", 1, 1))
-    d.arrive(("F", 0, 1))
-    assert d.next_op() is None and not d.done
+def test_forget_and_add_turn_to_fcfs():
+    d = Dispatcher([F(0, 1), B(0, 1), F(1, 1), B(1, 1)], slots=1, planned=True)
+    d.arrive(F(0, 1), 0.0)
+    d.start(F(0, 1))
+    d.finish(F(0, 1))
+    d.arrive(F(1, 1), 1.0)
+    d.forget(0)  # microbatch 0's attempt failed: its slot is free again
+    assert d.next_op() == F(1, 1) and not d.planned
+    d.add([F(0, 1), B(0, 1)])  # the restarted attempt
+    d.start(F(1, 1))
+    d.finish(F(1, 1))
+    d.arrive(F(0, 1), 2.0)
+    assert d.next_op() is None and not d.done  # memory full until B(1, 1)
 
 
-def test_node_ops_and_next_hop():
+def test_actions_of_a_variant():
     paths = make_paths()
-    v = VariantSchedule("random", paths)
-    ops = node_ops(v, 4)  # stage 2: microbatches 0, 1, 3, 4
-    assert sorted({mb for _, mb, _ in ops}) == [0, 1, 3, 4] and len(ops) == 8
-    p = paths[0]  # 0 -> node 2 -> node 4 -> back to 0
-    assert next_hop_op(p, ("F", 0, 0)) == (("F", 0, 1), 2)
-    assert next_hop_op(p, ("F", 0, 2)) == (("L", 0, 0), 0)
-    assert next_hop_op(p, ("L", 0, 0)) == (("B", 0, 2), 4)
-    assert next_hop_op(p, ("B", 0, 0)) is None
-    planned = VariantSchedule("ca-partial", paths, {4: (Op("F", 3, 1), Op("B", 3, 1))})
-    assert node_ops(planned, 4) == [("F", 3, 1), ("B", 3, 1)]
+    assert len(VariantSchedule("random", paths).actions(4)) == 8
+    planned = VariantSchedule("ca-partial", paths, {4: (F(3, 1), B(3, 1))})
+    assert planned.actions(4) == [F(3, 1), B(3, 1)] and planned.planned
+
+
+def runtime_style_order(sched, name, sc, node, arrivals):
+    """Drive one node's Dispatcher the way runtime/node.py does: whenever the node is free,
+    hand it every input that has arrived, ask next_op(), run the op for its duration."""
+    v = sched.variant(name)
+    costs = Costs(sc)
+    d = Dispatcher(v.actions(node), sc.nodes[node].memory_slots, v.planned)
+    pending = sorted(arrivals, key=lambda a: (a[0], a[1].sort_key))  # (time, op)
+    now, started = 0.0, []
+    while pending or d.arrived:
+        while pending and pending[0][0] <= now + 1e-9:
+            t, op = pending.pop(0)
+            d.arrive(op, t)
+        op = d.next_op()
+        if op is None:
+            assert pending, f"node {node} stuck"
+            now = pending[0][0]  # nothing runnable: wait for the next input
+            continue
+        d.start(op)
+        started.append((now, op))
+        now += costs.op_s(op.kind, node)
+        d.finish(op)
+    return started
+
+
+def test_simulator_and_runtime_loop_pick_the_same_order():
+    """The simulator's inputs for each node (arrival times) fed to a runtime-style loop give
+    the same start order and start times as the simulator's own run."""
+    sc = tiny()
+    sched = make_schedule(sc, make_paths(), "random")
+    result = simulate(sched, "random", sc)
+    v = sched.variant("random")
+    arrivals = {}
+    starts = {op: op.start_s for ops in result.order.values() for op in ops}
+    costs = Costs(sc)
+    for ops in result.order.values():  # where each op's output goes and when it gets there
+        for op in ops:
+            p = v.path(op.microbatch)
+            nxt = next_op(op, len(p.hops))
+            if nxt is None:
+                continue
+            src, dst = node_of(op, p.nodes), node_of(nxt, p.nodes)
+            arrivals.setdefault(dst, []).append((op.start_s + costs.op_s(op.kind, src), nxt))
+    sends = {(e["dst"], e["microbatch"], e["t"]): e["arrive"] for e in result.events
+             if e["event"] == "send"}
+    for dst, items in arrivals.items():  # messages arrive after link time (queued per link)
+        items[:] = [(sends.get((dst, op.microbatch, t), t), op) for t, op in items]
+    for p in v.paths:
+        arrivals.setdefault(p.origin, []).append((0.0, F(p.microbatch, 0)))
+    compared = 0
+    for node, ops in result.order.items():
+        got = runtime_style_order(sched, "random", sc, node, arrivals[node])
+        assert [op for _, op in got] == list(ops), f"node {node}"
+        assert all(abs(t - starts[op]) < 1e-9 for t, op in got)
+        compared += len(ops)
+    assert compared == sum(len(ops) for ops in result.order.values()) > 0

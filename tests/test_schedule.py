@@ -4,6 +4,7 @@ import json
 import pytest
 
 from skippipe.costs import Costs
+from skippipe.ops import B, F
 from skippipe.scenario import load_scenario
 from skippipe.schedule import (Hop, ScheduleError, cc3_problem, from_dict,
                                load_schedule, planned_makespan, save_schedule, to_dict, validate,
@@ -77,7 +78,7 @@ def test_tc1_even_load_over_non_first_stages():
 def test_tc1_memory_slots_with_start_times():
     sc = tiny()  # m = 2
     paths = make_paths()
-    first = [("F", mb, 0) for mb in (0, 1, 2)]  # node 0 starts three forwards at once
+    first = [F(mb, 0) for mb in (0, 1, 2)]  # node 0 starts three forwards at once
     rest = [op for op in sequential_ops(paths) if op not in first]
     found = violations(timed_schedule(sc, paths, first + rest), sc)
     assert [v.rule for v in found] == ["TC1"] and "holds 3" in found[0].message
@@ -87,8 +88,8 @@ def test_tc2_no_overlap_on_a_node():
     sc = tiny()
     s = timed_schedule(sc)
     v = s.variants["ca-partial"]
-    t0 = {(o.kind, o.microbatch, o.hop): o.start_s for ops in v.order.values() for o in ops}
-    shift = t0[("F", 1, 0)] - t0[("F", 0, 0)] - 0.001  # microbatch 1 runs 1 ms after microbatch 0
+    t0 = {o: o.start_s for ops in v.order.values() for o in ops}
+    shift = t0[F(1, 0)] - t0[F(0, 0)] - 0.001  # microbatch 1 runs 1 ms after microbatch 0
     order = {n: tuple(dataclasses.replace(o, start_s=o.start_s - shift) if o.microbatch == 1 else o
                       for o in ops) for n, ops in v.order.items()}
     found = violations(make_schedule(sc, v.paths, "ca-partial", order), sc)
@@ -98,7 +99,7 @@ def test_tc2_no_overlap_on_a_node():
 def test_timing_respects_link_time():
     sc = tiny()
     v = timed_schedule(sc).variants["ca-partial"]
-    order = {n: tuple(dataclasses.replace(o, start_s=o.start_s - 0.5) if (o.kind, o.microbatch, o.hop) == ("B", 5, 0) else o
+    order = {n: tuple(dataclasses.replace(o, start_s=o.start_s - 0.5) if o == B(5, 0) else o
                       for o in ops) for n, ops in v.order.items()}
     assert "TIMING" in rules(make_schedule(sc, v.paths, "ca-partial", order), sc)
 

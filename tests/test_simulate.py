@@ -11,7 +11,8 @@ from skippipe.cli import main
 from skippipe.costs import Costs
 from skippipe.scenario import (CostConfig, Link, ModelConfig, Network, Node, PipelineConfig,
                                Scenario, TrainingConfig, load_scenario)
-from skippipe.schedule import (Hop, MicrobatchPath, Op, Schedule, VariantSchedule, planned_makespan,
+from skippipe.ops import Op
+from skippipe.schedule import (Hop, MicrobatchPath, Schedule, VariantSchedule, planned_makespan,
                                save_schedule, violations)
 from skippipe.sim.simulate import SimulationError, simulate
 
@@ -67,13 +68,8 @@ def make_schedule(stage_sizes, node_paths, order=None, variant="ca-partial") -> 
 
 
 def ops(*spec):
-    """ops('F0.1', 'L0', 'B0.1') -> Op tuple: kind, microbatch, '.hop'."""
-    out = []
-    for s in spec:
-        kind, rest = s[0], s[1:]
-        mb, _, hop = rest.partition(".")
-        out.append(Op(kind, int(mb), int(hop or 0)))
-    return tuple(out)
+    """ops('F0.1', 'L0', 'B0.1') -> a tuple of Op."""
+    return tuple(Op.parse(text) for text in spec)
 
 
 def op_events(result, node=None):

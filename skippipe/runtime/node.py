@@ -38,10 +38,11 @@ from . import faults as faults_mod
 from .averaging import StageAverager, load_stage_state_vector, stage_state_vector
 from ..costs import Costs
 from ..train.data import prepare_data, training_batches
-from ..dispatch import Dispatcher, OpKey, next_hop_op, node_ops
+from ..dispatch import Dispatcher
 from ..errors import SkipPipeError
 from .linkemu import LinkEmulator, LinkModel
 from .liveness import Liveness
+from ..ops import B, F, L, Op, OpKind, next_op, node_of
 from ..train.model import CheckpointInfo, build_stage, save_checkpoint, save_stage
 from .recovery import live_variant, repair_path
 from .runconfig import EventWriter, RunConfig, events_dir
@@ -297,21 +298,21 @@ class Node:
         variant = live_variant(self.variant, dead, self.schedule.allocation)
         self.paths = {p.microbatch: p for p in variant.paths}
         self.attempt = {mb: 0 for mb in self.paths}
-        self.tensors: dict[OpKey, torch.Tensor] = {}
+        self.tensors: dict[Op, torch.Tensor] = {}
         self.saved: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}
         # the iteration where a node comes back runs degraded: not everyone may know yet
         self.degraded = bool(dead) or bool(revived) or it in getattr(self, "force_degraded", ())
         self.completed: set[int] = set()
         self.loss_sum, self.loss_count = 0.0, 0
-        disp = Dispatcher(node_ops(variant, self.id), self.sc.nodes[self.id].memory_slots,
-                          planned=variant.order is not None)
+        disp = Dispatcher(variant.actions(self.id), self.sc.nodes[self.id].memory_slots,
+                          planned=variant.planned)
         self.batch = {}
         if batches is not None:
             for g in range(self.n_microbatches):
                 tokens = next(batches)
                 if g in self.paths and self.paths[g].origin == self.id:
                     self.batch[g] = tokens.to(self.device)
-                    disp.arrive(("F", g, 0))
+                    disp.arrive(F(g, 0), time.monotonic())
         return disp
 
     async def iteration(self, it: int, batches) -> None:
@@ -335,7 +336,7 @@ class Node:
                 await self._wait(self.live.interval_s)
                 continue
             progress = time.monotonic()
-            await self._maybe_fail(it, op[0], done_ops)
+            await self._maybe_fail(it, op.kind.value, done_ops)
             disp.start(op)
             await self._run_op(it, op)
             disp.finish(op)
@@ -388,10 +389,10 @@ class Node:
         waiting = (self.data_nodes - {self.id} - self.live.dead) - self.done_from.get(it, set())
         return not waiting
 
-    def _note_completion(self, it: int, op: OpKey) -> None:
+    def _note_completion(self, it: int, op: Op) -> None:
         """After B at hop 0 of its last own microbatch a data node reports DONE to everyone."""
-        if op[0] == "B" and op[2] == 0:
-            self.completed.add(op[1])
+        if op.kind is OpKind.B and op.hop == 0:
+            self.completed.add(op.microbatch)
             if not self._own_unfinished():
                 self._report_done(it)
 
@@ -424,7 +425,7 @@ class Node:
 
     def _forget(self, mb: int, disp: Dispatcher) -> None:
         disp.forget(mb)
-        self.tensors = {op: t for op, t in self.tensors.items() if op[1] != mb}
+        self.tensors = {op: t for op, t in self.tensors.items() if op.microbatch != mb}
         self.saved = {key: v for key, v in self.saved.items() if key[0] != mb}
 
     def _restart(self, it: int, mb: int, disp: Dispatcher) -> None:
@@ -441,8 +442,8 @@ class Node:
         for n in self.live.live_peers():
             self._spawn_send(n, Message.from_json(Kind.CONTROL, self.id, {
                 "restart": mb, "attempt": self.attempt[mb], "iteration": it}))
-        disp.add([("F", mb, 0)])
-        disp.arrive(("F", mb, 0))
+        disp.add([F(mb, 0)])
+        disp.arrive(F(mb, 0), time.monotonic())
 
     # -- messages of this iteration ---------------------------------------------------------
     def _take_messages(self, it: int, disp: Dispatcher) -> None:
@@ -478,7 +479,7 @@ class Node:
         if op not in disp.pending():
             disp.add([op])
         self.tensors[op] = msg.to_torch().to(self.device)
-        disp.arrive(op)
+        disp.arrive(op, time.monotonic())
         return True
 
     def _path_of(self, msg: Message) -> MicrobatchPath:
@@ -486,11 +487,11 @@ class Node:
         return MicrobatchPath(msg.microbatch, nodes[0], tuple(Hop(self.stage_of[n], n) for n in nodes))
 
     @staticmethod
-    def _op_of(msg: Message, path: MicrobatchPath) -> OpKey:
+    def _op_of(msg: Message, path: MicrobatchPath) -> Op:
         hop = msg.tags[TAG_HOP]
         if msg.kind == Kind.FORWARD:
-            return ("L", msg.microbatch, 0) if hop == len(path.hops) else ("F", msg.microbatch, hop)
-        return ("B", msg.microbatch, hop)
+            return L(msg.microbatch) if hop == len(path.hops) else F(msg.microbatch, hop)
+        return B(msg.microbatch, hop)
 
     def _step(self, it: int) -> None:
         clip_stage(self.module, self.train_cfg.grad_clip)
@@ -525,36 +526,36 @@ class Node:
         torch.save(grads, directory / f"node-{self.id}.pt")
 
     # -- operations -------------------------------------------------------------------------
-    async def _run_op(self, it: int, op: OpKey) -> None:
-        kind, mb, hop = op
+    async def _run_op(self, it: int, op: Op) -> None:
+        mb = op.microbatch
         start, t_event = time.monotonic(), self.events.now()
         path = self.paths[mb]
         out = await asyncio.get_running_loop().run_in_executor(self.pool, self._compute, op)
-        await self._pad(kind, start)
-        self.events.write("op", t=t_event, kind=kind, microbatch=mb, hop=hop, stage=self.stage,
+        await self._pad(op.kind, start)
+        self.events.write("op", t=t_event, kind=op.kind.value, microbatch=mb, hop=op.hop, stage=self.stage,
                           dur=self.events.now() - t_event, iteration=it)
         self._send_on(it, path, op, out, self.attempt[mb])
 
-    async def _pad(self, kind: str, start: float) -> None:
+    async def _pad(self, kind: OpKind, start: float) -> None:
         if self.cfg.emulate_compute:
             target = self.costs.op_s(kind, self.id) * self.cfg.time_scale * self.slow
             await asyncio.sleep(max(0.0, target - (time.monotonic() - start)))
 
-    def _send_on(self, it: int, path: MicrobatchPath, op: OpKey, out, attempt: int) -> None:
-        nxt = next_hop_op(path, op)
+    def _send_on(self, it: int, path: MicrobatchPath, op: Op, out, attempt: int) -> None:
+        nxt = next_op(op, len(path.hops))
         if nxt is None:
             return
-        (nkind, _, nhop), dst = nxt
-        wire_kind = Kind.FORWARD if nkind in ("F", "L") else Kind.BACKWARD
-        tag = len(path.hops) if nkind == "L" else nhop
-        msg = Message.from_tensor(wire_kind, self.id, out, iteration=it, microbatch=op[1],
+        dst = node_of(nxt, path.nodes)
+        wire_kind = Kind.BACKWARD if nxt.kind is OpKind.B else Kind.FORWARD
+        tag = len(path.hops) if nxt.kind is OpKind.L else nxt.hop
+        msg = Message.from_tensor(wire_kind, self.id, out, iteration=it, microbatch=op.microbatch,
                                   tags=(tag, attempt, *pack_path(path.nodes)))
         self._spawn_send(dst, msg, nominal_bytes=self.costs.activation_bytes)
 
-    def _compute(self, op: OpKey) -> torch.Tensor | None:
+    def _compute(self, op: Op) -> torch.Tensor | None:
         """The torch work of one operation; returns the tensor to send on (CPU, contiguous)."""
-        kind, mb, hop = op
-        if kind == "F":
+        kind, mb, hop = op.kind, op.microbatch, op.hop
+        if kind is OpKind.F:
             if hop == 0:
                 x, out = None, self.module.run_layers(self.module.embed(self.batch[mb][:, :-1]))
             else:
@@ -562,7 +563,7 @@ class Node:
                 out = self.module.run_layers(x)
             self.saved[(mb, hop)] = (x, out)
             return out.detach().cpu()
-        if kind == "L":
+        if kind is OpKind.L:
             h = self.tensors.pop(op).requires_grad_(True)
             loss = self.module.loss(h, self.batch[mb][:, 1:])
             (loss / self.n_microbatches).backward()
@@ -586,16 +587,17 @@ class Node:
         op = self._op_of(msg, path)
         start = time.monotonic()
         out = await asyncio.get_running_loop().run_in_executor(self.pool, self._compute_late, msg, op)
-        await self._pad(op[0], start)
-        self.events.write("late_op", kind=op[0], microbatch=op[1], hop=op[2], iteration=msg.iteration)
+        await self._pad(op.kind, start)
+        self.events.write("late_op", kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
+                          iteration=msg.iteration)
         if out is not None:
             self._send_on(msg.iteration, path, op, out, msg.tags[TAG_ATTEMPT])
         return True
 
-    def _compute_late(self, msg: Message, op: OpKey):
-        key = (msg.iteration, op[1], op[2])
+    def _compute_late(self, msg: Message, op: Op):
+        key = (msg.iteration, op.microbatch, op.hop)
         t = msg.to_torch().to(self.device)
-        if op[0] == "F":
+        if op.kind is OpKind.F:
             x = t.requires_grad_(True)
             out = self.module.run_layers(x)
             self.late_saved[key] = (x, out)

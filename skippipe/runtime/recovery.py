@@ -42,4 +42,4 @@ def live_variant(variant: VariantSchedule, dead: set[int] | frozenset[int],
     if not dead:
         return variant
     paths = tuple(p for p in (repair_path(p, dead, allocation) for p in variant.paths) if p is not None)
-    return dataclasses.replace(variant, paths=paths, order=None)
+    return dataclasses.replace(variant, paths=paths, order=None, dispatch="fcfs")

@@ -8,9 +8,10 @@ Semantics (shared with the CP-SAT planner and the distributed runtime):
   travels on the directed link (src, dst). The link is a FIFO server, busy for
   `Costs.serialization_s` per message in order of hand-off time (ties: sending node, then
   microbatch, kind, hop); the message arrives `Costs.propagation_s` after its serialization ends.
-* A node runs one operation at a time. With a planned per-node order (and `use_order`) it runs
-  exactly that order; otherwise first come first served by arrival time, ties: B, then L, then
-  F, then the lower microbatch id, then the lower hop.
+* A node runs one operation at a time, chosen by the runtime's own rule (dispatch.Dispatcher):
+  a variant whose dispatch is "planned" (and `use_order`) runs exactly its action lists;
+  otherwise first come first served by arrival time, ties: B, then L, then F, then the lower
+  microbatch id, then the lower hop.
 * A node has `memory_slots` activation slots: an F takes one when it starts, the B of the same
   (microbatch, hop) frees it when it ends. An F without a free slot cannot start.
 * Every microbatch's F at hop 0 is ready at t = 0 at its origin.
@@ -29,17 +30,15 @@ from dataclasses import dataclass, field
 from ..costs import Costs
 from ..errors import SkipPipeError
 from ..scenario import Scenario
-from ..schedule import Op, Schedule, VariantSchedule, expected_ops
+from ..dispatch import Dispatcher
+from ..ops import B, F, Op, OpKind, next_op, node_of, node_ops
+from ..schedule import Schedule, VariantSchedule
 
 log = logging.getLogger(__name__)
 
-KIND_RANK = {"B": 0, "L": 1, "F": 2}  # FCFS tie-break among ops that arrived at the same time
 SIMULTANEOUS_S = 1e-9  # events closer than this (float noise) are handled as one instant
 MAX_LISTED = 4  # ops / slot holders named per node in a deadlock message
 _END, _ARRIVE = 0, 1  # event classes; within one instant ends are handled before arrivals
-
-OpKey = tuple[str, int, int]  # (kind, microbatch, hop)
-
 
 class SimulationError(SkipPipeError):
     """The schedule cannot run to completion (deadlock) or its order is inconsistent."""
@@ -107,16 +106,11 @@ def simulate(schedule: Schedule, variant: str, scenario: Scenario, use_order: bo
 
 @dataclass
 class _NodeState:
-    """Mutable per-node state during one simulation (internal)."""
+    """Per-node state during one simulation (internal): the shared dispatch rule plus stats."""
 
     stage: int
-    slots_free: int
-    order: tuple[OpKey, ...] | None
+    disp: Dispatcher
     remaining: int
-    next_index: int = 0
-    running: OpKey | None = None
-    arrived: dict[OpKey, float] = field(default_factory=dict)  # waiting to start -> arrival time
-    held: list[tuple[int, int]] = field(default_factory=list)  # (microbatch, hop) holding slots
     last_end_s: float = 0.0
 
 
@@ -127,52 +121,45 @@ class _Simulation:
                  use_order: bool, iteration: int):
         self.schedule, self.v, self.iteration = schedule, v, iteration
         self.costs = Costs(scenario)
-        self.ordered = use_order and v.order is not None
+        self.ordered = use_order and v.planned
         stage_of = schedule.stage_of()
-        wanted = expected_ops(v)
-        self.state = {n.id: _NodeState(stage_of.get(n.id, -1), n.memory_slots,
-                                       self._node_order(n.id, wanted.get(n.id, set())),
+        wanted = node_ops(v.paths)
+        self.state = {n.id: _NodeState(stage_of.get(n.id, -1),
+                                       Dispatcher(self._node_order(n.id, wanted.get(n.id, [])),
+                                                  n.memory_slots, self.ordered),
                                        len(wanted.get(n.id, ())))
                       for n in scenario.nodes}
-        self.heap: list[tuple[float, int, int, int, OpKey]] = []
+        self.heap: list[tuple[float, int, int, int, Op]] = []
         self.seq = itertools.count()
         self.link_free_s: dict[tuple[int, int], float] = {}
-        self.arrival_s: dict[OpKey, float] = {}
-        self.start_s: dict[OpKey, float] = {}
+        self.arrival_s: dict[Op, float] = {}
+        self.start_s: dict[Op, float] = {}
         self.events: list[dict] = []
         self.now = 0.0
 
-    def _node_order(self, node: int, wanted: set[OpKey]) -> tuple[OpKey, ...] | None:
+    def _node_order(self, node: int, wanted: list[Op]) -> list[Op]:
         if not self.ordered:
-            return None
-        got = tuple((o.kind, o.microbatch, o.hop) for o in self.v.order.get(node, ()))
-        if len(got) != len(set(got)) or set(got) != wanted:
+            return wanted
+        got = [Op(o.kind, o.microbatch, o.hop) for o in self.v.order.get(node, ())]
+        if len(got) != len(set(got)) or set(got) != set(wanted):
             raise SimulationError(f"variant {self.v.name}: node {node}'s planned order must list "
                                   f"each of its {len(wanted)} operations exactly once")
         return got
 
     # -- topology ---------------------------------------------------------------------------
 
-    def node_of(self, op: OpKey) -> int:
-        kind, mb, hop = op
-        path = self.v.path(mb)
-        return path.origin if kind == "L" else path.hops[hop].node
+    def node_of(self, op: Op) -> int:
+        return node_of(op, self.v.path(op.microbatch).nodes)
 
-    def successor(self, op: OpKey) -> OpKey | None:
+    def successor(self, op: Op) -> Op | None:
         """The next operation of the same microbatch, or None after B at hop 0."""
-        kind, mb, hop = op
-        last = len(self.v.path(mb).hops) - 1
-        if kind == "F":
-            return ("F", mb, hop + 1) if hop < last else ("L", mb, 0)
-        if kind == "L":
-            return ("B", mb, last)
-        return ("B", mb, hop - 1) if hop > 0 else None
+        return next_op(op, len(self.v.path(op.microbatch).hops))
 
     # -- event loop -------------------------------------------------------------------------
 
     def run(self) -> SimResult:
         for p in self.v.paths:
-            self._push(0.0, _ARRIVE, p.origin, ("F", p.microbatch, 0))
+            self._push(0.0, _ARRIVE, p.origin, F(p.microbatch, 0))
         while self.heap:
             batch = self._pop_instant()
             touched: set[int] = set()
@@ -188,7 +175,7 @@ class _Simulation:
             raise SimulationError(self._deadlock_message())
         return self._result()
 
-    def _push(self, t: float, what: int, node: int, op: OpKey) -> None:
+    def _push(self, t: float, what: int, node: int, op: Op) -> None:
         heapq.heappush(self.heap, (t, next(self.seq), what, node, op))
 
     def _pop_instant(self) -> list[tuple]:
@@ -200,19 +187,16 @@ class _Simulation:
         self.now = max(self.now, max(e[0] for e in batch))
         return batch
 
-    def _arrive(self, node: int, op: OpKey) -> None:
-        self.state[node].arrived[op] = self.now
+    def _arrive(self, node: int, op: Op) -> None:
+        self.state[node].disp.arrive(op, self.now)
         self.arrival_s[op] = self.now
 
-    def _finish(self, node: int, op: OpKey) -> set[int]:
+    def _finish(self, node: int, op: Op) -> set[int]:
         """An op ended on `node`: free its slot (B), hand its output on. Returns touched nodes."""
         st = self.state[node]
-        kind, mb, hop = op
-        end = self.start_s[op] + self.costs.op_s(kind, node)
-        st.running, st.remaining, st.last_end_s = None, st.remaining - 1, end
-        if kind == "B":
-            st.held.remove((mb, hop))
-            st.slots_free += 1
+        end = self.start_s[op] + self.costs.op_s(op.kind, node)
+        st.disp.finish(op)
+        st.remaining, st.last_end_s = st.remaining - 1, end
         nxt = self.successor(op)
         if nxt is None:
             return set()
@@ -223,7 +207,7 @@ class _Simulation:
         self._send(node, dst, nxt, end)
         return set()
 
-    def _send(self, src: int, dst: int, op: OpKey, handoff_s: float) -> None:
+    def _send(self, src: int, dst: int, op: Op, handoff_s: float) -> None:
         """Queue one message on the directed link src -> dst (FIFO) and schedule its arrival."""
         wire_start = max(handoff_s, self.link_free_s.get((src, dst), 0.0))
         wire_end = wire_start + self.costs.serialization_s(src, dst)
@@ -231,42 +215,22 @@ class _Simulation:
         arrive = wire_end + self.costs.propagation_s(src, dst)
         self._push(arrive, _ARRIVE, dst, op)
         self.events.append({"t": handoff_s, "node": src, "event": "send", "dst": dst,
-                            "microbatch": op[1], "bytes": self.costs.activation_bytes,
+                            "microbatch": op.microbatch, "bytes": self.costs.activation_bytes,
                             "arrive": arrive, "wire_start": wire_start,
                             "iteration": self.iteration})
 
     def _dispatch(self, node: int) -> None:
         st = self.state[node]
-        if st.running is not None:
-            return
-        op = self._pick(st)
+        op = st.disp.next_op()
         if op is None:
             return
-        kind, mb, hop = op
-        del st.arrived[op]
-        if kind == "F":
-            st.slots_free -= 1
-            st.held.append((mb, hop))
-        if st.order is not None:
-            st.next_index += 1
-        st.running = op
+        st.disp.start(op)
         self.start_s[op] = self.now
-        dur = self.costs.op_s(kind, node)
+        dur = self.costs.op_s(op.kind, node)
         self._push(self.now + dur, _END, node, op)
-        self.events.append({"t": self.now, "node": node, "event": "op", "kind": kind,
-                            "microbatch": mb, "hop": hop, "stage": st.stage, "dur": dur,
-                            "iteration": self.iteration})
-
-    def _pick(self, st: _NodeState) -> OpKey | None:
-        if st.order is not None:
-            if st.next_index >= len(st.order):
-                return None
-            op = st.order[st.next_index]
-            return op if op in st.arrived and _fits(st, op) else None
-        ready = [op for op in st.arrived if _fits(st, op)]
-        if not ready:
-            return None
-        return min(ready, key=lambda op: (st.arrived[op], KIND_RANK[op[0]], op[1], op[2]))
+        self.events.append({"t": self.now, "node": node, "event": "op", "kind": op.kind.value,
+                            "microbatch": op.microbatch, "hop": op.hop, "stage": st.stage,
+                            "dur": dur, "iteration": self.iteration})
 
     # -- outcome ----------------------------------------------------------------------------
 
@@ -279,14 +243,16 @@ class _Simulation:
                 f"operations left; " + "; ".join(stuck))
 
     def _blocked(self, st: _NodeState) -> str:
-        slots = (f"memory full ({len(st.held)} slots held by "
-                 f"{_listed(f'mb{mb} hop{hop}' for mb, hop in st.held)})")
-        if st.order is not None:
-            op = st.order[st.next_index]
-            why = slots if op in st.arrived else "input not arrived"
+        d = st.disp
+        slots = (f"memory full ({len(d.held)} slots held by "
+                 f"{_listed(f'mb{op.microbatch} hop{op.hop}' for op in d.held)})")
+        op = d.next_planned()
+        if op is not None:
+            why = slots if op in d.arrived else "input not arrived"
             return f"next in order {_fmt(op)}: {why}"
-        if st.arrived:
-            return f"arrived {_listed(_fmt(op) for op in sorted(st.arrived))}, {slots}"
+        if d.arrived:
+            arrived = sorted(d.arrived, key=lambda o: o.sort_key)
+            return f"arrived {_listed(_fmt(op) for op in arrived)}, {slots}"
         return f"{st.remaining} operations, none arrived"
 
     def _result(self) -> SimResult:
@@ -299,9 +265,9 @@ class _Simulation:
                                     "microbatch": None, "hop": None, "stage": s, "dur": avg[s],
                                     "iteration": self.iteration})
         iteration_s = max((d + a for d, a in zip(done, avg)), default=0.0)
-        makespan_s = max((self.start_s[("B", p.microbatch, 0)] + costs.op_s("B", p.origin)
+        makespan_s = max((self.start_s[B(p.microbatch, 0)] + costs.op_s(OpKind.B, p.origin)
                           for p in self.v.paths), default=0.0)
-        ops_of: dict[int, list[OpKey]] = {n: [] for n in self.state}
+        ops_of: dict[int, list[Op]] = {n: [] for n in self.state}
         for op in self.start_s:
             ops_of[self.node_of(op)].append(op)
         stats = tuple(self._stats(n, ops_of[n], avg[st.stage] if st.stage >= 0 else 0.0,
@@ -310,9 +276,9 @@ class _Simulation:
         return SimResult(self.v.name, self.ordered, iteration_s, makespan_s, stats, events,
                          avg, done, self._run_order())
 
-    def _stats(self, node: int, ops: list[OpKey], averaging_s: float,
+    def _stats(self, node: int, ops: list[Op], averaging_s: float,
                iteration_s: float) -> NodeStats:
-        busy = sorted((self.start_s[op], self.start_s[op] + self.costs.op_s(op[0], node))
+        busy = sorted((self.start_s[op], self.start_s[op] + self.costs.op_s(op.kind, node))
                       for op in ops)
         pending = [(self.arrival_s[op], self.start_s[op]) for op in ops]
         busy_s = sum(e - s for s, e in busy)
@@ -324,23 +290,18 @@ class _Simulation:
     def _run_order(self) -> dict[int, tuple[Op, ...]]:
         by_node: dict[int, list[Op]] = {}
         for op, t in sorted(self.start_s.items(), key=lambda item: item[1]):
-            by_node.setdefault(self.node_of(op), []).append(Op(op[0], op[1], op[2], t))
+            by_node.setdefault(self.node_of(op), []).append(op.at(t))
         return {n: tuple(ops) for n, ops in sorted(by_node.items())}
 
 
 def _batch_key(event: tuple) -> tuple:
     """Deterministic order inside one instant: ends first, then by node and operation."""
-    _, _, what, node, (kind, mb, hop) = event
-    return what, node, mb, KIND_RANK[kind], hop
+    _, _, what, node, op = event
+    return what, node, *op.sort_key
 
 
-def _fits(st: _NodeState, op: OpKey) -> bool:
-    return op[0] != "F" or st.slots_free > 0
-
-
-def _fmt(op: OpKey) -> str:
-    kind, mb, hop = op
-    return f"{kind} mb{mb} hop{hop}"
+def _fmt(op: Op) -> str:
+    return f"{op.kind.value} mb{op.microbatch} hop{op.hop}"
 
 
 def _listed(items) -> str:

@@ -1,0 +1,147 @@
+"""The operation vocabulary shared by the planner, the simulator and the runtime.
+
+A microbatch whose path has k hops runs the *op chain* F0, F1, ..., F(k-1), L, B(k-1), ..., B0:
+forward at every hop, the loss at its origin, backward in reverse. An `Op` names one of them
+(kind, microbatch, hop); it prints compactly ("F3.1": forward of microbatch 3 at hop 1, "L3":
+its loss) and parses back. A planned start time may ride along (`start_s`) without changing
+which op it is: two `Op`s are equal when kind, microbatch and hop are.
+
+Memory (rule TC1): a forward takes one of its node's activation slots when it starts; the
+backward at the same hop frees it when it ends.
+
+This is the only module that defines the chain; everything else asks it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Iterable, Protocol, Sequence
+
+
+class OpKind(str, Enum):
+    F = "F"  # forward through the node's stage
+    L = "L"  # LM head + loss at the origin (then the loss gradient starts the backward)
+    B = "B"  # backward through the node's stage
+
+    @property
+    def rank(self) -> int:
+        """Tie-break when ops arrive together: backward first (it frees memory), then loss."""
+        return _RANK[self]
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_RANK = {OpKind.B: 0, OpKind.L: 1, OpKind.F: 2}
+_TEXT = re.compile(r"^([FLB])(\d+)(?:\.(\d+))?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """One operation of one microbatch; `start_s` (seconds from the iteration's start) is a
+    planned start where a schedule gives one and takes no part in equality."""
+
+    kind: OpKind
+    microbatch: int
+    hop: int
+    start_s: float | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kind, OpKind):  # accept "F", "L", "B" from JSON and planners
+            object.__setattr__(self, "kind", OpKind(self.kind))
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}{self.microbatch}" + ("" if self.kind is OpKind.L else f".{self.hop}")
+
+    @classmethod
+    def parse(cls, text: str) -> Op:
+        """The inverse of str(): 'F3.1', 'L3', 'B3.0'. Raises ValueError on anything else."""
+        m = _TEXT.match(text.strip())
+        if m is None or (m[1] == "L") != (m[3] is None):
+            raise ValueError(f"not an operation: {text!r} (expected e.g. F3.1, L3, B3.0)")
+        return cls(OpKind(m[1]), int(m[2]), int(m[3] or 0))
+
+    def at(self, start_s: float | None) -> Op:
+        """The same op with a planned start time."""
+        return Op(self.kind, self.microbatch, self.hop, start_s)
+
+    @property
+    def sort_key(self) -> tuple[int, int, int]:
+        """Deterministic order among ops of one instant: microbatch, kind rank, hop."""
+        return self.microbatch, self.kind.rank, self.hop
+
+
+def F(microbatch: int, hop: int) -> Op:
+    return Op(OpKind.F, microbatch, hop)
+
+
+def L(microbatch: int) -> Op:
+    return Op(OpKind.L, microbatch, 0)
+
+
+def B(microbatch: int, hop: int) -> Op:
+    return Op(OpKind.B, microbatch, hop)
+
+
+class PathLike(Protocol):
+    """What the chain needs of a path: its microbatch and its hops' nodes (nodes[0] = origin)."""
+
+    microbatch: int
+
+    @property
+    def nodes(self) -> tuple[int, ...]: ...
+
+
+def chain(k: int) -> tuple[tuple[OpKind, int], ...]:
+    """The (kind, hop) steps of a k-hop path in run order (microbatch-free, for planners)."""
+    return (tuple((OpKind.F, h) for h in range(k)) + ((OpKind.L, 0),)
+            + tuple((OpKind.B, h) for h in reversed(range(k))))
+
+
+def op_chain(microbatch: int, k: int) -> tuple[Op, ...]:
+    """Every op of one microbatch with a k-hop path, in run order."""
+    return tuple(Op(kind, microbatch, hop) for kind, hop in chain(k))
+
+
+def next_op(op: Op, k: int) -> Op | None:
+    """The op after `op` on its microbatch (k hops), or None after B0."""
+    if op.kind is OpKind.F:
+        return F(op.microbatch, op.hop + 1) if op.hop + 1 < k else L(op.microbatch)
+    if op.kind is OpKind.L:
+        return B(op.microbatch, k - 1)
+    return B(op.microbatch, op.hop - 1) if op.hop > 0 else None
+
+
+def prev_op(op: Op, k: int) -> Op | None:
+    """The op before `op` on its microbatch (k hops), or None for F0."""
+    if op.kind is OpKind.F:
+        return F(op.microbatch, op.hop - 1) if op.hop > 0 else None
+    if op.kind is OpKind.L:
+        return F(op.microbatch, k - 1)
+    return B(op.microbatch, op.hop + 1) if op.hop + 1 < k else L(op.microbatch)
+
+
+def node_of(op: Op, nodes: Sequence[int]) -> int:
+    """The node that runs `op` on a path through `nodes` (the loss runs at the origin)."""
+    return nodes[0] if op.kind is OpKind.L else nodes[op.hop]
+
+
+def node_ops(paths: Iterable[PathLike]) -> dict[int, list[Op]]:
+    """Every op of every path, by the node that runs it, each node's in chain order per path."""
+    out: dict[int, list[Op]] = {}
+    for p in paths:
+        nodes = p.nodes
+        for op in op_chain(p.microbatch, len(nodes)):
+            out.setdefault(node_of(op, nodes), []).append(op)
+    return out
+
+
+def takes_slot(op: Op) -> bool:
+    """TC1: does starting `op` take an activation slot?"""
+    return op.kind is OpKind.F
+
+
+def frees_slot(op: Op) -> Op | None:
+    """TC1: the forward whose slot ends when `op` ends, or None."""
+    return F(op.microbatch, op.hop) if op.kind is OpKind.B else None

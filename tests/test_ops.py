@@ -1,0 +1,37 @@
+import pytest
+
+from skippipe.ops import B, F, L, Op, OpKind, chain, frees_slot, next_op, node_of, node_ops, op_chain, prev_op, takes_slot
+
+from schedules import make_paths
+
+
+def test_op_prints_and_parses():
+    for op in (F(3, 1), L(3), B(12, 0)):
+        assert Op.parse(str(op)) == op
+    assert str(F(3, 1)) == "F3.1" and str(L(3)) == "L3"
+    for bad in ("X1.0", "F1", "L1.0", "F-1.0", ""):
+        with pytest.raises(ValueError):
+            Op.parse(bad)
+
+
+def test_start_time_is_not_identity():
+    assert F(1, 2).at(3.5) == F(1, 2) and hash(F(1, 2).at(3.5)) == hash(F(1, 2))
+    assert Op("B", 1, 2).kind is OpKind.B  # kinds from JSON and planners become OpKind
+
+
+def test_chain_next_and_previous():
+    ops = op_chain(7, 3)
+    assert [str(o) for o in ops] == ["F7.0", "F7.1", "F7.2", "L7", "B7.2", "B7.1", "B7.0"]
+    assert [(k.value, h) for k, h in chain(2)] == [("F", 0), ("F", 1), ("L", 0), ("B", 1), ("B", 0)]
+    for a, b in zip(ops, ops[1:]):
+        assert next_op(a, 3) == b and prev_op(b, 3) == a
+    assert next_op(ops[-1], 3) is None and prev_op(ops[0], 3) is None
+
+
+def test_nodes_and_memory():
+    p = make_paths()[0]  # origin 0 -> node 2 -> node 4
+    assert [node_of(o, p.nodes) for o in op_chain(0, 3)] == [0, 2, 4, 0, 4, 2, 0]
+    by_node = node_ops(make_paths())
+    assert sorted({o.microbatch for o in by_node[4]}) == [0, 1, 3, 4] and len(by_node[4]) == 8
+    assert takes_slot(F(0, 1)) and not takes_slot(B(0, 1)) and frees_slot(B(0, 1)) == F(0, 1)
+    assert frees_slot(L(0)) is None
