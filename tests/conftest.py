@@ -1,7 +1,31 @@
+"""Shared test set-up: the repository on sys.path, the tiny scenario and its schedules.
+
+Tests that start node processes are marked `swarm` (see pyproject.toml); `pytest -m "not swarm"`
+is the fast loop."""
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ROOT / "settings"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def tiny_scenario():
+    """settings/tiny.toml, loaded once."""
+    from skippipe.scenario import load_scenario
+    return load_scenario(SETTINGS / "tiny.toml")
+
+
+@pytest.fixture(scope="session")
+def tiny_schedule(tmp_path_factory, tiny_scenario):
+    """A planned schedule of the tiny scenario (every variant; one worker, 5 s), as a file."""
+    from skippipe.planning import PlanOptions, build_schedule
+    from skippipe.schedule import save_schedule
+    sched = build_schedule(tiny_scenario, PlanOptions(time_limit_s=5, workers=1))
+    path = tmp_path_factory.mktemp("schedule") / "tiny.json"
+    save_schedule(sched, path)
+    return path

@@ -53,6 +53,7 @@ def _survivors_finished_cleanly(events, dead: int):
 
 @pytest.mark.parametrize("node,phase,variant", [(3, "forward", "random"), (4, "backward", "ca-partial"),
                                                  (2, "averaging", "random")])
+@pytest.mark.swarm
 def test_training_survives_kill_9(tmp_path, schedule_file, node, phase, variant):
     r, run_dir, events = _train_with(tmp_path, schedule_file, f"node={node},iteration=1,phase={phase},how=crash",
                                      variant, seed=node)
@@ -64,6 +65,7 @@ def test_training_survives_kill_9(tmp_path, schedule_file, node, phase, variant)
     _survivors_finished_cleanly(events, node)
 
 
+@pytest.mark.swarm
 def test_hung_node_is_detected_within_the_deadline(tmp_path, schedule_file):
     r, run_dir, events = _train_with(tmp_path, schedule_file, "node=5,iteration=1,phase=forward,how=hang", seed=9)
     assert r.returncode == 0, r.stdout
@@ -85,6 +87,7 @@ def _wait_for_event(run_parent, node: int, event: str, deadline_s: float):
     raise AssertionError(f"node {node} wrote no {event!r} event within {deadline_s} s")
 
 
+@pytest.mark.swarm
 def test_restarted_node_rejoins_with_its_stage_peers_weights(tmp_path, schedule_file):
     base = free_base_port(6, seed=11)
     main = start_skippipe(["run", "0", "6", "random", "0", "--scenario", str(SETTINGS / "tiny.toml"),

@@ -227,6 +227,7 @@ def _pids(tmp_path) -> list[int]:
     return list(json.loads(files[0].read_text()).values())
 
 
+@pytest.mark.swarm
 def test_local_measurement_writes_a_loadable_scenario(tmp_path):
     out = tmp_path / "measured.toml"
     res = run_skippipe(["measure", "--local", "2", "--template", str(SETTINGS / "tiny.toml"),
@@ -243,6 +244,7 @@ def test_local_measurement_writes_a_loadable_scenario(tmp_path):
     assert len(pids) == 2 and not any(alive(p) for p in pids)
 
 
+@pytest.mark.swarm
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_stops_every_local_process(tmp_path, sig, code):
     proc = subprocess.Popen([sys.executable, "-m", "skippipe", "measure", "--local", "2",

@@ -25,15 +25,6 @@ RUN_DEADLINE_S = 240  # generous: 2 shared cores, 6 processes each importing tor
 READY_DEADLINE_S = 120
 
 
-@pytest.fixture(scope="module")
-def tiny_schedule(tmp_path_factory):
-    sc = load_scenario(TINY)
-    sched = build_schedule(sc, PlanOptions(time_limit_s=5, workers=1))
-    path = tmp_path_factory.mktemp("schedule") / "tiny.json"
-    save_schedule(sched, path)
-    return path
-
-
 def _run(tmp_path, schedule, variant, *extra):
     base = free_base_port(6, seed=hash(variant) % 1000)
     args = ["run", "0", "6", variant, "0", "--scenario", str(TINY), "--schedule", str(schedule),
@@ -66,6 +57,7 @@ def _send_junk(tmp_path, port: int, sent: threading.Event):
     sent.set()
 
 
+@pytest.mark.swarm
 def test_swarm_trains_ca_partial_and_survives_junk(tmp_path, tiny_schedule):
     base, args = _run(tmp_path, tiny_schedule, "ca-partial", "--iterations", "2")
     sent = threading.Event()
@@ -86,6 +78,7 @@ def test_swarm_trains_ca_partial_and_survives_junk(tmp_path, tiny_schedule):
     assert len(ops) == 2 * 6 * (2 * 3 + 1)  # 2 iterations x 6 microbatches x (3 F + L + 3 B)
 
 
+@pytest.mark.swarm
 def test_distributed_gradients_equal_single_process(tmp_path, tiny_schedule):
     _, args = _run(tmp_path, tiny_schedule, "baseline", "--iterations", "1", "--no-emulate-compute",
                    "--no-emulate-links", "--dump-gradients")
@@ -121,6 +114,7 @@ def test_distributed_gradients_equal_single_process(tmp_path, tiny_schedule):
             torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.swarm
 def test_a_busy_port_is_one_clear_error(tmp_path, tiny_schedule):
     base, args = _run(tmp_path, tiny_schedule, "random", "--iterations", "1")
     with socket.socket() as s:
