@@ -151,7 +151,7 @@ def test_bad_input_is_one_line(capsys, args, message):
 def test_peer_table(tmp_path):
     import argparse
 
-    from skippipe.commands.measure import parse_nodes, peer_table
+    from skippipe.measure.peers import parse_nodes, peer_table
     assert parse_nodes("0..3") == [0, 1, 2, 3] and parse_nodes("0,1") == [0, 1]
     peers = tmp_path / "peers.json"
     peers.write_text(json.dumps({"1": "10.0.0.2:7001", "0": "10.0.0.1:7000"}))

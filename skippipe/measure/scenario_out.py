@@ -1,0 +1,161 @@
+"""From measurements to a scenario file: one location per node, links and compute speeds from the
+figures, [model]/[costs]/[training] and (fitted to the node count) [pipeline] from a template,
+and a header comment with the raw figures (`summary_lines`) and memory warnings."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+from .figures import GIB, MIB, MeasureError, Measurements, Settings, median, significant
+from .toml_writer import dump_toml
+
+
+def proportional(weights: Sequence[int], total: int) -> list[int]:
+    """`total` split into len(weights) integers >= 1, proportional to `weights` (largest
+    remainder; ties go to the lower index)."""
+    n = len(weights)
+    if total < n:
+        raise MeasureError(f"{total} nodes cannot fill {n} stages")
+    exact = [total * w / sum(weights) for w in weights]
+    sizes = [max(1, math.floor(e)) for e in exact]
+    while sum(sizes) < total:
+        sizes[min(range(n), key=lambda i: (sizes[i] - exact[i], i))] += 1
+    while sum(sizes) > total:
+        sizes[min((i for i in range(n) if sizes[i] > 1), key=lambda i: (exact[i] - sizes[i], i))] -= 1
+    return sizes
+
+
+def fit_pipeline(pipeline: dict, n_layers: int, n_nodes: int,
+                 stage_sizes: Sequence[int] | None = None) -> tuple[dict, list[str]]:
+    """The template's [pipeline] table for `n_nodes` nodes: `stage_sizes` when given, else the
+    template's when they sum to n_nodes, else the template's proportions over as many stages
+    as the nodes allow (fewer only when there are fewer nodes than stages: the most that
+    divide the layers); path_length capped at the stage count. Returns the table and notes."""
+    sizes = [int(s) for s in pipeline["stage_sizes"]]
+    if stage_sizes is not None:
+        new = [int(s) for s in stage_sizes]
+    elif sum(sizes) == n_nodes:
+        new = sizes
+    else:
+        s = len(sizes)
+        if n_nodes < s:
+            s = next((c for c in range(n_nodes, 1, -1) if n_layers % c == 0), 0)
+            if not s:
+                raise MeasureError(f"{n_nodes} nodes cannot hold {n_layers} layers in 2 or more stages")
+        new = proportional(sizes[:s], n_nodes)
+    out, notes = {**pipeline, "stage_sizes": new}, []
+    if new != sizes:
+        notes.append(f"pipeline.stage_sizes {sizes} -> {new} for {n_nodes} nodes")
+    if out["path_length"] > len(new):
+        notes.append(f"pipeline.path_length {out['path_length']} -> {len(new)} (stages)")
+        out["path_length"] = len(new)
+    return out, notes
+
+
+def location(node: int) -> str:
+    return f"node-{node}"
+
+
+def render_scenario(template, meas: Measurements, settings: Settings, name: str, command: str,
+                    stage_sizes: Sequence[int] | None = None, when: str | None = None) -> str:
+    """Scenario TOML text for the measured cluster; [model]/[costs]/[training] and (fitted to
+    the node count) [pipeline] come from `template`, a loaded Scenario."""
+    n = len(meas.nodes)
+    pipeline, notes = fit_pipeline(dataclasses.asdict(template.pipeline), template.model.n_layers,
+                                   n, stage_sizes)
+    when = when or time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    locs = [location(f.node) for f in meas.nodes]
+    links = [{"a": location(l.a), "b": location(l.b), "latency_ms": significant(l.latency_s * 1e3),
+              "bandwidth_gib_s": significant(l.bandwidth_bytes_per_s / GIB)} for l in meas.links]
+    doc = {
+        "name": name,
+        "description": f"{n} nodes measured {when}; model and training from {template.name}",
+        "model": dataclasses.asdict(template.model),
+        "pipeline": pipeline,
+        "costs": dataclasses.asdict(template.costs),
+        "training": dataclasses.asdict(template.training),
+        "network": {
+            "name": f"{name}-links",
+            "locations": locs,
+            "compute_s_per_sample_per_layer": {loc: significant(f.forward_median_s)
+                                               for loc, f in zip(locs, meas.nodes)},
+            "same_location_link": {"latency_ms": min(l["latency_ms"] for l in links),
+                                   "bandwidth_gib_s": max(l["bandwidth_gib_s"] for l in links)},
+            "links": links,
+        },
+        "nodes": [{"location": loc, "memory_slots": pipeline["memory_slots"]} for loc in locs],
+    }
+    header = [f"Measured by: {command}", f"Date: {when}; {n} nodes, {meas.wall_s:.1f} s of measuring.",
+              f"Template: {template.source} ({template.name}): [model] [pipeline] [costs] [training] "
+              "copied", *notes,
+              "Locations node-<i> are the nodes; same_location_link (unused: one node per location) "
+              "holds the fastest measured figures.",
+              "compute_s_per_sample_per_layer = measured forward; backward is costs.backward_factor "
+              "x forward (measured ratio below).", "",
+              *summary_lines(meas, settings),
+              *memory_warnings(meas, pipeline["memory_slots"])]
+    return dump_toml(doc, header)
+
+
+def summary_lines(meas: Measurements, settings: Settings) -> list[str]:
+    """The raw figures, one line per node and per link."""
+    f0 = meas.nodes[0]
+    lines = [f"Compute: one stage of {f0.layers} layers, {f0.samples} samples per timing, "
+             f"{f0.threads} CPU thread(s), median of {settings.repeat} after {settings.warmup} "
+             "warm-up; seconds per sample per layer",
+             f"{'node':>4}  {'host':<12} {'device':<7} {'forward s':>10} {'(min..max)':>22}  "
+             f"{'backward s':>10} {'bwd/fwd':>7}  {'peak MiB':>9}  {'act MiB/mb':>10}"]
+    for f in meas.nodes:
+        spread = f"({min(f.forward_s):.3g}..{max(f.forward_s):.3g})"
+        lines.append(f"{f.node:>4}  {f.host[:12]:<12} {f.device:<7} {f.forward_median_s:>10.4g} "
+                     f"{spread:>22}  {f.backward_median_s:>10.4g} "
+                     f"{f.backward_median_s / f.forward_median_s:>7.2f}  "
+                     f"{f.peak_memory_bytes / MIB:>9.1f}  {f.activation_bytes / MIB:>10.2f}")
+    names = {f.device_name for f in meas.nodes}
+    devices = (f"all {names.pop()}" if len(names) == 1
+               else ", ".join(f"{f.node}: {f.device_name}" for f in meas.nodes))
+    kinds = " / ".join(sorted({f.memory_kind for f in meas.nodes}))
+    lines.append(f"peak memory: {kinds} (stage, gradients, activations); devices: {devices}")
+    lines.append(f"Links: RTT = median of {settings.repeat} CONTROL ping-pongs; bandwidth = payload / "
+                 f"(elapsed - RTT), median of {settings.repeat} transfers of "
+                 f"{settings.payload_bytes / MIB:g} MiB; latency = RTT / 2")
+    lines.append(f"{'link':>6}  {'rtt ms':>8} {'(min..max)':>19}  {'transfer ms':>11} "
+                 f"{'(min..max)':>19}  {'latency ms':>10}  {'GiB/s':>8}")
+    for l in meas.links:
+        lines.append(f"{f'{l.a}-{l.b}':>6}  {l.rtt_median_s * 1e3:>8.3f} "
+                     f"{f'({min(l.rtt_s) * 1e3:.3f}..{max(l.rtt_s) * 1e3:.3f})':>19}  "
+                     f"{median(l.transfer_s) * 1e3:>11.3f} "
+                     f"{f'({min(l.transfer_s) * 1e3:.3f}..{max(l.transfer_s) * 1e3:.3f})':>19}  "
+                     f"{l.latency_s * 1e3:>10.4f}  {l.bandwidth_bytes_per_s / GIB:>8.3f}")
+    return lines
+
+
+def memory_warnings(meas: Measurements, slots: int) -> list[str]:
+    """Nodes whose memory cannot hold `slots` microbatches' activations besides the stage."""
+    out = []
+    for f in meas.nodes:
+        need = f.peak_memory_bytes + (slots - 1) * f.activation_bytes
+        if f.capacity_bytes and need > f.capacity_bytes:
+            out.append(f"WARNING: node {f.node} needs ~{need / GIB:.2f} GiB for {slots} memory slots, "
+                       f"its device has {f.capacity_bytes / GIB:.2f} GiB")
+    return out
+
+
+def write_scenario(text: str, out: str | Path):
+    """Write `text` to `out` atomically once load_scenario accepts it; returns the Scenario."""
+    from ..scenario import load_scenario
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        load_scenario(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return load_scenario(out)
