@@ -29,8 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import deccom.nodes  # noqa: E402,F401  (loaded before the transport quiets DecCom's prints)
-from skippipe.runtime.transport import (READ_SLICE_BYTES, Transport, TransportConfig,  # noqa: E402
-                                node_key)
+from skippipe.runtime.deccom_adapter import node_key  # noqa: E402
+from skippipe.runtime.streams import READ_SLICE_BYTES  # noqa: E402
+from skippipe.runtime.transport import Transport, TransportConfig  # noqa: E402
 from skippipe.runtime.wire import Kind, Message  # noqa: E402
 
 HOST = "127.0.0.1"

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from skippipe.runtime.linkemu import LinkEmulator, LinkModel
-from skippipe.runtime.transport import (INTRO_MAGIC, LENGTH_BYTES, SEED, PortInUse, SendTimeout,
-                                Transport, TransportConfig, TransportError, UnknownPeer,
-                                node_key)
+from skippipe.runtime.deccom_adapter import node_key
+from skippipe.runtime.streams import INTRO_MAGIC, LENGTH_BYTES
+from skippipe.runtime.transport import (SEED, PortInUse, SendTimeout, Transport, TransportConfig,
+                                        TransportError, UnknownPeer)
 from skippipe.runtime.wire import Kind, Message, decode, encode
 
 HOST = "127.0.0.1"
