@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import deccom.nodes  # noqa: E402,F401  (loaded before the transport quiets DecCom's prints)
 from skippipe.runtime.deccom_adapter import node_key  # noqa: E402
-from skippipe.runtime.streams import READ_SLICE_BYTES  # noqa: E402
+from skippipe.runtime.streams import read_exactly  # noqa: E402
 from skippipe.runtime.transport import Transport, TransportConfig  # noqa: E402
 from skippipe.runtime.wire import Kind, Message  # noqa: E402
 
@@ -44,7 +44,6 @@ STOCK_MESSAGES = 2  # stock DecCom reads 9 KB at a time: keep its run short
 THROUGHPUT_TARGET = 0.60  # transport / plain asyncio
 RTT_TARGET_MS = 2.0
 LIMIT = TransportConfig().stream_limit_bytes  # StreamReader limit used by every contender
-SLICE_BYTES = READ_SLICE_BYTES  # read slice of the transport, reused by the sliced baseline
 
 
 # ---- SkipPipe transport ---------------------------------------------------------------------
@@ -94,8 +93,8 @@ async def _take(get, count: int) -> None:
 # ---- plain asyncio --------------------------------------------------------------------------
 
 class PlainPair:
-    """Plain asyncio streams. `sliced=True` reads big frames like the transport does (1 MiB
-    slices into one buffer); otherwise the obvious `readexactly(n)`."""
+    """Plain asyncio streams. `sliced=True` reads frames with the transport's own reader (big
+    ones in 1 MiB slices into one buffer); otherwise the obvious `readexactly(n)`."""
 
     def __init__(self, sliced: bool = False) -> None:
         self.sliced = sliced
@@ -115,7 +114,7 @@ class PlainPair:
         try:
             while True:
                 n = int.from_bytes(await reader.readexactly(PLAIN_PREFIX_BYTES), "big")
-                read = _read_sliced if self.sliced else _read_whole
+                read = read_exactly if self.sliced else _read_whole
                 await self.inbox.put(await read(reader, n))
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
@@ -155,18 +154,6 @@ class PlainPair:
 
 async def _read_whole(reader: asyncio.StreamReader, n: int) -> bytes:
     return await reader.readexactly(n)
-
-
-async def _read_sliced(reader: asyncio.StreamReader, n: int) -> bytearray:
-    buf, pos = bytearray(n), 0
-    view = memoryview(buf)
-    while pos < n:
-        piece = await reader.read(min(n - pos, SLICE_BYTES))
-        if not piece:
-            raise asyncio.IncompleteReadError(b"", n)
-        view[pos:pos + len(piece)] = piece
-        pos += len(piece)
-    return buf
 
 
 # ---- stock DecCom 0.1.0 (reference) ---------------------------------------------------------

@@ -60,7 +60,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recorded-command", help=argparse.SUPPRESS)  # --local: the user's command
 
 
-
 def run(args: argparse.Namespace) -> int:
-    from ..measure.command import run
+    from ..measure.command import run  # here: it loads the transport, DecCom and numpy
     return run(args)

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 INTRO_MAGIC = b"\xe4\xe5\xf3\xc6"  # DecCom StreamProtocol: first bytes of a connection
 NODE_KEY_BYTES = 32  # SHA-256 node key that follows the magic
 LENGTH_BYTES = 32  # DecCom frame prefix: big-endian frame length
-READ_SLICE_BYTES = 1024**2  # frames above this are read in slices of this size (see _read_exactly)
+READ_SLICE_BYTES = 1024**2  # frames above this are read in slices of this size (see read_exactly)
 DISCOVERY_POLL_S = 0.2  # how often a pending discovery lookup re-checks the peer table
 KEY_HEX_SHOWN = 16  # hex digits of a node key shown in log lines
 DICT_ITEM_ID_BYTES = 4  # DecCom DictItem.unique_id size
@@ -170,7 +170,7 @@ class Streams(StreamProtocol):
                     self.hooks.reject("bad_length", f"frame of {length} bytes from node "
                                       f"{node} exceeds {limit}: connection closed")
                     return
-                await self.hooks.deliver(node, await _read_exactly(reader, length))
+                await self.hooks.deliver(node, await read_exactly(reader, length))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass  # the peer closed or reset the connection
         finally:
@@ -282,7 +282,7 @@ async def _closed(writer: asyncio.StreamWriter) -> None:
         pass  # closed with an error is closed
 
 
-async def _read_exactly(reader: asyncio.StreamReader, n: int) -> bytes | bytearray:
+async def read_exactly(reader: asyncio.StreamReader, n: int) -> bytes | bytearray:
     """`n` bytes from `reader`. Large frames are gathered in slices into one preallocated
     buffer: `readexactly` would grow the stream buffer to the whole frame and copy it again,
     which halves loopback throughput for 16 MiB frames."""

@@ -83,7 +83,6 @@ class _NodeLog(logging.LoggerAdapter):
         return f"[node {self.extra['node']}] {msg}", kwargs
 
 
-
 class Transport:
     """Framed message transport of one node.
 
@@ -133,7 +132,7 @@ class Transport:
             log_to(self.node_id, self._run_dir)
         self._inbox = asyncio.Queue(self.config.inbox_max)
         hooks = StreamHooks(deliver=self._deliver, reject=self._reject, closed=self._peer_closed,
-                            connect_failed=self._last_error.__setitem__)
+                            connect_failed=self._last_error.__setitem__)  # why, for SendTimeout
         self._streams = Streams(self.node_id, self.static, self.config, self.log, hooks)
         seed = None if self._bootstrap in (SEED, (self.host, self.port)) else self._bootstrap
         self._discovery = discovery_layer(self.node_id, self._initial_peers if self.static
