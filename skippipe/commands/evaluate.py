@@ -46,9 +46,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.data import prepare_data, validation_batches
     from ..errors import SkipPipeError
-    from ..train.evaluate import (format_table, omission_subsets, parse_stage_list, perplexity,
-                            plot_sweep, summarize, sweep)
-    from ..train.model import load_checkpoint, resolve_device
+    from ..train.evaluate import (omission_subsets, parse_stage_list, perplexity, plot_sweep,
+                                  summarize, sweep, sweep_table)
+    from ..train.model import load_checkpoint
+    from ..util.devices import resolve_device
 
     if args.max_batches < 1 or args.samples < 1:
         raise SkipPipeError("--max-batches and --samples must be positive")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
               "results": [_result_row(r) for r in results]}
     if args.sweep:
         swept = sweep(stages, batches, omission_subsets(info.n_stages, args.seed))
-        print(format_table(summarize(swept)))
+        print(sweep_table(summarize(swept)))
         png = plot_sweep({info.variant: swept}, out / PLOT_FILE,
                          title=f"{info.scenario_name} ({info.variant}): perplexity vs stages omitted")
         report["sweep"] = [_result_row(r) for r in swept]

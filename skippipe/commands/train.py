@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="text file or directory of .txt files, or hf:NAME "
                                   "(default: built-in corpus)")
     p.add_argument("--tokenizer", help="SentencePiece .model to use instead of training one")
-    p.add_argument("--out", help="run directory (default: runs/<scenario>-<variant>-<time>)")
+    p.add_argument("--out", help="run directory (default: runs/<time>-<scenario>-<variant>-<pid>)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--log-every", type=int, default=10, help="iterations between progress lines")
@@ -44,9 +44,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.data import prepare_data, validation_batches
     from ..train.evaluate import perplexity
-    from ..train.model import resolve_device
-    from ..train.local import (METRICS_FILE, MetricsWriter, RunInfo, TrainConfig, new_run_dir,
-                               resolve_paths, train)
+    from ..train.local import METRICS_FILE, MetricsWriter, RunInfo, resolve_paths, train
+    from ..train.optim import TrainConfig
+    from ..util.devices import resolve_device
+    from ..util.rundir import new_run_dir
 
     for name in ("iterations", "log_every", "threads"):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name))
