@@ -71,4 +71,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..runtime.start import RunOptions, run_command
-    return run_command(RunOptions.from_args(args), lambda line: print(line, flush=True))
+    from ..util.options import options_from
+    return run_command(options_from(RunOptions, args), lambda line: print(line, flush=True))

@@ -3,9 +3,9 @@ command's options to a RunConfig (scenario, schedule, data caches, peers, free p
 directory), then the launched run and its summary; and `--rejoin` into a running training."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import SkipPipeError
@@ -43,18 +43,13 @@ class RunOptions:
     no_emulate_links: bool = False
     peers: str | None = None
     seed: int | None = None
-    fail: tuple[str, ...] = ()
+    fail: Sequence[str] = ()  # failure specs (faults.py)
     checkpoint: bool = False
     stand_in_model: str = ""
     gantt: str | None = None
     timeout: float | None = None
     rejoin: str | None = None
     dump_gradients: bool = False
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> RunOptions:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: tuple(v) if k == "fail" else v for k, v in vars(args).items() if k in names})
 
 
 def run_command(opts: RunOptions, say=print) -> int:
