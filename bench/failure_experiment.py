@@ -22,17 +22,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from skippipe.commands.infer import distributed_perplexity, local_perplexity  # noqa: E402
-from skippipe.runtime.launch import ensure_schedule  # noqa: E402
+from skippipe.runtime.infer import distributed_perplexity, local_perplexity  # noqa: E402
+from skippipe.runtime.start import ensure_schedule  # noqa: E402
 from skippipe.planning import DEFAULT_TIME_LIMIT_S  # noqa: E402
 from skippipe.scenario import load_scenario  # noqa: E402
 from skippipe.schedule import load_schedule  # noqa: E402
 from skippipe.timeline import read_jsonl  # noqa: E402
-
-from benchutil import free_base_port  # noqa: E402
+from skippipe.util.ports import free_port_range  # noqa: E402
 
 FAILED_FRACTIONS = (0.0, 0.17, 0.34, 0.5)  # of all nodes, data nodes excepted where possible
-PORT_START = 41000
 
 
 def default_plan(allocation, iterations: int) -> list[str]:
@@ -128,8 +126,8 @@ def main() -> int:
     sched, _ = load_schedule(ensure_schedule(sc, args.variant, None, DEFAULT_TIME_LIMIT_S, print), sc)
     fails = args.fail or default_plan(sched.allocation, args.iterations)
 
-    clean_dir = train(out, "clean", args, [], free_base_port(args.nodes, PORT_START))
-    failed_dir = train(out, "failures", args, fails, free_base_port(args.nodes, PORT_START + 100))
+    clean_dir = train(out, "clean", args, [], free_port_range(args.nodes))
+    failed_dir = train(out, "failures", args, fails, free_port_range(args.nodes))
     clean = json.loads((clean_dir / "iterations.json").read_text())
     failed = json.loads((failed_dir / "iterations.json").read_text())
     log = failure_log(failed_dir)

@@ -22,15 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchutil import free_base_port
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from skippipe.util.ports import free_port_range  # noqa: E402
+
 CASES = {  # name: (settings, nodes, time scale, iterations, extra run arguments)
     "tiny": ("settings/tiny.toml", 6, 4.0, 6, []),
     "geo-distributed": ("settings/geo-distributed.toml", 20, 0.05, 4, ["--stand-in-model", "settings/tiny.toml"]),
 }
 VARIANTS = ("baseline", "ca-partial")
-FIRST_PORT = 36000  # bench runs use ports from here on
 
 
 def run_case(name: str, variant: str, out: Path, port: int) -> dict:
@@ -56,11 +57,10 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="folder for the runs (default: a temporary one)")
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="skippipe-bench-"))
-    results, port = [], FIRST_PORT
+    results = []
     for name in args.only or list(CASES):
         for variant in VARIANTS:
-            port = free_base_port(CASES[name][1], port + 50)
-            results.append(run_case(name, variant, out, port))
+            results.append(run_case(name, variant, out, free_port_range(CASES[name][1])))
     print("\n| scenario | variant | time scale | measured s/iter | predicted s/iter | measured / predicted |")
     print("|---|---|---|---|---|---|")
     for r in results:

@@ -4,11 +4,10 @@ Trains the same model twice on the built-in corpus for the same number of tokens
 iterations, microbatches, samples, data order and initial weights):
 - `baseline`: every microbatch runs every stage in order;
 - skip paths: `ca-partial` paths of `schedules/<scenario>.json` when that file exists (else its
-  `random` variant), otherwise seeded balanced skip paths of length k generated here
-  (`train_local.balanced_skip_paths`: stage 0 first, k-1 distinct stages, equal visits,
-  adjacent swaps only).
+  `random` variant), otherwise the seeded random skip paths of length k (`train.local.local_paths`,
+  the planner's random generator: stage 0 first, k-1 distinct stages, CC3, TC1's even visits).
 Then evaluates validation perplexity of each with every subset of the non-first stages omitted,
-prints a table, writes a PNG plot and a results JSON under runs/sparse-perplexity-<time>/.
+prints a table, writes a PNG plot and a results JSON under runs/<time>-sparse-perplexity-<pid>/.
 
 Targets (from the issue): the skip-trained model's degradation at half omission is at most a
 third of the full-trained model's, and its full-model perplexity is within 5% of it.
@@ -38,10 +37,12 @@ import torch  # noqa: E402
 
 from skippipe.train.data import prepare_data, validation_batches  # noqa: E402
 from skippipe.train.evaluate import Perplexity, omission_subsets, plot_sweep, summarize, sweep  # noqa: E402
-from skippipe.train.model import pick_device  # noqa: E402
 from skippipe.scenario import Scenario, load_scenario  # noqa: E402
-from skippipe.train.local import (RunInfo, TrainConfig, balanced_skip_paths, baseline_paths,  # noqa: E402
-                                  microbatches_per_iteration, new_run_dir, schedule_paths, train)
+from skippipe.train.local import RunInfo, baseline_paths, local_paths, schedule_paths, train  # noqa: E402
+from skippipe.train.optim import TrainConfig  # noqa: E402
+from skippipe.util.devices import resolve_device  # noqa: E402
+from skippipe.util.rundir import new_run_dir  # noqa: E402
+from skippipe.util.tables import format_table  # noqa: E402
 
 log = logging.getLogger("bench.sparse_perplexity")
 
@@ -85,8 +86,7 @@ def skip_paths(scenario: Scenario, schedule: str | None, seed: int) -> tuple[str
                 return f"{path}:{variant}", schedule_paths(sched.variants[variant])
     elif schedule:
         raise SystemExit(f"error: {schedule}: no such schedule file")
-    n = microbatches_per_iteration(scenario)
-    return f"balanced_skip_paths(seed={seed})", balanced_skip_paths(scenario, n, seed)
+    return f"random paths (seed={seed})", local_paths(scenario, "random", seed)
 
 
 def degradation(results: list[Perplexity], count: int) -> float:
@@ -122,7 +122,7 @@ def run_job(job: Job) -> dict:
     scenario = load_scenario(job.settings)
     data = prepare_data(None, scenario.model.vocab_size)
     batches = validation_batches(data.validation, EVAL_SAMPLES, scenario.model.ctx_tokens, job.eval_batches)
-    device = torch.device(job.device) if job.device else pick_device()
+    device = resolve_device(job.device)
     start = time.perf_counter()
     result = train(scenario.model, scenario.pipeline.n_stages, job.paths, data, job.cfg,
                    RunInfo(job.out / job.label, job.label, scenario.name, scenario.content_hash), device)
@@ -160,14 +160,11 @@ def report_rows(runs: list[dict], n_stages: int) -> list[dict]:
 def format_report(rows: list[dict], n_stages: int) -> str:
     """A plain-text table: one line per model, mean perplexity per omitted count."""
     counts = list(range(n_stages))
-    head = f"{'model':<10} {'tokens':>9} {'train s':>8} " + " ".join(f"{f'ppl-{c}':>9}" for c in counts)
-    lines = [head]
-    for r in rows:
-        lines.append(f"{r['model']:<10} {r['tokens']:>9} {r['train_s']:>8.0f} " +
-                     " ".join(f"{r['ppl_by_omitted'][c]:>9.2f}" for c in counts))
-    lines.append("(ppl-c: mean validation perplexity over subsets with c of the "
-                 f"{n_stages - 1} non-first stages omitted)")
-    return "\n".join(lines)
+    header = ["model", "tokens", "train s", *(f"ppl-{c}" for c in counts)]
+    table = format_table(header, [[r["model"], r["tokens"], r["train_s"], *r["ppl_by_omitted"][:n_stages]]
+                                  for r in rows], ["", "d", ".0f", *[".2f"] * n_stages])
+    return (table + "\n(ppl-c: mean validation perplexity over subsets with c of the "
+            f"{n_stages - 1} non-first stages omitted)")
 
 
 def verdict(rows: list[dict]) -> dict:

@@ -2,34 +2,13 @@
 from __future__ import annotations
 
 import os
-import random
-import socket
+import signal
 import subprocess
 import sys
 
 from conftest import ROOT
-
-PORT_RANGE = (20000, 60000)
-
-
-def free_base_port(n: int, seed: int) -> int:
-    """A base port with n consecutive free TCP and UDP ports on 127.0.0.1."""
-    rng = random.Random(seed * 7919 + os.getpid())
-    for _ in range(200):
-        base = rng.randrange(*PORT_RANGE)
-        if all(_free(base + i) for i in range(n)):
-            return base
-    raise RuntimeError("no free port range found")
-
-
-def _free(port: int) -> bool:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-    return True
+from skippipe.util.ports import free_port_range as free_base_port  # noqa: F401 (tests import it here)
+from skippipe.util.procs import signal_session
 
 
 def start_skippipe(args: list[str], cwd, env: dict | None = None) -> subprocess.Popen:
@@ -45,7 +24,7 @@ def finish(proc: subprocess.Popen, timeout_s: float) -> subprocess.CompletedProc
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, 9)
+        signal_session(proc, signal.SIGKILL)
         out, _ = proc.communicate()
         raise AssertionError(f"{' '.join(proc.args)} did not finish in {timeout_s} s:\n{out}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")

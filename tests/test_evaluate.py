@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from skippipe.errors import SkipPipeError
-from skippipe.train.evaluate import (format_table, omission_path, omission_subsets, parse_stage_list,
-                               path_nll, perplexity, plot_sweep, summarize, sweep)
+from skippipe.train.evaluate import (omission_path, omission_subsets, parse_stage_list, path_nll,
+                                     perplexity, plot_sweep, summarize, sweep, sweep_table)
 from skippipe.train.model import build_stages
 from skippipe.scenario import ModelConfig
 
@@ -111,6 +111,6 @@ def test_sweep_summary_table_and_plot(tmp_path):
     assert [s.omitted_count for s in summary] == [0, 1, 2]
     assert summary[1].subsets == 2
     assert summary[1].mean_perplexity == pytest.approx((results[1].perplexity + results[2].perplexity) / 2)
-    assert "mean ppl" in format_table(summary)
+    assert "mean ppl" in sweep_table(summary)
     png = plot_sweep({"a": results, "b": results}, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

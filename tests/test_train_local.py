@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,10 +13,9 @@ from skippipe.train.data import TokenData, training_batches
 from skippipe.errors import SkipPipeError
 from skippipe.train.model import build_stages, forward_path, load_checkpoint
 from skippipe.scenario import ModelConfig, load_scenario
-from skippipe.schedule import cc3_problem
-from skippipe.train.local import (RunInfo, TrainConfig, balanced_skip_paths, baseline_paths,
-                                  learning_rate, local_paths, make_optimizer, train,
-                                  train_iteration)
+from skippipe.planner.random_paths import random_stage_paths
+from skippipe.train.local import RunInfo, baseline_paths, local_paths, train, train_iteration
+from skippipe.train.optim import TrainConfig, learning_rate, make_optimizer
 
 torch.set_num_threads(1)
 
@@ -124,24 +122,6 @@ def test_learning_rate_schedule():
     assert learning_rate(5, TRAIN) == TRAIN.learning_rate
 
 
-@pytest.mark.parametrize("settings", ["convergence-6x2.toml", "tiny.toml"])
-def test_balanced_skip_paths_obey_the_rules(settings):
-    scenario = load_scenario(ROOT / "settings" / settings)
-    p = scenario.pipeline
-    n_mb = 10
-    paths = balanced_skip_paths(scenario, n_mb, seed=3)
-    assert len(paths) == n_mb
-    visits = Counter(s for path in paths for s in path[1:])
-    total = n_mb * (p.path_length - 1)
-    assert set(visits) == set(range(1, p.n_stages))
-    assert max(visits.values()) - min(visits.values()) <= 1 and sum(visits.values()) == total
-    for path in paths:
-        assert path[0] == 0 and len(set(path)) == len(path) == p.path_length
-        assert cc3_problem(path, scenario) is None
-    assert paths == balanced_skip_paths(scenario, n_mb, seed=3)
-    assert paths != balanced_skip_paths(scenario, n_mb, seed=4)
-
-
 def test_local_paths_need_a_schedule_for_planner_variants():
     scenario = load_scenario(ROOT / "settings" / "tiny.toml")
     assert local_paths(scenario, "baseline", 0)[0] == (0, 1, 2, 3)
@@ -156,7 +136,7 @@ def test_paths_come_from_a_schedule_file_in_microbatch_order(tmp_path):
     scenario = load_scenario(settings)
     stage_nodes = [[0, 1], [2, 3], [4], [5]]  # tiny: stage_sizes [2, 2, 1, 1]
     n_mb = 2 * scenario.pipeline.microbatches_per_node
-    stage_paths = balanced_skip_paths(scenario, n_mb, seed=1)
+    stage_paths = tuple(random_stage_paths(scenario, n_mb, 1))
     entries = [{"microbatch": mb, "origin": mb % 2,
                 "hops": [{"stage": s, "node": mb % 2 if s == 0 else stage_nodes[s][mb % len(stage_nodes[s])]}
                          for s in path]}

@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 HELP = "validation perplexity of a checkpoint with stages omitted (full, --omit-stages, --sweep)"
 DEFAULT_MAX_BATCHES = 16  # validation batches scored per path
 EVAL_SAMPLES = 8  # sequences per validation batch
-RESULTS_FILE = "perplexity.json"
-PLOT_FILE = "perplexity-vs-omitted.png"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,57 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
 
-def _checkpoint_dir(path: str) -> Path:
-    from ..train.model import CHECKPOINT_META
-    from ..train.local import CHECKPOINT_DIR
-
-    p = Path(path)
-    return p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR / CHECKPOINT_META).is_file() else p
-
-
-def _result_row(r) -> dict:
-    return {"omitted": list(r.omitted), "fraction": r.fraction, "tokens": r.tokens,
-            "mean_nll": r.mean_nll, "perplexity": r.perplexity}
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..train.data import prepare_data, validation_batches
     from ..errors import SkipPipeError
-    from ..train.evaluate import (format_table, omission_subsets, parse_stage_list, perplexity,
-                            plot_sweep, summarize, sweep)
-    from ..train.model import load_checkpoint, resolve_device
+    from ..train.study import EvalOptions, evaluate_checkpoint
+    from ..util.options import options_from
 
     if args.max_batches < 1 or args.samples < 1:
         raise SkipPipeError("--max-batches and --samples must be positive")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    directory = _checkpoint_dir(args.checkpoint)
-    device = resolve_device(args.device)
-    info, stages = load_checkpoint(directory, device)
-    omitted = parse_stage_list(args.omit_stages, info.n_stages) if args.omit_stages else None
-    data = prepare_data(args.data or info.data_source, info.model.vocab_size,
-                        args.tokenizer or info.tokenizer_path)
-    batches = validation_batches(data.validation, args.samples, info.model.ctx_tokens, args.max_batches)
-    results = [perplexity(stages, batches)]
-    print(f"checkpoint {directory} ({info.variant}, {info.n_stages} stages, iteration {info.iteration})")
-    print(f"full model: perplexity {results[0].perplexity:.3f} over {results[0].tokens} tokens")
-    if omitted is not None:
-        r = perplexity(stages, batches, omitted)
-        results.append(r)
-        print(f"stages {','.join(map(str, r.omitted))} omitted: perplexity {r.perplexity:.3f}")
-    out = Path(args.out) if args.out else directory.parent / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(directory), "variant": info.variant, "iteration": info.iteration,
-              "results": [_result_row(r) for r in results]}
-    if args.sweep:
-        swept = sweep(stages, batches, omission_subsets(info.n_stages, args.seed))
-        print(format_table(summarize(swept)))
-        png = plot_sweep({info.variant: swept}, out / PLOT_FILE,
-                         title=f"{info.scenario_name} ({info.variant}): perplexity vs stages omitted")
-        report["sweep"] = [_result_row(r) for r in swept]
-        print(f"plot: {png}")
-    (out / RESULTS_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results: {out / RESULTS_FILE}")
-    return 0
+    return evaluate_checkpoint(options_from(EvalOptions, args))

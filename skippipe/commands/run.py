@@ -3,23 +3,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
-from pathlib import Path
 
-from ..runtime import launch
-from ..errors import SkipPipeError
 from ..planning import DEFAULT_TIME_LIMIT_S
-from ..runtime.runconfig import RunConfig, load_config
-from ..scenario import load_scenario
-from ..schedule import VARIANTS, load_schedule
+from ..schedule import VARIANTS
+from ..util.rundir import RUNS_DIR
 
 HELP = "start nodes FIRST..LAST-1 of a scenario and train along the planned paths"
 DEFAULT_SCENARIO = "settings/tiny.toml"  # the built-in scenario
 DEFAULT_BASE_PORT = 29500
 DEFAULT_PEER_TIMEOUT_S = 30.0  # wall seconds without an answer before a peer counts as dead
-DEFAULT_CONNECT_TIMEOUT_S = 60.0
-TIMEOUT_FACTOR = 20.0  # the whole run may take this many times its predicted duration ...
-TIMEOUT_SLACK_S = 120.0  # ... plus this (start-up, tokenizer training on first use)
 
 ENV = {  # option -> environment variable that sets its default
     "scenario": "SKIPPIPE_SCENARIO", "iterations": "SKIPPIPE_ITERATIONS",
@@ -55,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-port", type=int, default=_env("base_port", DEFAULT_BASE_PORT, int),
                    help="node i listens on base-port + i (default %(default)s)")
     p.add_argument("--peers", help="multi-host: JSON file {node id: \"host:port\"} for every node")
-    p.add_argument("--runs", default=_env("runs", "runs"), help="parent of the run directory")
+    p.add_argument("--runs", default=_env("runs", str(RUNS_DIR)),
+                   help="parent of the run directory (default: runs/ in the repository)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the scenario's)")
     p.add_argument("--plan-time-limit", type=float, default=DEFAULT_TIME_LIMIT_S,
                    help="CP-SAT seconds when the schedule must be built (default %(default)s)")
@@ -76,69 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dump-gradients", action="store_true", help=argparse.SUPPRESS)  # tests
 
 
-def _peers(args, n_nodes: int) -> dict[int, tuple[str, int]]:
-    if not args.peers:
-        return {i: (args.host, args.base_port + i) for i in range(n_nodes)}
-    import json
-    try:
-        table = json.loads(Path(args.peers).read_text())
-        peers = {int(k): (v.rsplit(":", 1)[0], int(v.rsplit(":", 1)[1])) for k, v in table.items()}
-    except (OSError, ValueError, IndexError) as e:
-        raise SkipPipeError(f"{args.peers}: not a peer table ({e})") from None
-    missing = sorted(set(range(n_nodes)) - set(peers))
-    if missing:
-        raise SkipPipeError(f"{args.peers}: no address for node {missing[0]}")
-    return peers
-
-
-def _prepare_data(sc, stand_in_model: str, say) -> None:
-    """Build the corpus and tokenizer caches once, before the data nodes all want them."""
-    from ..train.data import prepare_data
-    from ..runtime.node import stand_in
-    vocab = stand_in(sc.model, stand_in_model).vocab_size
-    say(f"preparing the built-in corpus and a {vocab}-token tokenizer (cached after the first run)")
-    prepare_data(None, vocab)
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.faults import parse_failures
-    from ..sim.simulate import simulate
-
-    say = lambda line: print(line, flush=True)  # noqa: E731
-    if args.rejoin:
-        cfg = load_config(Path(args.rejoin) / "config.json")
-        sc = load_scenario(cfg.scenario_path, cfg.scenario_overrides)
-        return launch.rejoin(cfg, launch.check_range(args.first, args.last, sc),
-                             args.timeout or TIMEOUT_SLACK_S + cfg.connect_timeout_s, say)
-    sc = launch.scenario_for(args.scenario, args.mb or None)
-    nodes = launch.check_range(args.first, args.last, sc)
-    sched_path = launch.ensure_schedule(sc, args.setting, args.schedule, args.plan_time_limit, say)
-    sched, _ = load_schedule(sched_path, sc)
-    variant = sched.variant(args.setting)
-    predicted = simulate(sched, args.setting, sc).iteration_s
-    _prepare_data(sc, args.stand_in_model, say)
-    peers = _peers(args, len(sc.nodes))
-    launch.check_ports(peers, nodes)
-    run_dir = launch.new_run_dir(args.runs, args.setting)
-    cfg = RunConfig(
-        run_dir=str(run_dir), scenario_path=str(Path(args.scenario).resolve()),
-        scenario_overrides=dict(sc.overrides), schedule_path=str(Path(sched_path).resolve()),
-        variant=variant.name, iterations=args.iterations or sc.training.iterations,
-        time_scale=args.time_scale or sc.training.time_scale,
-        emulate_compute=not args.no_emulate_compute, emulate_links=not args.no_emulate_links,
-        peers=peers, local_nodes=tuple(nodes), data_nodes=sched.allocation[0],
-        epoch=time.time(), seed=sc.training.seed if args.seed is None else args.seed,
-        peer_timeout_s=args.peer_timeout, connect_timeout_s=DEFAULT_CONNECT_TIMEOUT_S,
-        save_checkpoint=args.checkpoint, failures=tuple(parse_failures(args.fail, sc)),
-        dump_gradients=args.dump_gradients, stand_in_model=args.stand_in_model)
-    timeout = args.timeout or (TIMEOUT_SLACK_S + TIMEOUT_FACTOR * cfg.iterations * predicted * cfg.time_scale)
-    say(f"run {run_dir}: nodes {nodes.start}..{nodes.stop - 1} of {sc.name} ({len(sc.nodes)} nodes), "
-        f"{args.setting}, {cfg.iterations} iterations, {sc.pipeline.samples_per_microbatch} samples "
-        f"per microbatch, time scale {cfg.time_scale:g}")
-    result = launch.run(cfg, nodes, predicted, timeout, say)
-    say(launch.summary(result.iterations))
-    if args.gantt:
-        from ..runtime.report import measured_vs_predicted_gantt
-        measured_vs_predicted_gantt(cfg, sched, sc, args.gantt)
-        say(f"gantt: {args.gantt}")
-    return result.exit_code
+    from ..runtime.start import RunOptions, run_command
+    from ..util.options import options_from
+    return run_command(options_from(RunOptions, args), lambda line: print(line, flush=True))

@@ -7,9 +7,13 @@ from pathlib import Path
 from ..schedule import VARIANTS, load_schedule
 from ..sim.simulate import SimResult, simulate
 from ..timeline import chrome_trace, gantt_png, write_jsonl
+from ..util.tables import format_table
 
 HELP = "simulate a schedule's variants: iteration time, busy/idle/waiting, Gantt and traces"
 BASELINE = "baseline"
+SUMMARY_HEADER = ("variant", "order", "iteration_s", "makespan_s", "predicted_s", "busy", "idle",
+                  "waiting", "vs baseline")
+NODE_HEADER = ("node", "stage", "ops", "busy_s", "averaging_s", "waiting_s", "idle_s")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,20 +44,19 @@ def run(args: argparse.Namespace) -> int:
     mode = "first come first served" if args.fcfs else "planned order where present"
     print(f"schedule {args.schedule} (scenario {sched.scenario_name}, {mode})")
     predicted = {n: sched.variants[n].predicted for n in names}
-    print(format_table(summary_rows(results, base, predicted)))
+    print(format_table(SUMMARY_HEADER, summary_rows(results, base, predicted)))
     if args.per_node:
         for name, r in results.items():
             print(f"\n{name}:")
-            print(format_table(node_rows(r)))
+            print(format_table(NODE_HEADER, node_rows(r)))
     _write_outputs(args, results)
     return 0
 
 
 def summary_rows(results: dict[str, SimResult], base: SimResult | None,
                  predicted: dict[str, dict[str, float]]) -> list[list[str]]:
-    """Header + one row per variant: times in seconds, mean fractions over nodes."""
-    rows = [["variant", "order", "iteration_s", "makespan_s", "predicted_s", "busy", "idle",
-             "waiting", "vs baseline"]]
+    """One row per variant (SUMMARY_HEADER): times in seconds, mean fractions over nodes."""
+    rows = []
     for name, r in results.items():
         pred = predicted.get(name, {}).get("iteration_s")
         ratio = f"{r.iteration_s / base.iteration_s:.3f}" if base and base.iteration_s > 0 else "-"
@@ -65,18 +68,12 @@ def summary_rows(results: dict[str, SimResult], base: SimResult | None,
 
 
 def node_rows(r: SimResult) -> list[list[str]]:
-    """Header + one row per node of one result (seconds)."""
-    rows = [["node", "stage", "ops", "busy_s", "averaging_s", "waiting_s", "idle_s"]]
+    """One row per node of one result (NODE_HEADER), seconds."""
+    rows = []
     for s in r.per_node:
         rows.append([str(s.node), str(s.stage), str(s.n_ops), f"{s.busy_s:.3f}",
                      f"{s.averaging_s:.3f}", f"{s.waiting_s:.3f}", f"{s.idle_s:.3f}"])
     return rows
-
-
-def format_table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
 
 
 def _write_outputs(args: argparse.Namespace, results: dict[str, SimResult]) -> None:

@@ -16,12 +16,11 @@ import time
 from collections import Counter
 from typing import Sequence
 
-import numpy as np
-
 from ..scenario import Scenario
-from ..schedule import Hop, MicrobatchPath, Provenance, VariantSchedule, stage_visit_cap
+from ..schedule import Hop, MicrobatchPath, Provenance, VariantSchedule
 from .allocation import Allocation, check_allocation, stages_of
-from .paths import PlanningError, microbatch_ids, stage_sequences
+from .paths import microbatch_ids
+from .random_paths import random_stage_paths
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +52,14 @@ def baseline_variant(scenario: Scenario, allocation: AllocationLike) -> VariantS
 def random_variant(scenario: Scenario, allocation: AllocationLike, seed: int) -> VariantSchedule:
     """Network-blind random skipping (variant "random"), reproducible from `seed`.
 
-    Stage sequences are drawn one microbatch at a time, uniformly among the CC3-valid ones
-    (`paths.stage_sequences`) that keep every non-first stage within TC1's even share
-    (`schedule.stage_visit_cap`) and leave the remaining microbatches a feasible draw. Each
-    stage's visits then go to its nodes in a random order with loads within 1."""
+    Stage sequences come from `random_paths.random_stage_paths` (CC3-valid, within TC1's
+    even share per stage). Each stage's visits then go to its nodes in a random order with
+    loads within 1."""
     started = time.monotonic()
     stages = _checked(scenario, allocation)
     rng = random.Random(seed)
     ids = microbatch_ids(stages, scenario)
-    sequences = _draw_sequences(scenario, len(ids), rng)
+    sequences = random_stage_paths(scenario, len(ids), rng)
     visits = Counter(stage for seq in sequences for stage in seq[1:])
     deal = {stage: _balanced_deal(stages[stage], visits[stage], rng) for stage in visits}
     paths = []
@@ -78,38 +76,6 @@ def _checked(scenario: Scenario, allocation: AllocationLike) -> tuple[tuple[int,
     stages = stages_of(allocation)
     check_allocation(scenario, stages)
     return stages
-
-
-def _draw_sequences(scenario: Scenario, count: int, rng: random.Random) -> list[tuple[int, ...]]:
-    """`count` stage sequences under TC1's per-stage cap, each uniform among those that keep
-    the rest drawable.
-
-    With r[s] visits left to stage s and R microbatches still to draw, each needing k-1
-    distinct stages, a draw exists (ignoring CC3) iff sum_s min(r[s], R) >= R (k-1): the
-    max-flow min-cut bound of microbatches -> stages. Every pick keeps that true; CC3 can
-    still rule out what remains in exotic settings, which raises PlanningError."""
-    options = stage_sequences(scenario)
-    if not options:
-        raise PlanningError(f"{scenario.source}: no stage sequence of length "
-                            f"{scenario.pipeline.path_length} satisfies CC3")
-    n_stages, need = scenario.pipeline.n_stages, scenario.pipeline.path_length - 1
-    uses = np.zeros((len(options), n_stages), dtype=np.int64)
-    for row, seq in enumerate(options):
-        uses[row, list(seq[1:])] = 1
-    left = np.full(n_stages, stage_visit_cap(scenario, count), dtype=np.int64)
-    left[0] = 0  # stage 0 is every path's origin, never a visit
-    drawn = []
-    for remaining in range(count - 1, -1, -1):  # microbatches still to draw after this one
-        after = left[None, :] - uses
-        ok = (after >= 0).all(axis=1) & (np.minimum(after, remaining).sum(axis=1) >= remaining * need)
-        choices = np.flatnonzero(ok)
-        if not len(choices):
-            raise PlanningError(f"{scenario.source}: cannot spread {count} random paths evenly "
-                                f"over the stages under CC3")
-        pick = choices[rng.randrange(len(choices))]
-        left -= uses[pick]
-        drawn.append(options[pick])
-    return drawn
 
 
 def _balanced_deal(nodes: Sequence[int], visits: int, rng: random.Random) -> list[int]:

@@ -5,6 +5,9 @@ through one live node of every stage that still has one (a stage with no live no
 over, as SkipPipe's paths allow), each node runs its stage's layers without gradients, and the
 origin scores the returning activations. The result must agree with single-process evaluation
 with the same stages omitted (evaluate.py), which `python -m skippipe infer` prints beside it.
+
+`compare_perplexity` is that command: `distributed_perplexity` starts the live nodes (each runs
+`node_main`), `local_perplexity` evaluates the checkpoint in this process.
 """
 from __future__ import annotations
 
@@ -21,15 +24,17 @@ import torch
 from ..train.data import prepare_data, validation_batches
 from ..errors import SkipPipeError
 from ..train.model import STAGE_FILE, Stage, build_stage, load_stage_state, read_checkpoint_info
-from .node import NodeFailure, device_for, pack_path, unpack_path
-from .runconfig import RunConfig
 from ..schedule import load_schedule
+from ..util.devices import device_for
+from .node import NodeFailure, pack_path, unpack_path
+from .runconfig import RunConfig, load_config
 from .transport import Transport, TransportError
 from .wire import Kind, Message
 
 log = logging.getLogger(__name__)
 
 TAG_HOP, TAG_PATH_LO, TAG_PATH_HI = 0, 2, 3  # as in node.py's data messages
+RUN_TIMEOUT_S = 600.0  # the whole distributed inference
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,6 @@ class InferenceNode:
 
 
 def node_main(config_path: str, node_id: int, plan_path: str) -> int:
-    from .runconfig import load_config
     cfg = load_config(config_path)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -164,4 +168,68 @@ def node_main(config_path: str, node_id: int, plan_path: str) -> int:
         return 1
     if result is not None:
         Path(plan_path).with_suffix(".result.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The `infer` command: start the live nodes, compare with single-process evaluation.
+
+def parse_failed(text: str, n_nodes: int) -> set[int]:
+    """'4,5' -> {4, 5}, each a node of the run."""
+    try:
+        failed = {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        raise SkipPipeError(f"--failed {text!r}: expected comma-separated node ids") from None
+    bad = sorted(n for n in failed if not 0 <= n < n_nodes)
+    if bad:
+        raise SkipPipeError(f"--failed: node {bad[0]} is not in the run (0..{n_nodes - 1})")
+    return failed
+
+
+def distributed_perplexity(run_dir: Path, failed: set[int], max_batches: int, samples: int = 0) -> dict:
+    """Start the live nodes of `run_dir` for inference and return the origin's result."""
+    from .launch import Launcher  # the launcher plans schedules (OR-Tools): not for every node
+
+    cfg = load_config(run_dir / "config.json")
+    if not (run_dir / "checkpoint" / "checkpoint.json").is_file():
+        raise SkipPipeError(f"{run_dir}: no checkpoint (train with --checkpoint)")
+    sched, sc = load_schedule(cfg.schedule_path)
+    p = plan(sched.allocation, failed, samples or sc.pipeline.samples_per_microbatch, max_batches, len(sc.nodes))
+    tag = "-".join(map(str, sorted(failed))) or "none"
+    plan_path = run_dir / f"infer-failed-{tag}.json"
+    plan_path.write_text(json.dumps(asdict(p)))
+    launcher = Launcher(cfg, p.live, command=("infer-node",), extra=(str(plan_path),))
+    try:
+        launcher.start()
+        if not launcher.wait(RUN_TIMEOUT_S) or launcher.failed():
+            raise SkipPipeError(f"inference nodes failed or timed out; see {run_dir}/node-N-infer-node.log")
+    finally:
+        launcher.stop()
+    return json.loads(plan_path.with_suffix(".result.json").read_text())
+
+
+def local_perplexity(run_dir: Path, omitted, max_batches: int, samples: int) -> float:
+    """Single-process perplexity of the run's checkpoint with `omitted` stages left out."""
+    from ..train.evaluate import perplexity
+    from ..train.model import load_checkpoint
+
+    info, stages = load_checkpoint(run_dir / "checkpoint", "cpu")
+    data = prepare_data(None, info.model.vocab_size)
+    batches = validation_batches(data.validation, samples, info.model.ctx_tokens, max_batches)
+    return perplexity(stages, batches, tuple(omitted)).perplexity
+
+
+def compare_perplexity(run_dir: str | Path, failed: str, max_batches: int, samples: int = 0,
+                       say=print) -> int:
+    """Perplexity through the live nodes of `run_dir` (nodes `failed` down) beside the
+    single-process figure with the same stages omitted; prints both."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.json")
+    down = parse_failed(failed, len(cfg.peers))
+    result = distributed_perplexity(run_dir, down, max_batches, samples)
+    local = local_perplexity(run_dir, result["omitted_stages"], max_batches, result["samples"])
+    say(f"failed nodes {sorted(down) or 'none'}: path {result['path']}, stages omitted "
+        f"{result['omitted_stages'] or 'none'}")
+    say(f"perplexity through live nodes {result['perplexity']:.4f} | single process, same stages "
+        f"omitted {local:.4f} | relative difference {abs(result['perplexity'] / local - 1):.2e}")
     return 0

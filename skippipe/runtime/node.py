@@ -48,7 +48,7 @@ from .recovery import live_variant, repair_path
 from .runconfig import EventWriter, RunConfig, events_dir
 from ..scenario import ModelConfig, load_scenario
 from ..schedule import Hop, MicrobatchPath, load_schedule
-from ..train.local import TrainConfig, clip_stage, learning_rate, make_optimizer
+from ..train.optim import TrainConfig, clip_stage, learning_rate, make_optimizer
 from .transport import Transport, TransportError
 from .wire import Kind, Message
 

@@ -12,7 +12,7 @@ API:
 - `perplexity(stages, batches, omitted=()) -> Perplexity`
 - `omission_subsets(n_stages, seed) -> list[tuple[int, ...]]` (all subsets when S <= 8)
 - `sweep(stages, batches, subsets) -> list[Perplexity]`, `summarize(results) -> list[FractionSummary]`
-- `format_table(summaries) -> str`, `plot_sweep({label: results}, png_path) -> Path`
+- `sweep_table(summaries) -> str`, `plot_sweep({label: results}, png_path) -> Path`
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import torch
 
 from ..errors import SkipPipeError
 from .model import Stage, check_path, path_token_nll
+from ..util.tables import format_table
 
 SWEEP_EXHAUSTIVE_MAX_STAGES = 8  # S up to this: every subset of the non-first stages
 SWEEP_SAMPLES_PER_SIZE = 8  # beyond: this many seeded subsets per omitted count
@@ -151,14 +152,12 @@ def summarize(results: Sequence[Perplexity]) -> list[FractionSummary]:
     return out
 
 
-def format_table(summaries: Sequence[FractionSummary]) -> str:
+def sweep_table(summaries: Sequence[FractionSummary]) -> str:
     """A plain-text table: omitted count, fraction, mean/min/max perplexity, subsets."""
-    lines = [f"{'omitted':>7} {'fraction':>8} {'mean ppl':>10} {'min ppl':>10} {'max ppl':>10} "
-             f"{'subsets':>7}"]
-    for s in summaries:
-        lines.append(f"{s.omitted_count:>7} {s.fraction:>8.2f} {s.mean_perplexity:>10.2f} "
-                     f"{s.min_perplexity:>10.2f} {s.max_perplexity:>10.2f} {s.subsets:>7}")
-    return "\n".join(lines)
+    rows = [(s.omitted_count, s.fraction, s.mean_perplexity, s.min_perplexity, s.max_perplexity,
+             s.subsets) for s in summaries]
+    return format_table(("omitted", "fraction", "mean ppl", "min ppl", "max ppl", "subsets"), rows,
+                        ("d", ".2f", ".2f", ".2f", ".2f", "d"), align=">" * 6)
 
 
 def plot_sweep(curves: Mapping[str, Sequence[Perplexity]], path: str | Path,

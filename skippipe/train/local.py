@@ -10,22 +10,23 @@ are left untouched by that step.
 
 Paths (tuples of stage ids, stage 0 first) come from:
 - `baseline_paths(n_stages, n_microbatches)`: every stage in order;
-- `balanced_skip_paths(scenario, n_microbatches, seed)`: network-blind random skip paths of
-  length k that obey the schedule rules (CC1-CC3 and TC1's even visits);
+- `local_paths(scenario, "random", seed)`: network-blind random skip paths of length k that
+  obey the schedule rules (CC1-CC3 and TC1's even visits), from the planner's one generator
+  (`planner.random_paths.random_stage_paths`);
 - `schedule_paths(variant_schedule)`: the paths of one variant of a planner schedule.
 
 `train(model_cfg, n_stages, paths, data, cfg, run)` runs the loop, logs progress, writes
-`metrics.jsonl` (one JSON event a line) and per-stage checkpoints under `run.run_dir`.
+`metrics.jsonl` (one JSON event a line) and per-stage checkpoints under `run.run_dir`. The
+optimiser, learning-rate schedule and clipping are the runtime's too (optim.py).
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,38 +34,14 @@ import torch
 from .data import TokenData, training_batches
 from ..errors import SkipPipeError
 from .model import CheckpointInfo, Stage, build_stages, check_path, forward_path, save_checkpoint
+from .optim import TrainConfig, clip_stage, learning_rate, make_optimizer, set_learning_rate
 from ..scenario import ModelConfig, Scenario
 
 log = logging.getLogger(__name__)
 
 StagePath = tuple[int, ...]  # stage ids of one microbatch's path, stage 0 first
-SWAP_PROBABILITY = 0.5  # random variant: chance that an eligible adjacent pair is swapped
-PATH_ATTEMPTS = 100  # random variant: re-draws allowed before giving up on a CC3-valid plan
-MIN_LR_FRACTION = 0.1  # cosine decay ends at this fraction of the peak learning rate
-ADAMW_BETAS = (0.9, 0.95)  # AdamW moment decay rates (LLaMA's)
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoint"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    iterations: int
-    samples_per_microbatch: int
-    learning_rate: float
-    weight_decay: float
-    grad_clip: float  # max gradient norm per stage; 0 disables clipping
-    seed: int  # model initialisation and data order
-    warmup_iterations: int = 0  # linear learning-rate warm-up
-    cosine_decay: bool = False  # decay to MIN_LR_FRACTION x peak at the last iteration
-    log_every: int = 1  # iterations between progress lines
-    checkpoint_every: int = 0  # iterations between checkpoints; 0: only at the end
-
-    @classmethod
-    def from_scenario(cls, scenario: Scenario, **overrides) -> TrainConfig:
-        t = scenario.training
-        base = cls(t.iterations, scenario.pipeline.samples_per_microbatch, t.learning_rate,
-                   t.weight_decay, t.grad_clip, t.seed)
-        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -109,100 +86,8 @@ def schedule_paths(variant_schedule) -> tuple[StagePath, ...]:
     return tuple(tuple(h.stage for h in p.hops) for p in ordered)
 
 
-def _visit_quotas(n_stages: int, visits: int, rng: random.Random) -> dict[int, int]:
-    """Split `visits` over stages 1..S-1 as evenly as possible (the remainder at random)."""
-    others = list(range(1, n_stages))
-    base, extra = divmod(visits, len(others))
-    lucky = set(rng.sample(others, extra))
-    return {s: base + (s in lucky) for s in others}
-
-
-def _pick_stages(quota: dict[int, int], count: int, rng: random.Random) -> list[int]:
-    """The `count` stages with the most visits left (random tie-break); decrements them."""
-    ranked = sorted(quota, key=lambda s: (-quota[s], rng.random()))
-    chosen = ranked[:count]
-    for s in chosen:
-        quota[s] -= 1
-    return sorted(chosen)
-
-
-def _random_swaps(stages: list[int], max_swaps: int, rng: random.Random) -> list[int]:
-    """Swap some adjacent pairs of consecutive stage numbers (non-overlapping, <= max_swaps)."""
-    out, i, swaps = list(stages), 0, 0
-    while i + 1 < len(out) and swaps < max_swaps:
-        if out[i + 1] == out[i] + 1 and rng.random() < SWAP_PROBABILITY:
-            out[i], out[i + 1] = out[i + 1], out[i]
-            swaps += 1
-            i += 2
-        else:
-            i += 1
-    return out
-
-
-def _skip_plan(scenario: Scenario, n_microbatches: int, rng: random.Random) -> list[StagePath] | None:
-    """One draw of skip paths; None when a path breaks CC3 even without swaps."""
-    from ..schedule import cc3_problem
-
-    p = scenario.pipeline
-    quota = _visit_quotas(p.n_stages, n_microbatches * (p.path_length - 1), rng)
-    paths = []
-    for _ in range(n_microbatches):
-        plain = [0, *_pick_stages(quota, p.path_length - 1, rng)]
-        if cc3_problem(tuple(plain), scenario) is not None:
-            return None
-        swapped = [0, *_random_swaps(plain[1:], p.max_swaps, rng)]
-        paths.append(tuple(swapped if cc3_problem(tuple(swapped), scenario) is None else plain))
-    return paths
-
-
-def balanced_skip_paths(scenario: Scenario, n_microbatches: int, seed: int) -> tuple[StagePath, ...]:
-    """Seeded network-blind skip paths of length k = pipeline.path_length.
-
-    Each path is stage 0 then k-1 distinct other stages in increasing order, with some adjacent
-    pairs of consecutive stages swapped (CC3); the other stages are visited equally often (each
-    floor or ceil of n_microbatches*(k-1)/(S-1), TC1).
-    """
-    rng = random.Random(seed)
-    for _ in range(PATH_ATTEMPTS):
-        plan = _skip_plan(scenario, n_microbatches, rng)
-        if plan is not None:
-            return tuple(plan)
-    raise SkipPipeError(f"{scenario.name}: no CC3-valid skip paths of length "
-                        f"{scenario.pipeline.path_length} found in {PATH_ATTEMPTS} draws")
-
-
 # ----------------------------------------------------------------------------------------------
-# Optimisation.
-
-def make_optimizer(stages: Sequence[Stage], cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over every stage; weight decay on matrices only (not on norm gains)."""
-    params = [p for s in stages for p in s.parameters()]
-    decay = [p for p in params if p.dim() >= 2]
-    keep = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": keep, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=ADAMW_BETAS)
-
-
-def learning_rate(iteration: int, cfg: TrainConfig) -> float:
-    """Learning rate of the 0-based `iteration`: linear warm-up, then constant or cosine decay."""
-    if iteration < cfg.warmup_iterations:
-        return cfg.learning_rate * (iteration + 1) / cfg.warmup_iterations
-    if not cfg.cosine_decay:
-        return cfg.learning_rate
-    span = max(1, cfg.iterations - cfg.warmup_iterations - 1)
-    progress = min(1.0, (iteration - cfg.warmup_iterations) / span)
-    floor = MIN_LR_FRACTION * cfg.learning_rate
-    return floor + (cfg.learning_rate - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def clip_stage(stage: torch.nn.Module, grad_clip: float) -> float:
-    """Clip one stage's gradient norm to `grad_clip` (0: no clipping); returns the norm before."""
-    params = [p for p in stage.parameters() if p.grad is not None]
-    if not params:
-        return 0.0
-    return float(torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf))
-
+# One iteration.
 
 def train_iteration(stages: Sequence[Stage], optimizer: torch.optim.Optimizer,
                     paths: Sequence[StagePath], batches: Iterator[torch.Tensor],
@@ -297,8 +182,7 @@ def train(model_cfg: ModelConfig, n_stages: int, paths: Sequence[Sequence[int]],
 def _timed_iteration(stages, optimizer, paths, batches, cfg: TrainConfig, it: int,
                      tokens: int) -> IterationStats:
     lr = learning_rate(it, cfg)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
+    set_learning_rate(optimizer, lr)
     start = time.perf_counter()
     loss, norm = train_iteration(stages, optimizer, paths, batches, cfg.grad_clip)
     seconds = time.perf_counter() - start
@@ -306,9 +190,8 @@ def _timed_iteration(stages, optimizer, paths, batches, cfg: TrainConfig, it: in
 
 
 # ----------------------------------------------------------------------------------------------
-# Where paths and run directories come from.
+# Where paths come from.
 
-RUNS_DIR = Path(__file__).resolve().parents[2] / "runs"  # default parent of run directories
 LOCAL_VARIANTS = ("baseline", "random")  # variants available without a schedule file
 
 
@@ -318,12 +201,15 @@ def microbatches_per_iteration(scenario: Scenario) -> int:
 
 
 def local_paths(scenario: Scenario, variant: str, seed: int) -> tuple[StagePath, ...]:
-    """Paths of `baseline` (full pipelines) or `random` (balanced_skip_paths) without a schedule."""
+    """Paths of `baseline` (full pipelines) or `random` (the planner's random stage sequences,
+    drawn from `seed`) without a schedule."""
     n = microbatches_per_iteration(scenario)
     if variant == "baseline":
         return baseline_paths(scenario.pipeline.n_stages, n)
     if variant == "random":
-        return balanced_skip_paths(scenario, n, seed)
+        from ..planner.random_paths import random_stage_paths
+
+        return tuple(random_stage_paths(scenario, n, seed))
     raise SkipPipeError(f"variant {variant!r} needs a schedule file (without one: "
                         f"{', '.join(LOCAL_VARIANTS)})")
 
@@ -345,15 +231,3 @@ def resolve_paths(source: str | Path, variant: str,
     scenario = load_scenario(source)
     return scenario, local_paths(scenario, variant, scenario.training.seed if seed is None else seed)
 
-
-def new_run_dir(name: str, parent: Path = RUNS_DIR) -> Path:
-    """A fresh `runs/<name>-<YYYYmmdd-HHMMSS>[-n]` directory (created)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in range(PATH_ATTEMPTS):
-        path = parent / (f"{name}-{stamp}" + (f"-{n}" if n else ""))
-        try:
-            path.mkdir(parents=True)
-            return path
-        except FileExistsError:
-            continue
-    raise SkipPipeError(f"cannot create a fresh run directory for {name} under {parent}")

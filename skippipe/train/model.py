@@ -16,8 +16,7 @@ A microbatch following the path `(0, a, b, ...)` is computed as
 
 Public API (used by train_local, evaluate and the distributed runtime):
 
-- `pick_device() -> torch.device`: CUDA when available, else CPU; `resolve_device(name)`
-  validates a user's `--device`.
+- Devices come from `util.devices` (`pick_device()`: CUDA when available, else CPU).
 - `layer_range(model_cfg, stage, n_stages) -> range`: global layer ids of a stage.
 - `Stage(model_cfg, stage, n_stages)`: `embed(tokens[B,T]) -> h[B,T,d]` (stage 0),
   `run_layers(h) -> h`, `logits(h) -> [B,T,vocab]` (stage 0), `token_nll(h, targets) -> [B,T]`
@@ -50,6 +49,7 @@ from torch import nn
 
 from ..errors import SkipPipeError
 from ..scenario import ModelConfig
+from ..util.devices import pick_device  # measure/ imports it from here too
 
 ROPE_BASE = 10000.0  # rotary embedding base frequency (LLaMA default)
 RMS_NORM_EPS = 1e-5  # added to the mean square before the reciprocal square root
@@ -62,24 +62,6 @@ _RESIDUAL_OUTPUTS = ("attn.wo.weight", "mlp.w_down.weight")  # scaled by 1/sqrt(
 
 class PathError(SkipPipeError):
     """A microbatch path that does not start at stage 0 or repeats / names unknown stages."""
-
-
-def pick_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """`pick_device()` for None, else the named device; unknown or unavailable -> SkipPipeError."""
-    if name is None:
-        return pick_device()
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SkipPipeError(f"unknown device {name!r} (use cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SkipPipeError(f"device {name!r} requested but CUDA is not available")
-    return device
 
 
 def layers_per_stage(model_cfg: ModelConfig, n_stages: int) -> int:

@@ -1,1 +1,3 @@
-"""Plumbing shared by the commands, the runtime and measurement: processes, ports, tables."""
+"""Plumbing every command shares, one copy each: run directories (`rundir`), ports (`ports`),
+peer tables (`peers`), child processes (`procs`), text tables (`tables`), torch devices
+(`devices`)."""

@@ -1,14 +1,70 @@
-"""Stopping the child processes a command started: each runs in its own session, so its whole
-process group is signalled, and nothing is ever killed by name."""
+"""Child processes a command starts: each in its own session, watched by polling, stopped by
+PID (SIGTERM to its session, SIGKILL after a grace period). Nothing is ever killed by name.
+
+`Children` owns one command's children keyed by node id; `wait_until` is the one poll loop
+(a condition, a deadline and something to do on every tick)."""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this
+POLL_S = 0.2  # default pause between looks at the children
+
+
+class Children:
+    """Processes started by this one, keyed by node id (or any other key)."""
+
+    def __init__(self) -> None:
+        self.procs: dict[int, subprocess.Popen] = {}
+
+    def start(self, key: int, argv: Sequence[str], log_path: str | Path | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start `argv` in a new session, stdout and stderr to `log_path` (else inherited),
+        stdin closed, unbuffered Python output."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        log = open(log_path, "wb") if log_path is not None else None
+        try:
+            self.procs[key] = subprocess.Popen(
+                list(argv), stdout=log, stderr=subprocess.STDOUT if log else None,
+                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+        finally:
+            if log is not None:
+                log.close()  # the child holds its own copy
+        return self.procs[key]
+
+    def running(self) -> list[int]:
+        return [k for k, p in self.procs.items() if p.poll() is None]
+
+    def failed(self, expected: Iterable[int] = ()) -> dict[int, int]:
+        """Children that exited non-zero, except the `expected` ones: key -> exit code."""
+        expected = set(expected)
+        return {k: p.returncode for k, p in self.procs.items()
+                if p.poll() not in (None, 0) and k not in expected}
+
+    def pids(self) -> dict[int, int]:
+        return {k: p.pid for k, p in self.procs.items()}
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        stop_sessions(self.procs.values(), grace_s)
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float, poll_s: float = POLL_S,
+               tick: Callable[[], None] | None = None) -> bool:
+    """Poll `done` (calling `tick` before each pause) until it holds: True, or False at the
+    deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        if tick is not None:
+            tick()
+        time.sleep(poll_s)
+    return True
 
 
 def stop_sessions(procs: Iterable[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:

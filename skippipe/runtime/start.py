@@ -1,0 +1,162 @@
+"""What `./run.sh FIRST LAST SETTING MB` does before and around the launcher: from the run
+command's options to a RunConfig (scenario, schedule, data caches, peers, free ports, run
+directory), then the launched run and its summary; and `--rejoin` into a running training."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import SkipPipeError
+from ..planning import PlanOptions, build_schedule
+from ..scenario import Scenario, load_scenario
+from ..schedule import ScheduleError, VariantSchedule, load_schedule, save_schedule
+from ..util.peers import Peers, load_peers, local_peers
+from ..util.ports import check_ports
+from ..util.rundir import new_run_dir, shown
+from . import launch
+from .runconfig import RunConfig, load_config
+
+CONNECT_TIMEOUT_S = 60.0  # wall seconds for every peer to come up
+TIMEOUT_FACTOR = 20.0  # the whole run may take this many times its predicted duration ...
+TIMEOUT_SLACK_S = 120.0  # ... plus this (start-up, tokenizer training on first use)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """The run command's options (commands/run.py documents each)."""
+    first: int
+    last: int
+    setting: str  # variant to train along
+    mb: int  # samples per microbatch; 0: the scenario's
+    scenario: str
+    host: str
+    base_port: int
+    runs: str
+    plan_time_limit: float
+    peer_timeout: float
+    schedule: str | None = None
+    iterations: int | None = None
+    time_scale: float | None = None
+    no_emulate_compute: bool = False
+    no_emulate_links: bool = False
+    peers: str | None = None
+    seed: int | None = None
+    fail: Sequence[str] = ()  # failure specs (faults.py)
+    checkpoint: bool = False
+    stand_in_model: str = ""
+    gantt: str | None = None
+    timeout: float | None = None
+    rejoin: str | None = None
+    dump_gradients: bool = False
+
+
+def run_command(opts: RunOptions, say=print) -> int:
+    """Train (or rejoin) as the options say; the exit code."""
+    if opts.rejoin:
+        return rejoin(opts, say)
+    return train(opts, say)
+
+
+def train(opts: RunOptions, say=print) -> int:
+    """Start this host's nodes, follow them to the end, print the summary (and a Gantt chart)."""
+    from ..sim.simulate import simulate
+
+    sc = scenario_for(opts.scenario, opts.mb or None)
+    nodes = check_range(opts.first, opts.last, sc)
+    sched_path = ensure_schedule(sc, opts.setting, opts.schedule, opts.plan_time_limit, say)
+    sched, _ = load_schedule(sched_path, sc)
+    variant = sched.variant(opts.setting)
+    predicted = simulate(sched, opts.setting, sc).iteration_s
+    _prepare_data(sc, opts.stand_in_model, say)
+    peers = _peers(opts, len(sc.nodes))
+    check_ports(peers, nodes)
+    cfg = _config(opts, sc, Path(sched_path), variant, sched.allocation[0], peers, nodes)
+    timeout = opts.timeout or (TIMEOUT_SLACK_S + TIMEOUT_FACTOR * cfg.iterations * predicted * cfg.time_scale)
+    say(f"run {shown(cfg.run_dir)}: nodes {nodes.start}..{nodes.stop - 1} of {sc.name} ({len(sc.nodes)} nodes), "
+        f"{opts.setting}, {cfg.iterations} iterations, {sc.pipeline.samples_per_microbatch} samples "
+        f"per microbatch, time scale {cfg.time_scale:g}")
+    result = launch.run(cfg, nodes, predicted, timeout, say)
+    say(launch.summary(result.iterations))
+    if opts.gantt:
+        from .report import measured_vs_predicted_gantt
+        measured_vs_predicted_gantt(cfg, sched, sc, opts.gantt)
+        say(f"gantt: {opts.gantt}")
+    return result.exit_code
+
+
+def rejoin(opts: RunOptions, say=print) -> int:
+    """Restart nodes first..last-1 into the running training of `opts.rejoin`."""
+    cfg = load_config(Path(opts.rejoin) / "config.json")
+    sc = load_scenario(cfg.scenario_path, cfg.scenario_overrides)
+    return launch.rejoin(cfg, check_range(opts.first, opts.last, sc),
+                         opts.timeout or TIMEOUT_SLACK_S + cfg.connect_timeout_s, say)
+
+
+def _config(opts: RunOptions, sc: Scenario, sched_path: Path, variant: VariantSchedule,
+            data_nodes: tuple[int, ...], peers: Peers, nodes: range) -> RunConfig:
+    from .faults import parse_failures
+
+    return RunConfig(
+        run_dir=str(new_run_dir(opts.setting, opts.runs)),
+        scenario_path=str(Path(opts.scenario).resolve()),
+        scenario_overrides=dict(sc.overrides), schedule_path=str(sched_path.resolve()),
+        variant=variant.name, iterations=opts.iterations or sc.training.iterations,
+        time_scale=opts.time_scale or sc.training.time_scale,
+        emulate_compute=not opts.no_emulate_compute, emulate_links=not opts.no_emulate_links,
+        peers=peers, local_nodes=tuple(nodes), data_nodes=data_nodes,
+        epoch=time.time(), seed=sc.training.seed if opts.seed is None else opts.seed,
+        peer_timeout_s=opts.peer_timeout, connect_timeout_s=CONNECT_TIMEOUT_S,
+        save_checkpoint=opts.checkpoint, failures=tuple(parse_failures(list(opts.fail), sc)),
+        dump_gradients=opts.dump_gradients, stand_in_model=opts.stand_in_model)
+
+
+def _peers(opts: RunOptions, n_nodes: int) -> Peers:
+    if opts.peers:
+        return load_peers(opts.peers, n_nodes)
+    return local_peers(range(n_nodes), opts.host, opts.base_port)
+
+
+def _prepare_data(sc: Scenario, stand_in_model: str, say) -> None:
+    """Build the corpus and tokenizer caches once, before the data nodes all want them."""
+    from ..train.data import prepare_data
+    from .node import stand_in
+    vocab = stand_in(sc.model, stand_in_model).vocab_size
+    say(f"preparing the built-in corpus and a {vocab}-token tokenizer (cached after the first run)")
+    prepare_data(None, vocab)
+
+
+def scenario_for(settings: str, samples_per_microbatch: int | None) -> Scenario:
+    sc = load_scenario(settings)
+    if samples_per_microbatch and samples_per_microbatch != sc.pipeline.samples_per_microbatch:
+        sc = load_scenario(settings, {"pipeline.samples_per_microbatch": samples_per_microbatch})
+    return sc
+
+
+def ensure_schedule(sc: Scenario, variant: str, path: str | None, plan_time_limit_s: float,
+                    say=print) -> Path:
+    """The schedule for this scenario: the given file, the cached one, or a freshly built one."""
+    if path:
+        load_schedule(path, sc)
+        return Path(path)
+    suffix = "" if not sc.overrides else f"-mb{sc.pipeline.samples_per_microbatch}"
+    cached = Path("schedules") / f"{sc.name}{suffix}.json"
+    if cached.is_file():
+        try:
+            sched, _ = load_schedule(cached, sc)
+            if variant in sched.variants and "baseline" in sched.variants:
+                return cached
+        except ScheduleError as e:
+            say(f"re-planning: {e}")
+    say(f"building schedule {cached} (ca-partial time limit {plan_time_limit_s:g} s)")
+    sched = build_schedule(sc, PlanOptions(time_limit_s=plan_time_limit_s), progress=say)
+    save_schedule(sched, cached)
+    return cached
+
+
+def check_range(first: int, last: int, sc: Scenario) -> range:
+    n = len(sc.nodes)
+    if not 0 <= first < last <= n:
+        raise SkipPipeError(f"node range {first}..{last - 1} is outside the scenario's nodes 0..{n - 1}")
+    return range(first, last)

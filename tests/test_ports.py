@@ -1,0 +1,69 @@
+"""util/ports.py: free ports, free ranges, and the pre-flight check of a node table."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from skippipe.errors import SkipPipeError
+from skippipe.util.ports import LOOPBACK, check_ports, free_port, free_port_range, port_free
+from skippipe.util.procs import wait_until
+
+TIME_WAIT = "06"  # TCP state code in /proc/net/tcp
+
+
+def _in_time_wait(port: int) -> bool:
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return any(int(r[1].split(":")[1], 16) == port and r[3] == TIME_WAIT for r in rows)
+
+
+def _leave_in_time_wait(port: int) -> None:
+    """One connection to `port` that the listening side closes first, so its end of the
+    connection (local port `port`) sits in TIME_WAIT after everything is closed."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((LOOPBACK, port))
+        listener.listen()
+        client = socket.create_connection((LOOPBACK, port))
+        served, _ = listener.accept()
+        served.close()  # the active close: this end goes to TIME_WAIT
+        client.recv(1)  # the FIN arrived
+        client.close()
+
+
+def test_a_port_left_in_time_wait_passes_the_check():
+    port = free_port()
+    _leave_in_time_wait(port)
+    assert wait_until(lambda: _in_time_wait(port), timeout_s=5, poll_s=0.01)
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind((LOOPBACK, port))  # what a check without SO_REUSEADDR would have tripped on
+    assert port_free(LOOPBACK, port)
+    check_ports({0: (LOOPBACK, port)}, [0])
+
+
+def test_a_listening_port_is_busy():
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert not port_free(LOOPBACK, port)
+        with pytest.raises(SkipPipeError, match=f"port {LOOPBACK}:{port} for node 2 is not free"):
+            check_ports({1: (LOOPBACK, free_port()), 2: (LOOPBACK, port)}, [1, 2])
+
+
+def test_a_udp_bound_port_is_busy():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOOPBACK, 0))
+        assert not port_free(LOOPBACK, s.getsockname()[1])
+
+
+def test_free_range_is_free_and_differs_between_calls():
+    base = free_port_range(6, seed=1)
+    assert all(port_free(LOOPBACK, base + i) for i in range(6))
+    bases = {free_port_range(6, seed=1) for _ in range(5)}
+    assert len(bases) > 1  # the clock is mixed in: concurrent callers spread out
+    started = time.monotonic()
+    free_port_range(20)
+    assert time.monotonic() - started < 5
