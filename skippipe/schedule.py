@@ -239,6 +239,8 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
     prov = {k: val for k, val in v.get("provenance", {"solver": "none"}).items() if k != "gap"}
     limits = {_int(e["node"]): None if e["limit"] is None else _int(e["limit"])
               for e in v.get("activation_limits", [])}
+    if any(lim is not None and lim < 1 for lim in limits.values()):
+        raise ScheduleError(f"variant {name}: an activation limit must be at least 1 (or null)")
     if v.get("backward", "fused") not in ("fused", "split"):
         raise ScheduleError(f"variant {name}: backward {v['backward']!r} is not fused or split")
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
@@ -475,9 +477,8 @@ def planned_makespan(v: VariantSchedule, costs: Costs) -> float:
     """Independent recomputation of the makespan: the last backward end at a data node (the
     weight gradient's too when the backward is split)."""
     times = op_end_times(v, costs)
-    last = OpKind.W if v.split_backward else OpKind.B
-    return max(max(times[Op(OpKind.B, p.microbatch, 0)][1], times[Op(last, p.microbatch, 0)][1])
-               for p in v.paths)
+    kinds = (OpKind.B, OpKind.W) if v.split_backward else (OpKind.B,)
+    return max(times[Op(kind, p.microbatch, 0)][1] for p in v.paths for kind in kinds)
 
 
 def _check_times(v: VariantSchedule, costs: Costs) -> list[Violation]:

@@ -117,3 +117,19 @@ def test_validator_holds_a_family_to_its_own_rule(tiny_scenario):
     tight = dataclasses.replace(v, activation_limits={**v.activation_limits, node: 1})
     found = violations(Schedule(sc.name, sc.content_hash, sc.source, alloc, {"1f1b": tight}), sc)
     assert {x.rule for x in found} == {"TC1"}
+
+
+def test_malformed_memory_and_backward_fields_are_one_error(tiny_scenario):
+    from skippipe.schedule import ScheduleError
+    sc = tiny_scenario
+    alloc = ((0, 1), (2, 3), (4,), (5,))
+    v = family_variant("zb-h1", sc, alloc)
+    d = to_dict(Schedule(sc.name, sc.content_hash, sc.source, alloc, {"zb-h1": v}))
+    assert d["variants"]["zb-h1"]["backward"] == "split"
+    d["variants"]["zb-h1"]["activation_limits"][0]["limit"] = 0
+    with pytest.raises(ScheduleError, match="at least 1"):
+        from_dict(d)
+    d["variants"]["zb-h1"]["activation_limits"][0]["limit"] = None
+    d["variants"]["zb-h1"]["backward"] = "halved"
+    with pytest.raises(ScheduleError, match="not fused or split"):
+        from_dict(d)

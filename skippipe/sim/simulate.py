@@ -18,7 +18,8 @@ Semantics (shared with the CP-SAT planner and the distributed runtime):
   cannot start. Each node's peak is reported.
 * A split backward: B (input gradient) hands its output on as above and makes W (weight
   gradient) ready on its own node at once; W's result goes nowhere (the optimizer step).
-* Every microbatch's F at hop 0 is ready at t = 0 at its origin.
+* Every microbatch's F at hop 0 is ready at t = 0 at its origin. A message that arrives at the
+  instant a node becomes free (a zero-latency link) is in before the node picks its next op.
 * Each stage averages its gradients for `Costs.averaging_s` as soon as all of its nodes have
   finished all their operations; the iteration ends when the last stage's averaging ends.
 
