@@ -2,6 +2,8 @@
 
 forward on node n   = compute_s_per_sample_per_layer[n] x layers_per_stage x samples
 backward            = backward_factor x forward
+  split backward    = B (input gradient) (1 - weight_grad_share) x backward, then W (weight
+                      gradient) weight_grad_share x backward
 loss at the origin  = loss_factor x forward
 link i -> j         = latency + bytes / bandwidth + per_hop_overhead  (same location: local link)
 averaging in stage  = ring all-reduce over the stage's slowest link of its parameter bytes
@@ -34,15 +36,26 @@ class Costs:
         return (n.compute_s_per_sample_per_layer * self.scenario.layers_per_stage
                 * self.scenario.pipeline.samples_per_microbatch)
 
-    def backward_s(self, node: int) -> float:
-        return self.scenario.costs.backward_factor * self.forward_s(node)
+    def backward_s(self, node: int, split: bool = False) -> float:
+        """The fused backward; `split`: its input-gradient part B only."""
+        c = self.scenario.costs
+        share = 1.0 - c.weight_grad_share if split else 1.0
+        return share * c.backward_factor * self.forward_s(node)
+
+    def weight_grad_s(self, node: int) -> float:
+        """W of a split backward: the weight-gradient part of the backward."""
+        c = self.scenario.costs
+        return c.weight_grad_share * c.backward_factor * self.forward_s(node)
 
     def loss_s(self, node: int) -> float:
         return self.scenario.costs.loss_factor * self.forward_s(node)
 
-    def op_s(self, kind: str, node: int) -> float:
-        """Duration of one operation: kind 'F' (forward), 'L' (loss) or 'B' (backward)."""
-        return {"F": self.forward_s, "L": self.loss_s, "B": self.backward_s}[kind](node)
+    def op_s(self, kind: str, node: int, split: bool = False) -> float:
+        """Duration of one operation: kind 'F' (forward), 'L' (loss), 'B' (backward: the input
+        gradient only when `split`) or 'W' (weight gradient of a split backward)."""
+        if kind == "B":
+            return self.backward_s(node, split)
+        return {"F": self.forward_s, "L": self.loss_s, "W": self.weight_grad_s}[kind](node)
 
     def serialization_s(self, src: int, dst: int, nbytes: int | None = None) -> float:
         """Time the directed link src -> dst is busy sending one message."""

@@ -7,7 +7,14 @@ else a message), stamped with its arrival time. A node runs one operation at a t
 - otherwise first come first served: the earliest arrival first; among ops that arrived at the
   same time, backward before loss before forward (backward frees memory), then the lower
   microbatch, then the lower hop.
-A forward needs one of the node's `slots` (TC1); the backward at the same hop frees it.
+A forward needs one of the node's `slots` (TC1): the scenario's memory slots, or the variant's
+own limit (schedule.VariantSchedule.memory_slots; None: unlimited); the backward at the same hop
+frees it (W when the variant splits the backward). `peak` counts the most activations held.
+
+Planners may let some kinds *float* (`floating`): in planned mode such an op is not waited for
+in the list but runs as soon as it has arrived and the node is free. The schedule families use
+it once, in a dry run that places each loss at its origin (planner/families.py); what they
+store, and what nodes run, is a strict list.
 
 The simulator stamps arrivals with simulated time, the runtime with its monotonic clock; both
 ask `next_op()` whenever the node is free, so a node given the same arrivals picks the same
@@ -18,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .ops import Op, frees_slot, takes_slot
+from .ops import Op, OpKind, frees_slot, takes_slot
 
 
 def fcfs_key(op: Op, arrived_s: float) -> tuple:
@@ -31,19 +38,23 @@ class Dispatcher:
     """One node's operations for one iteration."""
 
     ops: list[Op]  # the node's action list (its run order when planned)
-    slots: int  # memory slots (TC1)
+    slots: int | None  # activations it may hold (TC1); None: unlimited
     planned: bool  # follow `ops` strictly in order
+    split: bool = False  # the variant splits the backward: W frees the slot
+    floating: frozenset[OpKind] = frozenset()  # planned mode: kinds run as soon as arrived
     arrived: dict[Op, float] = field(default_factory=dict)  # op -> arrival time, until started
     finished: set[Op] = field(default_factory=set)
     running: Op | None = None
     held: list[Op] = field(default_factory=list)  # forwards holding a slot
+    peak: int = 0  # most activations held at once so far
 
     def __post_init__(self) -> None:
         self.ops = [Op(o.kind, o.microbatch, o.hop) for o in self.ops]  # identity only
         self._todo = set(self.ops)
         if len(self._todo) != len(self.ops):
             raise ValueError("a node's action list names an operation twice")
-        self._cursor = 0  # planned mode: index of the next op in `ops`
+        self._sequence = [op for op in self.ops if op.kind not in self.floating]
+        self._cursor = 0  # planned mode: index of the next op in `_sequence`
 
     @property
     def done(self) -> bool:
@@ -63,37 +74,46 @@ class Dispatcher:
         if self.running is not None:
             return None
         if self.planned:
-            op = self.ops[self._cursor] if self._cursor < len(self.ops) else None
+            floating = [op for op in self.arrived if op.kind in self.floating and self._can_start(op)]
+            if floating:
+                return min(floating, key=lambda op: fcfs_key(op, self.arrived[op]))
+            op = self.next_planned()
             return op if op is not None and self._can_start(op) else None
         ready = [op for op in self.arrived if self._can_start(op)]
         return min(ready, key=lambda op: fcfs_key(op, self.arrived[op]), default=None)
 
     def next_planned(self) -> Op | None:
         """Planned mode: the op the node waits for (started or not), for messages and stats."""
-        return self.ops[self._cursor] if self.planned and self._cursor < len(self.ops) else None
+        if not self.planned or self._cursor >= len(self._sequence):
+            return None
+        return self._sequence[self._cursor]
+
+    def memory_full(self) -> bool:
+        return self.slots is not None and len(self.held) >= self.slots
 
     def blocked_on_memory(self) -> bool:
         """True when an arrived forward waits only for a memory slot."""
-        return len(self.held) >= self.slots and any(takes_slot(op) for op in self.arrived)
+        return self.memory_full() and any(takes_slot(op) for op in self.arrived)
 
     def _can_start(self, op: Op) -> bool:
-        return op in self.arrived and (not takes_slot(op) or len(self.held) < self.slots)
+        return op in self.arrived and not (takes_slot(op) and self.memory_full())
 
     def start(self, op: Op) -> None:
         assert self.running is None and self._can_start(op), op
         self.running = op
         self._todo.discard(op)
         del self.arrived[op]
-        if self.planned:
+        if self.planned and op.kind not in self.floating:
             self._cursor += 1
         if takes_slot(op):
             self.held.append(op)
+            self.peak = max(self.peak, len(self.held))
 
     def finish(self, op: Op) -> None:
         assert self.running == op, (self.running, op)
         self.running = None
         self.finished.add(op)
-        freed = frees_slot(op)
+        freed = frees_slot(op, self.split)
         if freed in self.held:
             self.held.remove(freed)
 

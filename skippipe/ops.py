@@ -6,8 +6,14 @@ forward at every hop, the loss at its origin, backward in reverse. An `Op` names
 its loss) and parses back. A planned start time may ride along (`start_s`) without changing
 which op it is: two `Op`s are equal when kind, microbatch and hop are.
 
-Memory (rule TC1): a forward takes one of its node's activation slots when it starts; the
-backward at the same hop frees it when it ends.
+The backward may be *split* (zero-bubble pipelining, Qi et al. 2024): B then computes only the
+input gradient, which is sent on at once, and W (same microbatch and hop, same node) computes the
+weight gradient later from the graph B retained. W is a side branch off the chain: nothing waits
+for it but the end of the iteration. A variant's backward is either fused or split throughout.
+
+Memory (rule TC1): a forward takes one of its node's activation slots when it starts; the last
+backward op at the same hop frees it when it ends: B when fused, W when split (W still needs
+the layer inputs B kept).
 
 This is the only module that defines the chain; everything else asks it.
 """
@@ -22,19 +28,21 @@ from typing import Iterable, Protocol, Sequence
 class OpKind(str, Enum):
     F = "F"  # forward through the node's stage
     L = "L"  # LM head + loss at the origin (then the loss gradient starts the backward)
-    B = "B"  # backward through the node's stage
+    B = "B"  # backward through the node's stage (input gradient only when the backward is split)
+    W = "W"  # weight gradient of the node's stage (split backward only)
 
     @property
     def rank(self) -> int:
-        """Tie-break when ops arrive together: backward first (it frees memory), then loss."""
+        """Tie-break when ops arrive together: backward first (it frees memory), then loss;
+        the weight gradient last (nothing waits for it)."""
         return _RANK[self]
 
     def __str__(self) -> str:
         return self.value
 
 
-_RANK = {OpKind.B: 0, OpKind.L: 1, OpKind.F: 2}
-_TEXT = re.compile(r"^([FLB])(\d+)(?:\.(\d+))?$")
+_RANK = {OpKind.B: 0, OpKind.L: 1, OpKind.F: 2, OpKind.W: 3}
+_TEXT = re.compile(r"^([FLBW])(\d+)(?:\.(\d+))?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,7 @@ class Op:
         """The inverse of str(): 'F3.1', 'L3', 'B3.0'. Raises ValueError on anything else."""
         m = _TEXT.match(text.strip())
         if m is None or (m[1] == "L") != (m[3] is None):
-            raise ValueError(f"not an operation: {text!r} (expected e.g. F3.1, L3, B3.0)")
+            raise ValueError(f"not an operation: {text!r} (expected e.g. F3.1, L3, B3.0, W3.0)")
         return cls(OpKind(m[1]), int(m[2]), int(m[3] or 0))
 
     def at(self, start_s: float | None) -> Op:
@@ -84,6 +92,10 @@ def B(microbatch: int, hop: int) -> Op:
     return Op(OpKind.B, microbatch, hop)
 
 
+def W(microbatch: int, hop: int) -> Op:
+    return Op(OpKind.W, microbatch, hop)
+
+
 class PathLike(Protocol):
     """What the chain needs of a path: its microbatch and its hops' nodes (nodes[0] = origin)."""
 
@@ -99,13 +111,21 @@ def chain(k: int) -> tuple[tuple[OpKind, int], ...]:
             + tuple((OpKind.B, h) for h in reversed(range(k))))
 
 
-def op_chain(microbatch: int, k: int) -> tuple[Op, ...]:
-    """Every op of one microbatch with a k-hop path, in run order."""
-    return tuple(Op(kind, microbatch, hop) for kind, hop in chain(k))
+def op_chain(microbatch: int, k: int, split: bool = False) -> tuple[Op, ...]:
+    """Every op of one microbatch with a k-hop path, in run order (split: W right after B)."""
+    out = []
+    for kind, hop in chain(k):
+        out.append(Op(kind, microbatch, hop))
+        if split and kind is OpKind.B:
+            out.append(W(microbatch, hop))
+    return tuple(out)
 
 
 def next_op(op: Op, k: int) -> Op | None:
-    """The op after `op` on its microbatch (k hops), or None after B0."""
+    """The op after `op` on its microbatch's chain (k hops): where its output is sent. None
+    after B0 and after W (a side branch)."""
+    if op.kind is OpKind.W:
+        return None
     if op.kind is OpKind.F:
         return F(op.microbatch, op.hop + 1) if op.hop + 1 < k else L(op.microbatch)
     if op.kind is OpKind.L:
@@ -113,8 +133,15 @@ def next_op(op: Op, k: int) -> Op | None:
     return B(op.microbatch, op.hop - 1) if op.hop > 0 else None
 
 
+def local_next(op: Op, split: bool) -> Op | None:
+    """The op `op` enables on its own node besides the chain: W after B when split."""
+    return W(op.microbatch, op.hop) if split and op.kind is OpKind.B else None
+
+
 def prev_op(op: Op, k: int) -> Op | None:
-    """The op before `op` on its microbatch (k hops), or None for F0."""
+    """The op whose output `op` needs (k hops), or None for F0; W needs its B."""
+    if op.kind is OpKind.W:
+        return B(op.microbatch, op.hop)
     if op.kind is OpKind.F:
         return F(op.microbatch, op.hop - 1) if op.hop > 0 else None
     if op.kind is OpKind.L:
@@ -127,12 +154,12 @@ def node_of(op: Op, nodes: Sequence[int]) -> int:
     return nodes[0] if op.kind is OpKind.L else nodes[op.hop]
 
 
-def node_ops(paths: Iterable[PathLike]) -> dict[int, list[Op]]:
+def node_ops(paths: Iterable[PathLike], split: bool = False) -> dict[int, list[Op]]:
     """Every op of every path, by the node that runs it, each node's in chain order per path."""
     out: dict[int, list[Op]] = {}
     for p in paths:
         nodes = p.nodes
-        for op in op_chain(p.microbatch, len(nodes)):
+        for op in op_chain(p.microbatch, len(nodes), split):
             out.setdefault(node_of(op, nodes), []).append(op)
     return out
 
@@ -142,6 +169,6 @@ def takes_slot(op: Op) -> bool:
     return op.kind is OpKind.F
 
 
-def frees_slot(op: Op) -> Op | None:
-    """TC1: the forward whose slot ends when `op` ends, or None."""
-    return F(op.microbatch, op.hop) if op.kind is OpKind.B else None
+def frees_slot(op: Op, split: bool = False) -> Op | None:
+    """TC1: the forward whose slot ends when `op` ends, or None (B when fused, W when split)."""
+    return F(op.microbatch, op.hop) if op.kind is (OpKind.W if split else OpKind.B) else None

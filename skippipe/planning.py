@@ -8,6 +8,7 @@ import os
 import time
 from typing import Callable
 
+from .memory import FAMILIES
 from .scenario import Scenario
 from .schedule import VARIANTS, Schedule, VariantSchedule, validate
 
@@ -26,7 +27,9 @@ class PlanOptions:
 
 def _make_variant(name: str, scenario: Scenario, allocation, opts: PlanOptions,
                   progress: Callable[[str], None] | None) -> VariantSchedule:
-    from .planner import baselines, partial
+    from .planner import baselines, families, partial
+    if name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1 (issue 14)
+        return families.family_variant(name, scenario, allocation)
     if name == "baseline":
         return baselines.baseline_variant(scenario, allocation)
     if name == "random":
@@ -61,7 +64,9 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         sim = simulate(sched, name, scenario)
         variants[name] = dataclasses.replace(
             v, predicted={**v.predicted, "makespan_s": round(sim.makespan_s, 4),
-                          "iteration_s": round(sim.iteration_s, 4)})
+                          "iteration_s": round(sim.iteration_s, 4),
+                          "bubble_share": round(sim.bubble_share, 4),
+                          "peak_activations": max(s.peak_activations for s in sim.per_node)})
     return dataclasses.replace(sched, variants=variants)
 
 
@@ -76,6 +81,7 @@ def summary_rows(sched: Schedule) -> list[dict]:
             "variant": name, "iteration_s": it, "makespan_s": v.predicted.get("makespan_s"),
             "vs_baseline": it / base.predicted["iteration_s"] if base and it else None,
             "bound_s": p.bound, "gap": p.gap, "solve_s": p.wall_s, "status": p.status,
+            "bubble": v.predicted.get("bubble_share"), "peak": v.predicted.get("peak_activations"),
         })
     return rows
 
@@ -84,9 +90,10 @@ def format_table(rows: list[dict]) -> str:
     def f(x, spec):
         return format(x, spec) if x is not None else format("-", f">{spec.split('.')[0]}")
     lines = [f"{'variant':<15} {'iteration s':>11} {'makespan s':>10} {'vs baseline':>11} "
-             f"{'bound s':>8} {'gap':>6} {'solve s':>8}  status"]
+             f"{'bound s':>8} {'gap':>6} {'solve s':>8} {'bubble':>6} {'peak act':>8}  status"]
     for r in rows:
         lines.append(f"{r['variant']:<15} {f(r['iteration_s'], '11.2f')} {f(r['makespan_s'], '10.2f')} "
                      f"{f(r['vs_baseline'], '11.3f')} {f(r['bound_s'], '8.2f')} "
-                     f"{f(r['gap'], '6.1%')} {f(r['solve_s'], '8.1f')}  {r['status']}")
+                     f"{f(r['gap'], '6.1%')} {f(r['solve_s'], '8.1f')} {f(r['bubble'], '6.1%')} "
+                     f"{f(r['peak'], '8.0f')}  {r['status']}")
     return "\n".join(lines)

@@ -66,6 +66,11 @@ class CostConfig:
     backward_factor: float  # backward time = factor x forward time
     loss_factor: float  # loss + LM head at the origin = factor x forward time
     per_hop_overhead_s: float  # fixed cost per message (host<->device copies and similar)
+    # W's share of the backward when a variant splits it (B keeps the rest). Default 0.5: each
+    # linear layer's backward is two matmuls the size of its forward, one for the input
+    # gradient and one for the weight gradient; attention's score products have no weights, so
+    # a measured share sits a little below 0.5 at long contexts.
+    weight_grad_share: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,8 @@ _PIPELINE = {"stage_sizes": list, "path_length": int, "memory_slots": int,
              "microbatches_per_node": int, "samples_per_microbatch": int, "max_swaps": int,
              "max_swap_back_stages": int, "max_swap_distance": int,
              "max_forward_jump_stages": int}
-_COSTS = {"backward_factor": float, "loss_factor": float, "per_hop_overhead_s": float}
+_COSTS = {"backward_factor": float, "loss_factor": float, "per_hop_overhead_s": float,
+          "weight_grad_share": float}
 _TRAINING = {"iterations": int, "learning_rate": float, "grad_clip": float,
              "weight_decay": float, "seed": int, "time_scale": float}
 _NODE_GEN = {"count": int, "locations": list, "compute_factors": list, "memory_slots": list}
@@ -161,7 +167,8 @@ _ZERO_OK = {"per_hop_overhead_s", "weight_decay", "seed", "max_swaps", "max_swap
 _DEFAULTS = {"max_swaps": 2, "max_swap_back_stages": 1, "max_swap_distance": 2,
              "max_forward_jump_stages": 4, "activation_dtype_bytes": 4, "param_dtype_bytes": 4,
              "backward_factor": 1.5, "loss_factor": 0.25, "weight_decay": 0.0, "seed": 0,
-             "time_scale": 1.0, "iterations": 10, "grad_clip": 1.0, "learning_rate": 6e-4}
+             "time_scale": 1.0, "iterations": 10, "grad_clip": 1.0, "learning_rate": 6e-4,
+             "weight_grad_share": CostConfig.weight_grad_share}
 
 
 def _fail(path: Path | str, key: str, why: str) -> ScenarioError:
@@ -337,18 +344,31 @@ def load_scenario(path: str | Path, overrides: dict | None = None) -> Scenario:
     p["stage_sizes"] = _positive_list(path, "pipeline.stage_sizes", p["stage_sizes"], int)
     pipeline = PipelineConfig(**p)
     costs = CostConfig(**_section(path, raw.get("costs", {}), "costs", _COSTS))
+    if costs.weight_grad_share >= 1:
+        raise _fail(path, "costs.weight_grad_share", f"must be below 1 (B keeps the rest of the "
+                    f"backward), got {costs.weight_grad_share}")
     training = TrainingConfig(**_section(path, raw.get("training", {}), "training", _TRAINING))
     network, compute = _load_network(path, raw["network"])
     nodes = _nodes(path, raw, compute, network, pipeline.memory_slots)
     _check_consistency(path, model, pipeline, nodes)
     extra = {k: raw[k] for k in _OPTIONAL_SECTIONS if k in raw}
-    content = {"model": asdict(model), "pipeline": asdict(pipeline), "costs": asdict(costs),
+    content = {"model": asdict(model), "pipeline": asdict(pipeline), "costs": _hashed_costs(costs),
                "training": asdict(training), "network": asdict(network),
                "nodes": [asdict(n) for n in nodes], "extra": extra}
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
     name = raw.get("name", path.stem)
     return Scenario(name, str(path), digest[:16], model, pipeline, costs, training, network,
                     nodes, extra, overrides)
+
+
+def _hashed_costs(costs: CostConfig) -> dict:
+    """[costs] as it enters the content hash. weight_grad_share came later and only matters to
+    split-backward variants: at its default it is left out, so schedules planned before it
+    existed still match their settings."""
+    out = asdict(costs)
+    if costs.weight_grad_share == CostConfig.weight_grad_share:
+        del out["weight_grad_share"]
+    return out
 
 
 def _check_consistency(path, model: ModelConfig, p: PipelineConfig, nodes) -> None:

@@ -21,11 +21,13 @@ from typing import Any, Iterable
 
 from .costs import Costs
 from .errors import SkipPipeError
-from .ops import Op, OpKind, node_ops, op_chain, takes_slot
+from .memory import FAMILIES, family_limits, peak_along
+from .ops import Op, OpKind, frees_slot, node_ops, op_chain, prev_op, takes_slot
 from .scenario import Scenario, load_scenario
 
 SCHEMA_VERSION = 1
-VARIANTS = ("baseline", "random", "non-ca-partial", "ca-partial")
+VARIANTS = ("baseline", "random", "non-ca-partial", "ca-partial", *FAMILIES)
+FULL_PIPELINE = ("baseline", *FAMILIES)  # every path runs every stage along a column
 TIME_TOLERANCE_S = 1e-6  # float slack when comparing planned times
 DISPATCH_RULES = ("planned", "fcfs")  # see dispatch.py
 
@@ -81,6 +83,9 @@ class VariantSchedule:
     predicted: dict[str, float] = field(default_factory=dict)  # makespan_s, iteration_s, ...
     provenance: Provenance = Provenance("none")
     dispatch: str = ""  # "planned" or "fcfs"; empty: "planned" when there is an order
+    # node -> the variant's own activation limit (None: unlimited); others: the scenario's slots
+    activation_limits: dict[int, int | None] = field(default_factory=dict)
+    split_backward: bool = False  # B is the input gradient only; W ops compute weight gradients
 
     def __post_init__(self) -> None:
         if not self.dispatch:
@@ -94,7 +99,13 @@ class VariantSchedule:
         path (the order the dispatch rule starts from)."""
         if self.order is not None:
             return list(self.order.get(node, ()))
-        return node_ops(self.paths).get(node, [])
+        return node_ops(self.paths, self.split_backward).get(node, [])
+
+    def memory_slots(self, node: int, scenario: Scenario) -> int | None:
+        """The activations `node` may hold: the variant's own limit, else the scenario's."""
+        if node in self.activation_limits:
+            return self.activation_limits[node]
+        return scenario.nodes[node].memory_slots
 
     @property
     def planned(self) -> bool:
@@ -157,6 +168,11 @@ def _variant_dict(v: VariantSchedule) -> dict:
         "provenance": {**v.provenance.__dict__, "gap": v.provenance.gap},
         "dispatch": v.dispatch,
     }
+    if v.activation_limits:
+        out["activation_limits"] = [{"node": n, "limit": lim}
+                                    for n, lim in sorted(v.activation_limits.items())]
+    if v.split_backward:
+        out["backward"] = "split"
     if v.order is not None:
         out["order"] = [{"node": n, "ops": [_op_dict(op) for op in ops]}
                         for n, ops in sorted(v.order.items())]
@@ -221,8 +237,15 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
                         for o in entry["ops"])
             order[_int(entry["node"])] = ops
     prov = {k: val for k, val in v.get("provenance", {"solver": "none"}).items() if k != "gap"}
+    limits = {_int(e["node"]): None if e["limit"] is None else _int(e["limit"])
+              for e in v.get("activation_limits", [])}
+    if any(lim is not None and lim < 1 for lim in limits.values()):
+        raise ScheduleError(f"variant {name}: an activation limit must be at least 1 (or null)")
+    if v.get("backward", "fused") not in ("fused", "split"):
+        raise ScheduleError(f"variant {name}: backward {v['backward']!r} is not fused or split")
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
-                           Provenance(**prov), str(v.get("dispatch", "")))
+                           Provenance(**prov), str(v.get("dispatch", "")), limits,
+                           v.get("backward") == "split")
 
 
 def load_schedule(path: str | Path, scenario: Scenario | None = None,
@@ -305,10 +328,11 @@ def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violat
     if out:
         return out
     out += _check_load(v, sc)
-    if v.name == "baseline":
+    if v.name in FULL_PIPELINE:
         out += _check_baseline(s, v)
     if v.order is not None:
         out += _check_order(v)
+        out += _check_activations(v, stage_of, sc) if not out else []
         if not out and v.has_start_times:
             out += _check_times(v, Costs(sc))
     return out
@@ -341,7 +365,7 @@ def _check_path(v: VariantSchedule, p: MicrobatchPath, stage_of: dict[int, int],
             out.append(bad("ALLOC", i, f"node {h.node} does not hold stage {h.stage}"))
         if i > 0 and h.stage == 0:
             out.append(bad("CC1", i, "stage 0 is revisited"))
-    k = sc.pipeline.n_stages if v.name == "baseline" else sc.pipeline.path_length
+    k = sc.pipeline.n_stages if v.name in FULL_PIPELINE else sc.pipeline.path_length
     if len(p.hops) != k:
         out.append(bad("CC2", None, f"visits {len(p.hops)} stages, not {k}"))
     if len(set(p.stages)) != len(p.stages):
@@ -386,7 +410,7 @@ def stage_visit_cap(sc: Scenario, n_microbatches: int) -> int:
 
 
 def _check_load(v: VariantSchedule, sc: Scenario) -> list[Violation]:
-    if v.name == "baseline":
+    if v.name in FULL_PIPELINE:
         return []
     visits = Counter(h.stage for p in v.paths for h in p.hops[1:])
     cap = stage_visit_cap(sc, len(v.paths))
@@ -400,7 +424,7 @@ def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
     for p in v.paths:
         if p.stages != tuple(range(len(s.allocation))):
             out.append(Violation("BASELINE", v.name, p.microbatch, None,
-                                 f"a baseline path runs every stage in order, got {list(p.stages)}"))
+                                 f"a full-pipeline path runs every stage in order, got {list(p.stages)}"))
     loads = Counter(h.node for p in v.paths for h in p.hops[1:])
     for stage, nodes in enumerate(s.allocation[1:], start=1):
         counts = [loads.get(n, 0) for n in nodes]
@@ -411,7 +435,7 @@ def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
 
 
 def _check_order(v: VariantSchedule) -> list[Violation]:
-    want = {n: set(ops) for n, ops in node_ops(v.paths).items()}
+    want = {n: set(ops) for n, ops in node_ops(v.paths, v.split_backward).items()}
     out = []
     for node in sorted(set(want) | set(v.order)):
         got = list(v.order.get(node, ()))
@@ -422,32 +446,53 @@ def _check_order(v: VariantSchedule) -> list[Violation]:
     return out
 
 
+def _check_activations(v: VariantSchedule, stage_of: dict[int, int], sc: Scenario) -> list[Violation]:
+    """TC1 along each action list (memory.peak_along: timing-free), against the variant's limit;
+    a schedule family's limits and order also keep its own rule (memory.family_limits)."""
+    rule = family_limits(v.name, v.paths, stage_of, sc.pipeline.n_stages) if v.name in FAMILIES else {}
+    out = []
+    for node, ops in sorted(v.order.items()):
+        peak, limit = peak_along(ops, v.split_backward), v.memory_slots(node, sc)
+        if limit is not None and peak > limit:
+            out.append(Violation("TC1", v.name, None, None, f"node {node}'s order holds {peak} "
+                                 f"activations at once (limit {limit})"))
+        own = rule.get(node)
+        if own is not None and (peak > own or limit is None or limit > own):
+            out.append(Violation("MEMORY", v.name, None, None, f"node {node} (stage "
+                                 f"{stage_of[node]}) may hold {own} activations under {v.name}'s "
+                                 f"rule; its order holds {peak}, its limit is {limit}"))
+    return out
+
+
 def op_end_times(v: VariantSchedule, costs: Costs) -> dict[Op, tuple[float, float, int]]:
     """op -> (start, end, node) from the planned start times."""
     out = {}
     for node, ops in v.order.items():
         for o in ops:
-            out[o] = (o.start_s, o.start_s + costs.op_s(o.kind, node), node)
+            out[o] = (o.start_s, o.start_s + costs.op_s(o.kind, node, v.split_backward), node)
     return out
 
 
 def planned_makespan(v: VariantSchedule, costs: Costs) -> float:
-    """Independent recomputation of the makespan: the last backward end at a data node."""
+    """Independent recomputation of the makespan: the last backward end at a data node (the
+    weight gradient's too when the backward is split)."""
     times = op_end_times(v, costs)
-    return max(times[Op(OpKind.B, p.microbatch, 0)][1] for p in v.paths)
+    kinds = (OpKind.B, OpKind.W) if v.split_backward else (OpKind.B,)
+    return max(times[Op(kind, p.microbatch, 0)][1] for p in v.paths for kind in kinds)
 
 
 def _check_times(v: VariantSchedule, costs: Costs) -> list[Violation]:
     times = op_end_times(v, costs)
     out = _check_precedence(v, costs, times)
     for node, ops in v.order.items():
-        spans = sorted((o.start_s, o.start_s + costs.op_s(o.kind, node), o) for o in ops)
+        spans = sorted(((o.start_s, o.start_s + costs.op_s(o.kind, node, v.split_backward), o)
+                        for o in ops), key=lambda span: span[:2])  # zero-cost ops may tie
         for (s0, e0, a), (s1, _, b) in zip(spans, spans[1:]):
             if s1 < e0 - TIME_TOLERANCE_S:
                 out.append(Violation("TC2", v.name, b.microbatch, b.hop,
                                      f"{b.kind.value} on node {node} starts at {s1:.3f}s while "
                                      f"{a.kind.value} of microbatch {a.microbatch} runs until {e0:.3f}s"))
-        out += _check_memory(v, node, ops, times, costs.scenario.nodes[node].memory_slots)
+        out += _check_memory(v, node, ops, times, v.memory_slots(node, costs.scenario))
     return out
 
 
@@ -455,8 +500,11 @@ def _check_precedence(v: VariantSchedule, costs: Costs, times) -> list[Violation
     """Each operation starts after the previous one of its microbatch ends plus the link time."""
     out = []
     for p in v.paths:
-        chain = op_chain(p.microbatch, len(p.hops))
-        for a, b in zip(chain, chain[1:]):
+        k = len(p.hops)
+        for b in op_chain(p.microbatch, k, v.split_backward):
+            a = prev_op(b, k)
+            if a is None:
+                continue
             _, end0, n0 = times[a]
             start1, _, n1 = times[b]
             if start1 < end0 + costs.link_s(n0, n1) - TIME_TOLERANCE_S:
@@ -466,13 +514,17 @@ def _check_precedence(v: VariantSchedule, costs: Costs, times) -> list[Violation
     return out
 
 
-def _check_memory(v, node: int, ops, times, slots: int) -> list[Violation]:
-    """TC1: activations held from forward start to backward end; at most `slots` at once."""
+def _check_memory(v, node: int, ops, times, slots: int | None) -> list[Violation]:
+    """TC1: activations held from forward start to the end of the op that frees them (B, or W
+    when split); at most `slots` at once (None: no limit)."""
+    if slots is None:
+        return []
+    freer = {frees_slot(o, v.split_backward): o for o in ops if frees_slot(o, v.split_backward)}
     events = []
     for o in ops:
         if takes_slot(o):
             events.append((o.start_s, 1, o))
-            events.append((times[Op(OpKind.B, o.microbatch, o.hop)][1] - TIME_TOLERANCE_S, -1, o))
+            events.append((times[freer[o]][1] - TIME_TOLERANCE_S, -1, o))
     held = 0
     for t, delta, o in sorted(events, key=lambda e: (e[0], e[1])):
         held += delta

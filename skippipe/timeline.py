@@ -2,7 +2,7 @@
 
 Events (times in seconds from the iteration's start; one JSON object per line):
 
-    {"t": start_s, "node": n, "event": "op", "kind": "F"|"L"|"B"|"AVG",
+    {"t": start_s, "node": n, "event": "op", "kind": "F"|"L"|"B"|"W"|"AVG",
      "microbatch": mb or null, "hop": h or null, "stage": s, "dur": seconds, "iteration": i}
     {"t": send_start_s, "node": src, "event": "send", "dst": d, "microbatch": mb,
      "bytes": b, "arrive": t}
@@ -25,7 +25,7 @@ from .errors import SkipPipeError
 log = logging.getLogger(__name__)
 
 US_PER_S = 1e6  # Chrome trace timestamps are in microseconds
-KIND_COLORS = {"F": "#4c72b0", "L": "#dd8452", "B": "#55a868", "AVG": "#8c8c8c"}
+KIND_COLORS = {"F": "#4c72b0", "L": "#dd8452", "B": "#55a868", "W": "#8172b3", "AVG": "#8c8c8c"}
 OTHER_COLOR = "#c44e52"
 LABEL_MIN_FRACTION = 0.015  # write the microbatch id in bars at least this share of the x range
 BAR_HEIGHT = 0.8  # rows are 1 apart

@@ -3,7 +3,7 @@ import heapq
 
 from skippipe.costs import Costs
 from skippipe.dispatch import Dispatcher
-from skippipe.ops import B, F, L, next_op, node_of
+from skippipe.ops import B, F, L, W, OpKind, next_op, node_of
 from skippipe.schedule import VariantSchedule
 from skippipe.sim.simulate import simulate
 
@@ -123,3 +123,40 @@ def test_simulator_and_runtime_loop_pick_the_same_order():
         assert all(abs(t - starts[op]) < 1e-9 for t, op in got)
         compared += len(ops)
     assert compared == sum(len(ops) for ops in result.order.values()) > 0
+
+
+def test_split_backward_frees_the_slot_at_w_and_limits_may_be_lifted():
+    d = Dispatcher([F(0, 1), F(1, 1), B(0, 1), W(0, 1), B(1, 1), W(1, 1)], slots=1,
+                   planned=False, split=True)
+    for op in (F(0, 1), F(1, 1)):
+        d.arrive(op, 0.0)
+    d.start(F(0, 1))
+    d.finish(F(0, 1))
+    d.arrive(B(0, 1), 1.0)
+    d.start(B(0, 1))
+    d.finish(B(0, 1))
+    assert d.next_op() is None and d.blocked_on_memory()  # B ran, W still holds the slot
+    d.arrive(W(0, 1), 2.0)
+    d.start(W(0, 1))
+    d.finish(W(0, 1))
+    assert d.next_op() == F(1, 1) and d.peak == 1
+    free = Dispatcher([F(0, 1), F(1, 1)], slots=None, planned=False)  # unlimited
+    for op in (F(0, 1), F(1, 1)):
+        free.arrive(op, 0.0)
+        free.start(op)
+        free.finish(op)
+    assert free.peak == 2 and not free.blocked_on_memory()
+
+
+def test_floating_kinds_run_ahead_of_the_planned_list():
+    d = Dispatcher([F(0, 0), F(1, 0), L(0), B(0, 0)], slots=2, planned=True,
+                   floating=frozenset({OpKind.L}))
+    d.arrive(F(0, 0), 0.0)
+    d.arrive(F(1, 0), 0.0)
+    d.start(F(0, 0))
+    d.finish(F(0, 0))
+    d.arrive(L(0), 1.0)  # listed after F(1, 0), but it floats
+    assert d.next_op() == L(0)
+    d.start(L(0))
+    d.finish(L(0))
+    assert d.next_op() == F(1, 0) and d.next_planned() == F(1, 0)

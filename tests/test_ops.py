@@ -1,6 +1,7 @@
 import pytest
 
-from skippipe.ops import B, F, L, Op, OpKind, chain, frees_slot, next_op, node_of, node_ops, op_chain, prev_op, takes_slot
+from skippipe.ops import (B, F, L, W, Op, OpKind, chain, frees_slot, local_next, next_op, node_of, node_ops,
+                          op_chain, prev_op, takes_slot)
 
 from schedules import make_paths
 
@@ -35,3 +36,15 @@ def test_nodes_and_memory():
     assert sorted({o.microbatch for o in by_node[4]}) == [0, 1, 3, 4] and len(by_node[4]) == 8
     assert takes_slot(F(0, 1)) and not takes_slot(B(0, 1)) and frees_slot(B(0, 1)) == F(0, 1)
     assert frees_slot(L(0)) is None
+
+
+def test_split_backward_chain_and_memory():
+    assert str(W(3, 1)) == "W3.1" and Op.parse("W3.1") == W(3, 1)
+    ops = op_chain(7, 2, split=True)
+    assert [str(o) for o in ops] == ["F7.0", "F7.1", "L7", "B7.1", "W7.1", "B7.0", "W7.0"]
+    # W is a side branch: B's output goes on down the chain, W's goes nowhere
+    assert next_op(B(7, 1), 2) == B(7, 0) and next_op(W(7, 1), 2) is None
+    assert local_next(B(7, 1), split=True) == W(7, 1) and local_next(B(7, 1), split=False) is None
+    assert prev_op(W(7, 0), 2) == B(7, 0)
+    assert frees_slot(W(7, 1), split=True) == F(7, 1) and frees_slot(B(7, 1), split=True) is None
+    assert len(node_ops(make_paths(), split=True)[4]) == 12  # + one W per visit

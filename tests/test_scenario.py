@@ -97,3 +97,18 @@ def test_content_hash_tracks_content(tmp_path):
     b = load_scenario(_write(tmp_path, _tiny_text(**{"memory_slots = 2": "memory_slots = 3"})))
     assert a.content_hash != b.content_hash
     assert a.content_hash == load_scenario(SETTINGS / "tiny.toml").content_hash
+
+
+def test_weight_grad_share_splits_the_backward():
+    tiny = SETTINGS / "tiny.toml"
+    sc = load_scenario(tiny)
+    c = Costs(sc)
+    assert c.op_s("B", 0, split=True) + c.op_s("W", 0) == pytest.approx(c.op_s("B", 0))
+    assert c.op_s("W", 0) == pytest.approx(0.5 * c.backward_s(0))  # the default share
+    # at its default the key leaves the content hash alone: older schedules still load
+    assert load_scenario(tiny, {"costs.weight_grad_share": 0.5}).content_hash == sc.content_hash
+    other = load_scenario(tiny, {"costs.weight_grad_share": 0.4})
+    assert other.content_hash != sc.content_hash
+    assert Costs(other).op_s("W", 0) == pytest.approx(0.4 * c.backward_s(0))
+    with pytest.raises(ScenarioError, match="weight_grad_share: must be below 1"):
+        load_scenario(tiny, {"costs.weight_grad_share": 1.0})

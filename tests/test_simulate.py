@@ -348,3 +348,17 @@ def test_command_bad_schedule_is_one_line_exit_2(tmp_path, capsys):
     assert main(["simulate", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
+
+
+def test_split_backward_runs_w_after_b_on_the_same_node():
+    """weight_grad_share 0.5 of a 2 s backward: B 1 s (sent on at once), then W 1 s."""
+    import dataclasses
+    sizes = [1, 1]
+    sched = make_schedule(sizes, [[0, 1]])
+    v = dataclasses.replace(sched.variants["ca-partial"], split_backward=True)
+    sched = dataclasses.replace(sched, variants={"ca-partial": v})
+    r = simulate(sched, "ca-partial", make_scenario(sizes))
+    assert start_of(r, "B", 0, 1) == 3.625 and start_of(r, "W", 0, 1) == 4.625
+    assert start_of(r, "B", 0, 0) == 5.0 and start_of(r, "W", 0, 0) == 6.0  # not after W at 1
+    assert r.makespan_s == r.iteration_s == 7.0
+    assert [s.peak_activations for s in r.per_node] == [1, 1]

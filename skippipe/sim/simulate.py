@@ -12,9 +12,14 @@ Semantics (shared with the CP-SAT planner and the distributed runtime):
   a variant whose dispatch is "planned" (and `use_order`) runs exactly its action lists;
   otherwise first come first served by arrival time, ties: B, then L, then F, then the lower
   microbatch id, then the lower hop.
-* A node has `memory_slots` activation slots: an F takes one when it starts, the B of the same
-  (microbatch, hop) frees it when it ends. An F without a free slot cannot start.
-* Every microbatch's F at hop 0 is ready at t = 0 at its origin.
+* A node has `memory_slots` activation slots (or the variant's own limit, possibly unlimited:
+  VariantSchedule.memory_slots): an F takes one when it starts, the B of the same (microbatch,
+  hop) frees it when it ends (W when the variant splits the backward). An F without a free slot
+  cannot start. Each node's peak is reported.
+* A split backward: B (input gradient) hands its output on as above and makes W (weight
+  gradient) ready on its own node at once; W's result goes nowhere (the optimizer step).
+* Every microbatch's F at hop 0 is ready at t = 0 at its origin. A message that arrives at the
+  instant a node becomes free (a zero-latency link) is in before the node picks its next op.
 * Each stage averages its gradients for `Costs.averaging_s` as soon as all of its nodes have
   finished all their operations; the iteration ends when the last stage's averaging ends.
 
@@ -31,7 +36,7 @@ from ..costs import Costs
 from ..errors import SkipPipeError
 from ..scenario import Scenario
 from ..dispatch import Dispatcher
-from ..ops import B, F, Op, OpKind, next_op, node_of, node_ops
+from ..ops import F, Op, OpKind, local_next, next_op, node_of, node_ops
 from ..schedule import Schedule, VariantSchedule
 
 log = logging.getLogger(__name__)
@@ -59,6 +64,7 @@ class NodeStats:
     waiting_s: float
     idle_s: float
     n_ops: int
+    peak_activations: int = 0  # most activations held at once
 
     def fractions(self, total_s: float) -> dict[str, float]:
         """busy/averaging/waiting/idle as fractions of `total_s` (0 when total_s is 0)."""
@@ -82,6 +88,19 @@ class SimResult:
     # node -> its operations in the order they ran, start_s set: a replayable planned order
     order: dict[int, tuple[Op, ...]] = field(default_factory=dict)
 
+    @property
+    def compute_s(self) -> float:
+        """From the start until the last operation ends (the iteration without averaging)."""
+        return max(self.stage_done_s, default=0.0)
+
+    @property
+    def bubble_share(self) -> float:
+        """Share of node time in [0, compute_s] not spent computing (the pipeline bubble):
+        1 - sum of busy / (nodes x compute_s)."""
+        if not self.per_node or self.compute_s <= 0:
+            return 0.0
+        return 1.0 - sum(s.busy_s for s in self.per_node) / (len(self.per_node) * self.compute_s)
+
     def mean_fraction(self, kind: str) -> float:
         """Mean over nodes of one NodeStats fraction ('busy', 'averaging', 'waiting', 'idle')."""
         if not self.per_node:
@@ -90,11 +109,12 @@ class SimResult:
 
 
 def simulate(schedule: Schedule, variant: str, scenario: Scenario, use_order: bool = True,
-             *, iteration: int = 0) -> SimResult:
-    """Simulate one iteration of `variant`; `iteration` only labels the events.
+             *, iteration: int = 0, floating: frozenset[OpKind] = frozenset()) -> SimResult:
+    """Simulate one iteration of `variant`; `iteration` only labels the events; `floating`
+    kinds run as soon as they arrive in planned mode (dispatch.Dispatcher; planners' dry runs).
 
     Raises SimulationError on a deadlock or an order that does not list each op of a node once."""
-    sim = _Simulation(schedule, schedule.variant(variant), scenario, use_order, iteration)
+    sim = _Simulation(schedule, schedule.variant(variant), scenario, use_order, iteration, floating)
     result = sim.run()
     mode = "planned order" if result.used_order else "fcfs"
     log.debug("simulated %s (%s): iteration %.3f s, makespan %.3f s", variant, mode,
@@ -118,15 +138,17 @@ class _Simulation:
     """Heap-based event loop over op ends and message arrivals (internal; times in seconds)."""
 
     def __init__(self, schedule: Schedule, v: VariantSchedule, scenario: Scenario,
-                 use_order: bool, iteration: int):
+                 use_order: bool, iteration: int, floating: frozenset[OpKind]):
         self.schedule, self.v, self.iteration = schedule, v, iteration
         self.costs = Costs(scenario)
         self.ordered = use_order and v.planned
+        self.split = v.split_backward
         stage_of = schedule.stage_of()
-        wanted = node_ops(v.paths)
+        wanted = node_ops(v.paths, self.split)
         self.state = {n.id: _NodeState(stage_of.get(n.id, -1),
                                        Dispatcher(self._node_order(n.id, wanted.get(n.id, [])),
-                                                  n.memory_slots, self.ordered),
+                                                  v.memory_slots(n.id, scenario), self.ordered,
+                                                  self.split, frozenset(floating)),
                                        len(wanted.get(n.id, ())))
                       for n in scenario.nodes}
         self.heap: list[tuple[float, int, int, int, Op]] = []
@@ -155,6 +177,9 @@ class _Simulation:
         """The next operation of the same microbatch, or None after B at hop 0."""
         return next_op(op, len(self.v.path(op.microbatch).hops))
 
+    def op_s(self, op: Op, node: int) -> float:
+        return self.costs.op_s(op.kind, node, self.split)
+
     # -- event loop -------------------------------------------------------------------------
 
     def run(self) -> SimResult:
@@ -163,12 +188,17 @@ class _Simulation:
         while self.heap:
             batch = self._pop_instant()
             touched: set[int] = set()
-            for _, _, what, node, op in sorted(batch, key=_batch_key):
-                touched.add(node)
-                if what == _END:
-                    touched |= self._finish(node, op)
-                else:
-                    self._arrive(node, op)
+            while batch:
+                for _, _, what, node, op in sorted(batch, key=_batch_key):
+                    touched.add(node)
+                    if what == _END:
+                        touched |= self._finish(node, op)
+                    else:
+                        self._arrive(node, op)
+                # a message on a zero-latency link arrives at this same instant: a node picks
+                # its next op only after it is in
+                same_instant = self.heap and self.heap[0][0] <= self.now + SIMULTANEOUS_S
+                batch = self._pop_instant() if same_instant else []
             for node in sorted(touched):
                 self._dispatch(node)
         if any(st.remaining for st in self.state.values()):
@@ -194,9 +224,12 @@ class _Simulation:
     def _finish(self, node: int, op: Op) -> set[int]:
         """An op ended on `node`: free its slot (B), hand its output on. Returns touched nodes."""
         st = self.state[node]
-        end = self.start_s[op] + self.costs.op_s(op.kind, node)
+        end = self.start_s[op] + self.op_s(op, node)
         st.disp.finish(op)
         st.remaining, st.last_end_s = st.remaining - 1, end
+        local = local_next(op, self.split)
+        if local is not None:  # W: ready on this node as soon as B ends
+            self._arrive(node, local)
         nxt = self.successor(op)
         if nxt is None:
             return set()
@@ -226,7 +259,7 @@ class _Simulation:
             return
         st.disp.start(op)
         self.start_s[op] = self.now
-        dur = self.costs.op_s(op.kind, node)
+        dur = self.op_s(op, node)
         self._push(self.now + dur, _END, node, op)
         self.events.append({"t": self.now, "node": node, "event": "op", "kind": op.kind.value,
                             "microbatch": op.microbatch, "hop": op.hop, "stage": st.stage,
@@ -265,8 +298,9 @@ class _Simulation:
                                     "microbatch": None, "hop": None, "stage": s, "dur": avg[s],
                                     "iteration": self.iteration})
         iteration_s = max((d + a for d, a in zip(done, avg)), default=0.0)
-        makespan_s = max((self.start_s[B(p.microbatch, 0)] + costs.op_s(OpKind.B, p.origin)
-                          for p in self.v.paths), default=0.0)
+        last = (OpKind.B, OpKind.W) if self.split else (OpKind.B,)
+        makespan_s = max((self.start_s[op] + self.op_s(op, p.origin) for p in self.v.paths
+                          for op in (Op(kind, p.microbatch, 0) for kind in last)), default=0.0)
         ops_of: dict[int, list[Op]] = {n: [] for n in self.state}
         for op in self.start_s:
             ops_of[self.node_of(op)].append(op)
@@ -278,14 +312,13 @@ class _Simulation:
 
     def _stats(self, node: int, ops: list[Op], averaging_s: float,
                iteration_s: float) -> NodeStats:
-        busy = sorted((self.start_s[op], self.start_s[op] + self.costs.op_s(op.kind, node))
-                      for op in ops)
+        busy = sorted((self.start_s[op], self.start_s[op] + self.op_s(op, node)) for op in ops)
         pending = [(self.arrival_s[op], self.start_s[op]) for op in ops]
         busy_s = sum(e - s for s, e in busy)
         waiting_s = _waiting_s(pending, busy)
         idle_s = max(0.0, iteration_s - busy_s - averaging_s - waiting_s)
         return NodeStats(node, self.state[node].stage, busy_s, averaging_s, waiting_s, idle_s,
-                         len(ops))
+                         len(ops), self.state[node].disp.peak)
 
     def _run_order(self) -> dict[int, tuple[Op, ...]]:
         by_node: dict[int, list[Op]] = {}

@@ -1,0 +1,74 @@
+"""Activation memory: what a node holds along its action list, and each schedule family's rule.
+
+A forward holds one activation from its start until the op that frees it ends (ops.frees_slot:
+B, or W when the backward is split). Because a node runs one op at a time, what it holds depends
+only on the order of its action list, never on timing: `peak_along` counts it.
+
+The classic schedule families bound memory by *rounds*. Round r of an iteration is every
+column's r-th microbatch (microbatches of one data node, by id); with one column a round is one
+microbatch and the rules are the published ones (reference/schedules.md):
+
+| family | rule at a node of stage i (p stages)                      | one column        |
+|--------|-----------------------------------------------------------|-------------------|
+| naive  | the microbatches of one round                             | 1                 |
+| gpipe  | every microbatch it serves                                | m                 |
+| 1f1b   | the microbatches of p - i consecutive rounds              | p - i             |
+| zb-h1  | the microbatches of p consecutive rounds (W frees them)   | p (1F1B's peak)   |
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Iterable, Sequence
+
+from .ops import Op, PathLike, frees_slot, node_of, op_chain, takes_slot
+
+
+def peak_along(ops: Iterable[Op], split: bool = False) -> int:
+    """The most activations held at once by a node running `ops` in this order."""
+    held, peak = set(), 0
+    for op in ops:
+        if takes_slot(op):
+            held.add(op)
+            peak = max(peak, len(held))
+        held.discard(frees_slot(op, split))
+    return peak
+
+
+def rounds(paths: Iterable[PathLike]) -> dict[int, int]:
+    """microbatch -> its round: its rank among its data node's microbatches (by id)."""
+    by_origin: dict[int, list[int]] = defaultdict(list)
+    for p in paths:
+        by_origin[p.nodes[0]].append(p.microbatch)
+    return {mb: r for mbs in by_origin.values() for r, mb in enumerate(sorted(mbs))}
+
+
+def _window(sizes: Sequence[int], width: int) -> int:
+    """The most microbatches in `width` consecutive rounds."""
+    width = max(1, min(width, len(sizes)))
+    return max(sum(sizes[i:i + width]) for i in range(len(sizes) - width + 1))
+
+
+def _rounds_of(stage: int, n_stages: int) -> dict[str, int | None]:
+    """Consecutive rounds each family may hold at `stage` (None: all of them)."""
+    return {"naive": 1, "gpipe": None, "1f1b": n_stages - stage, "zb-h1": n_stages}
+
+
+FAMILIES = ("naive", "gpipe", "1f1b", "zb-h1")  # the classic schedule families, in table order
+
+
+def family_limits(family: str, paths: Sequence[PathLike], stage_of: dict[int, int],
+                  n_stages: int) -> dict[int, int]:
+    """node -> the most activations `family`'s rule lets it hold (see the module table)."""
+    rnd = rounds(paths)
+    n_rounds = max(rnd.values(), default=-1) + 1
+    visits: dict[int, Counter] = defaultdict(Counter)
+    for p in paths:
+        for op in op_chain(p.microbatch, len(p.nodes)):
+            if takes_slot(op):
+                visits[node_of(op, p.nodes)][rnd[p.microbatch]] += 1
+    out = {}
+    for node, per_round in visits.items():
+        sizes = [per_round.get(r, 0) for r in range(n_rounds)]
+        width = _rounds_of(stage_of[node], n_stages)[family]
+        out[node] = sum(sizes) if width is None else _window(sizes, width)
+    return out
