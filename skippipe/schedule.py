@@ -1,6 +1,8 @@
 """Schedule: the planner's output for one scenario, its JSON form, and the one validator.
 
-A schedule holds the allocation (node -> stage) and, per variant, a path for every microbatch,
+A schedule holds, per variant, its allocation (node -> stage: each variant may use the one that
+suits its objective; `Schedule.allocation` is the baseline's, or the one all share), a path for
+every microbatch,
 optionally each node's operation order with planned start times, the predicted iteration time
 and the solver's provenance. Operations are named (kind, microbatch, hop): kind 'F' forward and
 'B' backward run on hops[hop].node; 'L' (loss) runs at the origin and always has hop 0.
@@ -10,6 +12,7 @@ the baseline's shape) and returns them all; `validate()` raises the first as a S
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,7 +25,7 @@ from .costs import Costs
 from .errors import SkipPipeError
 from .scenario import Scenario, load_scenario
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: an allocation per variant (1 had one allocation for all variants)
 VARIANTS = ("baseline", "random", "non-ca-partial", "ca-partial")
 TIME_TOLERANCE_S = 1e-6  # float slack when comparing planned times
 
@@ -85,6 +88,7 @@ class VariantSchedule:
     order: dict[int, tuple[Op, ...]] | None = None  # node -> its operations in run order
     predicted: dict[str, float] = field(default_factory=dict)  # makespan_s, iteration_s, ...
     provenance: Provenance = Provenance("none")
+    allocation: tuple[tuple[int, ...], ...] | None = None  # stage -> node ids; None: the schedule's
 
     def path(self, microbatch: int) -> MicrobatchPath:
         return self._by_mb()[microbatch]
@@ -107,13 +111,23 @@ class Schedule:
     scenario_name: str
     scenario_hash: str
     scenario_path: str
-    allocation: tuple[tuple[int, ...], ...]  # stage -> node ids
+    allocation: tuple[tuple[int, ...], ...]  # stage -> node ids: the baseline's (or the shared one)
     variants: dict[str, VariantSchedule]
     scenario_overrides: dict = field(default_factory=dict)  # "section.key" -> value
     schema_version: int = SCHEMA_VERSION
 
-    def stage_of(self) -> dict[int, int]:
-        return {n: s for s, nodes in enumerate(self.allocation) for n in nodes}
+    def allocation_of(self, variant: str | None = None) -> tuple[tuple[int, ...], ...]:
+        """The allocation `variant` runs on (the schedule's when it has none of its own)."""
+        own = None if variant is None else self.variant(variant).allocation
+        return self.allocation if own is None else own
+
+    def stage_of(self, variant: str | None = None) -> dict[int, int]:
+        return {n: s for s, nodes in enumerate(self.allocation_of(variant)) for n in nodes}
+
+    def for_variant(self, variant: str) -> Schedule:
+        """This schedule with `allocation` set to `variant`'s: code that reads
+        `schedule.allocation` then sees the allocation the variant runs on."""
+        return dataclasses.replace(self, allocation=self.allocation_of(variant))
 
     def variant(self, name: str) -> VariantSchedule:
         if name not in self.variants:
@@ -141,6 +155,8 @@ def _variant_dict(v: VariantSchedule) -> dict:
         "predicted": dict(v.predicted),
         "provenance": {**v.provenance.__dict__, "gap": v.provenance.gap},
     }
+    if v.allocation is not None:
+        out["allocation"] = {"stages": [list(nodes) for nodes in v.allocation]}
     if v.order is not None:
         out["order"] = [{"node": n, "ops": [_op_dict(op) for op in ops]}
                         for n, ops in sorted(v.order.items())]
@@ -174,15 +190,19 @@ def from_dict(d: Any, where: str = "schedule") -> Schedule:
 
 
 def _from_dict(d: dict) -> Schedule:
-    if d.get("schema_version") != SCHEMA_VERSION:
-        raise ScheduleError(f"schema_version {d.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    version = d.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version < SCHEMA_VERSION:
+        raise ScheduleError(f"schema_version {version} is older than {SCHEMA_VERSION} (one allocation "
+                            f"per variant since 2): re-plan it with create_schedule.py")
+    if version != SCHEMA_VERSION:
+        raise ScheduleError(f"schema_version {version!r} is not {SCHEMA_VERSION}")
     variants = {name: _variant_from(name, v) for name, v in d["variants"].items()}
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ScheduleError(f"unknown variant {sorted(unknown)[0]!r}")
     sc = d["scenario"]
     return Schedule(str(sc["name"]), str(sc["hash"]), str(sc.get("path", "")),
-                    tuple(tuple(_int(n) for n in nodes) for nodes in d["allocation"]["stages"]),
+                    _stages(d["allocation"]),
                     variants, dict(sc.get("overrides", {})))
 
 
@@ -205,8 +225,13 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
                         for o in entry["ops"])
             order[_int(entry["node"])] = ops
     prov = {k: val for k, val in v.get("provenance", {"solver": "none"}).items() if k != "gap"}
+    alloc = v.get("allocation")
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
-                           Provenance(**prov))
+                           Provenance(**prov), None if alloc is None else _stages(alloc))
+
+
+def _stages(alloc: dict) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(_int(n) for n in nodes) for nodes in alloc["stages"])
 
 
 def load_schedule(path: str | Path, scenario: Scenario | None = None,
@@ -263,22 +288,23 @@ def validate(s: Schedule, scenario: Scenario, where: str = "schedule") -> None:
 
 
 def violations(s: Schedule, scenario: Scenario) -> list[Violation]:
-    out = list(_check_allocation(s, scenario))
+    out = list(_check_allocation(s.allocation, "-", scenario))
     if out:
         return out
-    for v in s.variants.values():
-        out += _check_variant(s, v, scenario)
+    for v in s.variants.values():  # each variant is checked against the allocation it runs on
+        bad = [] if v.allocation is None else list(_check_allocation(v.allocation, v.name, scenario))
+        out += bad or _check_variant(s.for_variant(v.name), v, scenario)
     return out
 
 
-def _check_allocation(s: Schedule, scenario: Scenario) -> Iterable[Violation]:
-    sizes = tuple(len(nodes) for nodes in s.allocation)
+def _check_allocation(allocation, variant: str, scenario: Scenario) -> Iterable[Violation]:
+    sizes = tuple(len(nodes) for nodes in allocation)
     if sizes != scenario.pipeline.stage_sizes:
-        yield Violation("ALLOC", "-", None, None,
+        yield Violation("ALLOC", variant, None, None,
                         f"stage sizes {list(sizes)} differ from the scenario's {list(scenario.pipeline.stage_sizes)}")
-    all_nodes = sorted(n for nodes in s.allocation for n in nodes)
+    all_nodes = sorted(n for nodes in allocation for n in nodes)
     if all_nodes != list(range(len(scenario.nodes))):
-        yield Violation("ALLOC", "-", None, None, "allocation must place every node exactly once")
+        yield Violation("ALLOC", variant, None, None, "allocation must place every node exactly once")
 
 
 def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violation]:

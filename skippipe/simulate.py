@@ -95,7 +95,7 @@ def simulate(schedule: Schedule, variant: str, scenario: Scenario, use_order: bo
     """Simulate one iteration of `variant`; `iteration` only labels the events.
 
     Raises SimulationError on a deadlock or an order that does not list each op of a node once."""
-    sim = _Simulation(schedule, schedule.variant(variant), scenario, use_order, iteration)
+    sim = _Simulation(schedule.for_variant(variant), schedule.variant(variant), scenario, use_order, iteration)
     result = sim.run()
     mode = "planned order" if result.used_order else "fcfs"
     log.debug("simulated %s (%s): iteration %.3f s, makespan %.3f s", variant, mode,

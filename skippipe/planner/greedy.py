@@ -55,14 +55,15 @@ def path_limit(data: ModelData) -> int:
     return max(1, min(CANDIDATES_PER_ORIGIN, PLACEMENT_BUDGET // per_path))
 
 
-def candidate_paths(data: ModelData, origin: int) -> list[tuple[int, ...]]:
+def candidate_paths(data: ModelData, origin: int, limit: int | None = None) -> list[tuple[int, ...]]:
     """Node paths (origin first) over every CC3-valid sequence and the origin's allowed nodes;
     when there are more than `path_limit`, a beam search per sequence (and one per node forced
     into its stage) and then the cheapest (idle round trip) of them, keeping the cheapest of
-    every stage set and PATHS_PER_NODE through every allowed node."""
+    every stage set and PATHS_PER_NODE through every allowed node. `limit` lowers path_limit
+    (the allocation search scores many allocations with a faster greedy)."""
     allowed = data.allowed[origin]
     total = sum(_product_size(allowed, seq) for seq in data.sequences)
-    limit = path_limit(data)
+    limit = path_limit(data) if limit is None else min(limit, path_limit(data))
     if total <= limit:
         return [(origin,) + rest for seq in data.sequences
                 for rest in itertools.product(*(allowed[s] for s in seq[1:]))]
