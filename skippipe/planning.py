@@ -35,6 +35,7 @@ SEARCH_SHARE = 0.25  # for the skip-aware allocation search
 NON_CA_SHARE = 0.15  # for non-ca-partial
 CA_SHARE = 0.45  # for ca-partial (with several workers: also what earlier phases left)
 RESERVE_SHARE = 0.05  # simulation of every variant, validation, writing
+MIN_CA_SHARE = 0.1  # ca-partial's least time when earlier phases overran their shares
 PARTIAL = ("non-ca-partial", "ca-partial")  # the variants planned on the skip-aware allocation
 
 Progress = Callable[[str], None]
@@ -138,7 +139,7 @@ def _budget(name: str, opts: PlanOptions, started: float) -> float:
     if opts.deterministic:
         return CA_SHARE * limit
     left = started + (1 - RESERVE_SHARE) * limit - time.monotonic()
-    return max(CA_SHARE * limit, left) if left > 0 else CA_SHARE * limit
+    return max(left, MIN_CA_SHARE * limit)  # earlier phases overran: the whole limit comes first
 
 
 def _one(scenario: Scenario, allocation, v: VariantSchedule) -> Schedule:

@@ -28,7 +28,8 @@ READY_DEADLINE_S = 120
 @pytest.fixture(scope="module")
 def tiny_schedule(tmp_path_factory):
     sc = load_scenario(TINY)
-    sched = build_schedule(sc, PlanOptions(time_limit_s=5, workers=1))
+    # one allocation for all variants: node.py still reads schedule.allocation (planner-11 report)
+    sched = build_schedule(sc, PlanOptions(time_limit_s=5, workers=1, shared_allocation=True))
     path = tmp_path_factory.mktemp("schedule") / "tiny.json"
     save_schedule(sched, path)
     return path

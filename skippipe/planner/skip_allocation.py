@@ -50,6 +50,7 @@ PLACEMENTS_PER_S = 120_000  # greedy op placements per second on the shared 2-co
 START_SHARE = 0.3  # of the evaluations for starting allocations, the rest for local search
 START_KINDS = ("cluster", "keep", "random")  # starts cycle through these (module docstring)
 STAGE_MOVE_SHARE = 0.2  # of the local moves exchange two whole equal-size stages
+CRITICAL_SHARE = 0.5  # of the node exchanges move a node of the stage that sets the objective
 PROPOSALS_PER_EVALUATION = 20  # proposals pruned by the floor, per evaluation, before giving up
 MIN_EVALUATIONS = 2  # the full-pipeline allocation and at least one other
 
@@ -76,6 +77,7 @@ class _Scorer:
         self.scenario, self.objective = scenario, objective
         self.rules = Rules(objective=objective)
         self.scores: dict[Stages, float] = {}
+        self.critical: dict[Stages, int] = {}  # the stage that sets the greedy plan's objective
         self.evaluations = self.pruned = 0
 
     def score(self, stages: Stages, beat: float = math.inf) -> float:
@@ -91,7 +93,9 @@ class _Scorer:
             limit = SEARCH_PATHS_PER_ORIGIN
             plan = GreedyScheduler(data, 0, candidates={o: candidate_paths(data, o, limit)
                                                         for o in data.origins()}).run()
-            value = plan_values(data, plan)[self.objective] * data.tick_s
+            values = plan_values(data, plan)
+            value = values[self.objective] * data.tick_s
+            self.critical[stages] = _critical_stage(data, values, self.objective)
         except PlanningError:  # TC1 unreachable for the greedy on this allocation
             value = math.inf
         self.scores[stages] = value
@@ -151,7 +155,7 @@ def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "i
             break
     while not spent() and proposals <= PROPOSALS_PER_EVALUATION * evaluations:
         proposals += 1
-        cand = _neighbour(best, rng)
+        cand = _neighbour(best, rng, scorer.critical.get(best))
         value = scorer.score(cand, best_score)
         if value < best_score:
             best, best_score = cand, value
@@ -163,6 +167,14 @@ def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "i
              scorer.evaluations, scorer.pruned, wall)
     return SkipAllocation(best, objective, best_score, first, scorer.evaluations, scorer.pruned,
                           round(wall, 3))
+
+
+def _critical_stage(data, values: dict, objective: str) -> int:
+    """The stage whose end sets the objective: the largest done + averaging (iteration), or the
+    non-first stage that finishes last (makespan: it holds the last microbatches up)."""
+    if objective == "iteration":
+        return max(values["done"], key=lambda s: (values["done"][s] + data.avg[s], s))
+    return max(range(1, len(data.stages)), key=lambda s: (values["done"][s], s))
 
 
 def _normalise(groups) -> Stages:
@@ -193,8 +205,9 @@ def _redeal_rest(scenario: Scenario, stage0, rng: random.Random) -> Stages:
     return _normalise(groups)
 
 
-def _neighbour(stages: Stages, rng: random.Random) -> Stages:
-    """Two nodes of different stages exchanged, or (STAGE_MOVE_SHARE) two equal-size stages."""
+def _neighbour(stages: Stages, rng: random.Random, critical: int | None = None) -> Stages:
+    """Two nodes of different stages exchanged (one of them, with CRITICAL_SHARE, from the stage
+    that sets the objective), or (STAGE_MOVE_SHARE) two equal-size stages."""
     groups = [list(g) for g in stages]
     pairs = [(a, b) for a in range(len(groups)) for b in range(a + 1, len(groups))
              if len(groups[a]) == len(groups[b])]
@@ -203,6 +216,8 @@ def _neighbour(stages: Stages, rng: random.Random) -> Stages:
         groups[a], groups[b] = groups[b], groups[a]
         return _normalise(groups)
     a, b = rng.sample(range(len(groups)), 2)
+    if critical is not None and rng.random() < CRITICAL_SHARE:
+        a, b = critical, rng.choice([s for s in range(len(groups)) if s != critical])
     i, j = rng.randrange(len(groups[a])), rng.randrange(len(groups[b]))
     groups[a][i], groups[b][j] = groups[b][j], groups[a][i]
     return _normalise(groups)
