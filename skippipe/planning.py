@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 DEFAULT_TIME_LIMIT_S = 60.0  # wall budget of the whole build (all four variants on geo-distributed)
 OBJECTIVES = ("iteration", "makespan")  # simulator's iteration time (with averaging) / makespan
 FULL_ALLOCATION_SHARE = 0.1  # of the time limit at most for the full-pipeline allocation
+FULL_ALLOCATION_RESTARTS, FULL_ALLOCATION_RESTARTS_FROM_S = 3, 30.0  # its annealing restarts;
+# one below that limit (geo-distributed: ~0.4 s a restart), so its move budget, not the clock, ends it
 SEARCH_SHARE = 0.25  # for the skip-aware allocation search
 NON_CA_SHARE = 0.15  # for non-ca-partial
 CA_SHARE = 0.45  # for ca-partial (with several workers: also what earlier phases left)
@@ -72,6 +74,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     """Plan every variant in `opts.variants` and attach the simulator's prediction to each."""
     from .planner import baselines, partial
     from .planner.allocation import allocate
+    from .planner.model_data import WALL_SAFETY
     from .simulate import simulate
 
     opts.check()
@@ -82,7 +85,9 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         say(f"[{time.monotonic() - started:6.1f} s] {text}")
 
     line(f"full-pipeline allocation (DT-FM's objective, up to {FULL_ALLOCATION_SHARE * limit:.1f} s) ...")
-    full = allocate(scenario, seed=opts.seed, time_budget_s=FULL_ALLOCATION_SHARE * limit)
+    safety = WALL_SAFETY if opts.deterministic else 1.0  # one worker: move budgets decide
+    full = allocate(scenario, seed=opts.seed, time_budget_s=FULL_ALLOCATION_SHARE * limit * safety,
+                    restarts=FULL_ALLOCATION_RESTARTS if limit >= FULL_ALLOCATION_RESTARTS_FROM_S else 1)
     line(f"full-pipeline allocation (score {full.score_s:.1f} s): " + _fmt_stages(full.stages))
     skip_stages = full.stages
     wanted = [v for v in VARIANTS if v in opts.variants]
@@ -90,7 +95,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         from .planner.skip_allocation import skip_aware_allocation
         line(f"skip-aware allocation search for the {opts.objective} (up to {SEARCH_SHARE * limit:.1f} s) ...")
         found = skip_aware_allocation(scenario, full.stages, opts.objective, SEARCH_SHARE * limit,
-                                      opts.seed, opts.deterministic, line)
+                                      opts.seed, opts.deterministic, line, safety)
         skip_stages = found.stages
         line(f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
              f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): " + _fmt_stages(skip_stages))

@@ -36,7 +36,7 @@ from .allocation import check_allocation, stages_of
 from .bounds import PathBounds
 from .cpsat import PathModel, Rules, SolveResult, solve
 from .model_data import ModelData, TimedPlan, all_sequences, build_data, chain, plan_values
-from .greedy import greedy_plan, relabel_by_start
+from .greedy import GREEDY_VARIANTS, greedy_plan, greedy_seconds, relabel_by_start
 from .lns import improve_paths
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ DEFAULT_TIME_LIMIT_S = 60.0  # CP-SAT budget per variant (the paper's planner to
 FINISH_RESERVE_S = 2.0  # kept from the time limit for CP-SAT's stop, extraction, validation
 # and recomputation (about 1 s on the 40-node scaling scenario on the 2-core dev box) ...
 FINISH_RESERVE_SHARE = 0.2  # ... or this share of a short time limit
+GREEDY_SHARE = 0.3  # of the time limit at most for the first greedy plans (each setting one run)
 RELAX_SHARE = 0.2  # of the time limit at most for the data-node relaxation (bound, greedy guide)
 LNS_SHARE = 0.8  # of the solving time for path LNS; the rest for the full model (polish)
 FULL_MODEL_LNS_ONLY = True  # with several workers the full model only improves the plan (CP-SAT's
@@ -123,7 +124,9 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
     started = time.monotonic() if started is None else started
     deadline = started + time_limit_s
     reserve = min(FINISH_RESERVE_S, FINISH_RESERVE_SHARE * time_limit_s)
-    first = greedy_plan(data, rules.objective)
+    greedy_s = greedy_seconds(data)
+    runs = max(1, min(len(GREEDY_VARIANTS), int(GREEDY_SHARE * time_limit_s / greedy_s)))
+    first = greedy_plan(data, rules.objective, runs=runs)
     say = progress or (lambda line: None)
     say(f"greedy: first feasible plan, objective {_seconds(data, first, rules)}")
     for given in candidates:
@@ -140,7 +143,10 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
             if plan_values(data, guided)[rules.objective] < plan_values(data, first)[rules.objective]:
                 first = guided
     left = deadline - reserve - time.monotonic()
-    total = max(0.0, (1 - RELAX_SHARE) * time_limit_s - reserve if workers == 1 else left)
+    # one worker: the budget follows from the limit and the greedy's estimated (not measured)
+    # time, so the number of LNS steps and CP-SAT's deterministic time reproduce
+    planned = (1 - RELAX_SHARE) * time_limit_s - reserve - (runs + 1) * greedy_s
+    total = max(0.0, planned if workers == 1 else left)
     lns_s, full_s = LNS_SHARE * total, (1 - LNS_SHARE) * total
     best = improve_paths(data, rules, first, lns_s, seed, workers, lower, progress,
                          cap_s=LNS_SHARE * max(0.0, left))
@@ -148,8 +154,9 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
     floor = lower.objective_floor(rules)
     if best_value <= floor:
         return PlanResult(best, "OPTIMAL", best_value, floor)  # the plan meets the proven bound
-    budget = deadline - reserve - time.monotonic()
-    if budget <= 0 or full_s <= 0:
+    budget = full_s if workers == 1 else deadline - reserve - time.monotonic()  # one worker:
+    # the planned time (the machine's speed must not change the plan)
+    if budget <= 0:
         return PlanResult(best, "FEASIBLE: no time left for the full model", best_value, floor)
     model = PathModel(data, rules, upper_bound=best_value, lower=lower)
     model.add_hint(relabel_by_start(data, best))

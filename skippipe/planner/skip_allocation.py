@@ -20,7 +20,7 @@ full-pipeline stage 0; "random"; the other stages dealt at random) are scored an
 kept; then a
 first-improvement local search with random moves (two nodes of different stages, or the node
 sets of two equal-size stages, exchanged). The number of evaluations comes from the budget and
-the greedy's size (op placements / PLACEMENTS_PER_S), not from the clock: with one worker a seed
+the greedy's size (op placements / greedy.PLACEMENTS_PER_S), not from the clock: with one worker a seed
 gives one allocation. The wall clock only stops the search early on a slower machine (warned).
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ..scenario import Scenario
 from .allocation import Stages, random_allocation, stages_of
 from .bounds import PathBounds
 from .cpsat import Rules
-from .greedy import GreedyScheduler, candidate_paths
+from .greedy import PLACEMENTS_PER_S, GreedyScheduler, candidate_paths
 from .model_data import build_data, chain, plan_values
 from .paths import PlanningError
 
@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 
 SEARCH_PATHS_PER_ORIGIN = 300  # candidate paths of the scoring greedy (the planner's uses up to
 # 600): on geo-distributed half the time, objective within ~3% of the full greedy's
-PLACEMENTS_PER_S = 120_000  # greedy op placements per second on the shared 2-core dev box
-# (measured 80k-350k): turns the budget into a fixed number of evaluations
 START_SHARE = 0.3  # of the evaluations for starting allocations, the rest for local search
 START_KINDS = ("cluster", "keep", "random")  # starts cycle through these (module docstring)
 STAGE_MOVE_SHARE = 0.2  # of the local moves exchange two whole equal-size stages
@@ -111,17 +109,18 @@ def evaluation_cost_s(scenario: Scenario, stages: Stages) -> float:
 
 def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "iteration",
                           budget_s: float = 15.0, seed: int = 0, deterministic: bool = True,
-                          progress: Progress | None = None) -> SkipAllocation:
+                          progress: Progress | None = None, wall_safety: float = 1.0) -> SkipAllocation:
     """Search an allocation for the partial variants' `objective` ('iteration' or 'makespan')
     from `start` (the full-pipeline allocation) within about `budget_s` seconds (module
     docstring). `deterministic`: the evaluation count is fixed by the budget (one worker);
-    otherwise the search runs until the wall clock says the budget is spent."""
+    otherwise the search runs until the wall clock says the budget is spent. The wall clock
+    stops a deterministic search only past `wall_safety` times the budget."""
     started = time.monotonic()
     start = stages_of(start)
     say = progress or (lambda line: None)
     scorer, rng = _Scorer(scenario, objective), random.Random(seed)
     evaluations = max(MIN_EVALUATIONS, int(budget_s / evaluation_cost_s(scenario, start)))
-    deadline = started + budget_s
+    deadline = started + budget_s * (wall_safety if deterministic else 1.0)
 
     def spent() -> bool:
         if scorer.evaluations >= evaluations and deterministic:
