@@ -1,5 +1,20 @@
-"""Build a whole schedule for a scenario: allocation, every requested variant, validation, and
-the simulator's predicted iteration time for each (the simulator is the judge of all variants)."""
+"""Build a whole schedule for a scenario: allocations, every requested variant, validation, and
+the simulator's predicted iteration time and makespan for each (the simulator judges them all).
+
+Allocations: the baseline and random (DT-FM with random skipping, network-blind) run on the
+full-pipeline allocation (`planner.allocation.allocate`, DT-FM's objective); the partial variants
+on one searched for their own objective (`planner.skip_allocation`), unless
+`shared_allocation` keeps the full-pipeline one for all, as the paper did.
+
+Budget: `time_limit_s` is for the whole build, split into fixed shares of it (the allocation
+searches, non-ca-partial, ca-partial, and a reserve for simulation and validation), so with one
+worker every phase's work follows from the time limit alone and a seed reproduces. With several
+workers ca-partial also gets whatever the earlier phases left (results vary from run to run).
+
+ca-partial is never worse than non-ca-partial on the same allocation: non-ca-partial's paths in
+the order the simulator ran them are a candidate plan of ca-partial's search, and if the
+simulator still prefers non-ca-partial, ca-partial becomes that replay (same paths, that order).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -14,74 +29,174 @@ from .schedule import VARIANTS, Schedule, VariantSchedule, validate
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIME_LIMIT_S = 60.0  # CP-SAT budget for ca-partial (the paper's planner took ~17 min)
+DEFAULT_TIME_LIMIT_S = 60.0  # wall budget of the whole build (all four variants on geo-distributed)
+OBJECTIVES = ("iteration", "makespan")  # simulator's iteration time (with averaging) / makespan
+FULL_ALLOCATION_SHARE = 0.1  # of the time limit at most for the full-pipeline allocation
+FULL_ALLOCATION_RESTARTS, FULL_ALLOCATION_RESTARTS_FROM_S = 3, 30.0  # its annealing restarts;
+# one below that limit (geo-distributed: ~0.4 s a restart), so its move budget, not the clock, ends it
+SEARCH_SHARE = 0.25  # for the skip-aware allocation search
+NON_CA_SHARE = 0.15  # for non-ca-partial
+CA_SHARE = 0.45  # for ca-partial (with several workers: also what earlier phases left)
+RESERVE_SHARE = 0.05  # simulation of every variant, validation, writing
+MIN_CA_SHARE = 0.1  # ca-partial's least time when earlier phases overran their shares
+PARTIAL = ("non-ca-partial", "ca-partial")  # the variants planned on the skip-aware allocation
+
+Progress = Callable[[str], None]
 
 
 @dataclasses.dataclass(frozen=True)
 class PlanOptions:
     variants: tuple[str, ...] = VARIANTS
     seed: int = 0
-    time_limit_s: float = DEFAULT_TIME_LIMIT_S
+    time_limit_s: float = DEFAULT_TIME_LIMIT_S  # the whole build
     workers: int = max(1, os.cpu_count() or 1)
+    objective: str = "iteration"  # what the partial variants and their allocation minimise
+    shared_allocation: bool = False  # one (full-pipeline) allocation for every variant
 
+    def check(self) -> None:
+        from .planner.paths import PlanningError
+        if self.objective not in OBJECTIVES:
+            raise PlanningError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        if not self.time_limit_s > 0:
+            raise PlanningError(f"time limit {self.time_limit_s} s must be positive")
+        if self.workers < 1:
+            raise PlanningError(f"workers {self.workers} must be at least 1")
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise PlanningError(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
 
-def _make_variant(name: str, scenario: Scenario, allocation, opts: PlanOptions,
-                  progress: Callable[[str], None] | None) -> VariantSchedule:
-    from .planner import baselines, families, partial
-    if name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1 (issue 14)
-        return families.family_variant(name, scenario, allocation)
-    if name == "baseline":
-        return baselines.baseline_variant(scenario, allocation)
-    if name == "random":
-        return baselines.random_variant(scenario, allocation, seed=opts.seed)
-    if name == "non-ca-partial":
-        return partial.non_ca_partial_variant(scenario, allocation, seed=opts.seed)
-    return partial.ca_partial_variant(scenario, allocation, time_limit_s=opts.time_limit_s,
-                                      seed=opts.seed, workers=opts.workers, progress=progress)
+    @property
+    def deterministic(self) -> bool:
+        return self.workers == 1
 
 
 def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
-                   progress: Callable[[str], None] | None = None) -> Schedule:
+                   progress: Progress | None = None) -> Schedule:
     """Plan every variant in `opts.variants` and attach the simulator's prediction to each."""
+    from .planner import baselines, families, partial
     from .planner.allocation import allocate
+    from .planner.model_data import WALL_SAFETY
     from .sim.simulate import simulate
 
+    opts.check()
+    started, limit = time.monotonic(), opts.time_limit_s
     say = progress or log.info
-    alloc = allocate(scenario, seed=opts.seed)
-    say(f"allocation (score {alloc.score_s:.1f} s): "
-        + " | ".join(f"stage {s}: {list(nodes)}" for s, nodes in enumerate(alloc.stages)))
-    variants = {}
-    for name in opts.variants:
-        t0 = time.perf_counter()
-        say(f"planning {name} ...")
-        v = _make_variant(name, scenario, alloc.stages, opts, progress)
-        variants[name] = dataclasses.replace(
-            v, provenance=dataclasses.replace(v.provenance, wall_s=round(time.perf_counter() - t0, 3)))
-    sched = Schedule(scenario.name, scenario.content_hash, scenario.source, alloc.stages, variants,
+
+    def line(text: str) -> None:
+        say(f"[{time.monotonic() - started:6.1f} s] {text}")
+
+    line(f"full-pipeline allocation (DT-FM's objective, up to {FULL_ALLOCATION_SHARE * limit:.1f} s) ...")
+    safety = WALL_SAFETY if opts.deterministic else 1.0  # one worker: move budgets decide
+    full = allocate(scenario, seed=opts.seed, time_budget_s=FULL_ALLOCATION_SHARE * limit * safety,
+                    restarts=FULL_ALLOCATION_RESTARTS if limit >= FULL_ALLOCATION_RESTARTS_FROM_S else 1)
+    line(f"full-pipeline allocation (score {full.score_s:.1f} s): " + _fmt_stages(full.stages))
+    skip_stages = full.stages
+    wanted = [v for v in VARIANTS if v in opts.variants]
+    if not opts.shared_allocation and any(v in PARTIAL for v in wanted):
+        from .planner.skip_allocation import skip_aware_allocation
+        line(f"skip-aware allocation search for the {opts.objective} (up to {SEARCH_SHARE * limit:.1f} s) ...")
+        found = skip_aware_allocation(scenario, full.stages, opts.objective, SEARCH_SHARE * limit,
+                                      opts.seed, opts.deterministic, line, safety)
+        skip_stages = found.stages
+        line(f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
+             f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): " + _fmt_stages(skip_stages))
+    variants: dict[str, VariantSchedule] = {}
+    sims = {}
+    for name in wanted:
+        alloc = skip_stages if name in PARTIAL else full.stages
+        t0 = time.monotonic()
+        if name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1: full pipelines with planned action lists
+            v = families.family_variant(name, scenario, alloc)
+        elif name == "baseline":
+            v = baselines.baseline_variant(scenario, alloc)
+        elif name == "random":
+            v = baselines.random_variant(scenario, alloc, seed=opts.seed)
+        else:
+            budget = _budget(name, opts, started)
+            line(f"planning {name} ({opts.objective}, {budget:.1f} s) ...")
+            maker = partial.non_ca_partial_variant if name == "non-ca-partial" else partial.ca_partial_variant
+            extra = {}
+            if name == "ca-partial" and "non-ca-partial" in sims:
+                extra["candidates"] = [(variants["non-ca-partial"].paths, sims["non-ca-partial"].order)]
+            v = maker(scenario, alloc, time_limit_s=budget, seed=opts.seed, workers=opts.workers,
+                      progress=line, objective=opts.objective, **extra)
+        v = dataclasses.replace(v, allocation=tuple(alloc), provenance=dataclasses.replace(
+            v.provenance, wall_s=round(time.monotonic() - t0, 3)))
+        variants[name] = v
+        sims[name] = simulate(_one(scenario, full.stages, v), name, scenario)
+        if name == "ca-partial" and "non-ca-partial" in sims:
+            variants[name], sims[name] = _not_worse(scenario, full.stages, variants, sims, opts, line)
+    line("simulating and validating ...")
+    for name, v in variants.items():
+        sim = sims[name]
+        if v.order is None:  # every variant as per-node action lists: what its rule (fcfs) ran
+            v = dataclasses.replace(v, order=sim.order, dispatch="fcfs")
+        variants[name] = dataclasses.replace(v, predicted={
+            **v.predicted, "makespan_s": round(sim.makespan_s, 4), "iteration_s": round(sim.iteration_s, 4),
+            "bubble_share": round(sim.bubble_share, 4),
+            "peak_activations": max(s.peak_activations for s in sim.per_node)})
+    sched = Schedule(scenario.name, scenario.content_hash, scenario.source, full.stages, variants,
                      dict(scenario.overrides))
     validate(sched, scenario)
-    for name, v in sched.variants.items():
-        sim = simulate(sched, name, scenario)
-        variants[name] = dataclasses.replace(
-            v, predicted={**v.predicted, "makespan_s": round(sim.makespan_s, 4),
-                          "iteration_s": round(sim.iteration_s, 4),
-                          "bubble_share": round(sim.bubble_share, 4),
-                          "peak_activations": max(s.peak_activations for s in sim.per_node)})
-    return dataclasses.replace(sched, variants=variants)
+    line("done")
+    return sched
+
+
+def _budget(name: str, opts: PlanOptions, started: float) -> float:
+    """A partial variant's time limit: its share; ca-partial with several workers also gets
+    what is left before the reserve (the wall clock then decides, so results vary)."""
+    limit = opts.time_limit_s
+    if name == "non-ca-partial":
+        return NON_CA_SHARE * limit
+    if opts.deterministic:
+        return CA_SHARE * limit
+    left = started + (1 - RESERVE_SHARE) * limit - time.monotonic()
+    return max(left, MIN_CA_SHARE * limit)  # earlier phases overran: the whole limit comes first
+
+
+def _one(scenario: Scenario, allocation, v: VariantSchedule) -> Schedule:
+    return Schedule(scenario.name, scenario.content_hash, scenario.source, allocation, {v.name: v})
+
+
+def _objective(sim, objective: str) -> float:
+    return sim.iteration_s if objective == "iteration" else sim.makespan_s
+
+
+def _not_worse(scenario: Scenario, full_stages, variants: dict, sims: dict, opts: PlanOptions,
+               line: Progress):
+    """ca-partial, or non-ca-partial's replay when the simulator prefers non-ca-partial."""
+    from .planner.partial import replay_variant
+    from .sim.simulate import simulate
+    ca, non_ca = variants["ca-partial"], variants["non-ca-partial"]
+    if _objective(sims["ca-partial"], opts.objective) <= _objective(sims["non-ca-partial"], opts.objective):
+        return ca, sims["ca-partial"]
+    line(f"ca-partial simulates worse than non-ca-partial ({opts.objective}): it takes non-ca-partial's "
+         f"paths in simulator order")
+    replay = replay_variant("ca-partial", non_ca, sims["non-ca-partial"].order, ca.provenance,
+                            opts.objective, _objective(sims["non-ca-partial"], opts.objective))
+    replay = dataclasses.replace(replay, allocation=non_ca.allocation)
+    return replay, simulate(_one(scenario, full_stages, replay), "ca-partial", scenario)
+
+
+def _fmt_stages(stages) -> str:
+    return " | ".join(f"stage {s}: {list(nodes)}" for s, nodes in enumerate(stages))
 
 
 def summary_rows(sched: Schedule) -> list[dict]:
-    """One row per variant: predicted times, ratio to baseline, solver bound, gap and time."""
+    """One row per variant: predicted iteration time and makespan, ratios to the baseline,
+    solver bound (of the variant's objective), gap and time."""
     base = sched.variants.get("baseline")
     rows = []
     for name, v in sched.variants.items():
-        it = v.predicted.get("iteration_s")
+        it, mk = v.predicted.get("iteration_s"), v.predicted.get("makespan_s")
         p = v.provenance
         rows.append({
-            "variant": name, "iteration_s": it, "makespan_s": v.predicted.get("makespan_s"),
+            "variant": name, "iteration_s": it, "makespan_s": mk,
             "vs_baseline": it / base.predicted["iteration_s"] if base and it else None,
-            "bound_s": p.bound, "gap": p.gap, "solve_s": p.wall_s, "status": p.status,
+            "makespan_vs_baseline": mk / base.predicted["makespan_s"] if base and mk else None,
+            "bound_s": p.bound, "gap": p.gap, "solve_s": p.wall_s, "limit_s": p.time_limit_s,
             "bubble": v.predicted.get("bubble_share"), "peak": v.predicted.get("peak_activations"),
+            "status": p.status,
         })
     return rows
 
@@ -89,11 +204,11 @@ def summary_rows(sched: Schedule) -> list[dict]:
 def format_table(rows: list[dict]) -> str:
     def f(x, spec):
         return format(x, spec) if x is not None else format("-", f">{spec.split('.')[0]}")
-    lines = [f"{'variant':<15} {'iteration s':>11} {'makespan s':>10} {'vs baseline':>11} "
-             f"{'bound s':>8} {'gap':>6} {'solve s':>8} {'bubble':>6} {'peak act':>8}  status"]
+    lines = [f"{'variant':<15} {'iteration s':>11} {'makespan s':>10} {'it/base':>8} {'mk/base':>8} "
+             f"{'bound s':>8} {'gap':>6} {'solve s':>8} {'limit s':>8} {'bubble':>6} {'peak act':>8}  status"]
     for r in rows:
         lines.append(f"{r['variant']:<15} {f(r['iteration_s'], '11.2f')} {f(r['makespan_s'], '10.2f')} "
-                     f"{f(r['vs_baseline'], '11.3f')} {f(r['bound_s'], '8.2f')} "
-                     f"{f(r['gap'], '6.1%')} {f(r['solve_s'], '8.1f')} {f(r['bubble'], '6.1%')} "
-                     f"{f(r['peak'], '8.0f')}  {r['status']}")
+                     f"{f(r['vs_baseline'], '8.3f')} {f(r['makespan_vs_baseline'], '8.3f')} "
+                     f"{f(r['bound_s'], '8.2f')} {f(r['gap'], '6.1%')} {f(r['solve_s'], '8.1f')} "
+                     f"{f(r['limit_s'], '8.1f')} {f(r['bubble'], '6.1%')} {f(r['peak'], '8.0f')}  {r['status']}")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """Schedule: the planner's output for one scenario, its JSON form, and the one validator.
 
-A schedule holds the allocation (node -> stage) and, per variant, a path for every microbatch,
-each node's action list (its operations, ops.Op, in run order, with start times where known),
-the rule its nodes dispatch by ("planned": exactly the action list, the planner's timing;
-"fcfs": first come first served, the action list being what that rule produced in the
+A schedule holds, per variant, its allocation (node -> stage: each variant may use the one that
+suits its objective; `Schedule.allocation` is the baseline's, or the one all share), a path for
+every microbatch, each node's action list (its operations, ops.Op, in run order, with start times
+where known), the rule its nodes dispatch by ("planned": exactly the action list, the planner's
+timing; "fcfs": first come first served, the action list being what that rule produced in the
 simulator), the predicted iteration time and the solver's provenance.
 
 `violations()` checks every rule of DESIGN.md (CC1-CC3, TC1, TC2 when start times are present,
@@ -11,6 +12,7 @@ the baseline's shape) and returns them all; `validate()` raises the first as a S
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,7 +27,7 @@ from .memory import FAMILIES, family_limits, peak_along
 from .ops import Op, OpKind, frees_slot, node_ops, op_chain, prev_op, takes_slot
 from .scenario import Scenario, load_scenario
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: an allocation per variant (1 had one allocation for all variants)
 VARIANTS = ("baseline", "random", "non-ca-partial", "ca-partial", *FAMILIES)
 FULL_PIPELINE = ("baseline", *FAMILIES)  # every path runs every stage along a column
 TIME_TOLERANCE_S = 1e-6  # float slack when comparing planned times
@@ -86,6 +88,7 @@ class VariantSchedule:
     # node -> the variant's own activation limit (None: unlimited); others: the scenario's slots
     activation_limits: dict[int, int | None] = field(default_factory=dict)
     split_backward: bool = False  # B is the input gradient only; W ops compute weight gradients
+    allocation: tuple[tuple[int, ...], ...] | None = None  # stage -> node ids; None: the schedule's
 
     def __post_init__(self) -> None:
         if not self.dispatch:
@@ -133,13 +136,23 @@ class Schedule:
     scenario_name: str
     scenario_hash: str
     scenario_path: str
-    allocation: tuple[tuple[int, ...], ...]  # stage -> node ids
+    allocation: tuple[tuple[int, ...], ...]  # stage -> node ids: the baseline's (or the shared one)
     variants: dict[str, VariantSchedule]
     scenario_overrides: dict = field(default_factory=dict)  # "section.key" -> value
     schema_version: int = SCHEMA_VERSION
 
-    def stage_of(self) -> dict[int, int]:
-        return {n: s for s, nodes in enumerate(self.allocation) for n in nodes}
+    def allocation_of(self, variant: str | None = None) -> tuple[tuple[int, ...], ...]:
+        """The allocation `variant` runs on (the schedule's when it has none of its own)."""
+        own = None if variant is None else self.variant(variant).allocation
+        return self.allocation if own is None else own
+
+    def stage_of(self, variant: str | None = None) -> dict[int, int]:
+        return {n: s for s, nodes in enumerate(self.allocation_of(variant)) for n in nodes}
+
+    def for_variant(self, variant: str) -> Schedule:
+        """This schedule with `allocation` set to `variant`'s: code that reads
+        `schedule.allocation` then sees the allocation the variant runs on."""
+        return dataclasses.replace(self, allocation=self.allocation_of(variant))
 
     def variant(self, name: str) -> VariantSchedule:
         if name not in self.variants:
@@ -173,6 +186,8 @@ def _variant_dict(v: VariantSchedule) -> dict:
                                     for n, lim in sorted(v.activation_limits.items())]
     if v.split_backward:
         out["backward"] = "split"
+    if v.allocation is not None:
+        out["allocation"] = {"stages": [list(nodes) for nodes in v.allocation]}
     if v.order is not None:
         out["order"] = [{"node": n, "ops": [_op_dict(op) for op in ops]}
                         for n, ops in sorted(v.order.items())]
@@ -206,15 +221,19 @@ def from_dict(d: Any, where: str = "schedule") -> Schedule:
 
 
 def _from_dict(d: dict) -> Schedule:
-    if d.get("schema_version") != SCHEMA_VERSION:
-        raise ScheduleError(f"schema_version {d.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    version = d.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version < SCHEMA_VERSION:
+        raise ScheduleError(f"schema_version {version} is older than {SCHEMA_VERSION} (one allocation "
+                            f"per variant since 2): re-plan it with create_schedule.py")
+    if version != SCHEMA_VERSION:
+        raise ScheduleError(f"schema_version {version!r} is not {SCHEMA_VERSION}")
     variants = {name: _variant_from(name, v) for name, v in d["variants"].items()}
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ScheduleError(f"unknown variant {sorted(unknown)[0]!r}")
     sc = d["scenario"]
     return Schedule(str(sc["name"]), str(sc["hash"]), str(sc.get("path", "")),
-                    tuple(tuple(_int(n) for n in nodes) for nodes in d["allocation"]["stages"]),
+                    _stages(d["allocation"]),
                     variants, dict(sc.get("overrides", {})))
 
 
@@ -243,9 +262,14 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
         raise ScheduleError(f"variant {name}: an activation limit must be at least 1 (or null)")
     if v.get("backward", "fused") not in ("fused", "split"):
         raise ScheduleError(f"variant {name}: backward {v['backward']!r} is not fused or split")
+    alloc = v.get("allocation")
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
                            Provenance(**prov), str(v.get("dispatch", "")), limits,
-                           v.get("backward") == "split")
+                           v.get("backward") == "split", None if alloc is None else _stages(alloc))
+
+
+def _stages(alloc: dict) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(_int(n) for n in nodes) for nodes in alloc["stages"])
 
 
 def load_schedule(path: str | Path, scenario: Scenario | None = None,
@@ -302,22 +326,23 @@ def validate(s: Schedule, scenario: Scenario, where: str = "schedule") -> None:
 
 
 def violations(s: Schedule, scenario: Scenario) -> list[Violation]:
-    out = list(_check_allocation(s, scenario))
+    out = list(_check_allocation(s.allocation, "-", scenario))
     if out:
         return out
-    for v in s.variants.values():
-        out += _check_variant(s, v, scenario)
+    for v in s.variants.values():  # each variant is checked against the allocation it runs on
+        bad = [] if v.allocation is None else list(_check_allocation(v.allocation, v.name, scenario))
+        out += bad or _check_variant(s.for_variant(v.name), v, scenario)
     return out
 
 
-def _check_allocation(s: Schedule, scenario: Scenario) -> Iterable[Violation]:
-    sizes = tuple(len(nodes) for nodes in s.allocation)
+def _check_allocation(allocation, variant: str, scenario: Scenario) -> Iterable[Violation]:
+    sizes = tuple(len(nodes) for nodes in allocation)
     if sizes != scenario.pipeline.stage_sizes:
-        yield Violation("ALLOC", "-", None, None,
+        yield Violation("ALLOC", variant, None, None,
                         f"stage sizes {list(sizes)} differ from the scenario's {list(scenario.pipeline.stage_sizes)}")
-    all_nodes = sorted(n for nodes in s.allocation for n in nodes)
+    all_nodes = sorted(n for nodes in allocation for n in nodes)
     if all_nodes != list(range(len(scenario.nodes))):
-        yield Violation("ALLOC", "-", None, None, "allocation must place every node exactly once")
+        yield Violation("ALLOC", variant, None, None, "allocation must place every node exactly once")
 
 
 def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violation]:

@@ -240,3 +240,31 @@ def test_score_equals_a_node_by_node_recomputation(name):
         expected = (max(costs.averaging_s(s, nodes) for s, nodes in enumerate(stages))
                     + 2 * sum(pairs) + visits)
         assert allocation_score(scenario, stages) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------------------------
+# Skip-aware allocation (planner/skip_allocation.py)
+
+@pytest.mark.parametrize("objective", ["iteration", "makespan"])
+def test_skip_aware_allocation_is_valid_reproducible_and_never_worse_than_its_start(objective):
+    from skippipe.planner.allocation import check_allocation
+    from skippipe.planner.skip_allocation import _Scorer, skip_aware_allocation
+    sc = load_scenario(SETTINGS / "tiny.toml")
+    start = allocate(sc, seed=0, **QUICK).stages
+    found = skip_aware_allocation(sc, start, objective, budget_s=0.3, seed=1, wall_safety=math.inf)
+    check_allocation(sc, found.stages)
+    assert found.score_s <= found.start_score_s
+    assert found.score_s == pytest.approx(_Scorer(sc, objective).score(found.stages))
+    again = skip_aware_allocation(sc, start, objective, budget_s=0.3, seed=1, wall_safety=math.inf)
+    assert (again.stages, again.evaluations) == (found.stages, found.evaluations)
+
+
+def test_skip_aware_neighbour_keeps_stage_sizes():
+    from skippipe.planner.skip_allocation import _neighbour
+    rng = random.Random(0)
+    stages = ((0, 1, 2), (3, 4), (5, 6), (7,))
+    for critical in (None, 0, 3):
+        for _ in range(50):
+            moved = _neighbour(stages, rng, critical)
+            assert [len(g) for g in moved] == [3, 2, 2, 1]
+            assert sorted(n for g in moved for n in g) == list(range(8))

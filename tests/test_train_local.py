@@ -141,7 +141,7 @@ def test_paths_come_from_a_schedule_file_in_microbatch_order(tmp_path):
                 "hops": [{"stage": s, "node": mb % 2 if s == 0 else stage_nodes[s][mb % len(stage_nodes[s])]}
                          for s in path]}
                for mb, path in enumerate(stage_paths)]
-    doc = {"schema_version": 1,
+    doc = {"schema_version": 2,  # schedule.SCHEMA_VERSION
            "scenario": {"name": scenario.name, "hash": scenario.content_hash, "path": str(settings)},
            "allocation": {"stages": stage_nodes},
            "variants": {"random": {"paths": entries[::-1]}}}  # stored out of order

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ortools.sat.python import cp_model
 
-from .model_data import DTIME_PER_WALL_S, ROUNDING_SLACK, ModelData, chain
+from .model_data import DTIME_PER_WALL_S, ROUNDING_SLACK, WALL_SAFETY, ModelData, chain
 
 if TYPE_CHECKING:
     from .cpsat import Rules
@@ -236,7 +236,7 @@ class Relaxation:
         build = _RelaxationModel(m, data, times, rules)
         solver = cp_model.CpSolver()
         solver.parameters.num_workers = workers
-        solver.parameters.max_time_in_seconds = time_limit_s
+        solver.parameters.max_time_in_seconds = time_limit_s * (WALL_SAFETY if workers == 1 else 1)
         if workers == 1:
             solver.parameters.max_deterministic_time = time_limit_s * DTIME_PER_WALL_S
         status = solver.Solve(m)

@@ -34,7 +34,7 @@ from typing import Callable
 from ortools.sat.python import cp_model
 
 from .bounds import PathBounds
-from .model_data import (DTIME_PER_WALL_S, ROUNDING_SLACK, ModelData, TimedPlan, all_sequences, chain,
+from .model_data import (DTIME_PER_WALL_S, ROUNDING_SLACK, WALL_SAFETY, ModelData, TimedPlan, all_sequences, chain,
                          plan_values)
 from .paths import PlanningError
 
@@ -372,6 +372,8 @@ def solve(pm: PathModel, time_limit_s: float, seed: int, workers: int,
     solver = cp_model.CpSolver()
     params = solver.parameters
     params.max_time_in_seconds = time_limit_s
+    if workers == 1:  # deterministic time ends the run; the wall clock is a safety net only
+        params.max_time_in_seconds = max(time_limit_s, WALL_SAFETY * (planned_s or time_limit_s))
     params.num_workers = workers
     params.random_seed = seed
     params.use_lns_only = lns_only

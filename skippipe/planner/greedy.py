@@ -43,6 +43,7 @@ PATHS_PER_NODE = 3  # when paths are cut to the cheapest, each allowed node keep
 GREEDY_VARIANTS = ((0, None), (0, 1), (None, None))  # (stage pacing, node slack) per greedy run:
 # visits a stage may run ahead of its paced share, a node beyond its share (None: unlimited)
 EXACT_CHECKS = 3  # stage sets per microbatch checked with the exact count model (a few ms each)
+PLACEMENTS_PER_S = 120_000  # op placements per second on the shared 2-core dev box (80k-350k)
 PLACEMENT_BUDGET = 200_000  # op placements in all (~1 s of Python): fewer paths per microbatch
 # when there are many microbatches and hops (each path costs 2k+1 timeline look-ups)
 
@@ -55,14 +56,15 @@ def path_limit(data: ModelData) -> int:
     return max(1, min(CANDIDATES_PER_ORIGIN, PLACEMENT_BUDGET // per_path))
 
 
-def candidate_paths(data: ModelData, origin: int) -> list[tuple[int, ...]]:
+def candidate_paths(data: ModelData, origin: int, limit: int | None = None) -> list[tuple[int, ...]]:
     """Node paths (origin first) over every CC3-valid sequence and the origin's allowed nodes;
     when there are more than `path_limit`, a beam search per sequence (and one per node forced
     into its stage) and then the cheapest (idle round trip) of them, keeping the cheapest of
-    every stage set and PATHS_PER_NODE through every allowed node."""
+    every stage set and PATHS_PER_NODE through every allowed node. `limit` lowers path_limit
+    (the allocation search scores many allocations with a faster greedy)."""
     allowed = data.allowed[origin]
     total = sum(_product_size(allowed, seq) for seq in data.sequences)
-    limit = path_limit(data)
+    limit = path_limit(data) if limit is None else min(limit, path_limit(data))
     if total <= limit:
         return [(origin,) + rest for seq in data.sequences
                 for rest in itertools.product(*(allowed[s] for s in seq[1:]))]
@@ -323,16 +325,25 @@ def relabel_by_start(data: ModelData, plan: TimedPlan) -> TimedPlan:
     return TimedPlan(nodes, starts)
 
 
+def greedy_seconds(data: ModelData) -> float:
+    """Estimated seconds of one greedy run from its size (op placements, PLACEMENTS_PER_S): a
+    short time limit runs fewer settings, decided from the problem, not the clock."""
+    per_path = len(data.microbatches) * len(chain(data.k))
+    return per_path * path_limit(data) / PLACEMENTS_PER_S
+
+
 def greedy_plan(data: ModelData, objective: str = "iteration",
                 fixed_paths: dict[int, tuple[int, ...]] | None = None,
-                guide: Relaxation | None = None) -> TimedPlan:
+                guide: Relaxation | None = None, runs: int | None = None) -> TimedPlan:
     """The best (by `objective`, see model_data.plan_values) of the greedy plans with each
     setting of GREEDY_VARIANTS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
     node per hop) only the timing is chosen. With `guide` (a solved bounds.Relaxation) each
-    microbatch takes its stage set there, in the order of its relaxed start."""
+    microbatch takes its stage set there, in the order of its relaxed start. `runs`: only the
+    first so many settings (a short time limit; see `greedy_seconds`)."""
     best, best_value = None, math.inf
     candidates = {o: candidate_paths(data, o) for o in data.origins()}
-    for pacing, node_slack in (GREEDY_VARIANTS if not (fixed_paths or guide) else ((None, None),)):
+    settings = GREEDY_VARIANTS if not (fixed_paths or guide) else ((None, None),)
+    for pacing, node_slack in settings[:max(1, len(settings) if runs is None else runs)]:
         plan = GreedyScheduler(data, pacing, fixed_paths, node_slack, candidates, guide).run()
         value = plan_values(data, plan)[objective]
         log.debug("greedy plan (pacing %s, node slack %s): %s %d ticks", pacing, node_slack,

@@ -22,7 +22,7 @@ from typing import Callable
 
 from .bounds import PathBounds
 from .cpsat import PathModel, Rules, SolveResult, solve
-from .model_data import ModelData, TimedPlan, plan_values
+from .model_data import WALL_SAFETY, ModelData, TimedPlan, plan_values
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
@@ -84,11 +84,12 @@ def improve_paths(data: ModelData, rules: Rules, start: TimedPlan, budget_s: flo
                   workers: int, lower: PathBounds, progress: Progress | None = None,
                   cap_s: float | None = None) -> TimedPlan:
     """The best plan the path LNS finds from `start` within `budget_s` seconds. With one
-    worker the step count is fixed by the budget (reproducible); `cap_s` (default the budget)
-    stops the search by the wall clock regardless."""
+    worker the step count is fixed by the budget (reproducible; the wall clock stops it only
+    past WALL_SAFETY times the budget); otherwise `cap_s` (default the budget) stops it."""
     search = PathSearch(data, rules, start, lower, seed, progress)
-    deadline = search.started + (budget_s if cap_s is None else cap_s)
     steps = int(budget_s / LNS_STEP_S) if workers == 1 else None
+    cap_s = WALL_SAFETY * budget_s if workers == 1 else cap_s  # one worker: the step count decides
+    deadline = search.started + (budget_s if cap_s is None else cap_s)
     while (steps is None or search.steps < steps) and not search.finished:
         left = deadline - time.monotonic()
         if left <= LNS_MIN_STEP_S:

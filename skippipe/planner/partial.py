@@ -21,6 +21,7 @@ the model's values within its rounding (one tick per rounded-up duration on the 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -34,15 +35,17 @@ from ..schedule import (TIME_TOLERANCE_S, Hop, MicrobatchPath, Op, Provenance, S
 from .allocation import check_allocation, stages_of
 from .bounds import PathBounds
 from .cpsat import PathModel, Rules, SolveResult, solve
-from .model_data import ModelData, TimedPlan, all_sequences, build_data, plan_values
-from .greedy import greedy_plan, relabel_by_start
+from .model_data import ModelData, TimedPlan, all_sequences, build_data, chain, plan_values
+from .greedy import GREEDY_VARIANTS, greedy_plan, greedy_seconds, relabel_by_start
 from .lns import improve_paths
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIME_LIMIT_S = 60.0  # CP-SAT budget per variant (the paper's planner took minutes)
 FINISH_RESERVE_S = 2.0  # kept from the time limit for CP-SAT's stop, extraction, validation
-# and recomputation (about 1 s on the 40-node scaling scenario on the 2-core dev box)
+# and recomputation (about 1 s on the 40-node scaling scenario on the 2-core dev box) ...
+FINISH_RESERVE_SHARE = 0.2  # ... or this share of a short time limit
+GREEDY_SHARE = 0.3  # of the time limit at most for the first greedy plans (each setting one run)
 RELAX_SHARE = 0.2  # of the time limit at most for the data-node relaxation (bound, greedy guide)
 LNS_SHARE = 0.8  # of the solving time for path LNS; the rest for the full model (polish)
 FULL_MODEL_LNS_ONLY = True  # with several workers the full model only improves the plan (CP-SAT's
@@ -66,31 +69,37 @@ class PlanResult:
 
 def ca_partial_variant(scenario: Scenario, allocation, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
                        seed: int = 0, workers: int | None = None,
-                       progress: Progress | None = None) -> VariantSchedule:
+                       progress: Progress | None = None, objective: str = "iteration",
+                       candidates: Sequence[tuple[Sequence[MicrobatchPath], dict]] = ()) -> VariantSchedule:
     """SkipPipe's collision-aware partial pipeline: paths, per-node order and start times (s).
 
-    `allocation`: an allocation.Allocation or stage -> node ids; `time_limit_s`: CP-SAT's wall
-    budget (seconds); `workers`: CP-SAT threads (default: every CPU); `progress` gets one line
-    per improving solution. Raises PlanningError for infeasible inputs."""
-    return _variant("ca-partial", scenario, allocation, Rules(), time_limit_s, seed, workers, progress)
+    `allocation`: an allocation.Allocation or stage -> node ids; `time_limit_s`: the wall budget
+    of the whole call (seconds); `workers`: CP-SAT threads (default: every CPU); `progress` gets
+    one line per improving solution; `objective`: 'iteration' or 'makespan'; `candidates`:
+    (paths, node -> ops in run order) plans to start from, e.g. non-ca-partial's paths in the
+    order the simulator ran them. Raises PlanningError for infeasible inputs."""
+    return _variant("ca-partial", scenario, allocation, Rules(objective=objective), time_limit_s,
+                    seed, workers, progress, candidates)
 
 
 def non_ca_partial_variant(scenario: Scenario, allocation, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
                            seed: int = 0, workers: int | None = None,
-                           progress: Progress | None = None) -> VariantSchedule:
+                           progress: Progress | None = None, objective: str = "iteration") -> VariantSchedule:
     """SkipPipe without TC2: paths chosen collision-blind, no per-node order (the simulator runs
     them first come first served). Arguments as for `ca_partial_variant`."""
-    return _variant("non-ca-partial", scenario, allocation, Rules(tc2=False), time_limit_s, seed,
-                    workers, progress)
+    return _variant("non-ca-partial", scenario, allocation, Rules(tc2=False, objective=objective),
+                    time_limit_s, seed, workers, progress)
 
 
 def _variant(name: str, scenario: Scenario, allocation, rules: Rules, time_limit_s: float, seed: int,
-             workers: int | None, progress: Progress | None) -> VariantSchedule:
+             workers: int | None, progress: Progress | None, candidates=()) -> VariantSchedule:
     started = time.monotonic()
     stages = stages_of(allocation)
     check_allocation(scenario, stages)
     data = build_data(scenario, stages)
-    result = plan(data, rules, time_limit_s, seed, workers or os.cpu_count() or 1, progress, started)
+    starts = [timed_from_order(data, paths, order) for paths, order in candidates]
+    result = plan(data, rules, time_limit_s, seed, workers or os.cpu_count() or 1, progress, started,
+                  starts)
     wall = time.monotonic() - started
     tick = data.tick_s
     prov = Provenance("cp-sat", seed, workers or os.cpu_count() or 1, time_limit_s, result.status,
@@ -102,19 +111,28 @@ def _variant(name: str, scenario: Scenario, allocation, rules: Rules, time_limit
 
 
 def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers: int,
-         progress: Progress | None = None, started: float | None = None) -> PlanResult:
+         progress: Progress | None = None, started: float | None = None,
+         candidates: Sequence[TimedPlan] = ()) -> PlanResult:
     """Greedy first; the data-node relaxation (bounds.Relaxation: a proven bound, and a guide
     for a second greedy plan) for up to RELAX_SHARE of the time; then path LNS (CP-SAT on
     sub-models) for LNS_SHARE of the time left; then the full model, hinted with the best plan,
     until `time_limit_s` after `started` (time.monotonic() seconds, default now) less
-    FINISH_RESERVE_S. Returns the best plan, the status and the proven bound (ticks). With one
+    the finish reserve. `candidates`: further feasible plans; the search starts from the best
+    plan of all. Returns the best plan, the status and the proven bound (ticks). With one
     worker the budgets come from the time limit alone and every CP-SAT call is bounded in
     deterministic time too, so a seed reproduces."""
     started = time.monotonic() if started is None else started
     deadline = started + time_limit_s
-    first = greedy_plan(data, rules.objective)
+    reserve = min(FINISH_RESERVE_S, FINISH_RESERVE_SHARE * time_limit_s)
+    greedy_s = greedy_seconds(data)
+    runs = max(1, min(len(GREEDY_VARIANTS), int(GREEDY_SHARE * time_limit_s / greedy_s)))
+    first = greedy_plan(data, rules.objective, runs=runs)
     say = progress or (lambda line: None)
     say(f"greedy: first feasible plan, objective {_seconds(data, first, rules)}")
+    for given in candidates:
+        say(f"candidate plan (given): objective {_seconds(data, given, rules)}")
+        if plan_values(data, given)[rules.objective] < plan_values(data, first)[rules.objective]:
+            first = given
     lower = PathBounds(data, data.sequences if rules.cc3 else all_sequences(data))
     relaxed = lower.relax(rules, RELAX_SHARE * time_limit_s, workers)
     if relaxed is not None:
@@ -124,8 +142,11 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
             say(f"greedy guided by the relaxation: objective {_seconds(data, guided, rules)}")
             if plan_values(data, guided)[rules.objective] < plan_values(data, first)[rules.objective]:
                 first = guided
-    left = deadline - FINISH_RESERVE_S - time.monotonic()
-    total = max(0.0, (1 - RELAX_SHARE) * time_limit_s - FINISH_RESERVE_S if workers == 1 else left)
+    left = deadline - reserve - time.monotonic()
+    # one worker: the budget follows from the limit and the greedy's estimated (not measured)
+    # time, so the number of LNS steps and CP-SAT's deterministic time reproduce
+    planned = (1 - RELAX_SHARE) * time_limit_s - reserve - (runs + 1) * greedy_s
+    total = max(0.0, planned if workers == 1 else left)
     lns_s, full_s = LNS_SHARE * total, (1 - LNS_SHARE) * total
     best = improve_paths(data, rules, first, lns_s, seed, workers, lower, progress,
                          cap_s=LNS_SHARE * max(0.0, left))
@@ -133,7 +154,8 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
     floor = lower.objective_floor(rules)
     if best_value <= floor:
         return PlanResult(best, "OPTIMAL", best_value, floor)  # the plan meets the proven bound
-    budget = deadline - FINISH_RESERVE_S - time.monotonic()
+    budget = full_s if workers == 1 else deadline - reserve - time.monotonic()  # one worker:
+    # the planned time (the machine's speed must not change the plan)
     if budget <= 0:
         return PlanResult(best, "FEASIBLE: no time left for the full model", best_value, floor)
     model = PathModel(data, rules, upper_bound=best_value, lower=lower)
@@ -149,6 +171,50 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
               else f"FEASIBLE: the path-LNS plan, the full model ({solved.status}) found nothing better")
     log.info("%s", status)
     return PlanResult(best, status, best_value, bound)
+
+
+def timed_from_order(data: ModelData, paths: Sequence[MicrobatchPath],
+                     order: dict[int, Sequence[Op]]) -> TimedPlan:
+    """The plan that runs `paths` with every node's ops in `order` (e.g. the order the simulator
+    ran a collision-blind variant in), each op as early as its node and its input allow over
+    idle links (ticks). It keeps TC2 (one op at a time), TC1 memory (a node's holds open and
+    close in the same sequence as in `order`, which respected them) and the paths' own rules."""
+    nodes = {p.microbatch: p.nodes for p in paths}
+    ops = chain(data.k)
+    queue = {n: [(op.kind, op.microbatch, op.hop) for op in seq] for n, seq in order.items()}
+    at = {n: 0 for n in queue}
+    free = {n: 0 for n in queue}
+    step = {mb: 0 for mb in nodes}  # next op of each microbatch (index in chain)
+    ready = {mb: 0 for mb in nodes}  # when that op's input is there
+    last = {mb: None for mb in nodes}  # node of its previous op
+    starts: dict[tuple[str, int, int], int] = {}
+    moved = True
+    while moved:
+        moved = False
+        for n, seq in queue.items():
+            while at[n] < len(seq):
+                kind, mb, hop = seq[at[n]]
+                if step[mb] >= len(ops) or ops[step[mb]] != (kind, hop):
+                    break  # its input comes from an op not yet placed
+                prev = last[mb]
+                t = max(free[n], ready[mb] + (0 if prev is None else data.link[prev][n]))
+                starts[kind, mb, hop] = t
+                free[n] = ready[mb] = t + data.dur[kind][n]
+                last[mb], step[mb], at[n], moved = n, step[mb] + 1, at[n] + 1, True
+    if len(starts) != len(nodes) * len(ops):
+        raise ScheduleError("candidate order is inconsistent with its paths (it cannot run)")
+    return relabel_by_start(data, TimedPlan(nodes, starts))
+
+
+def replay_variant(name: str, source: VariantSchedule, order: dict[int, Sequence[Op]],
+                   provenance: Provenance, objective: str, value_s: float) -> VariantSchedule:
+    """`source`'s paths with `order` (the simulator's run of them, start times set) as a timed
+    variant, which the simulator replays exactly; `value_s`: its simulated `objective`."""
+    status = (f"NON-CA ORDER: non-ca-partial's paths in simulator order (the solver's plan "
+              f"simulated worse in {objective})")
+    prov = dataclasses.replace(provenance, status=status, objective=value_s)
+    return VariantSchedule(name, source.paths, {n: tuple(ops) for n, ops in sorted(order.items())},
+                           {}, prov)
 
 
 def _seconds(data: ModelData, plan_: TimedPlan, rules: Rules) -> str:

@@ -114,7 +114,8 @@ def simulate(schedule: Schedule, variant: str, scenario: Scenario, use_order: bo
     kinds run as soon as they arrive in planned mode (dispatch.Dispatcher; planners' dry runs).
 
     Raises SimulationError on a deadlock or an order that does not list each op of a node once."""
-    sim = _Simulation(schedule, schedule.variant(variant), scenario, use_order, iteration, floating)
+    sim = _Simulation(schedule.for_variant(variant), schedule.variant(variant), scenario, use_order, iteration,
+                      floating)
     result = sim.run()
     mode = "planned order" if result.used_order else "fcfs"
     log.debug("simulated %s (%s): iteration %.3f s, makespan %.3f s", variant, mode,
