@@ -27,9 +27,12 @@ from skippipe.planner import (allocate, allocation_score, random_allocation,  # 
                               round_robin_allocation)
 from skippipe.planner.allocation import DEFAULT_TIME_BUDGET_S  # noqa: E402
 from skippipe.scenario import load_scenario  # noqa: E402
+from skippipe.util.tables import format_table  # noqa: E402
 
 DEFAULT_SETTINGS = ["settings/geo-distributed.toml", "settings/hetero-gpus.toml"]
 DEFAULT_SAMPLES = 100  # random allocations to compare with
+HEADER = ("scenario", "nodes", "found_s", "rand_med", "rand_best", "pct", "rr_s", "wall_s", "moves")
+FORMATS = ("", "d", ".2f", ".2f", ".2f", "", ".2f", ".2f", "d")
 
 
 def bench(path: str, samples: int, seed: int, time_budget_s: float) -> dict:
@@ -66,6 +69,11 @@ def bench_plans(path: str, samples: int, seed: int) -> dict:
             "median": statistics.median(randoms), "best": randoms[0]}
 
 
+def _row(r: dict) -> list:
+    return [r["scenario"], r["nodes"], r["found"], r["median"], r["best"],
+            f"{r['percentile']:.0f}%", r["round_robin"], r["wall_s"], r["moves"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("settings", nargs="*", default=DEFAULT_SETTINGS)
@@ -75,15 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plan-samples", type=int, default=0,
                         help="random allocations to plan with the greedy ca-partial planner")
     args = parser.parse_args(argv)
-    print(f"{'scenario':<30} {'nodes':>5} {'found_s':>8} {'rand_med':>8} {'rand_best':>9} "
-          f"{'pct':>5} {'rr_s':>8} {'wall_s':>7} {'moves':>6}")
-    for path in args.settings:
-        r = bench(path, args.samples, args.seed, args.time_budget_s)
-        print(f"{r['scenario']:<30} {r['nodes']:>5} {r['found']:>8.2f} {r['median']:>8.2f} "
-              f"{r['best']:>9.2f} {r['percentile']:>4.0f}% {r['round_robin']:>8.2f} "
-              f"{r['wall_s']:>7.2f} {r['moves']:>6}")
+    results = [bench(path, args.samples, args.seed, args.time_budget_s) for path in args.settings]
+    print(format_table(HEADER, [_row(r) for r in results], FORMATS))
+    for path, r in zip(args.settings, results):
         parts = ", ".join(f"{k} {v:.2f}" for k, v in r["breakdown"].items())
-        print(f"  found: {parts}; stages {[list(s) for s in r['stages']]}")
+        print(f"{r['scenario']}: found {parts}; stages {[list(s) for s in r['stages']]}")
         if args.plan_samples:
             p = bench_plans(path, args.plan_samples, args.seed)
             print(f"  greedy ca-partial iteration_s: found {p['found']:.1f}, "

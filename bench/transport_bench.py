@@ -33,6 +33,7 @@ from skippipe.runtime.deccom_adapter import node_key  # noqa: E402
 from skippipe.runtime.streams import read_exactly  # noqa: E402
 from skippipe.runtime.transport import Transport, TransportConfig  # noqa: E402
 from skippipe.runtime.wire import Kind, Message  # noqa: E402
+from skippipe.util.tables import format_table  # noqa: E402
 
 HOST = "127.0.0.1"
 MIB = 1024**2
@@ -245,11 +246,11 @@ def report(results: dict, args) -> int:
     print(f"loopback {HOST}, one process and event loop, {args.runs} interleaved runs; "
           f"median over runs (each run: {args.messages} x 16 MiB, "
           f"median of {args.round_trips} round trips)")
-    print(f"{'':28}" + "".join(f"{n:>24}" for n in names))
     tput = {n: statistics.median(r["throughput"]) for n, r in results.items()}
     rtt = {n: statistics.median(r["rtt"]) for n, r in results.items()}
-    print(f"{'throughput 16 MiB (MiB/s)':28}" + "".join(f"{tput[n]:>24.0f}" for n in names))
-    print(f"{'round trip 64 B (ms)':28}" + "".join(f"{rtt[n]:>24.3f}" for n in names))
+    # one column per contender; each row has its own unit, so its cells come formatted
+    print(format_table(["", *names], [["throughput 16 MiB (MiB/s)", *(f"{tput[n]:.0f}" for n in names)],
+                                      ["round trip 64 B (ms)", *(f"{rtt[n]:.3f}" for n in names)]]))
     plain = max(tput["plain asyncio"], tput["plain asyncio, sliced"])  # the stronger baseline
     ratio = tput["skippipe transport"] / plain
     ok_tput = ratio >= THROUGHPUT_TARGET

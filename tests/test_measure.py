@@ -222,7 +222,7 @@ def test_a_failing_node_fails_the_measurement(torch_threads):
 # -- local processes end to end ------------------------------------------------------------------
 
 def _pids(tmp_path) -> list[int]:
-    files = list((tmp_path / "runs").glob("measure-*/processes.json"))
+    files = list((tmp_path / "runs").glob("*-measure-*/processes.json"))
     assert len(files) == 1
     return list(json.loads(files[0].read_text()).values())
 
@@ -254,7 +254,7 @@ def test_interrupt_stops_every_local_process(tmp_path, sig, code):
                             start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while not list((tmp_path / "runs").glob("measure-*/processes.json")):
+        while not list((tmp_path / "runs").glob("*-measure-*/processes.json")):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
             time.sleep(0.05)
         proc.send_signal(sig)

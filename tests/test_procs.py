@@ -1,11 +1,15 @@
-"""util/procs.py: children in their own sessions, polled, stopped by PID (SIGTERM, then SIGKILL)."""
+"""util/procs.py: children in their own sessions, polled, stopped by PID (SIGTERM, then SIGKILL),
+stopped however a supervised command ends."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
 
-from skippipe.util.procs import Children, wait_until
+import pytest
+
+from skippipe.util.procs import Children, Terminated, interrupted_exit_code, supervised, wait_until
 
 DEADLINE_S = 20.0
 SLEEPER = "import time; print('ready', flush=True); time.sleep(60)"
@@ -67,3 +71,31 @@ def test_failed_children_and_the_poll_deadline(tmp_path):
         assert not wait_until(lambda: False, timeout_s=0.05, poll_s=0.01)
     finally:
         kids.stop()
+
+
+def test_keep_stdout_logs_only_stderr_and_pids_are_written(tmp_path, capfd):
+    kids = Children()
+    try:
+        kids.start(0, [sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"],
+                   tmp_path / "0.log", keep_stdout=True)
+        assert wait_until(lambda: not kids.running(), DEADLINE_S, 0.01)
+        kids.write_pids(tmp_path / "processes.json")
+    finally:
+        kids.stop()
+    assert (tmp_path / "0.log").read_text() == "err\n"
+    assert capfd.readouterr().out == "out\n"  # the child wrote to our stdout
+    assert json.loads((tmp_path / "processes.json").read_text()) == {"0": kids.procs[0].pid}
+
+
+def test_supervised_turns_sigterm_into_an_exception_and_stops_the_children(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    kids = Children()
+    with pytest.raises(Terminated):
+        with supervised(kids):
+            kids.start(0, [sys.executable, "-c", SLEEPER], tmp_path / "0.log")
+            os.kill(os.getpid(), signal.SIGTERM)
+            wait_until(lambda: False, DEADLINE_S, 0.01)  # the handler raises meanwhile
+    assert kids.running() == [] and kids.procs[0].returncode == -signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert interrupted_exit_code(Terminated()) == 143
+    assert interrupted_exit_code(KeyboardInterrupt()) == 130

@@ -1,7 +1,8 @@
 """Transport over loopback: exchange, rejection of bad input, timeouts, busy ports, discovery.
 
 Every test runs its own event loop under a deadline and waits on events, never on sleeps.
-Ports are picked by the OS (port 0), so tests do not collide with other processes.
+Ports are picked by the OS (port 0) or found free (util.ports), so tests do not collide with
+other processes.
 """
 import asyncio
 import logging
@@ -17,6 +18,7 @@ from skippipe.runtime.streams import INTRO_MAGIC, LENGTH_BYTES
 from skippipe.runtime.transport import (SEED, PortInUse, SendTimeout, Transport, TransportConfig,
                                         TransportError, UnknownPeer)
 from skippipe.runtime.wire import Kind, Message, decode, encode
+from skippipe.util.ports import free_port
 
 HOST = "127.0.0.1"
 TEST_DEADLINE_S = 20.0  # an async test that takes longer than this has hung
@@ -50,13 +52,6 @@ def framed(data: bytes) -> bytes:
 
 def heartbeat(sender: int, microbatch: int = 0) -> Message:
     return Message(Kind.HEARTBEAT, sender, microbatch=microbatch)
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def test_exchange_both_ways_in_order(tmp_path):
@@ -140,7 +135,7 @@ def test_oversized_length_closes_only_that_connection(tmp_path):
 
 def test_send_to_a_dead_peer_times_out_within_the_deadline(tmp_path):
     timeout_s = 0.3
-    dead = free_port()
+    dead = free_port(HOST)
 
     async def main():
         a = await Transport(0, HOST, 0, {5: (HOST, dead)}, tmp_path).start()

@@ -27,7 +27,7 @@ _HOME = {  # public name -> module that defines it
     **dict.fromkeys(["MIB", "GIB", "TRANSFER_FLOOR_FRACTION", "SIGNIFICANT_DIGITS", "MeasureError",
                      "Settings", "ComputeTask", "NodeFigures", "LinkFigures", "Measurements",
                      "median", "bandwidth", "significant"], "figures"),
-    **dict.fromkeys(["device_for", "measure_compute"], "compute"),
+    **dict.fromkeys(["measure_compute"], "compute"),
     **dict.fromkeys(["COORDINATOR", "BULK_TAG", "MeasureNode", "measure"], "protocol"),
     **dict.fromkeys(["proportional", "fit_pipeline", "location", "render_scenario",
                      "summary_lines", "memory_warnings", "write_scenario"], "scenario_out"),

@@ -13,13 +13,6 @@ import time
 from .figures import ComputeTask, NodeFigures
 
 
-def device_for(name: str):
-    import torch
-
-    from ..train.model import pick_device
-    return pick_device() if name == "auto" else torch.device(name)
-
-
 def measure_compute(task: ComputeTask, repeat: int, warmup: int, device, node: int = 0) -> NodeFigures:
     """Time forward and backward of stage 1 (layers only) on `device` with `task.samples`
     sequences; seconds per sample per layer for each timed repetition."""

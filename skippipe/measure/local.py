@@ -4,46 +4,19 @@ all of them are stopped on exit, Ctrl-C or SIGTERM. Node 0 writes to our stdout,
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import random
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ..errors import SkipPipeError
-from ..util.procs import stop_sessions
+from ..util.ports import free_port_range
+from ..util.procs import Children, Terminated, interrupted_exit_code, supervised, wait_until
+from ..util.rundir import new_run_dir
 from .peers import LOCAL_HOST
 from .plan import plan, recorded_command
 
 EXIT_GRACE_S = 10.0  # after node 0 ends, the others get this long to end by themselves
 POLL_S = 0.1  # how often the local launcher looks at its processes
 LOG_TAIL_LINES = 15  # lines of a failed node's log shown
-PORT_RANGE = (20000, 60000)  # where --local looks for free consecutive ports
-PORT_TRIES = 200
-
-
-def free_base_port(n: int, host: str = LOCAL_HOST) -> int:
-    """A base port with n consecutive ports free for TCP and UDP on `host`."""
-    rng = random.Random(os.getpid() ^ time.time_ns())
-    for _ in range(PORT_TRIES):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - n)
-        if all(_port_free(host, base + i) for i in range(n)):
-            return base
-    raise SkipPipeError(f"no {n} consecutive free ports found on {host}")
-
-
-def _port_free(host: str, port: int) -> bool:
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                return False
-    return True
 
 
 def _node_command(args: argparse.Namespace, n: int, base: int, run_dir: Path) -> list[str]:
@@ -61,14 +34,6 @@ def _node_command(args: argparse.Namespace, n: int, base: int, run_dir: Path) ->
     return common + out
 
 
-class _Terminated(Exception):
-    pass
-
-
-def _on_sigterm(signum, frame):
-    raise _Terminated()
-
-
 def run_local(args: argparse.Namespace) -> int:
     """Start nodes 0..N-1 here and wait for node 0's scenario; 130/143 when interrupted."""
     n = args.local
@@ -77,60 +42,46 @@ def run_local(args: argparse.Namespace) -> int:
     if args.node_id is not None or args.peers or args.nodes:
         raise SkipPipeError("--local starts every node itself: drop --node-id/--peers/--nodes")
     plan(args, n)  # bad template or stage sizes: fail before starting anything
-    base = free_base_port(n) if args.base_port is None else args.base_port
-    run_dir = Path(args.runs) / f"measure-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    run_dir.mkdir(parents=True, exist_ok=False)
-    procs: dict[int, subprocess.Popen] = {}
-    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    base = free_port_range(n, host=LOCAL_HOST) if args.base_port is None else args.base_port
+    run_dir = new_run_dir("measure", args.runs)
     say = lambda line: print(line, flush=True)  # noqa: E731
-    try:
-        _start(_node_command(args, n, base, run_dir), n, run_dir, procs)
-        say(f"measuring {n} local nodes on {LOCAL_HOST}:{base}..{base + n - 1} (pids "
-            f"{', '.join(str(p.pid) for p in procs.values())}); logs in {run_dir}")
-        return _wait(procs, run_dir, args.timeout, say)
-    except (KeyboardInterrupt, _Terminated) as e:
-        say("interrupted: stopping the measurement processes")
-        return 143 if isinstance(e, _Terminated) else 130
-    finally:
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal: still clean up
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with supervised(Children()) as children:  # every process we started is stopped on the way out
         try:
-            stop_sessions(procs.values())  # every process we started that still runs
-        finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old)
+            _start(children, _node_command(args, n, base, run_dir), n, run_dir)
+            say(f"measuring {n} local nodes on {LOCAL_HOST}:{base}..{base + n - 1} (pids "
+                f"{', '.join(str(pid) for pid in children.pids().values())}); logs in {run_dir}")
+            return _wait(children, run_dir, args.timeout, say)
+        except (KeyboardInterrupt, Terminated) as e:
+            say("interrupted: stopping the measurement processes")
+            return interrupted_exit_code(e)
 
 
-def _start(command: list[str], n: int, run_dir: Path, procs: dict[int, subprocess.Popen]) -> None:
-    """Start nodes 0..n-1, each in its own session, into `procs` as they start (so that a
-    failure halfway stops those already running); their pids go to processes.json."""
+def _start(children: Children, command: list[str], n: int, run_dir: Path) -> None:
+    """Start nodes 0..n-1 (node 0 writes to our stdout, every node's stderr goes to its log);
+    `children` holds each as it starts, so that a failure halfway stops those already
+    running. Their pids go to processes.json."""
     for i in range(n):
-        with open(run_dir / f"node-{i}.log", "wb") as log:
-            procs[i] = subprocess.Popen(
-                [*command, "--node-id", str(i)], stdout=None if i == 0 else log, stderr=log,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    tmp = run_dir / "processes.json.tmp"
-    tmp.write_text(json.dumps({str(i): p.pid for i, p in procs.items()}))
-    os.replace(tmp, run_dir / "processes.json")
+        children.start(i, [*command, "--node-id", str(i)], run_dir / f"node-{i}.log",
+                       keep_stdout=i == 0)
+    children.write_pids(run_dir / "processes.json")
 
 
-def _wait(procs: dict[int, subprocess.Popen], run_dir: Path, timeout_s: float, say) -> int:
-    deadline = time.monotonic() + timeout_s + EXIT_GRACE_S
-    while procs[0].poll() is None:
-        failed = [i for i, p in procs.items() if p.poll() not in (None, 0)]
-        if failed or time.monotonic() > deadline:
-            why = f"node {failed[0]} failed" if failed else f"no result within {timeout_s:g} s"
-            say(f"{why}; stopping the others")
-            _show_logs(run_dir, failed or [0], say)
-            return 1
-        time.sleep(POLL_S)
-    if procs[0].returncode != 0:
+def _wait(children: Children, run_dir: Path, timeout_s: float, say) -> int:
+    """Node 0's exit code once it ends (the others then get EXIT_GRACE_S to end too); 1 when
+    another node fails first or node 0 has no result by the deadline."""
+    node0 = children.procs[0]
+    wait_until(lambda: node0.poll() is not None or bool(children.failed()),
+               timeout_s + EXIT_GRACE_S, POLL_S)
+    if node0.poll() is None:
+        failed = list(children.failed())
+        why = f"node {failed[0]} failed" if failed else f"no result within {timeout_s:g} s"
+        say(f"{why}; stopping the others")
+        _show_logs(run_dir, failed or [0], say)
+        return 1
+    if node0.returncode != 0:
         _show_logs(run_dir, [0], say)
-        return procs[0].returncode
-    end = time.monotonic() + EXIT_GRACE_S
-    while any(p.poll() is None for p in procs.values()) and time.monotonic() < end:
-        time.sleep(POLL_S)
+        return node0.returncode
+    wait_until(lambda: not children.running(), EXIT_GRACE_S, POLL_S)
     return 0
 
 

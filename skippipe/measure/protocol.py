@@ -30,7 +30,7 @@ import numpy as np
 from ..errors import SkipPipeError
 from ..runtime.transport import Transport, TransportError
 from ..runtime.wire import Kind, Message
-from .compute import device_for, measure_compute
+from .compute import measure_compute
 from .figures import (GIB, ComputeTask, LinkFigures, MeasureError, Measurements, NodeFigures,
                       Settings, link_from_dict, node_from_dict)
 
@@ -76,7 +76,6 @@ class MeasureNode:
         self.tasks: set[asyncio.Task] = set()
         self.done: asyncio.Event | None = None  # made inside the loop: "bye" arrived
         self.lost: dict[int, asyncio.Event] = {}  # peer -> its connection closed before "bye"
-        self.device = None
 
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
@@ -88,9 +87,8 @@ class MeasureNode:
     async def run(self, task: ComputeTask | None = None) -> Measurements | None:
         """Serve until the coordinator says bye; node 0 coordinates with `task` and returns
         the measurements."""
-        self.device = device_for(self.device_name)  # imports torch before anything is timed
+        import torch  # loaded here, before anything is timed, not by the --local launcher
         if self.threads:
-            import torch
             torch.set_num_threads(self.threads)  # node processes run with one (see node.py)
         self.done = asyncio.Event()
         async with self.transport:
@@ -234,7 +232,11 @@ class MeasureNode:
         return LinkFigures(self.id, peer, tuple(rtts), tuple(transfers), s.payload_bytes)
 
     async def compute(self, task: ComputeTask, s: Settings) -> NodeFigures:
-        return await asyncio.to_thread(measure_compute, task, s.repeat, s.warmup, self.device, self.id)
+        """Time `task` on this node's device: a device it lacks is an error for the
+        coordinator to report, like any other failure here."""
+        from ..util.devices import resolve_device  # imports torch: not at the launcher's import
+        device = resolve_device(self.device_name)
+        return await asyncio.to_thread(measure_compute, task, s.repeat, s.warmup, device, self.id)
 
     async def ask(self, node: int, body: dict, reply_op: str) -> dict:
         """Send a request to `node` and wait for its result (node 0 runs its own directly)."""

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from ..util.tables import format_table
 from .figures import GIB, MIB, MeasureError, Measurements, Settings, median, significant
 from .toml_writer import dump_toml
 
@@ -101,20 +102,23 @@ def render_scenario(template, meas: Measurements, settings: Settings, name: str,
     return dump_toml(doc, header)
 
 
+NODE_HEADER = ("node", "host", "device", "forward s", "(min..max)", "backward s", "bwd/fwd",
+               "peak MiB", "act MiB/mb")
+LINK_HEADER = ("link", "rtt ms", "(min..max)", "transfer ms", "(min..max)", "latency ms", "GiB/s")
+HOST_CHARS = 12  # host names are cut to this in the node table
+
+
 def summary_lines(meas: Measurements, settings: Settings) -> list[str]:
     """The raw figures, one line per node and per link."""
     f0 = meas.nodes[0]
     lines = [f"Compute: one stage of {f0.layers} layers, {f0.samples} samples per timing, "
              f"{f0.threads} CPU thread(s), median of {settings.repeat} after {settings.warmup} "
-             "warm-up; seconds per sample per layer",
-             f"{'node':>4}  {'host':<12} {'device':<7} {'forward s':>10} {'(min..max)':>22}  "
-             f"{'backward s':>10} {'bwd/fwd':>7}  {'peak MiB':>9}  {'act MiB/mb':>10}"]
-    for f in meas.nodes:
-        spread = f"({min(f.forward_s):.3g}..{max(f.forward_s):.3g})"
-        lines.append(f"{f.node:>4}  {f.host[:12]:<12} {f.device:<7} {f.forward_median_s:>10.4g} "
-                     f"{spread:>22}  {f.backward_median_s:>10.4g} "
-                     f"{f.backward_median_s / f.forward_median_s:>7.2f}  "
-                     f"{f.peak_memory_bytes / MIB:>9.1f}  {f.activation_bytes / MIB:>10.2f}")
+             "warm-up; seconds per sample per layer"]
+    rows = [(f.node, f.host[:HOST_CHARS], f.device, f.forward_median_s, _spread(f.forward_s, 1, ".3g"),
+             f.backward_median_s, f.backward_median_s / f.forward_median_s,
+             f.peak_memory_bytes / MIB, f.activation_bytes / MIB) for f in meas.nodes]
+    lines += format_table(NODE_HEADER, rows, ["", "", "", ".4g", "", ".4g", ".2f", ".1f", ".2f"],
+                          ">" + "<<" + ">" * 6).splitlines()
     names = {f.device_name for f in meas.nodes}
     devices = (f"all {names.pop()}" if len(names) == 1
                else ", ".join(f"{f.node}: {f.device_name}" for f in meas.nodes))
@@ -123,15 +127,17 @@ def summary_lines(meas: Measurements, settings: Settings) -> list[str]:
     lines.append(f"Links: RTT = median of {settings.repeat} CONTROL ping-pongs; bandwidth = payload / "
                  f"(elapsed - RTT), median of {settings.repeat} transfers of "
                  f"{settings.payload_bytes / MIB:g} MiB; latency = RTT / 2")
-    lines.append(f"{'link':>6}  {'rtt ms':>8} {'(min..max)':>19}  {'transfer ms':>11} "
-                 f"{'(min..max)':>19}  {'latency ms':>10}  {'GiB/s':>8}")
-    for l in meas.links:
-        lines.append(f"{f'{l.a}-{l.b}':>6}  {l.rtt_median_s * 1e3:>8.3f} "
-                     f"{f'({min(l.rtt_s) * 1e3:.3f}..{max(l.rtt_s) * 1e3:.3f})':>19}  "
-                     f"{median(l.transfer_s) * 1e3:>11.3f} "
-                     f"{f'({min(l.transfer_s) * 1e3:.3f}..{max(l.transfer_s) * 1e3:.3f})':>19}  "
-                     f"{l.latency_s * 1e3:>10.4f}  {l.bandwidth_bytes_per_s / GIB:>8.3f}")
+    rows = [(f"{l.a}-{l.b}", l.rtt_median_s * 1e3, _spread(l.rtt_s, 1e3, ".3f"),
+             median(l.transfer_s) * 1e3, _spread(l.transfer_s, 1e3, ".3f"), l.latency_s * 1e3,
+             l.bandwidth_bytes_per_s / GIB) for l in meas.links]
+    lines += format_table(LINK_HEADER, rows, ["", ".3f", "", ".3f", "", ".4f", ".3f"],
+                          ">" * len(LINK_HEADER)).splitlines()
     return lines
+
+
+def _spread(values: Sequence[float], scale: float, spec: str) -> str:
+    """'(min..max)' of `values` times `scale`."""
+    return f"({format(min(values) * scale, spec)}..{format(max(values) * scale, spec)})"
 
 
 def memory_warnings(meas: Measurements, slots: int) -> list[str]:

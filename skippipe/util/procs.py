@@ -2,14 +2,17 @@
 PID (SIGTERM to its session, SIGKILL after a grace period). Nothing is ever killed by name.
 
 `Children` owns one command's children keyed by node id; `wait_until` is the one poll loop
-(a condition, a deadline and something to do on every tick)."""
+(a condition, a deadline and something to do on every tick); `supervised` stops them all
+however the command ends (return, error, Ctrl-C or SIGTERM)."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this
@@ -23,14 +26,16 @@ class Children:
         self.procs: dict[int, subprocess.Popen] = {}
 
     def start(self, key: int, argv: Sequence[str], log_path: str | Path | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen:
+              env: dict[str, str] | None = None, keep_stdout: bool = False) -> subprocess.Popen:
         """Start `argv` in a new session, stdout and stderr to `log_path` (else inherited),
-        stdin closed, unbuffered Python output."""
+        stdin closed, unbuffered Python output. `keep_stdout`: stdout stays ours, only stderr
+        goes to the log (a child whose output the user follows)."""
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         log = open(log_path, "wb") if log_path is not None else None
+        stderr = log if keep_stdout else (subprocess.STDOUT if log else None)
         try:
             self.procs[key] = subprocess.Popen(
-                list(argv), stdout=log, stderr=subprocess.STDOUT if log else None,
+                list(argv), stdout=None if keep_stdout else log, stderr=stderr,
                 stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         finally:
             if log is not None:
@@ -49,8 +54,48 @@ class Children:
     def pids(self) -> dict[int, int]:
         return {k: p.pid for k, p in self.procs.items()}
 
+    def write_pids(self, path: str | Path) -> None:
+        """{key: pid} as JSON at `path`, replaced atomically (whoever watches it never reads
+        half a file)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({str(k): pid for k, pid in self.pids().items()}))
+        os.replace(tmp, path)
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         stop_sessions(self.procs.values(), grace_s)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived while `supervised` was active (as KeyboardInterrupt is for SIGINT)."""
+
+
+def interrupted_exit_code(e: BaseException) -> int:
+    """The shell's code for a command ended by a signal: 143 for SIGTERM, 130 for Ctrl-C."""
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def supervised(children: Children, grace_s: float = STOP_GRACE_S) -> Iterator[Children]:
+    """While active, SIGTERM raises Terminated in the main thread, so that one handler serves
+    Ctrl-C and SIGTERM alike. On leaving, however that happens, every child still running is
+    stopped, with SIGINT and SIGTERM ignored meanwhile: a second signal must not cut the
+    clean-up short and leave children behind."""
+    old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield children
+    finally:
+        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            children.stop(grace_s)
+        finally:
+            signal.signal(signal.SIGINT, old_int)
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
 
 
 def wait_until(done: Callable[[], bool], timeout_s: float, poll_s: float = POLL_S,
