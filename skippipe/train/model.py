@@ -49,7 +49,7 @@ from torch import nn
 
 from ..errors import SkipPipeError
 from ..scenario import ModelConfig
-from ..util.devices import pick_device  # measure/ imports it from here too
+from ..util.devices import pick_device
 
 ROPE_BASE = 10000.0  # rotary embedding base frequency (LLaMA default)
 RMS_NORM_EPS = 1e-5  # added to the mean square before the reciprocal square root
