@@ -9,6 +9,7 @@ from pathlib import Path
 from ..runtime import launch
 from ..errors import SkipPipeError
 from ..planning import DEFAULT_TIME_LIMIT_S
+from ..runtime.emulation import Emulation
 from ..runtime.runconfig import RunConfig, load_config
 from ..scenario import load_scenario
 from ..schedule import VARIANTS, load_schedule
@@ -94,7 +95,7 @@ def _peers(args, n_nodes: int) -> dict[int, tuple[str, int]]:
 def _prepare_data(sc, stand_in_model: str, say) -> None:
     """Build the corpus and tokenizer caches once, before the data nodes all want them."""
     from ..train.data import prepare_data
-    from ..runtime.node import stand_in
+    from ..runtime.compute import stand_in
     vocab = stand_in(sc.model, stand_in_model).vocab_size
     say(f"preparing the built-in corpus and a {vocab}-token tokenizer (cached after the first run)")
     prepare_data(None, vocab)
@@ -124,14 +125,15 @@ def run(args: argparse.Namespace) -> int:
         run_dir=str(run_dir), scenario_path=str(Path(args.scenario).resolve()),
         scenario_overrides=dict(sc.overrides), schedule_path=str(Path(sched_path).resolve()),
         variant=variant.name, iterations=args.iterations or sc.training.iterations,
-        time_scale=args.time_scale or sc.training.time_scale,
+        time_scale=args.time_scale or sc.training.time_scale,  # the run's one time scale
         emulate_compute=not args.no_emulate_compute, emulate_links=not args.no_emulate_links,
         peers=peers, local_nodes=tuple(nodes), data_nodes=sched.allocation[0],
         epoch=time.time(), seed=sc.training.seed if args.seed is None else args.seed,
         peer_timeout_s=args.peer_timeout, connect_timeout_s=DEFAULT_CONNECT_TIMEOUT_S,
         save_checkpoint=args.checkpoint, failures=tuple(parse_failures(args.fail, sc)),
         dump_gradients=args.dump_gradients, stand_in_model=args.stand_in_model)
-    timeout = args.timeout or (TIMEOUT_SLACK_S + TIMEOUT_FACTOR * cfg.iterations * predicted * cfg.time_scale)
+    timeout = args.timeout or (TIMEOUT_SLACK_S + TIMEOUT_FACTOR * cfg.iterations
+                               * Emulation.from_config(cfg).wall_s(predicted))
     say(f"run {run_dir}: nodes {nodes.start}..{nodes.stop - 1} of {sc.name} ({len(sc.nodes)} nodes), "
         f"{args.setting}, {cfg.iterations} iterations, {sc.pipeline.samples_per_microbatch} samples "
         f"per microbatch, time scale {cfg.time_scale:g}")

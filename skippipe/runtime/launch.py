@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import SkipPipeError
 from ..planning import PlanOptions, build_schedule
 from ..util.procs import stop_sessions
+from .emulation import Emulation
 from .runconfig import RunConfig, events_dir, save_config
 from ..scenario import Scenario, load_scenario
 from ..schedule import ScheduleError, load_schedule, save_schedule
@@ -128,7 +129,7 @@ class Progress:
             count = sum(c for _, c in losses)
             row = {"iteration": i, "end_t": end_t,
                    "loss": sum(s for s, _ in losses) / count if count else float("nan"),
-                   "measured_s": (end_t - prev_end) / self.cfg.time_scale,
+                   "measured_s": Emulation.from_config(self.cfg).scenario_s(end_t - prev_end),
                    "predicted_s": self.predicted_s}
             self.rows.append(row)
             new.append(row)
