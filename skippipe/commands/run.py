@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
         sc = load_scenario(cfg.scenario_path, cfg.scenario_overrides)
         return launch.rejoin(cfg, launch.check_range(args.first, args.last, sc),
                              args.timeout or TIMEOUT_SLACK_S + cfg.connect_timeout_s, say)
+    if args.time_scale is not None and not args.time_scale > 0:
+        raise SkipPipeError(f"--time-scale must be positive, got {args.time_scale:g}")
     sc = launch.scenario_for(args.scenario, args.mb or None)
     nodes = launch.check_range(args.first, args.last, sc)
     sched_path = launch.ensure_schedule(sc, args.setting, args.schedule, args.plan_time_limit, say)
@@ -125,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         run_dir=str(run_dir), scenario_path=str(Path(args.scenario).resolve()),
         scenario_overrides=dict(sc.overrides), schedule_path=str(Path(sched_path).resolve()),
         variant=variant.name, iterations=args.iterations or sc.training.iterations,
-        time_scale=args.time_scale or sc.training.time_scale,  # the run's one time scale
+        # the run's one time scale from here on; the scenario's value is only the default
+        time_scale=sc.training.time_scale if args.time_scale is None else args.time_scale,
         emulate_compute=not args.no_emulate_compute, emulate_links=not args.no_emulate_links,
         peers=peers, local_nodes=tuple(nodes), data_nodes=sched.allocation[0],
         epoch=time.time(), seed=sc.training.seed if args.seed is None else args.seed,
