@@ -16,7 +16,7 @@ malformed message is rejected by its receiver, never trusted.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, make_dataclass
 from typing import ClassVar, Union
 
 from ..errors import SkipPipeError
@@ -29,19 +29,14 @@ class ControlError(SkipPipeError):
     """A CONTROL message that is not one of the known, well-formed messages."""
 
 
-@dataclass(frozen=True)
-class Hello:
-    key: ClassVar[str] = "hello"
+def _flag(name: str, key: str, doc: str) -> type:
+    """A message without fields: its key alone says it all."""
+    return make_dataclass(name, [], namespace={"key": key, "__doc__": doc, "__module__": __name__}, frozen=True)
 
 
-@dataclass(frozen=True)
-class Finished:
-    key: ClassVar[str] = "finished"
-
-
-@dataclass(frozen=True)
-class Rejoin:
-    key: ClassVar[str] = "rejoin"
+Hello = _flag("Hello", "hello", "Start-up greeting.")
+Finished = _flag("Finished", "finished", "The sender ran all its iterations.")
+Rejoin = _flag("Rejoin", "rejoin", "A restarted node asks to come back.")
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ class FailurePlanError(SkipPipeError):
 
 @dataclasses.dataclass(frozen=True)
 class FailureSpec:
+    """One planned failure (fields as in the module docstring); checked on construction."""
+
     node: int
     iteration: int = 0
     phase: str = "forward"
@@ -85,6 +87,8 @@ class FailureSpec:
         return self.how in ("crash", "hang")
 
     def fires(self, it: int, phase: str, done_ops: int) -> bool:
+        """Whether it happens now: in iteration `it`, before the next step of `phase` after
+        `done_ops` operations ('start' fires at the first step of any phase)."""
         return self.iteration == it and self.phase in (phase, "start") and done_ops >= self.after_ops
 
 
