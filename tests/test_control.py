@@ -53,6 +53,14 @@ def test_malformed_control_messages_are_rejected(body):
         decode(_wire(body))
 
 
+def test_node_ids_must_be_nodes_of_the_run():
+    assert decode(_wire({"dead": [5]}), n_nodes=6) == Dead((5,))
+    for body in ({"dead": [6]}, {"rejoin_at": 2, "node": 6}, {"welcome": 2, "dead": [9], "steps": []}):
+        with pytest.raises(ControlError, match="0..5"):
+            decode(_wire(body), n_nodes=6)
+    assert decode(_wire({"restart": 60, "attempt": 1, "iteration": 70}), n_nodes=6) == Restart(60, 1, 70)
+
+
 def test_a_payload_that_is_not_json_is_rejected():
     msg = Message(Kind.CONTROL, 3, dtype=DType.BYTES, shape=(3,), payload=b"\xff{}")
     with pytest.raises(ControlError):
@@ -75,9 +83,9 @@ def test_receiver_logs_a_malformed_message_and_keeps_working(tmp_path, caplog):
     got = []
 
     async def main():
-        msgs = [_wire({"dead": [[1]]}), _wire({"restart": "x"}), _wire({"dead": [4]}, sender=1),
+        msgs = [_wire({"dead": [[1]]}), _wire({"restart": "x"}), _wire({"dead": [99]}), _wire({"dead": [4]}, sender=1),
                 Message(Kind.DONE, 5, iteration=2)]
-        live = Liveness(0, [0, 1, 3, 4, 5], None, 1.0, lambda peers, why: None)
+        live = Liveness(0, list(range(6)), None, 1.0, lambda peers, why: None)
         m = Messenger(0, FakeTransport(msgs), live, EventWriter(tmp_path / "events.jsonl", 0, 0.0),
                       Emulation(1.0, links=False), peer_timeout_s=1.0)
         m.on_control = lambda ctrl, sender: got.append((ctrl, sender))
@@ -92,4 +100,4 @@ def test_receiver_logs_a_malformed_message_and_keeps_working(tmp_path, caplog):
         asyncio.run(main())
     assert got == [(Dead((4,)), 1)]
     rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
-    assert len(rejected) == 2 and all("from node 3" in line for line in rejected)
+    assert len(rejected) == 3 and all("from node 3" in line for line in rejected)

@@ -22,7 +22,8 @@ from typing import ClassVar, Union
 from ..errors import SkipPipeError
 from .wire import Kind, Message, WireError
 
-MAX_ID = 2**31 - 1  # node ids, iterations, microbatches, attempts, step counts
+MAX_ID = 2**31 - 1  # iterations, microbatches, attempts, step counts
+_NODE_FIELDS = {"dead", "node"}  # fields that name nodes: must be nodes of the run
 
 
 class ControlError(SkipPipeError):
@@ -80,8 +81,9 @@ def encode(ctrl: Control, sender: int) -> Message:
     return Message.from_json(Kind.CONTROL, sender, body)
 
 
-def decode(msg: Message) -> Control:
-    """The typed message in a CONTROL frame; ControlError if it is malformed."""
+def decode(msg: Message, n_nodes: int = MAX_ID + 1) -> Control:
+    """The typed message in a CONTROL frame; ControlError if it is malformed or names a node
+    outside 0..n_nodes-1."""
     try:
         body = msg.json()
     except WireError as e:
@@ -95,20 +97,21 @@ def decode(msg: Message) -> Control:
                            f"{sorted(names)}, got {sorted(body)}")
     if cls in _FLAGS:
         return cls()
-    return cls(**{f.name: _value(msg.sender, f.name, body[f.name], f.type) for f in fields(cls)})
+    return cls(**{f.name: _value(msg.sender, f.name, body[f.name], f.type,
+                                 n_nodes - 1 if f.name in _NODE_FIELDS else MAX_ID) for f in fields(cls)})
 
 
-def _value(sender: int, name: str, value, typ: str):
-    """Check one field: an id-like integer, or a list of them (as a tuple)."""
+def _value(sender: int, name: str, value, typ: str, high: int):
+    """Check one field: an integer in 0..high, or a list of them (as a tuple)."""
     if typ == "int":
-        return _id(sender, name, value)
+        return _id(sender, name, value, high)
     if not isinstance(value, list):
         raise ControlError(f"control message from node {sender}: {name} must be a list, got {value!r}")
-    return tuple(_id(sender, name, v) for v in value)
+    return tuple(_id(sender, name, v, high) for v in value)
 
 
-def _id(sender: int, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+def _id(sender: int, name: str, value, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
         raise ControlError(f"control message from node {sender}: {name} must be an integer "
-                           f"0..{MAX_ID}, got {value!r}")
+                           f"0..{high}, got {value!r}")
     return value

@@ -36,6 +36,7 @@ class Messenger:
         self.id, self.transport, self.live, self.events = node_id, transport, live, events
         self.emulation, self.peer_timeout_s = emulation, peer_timeout_s
         self.links = emulation.link_emulator()
+        self.n_nodes = len(live.peers) + 1  # node ids are 0..n_nodes-1
         self.inbox: dict[int, list[Message]] = {}  # iteration -> messages not yet used
         self.late: list[Message] = []  # data of iterations this node already finished
         self.iteration_now = 0  # data of earlier iterations goes to `late`
@@ -55,7 +56,7 @@ class Messenger:
     def route(self, msg: Message) -> None:
         if msg.kind == Kind.CONTROL:
             try:
-                ctrl = control.decode(msg)
+                ctrl = control.decode(msg, self.n_nodes)
             except control.ControlError as e:
                 log.warning("rejected: %s", e)  # one bad peer message must not stop this node
                 return

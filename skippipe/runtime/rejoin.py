@@ -46,7 +46,7 @@ class Rejoin:
             self.revive_at.setdefault(ctrl.rejoin_at, set()).add(ctrl.node)
         elif isinstance(ctrl, Welcome):
             self.welcome, self.sponsor = ctrl, sender
-            self.m.live.declare(set(ctrl.dead), f"reported by node {sender}")
+            self.m.live.declare(set(ctrl.dead), f"reported by node {sender}")  # the dead stay dead
 
     def _weights(self, msg: Message) -> None:
         self.state = msg.to_torch()
@@ -65,7 +65,6 @@ class Rejoin:
             await self.m.wait(deadline - time.monotonic())
         w = self.welcome
         self.compute.load_state_vector(self.state, w.steps)
-        self.m.live.dead |= set(w.dead)
         self.joined_at = w.welcome
         self.m.events.write("rejoined", iteration=w.welcome, sponsor=self.sponsor)
         return w.welcome
