@@ -6,8 +6,8 @@ import logging
 import pytest
 
 from skippipe.runtime import control
-from skippipe.runtime.control import (ControlError, Dead, Finished, Hello, Rejoin, RejoinAt, Restart,
-                                      Welcome, decode, encode)
+from skippipe.runtime.control import (ControlError, Dead, Finished, Hello, RejoinAt, RejoinRequest,
+                                      Restart, Welcome, decode, encode)
 from skippipe.runtime.emulation import Emulation
 from skippipe.runtime.liveness import Liveness
 from skippipe.runtime.messenger import Messenger
@@ -16,7 +16,7 @@ from skippipe.runtime.wire import DType, Kind, Message
 from skippipe.runtime import wire
 
 TEST_DEADLINE_S = 10.0
-ALL = [Hello(), Finished(), Rejoin(), Dead((3, 5)), Restart(4, 2, 7), RejoinAt(9, 3),
+ALL = [Hello(), Finished(), RejoinRequest(), Dead((3, 5)), Restart(4, 2, 7), RejoinAt(9, 3),
        Welcome(9, (1,), (0, 4, 4))]
 MALFORMED = [
     {"dead": [[1]]},  # once killed the receiving task
@@ -83,8 +83,8 @@ def test_receiver_logs_a_malformed_message_and_keeps_working(tmp_path, caplog):
     got = []
 
     async def main():
-        msgs = [_wire({"dead": [[1]]}), _wire({"restart": "x"}), _wire({"dead": [99]}), _wire({"dead": [4]}, sender=1),
-                Message(Kind.DONE, 5, iteration=2)]
+        msgs = [_wire({"dead": [[1]]}), _wire({"restart": "x"}), _wire({"dead": [99]}),
+                _wire({"dead": [4]}, sender=1), Message(Kind.DONE, 5, iteration=2)]
         live = Liveness(0, list(range(6)), None, 1.0, lambda peers, why: None)
         m = Messenger(0, FakeTransport(msgs), live, EventWriter(tmp_path / "events.jsonl", 0, 0.0),
                       Emulation(1.0, links=False), peer_timeout_s=1.0)

@@ -126,7 +126,8 @@ class StageCompute:
         for p in params:
             state = self.optimizer.state.get(p, {})
             for key in ("exp_avg", "exp_avg_sq"):
-                parts.append((state[key] if key in state else torch.zeros_like(p)).detach().reshape(-1).float().cpu())
+                moment = state[key] if key in state else torch.zeros_like(p)
+                parts.append(moment.detach().reshape(-1).float().cpu())
             steps.append(int(state["step"]) if "step" in state else 0)
         return torch.cat(parts), steps
 

@@ -1,15 +1,15 @@
 """Typed CONTROL messages: what nodes tell each other besides tensors.
 
 On the wire a control message is a CONTROL frame whose payload is a JSON object; which message
-it is follows from its first key (the wire format predates these types and stays as it was):
+it is follows from its keys (the wire format predates these types and stays as it was):
 
-  {"hello": 1}                                   Hello     start-up greeting
-  {"finished": 1}                                Finished  the sender ran all its iterations
-  {"dead": [3, 5]}                               Dead      gossip: these peers are dead
-  {"restart": mb, "attempt": a, "iteration": i}  Restart   a data node re-routed microbatch mb
-  {"rejoin": 1}                                  Rejoin    a restarted node asks to come back
-  {"rejoin_at": i, "node": n}                    RejoinAt  node n is planned in from iteration i
-  {"welcome": i, "dead": [...], "steps": [...]}  Welcome   a sponsor's answer to a rejoining node
+  {"hello": 1}                                   Hello          start-up greeting
+  {"finished": 1}                                Finished       the sender ran all its iterations
+  {"dead": [3, 5]}                               Dead           gossip: these peers are dead
+  {"restart": mb, "attempt": a, "iteration": i}  Restart        a data node re-routed microbatch mb
+  {"rejoin": 1}                                  RejoinRequest  a restarted node asks to come back
+  {"rejoin_at": i, "node": n}                    RejoinAt       node n is planned in from iteration i
+  {"welcome": i, "dead": [...], "steps": [...]}  Welcome        a sponsor's answer to a rejoining node
 
 `decode` checks every field's type and range and raises ControlError for anything else: a
 malformed message is rejected by its receiver, never trusted.
@@ -37,7 +37,7 @@ def _flag(name: str, key: str, doc: str) -> type:
 
 Hello = _flag("Hello", "hello", "Start-up greeting.")
 Finished = _flag("Finished", "finished", "The sender ran all its iterations.")
-Rejoin = _flag("Rejoin", "rejoin", "A restarted node asks to come back.")
+RejoinRequest = _flag("RejoinRequest", "rejoin", "A restarted node asks to come back.")
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,10 @@ class Welcome:
     steps: tuple[int, ...]  # AdamW step count per parameter of the stage
 
 
-Control = Union[Hello, Finished, Rejoin, Dead, Restart, RejoinAt, Welcome]
+Control = Union[Hello, Finished, RejoinRequest, Dead, Restart, RejoinAt, Welcome]
 # Welcome before Dead: a welcome also carries a "dead" list
-_TYPES = (Welcome, Restart, RejoinAt, Dead, Hello, Finished, Rejoin)
-_FLAGS = (Hello, Finished, Rejoin)  # no fields: the key's value is 1
+_TYPES = (Welcome, Restart, RejoinAt, Dead, Hello, Finished, RejoinRequest)
+_FLAGS = (Hello, Finished, RejoinRequest)  # no fields: the key's value is 1
 
 
 def encode(ctrl: Control, sender: int) -> Message:

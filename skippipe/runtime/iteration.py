@@ -26,8 +26,8 @@ from .wire import Kind, Message
 
 class Iteration:
     def __init__(self, it: int, variant: VariantSchedule, memory_slots: int, degraded: bool,
-                 data_node: bool, messenger: Messenger, compute: StageCompute, allocation: tuple[tuple[int, ...], ...],
-                 stage_of: dict[int, int]):
+                 data_node: bool, messenger: Messenger, compute: StageCompute,
+                 allocation: tuple[tuple[int, ...], ...], stage_of: dict[int, int]):
         self.it, self.m, self.compute = it, messenger, compute
         self.id = messenger.id
         self.allocation, self.stage_of = allocation, stage_of

@@ -1,6 +1,6 @@
 """A restarted node comes back into a running training, sponsored by a live peer of its stage.
 
-The restarted node asks every peer (Rejoin). After its next iteration, the lowest live node of
+The restarted node asks every peer (RejoinRequest). After its next iteration, the lowest live node of
 the same stage, its sponsor, announces to everyone the iteration it joins at (RejoinAt: two
 ahead, so every stage peer hears it before starting that iteration; stage peers are at most
 one iteration apart) and, one iteration before that, sends it the dead set and the step counts
@@ -16,7 +16,7 @@ import time
 import torch
 
 from .compute import StageCompute
-from .control import Control, RejoinAt, Rejoin as RejoinRequest, Welcome
+from .control import Control, RejoinAt, RejoinRequest, Welcome
 from .messenger import STALL_FACTOR, Messenger, NodeFailure
 from .runconfig import RunConfig
 from .wire import Kind, Message
