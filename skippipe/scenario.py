@@ -80,7 +80,7 @@ class TrainingConfig:
     grad_clip: float
     weight_decay: float
     seed: int
-    time_scale: float  # runtime: emulated times are multiplied by this
+    time_scale: float  # runtime: the default of the run's time scale (emulation.py)
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class Network:
 class Scenario:
     name: str
     source: str  # path of the settings file
-    content_hash: str  # sha256 of the parsed content: schedules record it
+    content_hash: str  # sha256 of what planners read (not [training]): schedules record it
     model: ModelConfig
     pipeline: PipelineConfig
     costs: CostConfig
@@ -352,13 +352,18 @@ def load_scenario(path: str | Path, overrides: dict | None = None) -> Scenario:
     nodes = _nodes(path, raw, compute, network, pipeline.memory_slots)
     _check_consistency(path, model, pipeline, nodes)
     extra = {k: raw[k] for k in _OPTIONAL_SECTIONS if k in raw}
-    content = {"model": asdict(model), "pipeline": asdict(pipeline), "costs": _hashed_costs(costs),
-               "training": asdict(training), "network": asdict(network),
-               "nodes": [asdict(n) for n in nodes], "extra": extra}
-    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
     name = raw.get("name", path.stem)
-    return Scenario(name, str(path), digest[:16], model, pipeline, costs, training, network,
-                    nodes, extra, overrides)
+    return Scenario(name, str(path), _plan_hash(model, pipeline, costs, network, nodes), model,
+                    pipeline, costs, training, network, nodes, extra, overrides)
+
+
+def _plan_hash(model: ModelConfig, pipeline: PipelineConfig, costs: CostConfig, network: Network,
+               nodes: tuple[Node, ...]) -> str:
+    """sha256 (16 hex digits) of what the planners read. [training] and the optional sections
+    stay out: changing iterations, the learning rate or the time scale keeps a schedule valid."""
+    content = {"model": asdict(model), "pipeline": asdict(pipeline), "costs": _hashed_costs(costs),
+               "network": asdict(network), "nodes": [asdict(n) for n in nodes]}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _hashed_costs(costs: CostConfig) -> dict:

@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from skippipe.runtime.faults import FailurePlanError, parse_spec, random_plan
+from skippipe.runtime.faults import (DEFAULT_SLOW_FACTOR, FailurePlanError, FailureSpec, parse_failures,
+                                     parse_spec, random_plan)
+from skippipe.runtime.runconfig import RunConfig, load_config, save_config
 from skippipe.schedule import VariantSchedule, save_schedule
 from skippipe.timeline import read_jsonl
 
@@ -123,11 +125,44 @@ def test_restarted_node_rejoins_with_its_stage_peers_weights(tmp_path, schedule_
 
 def test_failure_specs():
     sc = tiny()
-    assert parse_spec("node=3,iteration=1,phase=backward,how=crash", sc)["phase"] == "backward"
-    assert parse_spec("node=2,how=slow", sc)["factor"] > 1
-    for bad in ("node=9", "node=1,phase=lunch", "node=1,how=explode", "node=1,colour=red", "iteration=2"):
-        with pytest.raises(FailurePlanError):
+    f = parse_spec("node=3,iteration=1,phase=backward,how=crash", sc)
+    assert f == FailureSpec(node=3, iteration=1, phase="backward", how="crash") and f.stops
+    slow = parse_spec("node=2,how=slow", sc)
+    assert slow.factor == DEFAULT_SLOW_FACTOR > 1 and not slow.stops
+    assert parse_spec("node=2,how=slow,factor=2.5", sc).factor == 2.5
+    for bad in ("node=9", "node=1,phase=lunch", "node=1,how=explode", "node=1,colour=red", "iteration=2",
+                "node=x", "node=1,factor=0.5", "node=1,after_ops=-1", "node=1;how=hang"):
+        with pytest.raises(FailurePlanError, match="--fail"):
             parse_spec(bad, sc)
     plan = random_plan(sc, rate=0.5, iterations=4, seed=1, protect=frozenset({0, 1}))
     assert plan == random_plan(sc, rate=0.5, iterations=4, seed=1, protect=frozenset({0, 1}))
-    assert all(f["node"] not in (0, 1) for f in plan)
+    assert all(isinstance(f, FailureSpec) and f.node not in (0, 1) for f in plan)
+
+
+def test_failure_spec_fires_once_its_phase_and_ops_are_reached():
+    f = FailureSpec(node=1, iteration=2, phase="backward", after_ops=3)
+    assert not f.fires(1, "backward", 5) and not f.fires(2, "forward", 5)
+    assert not f.fires(2, "backward", 2) and f.fires(2, "backward", 3)
+    start = FailureSpec(node=1, iteration=0, phase="start")
+    assert start.fires(0, "forward", 0) and start.fires(0, "averaging", 0)
+
+
+def test_failure_plans_from_files_and_run_configs(tmp_path):
+    sc = tiny()
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps([{"node": 4, "how": "hang", "iteration": 1}]))
+    assert parse_failures([f"@{plan}"], sc) == [FailureSpec(node=4, iteration=1, how="hang")]
+    plan.write_text(json.dumps({"node": 4}))
+    with pytest.raises(FailurePlanError, match="list"):
+        parse_failures([f"@{plan}"], sc)
+    plan.write_text(json.dumps(["node=4"]))
+    with pytest.raises(FailurePlanError, match="object"):
+        parse_failures([f"@{plan}"], sc)
+    specs = (FailureSpec(node=4, iteration=1, how="hang"), FailureSpec(node=2, how="slow", factor=3.0))
+    cfg = RunConfig(run_dir=str(tmp_path), scenario_path="", scenario_overrides={}, schedule_path="",
+                    variant="random", iterations=3, time_scale=1.0, emulate_compute=True, emulate_links=True,
+                    peers={0: ("127.0.0.1", 1)}, local_nodes=(0, 1, 2, 3, 4), data_nodes=(0, 1), epoch=0.0,
+                    seed=0, peer_timeout_s=1.0, connect_timeout_s=1.0, failures=specs)
+    back = load_config(save_config(cfg))
+    assert back.failures == specs and back == cfg
+    assert back.planned_crashes() == {4} and back.expected_nodes(0) == 5 and back.expected_nodes(1) == 4

@@ -1,34 +1,16 @@
-"""Link emulation timing (pure, injected clock) and compute padding."""
+"""Link emulation timing (pure, injected clock)."""
 import asyncio
-import dataclasses
 import time
-from pathlib import Path
 
 import pytest
 
-from skippipe.runtime.linkemu import (ComputeModel, LinkEmulator, LinkModel, LinkTimeline, pad_to)
-from skippipe.scenario import GIB, load_scenario
+from skippipe.runtime.linkemu import LinkEmulator, LinkModel, LinkTimeline
 
-TINY = Path(__file__).resolve().parents[1] / "settings" / "tiny.toml"
 TEST_DEADLINE_S = 10.0  # an async test that takes longer than this has hung
-MIB = 1024**2
 
 
 def run(coro):
     return asyncio.run(asyncio.wait_for(coro, TEST_DEADLINE_S))
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_scenario(TINY)
-
-
-def test_link_model_from_scenario(tiny):
-    # node 0 is in "east", node 1 in "west" (round-robin), node 3 in "east" again
-    far, near = LinkModel.from_scenario(tiny, 0, 1), LinkModel.from_scenario(tiny, 0, 3)
-    assert far == LinkModel(0.020, 0.01 * GIB, 0.002, 1.0)
-    assert near == LinkModel(0.0005, 1.0 * GIB, 0.002, 1.0)
-    assert far.delay_s(MIB) == pytest.approx(0.020 + MIB / (0.01 * GIB) + 0.002)
 
 
 def test_one_message_timing_is_scaled():
@@ -169,25 +151,3 @@ def test_unknown_destination_is_a_clear_error():
     emu = LinkEmulator(4, {1: LinkModel(0.0, 1.0, 0.0, 1.0)})
     with pytest.raises(KeyError, match="node 4 to node 9"):
         emu.model(9)
-
-
-def test_emulator_from_scenario_covers_every_other_node(tiny):
-    emu = LinkEmulator.from_scenario(tiny, 2)
-    for node in tiny.nodes:
-        if node.id != 2:
-            assert emu.model(node.id) == LinkModel.from_scenario(tiny, 2, node.id)
-
-
-def test_compute_target_and_padding(tiny):
-    scaled = dataclasses.replace(tiny, training=dataclasses.replace(tiny.training, time_scale=0.5))
-    model = ComputeModel.from_scenario(scaled, 2)
-    # 0.004 s/sample/layer x 1 layer per stage x 2 samples x 1.5 (backward) x 0.5 (time scale)
-    assert model.target_s(samples=2, factor=1.5) == pytest.approx(0.006)
-    slept = []
-
-    async def fake_sleep(seconds):
-        slept.append(seconds)
-
-    assert run(pad_to(0.001, 0.006, sleep=fake_sleep)) == pytest.approx(0.005)
-    assert run(pad_to(0.01, 0.006, sleep=fake_sleep)) == 0.0
-    assert slept == [pytest.approx(0.005)]

@@ -1,4 +1,4 @@
-from skippipe.runtime.node import pack_path, unpack_path
+from skippipe.runtime.datamsg import pack_path, unpack_path
 from skippipe.runtime.recovery import live_variant, repair_path
 from skippipe.schedule import Hop
 

@@ -112,3 +112,27 @@ def test_weight_grad_share_splits_the_backward():
     assert Costs(other).op_s("W", 0) == pytest.approx(0.4 * c.backward_s(0))
     with pytest.raises(ScenarioError, match="weight_grad_share: must be below 1"):
         load_scenario(tiny, {"costs.weight_grad_share": 1.0})
+
+
+def test_content_hash_covers_only_what_planners_read(tmp_path):
+    """Changing [training] (time scale, iterations, learning rate, ...) or the runtime's optional
+    sections keeps a schedule valid; the planners' inputs do not."""
+    from skippipe.schedule import ScheduleError, load_schedule, save_schedule
+    from schedules import make_paths, make_schedule
+
+    a = load_scenario(SETTINGS / "tiny.toml")
+    training = load_scenario(_write(tmp_path, _tiny_text(**{
+        "time_scale = 1.0": "time_scale = 8.0", "iterations = 3": "iterations = 40",
+        "learning_rate = 3e-3": "learning_rate = 1e-4", "seed = 0": "seed = 7"})))
+    assert training.training != a.training and training.content_hash == a.content_hash
+    faults = load_scenario(_write(tmp_path, _tiny_text() + "\n[faults]\nrandom_rate = 0.5\n"))
+    assert faults.content_hash == a.content_hash
+    for change in ({"loss_factor = 0.25": "loss_factor = 0.5"}, {"d_model = 64": "d_model = 128"},
+                   {"latency_ms = 20": "latency_ms = 21"}, {"count = 6 ": "count = 6\ncompute_factors = [1, 2]"}):
+        assert load_scenario(_write(tmp_path, _tiny_text(**change))).content_hash != a.content_hash, change
+
+    path = tmp_path / "tiny.json"
+    save_schedule(make_schedule(a, make_paths()), path)
+    load_schedule(path, training)  # still valid: no re-plan
+    with pytest.raises(ScheduleError, match="re-plan"):
+        load_schedule(path, load_scenario(_write(tmp_path, _tiny_text(**{"memory_slots = 2": "memory_slots = 3"}))))

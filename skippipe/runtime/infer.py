@@ -26,7 +26,8 @@ from ..errors import SkipPipeError
 from ..train.model import STAGE_FILE, Stage, build_stage, load_stage_state, read_checkpoint_info
 from ..schedule import load_schedule
 from ..util.devices import device_for
-from .node import NodeFailure, pack_path, unpack_path
+from .datamsg import pack_path, unpack_path
+from .messenger import NodeFailure
 from .runconfig import RunConfig, load_config
 from .transport import Transport, TransportError
 from .wire import Kind, Message
@@ -76,7 +77,8 @@ def load_trained_stage(run_dir: Path, node: int, stage: int, n_stages: int, devi
 class InferenceNode:
     def __init__(self, cfg: RunConfig, node_id: int, p: InferencePlan):
         self.cfg, self.id, self.plan = cfg, node_id, p
-        self.schedule, self.sc = load_schedule(cfg.schedule_path)
+        schedule, self.sc = load_schedule(cfg.schedule_path)
+        self.schedule = schedule.for_variant(cfg.variant)
         self.stage = self.schedule.stage_of()[node_id]
         self.device = device_for(node_id)
         self.module = load_trained_stage(Path(cfg.run_dir), node_id, self.stage,
@@ -194,7 +196,7 @@ def distributed_perplexity(run_dir: Path, failed: set[int], max_batches: int, sa
     if not (run_dir / "checkpoint" / "checkpoint.json").is_file():
         raise SkipPipeError(f"{run_dir}: no checkpoint (train with --checkpoint)")
     sched, sc = load_schedule(cfg.schedule_path)
-    p = plan(sched.allocation, failed, samples or sc.pipeline.samples_per_microbatch, max_batches, len(sc.nodes))
+    p = plan(sched.allocation_of(cfg.variant), failed, samples or sc.pipeline.samples_per_microbatch, max_batches, len(sc.nodes))
     tag = "-".join(map(str, sorted(failed))) or "none"
     plan_path = run_dir / f"infer-failed-{tag}.json"
     plan_path.write_text(json.dumps(asdict(p)))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..timeline import read_jsonl
 from ..util.procs import Children, wait_until
+from .emulation import Emulation
 from .runconfig import RunConfig, events_dir, save_config
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class Progress:
             count = sum(c for _, c in losses)
             row = {"iteration": i, "end_t": end_t,
                    "loss": sum(s for s, _ in losses) / count if count else float("nan"),
-                   "measured_s": (end_t - prev_end) / self.cfg.time_scale,
+                   "measured_s": Emulation.from_config(self.cfg).scenario_s(end_t - prev_end),
                    "predicted_s": self.predicted_s}
             self.rows.append(row)
             new.append(row)

@@ -1,4 +1,4 @@
-"""Link and compute emulation from a scenario, applied on the sending side.
+"""Link emulation, applied on the sending side.
 
 A message of B bytes on the directed link i -> j is handed to the real socket at
 
@@ -11,8 +11,8 @@ loopback wire then adds its own (small) time. All times are seconds on a monoton
 
 `LinkTimeline` is the pure timing rule (no clock, no sleeping) and is what tests check;
 `LinkEmulator` applies it with asyncio for one sending node, one timeline per destination, and
-releases messages of a link strictly in FIFO order. `ComputeModel` and `pad_to` stretch an
-operation to the scenario's compute time for a node.
+releases messages of a link strictly in FIFO order. emulation.py builds them from the scenario
+and the run's time scale.
 """
 from __future__ import annotations
 
@@ -21,8 +21,6 @@ import contextlib
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, Mapping
-
-from ..scenario import Scenario
 
 Clock = Callable[[], float]  # monotonic seconds
 SleepUntil = Callable[[float], Awaitable[None]]  # wait until a clock time, seconds
@@ -36,12 +34,6 @@ class LinkModel:
     bandwidth_bytes_per_s: float
     per_hop_overhead_s: float
     time_scale: float  # emulated times are multiplied by this
-
-    @classmethod
-    def from_scenario(cls, scenario: Scenario, src: int, dst: int) -> LinkModel:
-        link = scenario.link(src, dst)
-        return cls(link.latency_s, link.bandwidth_bytes_per_s,
-                   scenario.costs.per_hop_overhead_s, scenario.training.time_scale)
 
     def serialization_s(self, nbytes: int) -> float:
         """Scaled seconds the link is busy sending `nbytes`."""
@@ -113,13 +105,6 @@ class LinkEmulator:
         self._clock = clock
         self._sleep_until = sleep_until
 
-    @classmethod
-    def from_scenario(cls, scenario: Scenario, src: int, **kwargs) -> LinkEmulator:
-        """Links from `src` to every other node of the scenario."""
-        models = {n.id: LinkModel.from_scenario(scenario, src, n.id)
-                  for n in scenario.nodes if n.id != src}
-        return cls(src, models, **kwargs)
-
     def model(self, dst: int) -> LinkModel:
         try:
             return self._links[dst].timeline.model
@@ -155,33 +140,3 @@ def _release_after(prev: asyncio.Future | None, mine: asyncio.Future) -> None:
         done()
     else:
         prev.add_done_callback(done)
-
-
-@dataclass(frozen=True)
-class ComputeModel:
-    """Scenario compute speed of one node."""
-
-    s_per_sample_per_layer: float  # forward seconds per sample per layer
-    layers: int  # layers of the node's stage
-    time_scale: float
-
-    @classmethod
-    def from_scenario(cls, scenario: Scenario, node_id: int) -> ComputeModel:
-        return cls(scenario.node(node_id).compute_s_per_sample_per_layer,
-                   scenario.layers_per_stage, scenario.training.time_scale)
-
-    def target_s(self, samples: int, factor: float = 1.0) -> float:
-        """Scaled seconds an operation on `samples` samples should take; `factor` is 1 for a
-        forward, the scenario's backward_factor / loss_factor for the others."""
-        return self.s_per_sample_per_layer * self.layers * samples * factor * self.time_scale
-
-
-async def pad_to(op_seconds_measured: float, target_seconds: float,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> float:
-    """Wait so that an operation that took `op_seconds_measured` lasts `target_seconds` in all.
-    Returns the seconds waited (0 when the operation was already slower)."""
-    remaining = target_seconds - op_seconds_measured
-    if remaining <= 0:
-        return 0.0
-    await sleep(remaining)
-    return remaining

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Callable
 
+from .control import Dead, encode
 from .transport import Transport, TransportError
 from .wire import Kind, Message
 
@@ -87,6 +88,5 @@ class Liveness:
         self.dead |= new
         log.warning("peer(s) %s declared dead: %s", sorted(new), why)
         for p in self.live_peers():
-            asyncio.create_task(self._send_quietly(
-                p, Message.from_json(Kind.CONTROL, self.id, {"dead": sorted(self.dead)})))
+            asyncio.create_task(self._send_quietly(p, encode(Dead(tuple(sorted(self.dead))), self.id)))
         self.on_dead(new, why)

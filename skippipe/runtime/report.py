@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .emulation import Emulation
 from .runconfig import RunConfig, events_dir
 from ..scenario import Scenario
 from ..schedule import Schedule
@@ -19,14 +20,14 @@ def measured_iteration(cfg: RunConfig, iteration: int) -> list[dict]:
     if not events:
         return []
     t0 = min(e["t"] for e in events)
+    to_scenario = Emulation.from_config(cfg).scenario_s
     out = []
     for e in events:
-        e = dict(e, t=(e["t"] - t0) / cfg.time_scale)
-        for key in ("dur",):
-            if key in e:
-                e[key] = e[key] / cfg.time_scale
+        e = dict(e, t=to_scenario(e["t"] - t0))
+        if "dur" in e:
+            e["dur"] = to_scenario(e["dur"])
         if "arrive" in e:
-            e["arrive"] = (e["arrive"] - t0) / cfg.time_scale
+            e["arrive"] = to_scenario(e["arrive"] - t0)
         out.append(e)
     return out
 

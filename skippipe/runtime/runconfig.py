@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import SkipPipeError
+from .faults import FailureSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +20,8 @@ class RunConfig:
     schedule_path: str
     variant: str
     iterations: int
-    time_scale: float  # emulated seconds = scenario seconds x time_scale
+    time_scale: float  # emulated seconds = scenario seconds x time_scale (emulation.py): the one
+    # source at run time; the scenario's [training] time_scale is only the launcher's default
     emulate_compute: bool  # pad each operation to the scenario's compute time
     emulate_links: bool  # delay each message by the scenario's link time
     peers: dict[int, tuple[str, int]]  # node id -> (host, port)
@@ -31,18 +33,17 @@ class RunConfig:
     connect_timeout_s: float  # wall seconds to wait for every peer at start-up
     checkpoint_every: int = 0  # iterations between per-stage checkpoints (0: only at the end if asked)
     save_checkpoint: bool = False
-    failures: tuple[dict, ...] = ()  # failure plan entries (see faults.py)
+    failures: tuple[FailureSpec, ...] = ()  # the failure plan (faults.py)
     dump_gradients: bool = False  # tests: write each stage's averaged gradients after iteration 0
     stand_in_model: str = ""  # settings file whose [model] (but not n_layers) the nodes run,
     # while emulation keeps the scenario's compute times and message sizes
 
     def planned_crashes(self) -> set[int]:
-        return {f["node"] for f in self.failures if f.get("how") in ("crash", "hang")}
+        return {f.node for f in self.failures if f.stops}
 
     def expected_nodes(self, iteration: int) -> int:
         """How many of the local nodes should report `iteration` as finished."""
-        gone = {f["node"] for f in self.failures if f.get("how") in ("crash", "hang")
-                and f.get("iteration", 0) <= iteration}
+        gone = {f.node for f in self.failures if f.stops and f.iteration <= iteration}
         return len(set(self.local_nodes) - gone)
 
 
@@ -58,8 +59,9 @@ def load_config(path: str | Path) -> RunConfig:
     try:
         data = json.loads(Path(path).read_text())
         data["peers"] = {int(n): (str(h), int(p)) for n, h, p in data["peers"]}
-        for key in ("local_nodes", "data_nodes", "failures"):
+        for key in ("local_nodes", "data_nodes"):
             data[key] = tuple(data[key])
+        data["failures"] = tuple(FailureSpec.parse(f, f"{path}: failures") for f in data["failures"])
         return RunConfig(**data)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SkipPipeError(f"{path}: not a usable run config ({e})") from None

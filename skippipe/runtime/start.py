@@ -16,6 +16,7 @@ from ..util.peers import Peers, load_peers, local_peers
 from ..util.ports import check_ports
 from ..util.rundir import new_run_dir, shown
 from . import launch
+from .emulation import Emulation
 from .runconfig import RunConfig, load_config
 
 CONNECT_TIMEOUT_S = 60.0  # wall seconds for every peer to come up
@@ -63,6 +64,8 @@ def train(opts: RunOptions, say=print) -> int:
     """Start this host's nodes, follow them to the end, print the summary (and a Gantt chart)."""
     from ..sim.simulate import simulate
 
+    if opts.time_scale is not None and not opts.time_scale > 0:
+        raise SkipPipeError(f"--time-scale must be positive, got {opts.time_scale:g}")
     sc = scenario_for(opts.scenario, opts.mb or None)
     nodes = check_range(opts.first, opts.last, sc)
     sched_path = ensure_schedule(sc, opts.setting, opts.schedule, opts.plan_time_limit, say)
@@ -72,8 +75,9 @@ def train(opts: RunOptions, say=print) -> int:
     _prepare_data(sc, opts.stand_in_model, say)
     peers = _peers(opts, len(sc.nodes))
     check_ports(peers, nodes)
-    cfg = _config(opts, sc, Path(sched_path), variant, sched.allocation[0], peers, nodes)
-    timeout = opts.timeout or (TIMEOUT_SLACK_S + TIMEOUT_FACTOR * cfg.iterations * predicted * cfg.time_scale)
+    cfg = _config(opts, sc, Path(sched_path), variant, sched.allocation_of(opts.setting)[0], peers, nodes)
+    timeout = opts.timeout or (TIMEOUT_SLACK_S + TIMEOUT_FACTOR * cfg.iterations
+                               * Emulation.from_config(cfg).wall_s(predicted))
     say(f"run {shown(cfg.run_dir)}: nodes {nodes.start}..{nodes.stop - 1} of {sc.name} ({len(sc.nodes)} nodes), "
         f"{opts.setting}, {cfg.iterations} iterations, {sc.pipeline.samples_per_microbatch} samples "
         f"per microbatch, time scale {cfg.time_scale:g}")
@@ -103,7 +107,8 @@ def _config(opts: RunOptions, sc: Scenario, sched_path: Path, variant: VariantSc
         scenario_path=str(Path(opts.scenario).resolve()),
         scenario_overrides=dict(sc.overrides), schedule_path=str(sched_path.resolve()),
         variant=variant.name, iterations=opts.iterations or sc.training.iterations,
-        time_scale=opts.time_scale or sc.training.time_scale,
+        # the run's one time scale from here on; the scenario's value is only the default
+        time_scale=sc.training.time_scale if opts.time_scale is None else opts.time_scale,
         emulate_compute=not opts.no_emulate_compute, emulate_links=not opts.no_emulate_links,
         peers=peers, local_nodes=tuple(nodes), data_nodes=data_nodes,
         epoch=time.time(), seed=sc.training.seed if opts.seed is None else opts.seed,
@@ -121,7 +126,7 @@ def _peers(opts: RunOptions, n_nodes: int) -> Peers:
 def _prepare_data(sc: Scenario, stand_in_model: str, say) -> None:
     """Build the corpus and tokenizer caches once, before the data nodes all want them."""
     from ..train.data import prepare_data
-    from .node import stand_in
+    from .compute import stand_in
     vocab = stand_in(sc.model, stand_in_model).vocab_size
     say(f"preparing the built-in corpus and a {vocab}-token tokenizer (cached after the first run)")
     prepare_data(None, vocab)

@@ -1,0 +1,161 @@
+"""The torch side of one node: its stage's weights and optimizer, and the work of each operation.
+
+Per iteration: a forward runs the stage's layers on the arriving activations (or embeds the
+tokens at hop 0) and keeps input and output for its backward; the loss at the origin runs the
+LM head, scales the loss by 1 / (microbatches in the iteration) and starts the backward; a
+backward pushes the arriving gradient through the kept output. After averaging, the node clips
+and takes one AdamW step. A late operation (of an iteration this node already stepped for)
+computes input gradients only, so the stepped weights' gradients stay untouched. All of it runs
+on the node's single worker thread, in order.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from ..ops import Op, OpKind
+from ..scenario import ModelConfig, Scenario, load_scenario
+from ..train.data import prepare_data, training_batches
+from ..train.optim import TrainConfig, clip_stage, learning_rate, make_optimizer
+from ..train.model import CheckpointInfo, build_stage, save_checkpoint, save_stage
+
+
+def stand_in(model: ModelConfig, settings: str) -> ModelConfig:
+    """The model a node really runs: the scenario's, or a stand-in's dimensions with the
+    scenario's layer count (so a CPU box can replay a large model's schedule)."""
+    if not settings:
+        return model
+    return dataclasses.replace(load_scenario(settings).model, n_layers=model.n_layers)
+
+
+class StageCompute:
+    def __init__(self, sc: Scenario, model_cfg: ModelConfig, stage: int, device: torch.device,
+                 train_cfg: TrainConfig, n_microbatches: int):
+        self.model_cfg, self.stage, self.device, self.train_cfg = model_cfg, stage, device, train_cfg
+        self.n_microbatches = n_microbatches
+        self.module = build_stage(model_cfg, stage, sc.pipeline.n_stages, device, train_cfg.seed)
+        self.optimizer = make_optimizer([self.module], train_cfg)
+        self.late_saved: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.begin_iteration()
+
+    def begin_iteration(self) -> None:
+        self.tensors: dict[Op, torch.Tensor] = {}  # operation -> its input
+        self.saved: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}  # (mb, hop)
+        self.batch: dict[int, torch.Tensor] = {}  # own microbatch -> tokens
+        self.loss_sum, self.loss_count = 0.0, 0
+
+    def give(self, op: Op, tensor: torch.Tensor) -> None:
+        self.tensors[op] = tensor.to(self.device)
+
+    def forget(self, mb: int) -> None:
+        """Drop a microbatch's inputs and kept activations (it was lost or restarted)."""
+        self.tensors = {op: t for op, t in self.tensors.items() if op.microbatch != mb}
+        self.saved = {key: v for key, v in self.saved.items() if key[0] != mb}
+
+    def run(self, op: Op) -> torch.Tensor | None:
+        """The torch work of one operation; returns the tensor to send on (CPU, contiguous)."""
+        mb, hop = op.microbatch, op.hop
+        if op.kind is OpKind.F:
+            if hop == 0:
+                x, out = None, self.module.run_layers(self.module.embed(self.batch[mb][:, :-1]))
+            else:
+                x = self.tensors.pop(op).requires_grad_(True)
+                out = self.module.run_layers(x)
+            self.saved[(mb, hop)] = (x, out)
+            return out.detach().cpu()
+        if op.kind is OpKind.L:
+            h = self.tensors.pop(op).requires_grad_(True)
+            loss = self.module.loss(h, self.batch[mb][:, 1:])
+            (loss / self.n_microbatches).backward()
+            self.loss_sum += float(loss.detach())
+            self.loss_count += 1
+            return h.grad.detach().cpu()
+        grad = self.tensors.pop(op)
+        x, out = self.saved.pop((mb, hop))
+        out.backward(grad)
+        return None if x is None else x.grad.detach().cpu()
+
+    def run_late(self, it: int, op: Op, tensor: torch.Tensor) -> torch.Tensor | None:
+        """A late operation of iteration `it`: forward with the current weights, backward to
+        the input only. None when there is nothing to send back."""
+        key = (it, op.microbatch, op.hop)
+        t = tensor.to(self.device)
+        if op.kind is OpKind.F:
+            x = t.requires_grad_(True)
+            out = self.module.run_layers(x)
+            self.late_saved[key] = (x, out)
+            return out.detach().cpu()
+        if key not in self.late_saved:
+            return None  # its forward ran before this node knew
+        x, out = self.late_saved.pop(key)
+        (grad,) = torch.autograd.grad(out, x, t)
+        return grad.detach().cpu()
+
+    def step(self, it: int) -> None:
+        clip_stage(self.module, self.train_cfg.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(it, self.train_cfg)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def save_gradients(self, path: Path) -> None:
+        """Tests: the stage's summed gradients, before clipping and the step."""
+        path.parent.mkdir(exist_ok=True)
+        torch.save({k: p.grad.detach().cpu() for k, p in self.module.named_parameters()
+                    if p.grad is not None}, path)
+
+    def save(self, directory: Path, node_id: int, writer: bool, info: CheckpointInfo | None) -> None:
+        """The stage under directory/nodes/node-N/; the stage's `writer` also writes
+        directory/stage-S.pt and, given `info`, the description, so the directory loads like a
+        single-process checkpoint."""
+        own = directory / "nodes" / f"node-{node_id}"
+        own.mkdir(parents=True, exist_ok=True)
+        save_stage(self.module, own)
+        if writer:
+            save_stage(self.module, directory)
+            if info is not None:
+                save_checkpoint([], directory, info)
+
+    def state_vector(self) -> tuple[torch.Tensor, list[int]]:
+        """Weights and AdamW moments as one float32 vector, plus each parameter's step count:
+        what a rejoining node needs to continue exactly like its stage peers."""
+        params = list(self.module.parameters())
+        parts, steps = [p.detach().reshape(-1).float().cpu() for p in params], []
+        for p in params:
+            state = self.optimizer.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                moment = state[key] if key in state else torch.zeros_like(p)
+                parts.append(moment.detach().reshape(-1).float().cpu())
+            steps.append(int(state["step"]) if "step" in state else 0)
+        return torch.cat(parts), steps
+
+    def load_state_vector(self, flat: torch.Tensor, steps: tuple[int, ...]) -> None:
+        params = list(self.module.parameters())
+        offset = 0
+
+        def take(p):
+            nonlocal offset
+            out = flat[offset:offset + p.numel()].view_as(p).to(device=p.device, dtype=p.dtype).clone()
+            offset += p.numel()
+            return out
+
+        with torch.no_grad():
+            for p in params:
+                p.copy_(take(p))
+        for p, step in zip(params, steps):
+            exp_avg, exp_avg_sq = take(p), take(p)
+            if step:
+                self.optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": exp_avg,
+                                           "exp_avg_sq": exp_avg_sq}
+
+
+def batch_stream(sc: Scenario, model_cfg: ModelConfig, seed: int, n_microbatches: int, first_iteration: int):
+    """The data and the token stream of single-process training: iteration i, microbatch g is
+    batch i * N + g."""
+    data = prepare_data(None, model_cfg.vocab_size)
+    stream = training_batches(data.train, sc.pipeline.samples_per_microbatch, model_cfg.ctx_tokens, seed)
+    for _ in range(first_iteration * n_microbatches):
+        next(stream)
+    return data, stream

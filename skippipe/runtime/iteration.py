@@ -1,0 +1,134 @@
+"""One iteration at one node: the microbatches it holds, on which paths and attempts, whether the
+iteration runs degraded, and when it is over.
+
+Normally an iteration is over when the node's dispatcher has run all its planned operations.
+Once a peer dies (or a node comes back) it turns *degraded*: the dispatcher runs first come
+first served, each data node restarts its unfinished microbatches that touched a dead node on a
+repaired path (recovery.py; attempt + 1, announced to everyone with a Restart notice), and the
+iteration is over once every live data node has reported DONE. Data messages carry their path
+and attempt (datamsg.py), so a node takes in a re-routed microbatch it was not planned for and
+drops messages of superseded attempts.
+"""
+from __future__ import annotations
+
+import time
+
+from ..dispatch import Dispatcher
+from ..ops import F, Op, OpKind
+from ..schedule import VariantSchedule
+from .compute import StageCompute
+from .control import Restart
+from .datamsg import attempt_of, op_of, path_of
+from .messenger import Messenger
+from .recovery import repair_path
+from .wire import Kind, Message
+
+
+class Iteration:
+    def __init__(self, it: int, variant: VariantSchedule, memory_slots: int, degraded: bool,
+                 data_node: bool, messenger: Messenger, compute: StageCompute,
+                 allocation: tuple[tuple[int, ...], ...], stage_of: dict[int, int]):
+        self.it, self.m, self.compute = it, messenger, compute
+        self.id = messenger.id
+        self.allocation, self.stage_of = allocation, stage_of
+        self.data_nodes = set(allocation[0])
+        self.paths = {p.microbatch: p for p in variant.paths}
+        self.attempt = {mb: 0 for mb in self.paths}
+        self.data_node = data_node  # it starts microbatches of its own (in the planned variant)
+        self.completed: set[int] = set()  # own microbatches back home
+        self.degraded = degraded
+        self.disp = Dispatcher(variant.actions(self.id), memory_slots, planned=variant.planned)
+
+    def start_own(self, mb: int) -> None:
+        self.disp.arrive(F(mb, 0), time.monotonic())
+
+    def over(self, done_from: set[int]) -> bool:
+        """Whether this node is through with the iteration, given the data nodes that reported
+        DONE for it."""
+        if self.disp.running is not None:
+            return False
+        if not self.degraded:
+            return self.disp.done
+        if self._own_unfinished():
+            return False
+        return not (self.data_nodes - {self.id} - self.m.live.dead) - done_from
+
+    def finished(self, op: Op) -> None:
+        """After B at hop 0 of its last own microbatch a data node reports DONE to everyone."""
+        self.disp.finish(op)
+        if op.kind is OpKind.B and op.hop == 0:
+            self.completed.add(op.microbatch)
+            if not self._own_unfinished():
+                self._report_done()
+
+    def _own_unfinished(self) -> set[int]:
+        return {mb for mb, p in self.paths.items() if p.origin == self.id} - self.completed
+
+    def _report_done(self) -> None:
+        for n in self.m.live.live_peers():
+            self.m.send(n, Message(Kind.DONE, self.id, iteration=self.it))
+
+    # -- failures ---------------------------------------------------------------------------
+    def handle_deaths(self) -> None:
+        """Turn degraded; restart own unfinished microbatches that touched a dead node."""
+        self.degraded = True
+        self.disp.planned = False
+        dead = self.m.live.dead
+        reporter = min(self.data_nodes - dead, default=None) == self.id  # logs losses once
+        for mb, path in list(self.paths.items()):
+            if path.origin in dead:
+                self._forget(mb)
+                del self.paths[mb]
+                if reporter:
+                    self.m.events.write("microbatch_lost", iteration=self.it, microbatch=mb,
+                                        why="its data node died")
+            elif path.origin == self.id and mb not in self.completed and set(path.nodes) & dead:
+                self._restart(mb)
+        if self.data_node and not self._own_unfinished():
+            self._report_done()  # again: peers that just turned degraded wait for it
+
+    def _forget(self, mb: int) -> None:
+        self.disp.forget(mb)
+        self.compute.forget(mb)
+
+    def _restart(self, mb: int) -> None:
+        new = repair_path(self.paths[mb], self.m.live.dead, self.allocation)
+        self._forget(mb)
+        if new is None:
+            del self.paths[mb]
+            self.m.events.write("microbatch_lost", iteration=self.it, microbatch=mb)
+            return
+        self.attempt[mb] += 1
+        self.paths[mb] = new
+        self.m.events.write("microbatch_rerouted", iteration=self.it, microbatch=mb,
+                            attempt=self.attempt[mb], nodes=list(new.nodes))
+        self.m.tell_live(Restart(mb, self.attempt[mb], self.it))
+        self.disp.add([F(mb, 0)])
+        self.disp.arrive(F(mb, 0), time.monotonic())
+
+    # -- messages ---------------------------------------------------------------------------
+    def take_messages(self, restarts: list[Restart]) -> None:
+        """Move restart notices and this iteration's operation inputs into the dispatcher."""
+        for notice in restarts:
+            if notice.attempt > self.attempt.get(notice.restart, 0):
+                self._forget(notice.restart)
+                self.attempt[notice.restart] = notice.attempt
+                self.degraded = True
+        data = self.m.take(self.it, lambda msg: msg.kind in (Kind.FORWARD, Kind.BACKWARD))
+        self.m.put_back(self.it, [msg for msg in data if not self._accept(msg)])
+
+    def _accept(self, msg: Message) -> bool:
+        """Use a data message; False keeps it for later (a newer attempt not announced yet)."""
+        mb, attempt = msg.microbatch, attempt_of(msg)
+        if mb not in self.paths or attempt < self.attempt.get(mb, 0):
+            return True  # a lost microbatch or a superseded attempt: drop it
+        if attempt > self.attempt.get(mb, 0):
+            return False
+        path = path_of(msg, self.stage_of)
+        self.paths[mb] = path
+        op = op_of(msg, path)
+        if op not in self.disp.pending():
+            self.disp.add([op])
+        self.compute.give(op, msg.to_torch())
+        self.disp.arrive(op, time.monotonic())
+        return True

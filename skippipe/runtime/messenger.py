@@ -1,0 +1,146 @@
+"""A node's messaging seam, shared by its iteration loop, its averager and its rejoin logic.
+
+Receiving: one task reads the transport, counts every message as a sign of life, decodes
+CONTROL messages (control.py; a malformed one is logged and dropped) and routes each message:
+to a handler registered for its kind, to `late` (data of an iteration this node already
+finished), or to the inbox of its iteration. Sending: data and control messages leave through
+the emulated links (emulation.py) as background tasks; a failed send declares its peer dead.
+`wait` sleeps until something arrives or the deadline passes.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Callable
+
+from . import control
+from .emulation import Emulation
+from .liveness import Liveness
+from .runconfig import EventWriter
+from .transport import Transport, TransportError
+from .wire import Kind, Message
+
+log = logging.getLogger(__name__)
+
+DATA_KINDS = (Kind.FORWARD, Kind.BACKWARD)
+STALL_FACTOR = 3  # no progress for this many peer timeouts: give up (a bug, not a failure)
+
+
+class NodeFailure(Exception):
+    """This node cannot go on."""
+
+
+class Messenger:
+    def __init__(self, node_id: int, transport: Transport, live: Liveness, events: EventWriter,
+                 emulation: Emulation, peer_timeout_s: float):
+        self.id, self.transport, self.live, self.events = node_id, transport, live, events
+        self.emulation, self.peer_timeout_s = emulation, peer_timeout_s
+        self.links = emulation.link_emulator()
+        self.n_nodes = len(live.peers) + 1  # node ids are 0..n_nodes-1
+        self.inbox: dict[int, list[Message]] = {}  # iteration -> messages not yet used
+        self.late: list[Message] = []  # data of iterations this node already finished
+        self.iteration_now = 0  # data of earlier iterations goes to `late`
+        self.handlers: dict[Kind, Callable[[Message], None]] = {}
+        self.on_control: Callable[[control.Control, int], None] = lambda ctrl, sender: None
+        self._wake = asyncio.Event()
+        self._sends: set[asyncio.Task] = set()
+
+    # -- receiving --------------------------------------------------------------------------
+    async def receive_forever(self) -> None:
+        while True:
+            msg = await self.transport.recv()
+            self.live.seen(msg.sender)
+            self.route(msg)
+            self._wake.set()
+
+    def route(self, msg: Message) -> None:
+        if msg.kind == Kind.CONTROL:
+            try:
+                ctrl = control.decode(msg, self.n_nodes)
+            except control.ControlError as e:
+                log.warning("rejected: %s", e)  # one bad peer message must not stop this node
+                return
+            self.on_control(ctrl, msg.sender)
+        elif msg.kind in self.handlers:
+            self.handlers[msg.kind](msg)
+        elif msg.kind in DATA_KINDS and msg.iteration < self.iteration_now:
+            self.late.append(msg)
+        elif msg.kind != Kind.HEARTBEAT:
+            self.inbox.setdefault(msg.iteration, []).append(msg)
+
+    def take(self, it: int, want: Callable[[Message], bool]) -> list[Message]:
+        """Remove and return iteration `it`'s messages that `want` accepts, in arrival order."""
+        got, rest = [], []
+        for msg in self.inbox.pop(it, []):
+            (got if want(msg) else rest).append(msg)
+        if rest:
+            self.inbox[it] = rest + self.inbox.get(it, [])
+        return got
+
+    def close_iteration(self, it: int) -> None:
+        """Iteration `it` is over here: its data still to come, or unused, is late from now."""
+        self.iteration_now = it + 1
+        self.late += [m for m in self.inbox.pop(it, []) if m.kind in DATA_KINDS]
+
+    def put_back(self, it: int, msgs: list[Message]) -> None:
+        if msgs:
+            self.inbox[it] = msgs + self.inbox.get(it, [])
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Until a message arrives, `wake` is called, or `timeout_s` passes."""
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), max(0.0, timeout_s))
+        except TimeoutError:
+            pass
+
+    # -- sending ----------------------------------------------------------------------------
+    def send(self, dst: int, msg: Message, nominal_bytes: int | None = None) -> None:
+        """Send in the background to a live peer; `nominal_bytes` (the scenario's message size)
+        makes it a data message that waits on the emulated link and is logged."""
+        task = asyncio.create_task(self._send(dst, msg, nominal_bytes))
+        self._sends.add(task)
+        task.add_done_callback(self._sends.discard)
+
+    def tell(self, dst: int, ctrl: control.Control) -> None:
+        self.send(dst, control.encode(ctrl, self.id))
+
+    def tell_live(self, ctrl: control.Control, *, skip: frozenset[int] = frozenset()) -> None:
+        for n in self.live.live_peers():
+            if n not in skip:
+                self.tell(n, ctrl)
+
+    async def tell_direct(self, dst: int, ctrl: control.Control) -> None:
+        """A control message that ignores the dead set (to or about a rejoining node)."""
+        await self.send_direct(dst, control.encode(ctrl, self.id))
+
+    async def send_direct(self, dst: int, msg: Message) -> None:
+        try:
+            await self.transport.send(dst, msg, timeout_s=self.peer_timeout_s)
+        except TransportError as e:
+            log.warning("message to node %d failed: %s", dst, e)
+
+    async def _send(self, dst: int, msg: Message, nominal_bytes: int | None) -> None:
+        if dst in self.live.dead:
+            return
+        t = self.events.now()
+        try:
+            if self.links is not None and nominal_bytes is not None:
+                async with self.links.transmit(dst, self.emulation.link_bytes(nominal_bytes)):
+                    await self.transport.send(dst, msg, timeout_s=self.peer_timeout_s)
+            else:
+                await self.transport.send(dst, msg, timeout_s=self.peer_timeout_s)
+        except TransportError as e:
+            self.live.declare({dst}, f"send failed: {e}")
+            return
+        if nominal_bytes is not None:
+            self.events.write("send", t=t, dst=dst, microbatch=msg.microbatch,
+                              bytes=nominal_bytes, arrive=self.events.now(), iteration=msg.iteration)
+
+    async def drain(self) -> None:
+        """Wait for every background send to end."""
+        if self._sends:
+            await asyncio.gather(*self._sends, return_exceptions=True)

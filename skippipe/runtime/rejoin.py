@@ -1,0 +1,100 @@
+"""A restarted node comes back into a running training, sponsored by a live peer of its stage.
+
+The restarted node asks every peer (RejoinRequest). After its next iteration, the lowest live node of
+the same stage, its sponsor, announces to everyone the iteration it joins at (RejoinAt: two
+ahead, so every stage peer hears it before starting that iteration; stage peers are at most
+one iteration apart) and, one iteration before that, sends it the dead set and the step counts
+(Welcome) and then the stage's weights and AdamW moments (a WEIGHTS tensor, taken right after
+its own step). The joining node loads them and so ends each later iteration with exactly its
+peers' weights. Everyone plans it in again from the join iteration on, which runs degraded.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import torch
+
+from .compute import StageCompute
+from .control import Control, RejoinAt, RejoinRequest, Welcome
+from .messenger import STALL_FACTOR, Messenger, NodeFailure
+from .runconfig import RunConfig
+from .wire import Kind, Message
+
+JOIN_AHEAD = 2  # iterations between the sponsor's announcement and the join
+
+
+class Rejoin:
+    def __init__(self, cfg: RunConfig, messenger: Messenger, compute: StageCompute,
+                 allocation: tuple[tuple[int, ...], ...], stage_of: dict[int, int]):
+        self.cfg, self.m, self.compute = cfg, messenger, compute
+        self.allocation, self.stage_of = allocation, stage_of
+        self.requests: set[int] = set()  # restarted peers asking to come back
+        self.revive_at: dict[int, set[int]] = {}  # iteration -> peers planned in again from then
+        self.sponsoring: dict[int, set[int]] = {}  # after this iteration, send these peers our state
+        self.welcome: Welcome | None = None  # rejoining: the sponsor's plan ...
+        self.sponsor: int | None = None
+        self.state: torch.Tensor | None = None  # ... and our stage's state
+        self.joined_at: int | None = None  # the iteration this node came back at
+        messenger.handlers[Kind.WEIGHTS] = self._weights
+
+    # -- messages ---------------------------------------------------------------------------
+    def on_control(self, ctrl: Control, sender: int) -> None:
+        if isinstance(ctrl, RejoinRequest):
+            self.requests.add(sender)
+        elif isinstance(ctrl, RejoinAt):
+            self.revive_at.setdefault(ctrl.rejoin_at, set()).add(ctrl.node)
+        elif isinstance(ctrl, Welcome):
+            self.welcome, self.sponsor = ctrl, sender
+            self.m.live.declare(set(ctrl.dead), f"reported by node {sender}")  # the dead stay dead
+
+    def _weights(self, msg: Message) -> None:
+        self.state = msg.to_torch()
+
+    # -- the restarted node -----------------------------------------------------------------
+    async def come_back(self) -> int:
+        """Ask every peer, wait for the sponsor's welcome and our stage's state, load it.
+        Returns the iteration to start at."""
+        for n in self.cfg.peers:
+            if n != self.m.id:
+                asyncio.create_task(self.m.tell_direct(n, RejoinRequest()))
+        deadline = time.monotonic() + self.cfg.connect_timeout_s + STALL_FACTOR * self.cfg.peer_timeout_s
+        while self.welcome is None or self.state is None:
+            if time.monotonic() > deadline:
+                raise NodeFailure("no live peer of this stage sponsored the rejoin in time")
+            await self.m.wait(deadline - time.monotonic())
+        w = self.welcome
+        self.compute.load_state_vector(self.state, w.steps)
+        self.joined_at = w.welcome
+        self.m.events.write("rejoined", iteration=w.welcome, sponsor=self.sponsor)
+        return w.welcome
+
+    # -- the sponsor and everyone else ------------------------------------------------------
+    def revived(self, it: int) -> set[int]:
+        """Peers planned in again from iteration `it` (alive from now on)."""
+        back = self.revive_at.pop(it, set())
+        for r in back:
+            self.m.live.revive(r)
+        return back
+
+    def after_step(self, it: int) -> None:
+        """After iteration `it`'s step: announce the joins this node sponsors, and send the
+        state to peers that join at the next iteration."""
+        live = self.m.live
+        for r in sorted(self.requests):
+            peers = [n for n in self.allocation[self.stage_of[r]] if n != r and n not in live.dead]
+            if peers and peers[0] == self.m.id:
+                join = it + JOIN_AHEAD
+                self.revive_at.setdefault(join, set()).add(r)
+                self.sponsoring.setdefault(join - 1, set()).add(r)
+                self.m.tell_live(RejoinAt(join, r), skip=frozenset({r}))
+                self.m.events.write("sponsor", peer=r, join_iteration=join)
+        self.requests.clear()
+        for r in self.sponsoring.pop(it, set()):
+            state, steps = self.compute.state_vector()
+            dead = tuple(sorted(live.dead - {r}))
+            asyncio.create_task(self._send_state(r, it + 1, dead, tuple(steps), state))
+
+    async def _send_state(self, r: int, join: int, dead: tuple[int, ...], steps: tuple[int, ...], state) -> None:
+        await self.m.tell_direct(r, Welcome(join, dead, steps))
+        await self.m.send_direct(r, Message.from_tensor(Kind.WEIGHTS, self.m.id, state, iteration=join))
