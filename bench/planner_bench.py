@@ -40,7 +40,8 @@ from skippipe.planner.greedy import GREEDY_VARIANTS, GreedyScheduler  # noqa: E4
 from skippipe.planner.partial import ca_partial_variant  # noqa: E402
 from skippipe.planning import DEFAULT_TIME_LIMIT_S, OBJECTIVES, PlanOptions, build_schedule  # noqa: E402
 from skippipe.scenario import load_scenario  # noqa: E402
-from skippipe.schedule import Schedule, validate  # noqa: E402
+from skippipe.rules import validate  # noqa: E402
+from skippipe.schedule import Schedule  # noqa: E402
 from skippipe.sim.simulate import simulate  # noqa: E402
 
 SETTINGS = Path(__file__).resolve().parents[1] / "settings"

@@ -31,6 +31,8 @@ class OpKind(str, Enum):
     B = "B"  # backward through the node's stage (input gradient only when the backward is split)
     W = "W"  # weight gradient of the node's stage (split backward only)
 
+    __hash__ = str.__hash__  # C-speed: planners key hot dicts by kind ("F" and OpKind.F alike)
+
     @property
     def rank(self) -> int:
         """Tie-break when ops arrive together: backward first (it frees memory), then loss;

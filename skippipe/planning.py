@@ -25,7 +25,9 @@ from typing import Callable
 
 from .memory import FAMILIES
 from .scenario import Scenario
-from .schedule import VARIANTS, Schedule, VariantSchedule, validate
+from .rules import validate
+from .schedule import Schedule, VariantSchedule
+from .variants import VARIANTS
 
 log = logging.getLogger(__name__)
 

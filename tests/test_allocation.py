@@ -12,9 +12,9 @@ from skippipe.costs import Costs
 from skippipe.planner import (PlanningError, allocate, allocation_score, microbatch_ids,
                               random_allocation, round_robin_allocation, score_breakdown,
                               stage_sequences)
-from skippipe.planner.allocation import bottleneck_s
+from skippipe.planner.matching import bottleneck_s
 from skippipe.scenario import load_scenario
-from skippipe.schedule import cc3_problem, stage_visit_cap
+from skippipe.rules import cc3_problem, stage_visit_cap
 
 SETTINGS = Path(__file__).resolve().parent.parent / "settings"
 QUICK = {"restarts": 2, "moves": 400, "time_budget_s": math.inf}  # small, deterministic search

@@ -10,7 +10,8 @@ import pytest
 from skippipe.planner import (allocate, baseline_variant, random_variant,
                               round_robin_allocation)
 from skippipe.scenario import load_scenario
-from skippipe.schedule import Schedule, stage_visit_cap, violations
+from skippipe.rules import stage_visit_cap, violations
+from skippipe.schedule import Schedule
 
 SETTINGS = Path(__file__).resolve().parent.parent / "settings"
 SETTING_FILES = sorted(SETTINGS.glob("*.toml"))

@@ -18,7 +18,8 @@ import pytest
 from skippipe.costs import Costs
 from skippipe.scenario import (CostConfig, Link, ModelConfig, Network, Node, PipelineConfig,
                                Scenario, TrainingConfig, load_scenario)
-from skippipe.schedule import Schedule, planned_makespan, validate
+from skippipe.rules import planned_makespan, validate
+from skippipe.schedule import Schedule
 from skippipe.sim.simulate import simulate
 from skippipe.planner.cpsat import PathModel, Rules, solve
 from skippipe.planner.model_data import (ModelData, all_sequences, build_data, chain, plan_values,

@@ -11,7 +11,8 @@ import pytest
 from skippipe.memory import family_limits, peak_along
 from skippipe.ops import Op
 from skippipe.planner.families import family_variant
-from skippipe.schedule import (Schedule, from_dict, planned_makespan, to_dict, violations)
+from skippipe.rules import planned_makespan, violations
+from skippipe.schedule import Schedule, from_dict, to_dict
 from skippipe.costs import Costs
 from skippipe.sim.simulate import simulate
 

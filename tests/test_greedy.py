@@ -7,7 +7,9 @@ from collections import Counter
 import pytest
 from ortools.sat.python import cp_model
 
-from skippipe.schedule import Provenance, Schedule, validate
+from skippipe.rules import validate
+
+from skippipe.schedule import Provenance, Schedule
 from skippipe.scenario import load_scenario
 from skippipe.planner import greedy
 from skippipe.planner.cpsat import PathModel, Rules

@@ -9,7 +9,9 @@ PACKAGE = ROOT / "skippipe"
 LAYERS = [
     {"errors"},
     {"scenario", "ops"},
-    {"costs", "dispatch", "timeline"},
+    {"costs", "dispatch", "timeline", "memory"},
+    {"variants"},
+    {"rules"},
     {"schedule"},
     {"util"},
     {"sim"},

@@ -10,7 +10,8 @@ from skippipe.cli import main
 from skippipe.planner.paths import PlanningError
 from skippipe.planning import PlanOptions, build_schedule, format_table, summary_rows
 from skippipe.scenario import load_scenario
-from skippipe.schedule import SCHEMA_VERSION, VARIANTS, ScheduleError, from_dict, load_schedule, save_schedule, to_dict
+from skippipe.schedule import SCHEMA_VERSION, ScheduleError, from_dict, load_schedule, save_schedule, to_dict
+from skippipe.variants import VARIANTS
 from skippipe.sim.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,7 +127,7 @@ def test_old_schedule_fails_with_one_clear_line(built):
 
 
 def test_variant_checked_against_its_own_allocation(tiny, built):
-    from skippipe.schedule import validate
+    from skippipe.rules import validate
     ca = built.variants["ca-partial"]
     wrong = dataclasses.replace(ca, allocation=tuple(reversed(ca.allocation)))
     bad = dataclasses.replace(built, variants={**built.variants, "ca-partial": wrong})

@@ -10,7 +10,7 @@ from conftest import SETTINGS
 from skippipe.planner import allocate, random_variant
 from skippipe.planner.random_paths import random_stage_paths
 from skippipe.scenario import load_scenario
-from skippipe.schedule import cc3_problem, stage_visit_cap
+from skippipe.rules import cc3_problem, stage_visit_cap
 from skippipe.train.local import local_paths, microbatches_per_iteration
 
 

@@ -12,8 +12,8 @@ from skippipe.costs import Costs
 from skippipe.scenario import (CostConfig, Link, ModelConfig, Network, Node, PipelineConfig,
                                Scenario, TrainingConfig, load_scenario)
 from skippipe.ops import Op
-from skippipe.schedule import (Hop, MicrobatchPath, Schedule, VariantSchedule, planned_makespan,
-                               save_schedule, violations)
+from skippipe.rules import planned_makespan, violations
+from skippipe.schedule import Hop, MicrobatchPath, Schedule, VariantSchedule, save_schedule
 from skippipe.sim.simulate import SimulationError, simulate
 
 from conftest import SETTINGS

@@ -5,7 +5,7 @@ import argparse
 import os
 
 from ..planning import DEFAULT_TIME_LIMIT_S
-from ..schedule import VARIANTS
+from ..variants import VARIANTS
 from ..util.rundir import RUNS_DIR
 
 HELP = "start nodes FIRST..LAST-1 of a scenario and train along the planned paths"

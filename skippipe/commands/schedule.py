@@ -8,7 +8,8 @@ from pathlib import Path
 from ..planning import (DEFAULT_TIME_LIMIT_S, OBJECTIVES, PlanOptions, build_schedule, format_table,
                         summary_rows)
 from ..scenario import load_scenario
-from ..schedule import VARIANTS, save_schedule
+from ..schedule import save_schedule
+from ..variants import VARIANTS
 
 HELP = "plan a scenario: allocation + paths for each variant, simulated, written as JSON"
 

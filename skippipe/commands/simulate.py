@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..schedule import VARIANTS, load_schedule
+from ..schedule import load_schedule
+
+from ..variants import VARIANTS
 from ..sim.simulate import SimResult, simulate
 from ..timeline import chrome_trace, gantt_png, write_jsonl
 from ..util.tables import format_table

@@ -22,8 +22,9 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from ..costs import Costs
+from ..ops import chain  # the op chain of a k-hop path; the planner modules import it from here
 from ..scenario import Scenario
-from ..schedule import stage_visit_cap
+from ..rules import stage_visit_cap
 from .paths import PlanningError, microbatch_ids, stage_sequences
 
 log = logging.getLogger(__name__)
@@ -39,11 +40,6 @@ WALL_SAFETY = 3.0  # with one worker, wall-clock limits are this many times the 
 ROUNDING_SLACK = 1e-9  # float noise allowed before rounding a duration up to the next tick
 
 Stages = tuple[tuple[int, ...], ...]
-
-
-def chain(k: int) -> tuple[tuple[str, int], ...]:
-    """The ops of one microbatch in run order: (kind, hop) for F0..F(k-1), L, B(k-1)..B0."""
-    return tuple([("F", h) for h in range(k)] + [("L", 0)] + [("B", h) for h in reversed(range(k))])
 
 
 def _ticks(seconds: float, tick_s: float) -> int:

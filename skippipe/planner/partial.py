@@ -15,8 +15,8 @@ non-ca-partial: the same model without TC2 (collision-blind: memory slots and th
 are kept, ops on a node may overlap), returned without an order, so the simulator runs its
 paths first come first served.
 
-Every plan is checked before it is returned: `schedule.validate` on the variant, and the
-independent recomputations (`schedule.planned_makespan`, `planned_iteration_s`) must agree with
+Every plan is checked before it is returned: `rules.validate` on the variant, and the
+independent recomputations (`rules.planned_makespan`, `planned_iteration_s`) must agree with
 the model's values within its rounding (one tick per rounded-up duration on the critical end).
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ from typing import Callable, Sequence
 
 from ..costs import Costs
 from ..scenario import Scenario
-from ..schedule import (TIME_TOLERANCE_S, Hop, MicrobatchPath, Op, Provenance, Schedule,
-                        ScheduleError, VariantSchedule, op_end_times, planned_makespan, validate)
+from ..rules import TIME_TOLERANCE_S, op_end_times, planned_makespan, validate
+from ..schedule import Hop, MicrobatchPath, Op, Provenance, Schedule, ScheduleError, VariantSchedule
 from .allocation import check_allocation, stages_of
 from .bounds import PathBounds
 from .cpsat import PathModel, Rules, SolveResult, solve

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..errors import SkipPipeError
 from ..scenario import Scenario
-from ..schedule import cc3_problem
+from ..rules import cc3_problem
 
 
 class PlanningError(SkipPipeError):
@@ -18,7 +18,7 @@ def stage_sequences(scenario: Scenario) -> list[tuple[int, ...]]:
     """Every stage sequence a non-baseline path may take, in lexicographic order.
 
     Each starts with stage 0, visits `path_length` distinct stages (CC1, CC2) and passes
-    `schedule.cc3_problem` (CC3). Built depth-first; a prefix that already breaks CC3 is
+    `rules.cc3_problem` (CC3). Built depth-first; a prefix that already breaks CC3 is
     dropped with all its extensions (every CC3 limit only tightens as a path grows)."""
     n_stages, k = scenario.pipeline.n_stages, scenario.pipeline.path_length
     out: list[tuple[int, ...]] = []

@@ -3,7 +3,7 @@ variant and the single-process trainer's `random` paths.
 
 Each sequence starts at stage 0 and visits k-1 distinct other stages (CC1, CC2) in an order
 CC3 allows (`paths.stage_sequences`); over all sequences no non-first stage gets more than
-TC1's even share of visits (`schedule.stage_visit_cap`)."""
+TC1's even share of visits (`rules.stage_visit_cap`)."""
 from __future__ import annotations
 
 import random
@@ -11,7 +11,7 @@ import random
 import numpy as np
 
 from ..scenario import Scenario
-from ..schedule import stage_visit_cap
+from ..rules import stage_visit_cap
 from .paths import PlanningError, stage_sequences
 
 StagePath = tuple[int, ...]  # stage ids of one microbatch's path, stage 0 first
