@@ -17,11 +17,12 @@ it and is not planned (for the iteration objective this prunes every spread stag
 Search: starting allocations (the full-pipeline one; "cluster": stage 0 is one node and its
 nearest nodes, so its averaging stays cheap, as the iteration objective wants; "keep": the
 full-pipeline stage 0; "random"; the other stages dealt at random) are scored and the best is
-kept; then a
-first-improvement local search with random moves (two nodes of different stages, or the node
-sets of two equal-size stages, exchanged). The number of evaluations comes from the budget and
-the greedy's size (op placements / greedy.PLACEMENTS_PER_S), not from the clock: with one worker a seed
-gives one allocation. The wall clock only stops the search early on a slower machine (warned).
+kept; then a first-improvement local search with random moves (two nodes of different stages,
+one of them often from the stage that sets the objective, or the node sets of two equal-size
+stages, exchanged). With one worker the number of evaluations comes from the budget and the
+greedy's size (op placements / greedy.PLACEMENTS_PER_S), not from the clock, so a seed gives one
+allocation; the wall clock stops it only past `wall_safety` times the budget (warned). With
+several workers the clock ends it: no evaluation starts that would end past the budget.
 """
 from __future__ import annotations
 
