@@ -100,8 +100,9 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         found = skip_aware_allocation(scenario, full.stages, opts.objective, SEARCH_SHARE * limit,
                                       opts.seed, opts.deterministic, line, safety)
         skip_stages = found.stages
-        line(f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
-             f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): " + _fmt_stages(skip_stages))
+        if found.evaluations:
+            line(f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
+                 f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): " + _fmt_stages(skip_stages))
     variants: dict[str, VariantSchedule] = {}
     sims = {}
     for name in wanted:

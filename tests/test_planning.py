@@ -152,3 +152,11 @@ def test_cli_writes_a_schedule_with_both_columns(capsys, tmp_path):
     assert "objective makespan" in text and "makespan s" in text
     sched, _ = load_schedule(out)
     assert set(sched.variants) == set(VARIANTS)
+
+
+def test_help_says_several_workers_vary(capsys):
+    with pytest.raises(SystemExit):
+        main(["schedule", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "same seed and time limit give the same schedule" in text and "results vary" in text
+    assert "--objective" in text and "--shared-allocation" in text

@@ -26,6 +26,7 @@ import heapq
 import itertools
 import logging
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -87,6 +88,11 @@ def candidate_paths(data: ModelData, origin: int, limit: int | None = None) -> l
             break
         kept.add(p)
     return sorted(kept, key=lambda p: (cost[p], p))
+
+
+def candidate_count(data: ModelData, origin: int) -> int:
+    """How many paths the origin has before any limit (CC3-valid sequences x allowed nodes)."""
+    return sum(_product_size(data.allowed[origin], seq) for seq in data.sequences)
 
 
 def _product_size(allowed, seq) -> int:
@@ -334,16 +340,22 @@ def greedy_seconds(data: ModelData) -> float:
 
 def greedy_plan(data: ModelData, objective: str = "iteration",
                 fixed_paths: dict[int, tuple[int, ...]] | None = None,
-                guide: Relaxation | None = None, runs: int | None = None) -> TimedPlan:
+                guide: Relaxation | None = None, runs: int | None = None,
+                budget_s: float | None = None) -> TimedPlan:
     """The best (by `objective`, see model_data.plan_values) of the greedy plans with each
     setting of GREEDY_VARIANTS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
     node per hop) only the timing is chosen. With `guide` (a solved bounds.Relaxation) each
     microbatch takes its stage set there, in the order of its relaxed start. `runs`: only the
-    first so many settings (a short time limit; see `greedy_seconds`)."""
+    first so many settings (a short time limit; see `greedy_seconds`); `budget_s`: also no
+    further setting once another run would pass these wall seconds (several workers only:
+    the clock then changes the result)."""
+    started = time.monotonic()
     best, best_value = None, math.inf
     candidates = {o: candidate_paths(data, o) for o in data.origins()}
     settings = GREEDY_VARIANTS if not (fixed_paths or guide) else ((None, None),)
-    for pacing, node_slack in settings[:max(1, len(settings) if runs is None else runs)]:
+    for done, (pacing, node_slack) in enumerate(settings[:max(1, len(settings) if runs is None else runs)]):
+        if budget_s is not None and done and (time.monotonic() - started) * (done + 1) / done > budget_s:
+            break
         plan = GreedyScheduler(data, pacing, fixed_paths, node_slack, candidates, guide).run()
         value = plan_values(data, plan)[objective]
         log.debug("greedy plan (pacing %s, node slack %s): %s %d ticks", pacing, node_slack,

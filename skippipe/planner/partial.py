@@ -126,7 +126,8 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
     reserve = min(FINISH_RESERVE_S, FINISH_RESERVE_SHARE * time_limit_s)
     greedy_s = greedy_seconds(data)
     runs = max(1, min(len(GREEDY_VARIANTS), int(GREEDY_SHARE * time_limit_s / greedy_s)))
-    first = greedy_plan(data, rules.objective, runs=runs)
+    first = greedy_plan(data, rules.objective, runs=runs,
+                        budget_s=None if workers == 1 else GREEDY_SHARE * time_limit_s)
     say = progress or (lambda line: None)
     say(f"greedy: first feasible plan, objective {_seconds(data, first, rules)}")
     for given in candidates:

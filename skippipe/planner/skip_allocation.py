@@ -17,11 +17,12 @@ it and is not planned (for the iteration objective this prunes every spread stag
 Search: starting allocations (the full-pipeline one; "cluster": stage 0 is one node and its
 nearest nodes, so its averaging stays cheap, as the iteration objective wants; "keep": the
 full-pipeline stage 0; "random"; the other stages dealt at random) are scored and the best is
-kept; then a
-first-improvement local search with random moves (two nodes of different stages, or the node
-sets of two equal-size stages, exchanged). The number of evaluations comes from the budget and
-the greedy's size (op placements / greedy.PLACEMENTS_PER_S), not from the clock: with one worker a seed
-gives one allocation. The wall clock only stops the search early on a slower machine (warned).
+kept; then a first-improvement local search with random moves (two nodes of different stages,
+one of them often from the stage that sets the objective, or the node sets of two equal-size
+stages, exchanged). With one worker the number of evaluations comes from the budget and the
+greedy's size (op placements / greedy.PLACEMENTS_PER_S), not from the clock, so a seed gives one
+allocation; the wall clock stops it only past `wall_safety` times the budget (warned). With
+several workers the clock ends it: no evaluation starts that would end past the budget.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from ..scenario import Scenario
 from .allocation import Stages, random_allocation, stages_of
 from .bounds import PathBounds
 from .cpsat import Rules
-from .greedy import PLACEMENTS_PER_S, GreedyScheduler, candidate_paths
+from .greedy import PLACEMENTS_PER_S, GreedyScheduler, candidate_count, candidate_paths, path_limit
 from .model_data import build_data, chain, plan_values
 from .paths import PlanningError
 
@@ -103,8 +104,8 @@ class _Scorer:
 def evaluation_cost_s(scenario: Scenario, stages: Stages) -> float:
     """Estimated seconds of one scoring greedy (its op placements / PLACEMENTS_PER_S)."""
     data = build_data(scenario, stages)
-    paths = {o: len(candidate_paths(data, o, SEARCH_PATHS_PER_ORIGIN)) for o in data.origins()}
-    return sum(paths[o] for _, o in data.microbatches) * len(chain(data.k)) / PLACEMENTS_PER_S
+    paths = min(SEARCH_PATHS_PER_ORIGIN, path_limit(data), max(candidate_count(data, o) for o in data.origins()))
+    return len(data.microbatches) * paths * len(chain(data.k)) / PLACEMENTS_PER_S
 
 
 def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "iteration",
@@ -119,13 +120,21 @@ def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "i
     start = stages_of(start)
     say = progress or (lambda line: None)
     scorer, rng = _Scorer(scenario, objective), random.Random(seed)
-    evaluations = max(MIN_EVALUATIONS, int(budget_s / evaluation_cost_s(scenario, start)))
+    cost_s = evaluation_cost_s(scenario, start)
+    evaluations = int(budget_s / cost_s)
+    if evaluations < MIN_EVALUATIONS:  # not even the start and one other fit: keep the start
+        say(f"allocation search skipped: a greedy evaluation (~{cost_s:.1f} s) does not fit "
+            f"{MIN_EVALUATIONS} times in {budget_s:.1f} s")
+        return SkipAllocation(start, objective, math.nan, math.nan, 0, 0,
+                              round(time.monotonic() - started, 3))
     deadline = started + budget_s * (wall_safety if deterministic else 1.0)
 
     def spent() -> bool:
         if scorer.evaluations >= evaluations and deterministic:
             return True
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        per_evaluation = (now - started) / max(1, scorer.evaluations)
+        if now >= deadline or (not deterministic and now + per_evaluation > deadline):
             if deterministic:
                 log.warning("allocation search stopped by the wall clock after %d of %d "
                             "evaluations: the result depends on machine speed",
