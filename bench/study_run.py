@@ -67,12 +67,15 @@ def load_result(path: Path, fingerprint: dict) -> dict | None:
     return stored if stored.get("fingerprint") == json.loads(json.dumps(fingerprint)) else None
 
 
-def write_result(path: Path, payload: dict) -> None:
-    """Write through a temporary file and a rename: a killed run leaves no half result."""
+def write_result(path: Path, payload: dict) -> dict:
+    """Write through a temporary file and a rename (a killed run leaves no half result);
+    returns the payload as a rerun will read it back."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    text = json.dumps(payload, indent=1)
+    tmp.write_text(text + "\n")
     os.replace(tmp, path)
+    return json.loads(text)
 
 
 def _setup(threads: int) -> None:
@@ -138,8 +141,7 @@ def train_run(spec: RunSpec, out: Path) -> dict:
               "wall_s": time.perf_counter() - start,
               "tokens_per_iteration": _tokens_per_iteration(spec, scenario),
               "corpus": data.corpus_name, "corpus_hash": data.corpus_hash}
-    write_result(path, result)
-    return result
+    return write_result(path, result)
 
 
 def _tokens_per_iteration(spec: RunSpec, scenario) -> int:
@@ -165,9 +167,7 @@ def sweep_run(spec: RunSpec, out: Path, reordered: tuple[tuple[int, ...], ...]) 
         rows.append(_score(stages, valid, order))
     for order in reordered:
         rows.append(_score(stages, valid, order))
-    result = {"fingerprint": fingerprint, "key": spec.key, "paths": rows}
-    write_result(path, result)
-    return result
+    return write_result(path, {"fingerprint": fingerprint, "key": spec.key, "paths": rows})
 
 
 def _score(stages, valid, order: tuple[int, ...]) -> dict:
