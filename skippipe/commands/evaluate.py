@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 HELP = "validation perplexity of a checkpoint with stages omitted (full, --omit-stages, --sweep)"
-DEFAULT_MAX_BATCHES = 16  # validation batches scored per path
 EVAL_SAMPLES = 8  # sequences per validation batch
 RESULTS_FILE = "perplexity.json"
 PLOT_FILE = "perplexity-vs-omitted.png"
@@ -17,8 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--omit-stages", help="comma-separated non-first stages to omit, e.g. 2,4")
     p.add_argument("--sweep", action="store_true",
                    help="every subset of non-first stages (seeded sample when S > 8), table + PNG")
-    p.add_argument("--max-batches", type=int, default=DEFAULT_MAX_BATCHES,
-                   help="validation batches of --samples sequences per path (default %(default)s)")
+    p.add_argument("--max-batches", type=int,
+                   help="validation batches of --samples sequences per path (default: every "
+                        "validation token)")
     p.add_argument("--samples", type=int, default=EVAL_SAMPLES, help="sequences per batch")
     p.add_argument("--seed", type=int, default=0, help="subset sample seed when S > 8")
     p.add_argument("--data", help="data source (default: the one the checkpoint was trained on)")
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
                             plot_sweep, summarize, sweep)
     from ..train.model import load_checkpoint, resolve_device
 
-    if args.max_batches < 1 or args.samples < 1:
+    if (args.max_batches is not None and args.max_batches < 1) or args.samples < 1:
         raise SkipPipeError("--max-batches and --samples must be positive")
     if args.threads:
         torch.set_num_threads(args.threads)
