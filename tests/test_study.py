@@ -129,3 +129,16 @@ def test_bad_arguments_are_one_line_errors(corpus, tmp_path, capsys):
     assert study.main(_args(corpus, tmp_path, "--lrs", "x")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_train_command_uses_the_study_recipe():
+    from skippipe.commands.train import WARMUP_FRACTION, recipe_config
+    from skippipe.scenario import load_scenario
+
+    sc = load_scenario(study.DEFAULT_SETTINGS)
+    cfg = recipe_config(sc, iterations=200, learning_rate=None)
+    assert cfg.cosine_decay and cfg.warmup_iterations == round(WARMUP_FRACTION * 200)
+    assert cfg.learning_rate == sc.training.learning_rate
+    plain = recipe_config(sc, warmup_iterations=0, cosine_decay=False)
+    assert not plain.cosine_decay and plain.warmup_iterations == 0
+    assert sc.training.iterations == study.DEFAULT_ITERATIONS  # `train` defaults = the study's
