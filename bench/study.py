@@ -143,23 +143,29 @@ def run_all(tasks: list, jobs: int) -> list:
         return list(pool.map(_call, tasks))
 
 
+def _train_tasks(study: Study, specs: list[study_run.RunSpec]) -> list:
+    return [(study_run.train_run, (s, study.out)) for s in specs]
+
+
+def _sweep_tasks(study: Study, specs: list[study_run.RunSpec]) -> list:
+    return [(study_run.sweep_run, (s, study.out, reordered_paths(study.inputs))) for s in specs]
+
+
 def execute(study: Study) -> tuple[list[dict], list[dict], dict[str, float]]:
     """All runs and sweeps of the plan (stored ones are reused); returns (every training result,
     the sweeps of the best-learning-rate runs, best learning rate per variant)."""
-    from skippipe.train.data import prepare_data
     from skippipe.scenario import load_scenario
+    from skippipe.train.data import prepare_data
 
     prepare_data(study.args.data, load_scenario(study.args.settings).model.vocab_size)  # caches once
-    train = lambda specs: [(study_run.train_run, (s, study.out)) for s in specs]  # noqa: E731
-    sweep = lambda specs: [(study_run.sweep_run, (s, study.out, reordered_paths(study.inputs)))  # noqa: E731
-                           for s in specs]
-    swept = run_all(train(study.sweep_specs()), study.args.jobs)
+    jobs = study.args.jobs
+    swept = run_all(_train_tasks(study, study.sweep_specs()), jobs)
     best = best_learning_rates(swept)
     first = [s for s in study.sweep_specs() if s.learning_rate == best[s.variant]]
     later = study.seed_specs(best)
     # the first seed's sparse pipelines need no wait: run them beside the other seeds' training
-    mixed = run_all(sweep(first) + train(later), study.args.jobs)
-    sweeps = mixed[:len(first)] + run_all(sweep(later), study.args.jobs)
+    mixed = run_all(_sweep_tasks(study, first) + _train_tasks(study, later), jobs)
+    sweeps = mixed[:len(first)] + run_all(_sweep_tasks(study, later), jobs)
     return swept + mixed[len(first):], sweeps, best
 
 

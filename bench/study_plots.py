@@ -78,7 +78,7 @@ def plot_curves(rep, path: Path) -> Path:
             x = [it * per_iteration(variant) for it, _ in points]
             stats = [_mean_sd(ppl) for _, ppl in points]
             mean = [m for m, _ in stats]
-            line, = ax.plot(x, mean, label=variant)
+            line, = ax.plot(x, mean, marker="o", markersize=3, label=variant)
             ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats],
                             color=line.get_color(), alpha=BAND_ALPHA)
         _references(ax, rep)

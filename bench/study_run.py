@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from skippipe.commands.train import recipe_config
 from skippipe.scenario import load_scenario
 from skippipe.train.data import prepare_data, training_batches, validation_batches
 from skippipe.train.evaluate import omission_subsets, path_nll
@@ -84,8 +86,6 @@ def _setup(threads: int) -> None:
 
 
 def _config(spec: RunSpec, scenario):
-    from skippipe.commands.train import recipe_config
-
     return recipe_config(scenario, iterations=spec.iterations, learning_rate=spec.learning_rate,
                          seed=spec.seed, samples_per_microbatch=spec.samples_per_microbatch,
                          warmup_iterations=spec.warmup_iterations)
@@ -102,22 +102,10 @@ def full_nll(stages, batches) -> tuple[float, int]:
     return path_nll(stages, batches, tuple(range(len(stages))))
 
 
-def train_run(spec: RunSpec, out: Path) -> dict:
-    """Train one model, scoring the full model at `spec.eval_at`; returns the stored result."""
-    _setup(spec.threads)
-    path = result_path(out, spec.key)
-    done = load_result(path, spec.fingerprint())
-    if done is not None:
-        return done
-    scenario = load_scenario(spec.settings)
-    data = prepare_data(spec.data, scenario.model.vocab_size)
-    valid = validation(data, spec, scenario.model.ctx_tokens)
-    cfg = _config(spec, scenario)
-    stages = build_stages(scenario.model, scenario.pipeline.n_stages, spec.seed, "cpu")
+def _train_loop(spec: RunSpec, cfg, stages, batches, valid) -> tuple[list[dict], list[float], float]:
+    """The iterations: (full-model validation curve, train losses, CPU seconds of training)."""
     optimizer = make_optimizer(stages, cfg)
-    batches = training_batches(data.train, cfg.samples_per_microbatch, scenario.model.ctx_tokens,
-                               spec.seed)
-    curve, losses, train_cpu, start = [], [], 0.0, time.perf_counter()
+    curve, losses, train_cpu = [], [], 0.0
     for it in range(spec.iterations):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(it, cfg)
@@ -129,19 +117,38 @@ def train_run(spec: RunSpec, out: Path) -> dict:
             nll, tokens = full_nll(stages, valid)
             curve.append({"iteration": it + 1, "mean_nll": nll / tokens, "tokens": tokens})
             log.info("[%s] iteration %d/%d train loss %.3f validation ppl %.2f", spec.key, it + 1,
-                     spec.iterations, loss, 2.718281828459045 ** (nll / tokens))
+                     spec.iterations, loss, math.exp(nll / tokens))
+    return curve, losses, train_cpu
+
+
+def train_run(spec: RunSpec, out: Path) -> dict:
+    """Train one model on the CPU (the study's budget is sized for it), scoring the full model at
+    `spec.eval_at`; returns the stored result."""
+    _setup(spec.threads)
+    path = result_path(out, spec.key)
+    done = load_result(path, spec.fingerprint())
+    if done is not None:
+        return done
+    start = time.perf_counter()
+    scenario = load_scenario(spec.settings)
+    ctx = scenario.model.ctx_tokens
+    data = prepare_data(spec.data, scenario.model.vocab_size)
+    cfg = _config(spec, scenario)
+    stages = build_stages(scenario.model, scenario.pipeline.n_stages, spec.seed, "cpu")
+    batches = training_batches(data.train, cfg.samples_per_microbatch, ctx, spec.seed)
+    curve, losses, train_cpu = _train_loop(spec, cfg, stages, batches, validation(data, spec, ctx))
+    per_iteration = _tokens_per_iteration(spec, scenario)
     info = CheckpointInfo(scenario.model, scenario.pipeline.n_stages, spec.iterations,
-                          spec.iterations * _tokens_per_iteration(spec, scenario), spec.variant,
-                          scenario.name, scenario.content_hash, data.corpus_name,
-                          str(data.tokenizer_path), spec.seed)
+                          spec.iterations * per_iteration, spec.variant, scenario.name,
+                          scenario.content_hash, data.corpus_name, str(data.tokenizer_path),
+                          spec.seed)
     save_checkpoint(stages, out / "runs" / spec.key / "checkpoint", info)
-    result = {"fingerprint": spec.fingerprint(), "key": spec.key, "variant": spec.variant,
-              "learning_rate": spec.learning_rate, "seed": spec.seed, "curve": curve,
-              "train_loss": losses, "train_cpu_s": train_cpu,
-              "wall_s": time.perf_counter() - start,
-              "tokens_per_iteration": _tokens_per_iteration(spec, scenario),
-              "corpus": data.corpus_name, "corpus_hash": data.corpus_hash}
-    return write_result(path, result)
+    return write_result(path, {
+        "fingerprint": spec.fingerprint(), "key": spec.key, "variant": spec.variant,
+        "learning_rate": spec.learning_rate, "seed": spec.seed, "curve": curve,
+        "train_loss": losses, "train_cpu_s": train_cpu, "wall_s": time.perf_counter() - start,
+        "tokens_per_iteration": per_iteration, "corpus": data.corpus_name,
+        "corpus_hash": data.corpus_hash})
 
 
 def _tokens_per_iteration(spec: RunSpec, scenario) -> int:
