@@ -21,7 +21,6 @@ import logging
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         if args.write_inputs:
-            print(f"wrote {write_inputs(Path(args.write_inputs[0]), Path(args.write_inputs[1]), Path(args.inputs))}")
+            paths_schedule, times_schedule = map(Path, args.write_inputs)
+            print(f"wrote {write_inputs(paths_schedule, times_schedule, Path(args.inputs))}")
             return 0
         study = Study(args)
         results, sweeps, best = execute(study)
