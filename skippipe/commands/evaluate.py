@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "validation perplexity of a checkpoint with stages omitted (full, --omit-stages, --sweep)"
-DEFAULT_MAX_BATCHES = 16  # validation batches scored per path
-EVAL_SAMPLES = 8  # sequences per validation batch
+from ..train.recipe import EVAL_SAMPLES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -13,8 +12,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--omit-stages", help="comma-separated non-first stages to omit, e.g. 2,4")
     p.add_argument("--sweep", action="store_true",
                    help="every subset of non-first stages (seeded sample when S > 8), table + PNG")
-    p.add_argument("--max-batches", type=int, default=DEFAULT_MAX_BATCHES,
-                   help="validation batches of --samples sequences per path (default %(default)s)")
+    p.add_argument("--max-batches", type=int,
+                   help="validation batches of --samples sequences per path (default: every "
+                        "validation token)")
     p.add_argument("--samples", type=int, default=EVAL_SAMPLES, help="sequences per batch")
     p.add_argument("--seed", type=int, default=0, help="subset sample seed when S > 8")
     p.add_argument("--data", help="data source (default: the one the checkpoint was trained on)")
@@ -29,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
     from ..train.study import EvalOptions, evaluate_checkpoint
     from ..util.options import options_from
 
-    if args.max_batches < 1 or args.samples < 1:
+    if (args.max_batches is not None and args.max_batches < 1) or args.samples < 1:
         raise SkipPipeError("--max-batches and --samples must be positive")
     return evaluate_checkpoint(options_from(EvalOptions, args))

