@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from skippipe.memory import FAMILIES
+from skippipe.memory import FAMILIES, peak_along
 from skippipe.scenario import load_scenario
+from skippipe.schedule import load_schedule
 from skippipe.timeline import read_jsonl
 from skippipe.train.data import prepare_data, training_batches
 from skippipe.train.local import baseline_paths
@@ -81,3 +82,9 @@ def test_every_family_trains_like_single_process(tmp_path, tiny_schedule, single
     ops = [e for e in events if e["event"] == "op"]
     n_w = sum(e["kind"] == "W" for e in ops)
     assert n_w == (sum(e["kind"] == "B" for e in ops) if family == "zb-h1" else 0)
+    # nodes run their action lists exactly: each holds the activations the family's rule says
+    sc = load_scenario(TINY)
+    variant = load_schedule(tiny_schedule, sc)[0].variant(family)
+    for e in events:
+        if e["event"] == "iteration_end":
+            assert e["peak_activations"] == peak_along(variant.actions(e["node"]), variant.split_backward)

@@ -249,7 +249,7 @@ class Node:
         self.restarts.pop(it, None)
         self.events.write("iteration_end", iteration=it, loss_sum=self.compute.loss_sum,
                           loss_count=self.compute.loss_count, wall_s=time.monotonic() - t0,
-                          degraded=cur.degraded)
+                          degraded=cur.degraded, peak_activations=cur.disp.peak)
 
     # -- operations -------------------------------------------------------------------------
     async def _run_op(self, cur: Iteration, op: Op) -> None:
