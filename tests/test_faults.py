@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from skippipe.planner.families import family_variant
 from skippipe.runtime.faults import (DEFAULT_SLOW_FACTOR, FailurePlanError, FailureSpec, parse_failures,
                                      parse_spec, random_plan)
 from skippipe.runtime.runconfig import RunConfig, load_config, save_config
@@ -30,7 +31,8 @@ def schedule_file(tmp_path_factory):
     s = make_schedule(sc, make_paths())
     baseline = VariantSchedule("baseline", make_paths([(g // 3, [(1, 2 + g % 2), (2, 4), (3, 5)]) for g in range(6)]))
     variants = {"random": s.variants["random"], "baseline": baseline,
-                "ca-partial": timed_schedule(sc).variants["ca-partial"]}
+                "ca-partial": timed_schedule(sc).variants["ca-partial"],
+                "zb-h1": family_variant("zb-h1", sc, s.allocation)}  # split backward
     path = tmp_path_factory.mktemp("faults") / "tiny.json"
     save_schedule(dataclasses.replace(s, variants=variants), path)
     return path
@@ -54,7 +56,7 @@ def _survivors_finished_cleanly(events, dead: int):
 
 
 @pytest.mark.parametrize("node,phase,variant", [(3, "forward", "random"), (4, "backward", "ca-partial"),
-                                                 (2, "averaging", "random")])
+                                                 (2, "averaging", "random"), (3, "backward", "zb-h1")])
 @pytest.mark.swarm
 def test_training_survives_kill_9(tmp_path, schedule_file, node, phase, variant):
     r, run_dir, events = _train_with(tmp_path, schedule_file, f"node={node},iteration=1,phase={phase},how=crash",

@@ -3,7 +3,10 @@
 Per iteration: a forward runs the stage's layers on the arriving activations (or embeds the
 tokens at hop 0) and keeps input and output for its backward; the loss at the origin runs the
 LM head, scales the loss by 1 / (microbatches in the iteration) and starts the backward; a
-backward pushes the arriving gradient through the kept output. After averaging, the node clips
+backward pushes the arriving gradient through the kept output. When the variant splits the
+backward (zero-bubble), B computes only the input gradient, from the kept graph which it
+retains, so that it can be sent on at once; W later computes the stage's weight gradients from
+the same graph and frees it. The loss stays fused. After averaging, the node clips
 and takes one AdamW step. A late operation (of an iteration this node already stepped for)
 computes input gradients only, so the stepped weights' gradients stay untouched. All of it runs
 on the node's single worker thread, in order.
@@ -32,10 +35,11 @@ def stand_in(model: ModelConfig, settings: str) -> ModelConfig:
 
 class StageCompute:
     def __init__(self, sc: Scenario, model_cfg: ModelConfig, stage: int, device: torch.device,
-                 train_cfg: TrainConfig, n_microbatches: int):
+                 train_cfg: TrainConfig, n_microbatches: int, split: bool = False):
         self.model_cfg, self.stage, self.device, self.train_cfg = model_cfg, stage, device, train_cfg
-        self.n_microbatches = n_microbatches
+        self.n_microbatches, self.split = n_microbatches, split
         self.module = build_stage(model_cfg, stage, sc.pipeline.n_stages, device, train_cfg.seed)
+        self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = make_optimizer([self.module], train_cfg)
         self.late_saved: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.begin_iteration()
@@ -43,6 +47,7 @@ class StageCompute:
     def begin_iteration(self) -> None:
         self.tensors: dict[Op, torch.Tensor] = {}  # operation -> its input
         self.saved: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}  # (mb, hop)
+        self.out_grads: dict[tuple[int, int], torch.Tensor] = {}  # (mb, hop) -> B's gradient, for W
         self.batch: dict[int, torch.Tensor] = {}  # own microbatch -> tokens
         self.loss_sum, self.loss_count = 0.0, 0
 
@@ -53,6 +58,7 @@ class StageCompute:
         """Drop a microbatch's inputs and kept activations (it was lost or restarted)."""
         self.tensors = {op: t for op, t in self.tensors.items() if op.microbatch != mb}
         self.saved = {key: v for key, v in self.saved.items() if key[0] != mb}
+        self.out_grads = {key: g for key, g in self.out_grads.items() if key[0] != mb}
 
     def run(self, op: Op) -> torch.Tensor | None:
         """The torch work of one operation; returns the tensor to send on (CPU, contiguous)."""
@@ -72,10 +78,28 @@ class StageCompute:
             self.loss_sum += float(loss.detach())
             self.loss_count += 1
             return h.grad.detach().cpu()
+        if op.kind is OpKind.W:
+            return self._weight_grad(mb, hop)
         grad = self.tensors.pop(op)
+        if self.split:
+            return self._input_grad(mb, hop, grad)
         x, out = self.saved.pop((mb, hop))
         out.backward(grad)
         return None if x is None else x.grad.detach().cpu()
+
+    def _input_grad(self, mb: int, hop: int, grad: torch.Tensor) -> torch.Tensor | None:
+        """B of a split backward: the input gradient only; the graph stays for W."""
+        x, out = self.saved[(mb, hop)]
+        self.out_grads[(mb, hop)] = grad
+        if x is None:
+            return None  # hop 0: the tokens have no gradient, W does all the work
+        (gx,) = torch.autograd.grad(out, x, grad, retain_graph=True)
+        return gx.detach().cpu()
+
+    def _weight_grad(self, mb: int, hop: int) -> None:
+        """W of a split backward: accumulate the weight gradients and free the graph."""
+        _, out = self.saved.pop((mb, hop))
+        torch.autograd.backward(out, self.out_grads.pop((mb, hop)), inputs=self.params)
 
     def run_late(self, it: int, op: Op, tensor: torch.Tensor) -> torch.Tensor | None:
         """A late operation of iteration `it`: forward with the current weights, backward to

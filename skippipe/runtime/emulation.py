@@ -44,9 +44,10 @@ class Emulation:
         """Wall seconds this node spends on `scenario_s` of scenario work (slow factor included)."""
         return scenario_s * self.time_scale * self.slow
 
-    def op_s(self, kind: OpKind) -> float:
-        """Wall seconds one operation of this node should last; 0 without compute emulation."""
-        return self.wall_s(self._costs().op_s(kind.value, self.node)) if self.compute else 0.0
+    def op_s(self, kind: OpKind, split: bool = False) -> float:
+        """Wall seconds one operation of this node should last (`split`: the variant splits the
+        backward into B and W); 0 without compute emulation."""
+        return self.wall_s(self._costs().op_s(kind.value, self.node, split)) if self.compute else 0.0
 
     def averaging_s(self, stage: int, group: list[int]) -> float:
         """Wall seconds the stage's averaging among `group` should last; 0 without link emulation."""

@@ -143,7 +143,7 @@ def parse_failures(specs: list[str], sc: Scenario) -> list[FailureSpec]:
     return plan
 
 
-PHASE_OF = {OpKind.F: "forward", OpKind.L: "backward", OpKind.B: "backward"}
+PHASE_OF = {OpKind.F: "forward", OpKind.L: "backward", OpKind.B: "backward", OpKind.W: "backward"}
 
 
 class FailureInjector:

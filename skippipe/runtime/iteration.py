@@ -2,6 +2,9 @@
 iteration runs degraded, and when it is over.
 
 Normally an iteration is over when the node's dispatcher has run all its planned operations.
+When the variant splits the backward, each B makes its W ready on the same node (ops.local_next,
+as in the simulator), and the iteration is not over before every W that became ready has run:
+the step needs its weight gradients.
 Once a peer dies (or a node comes back) it turns *degraded*: the dispatcher runs first come
 first served, each data node restarts its unfinished microbatches that touched a dead node on a
 repaired path (recovery.py; attempt + 1, announced to everyone with a Restart notice), and the
@@ -14,7 +17,7 @@ from __future__ import annotations
 import time
 
 from ..dispatch import Dispatcher
-from ..ops import F, Op, OpKind
+from ..ops import F, Op, OpKind, local_next
 from ..schedule import VariantSchedule
 from .compute import StageCompute
 from .control import Restart
@@ -25,7 +28,7 @@ from .wire import Kind, Message
 
 
 class Iteration:
-    def __init__(self, it: int, variant: VariantSchedule, memory_slots: int, degraded: bool,
+    def __init__(self, it: int, variant: VariantSchedule, memory_slots: int | None, degraded: bool,
                  data_node: bool, messenger: Messenger, compute: StageCompute,
                  allocation: tuple[tuple[int, ...], ...], stage_of: dict[int, int]):
         self.it, self.m, self.compute = it, messenger, compute
@@ -37,7 +40,9 @@ class Iteration:
         self.data_node = data_node  # it starts microbatches of its own (in the planned variant)
         self.completed: set[int] = set()  # own microbatches back home
         self.degraded = degraded
-        self.disp = Dispatcher(variant.actions(self.id), memory_slots, planned=variant.planned)
+        self.split = variant.split_backward
+        self.disp = Dispatcher(variant.actions(self.id), memory_slots, planned=variant.planned,
+                               split=self.split)
 
     def start_own(self, mb: int) -> None:
         self.disp.arrive(F(mb, 0), time.monotonic())
@@ -49,13 +54,20 @@ class Iteration:
             return False
         if not self.degraded:
             return self.disp.done
-        if self._own_unfinished():
+        if self._own_unfinished() or any(op.kind is OpKind.W for op in self.disp.arrived):
             return False
         return not (self.data_nodes - {self.id} - self.m.live.dead) - done_from
 
     def finished(self, op: Op) -> None:
-        """After B at hop 0 of its last own microbatch a data node reports DONE to everyone."""
+        """After B at hop 0 of its last own microbatch a data node reports DONE to everyone.
+        A split B makes its W ready here (added first for a microbatch the node serves
+        unplanned: a restarted attempt)."""
         self.disp.finish(op)
+        local = local_next(op, self.split)
+        if local is not None:
+            if local not in self.disp.pending():
+                self.disp.add([local])
+            self.disp.arrive(local, time.monotonic())
         if op.kind is OpKind.B and op.hop == 0:
             self.completed.add(op.microbatch)
             if not self._own_unfinished():

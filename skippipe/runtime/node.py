@@ -67,7 +67,6 @@ class Node:
         self.variant = self.schedule.variant(cfg.variant)
         self.stage_of = self.schedule.stage_of()
         self.stage = self.stage_of[node_id]
-        self.data_nodes = set(self.schedule.allocation[0])
         self.costs = Costs(self.sc)
         self.events = EventWriter(events_dir(cfg.run_dir) / f"node-{node_id}.jsonl", node_id, cfg.epoch)
         self.emulation = Emulation.from_config(cfg, self.costs, node_id)
@@ -75,7 +74,8 @@ class Node:
         self.my_microbatches = [p.microbatch for p in self.variant.paths if p.origin == node_id]
         self.model_cfg = stand_in(self.sc.model, cfg.stand_in_model)
         self.compute = StageCompute(self.sc, self.model_cfg, self.stage, device_for(node_id),
-                                    TrainConfig.from_scenario(self.sc, seed=cfg.seed), self.n_microbatches)
+                                    TrainConfig.from_scenario(self.sc, seed=cfg.seed), self.n_microbatches,
+                                    self.variant.split_backward)
         self.pool = ThreadPoolExecutor(max_workers=1)  # torch work off the event loop, in order
         host, port = cfg.peers[node_id]
         self.transport = Transport(node_id, host, port, cfg.peers, Path(cfg.run_dir) / "transport",
@@ -200,7 +200,7 @@ class Node:
         dead = self.live.dead
         # the iteration where a node comes back runs degraded: not everyone may know yet
         cur = Iteration(it, live_variant(self.variant, dead, self.schedule.allocation),
-                        self.sc.nodes[self.id].memory_slots,
+                        self.variant.memory_slots(self.id, self.sc),
                         bool(dead) or bool(revived) or it == self.rejoin.joined_at, bool(self.my_microbatches),
                         self.messenger, self.compute, self.schedule.allocation, self.stage_of)
         self.compute.begin_iteration()
@@ -249,14 +249,14 @@ class Node:
         self.restarts.pop(it, None)
         self.events.write("iteration_end", iteration=it, loss_sum=self.compute.loss_sum,
                           loss_count=self.compute.loss_count, wall_s=time.monotonic() - t0,
-                          degraded=cur.degraded)
+                          degraded=cur.degraded, peak_activations=cur.disp.peak)
 
     # -- operations -------------------------------------------------------------------------
     async def _run_op(self, cur: Iteration, op: Op) -> None:
         start, t_event = time.monotonic(), self.events.now()
         path = cur.paths[op.microbatch]
         out = await asyncio.get_running_loop().run_in_executor(self.pool, self.compute.run, op)
-        await self.emulation.pad(start, self.emulation.op_s(op.kind))
+        await self.emulation.pad(start, self.emulation.op_s(op.kind, self.variant.split_backward))
         self.events.write("op", t=t_event, kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
                           stage=self.stage, dur=self.events.now() - t_event, iteration=cur.it)
         self._send_on(cur.it, path, op, out, cur.attempt[op.microbatch])
@@ -277,7 +277,7 @@ class Node:
         start = time.monotonic()
         out = await asyncio.get_running_loop().run_in_executor(
             self.pool, lambda: self.compute.run_late(msg.iteration, op, msg.to_torch()))
-        await self.emulation.pad(start, self.emulation.op_s(op.kind))
+        await self.emulation.pad(start, self.emulation.op_s(op.kind, self.variant.split_backward))
         self.events.write("late_op", kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
                           iteration=msg.iteration)
         if out is not None:
