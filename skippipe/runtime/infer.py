@@ -29,7 +29,8 @@ from ..util.devices import device_for
 from .datamsg import pack_path, unpack_path
 from .messenger import NodeFailure
 from .runconfig import RunConfig, load_config
-from .transport import Transport, TransportError
+from .frames import training_frame_limit
+from .transport import Transport, TransportConfig, TransportError
 from .wire import Kind, Message
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ class InferenceNode:
 
     async def run(self) -> dict | None:
         host, port = self.cfg.peers[self.id]
-        async with Transport(self.id, host, port, self.cfg.peers, Path(self.cfg.run_dir) / "transport") as t:
+        params = sum(p.numel() for p in self.module.parameters())
+        limits = TransportConfig(max_frame_bytes=training_frame_limit(self.module.cfg, self.plan.samples, params))
+        async with Transport(self.id, host, port, self.cfg.peers, Path(self.cfg.run_dir) / "transport",
+                             auth=self.cfg.auth(), config=limits) as t:
             self.t = t
             await self._hello()
             if self.id == self.plan.path[0]:

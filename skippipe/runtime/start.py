@@ -16,6 +16,7 @@ from ..util.peers import Peers, load_peers, local_peers
 from ..util.ports import check_ports
 from ..util.rundir import new_run_dir, shown
 from . import launch
+from .auth import RunAuth
 from .emulation import Emulation
 from .runconfig import RunConfig, load_config
 
@@ -51,6 +52,7 @@ class RunOptions:
     timeout: float | None = None
     rejoin: str | None = None
     dump_gradients: bool = False
+    run_key_file: str | None = None  # multi-host: the run's shared key (else $SKIPPIPE_RUN_KEY, else new)
 
 
 def run_command(opts: RunOptions, say=print) -> int:
@@ -114,7 +116,8 @@ def _config(opts: RunOptions, sc: Scenario, sched_path: Path, variant: VariantSc
         epoch=time.time(), seed=sc.training.seed if opts.seed is None else opts.seed,
         peer_timeout_s=opts.peer_timeout, connect_timeout_s=CONNECT_TIMEOUT_S,
         save_checkpoint=opts.checkpoint, failures=tuple(parse_failures(list(opts.fail), sc)),
-        dump_gradients=opts.dump_gradients, stand_in_model=opts.stand_in_model)
+        dump_gradients=opts.dump_gradients, stand_in_model=opts.stand_in_model,
+        run_key=RunAuth.load(opts.run_key_file).key.hex())
 
 
 def _peers(opts: RunOptions, n_nodes: int) -> Peers:
