@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from skippipe.runtime.auth import CHALLENGE_BYTES, HELLO_BYTES, RunAuth
+from skippipe.runtime.auth import CHALLENGE_BYTES, HELLO_BYTES, AuthError, RunAuth
 from skippipe.runtime.connection import LENGTH_BYTES
 from skippipe.runtime.deccom_adapter import node_key
 from skippipe.runtime.transport import TransportConfig
@@ -285,3 +285,15 @@ def test_an_attacked_swarm_trains_exactly_like_an_unattacked_one(tmp_path, tiny_
         losses[name] = _losses(where)
     assert len(losses["quiet"]) == 2
     assert losses["attacked"] == pytest.approx(losses["quiet"], rel=1e-6)
+
+
+def test_a_reflected_challenge_is_no_proof_and_nonces_are_fresh():
+    a_key, c_key = node_key(0), node_key(1)
+    hello, nonce = AUTH.hello(c_key)
+    challenge, transcript = AUTH.challenge(a_key, *AUTH.parse_hello(hello))
+    with pytest.raises(AuthError):  # the acceptor's own MAC sent back
+        AUTH.check_proof(challenge[-32:], transcript)
+    AUTH.check_proof(AUTH.answer(challenge, c_key, a_key, nonce), transcript)
+    with pytest.raises(AuthError, match="another node"):  # not the node we meant to reach
+        AUTH.answer(challenge, c_key, node_key(2), nonce)
+    assert AUTH.hello(c_key)[1] != nonce and AUTH.challenge(a_key, c_key, nonce)[1] != transcript

@@ -29,7 +29,6 @@ from ..util.devices import device_for
 from .datamsg import pack_path, unpack_path
 from .messenger import NodeFailure
 from .runconfig import RunConfig, load_config
-from .frames import training_frame_limit
 from .transport import Transport, TransportConfig, TransportError
 from .wire import Kind, Message
 
@@ -88,8 +87,7 @@ class InferenceNode:
 
     async def run(self) -> dict | None:
         host, port = self.cfg.peers[self.id]
-        params = sum(p.numel() for p in self.module.parameters())
-        limits = TransportConfig(max_frame_bytes=training_frame_limit(self.module.cfg, self.plan.samples, params))
+        limits = TransportConfig.for_stage(self.module.cfg, self.plan.samples, self.module)
         async with Transport(self.id, host, port, self.cfg.peers, Path(self.cfg.run_dir) / "transport",
                              auth=self.cfg.auth(), config=limits) as t:
             self.t = t

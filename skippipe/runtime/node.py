@@ -49,7 +49,6 @@ from .iteration import Iteration
 from .recovery import live_variant
 from .rejoin import Rejoin
 from .runconfig import EventWriter, RunConfig, events_dir
-from .frames import training_frame_limit
 from .transport import Transport, TransportConfig, TransportError
 from .wire import Kind, Message
 
@@ -78,12 +77,9 @@ class Node:
         self.compute = StageCompute(self.sc, self.model_cfg, self.stage, device_for(node_id),
                                     TrainConfig.from_scenario(self.sc, seed=cfg.seed), self.n_microbatches)
         self.pool = ThreadPoolExecutor(max_workers=1)  # torch work off the event loop, in order
-        host, port = cfg.peers[node_id]
-        stage_params = sum(p.numel() for p in self.compute.module.parameters())
-        limits = TransportConfig(max_frame_bytes=training_frame_limit(
-            self.model_cfg, self.sc.pipeline.samples_per_microbatch, stage_params))
-        self.transport = Transport(node_id, host, port, cfg.peers, Path(cfg.run_dir) / "transport",
-                                   auth=cfg.auth(), config=limits, on_disconnect=self._closed)
+        self.transport = Transport(node_id, *cfg.peers[node_id], cfg.peers, Path(cfg.run_dir) / "transport",
+                                   auth=cfg.auth(), on_disconnect=self._closed, config=TransportConfig.for_stage(
+                                       self.model_cfg, self.sc.pipeline.samples_per_microbatch, self.compute.module))
         self.live = Liveness(node_id, list(cfg.peers), self.transport, cfg.peer_timeout_s, self._on_dead)
         self.messenger = Messenger(node_id, self.transport, self.live, self.events, self.emulation,
                                    cfg.peer_timeout_s)

@@ -30,7 +30,7 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from deccom.peers.peer import Peer
 
@@ -38,9 +38,15 @@ from ..errors import SkipPipeError
 from .auth import RunAuth
 from .connection import length_prefix
 from .deccom_adapter import discovery_layer, log_to, node_key, quiet_deccom, stop_logging_to
+from .frames import training_frame_limit
 from .linkemu import LinkEmulator
 from .streams import StreamHooks, Streams
 from .wire import Message, WireError, decode, encode_parts
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..scenario import ModelConfig
 
 logger = logging.getLogger("skippipe.runtime.transport")
 
@@ -78,6 +84,12 @@ class TransportConfig:
     max_unauthenticated: int = 256  # inbound connections still authenticating (64 KiB each, at
     # most); more are closed at once
     stop_timeout_s: float = 2.0  # stop() waits this long for connection tasks to end
+
+    @classmethod
+    def for_stage(cls, model: ModelConfig, samples: int, module: torch.nn.Module) -> TransportConfig:
+        """Limits of a node running `module` (a stage of `model`, `samples` per microbatch)."""
+        params = sum(p.numel() for p in module.parameters())
+        return cls(max_frame_bytes=training_frame_limit(model, samples, params))
 
 
 class _NodeLog(logging.LoggerAdapter):
