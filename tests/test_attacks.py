@@ -42,20 +42,33 @@ def heartbeat(sender: int, microbatch: int = 0) -> Message:
     return Message(Kind.HEARTBEAT, sender, microbatch=microbatch)
 
 
-async def pair(tmp_path):
-    a = await node(0, HOST, 0, {}, tmp_path / "n0", config=LIMITS).start()
-    b = await node(1, HOST, 0, {}, tmp_path / "n1", config=LIMITS).start()
+async def pair(tmp_path, config: TransportConfig):
+    a = await node(0, HOST, 0, {}, tmp_path / "n0", config=config).start()
+    b = await node(1, HOST, 0, {}, tmp_path / "n1", config=config).start()
     a.add_peer(1, *b.address)
     b.add_peer(0, *a.address)
     return a, b
 
 
-async def still_talking(a, b, tag: int) -> None:
+async def still_talking(a, b, tag: int = 0) -> None:
     """The authenticated peers exchange a message each way."""
     await b.send(0, heartbeat(1, tag))
     assert (await a.recv(WAIT_S)).microbatch == tag
     await a.send(1, heartbeat(0, tag))
     assert (await b.recv(WAIT_S)).microbatch == tag
+
+
+def attack(tmp_path, attack_on, config: TransportConfig = LIMITS) -> None:
+    """Nodes 0 and 1 of a run; `attack_on(a, b)` attacks node 0 `a`; then both still talk, and
+    nothing of the attacker's waits in node 0's inbox."""
+    async def main():
+        a, b = await pair(tmp_path, config)
+        async with a, b:
+            await attack_on(a, b)
+            await still_talking(a, b)
+            assert a.pending() == 0
+
+    run(main())
 
 
 async def closed_by_peer(reader: asyncio.StreamReader) -> bytes:
@@ -67,6 +80,14 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bytes:
         return b""
 
 
+async def send_and_see_closed(a, data: bytes) -> None:
+    """A fresh connection to `a` sends `data` and is closed without getting anything."""
+    reader, writer = await asyncio.open_connection(*a.address)
+    writer.write(data)
+    assert await closed_by_peer(reader) == b""
+    writer.close()
+
+
 def rss_mib() -> float:
     """Peak resident memory of this process so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -75,154 +96,112 @@ def rss_mib() -> float:
 def test_a_peer_without_the_key_cannot_pose_as_a_real_node(tmp_path):
     thief = RunAuth.generate()  # another key: another run id too
     same_run = RunAuth(AUTH.key[:-1] + bytes([AUTH.key[-1] ^ 1]))
+    closed = []
 
-    async def main():
-        closed = []
-        a, b = await pair(tmp_path)
+    async def attack_on(a, b):
         a._on_disconnect = closed.append
-        async with a, b:
-            with pytest.raises(asyncio.IncompleteReadError):  # another run: no challenge at all
-                await raw_connect(a, as_node=1, auth=thief)
-            # it knows the run id (sent in the clear) and says hello as node 1 ...
-            reader, writer = await asyncio.open_connection(*a.address)
-            hello, _ = AUTH.hello(node_key(1))
-            writer.write(hello)
-            challenge = await reader.readexactly(CHALLENGE_BYTES)  # ... gets only the challenge
-            writer.write(secrets.token_bytes(32))  # and cannot answer it
-            writer.write(framed(encode(heartbeat(1, 66))))
-            assert await closed_by_peer(reader) == b""
-            writer.close()
-            assert len(challenge) == CHALLENGE_BYTES
-            assert a.rejections["unauthenticated"] == 2
-            with pytest.raises(asyncio.IncompleteReadError):  # a near miss of the key
-                await raw_connect(a, as_node=1, auth=same_run)
-            await still_talking(a, b, 1)
-            assert a.pending() == 0 and closed == []  # node 1 was never taken for gone
+        with pytest.raises(asyncio.IncompleteReadError):  # another run: no challenge at all
+            await raw_connect(a, as_node=1, auth=thief)
+        # it knows the run id (sent in the clear) and says hello as node 1 ...
+        reader, writer = await asyncio.open_connection(*a.address)
+        writer.write(AUTH.hello(node_key(1))[0])
+        assert len(await reader.readexactly(CHALLENGE_BYTES)) == CHALLENGE_BYTES  # ... gets that
+        writer.write(secrets.token_bytes(32))  # and cannot answer it
+        writer.write(framed(encode(heartbeat(1, 66))))
+        assert await closed_by_peer(reader) == b""
+        writer.close()
+        assert a.rejections["unauthenticated"] == 2
+        with pytest.raises(asyncio.IncompleteReadError):  # a near miss of the key
+            await raw_connect(a, as_node=1, auth=same_run)
 
-    run(main())
+    attack(tmp_path, attack_on)
+    assert closed == []  # node 1 was never taken for gone
 
 
 def test_a_silent_connection_is_closed_at_the_handshake_deadline(tmp_path):
-    async def main():
-        a, b = await pair(tmp_path)
-        async with a, b:
-            loop = asyncio.get_running_loop()
-            reader, writer = await asyncio.open_connection(*a.address)
-            writer.write(os.urandom(HELLO_BYTES - 1))  # not quite a hello
-            start = loop.time()
-            assert await closed_by_peer(reader) == b""  # nothing sent, then closed
-            assert HANDSHAKE_S * 0.9 <= loop.time() - start < HANDSHAKE_S + 2.0
-            writer.close()
-            assert a.rejections["bad_handshake"] == 1
-            await still_talking(a, b, 2)
+    async def attack_on(a, b):
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await send_and_see_closed(a, os.urandom(HELLO_BYTES - 1))  # not quite a hello
+        assert HANDSHAKE_S * 0.9 <= loop.time() - start < HANDSHAKE_S + 2.0
+        assert a.rejections["bad_handshake"] == 1
 
-    run(main())
+    attack(tmp_path, attack_on)
 
 
 def test_a_spoofed_sender_on_an_authenticated_connection_is_rejected(tmp_path):
-    async def main():
-        a, b = await pair(tmp_path)
-        async with a, b:
-            reader, writer = await raw_connect(a, as_node=1)  # holds the key, claims node 2's frames
-            writer.write(framed(encode(heartbeat(2, 5))))
-            writer.write(framed(encode(heartbeat(1, 6))))
-            got = await a.recv(WAIT_S)
-            assert (got.sender, got.microbatch) == (1, 6)
-            assert a.rejections["spoofed_sender"] == 1
-            writer.close()
-            await still_talking(a, b, 3)
+    async def attack_on(a, b):
+        reader, writer = await raw_connect(a, as_node=1)  # holds the key, claims node 2's frames
+        writer.write(framed(encode(heartbeat(2, 5))))
+        writer.write(framed(encode(heartbeat(1, 6))))
+        got = await a.recv(WAIT_S)
+        assert (got.sender, got.microbatch) == (1, 6)
+        assert a.rejections["spoofed_sender"] == 1
+        writer.close()
 
-    run(main())
+    attack(tmp_path, attack_on)
 
 
 @pytest.mark.parametrize("length", [2**31, 2**40])
 def test_a_huge_length_allocates_nothing_and_closes_the_connection(tmp_path, length):
-    async def main():
-        a, b = await pair(tmp_path)
-        async with a, b:
-            before = rss_mib()
-            reader, writer = await raw_connect(a, as_node=1)
-            writer.write(length.to_bytes(LENGTH_BYTES, "big") + os.urandom(1024))
-            assert await closed_by_peer(reader) == b""
-            writer.close()
-            assert a.rejections["bad_length"] == 1
-            assert rss_mib() < before + RSS_SLACK_MIB
-            # an unauthenticated connection is closed before its length is even read
-            reader, writer = await asyncio.open_connection(*a.address)
-            writer.write(length.to_bytes(LENGTH_BYTES, "big") * 8)
-            assert await closed_by_peer(reader) == b""
-            writer.close()
-            assert rss_mib() < before + RSS_SLACK_MIB
-            await still_talking(a, b, 4)
+    header = length.to_bytes(LENGTH_BYTES, "big")
 
-    run(main())
+    async def attack_on(a, b):
+        before = rss_mib()
+        reader, writer = await raw_connect(a, as_node=1)
+        writer.write(header + os.urandom(1024))
+        assert await closed_by_peer(reader) == b""
+        writer.close()
+        assert a.rejections["bad_length"] == 1
+        await send_and_see_closed(a, header * 8)  # unauthenticated: its length is never read
+        assert rss_mib() < before + RSS_SLACK_MIB
+
+    attack(tmp_path, attack_on)
 
 
 def test_a_large_frame_in_the_limit_takes_memory_only_as_it_arrives(tmp_path):
-    async def main():
-        a, b = await pair(tmp_path)
-        async with a, b:
-            before = rss_mib()
-            reader, writer = await raw_connect(a, as_node=1)
-            writer.write((60 * MIB).to_bytes(LENGTH_BYTES, "big") + os.urandom(MIB))
-            await writer.drain()
-            await still_talking(a, b, 5)  # the partial frame blocks nothing else
-            assert rss_mib() < before + RSS_SLACK_MIB / 2
-            writer.close()
-            await still_talking(a, b, 6)
+    async def attack_on(a, b):
+        before = rss_mib()
+        reader, writer = await raw_connect(a, as_node=1)
+        writer.write((60 * MIB).to_bytes(LENGTH_BYTES, "big") + os.urandom(MIB))
+        await writer.drain()
+        await still_talking(a, b, 5)  # the partial frame blocks nothing else
+        assert rss_mib() < before + RSS_SLACK_MIB / 2
+        writer.close()
 
-    run(main())
+    attack(tmp_path, attack_on)
 
 
 def test_random_bytes_reach_nothing(tmp_path):
-    async def main():
-        a, b = await pair(tmp_path)
-        async with a, b:
-            for size in (1, HELLO_BYTES, 4096, MIB):
-                reader, writer = await asyncio.open_connection(*a.address)
-                writer.write(os.urandom(size))
-                assert await closed_by_peer(reader) == b""
-                writer.close()
-            assert a.pending() == 0
-            await still_talking(a, b, 7)
+    async def attack_on(a, b):
+        for size in (1, HELLO_BYTES, 4096, MIB):
+            await send_and_see_closed(a, os.urandom(size))
 
-    run(main())
+    attack(tmp_path, attack_on)
 
 
 def test_idle_connections_are_closed_and_do_not_block_peers(tmp_path):
-    async def main():
-        a, b = await pair(tmp_path)
-        async with a, b:
-            conns = [await asyncio.open_connection(*a.address) for _ in range(IDLE_CONNECTIONS)]
-            await still_talking(a, b, 8)
-            ends = await asyncio.gather(*(closed_by_peer(r) for r, _ in conns))
-            assert ends == [b""] * IDLE_CONNECTIONS
-            for _, writer in conns:
-                writer.close()
-            assert a.rejections["bad_handshake"] == IDLE_CONNECTIONS
-            await still_talking(a, b, 9)
+    async def attack_on(a, b):
+        conns = [await asyncio.open_connection(*a.address) for _ in range(IDLE_CONNECTIONS)]
+        await still_talking(a, b, 8)
+        ends = await asyncio.gather(*(closed_by_peer(r) for r, _ in conns))
+        assert ends == [b""] * IDLE_CONNECTIONS
+        for _, writer in conns:
+            writer.close()
+        assert a.rejections["bad_handshake"] == IDLE_CONNECTIONS
 
-    run(main())
+    attack(tmp_path, attack_on)
 
 
 def test_connections_beyond_the_unauthenticated_cap_are_closed_at_once(tmp_path):
-    config = TransportConfig(handshake_timeout_s=WAIT_S, max_unauthenticated=4)
+    async def attack_on(a, b):
+        held = [await asyncio.open_connection(*a.address) for _ in range(4)]
+        await send_and_see_closed(a, b"")  # long before the handshake deadline
+        assert a.rejections["busy"] == 1
+        for _, writer in held:
+            writer.close()
 
-    async def main():
-        a = await node(0, HOST, 0, {}, tmp_path / "n0", config=config).start()
-        b = await node(1, HOST, 0, {}, tmp_path / "n1", config=config).start()
-        a.add_peer(1, *b.address)
-        b.add_peer(0, *a.address)
-        async with a, b:
-            held = [await asyncio.open_connection(*a.address) for _ in range(4)]
-            reader, writer = await asyncio.open_connection(*a.address)
-            assert await closed_by_peer(reader) == b""  # long before the handshake deadline
-            assert a.rejections["busy"] == 1
-            for _, w in [*held, (reader, writer)]:
-                w.close()
-            await still_talking(a, b, 10)
-
-    run(main())
+    attack(tmp_path, attack_on, TransportConfig(handshake_timeout_s=WAIT_S, max_unauthenticated=4))
 
 
 def test_measurement_runs_on_its_public_key_and_a_training_key_is_refused(tmp_path):
@@ -238,6 +217,18 @@ def test_measurement_runs_on_its_public_key_and_a_training_key_is_refused(tmp_pa
             assert m0.rejections["unauthenticated"] == 1
 
     run(main())
+
+
+def test_a_reflected_challenge_is_no_proof_and_nonces_are_fresh():
+    a_key, c_key = node_key(0), node_key(1)
+    hello, nonce = AUTH.hello(c_key)
+    challenge, transcript = AUTH.challenge(a_key, *AUTH.parse_hello(hello))
+    with pytest.raises(AuthError):  # the acceptor's own MAC sent back
+        AUTH.check_proof(challenge[-32:], transcript)
+    AUTH.check_proof(AUTH.answer(challenge, c_key, a_key, nonce), transcript)
+    with pytest.raises(AuthError, match="another node"):  # not the node we meant to reach
+        AUTH.answer(challenge, c_key, node_key(2), nonce)
+    assert AUTH.hello(c_key)[1] != nonce and AUTH.challenge(a_key, c_key, nonce)[1] != transcript
 
 
 # ---- a training swarm under attack ------------------------------------------------------------
@@ -285,15 +276,3 @@ def test_an_attacked_swarm_trains_exactly_like_an_unattacked_one(tmp_path, tiny_
         losses[name] = _losses(where)
     assert len(losses["quiet"]) == 2
     assert losses["attacked"] == pytest.approx(losses["quiet"], rel=1e-6)
-
-
-def test_a_reflected_challenge_is_no_proof_and_nonces_are_fresh():
-    a_key, c_key = node_key(0), node_key(1)
-    hello, nonce = AUTH.hello(c_key)
-    challenge, transcript = AUTH.challenge(a_key, *AUTH.parse_hello(hello))
-    with pytest.raises(AuthError):  # the acceptor's own MAC sent back
-        AUTH.check_proof(challenge[-32:], transcript)
-    AUTH.check_proof(AUTH.answer(challenge, c_key, a_key, nonce), transcript)
-    with pytest.raises(AuthError, match="another node"):  # not the node we meant to reach
-        AUTH.answer(challenge, c_key, node_key(2), nonce)
-    assert AUTH.hello(c_key)[1] != nonce and AUTH.challenge(a_key, c_key, nonce)[1] != transcript
