@@ -15,9 +15,9 @@ import pytest
 
 from skippipe.runtime.connection import LENGTH_BYTES
 from skippipe.runtime.linkemu import LinkEmulator, LinkModel
-from skippipe.runtime.transport import (SEED, PortInUse, SendTimeout, Transport, TransportConfig,
+from skippipe.runtime.transport import (SEED, PortInUse, SendTimeout, TransportConfig,
                                         TransportError, UnknownPeer)
-from skippipe.runtime.wire import Kind, Message, decode, encode
+from skippipe.runtime.wire import Kind, Message, encode
 from skippipe.util.ports import free_port
 
 from netutil import framed, node, raw_connect

@@ -103,13 +103,17 @@ class FrameConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
             self.lost.set_result(exc)
-        for fut in (self.want[1] if self.want else None, self.drained):
-            if fut is not None and not fut.done():
-                fut.set_exception(ConnectionResetError("connection closed"))
+        if self.want is not None and not self.want[1].done():
+            self.want[1].set_exception(ConnectionResetError("connection closed"))
+        if self.drained is not None and not self.drained.done():
+            self.drained.set_result(None)  # drain() sees `lost` and raises
         self.want = self.drained = None
         self.body = None
         if self.raw is not None:  # wakes a direct send in progress (it closes the duplicate)
-            self.raw.shutdown(socket.SHUT_RDWR)
+            try:
+                self.raw.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already gone
         if self.on_lost is not None:
             self.on_lost()
 
@@ -197,6 +201,8 @@ class FrameConnection(asyncio.BufferedProtocol):
             if self.drained is None:
                 self.drained = asyncio.get_running_loop().create_future()
             await asyncio.shield(self.drained)
+            if self.lost.done():
+                raise ConnectionResetError("connection closed")
 
     def is_closing(self) -> bool:
         return self.transport is None or self.transport.is_closing()

@@ -3,18 +3,18 @@
 The frame bytes are one `skippipe.runtime.wire` message. Layers, bottom up: DecCom's UDP and peer
 discovery, adapted in `deccom_adapter` (quiet DecCom, node identity, static table or Kademlia);
 DecCom's stream layer with its faults fixed in `streams` (authenticated connections, see `auth`;
-framing into preallocated buffers, see `connection`); and here the `Transport` API: start/stop, the peer table, `send`
-with a deadline and link emulation, and the receive queue. The stream layer reaches the
-Transport only through `StreamHooks`.
+frames received straight into reused buffers, see `connection`); and here the `Transport` API:
+start/stop, the peer table, `send` with a deadline and link emulation, and the receive queue.
+The stream layer reaches the Transport only through `StreamHooks`.
 
 Replaced here: DecCom's `StreamNode` binds its listening socket with SO_REUSEPORT, so a second
 node on a busy port binds silently and the kernel splits connections between them. We bind
 without it, and a busy port raises `PortInUse` ("port 127.0.0.1:5000 in use").
 
 Semantics: frames from one node to another arrive in the order `send` was called. `send`
-returns once the frame is handed to a live connection (the kernel holds it, except at most
-asyncio's 64 KiB write buffer, which `stop()` flushes). Only peers holding the run's key
-(`RunAuth`) reach `recv`, and each frame's sender is the authenticated node of its connection. It raises `SendTimeout` (naming the peer)
+returns once the kernel holds the whole frame. Only peers holding the run's key (`RunAuth`)
+reach `recv`, and each frame's sender is the authenticated node of its connection (frames of
+a connection are its peer's, or rejected). `send` raises `SendTimeout` (naming the peer)
 when looking up, connecting or writing does not finish within the deadline, and
 `TransportError` when the connection breaks during the write; either closes that connection and
 the frame may or may not have arrived. A frame written just as the peer dies, before its end of
@@ -114,7 +114,8 @@ class Transport:
 
     def __init__(self, node_id: int, host: str, port: int,
                  peers: Mapping[int, tuple[str, int]] | None = None,
-                 run_dir: str | Path | None = None, *, auth: RunAuth, bootstrap: tuple[str, int] | None = None,
+                 run_dir: str | Path | None = None, *, auth: RunAuth,
+                 bootstrap: tuple[str, int] | None = None,
                  emulator: LinkEmulator | None = None, config: TransportConfig = TransportConfig(),
                  on_disconnect: Callable[[int], None] | None = None) -> None:
         if (peers is None) == (bootstrap is None):
