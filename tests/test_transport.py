@@ -271,3 +271,17 @@ def test_stop_flushes_what_was_sent(tmp_path):
             assert (await b.recv(WAIT_S)).nbytes == big.nbytes
 
     run(main())
+
+
+def test_frame_buffers_are_reused_only_once_no_message_refers_to_them():
+    from skippipe.runtime.connection import POOL_MAX_BYTES, BufferPool
+
+    pool = BufferPool(keep=2)
+    first = pool.get(2 * MIB)
+    view = memoryview(first)[:10]  # a message's payload still refers to it
+    del first
+    second = pool.get(2 * MIB)
+    assert second is pool.buffers[1]
+    del view, second
+    assert pool.get(2 * MIB) is pool.buffers[0]  # free again
+    assert pool.get(POOL_MAX_BYTES + 1) not in pool.buffers  # huge frames are not kept

@@ -28,7 +28,9 @@ from typing import Callable
 
 SCRATCH_BYTES = 64 * 1024  # small frames and handshake messages are parsed from here
 MAPPED_FRAME_BYTES = 1024**2  # larger frames are received into a memory mapping
-POOL_BUFFERS = 4  # frame buffers a node keeps for reuse
+POOL_BUFFERS = 4  # frame buffers a node keeps for reuse ...
+POOL_MAX_BYTES = 256 * 1024**2  # ... of frames up to this size (a rejoin's WEIGHTS may be far
+# larger, and rare: its buffer is freed with its message)
 DIRECT_SEND_BYTES = 1024**2  # larger payloads go from their own memory to the socket
 FREE_REFS = 3  # sys.getrefcount of a pooled buffer nothing else refers to (list, name, argument)
 LENGTH_BYTES = 32  # DecCom's frame prefix: big-endian frame length
@@ -51,6 +53,8 @@ class BufferPool:
 
     def get(self, n: int) -> mmap.mmap:
         """A buffer of at least `n` bytes that nothing else refers to."""
+        if n > POOL_MAX_BYTES:
+            return mmap.mmap(-1, n)
         free = None
         for i in range(len(self.buffers)):  # (enumerate's reused tuple would hold a reference)
             buf = self.buffers[i]
