@@ -270,6 +270,7 @@ def test_interrupt_stops_every_local_process(tmp_path, sig, code):
 
 
 def test_a_node_that_goes_away_fails_fast(torch_threads):
+    from skippipe.runtime.auth import RunAuth
     from skippipe.runtime.transport import Transport
     from skippipe.runtime.wire import Kind, Message
 
@@ -280,7 +281,7 @@ def test_a_node_that_goes_away_fails_fast(torch_threads):
                               threads=1)
 
         async def crashing_worker():  # answers hello, then its process "dies"
-            async with Transport(1, *peers[1], peers) as t:
+            async with Transport(1, *peers[1], peers, auth=RunAuth.public()) as t:
                 msg = await t.recv(30)
                 assert msg.json()["op"] == "hello"
                 await t.send(0, Message.from_json(Kind.CONTROL, 1, {"op": "ready"}))

@@ -146,3 +146,20 @@ def test_invalid_messages_are_refused(kwargs, match):
 
 def test_header_starts_with_magic():
     assert _valid()[:2] == MAGIC
+
+
+def test_the_frame_limit_covers_every_message_of_a_run(tiny_scenario):
+    from skippipe.runtime.frames import CONTROL_BYTES, frame_limit, training_frame_limit
+    from skippipe.train.model import build_stage
+
+    model, samples = tiny_scenario.model, tiny_scenario.pipeline.samples_per_microbatch
+    stage = build_stage(model, 0, tiny_scenario.pipeline.n_stages, "cpu", 0)
+    params = sum(p.numel() for p in stage.parameters())
+    limit = training_frame_limit(model, samples, params)
+    activations = torch.zeros(samples, model.ctx_tokens, model.d_model)
+    weights = torch.zeros(3 * params)  # weights and both AdamW moments (WEIGHTS)
+    for tensor in (activations, weights):
+        assert Message.from_tensor(Kind.FORWARD, 0, tensor).nbytes <= limit
+    assert limit < 2**31  # a forged 2 GiB header is refused
+    control = Message.from_json(Kind.CONTROL, 0, {"x": "y" * (CONTROL_BYTES - 16)})
+    assert control.nbytes <= frame_limit(0)

@@ -28,6 +28,7 @@ def _env(name: str, default, cast=str):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = ("environment: " + ", ".join(f"{v} (--{k.replace('_', '-')})" for k, v in ENV.items())
+                + ", SKIPPIPE_RUN_KEY (the run key, as --run-key-file holds it)"
                 + "\nexample: ./run.sh 0 6 ca-partial 2   # every node of the tiny scenario")
     p.add_argument("first", type=int, help="first node id to start on this host")
     p.add_argument("last", type=int, help="one past the last node id to start")
@@ -47,6 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base-port", type=int, default=_env("base_port", DEFAULT_BASE_PORT, int),
                    help="node i listens on base-port + i (default %(default)s)")
     p.add_argument("--peers", help="multi-host: JSON file {node id: \"host:port\"} for every node")
+    p.add_argument("--run-key-file", metavar="PATH",
+                   help="multi-host: file with the run's secret key (64 hex digits, e.g. from "
+                        "`python -c 'import secrets; print(secrets.token_hex(32))'`), the same on "
+                        "every host; nodes without it cannot join (default: $SKIPPIPE_RUN_KEY, "
+                        "else a new key per run)")
     p.add_argument("--runs", default=_env("runs", str(RUNS_DIR)),
                    help="parent of the run directory (default: runs/ in the repository)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the scenario's)")

@@ -28,7 +28,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..errors import SkipPipeError
-from ..runtime.transport import Transport, TransportError
+from ..runtime.auth import RunAuth
+from ..runtime.frames import frame_limit
+from ..runtime.transport import Transport, TransportConfig, TransportError
 from ..runtime.wire import Kind, Message
 from .compute import measure_compute
 from .figures import (GIB, ComputeTask, LinkFigures, MeasureError, Measurements, NodeFigures,
@@ -68,8 +70,11 @@ class MeasureNode:
         self.device_name, self.threads, self.say = device, threads, say
         self.log = _NodeLog(log, {"node": node_id})
         host, port = self.peers[node_id]
+        # probes carry no secrets: the run key if one is given, else the public key (auth.py)
+        auth = RunAuth.load(fresh=False) or RunAuth.public()
         self.transport = Transport(node_id, listen_host or host, port, self.peers,
-                                   Path(run_dir) / "transport" if run_dir else None,
+                                   Path(run_dir) / "transport" if run_dir else None, auth=auth,
+                                   config=TransportConfig(max_frame_bytes=frame_limit(settings.payload_bytes)),
                                    on_disconnect=self._closed)
         self.deadline = time.monotonic() + settings.timeout_s
         self.replies: dict[tuple[int, str], asyncio.Queue] = collections.defaultdict(asyncio.Queue)

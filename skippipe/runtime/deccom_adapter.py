@@ -2,7 +2,8 @@
 peer-discovery layers under the stream layer (`streams.py`).
 
 What comes from DecCom here: node identity (a `Peer` whose public key is the decimal node id, so
-the 32-byte node key is SHA256(str(node_id)), as in the SkipPipe reference trainer) and peer
+the 32-byte node key is SHA256(str(node_id)), as in the SkipPipe reference trainer; a name, not
+a proof: connections prove it with the run key, see auth.py) and peer
 discovery (`FixedPeers` over a static table {node_id: (host, port)}, or `KademliaDiscovery` from
 a bootstrap address, both over DecCom's UDP `DefaultProtocol`).
 

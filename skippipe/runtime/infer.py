@@ -29,7 +29,7 @@ from ..util.devices import device_for
 from .datamsg import pack_path, unpack_path
 from .messenger import NodeFailure
 from .runconfig import RunConfig, load_config
-from .transport import Transport, TransportError
+from .transport import Transport, TransportConfig, TransportError
 from .wire import Kind, Message
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,9 @@ class InferenceNode:
 
     async def run(self) -> dict | None:
         host, port = self.cfg.peers[self.id]
-        async with Transport(self.id, host, port, self.cfg.peers, Path(self.cfg.run_dir) / "transport") as t:
+        limits = TransportConfig.for_stage(self.module.cfg, self.plan.samples, self.module)
+        async with Transport(self.id, host, port, self.cfg.peers, Path(self.cfg.run_dir) / "transport",
+                             auth=self.cfg.auth(), config=limits) as t:
             self.t = t
             await self._hello()
             if self.id == self.plan.path[0]:

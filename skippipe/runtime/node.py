@@ -49,7 +49,7 @@ from .iteration import Iteration
 from .recovery import live_variant
 from .rejoin import Rejoin
 from .runconfig import EventWriter, RunConfig, events_dir
-from .transport import Transport, TransportError
+from .transport import Transport, TransportConfig, TransportError
 from .wire import Kind, Message
 
 log = logging.getLogger(__name__)
@@ -77,9 +77,9 @@ class Node:
                                     TrainConfig.from_scenario(self.sc, seed=cfg.seed), self.n_microbatches,
                                     self.variant.split_backward)
         self.pool = ThreadPoolExecutor(max_workers=1)  # torch work off the event loop, in order
-        host, port = cfg.peers[node_id]
-        self.transport = Transport(node_id, host, port, cfg.peers, Path(cfg.run_dir) / "transport",
-                                   on_disconnect=self._closed)
+        self.transport = Transport(node_id, *cfg.peers[node_id], cfg.peers, Path(cfg.run_dir) / "transport",
+                                   auth=cfg.auth(), on_disconnect=self._closed, config=TransportConfig.for_stage(
+                                       self.model_cfg, self.sc.pipeline.samples_per_microbatch, self.compute.module))
         self.live = Liveness(node_id, list(cfg.peers), self.transport, cfg.peer_timeout_s, self._on_dead)
         self.messenger = Messenger(node_id, self.transport, self.live, self.events, self.emulation,
                                    cfg.peer_timeout_s)

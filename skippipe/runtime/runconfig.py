@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
 from ..errors import SkipPipeError
+from .auth import RunAuth
 from .faults import FailureSpec
+
+CONFIG_MODE = 0o600  # the config holds the run key: readable by its owner only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,11 @@ class RunConfig:
     dump_gradients: bool = False  # tests: write each stage's averaged gradients after iteration 0
     stand_in_model: str = ""  # settings file whose [model] (but not n_layers) the nodes run,
     # while emulation keeps the scenario's compute times and message sizes
+    run_key: str = ""  # the run's secret (auth.py), hex; every node of the run holds the same
+
+    def auth(self) -> RunAuth:
+        """The run's key, with which nodes authenticate each other."""
+        return RunAuth.from_hex(self.run_key, f"{self.run_dir}/config.json: run_key")
 
     def planned_crashes(self) -> set[int]:
         return {f.node for f in self.failures if f.stops}
@@ -51,7 +60,9 @@ def save_config(cfg: RunConfig) -> Path:
     path = Path(cfg.run_dir) / "config.json"
     data = dataclasses.asdict(cfg)
     data["peers"] = [[n, h, p] for n, (h, p) in sorted(cfg.peers.items())]
-    path.write_text(json.dumps(data, indent=1))
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, CONFIG_MODE)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(data, indent=1))
     return path
 
 

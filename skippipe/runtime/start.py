@@ -16,6 +16,7 @@ from ..util.peers import Peers, load_peers, local_peers
 from ..util.ports import check_ports
 from ..util.rundir import new_run_dir, shown
 from . import launch
+from .auth import RunAuth
 from .emulation import Emulation
 from .runconfig import RunConfig, load_config
 
@@ -51,6 +52,7 @@ class RunOptions:
     timeout: float | None = None
     rejoin: str | None = None
     dump_gradients: bool = False
+    run_key_file: str | None = None  # multi-host: the run's shared key (else $SKIPPIPE_RUN_KEY, else new)
 
 
 def run_command(opts: RunOptions, say=print) -> int:
@@ -66,6 +68,7 @@ def train(opts: RunOptions, say=print) -> int:
 
     if opts.time_scale is not None and not opts.time_scale > 0:
         raise SkipPipeError(f"--time-scale must be positive, got {opts.time_scale:g}")
+    auth = RunAuth.load(opts.run_key_file)  # a bad key fails before anything is made
     sc = scenario_for(opts.scenario, opts.mb or None)
     nodes = check_range(opts.first, opts.last, sc)
     sched_path = ensure_schedule(sc, opts.setting, opts.schedule, opts.plan_time_limit, say)
@@ -75,7 +78,8 @@ def train(opts: RunOptions, say=print) -> int:
     _prepare_data(sc, opts.stand_in_model, say)
     peers = _peers(opts, len(sc.nodes))
     check_ports(peers, nodes)
-    cfg = _config(opts, sc, Path(sched_path), variant, sched.allocation_of(opts.setting)[0], peers, nodes)
+    cfg = _config(opts, sc, Path(sched_path), variant, sched.allocation_of(opts.setting)[0], peers, nodes,
+                  auth)
     timeout = opts.timeout or (TIMEOUT_SLACK_S + TIMEOUT_FACTOR * cfg.iterations
                                * Emulation.from_config(cfg).wall_s(predicted))
     say(f"run {shown(cfg.run_dir)}: nodes {nodes.start}..{nodes.stop - 1} of {sc.name} ({len(sc.nodes)} nodes), "
@@ -99,7 +103,7 @@ def rejoin(opts: RunOptions, say=print) -> int:
 
 
 def _config(opts: RunOptions, sc: Scenario, sched_path: Path, variant: VariantSchedule,
-            data_nodes: tuple[int, ...], peers: Peers, nodes: range) -> RunConfig:
+            data_nodes: tuple[int, ...], peers: Peers, nodes: range, auth: RunAuth) -> RunConfig:
     from .faults import parse_failures
 
     return RunConfig(
@@ -114,7 +118,8 @@ def _config(opts: RunOptions, sc: Scenario, sched_path: Path, variant: VariantSc
         epoch=time.time(), seed=sc.training.seed if opts.seed is None else opts.seed,
         peer_timeout_s=opts.peer_timeout, connect_timeout_s=CONNECT_TIMEOUT_S,
         save_checkpoint=opts.checkpoint, failures=tuple(parse_failures(list(opts.fail), sc)),
-        dump_gradients=opts.dump_gradients, stand_in_model=opts.stand_in_model)
+        dump_gradients=opts.dump_gradients, stand_in_model=opts.stand_in_model,
+        run_key=auth.key.hex())
 
 
 def _peers(opts: RunOptions, n_nodes: int) -> Peers:

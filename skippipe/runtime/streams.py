@@ -2,90 +2,90 @@
 its faults fixed. Frames go between nodes here; what they mean is the `Transport`'s business,
 reached only through `StreamHooks`.
 
-Wire format (DecCom's, so a stock DecCom peer can exchange frames with us, over one connection:
-it closes a second one, see deduplication below): a connection opens with the 36-byte
-introduction INTRO_MAGIC + node key, and every frame is a 32-byte big-endian length followed by
-the bytes. Kept from DecCom: the connection table (`connections`/`DictItem`/`locks`) and the
-stack bindings (`get_peer`, `find_peer`, peer connected/disconnected callbacks).
+Wire format: a connection opens with the authenticated handshake of `auth` (run id, node keys,
+HMAC challenge–response both ways), then every frame is DecCom's 32-byte big-endian length
+followed by the bytes. Kept from DecCom: the connection table (`connections`/`DictItem`/`locks`)
+and the stack bindings (`get_peer`, `find_peer`, peer connected/disconnected callbacks). A stock
+DecCom peer cannot talk to us any more: it holds no run key.
 
 What is replaced, and why (faults of deccom 0.1.0 found by reading its source and measuring):
+- Identity: DecCom's introduction is a constant plus SHA-256 of the node id, so anyone who can
+  reach a port can pose as any node. We authenticate (auth.py), refuse other runs, and close a
+  connection that has not authenticated within `handshake_timeout_s`; before that it gets only
+  the challenge and at most 64 KiB of its bytes are held (`max_unauthenticated` such
+  connections at a time). A frame's sender must be the authenticated node of its connection.
 - Nagle stall: DecCom creates its sockets itself with proto 0, so asyncio's automatic
-  TCP_NODELAY (only for proto == IPPROTO_TCP) is skipped, and `send_stream` writes the length and
-  the data in two writes with a drain between: a 64 B round trip takes ~88 ms. We set TCP_NODELAY
-  on every connection, and the transport writes each frame (length + header + payload) in one
-  write.
+  TCP_NODELAY is skipped, and `send_stream` writes the length and the data in two writes with a
+  drain between: a 64 B round trip took ~88 ms. We set TCP_NODELAY on every connection.
 - `open_connection` calls a blocking `socket.connect` on the event loop, binds outgoing sockets
   to the listening port with SO_REUSEPORT, and on refusal leaves a finished future in
-  `await_connections` so the node can never connect to that peer again (on timeout it even raises
-  TypeError and leaves the future pending forever). We connect with `asyncio.open_connection`
-  from an ephemeral port, retry with backoff until the send deadline, and keep no stale state.
+  `await_connections` so the node can never connect to that peer again. We connect without
+  blocking from an ephemeral port, retry with backoff until the send deadline, and keep no
+  stale state.
 - `handle_connection` deduplicates connections per peer and closes one side of simultaneous
   opens, discarding frames already written on it. We read every connection until it ends and
   send only on connections we opened, so no frame is dropped by deduplication.
-- `listen_for_data` accepts any length (up to 2**256), reads in 9 KB slices, runs the callback
-  through `run_coroutine_threadsafe`, and its error handler refers to an undefined `log`. We read
-  one frame at a time (large ones in 1 MiB slices into one buffer: `readexactly` of a 16 MiB
-  frame halves throughput), reject lengths above `max_frame_bytes` (closing that connection),
-  and close connections introduced by unknown node keys; the hooks reject frames that do not
-  decode or whose sender differs from the connection's node.
+- `listen_for_data` accepts any length (up to 2**256), reads in 9 KB slices and runs the callback
+  through `run_coroutine_threadsafe`. We receive frames with `connection.FrameConnection`
+  (lengths above `max_frame_bytes` close the connection before any allocation; large frames go
+  straight from the kernel into their own buffer).
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import TYPE_CHECKING, Callable
 
 from deccom.peers.peer import Peer
 from deccom.protocols.streamprotocol import DictItem, StreamProtocol
 from deccom.protocols.wrappers import bindto
 
+from .auth import CHALLENGE_BYTES, HELLO_BYTES, PROOF_BYTES, AuthError, RunAuth
+from .connection import BufferPool, FrameConnection, length_prefix
 from .deccom_adapter import node_id_of
 
 if TYPE_CHECKING:
     from .transport import TransportConfig
 
-INTRO_MAGIC = b"\xe4\xe5\xf3\xc6"  # DecCom StreamProtocol: first bytes of a connection
-NODE_KEY_BYTES = 32  # SHA-256 node key that follows the magic
-LENGTH_BYTES = 32  # DecCom frame prefix: big-endian frame length
-READ_SLICE_BYTES = 1024**2  # frames above this are read in slices of this size (see read_exactly)
 DISCOVERY_POLL_S = 0.2  # how often a pending discovery lookup re-checks the peer table
 KEY_HEX_SHOWN = 16  # hex digits of a node key shown in log lines
 DICT_ITEM_ID_BYTES = 4  # DecCom DictItem.unique_id size
 
 
-def length_prefix(n: int) -> bytes:
-    """The DecCom frame prefix of an `n`-byte frame."""
-    return n.to_bytes(LENGTH_BYTES, "big")
+class UnknownNode(AuthError):
+    """A handshake naming a node key that is not a peer of this run."""
 
 
 @dataclass(frozen=True)
 class StreamHooks:
     """What the stream layer tells its owner (the Transport); its only way to reach it."""
 
-    deliver: Callable[[int, bytes], Awaitable[None]]  # (node, frame) read from node's connection
+    deliver: Callable[[int, bytes | bytearray], None]  # (node, frame) read from node's connection
     reject: Callable[[str, str], None]  # (reason, detail) of a refused connection or frame
-    closed: Callable[[int], None]  # a connection of `node` ended
+    closed: Callable[[int], None]  # an authenticated connection of `node` ended
     connect_failed: Callable[[int, str], None]  # (node, why) an attempt to connect failed
 
 
 class Streams(StreamProtocol):
-    """DecCom StreamProtocol with non-blocking connects, one write per frame, bounded framing
-    and rejection of unknown senders. Connections we open live in DecCom's `connections` table
-    and carry our sends; every connection, either direction, is read until it ends."""
+    """DecCom StreamProtocol with authenticated, non-blocking connections, bounded framing and
+    rejection of unknown senders. Connections we open live in DecCom's `connections` table
+    and carry our sends; every authenticated connection, either direction, is read until it
+    ends."""
 
-    def __init__(self, node_id: int, static: bool, config: TransportConfig,
+    def __init__(self, node_id: int, static: bool, config: TransportConfig, auth: RunAuth,
                  log: logging.LoggerAdapter, hooks: StreamHooks) -> None:
         super().__init__(False, callback=_ignore, disconnected_callback=_ignore,
                          connected_callback=_ignore, stream_callback=_ignore,
                          stream_close_callback=_ignore)
-        self.node_id, self.config, self.log, self.hooks = node_id, config, log, hooks
+        self.node_id, self.config, self.auth, self.log, self.hooks = node_id, config, auth, log, hooks
         self.static = static  # a fixed peer table: unknown node keys are not looked up
         self.tasks: set[asyncio.Task] = set()
-        self.writers: set[asyncio.StreamWriter] = set()
+        self.conns: set[FrameConnection] = set()
+        self.unauthenticated: set[FrameConnection] = set()
         self.lookups: dict[bytes, asyncio.Task] = {}
+        self.pool = BufferPool()  # large frames' buffers, shared by this node's connections
 
     @bindto("find_peer")
     async def _lower_find_peer(self, id_node: bytes) -> Peer | None:
@@ -97,51 +97,82 @@ class Streams(StreamProtocol):
         task.add_done_callback(self.tasks.discard)
         return task
 
-    # -- inbound ------------------------------------------------------------------------------
-    async def handle_connection(self, reader, writer, node_id=None, addr=None):
-        """Accept one inbound connection: read the introduction, check the node, read frames."""
-        _set_nodelay(writer)
-        self.writers.add(writer)
-        task = asyncio.current_task()
-        self.tasks.add(task)
-        try:
-            await self.accept(reader, writer)
-        except asyncio.CancelledError:
-            pass  # stop(): end quietly (asyncio 3.11 logs a server callback task as an error
-            # when it ends cancelled)
-        finally:
-            self.tasks.discard(task)
+    def new_connection(self, node: int | None = None) -> FrameConnection:
+        """A connection object (protocol); node None: an inbound one, still anonymous."""
+        def too_large(n: int) -> None:
+            self.hooks.reject("bad_length", f"frame of {n} bytes from node {node} exceeds "
+                              f"{self.config.max_frame_bytes}: connection closed")
+        conn = FrameConnection(self.config.max_frame_bytes, too_large, self.pool)
+        self.conns.add(conn)
+        return conn
 
-    async def accept(self, reader, writer) -> None:
-        addr = writer.get_extra_info("peername")
+    # -- inbound ------------------------------------------------------------------------------
+    def inbound(self) -> FrameConnection:
+        """Protocol factory of the listening socket."""
+        conn = self.new_connection()
+        conn.on_made = lambda c: self.spawn(self.accept(c))
+        conn.on_lost = lambda: self.conns.discard(conn)
+        return conn
+
+    async def accept(self, conn: FrameConnection) -> None:
+        """Authenticate one inbound connection within the deadline, then read its frames."""
+        addr = conn.transport.get_extra_info("peername")
+        if len(self.unauthenticated) >= self.config.max_unauthenticated:
+            self.hooks.reject("busy", f"connection from {addr}: {len(self.unauthenticated)} "
+                              f"others still authenticating: closed")
+            return conn.abort()
+        self.unauthenticated.add(conn)
         try:
-            intro = await asyncio.wait_for(reader.readexactly(len(INTRO_MAGIC) + NODE_KEY_BYTES),
-                                           self.config.handshake_timeout_s)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            self.hooks.reject("bad_handshake", f"connection from {addr} sent no introduction")
-            return self.forget(writer)
-        if intro[:len(INTRO_MAGIC)] != INTRO_MAGIC:
-            self.hooks.reject("bad_handshake", f"connection from {addr}: wrong introduction")
-            return self.forget(writer)
-        key = intro[len(INTRO_MAGIC):]
+            async with asyncio.timeout(self.config.handshake_timeout_s):
+                node = await self.authenticate(conn)
+        except TimeoutError:
+            return self.refuse(conn, "bad_handshake", f"connection from {addr} did not "
+                               f"authenticate within {self.config.handshake_timeout_s:g} s")
+        except UnknownNode as e:
+            return self.refuse(conn, "unknown_sender", f"connection from {addr}: {e}")
+        except AuthError as e:
+            return self.refuse(conn, "unauthenticated", f"connection from {addr}: {e}")
+        except ConnectionError:
+            return self.refuse(conn, "bad_handshake", f"connection from {addr} ended "
+                               f"during the handshake")
+        finally:
+            self.unauthenticated.discard(conn)
+        self.log.debug("authenticated connection from node %d at %s", node, addr)
+        self.start_frames(conn, node, None)
+
+    async def authenticate(self, conn: FrameConnection) -> int:
+        """The node an inbound connection proves to be (acceptor side of auth.py)."""
+        key, nonce = self.auth.parse_hello(await conn.read_fixed(HELLO_BYTES))
         node = node_id_of(await self.resolve(key))
         if node is None or node == self.node_id:
-            self.hooks.reject("unknown_sender", f"connection from {addr} with unknown node "
-                              f"key {key.hex()[:KEY_HEX_SHOWN]}...: closed")
-            return self.forget(writer)
-        self.log.debug("connection from node %d at %s", node, addr)
-        await self.read_frames(reader, writer, node, None)
+            raise UnknownNode(f"unknown node key {key.hex()[:KEY_HEX_SHOWN]}...")
+        challenge, transcript = self.auth.challenge(self.peer.id_node, key, nonce)
+        conn.write(challenge)
+        self.auth.check_proof(await conn.read_fixed(PROOF_BYTES), transcript)
+        return node
+
+    def refuse(self, conn: FrameConnection, reason: str, detail: str) -> None:
+        self.hooks.reject(reason, f"{detail}: closed")
+        conn.abort()
+
+    def start_frames(self, conn: FrameConnection, node: int, item: DictItem | None) -> None:
+        """An authenticated connection of `node`: its frames go to hooks.deliver."""
+        def lost() -> None:
+            self.conns.discard(conn)
+            self.forget(item)
+            self.hooks.closed(node)
+        conn.on_lost = lost
+        if conn.lost.done():  # ended during the handshake's last step
+            return lost()
+        conn.start_frames(lambda frame: self.hooks.deliver(node, frame))
 
     async def resolve(self, key: bytes) -> Peer | None:
         """The peer of a node key: from the table, or (discovery) looked up within the
-        handshake deadline."""
+        handshake deadline (the caller's)."""
         peer = self.get_peer(key)
         if peer is not None or self.static:
             return peer
-        try:
-            return await asyncio.wait_for(self.discover(key), self.config.handshake_timeout_s)
-        except asyncio.TimeoutError:
-            return None
+        return await self.discover(key)
 
     def discovery_met_anyone(self) -> bool:
         """Whether discovery (the layer below) has met at least one other node."""
@@ -160,37 +191,18 @@ class Streams(StreamProtocol):
             await asyncio.wait({task}, timeout=DISCOVERY_POLL_S)
         return peer
 
-    async def read_frames(self, reader, writer, node: int, item: DictItem | None) -> None:
-        """Read length-prefixed frames until the connection ends; hand each to hooks.deliver."""
-        limit = self.config.max_frame_bytes
-        try:
-            while True:
-                length = int.from_bytes(await reader.readexactly(LENGTH_BYTES), "big")
-                if length > limit:
-                    self.hooks.reject("bad_length", f"frame of {length} bytes from node "
-                                      f"{node} exceeds {limit}: connection closed")
-                    return
-                await self.hooks.deliver(node, await read_exactly(reader, length))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass  # the peer closed or reset the connection
-        finally:
-            self.forget(writer, item)
-            self.hooks.closed(node)
-
-    def forget(self, writer: asyncio.StreamWriter, item: DictItem | None = None) -> None:
-        """Close a connection and drop it from the tables."""
-        writer.close()
-        self.writers.discard(writer)
+    def forget(self, item: DictItem | None) -> None:
+        """Drop a connection we opened from the table (it ended)."""
         for key, value in list(self.connections.items()):
             if value is item:
                 del self.connections[key]
 
     # -- outbound -----------------------------------------------------------------------------
-    async def writer_for(self, key: bytes, node: int) -> asyncio.StreamWriter | None:
-        """A live connection we opened to `node`, connecting (with retries) if needed; None
-        when `node` is not in the static peer table. No timeout here: the caller's deadline
-        bounds it. Callers write right after this returns, with no await in between, so frames
-        leave in the order `send` was called."""
+    async def writer_for(self, key: bytes, node: int) -> FrameConnection | None:
+        """A live, authenticated connection we opened to `node`, connecting (with retries) if
+        needed; None when `node` is not in the static peer table. No timeout here: the
+        caller's deadline bounds it. Callers write right after this returns, with no await in
+        between, so frames leave in the order `send` was called."""
         async with self.locks.setdefault(key, asyncio.Lock()):  # FIFO: keeps sends in order
             item = self.connections.get(key)
             if item is not None and not item.writer.is_closing():
@@ -202,36 +214,45 @@ class Streams(StreamProtocol):
                 peer = await self.discover(key)
             return await self.connect_with_retry(key, node, peer)
 
-    async def connect_with_retry(self, key: bytes, node: int, peer: Peer) -> asyncio.StreamWriter:
+    async def connect_with_retry(self, key: bytes, node: int, peer: Peer) -> FrameConnection:
         cfg = self.config
         pause = cfg.connect_backoff_s
         while True:
             try:
                 return await self.connect(key, node, peer)
-            except OSError as e:  # refused / unreachable: the peer may not be up yet
-                self.hooks.connect_failed(node, os.strerror(e.errno) if e.errno else str(e))
+            except (OSError, AuthError) as e:  # refused / unreachable: the peer may not be up yet
+                why = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e)
+                self.hooks.connect_failed(node, why or type(e).__name__)
                 await asyncio.sleep(pause)
                 pause = min(2 * pause, cfg.connect_backoff_max_s)
 
-    async def connect(self, key: bytes, node: int, peer: Peer) -> asyncio.StreamWriter:
-        """One non-blocking connection attempt; introduces us in one write."""
-        reader, writer = await asyncio.open_connection(
-            peer.addr[0], peer.tcp, limit=self.config.stream_limit_bytes)
-        _set_nodelay(writer)
-        writer.write(INTRO_MAGIC + self.peer.id_node)
-        item = DictItem(reader, writer, None, 1)
+    async def connect(self, key: bytes, node: int, peer: Peer) -> FrameConnection:
+        """One non-blocking connection attempt and the connector's side of the handshake."""
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(lambda: self.new_connection(node),
+                                               peer.addr[0], peer.tcp)
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout_s):
+                hello, nonce = self.auth.hello(self.peer.id_node)
+                conn.write(hello)
+                challenge = await conn.read_fixed(CHALLENGE_BYTES)
+                conn.write(self.auth.answer(challenge, self.peer.id_node, key, nonce))
+        except BaseException:
+            conn.abort()
+            self.conns.discard(conn)
+            raise
+        item = DictItem(None, conn, None, 1)
         item.unique_id = os.urandom(DICT_ITEM_ID_BYTES)
         self.connections[key] = item
-        self.writers.add(writer)
-        item.fut = self.spawn(self.read_frames(reader, writer, node, item))
+        self.start_frames(conn, node, item)
         self.log.debug("connected to node %d at %s:%d", node, peer.addr[0], peer.tcp)
-        return writer
+        return conn
 
     def drop(self, key: bytes) -> None:
         """Abort our connection to a peer (after a failed or timed-out send)."""
         item = self.connections.pop(key, None)
         if item is not None:
-            item.writer.transport.abort()
+            item.writer.abort()
 
     # -- DecCom entry points, kept working for other DecCom layers ----------------------------
     async def open_connection(self, remote_ip, remote_port, node_id: bytes, port_listen=None):
@@ -242,7 +263,7 @@ class Streams(StreamProtocol):
         try:
             await self.connect(node_id, node, Peer((remote_ip, remote_port), pub_key=str(node),
                                                    tcp=remote_port))
-        except OSError:
+        except (OSError, AuthError):
             return False
         return True
 
@@ -256,56 +277,24 @@ class Streams(StreamProtocol):
 
     async def stop(self):
         """Flush and close every connection (aborting those that do not finish within
-        stop_timeout_s), then end the reading tasks."""
+        stop_timeout_s), then end the handshake and lookup tasks."""
         timeout = self.config.stop_timeout_s
-        writers = list(self.writers)
-        for writer in writers:
-            writer.close()
-        if writers:
-            await asyncio.wait([asyncio.ensure_future(_closed(w)) for w in writers],
-                               timeout=timeout)
-        for writer in writers:
-            writer.transport.abort()  # no-op for those already closed
+        conns = list(self.conns)
+        for conn in conns:
+            conn.close()
+        pending = [c.lost for c in conns if not c.lost.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+        for conn in conns:
+            conn.abort()  # no-op for those already closed
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=timeout)
         self.connections.clear()
-        self.writers.clear()
+        self.conns.clear()
         return await super().stop()
-
-
-async def _closed(writer: asyncio.StreamWriter) -> None:
-    try:
-        await writer.wait_closed()
-    except (ConnectionError, OSError):
-        pass  # closed with an error is closed
-
-
-async def read_exactly(reader: asyncio.StreamReader, n: int) -> bytes | bytearray:
-    """`n` bytes from `reader`. Large frames are gathered in slices into one preallocated
-    buffer: `readexactly` would grow the stream buffer to the whole frame and copy it again,
-    which halves loopback throughput for 16 MiB frames."""
-    if n <= READ_SLICE_BYTES:
-        return await reader.readexactly(n)
-    buf = bytearray(n)
-    view, pos = memoryview(buf), 0
-    while pos < n:
-        piece = await reader.read(min(n - pos, READ_SLICE_BYTES))
-        if not piece:
-            raise asyncio.IncompleteReadError(b"", n)
-        view[pos:pos + len(piece)] = piece
-        pos += len(piece)
-    return buf
 
 
 def _ignore(*args, **kwargs) -> None:
     return None
-
-
-def _set_nodelay(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-

@@ -2,18 +2,19 @@
 
 The frame bytes are one `skippipe.runtime.wire` message. Layers, bottom up: DecCom's UDP and peer
 discovery, adapted in `deccom_adapter` (quiet DecCom, node identity, static table or Kademlia);
-DecCom's stream layer with its faults fixed in `streams` (connections, framing, the wire format
-a stock DecCom peer speaks); and here the `Transport` API: start/stop, the peer table, `send`
-with a deadline and link emulation, and the receive queue. The stream layer reaches the
-Transport only through `StreamHooks`.
+DecCom's stream layer with its faults fixed in `streams` (authenticated connections, see `auth`;
+frames received straight into reused buffers, see `connection`); and here the `Transport` API:
+start/stop, the peer table, `send` with a deadline and link emulation, and the receive queue.
+The stream layer reaches the Transport only through `StreamHooks`.
 
 Replaced here: DecCom's `StreamNode` binds its listening socket with SO_REUSEPORT, so a second
 node on a busy port binds silently and the kernel splits connections between them. We bind
 without it, and a busy port raises `PortInUse` ("port 127.0.0.1:5000 in use").
 
 Semantics: frames from one node to another arrive in the order `send` was called. `send`
-returns once the frame is handed to a live connection (the kernel holds it, except at most
-asyncio's 64 KiB write buffer, which `stop()` flushes). It raises `SendTimeout` (naming the peer)
+returns once the kernel holds the whole frame. Only peers holding the run's key (`RunAuth`)
+reach `recv`, and each frame's sender is the authenticated node of its connection (frames of
+a connection are its peer's, or rejected). `send` raises `SendTimeout` (naming the peer)
 when looking up, connecting or writing does not finish within the deadline, and
 `TransportError` when the connection breaks during the write; either closes that connection and
 the frame may or may not have arrived. A frame written just as the peer dies, before its end of
@@ -29,15 +30,23 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from deccom.peers.peer import Peer
 
 from ..errors import SkipPipeError
+from .auth import RunAuth
+from .connection import length_prefix
 from .deccom_adapter import discovery_layer, log_to, node_key, quiet_deccom, stop_logging_to
+from .frames import training_frame_limit
 from .linkemu import LinkEmulator
-from .streams import StreamHooks, Streams, length_prefix
+from .streams import StreamHooks, Streams
 from .wire import Message, WireError, decode, encode_parts
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..scenario import ModelConfig
 
 logger = logging.getLogger("skippipe.runtime.transport")
 
@@ -67,13 +76,20 @@ class TransportConfig:
     """Limits and timeouts of one transport (seconds, bytes)."""
 
     send_timeout_s: float = 10.0  # default deadline of one send: lookup + connect + write + drain
-    handshake_timeout_s: float = 5.0  # an inbound connection must introduce itself within this
+    handshake_timeout_s: float = 3.0  # a connection must authenticate within this, or is closed
     connect_backoff_s: float = 0.02  # first pause between connection attempts; doubles
     connect_backoff_max_s: float = 0.5  # longest pause between connection attempts
-    max_frame_bytes: int = 2**31  # larger length prefixes are rejected (connection closed)
-    stream_limit_bytes: int = 4 * MIB  # asyncio StreamReader buffer limit per connection
-    inbox_max: int = 0  # received messages held before reading pauses; 0 = unbounded
+    max_frame_bytes: int = 256 * MIB  # larger length prefixes close the connection; nodes pass
+    # the largest message their run can send (frames.py)
+    max_unauthenticated: int = 256  # inbound connections still authenticating (64 KiB each, at
+    # most); more are closed at once
     stop_timeout_s: float = 2.0  # stop() waits this long for connection tasks to end
+
+    @classmethod
+    def for_stage(cls, model: ModelConfig, samples: int, module: torch.nn.Module) -> TransportConfig:
+        """Limits of a node running `module` (a stage of `model`, `samples` per microbatch)."""
+        params = sum(p.numel() for p in module.parameters())
+        return cls(max_frame_bytes=training_frame_limit(model, samples, params))
 
 
 class _NodeLog(logging.LoggerAdapter):
@@ -90,14 +106,16 @@ class Transport:
     give `bootstrap=(host, port)` of any running node to use DecCom's Kademlia discovery
     (`bootstrap=SEED`, or the node's own address, for the first node).
     Each node listens on TCP `port` (frames) and UDP `port` (DecCom discovery); `port=0` picks
-    a free port (see `address`). `run_dir` receives DecCom's own log files. An optional
-    `emulator` delays sends as the scenario's links would. Use as
+    a free port (see `address`). `auth` holds the run's key (every node of a run the same).
+    `run_dir` receives DecCom's own log files. An optional `emulator` delays sends as the
+    scenario's links would. Use as
     `async with Transport(...) as t: await t.send(dst, msg); msg = await t.recv()`.
     """
 
     def __init__(self, node_id: int, host: str, port: int,
                  peers: Mapping[int, tuple[str, int]] | None = None,
-                 run_dir: str | Path | None = None, *, bootstrap: tuple[str, int] | None = None,
+                 run_dir: str | Path | None = None, *, auth: RunAuth,
+                 bootstrap: tuple[str, int] | None = None,
                  emulator: LinkEmulator | None = None, config: TransportConfig = TransportConfig(),
                  on_disconnect: Callable[[int], None] | None = None) -> None:
         if (peers is None) == (bootstrap is None):
@@ -105,7 +123,7 @@ class Transport:
         self.node_id = node_id
         self.host, self.port = host, port
         self.static = peers is not None
-        self.config = config
+        self.config, self.auth = config, auth
         self.log = _NodeLog(logger, {"node": node_id})
         self._last_error: dict[int, str] = {}
         self.rejections: collections.Counter[str] = collections.Counter()
@@ -130,10 +148,10 @@ class Transport:
         if self._run_dir is not None:
             self._run_dir.mkdir(parents=True, exist_ok=True)
             log_to(self.node_id, self._run_dir)
-        self._inbox = asyncio.Queue(self.config.inbox_max)
+        self._inbox = asyncio.Queue()
         hooks = StreamHooks(deliver=self._deliver, reject=self._reject, closed=self._peer_closed,
                             connect_failed=self._last_error.__setitem__)  # why, for SendTimeout
-        self._streams = Streams(self.node_id, self.static, self.config, self.log, hooks)
+        self._streams = Streams(self.node_id, self.static, self.config, self.auth, self.log, hooks)
         seed = None if self._bootstrap in (SEED, (self.host, self.port)) else self._bootstrap
         self._discovery = discovery_layer(self.node_id, self._initial_peers if self.static
                                           else None, seed)
@@ -170,8 +188,8 @@ class Transport:
     async def _listen(self) -> None:
         tcp = await self._bind()
         try:
-            self._server = await asyncio.start_server(
-                self._streams.handle_connection, sock=tcp, limit=self.config.stream_limit_bytes)
+            self._server = await asyncio.get_running_loop().create_server(
+                self._streams.inbound, sock=tcp)
         except BaseException:
             tcp.close()
             raise
@@ -221,8 +239,9 @@ class Transport:
 
     # -- sending ------------------------------------------------------------------------------
     async def send(self, dst: int, msg: Message, timeout_s: float | None = None) -> None:
-        """Send `msg` to node `dst`. The bytes are copied before the first await, so the
-        caller may reuse its buffers. With an emulator the frame leaves at the emulated
+        """Send `msg` to node `dst`. The payload is not copied up front (a 16 MiB copy costs
+        as much as a third of its transfer): keep it unchanged until `send` returns (messages
+        made with `from_tensor`'s default copy own their bytes). With an emulator the frame leaves at the emulated
         delivery time, in FIFO order per destination. Raises SendTimeout (no connection or
         write within `timeout_s`, default config.send_timeout_s), UnknownPeer, TransportError
         (connection lost during the write)."""
@@ -230,10 +249,10 @@ class Transport:
         if msg.sender != self.node_id:
             raise ValueError(f"[node {self.node_id}] message sender {msg.sender} is not this node")
         if dst == self.node_id:  # to itself: an owned copy, as a peer would receive it
-            return await self._inbox.put(decode(b"".join(encode_parts(msg))))
+            return self._inbox.put_nowait(decode(b"".join(encode_parts(msg))))
         header, payload = encode_parts(msg)
         size = len(header) + payload.nbytes
-        frame = b"".join((length_prefix(size), header, payload))
+        frame = (length_prefix(size) + header, payload)  # the payload is not copied
         deadline = self.config.send_timeout_s if timeout_s is None else timeout_s
         if self._emulator is None:
             return await self._send_frame(dst, frame, msg, deadline)
@@ -244,7 +263,8 @@ class Transport:
         async with self._emulator.transmit(dst, size):
             await self._send_frame(dst, frame, msg, deadline)
 
-    async def _send_frame(self, dst: int, frame: bytes, msg: Message, deadline: float) -> None:
+    async def _send_frame(self, dst: int, frame: tuple[bytes, memoryview], msg: Message,
+                          deadline: float) -> None:
         key = node_key(dst)
         what = f"{msg.kind.name} (iteration {msg.iteration}, microbatch {msg.microbatch})"
         try:
@@ -252,8 +272,7 @@ class Transport:
                 writer = await self._streams.writer_for(key, dst)
                 if writer is None:
                     raise UnknownPeer(f"[node {self.node_id}] node {dst} is not in the peer table")
-                writer.write(frame)  # one write per frame
-                await writer.drain()
+                await writer.send_frame(*frame)
         except TimeoutError:
             self._streams.drop(key)
             why = self._last_error.get(dst, "no progress")
@@ -282,8 +301,8 @@ class Transport:
         """Messages received and not yet taken by `recv`."""
         return self._inbox.qsize() if self._inbox is not None else 0
 
-    async def _deliver(self, node: int, frame: bytes) -> None:
-        """Decode one frame from `node`'s connection and queue it, or reject it."""
+    def _deliver(self, node: int, frame: bytes | bytearray) -> None:
+        """Decode one frame from `node`'s (authenticated) connection and queue it, or reject it."""
         try:
             msg = decode(frame)
         except WireError as e:
@@ -291,7 +310,7 @@ class Transport:
         if msg.sender != node:
             return self._reject("spoofed_sender", f"frame claiming sender {msg.sender} "
                                 f"arrived on the connection of node {node}")
-        await self._inbox.put(msg)
+        self._inbox.put_nowait(msg)
 
     def _reject(self, reason: str, detail: str) -> None:
         """Count and log one rejected connection or frame; the node keeps running."""
