@@ -55,7 +55,6 @@ from .wire import Kind, Message
 log = logging.getLogger(__name__)
 
 HELLO_RETRY_S = 0.1  # pause between start-up greetings while peers come up
-CLOSE_GRACE_S = 0.2  # a closed connection counts as a crash unless "finished" arrives by then
 
 
 class Node:
@@ -109,7 +108,7 @@ class Node:
                 await self.iteration(it, batches)
             if self.cfg.save_checkpoint:
                 self._save_checkpoint()
-            self.events.write("finished")
+            self.events.write("finished", dead=sorted(self.live.dead))  # the launcher compares views
             await self._goodbye()
             self.live.stop()
             self.receiver.cancel()
@@ -171,8 +170,7 @@ class Node:
 
     # -- what peers tell us -----------------------------------------------------------------
     def _closed(self, peer: int) -> None:
-        # the peer's last messages ("finished") may still sit in the inbox: look a bit later
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.live.closed, peer)
+        self.live.closed(peer)  # no evidence yet: liveness reconnects to find out
 
     def _on_dead(self, peers: set[int], why: str) -> None:
         self.events.write("peer_dead", peers=sorted(peers), why=why, iteration=self.messenger.iteration_now)
@@ -185,7 +183,7 @@ class Node:
         elif isinstance(ctrl, Finished):
             self.live.finished.add(sender)
         elif isinstance(ctrl, Dead):
-            self.live.declare(set(ctrl.dead), f"reported by node {sender}")
+            self.live.accuse(set(ctrl.dead), sender)  # believed only if they stay silent here
         elif isinstance(ctrl, Restart):
             self.restarts.setdefault(ctrl.iteration, []).append(ctrl)
         else:
