@@ -36,6 +36,7 @@ from ..scenario import load_scenario
 from ..schedule import load_schedule
 from ..train.optim import TrainConfig
 from ..util.devices import device_for
+from ..util.rundir import keep_in
 from ..train.model import CheckpointInfo
 from .averaging import StageAverager
 from .compute import StageCompute, batch_stream, stand_in
@@ -159,14 +160,14 @@ class Node:
         and the first live data node the description too."""
         live = [n for n in self.schedule.allocation[self.stage] if n not in self.live.dead]
         writer = bool(live) and live[0] == self.id
-        info = None
+        info, directory = None, Path(self.cfg.run_dir) / "checkpoint"
         if writer and self.stage == 0:
             tokens = (self.cfg.iterations * self.n_microbatches * self.sc.pipeline.samples_per_microbatch
                       * self.model_cfg.ctx_tokens)
             info = CheckpointInfo(self.model_cfg, self.sc.pipeline.n_stages, self.cfg.iterations, tokens,
                                   self.cfg.variant, self.sc.name, self.sc.content_hash, self.data.corpus_name,
-                                  str(self.data.tokenizer_path), self.cfg.seed)
-        self.compute.save(Path(self.cfg.run_dir) / "checkpoint", self.id, writer, info)
+                                  keep_in(directory, self.data.tokenizer_path), self.cfg.seed)
+        self.compute.save(directory, self.id, writer, info)
 
     # -- what peers tell us -----------------------------------------------------------------
     def _closed(self, peer: int) -> None:

@@ -15,7 +15,7 @@ from ..scenario import Scenario, load_scenario
 from ..schedule import ScheduleError, VariantSchedule, load_schedule, save_schedule
 from ..util.peers import Peers, load_peers, local_peers
 from ..util.ports import PORT_MAX, reserve_ports
-from ..util.rundir import new_run_dir, shown
+from ..util.rundir import can_create, new_run_dir, shown, writable_output
 from . import launch
 from .emulation import Emulation
 from .runconfig import RunConfig, load_config
@@ -107,6 +107,9 @@ def check_options(opts: RunOptions) -> None:
                             f"got {opts.mb}")
     if not opts.peers and not 0 < opts.base_port <= PORT_MAX:
         raise SkipPipeError(f"--base-port must be in 1..{PORT_MAX}, got {opts.base_port}")
+    if opts.gantt and Path(opts.gantt).is_absolute():
+        writable_output(opts.gantt, "--gantt")
+    can_create(opts.runs, f"--runs {opts.runs}")
 
 
 def gantt_path(run_dir: str | Path, gantt: str) -> Path:

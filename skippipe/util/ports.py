@@ -82,9 +82,8 @@ def check_host(host: str) -> None:
     """One clear error for a host name that does not resolve or is not an address of this host."""
     try:
         socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as e:
-        raise SkipPipeError(f"host {host!r} does not resolve ({getattr(e, 'strerror', e)}); "
-                            f"check --host or --peers") from None
+    except (socket.gaierror, UnicodeError):  # the resolver's words vary from host to host
+        raise SkipPipeError(f"host {host!r} does not resolve; check --host or --peers") from None
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, 0))
@@ -97,6 +96,8 @@ def check_host(host: str) -> None:
 def reserve_ports(peers: Mapping[int, tuple[str, int]], nodes: Iterable[int]) -> Iterator[None]:
     """Hold this host's ports of `nodes` for one run: lock each port's file (another run that
     holds one is named in the error), then check that each port is free."""
+    for n in nodes:
+        check_host(peers[n][0])  # a bad address is the user's to fix, whoever holds the ports
     LOCK_DIR.mkdir(mode=0o777, parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
         for n in nodes:
