@@ -48,6 +48,7 @@ class Liveness:
         self.last_seen = {p: now for p in self.peers}
         self._task: asyncio.Task | None = None
         self._probing: set[int] = set()
+        self._stopped = False
 
     def live_peers(self) -> list[int]:
         return [p for p in self.peers if p not in self.dead]
@@ -65,6 +66,8 @@ class Liveness:
         self._task = asyncio.create_task(self._beat())
 
     def stop(self) -> None:
+        """No more heartbeats or verdicts (the run is over here, or a planned hang began)."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
 
@@ -116,7 +119,7 @@ class Liveness:
 
     def closed(self, peer: int) -> None:
         """A connection to or from `peer` closed: find out by reconnecting whether it lives."""
-        if self.is_peer(peer) and peer not in self._probing:
+        if self.is_peer(peer) and peer not in self._probing and not self._stopped:
             self._probing.add(peer)
             asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self._start_probe, peer)
 
@@ -130,7 +133,7 @@ class Liveness:
         try:  # the transport reconnects with backoff within the deadline
             await self.transport.send(peer, Message(Kind.HEARTBEAT, self.id), timeout_s=self.probe_s)
         except TransportError as e:
-            if peer not in self.finished:
+            if peer not in self.finished and not self._stopped:
                 self.declare({peer}, f"connection closed and no reconnect within {self.probe_s:g} s ({e})")
 
     def declare(self, peers: set[int], why: str) -> None:
