@@ -68,7 +68,10 @@ def can_create(directory: str | Path, label: str) -> None:
 
 def keep_in(directory: str | Path, path: str | Path) -> str:
     """Copy `path` into `directory` (made if missing) and return the name to record: relative,
-    so that the directory stays usable when it is moved."""
+    so that the directory stays usable when it is moved. A path that names no file is recorded
+    as it is (nothing to keep)."""
+    if not Path(path).is_file():
+        return str(path)
     Path(directory).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, Path(directory) / Path(path).name)
     return Path(path).name
