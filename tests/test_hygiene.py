@@ -202,3 +202,46 @@ def test_an_accused_peer_that_stays_silent_is_dead():
     deaths, dead = asyncio.run(main())
     assert deaths == [{1}] and dead == {1}
 
+
+
+# -- the launcher's verdict ----------------------------------------------------------------------
+
+def _progress_with(tmp_path, events: list[dict]):
+    from skippipe.runtime.launch import Progress
+    from skippipe.runtime.runconfig import RunConfig
+    cfg = RunConfig(run_dir=str(tmp_path), scenario_path="", scenario_overrides={}, schedule_path="",
+                    variant="random", iterations=1, time_scale=1.0, emulate_compute=True, emulate_links=True,
+                    peers={n: ("127.0.0.1", 1 + n) for n in range(4)}, local_nodes=(0, 1, 2, 3),
+                    data_nodes=(0, 1), epoch=0.0, seed=0, peer_timeout_s=1.0, connect_timeout_s=1.0)
+    (tmp_path / "events").mkdir(parents=True)
+    for n in range(4):
+        lines = [json.dumps({"t": 1.0, "node": n, **e}) for e in events if e.get("node", n) == n]
+        (tmp_path / "events" / f"node-{n}.jsonl").write_text("".join(line + "\n" for line in lines))
+    progress = Progress(cfg, predicted_s=1.0)
+    progress.update(final=True)
+    return progress
+
+
+def _end(loss_count=1):
+    return {"event": "iteration_end", "iteration": 0, "loss_sum": 1.0, "loss_count": loss_count}
+
+
+def test_a_split_run_exits_non_zero_with_one_line(tmp_path):
+    from skippipe.runtime.launch import _verdict
+    events = [{"event": "ready"}, _end(), {"event": "finished", "dead": [], "node": 0},
+              {"event": "finished", "dead": [3], "node": 1},
+              {"event": "peer_dead", "peers": [3], "why": "silent", "iteration": 0, "node": 1}]
+    progress = _progress_with(tmp_path, events)
+    said = []
+    assert _verdict(0, progress, said.append) == 1
+    assert len(said) == 1 and "disagree" in said[0] and "node 1: [3]" in said[0]
+    assert progress.news() == ["node 3 declared dead by node 1 in iteration 0: silent"]
+
+
+def test_a_run_without_iterations_exits_non_zero_and_agreement_exits_zero(tmp_path):
+    from skippipe.runtime.launch import _verdict
+    said = []
+    assert _verdict(0, _progress_with(tmp_path / "a", [{"event": "ready"}]), said.append) == 1
+    assert said == ["error: no iteration finished"]
+    agreed = [{"event": "ready"}, _end(), {"event": "finished", "dead": [3]}]
+    assert _verdict(0, _progress_with(tmp_path / "b", agreed), said.append) == 0
