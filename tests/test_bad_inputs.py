@@ -101,3 +101,17 @@ def test_readme_table_of_bad_inputs_is_current(tmp_path, capsys, monkeypatch):
         README.write_text(text[:current.start(1)] + fresh + text[current.end(1):])
     else:
         assert current.group(1) == fresh, "README's bad-input table is stale: rerun with UPDATE_README=1"
+
+
+def test_a_failed_inference_leaves_no_plan_or_result(tmp_path):
+    from skippipe.runtime.infer import _removed_on_error
+    plan, result = tmp_path / "infer-failed-4.json", tmp_path / "infer-failed-4.result.json"
+    with pytest.raises(RuntimeError):
+        with _removed_on_error(plan, result):
+            plan.write_text("{}")
+            result.write_text("{}")
+            raise RuntimeError("the nodes failed")
+    assert not plan.exists() and not result.exists()
+    with _removed_on_error(plan, result):
+        plan.write_text("{}")
+    assert plan.exists()  # a command that succeeds keeps its record
