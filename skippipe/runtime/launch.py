@@ -74,10 +74,6 @@ class Launcher:
         """Poll until done() (calling `tick` on the way); False at the deadline."""
         return wait_until(self.done, timeout_s, POLL_S, tick)
 
-    def stop(self) -> None:
-        """SIGTERM every process we started (its whole session), SIGKILL stragglers."""
-        self.children.stop()
-
 
 class Progress:
     """Reads the nodes' event files and turns finished iterations into lines (and deaths into
