@@ -263,7 +263,10 @@ def _parse_table(path, t: dict, overrides: list, scenario_path) -> tuple[Network
             if end not in locations:
                 raise _fail(src, f"{where}.a/b", f"unknown location {end!r}")
         rest = {k: v for k, v in entry.items() if k not in ("a", "b")}
-        links[(min(a, b), max(a, b))] = _link(src, where, rest, scale)
+        link, pair = _link(src, where, rest, scale), (min(a, b), max(a, b))
+        if i < len(t["links"]) and pair in links and links[pair] != link:  # overrides may replace
+            raise _fail(src, where, f"location pair {a}-{b} is given twice with different values")
+        links[pair] = link
     for i, a in enumerate(locations):
         for b in locations[i + 1:]:
             if (min(a, b), max(a, b)) not in links:
@@ -315,6 +318,8 @@ def _read_toml(path: Path) -> dict:
         raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
 def _apply_overrides(path, raw: dict, overrides: dict) -> None:

@@ -195,7 +195,7 @@ def save_schedule(s: Schedule, path: str | Path) -> None:
     """Write atomically: a crash never leaves a half-written schedule."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")  # concurrent writers never share one
     tmp.write_text(json.dumps(to_dict(s), indent=1) + "\n")
     os.replace(tmp, path)
 
@@ -273,7 +273,7 @@ def load_schedule(path: str | Path, scenario: Scenario | None = None,
         raw = json.loads(path.read_text())
     except OSError as e:
         raise ScheduleError(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ScheduleError(f"{path}: not valid JSON: {e}") from None
     sched = from_dict(raw, str(path))
     if scenario is None:

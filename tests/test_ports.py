@@ -1,6 +1,7 @@
 """util/ports.py: free ports, free ranges, and the pre-flight check of a node table."""
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -67,3 +68,23 @@ def test_free_range_is_free_and_differs_between_calls():
     started = time.monotonic()
     free_port_range(20)
     assert time.monotonic() - started < 5
+
+
+def test_reserved_ports_refuse_a_second_run_and_are_free_again_after(tmp_path):
+    from skippipe.util.ports import reserve_ports
+    peers = {0: (LOOPBACK, free_port()), 1: (LOOPBACK, free_port())}
+    with reserve_ports(peers, [0, 1]):
+        with pytest.raises(SkipPipeError, match=f"port {LOOPBACK}:{peers[1][1]} for node 1 is held by "
+                                                f"another run \\(launcher pid {os.getpid()}\\)"):
+            with reserve_ports({1: peers[1]}, [1]):
+                pass
+    with reserve_ports(peers, [0, 1]):  # released on leaving
+        pass
+
+
+def test_a_host_that_is_not_this_machine_is_one_clear_error():
+    from skippipe.util.ports import check_host
+    with pytest.raises(SkipPipeError, match="does not resolve"):
+        check_host("no-such-host.invalid")
+    with pytest.raises(SkipPipeError, match="not an address of this machine"):
+        check_host("192.0.2.1")

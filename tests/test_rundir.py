@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -42,3 +43,26 @@ def test_peer_tables(tmp_path):
     path.write_text(json.dumps({"0": "no-port"}))
     with pytest.raises(SkipPipeError, match="not a peer table"):
         load_peers(path)
+
+
+def test_kept_files_are_recorded_by_a_relative_name_that_survives_a_move(tmp_path):
+    from skippipe.util.rundir import keep_in, resolve_in
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "tok.model").write_bytes(b"model")
+    name = keep_in(tmp_path / "run" / "checkpoint", tmp_path / "cache" / "tok.model")
+    assert name == "tok.model"
+    (tmp_path / "run").rename(tmp_path / "moved")
+    assert resolve_in(tmp_path / "moved" / "checkpoint", name).read_bytes() == b"model"
+    assert keep_in(tmp_path / "x", "no-such.model") == "no-such.model"  # nothing to keep
+    assert resolve_in(tmp_path, "/abs/tok.model") == Path("/abs/tok.model")
+
+
+def test_outputs_are_checked_before_any_work_and_nothing_is_created(tmp_path):
+    from skippipe.util.rundir import can_create, writable_output
+    assert writable_output(tmp_path / "a" / "b" / "g.png", "--gantt") == tmp_path / "a" / "b" / "g.png"
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SkipPipeError, match="--runs x: cannot write in .*file"):
+        can_create(tmp_path / "file" / "runs", "--runs x")
+    with pytest.raises(SkipPipeError, match="is a directory"):
+        writable_output(tmp_path, "--gantt")

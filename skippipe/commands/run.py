@@ -61,13 +61,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-timeout", type=float, default=DEFAULT_PEER_TIMEOUT_S,
                    help="wall seconds before a silent peer counts as dead (default %(default)s)")
     p.add_argument("--fail", action="append", default=[], metavar="SPEC",
-                   help="failure to inject, e.g. node=3,iteration=1,phase=forward,how=crash")
+                   help="failure to inject, repeatable: node=N[,iteration=I][,phase=start|forward|"
+                        "backward|averaging][,after_ops=K][,how=crash|hang|slow][,factor=F] "
+                        "(crash: kill -9; hang: stops answering; slow: compute and links F times "
+                        "slower), or @FILE.json with a list of such objects; e.g. "
+                        "node=3,iteration=1,phase=forward,how=crash")
     p.add_argument("--checkpoint", action="store_true", help="save per-stage checkpoints at the end")
     p.add_argument("--stand-in-model", default="", metavar="SETTINGS",
                    help="run this settings file's [model] (with the scenario's layer count) instead "
                         "of the scenario's, still emulating the scenario's costs: replays a large "
                         "model's schedule on a CPU box (e.g. settings/tiny.toml)")
-    p.add_argument("--gantt", metavar="PNG", help="draw the measured timeline beside the predicted one")
+    p.add_argument("--gantt", metavar="PNG", help="draw the measured timeline beside the predicted one "
+                                                  "(a relative name lands in the run directory)")
     p.add_argument("--timeout", type=float, help="stop everything after this many wall seconds")
     p.add_argument("--rejoin", metavar="RUN_DIR",
                    help="restart nodes FIRST..LAST-1 into the running training of RUN_DIR: they load "

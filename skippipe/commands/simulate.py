@@ -9,6 +9,7 @@ from ..schedule import load_schedule
 from ..variants import VARIANTS
 from ..sim.simulate import SimResult, simulate
 from ..timeline import chrome_trace, gantt_png, write_jsonl
+from ..util.rundir import writable_output
 from ..util.tables import format_table
 
 HELP = "simulate a schedule's variants: iteration time, busy/idle/waiting, Gantt and traces"
@@ -34,6 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    for option in ("gantt", "timeline", "trace"):
+        if getattr(args, option):
+            writable_output(getattr(args, option), f"--{option}")
     sched, scenario = load_schedule(args.schedule)
     names = list(dict.fromkeys(args.variant)) if args.variant else list(sched.variants)
     for name in names:

@@ -12,6 +12,7 @@ with the same stages omitted (evaluate.py), which `python -m skippipe infer` pri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -192,6 +193,7 @@ def parse_failed(text: str, n_nodes: int) -> set[int]:
 
 def distributed_perplexity(run_dir: Path, failed: set[int], max_batches: int, samples: int = 0) -> dict:
     """Start the live nodes of `run_dir` for inference and return the origin's result."""
+    from ..util.procs import supervised
     from .launch import Launcher  # the launcher plans schedules (OR-Tools): not for every node
 
     cfg = load_config(run_dir / "config.json")
@@ -199,17 +201,29 @@ def distributed_perplexity(run_dir: Path, failed: set[int], max_batches: int, sa
         raise SkipPipeError(f"{run_dir}: no checkpoint (train with --checkpoint)")
     sched, sc = load_schedule(cfg.schedule_path)
     p = plan(sched.allocation_of(cfg.variant), failed, samples or sc.pipeline.samples_per_microbatch, max_batches, len(sc.nodes))
-    tag = "-".join(map(str, sorted(failed))) or "none"
-    plan_path = run_dir / f"infer-failed-{tag}.json"
+    plan_path = _plan_path(run_dir, failed)
     plan_path.write_text(json.dumps(asdict(p)))
     launcher = Launcher(cfg, p.live, command=("infer-node",), extra=(str(plan_path),))
-    try:
+    with supervised(launcher.children):
         launcher.start()
         if not launcher.wait(RUN_TIMEOUT_S) or launcher.failed():
             raise SkipPipeError(f"inference nodes failed or timed out; see {run_dir}/node-N-infer-node.log")
-    finally:
-        launcher.stop()
     return json.loads(plan_path.with_suffix(".result.json").read_text())
+
+
+def _plan_path(run_dir: Path, failed: set[int]) -> Path:
+    return run_dir / f"infer-failed-{'-'.join(map(str, sorted(failed))) or 'none'}.json"
+
+
+@contextlib.contextmanager
+def _removed_on_error(*paths: Path):
+    """A failed command leaves none of `paths` (its plan, a partial result) behind."""
+    try:
+        yield
+    except BaseException:
+        for p in paths:
+            p.unlink(missing_ok=True)
+        raise
 
 
 def local_perplexity(run_dir: Path, omitted, max_batches: int, samples: int) -> float:
@@ -230,8 +244,10 @@ def compare_perplexity(run_dir: str | Path, failed: str, max_batches: int, sampl
     run_dir = Path(run_dir)
     cfg = load_config(run_dir / "config.json")
     down = parse_failed(failed, len(cfg.peers))
-    result = distributed_perplexity(run_dir, down, max_batches, samples)
-    local = local_perplexity(run_dir, result["omitted_stages"], max_batches, result["samples"])
+    plan_path = _plan_path(run_dir, down)
+    with _removed_on_error(plan_path, plan_path.with_suffix(".result.json")):
+        result = distributed_perplexity(run_dir, down, max_batches, samples)
+        local = local_perplexity(run_dir, result["omitted_stages"], max_batches, result["samples"])
     say(f"failed nodes {sorted(down) or 'none'}: path {result['path']}, stages omitted "
         f"{result['omitted_stages'] or 'none'}")
     say(f"perplexity through live nodes {result['perplexity']:.4f} | single process, same stages "

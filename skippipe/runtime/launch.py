@@ -3,7 +3,9 @@ processes FIRST..LAST-1 of a scenario on this host, follows their event streams,
 per iteration and a summary.
 
 It only ever signals the processes it started (each in its own session), stops all of them on
-Ctrl-C or when one fails, and exits non-zero when a node failed unexpectedly.
+Ctrl-C, SIGTERM, SIGHUP or when one fails (and the kernel stops them if the launcher itself is
+killed: procs.py), and exits non-zero when a node failed unexpectedly, when no iteration
+finished, or when its data nodes ended the run disagreeing on which nodes are dead (a split).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ..timeline import read_jsonl
-from ..util.procs import Children, wait_until
+from ..util.procs import Children, Terminated, interrupted_exit_code, supervised, wait_until
 from .emulation import Emulation
 from .runconfig import RunConfig, events_dir, save_config
 
@@ -72,20 +74,42 @@ class Launcher:
         """Poll until done() (calling `tick` on the way); False at the deadline."""
         return wait_until(self.done, timeout_s, POLL_S, tick)
 
-    def stop(self) -> None:
-        """SIGTERM every process we started (its whole session), SIGKILL stragglers."""
-        self.children.stop()
-
 
 class Progress:
-    """Reads the nodes' event files and turns finished iterations into lines."""
+    """Reads the nodes' event files and turns finished iterations into lines (and deaths into
+    news: crashes and evictions reach the console, not only the node logs)."""
 
     def __init__(self, cfg: RunConfig, predicted_s: float):
         self.cfg, self.predicted_s = cfg, predicted_s
         self.rows: list[dict] = []
+        self.events: list[dict] = []
+        self.told_dead: set[int] = set()
+
+    def news(self) -> list[str]:
+        """One line per node first declared dead (or back) since the last call."""
+        lines = []
+        for e in self.events:
+            if e.get("event") == "peer_dead":
+                for p in set(e["peers"]) - self.told_dead:
+                    self.told_dead.add(p)
+                    lines.append(f"node {p} declared dead by node {e['node']} in iteration "
+                                 f"{e.get('iteration')}: {e.get('why')}")
+            elif e.get("event") == "rejoined" and e["node"] in self.told_dead:
+                self.told_dead.discard(e["node"])
+                lines.append(f"node {e['node']} rejoined at iteration {e.get('iteration')}")
+        return lines
+
+    def split(self) -> str | None:
+        """Why the data nodes that finished disagree on membership (None when they agree)."""
+        seen = {e["node"]: tuple(e.get("dead", ())) for e in self.events
+                if e.get("event") == "finished" and e["node"] in self.cfg.data_nodes}
+        if len(set(seen.values())) <= 1:
+            return None
+        views = ", ".join(f"node {n}: {list(d) or 'none'}" for n, d in sorted(seen.items()))
+        return f"data nodes disagree on which nodes are dead ({views}): the run split"
 
     def update(self, final: bool = False) -> list[dict]:
-        events = read_jsonl(events_dir(self.cfg.run_dir))
+        self.events = events = read_jsonl(events_dir(self.cfg.run_dir))
         ends: dict[int, list[dict]] = {}
         for e in events:
             if e.get("event") == "iteration_end":
@@ -134,48 +158,60 @@ def run(cfg: RunConfig, nodes: range, predicted_s: float, timeout_s: float,
     launcher = Launcher(cfg, nodes)
     progress = Progress(cfg, predicted_s)
 
-    def report() -> None:
-        for row in progress.update():
+    def report(final: bool = False) -> None:
+        for row in progress.update(final):
             say(format_row(row))
+        for line in progress.news():
+            say(line)
 
     code = 0
-    try:
-        launcher.start()
-        if not launcher.wait(timeout_s, report):
-            say(f"run did not finish within {timeout_s:.0f} s; stopping every node")
-            code = 1
-        elif launcher.failed():
-            bad = launcher.failed()
-            say(f"node(s) {sorted(bad)} failed (exit codes {sorted(bad.values())}); see "
-                f"{cfg.run_dir}/node-N.log; stopping the others")
-            code = 1
-    except KeyboardInterrupt:
-        say("interrupted: stopping every node this launcher started")
-        code = 130
-    finally:
-        launcher.stop()
-    for row in progress.update(final=True):
-        say(format_row(row))
+    with supervised(launcher.children):  # however this ends, every node is stopped
+        try:
+            launcher.start()
+            if not launcher.wait(timeout_s, report):
+                say(f"run did not finish within {timeout_s:.0f} s; stopping every node")
+                code = 1
+            elif launcher.failed():
+                bad = launcher.failed()
+                say(f"node(s) {sorted(bad)} failed (exit codes {sorted(bad.values())}); see "
+                    f"{cfg.run_dir}/node-N.log; stopping the others")
+                code = 1
+        except (KeyboardInterrupt, Terminated) as e:
+            say(f"{'interrupted' if isinstance(e, KeyboardInterrupt) else e}: stopping every node "
+                f"this launcher started")
+            code = interrupted_exit_code(e)
+    report(final=True)
     Path(cfg.run_dir, "iterations.json").write_text(json.dumps(progress.rows, indent=1))
-    return LaunchResult(code, progress.rows)
+    return LaunchResult(_verdict(code, progress, say), progress.rows)
+
+
+def _verdict(code: int, progress: Progress, say) -> int:
+    """The run's exit code: a clean exit of every node is not enough when the run split or
+    finished no iteration."""
+    if code:
+        return code
+    why = progress.split() or (None if progress.rows else "no iteration finished")
+    if why:
+        say(f"error: {why}")
+        return 1
+    return 0
 
 
 def rejoin(cfg: RunConfig, nodes: range, timeout_s: float, say=print) -> int:
     """Start restarted nodes into the running training of `cfg.run_dir`; wait for them."""
     launcher = Launcher(cfg, nodes, rejoin=True)
     code = 0
-    try:
-        launcher.start()
-        say(f"rejoining node(s) {list(nodes)} into {cfg.run_dir}")
-        if not launcher.wait(timeout_s):
-            say(f"rejoined node(s) did not finish within {timeout_s:.0f} s; stopping them")
-            code = 1
-        elif launcher.failed():
-            say(f"rejoined node(s) {sorted(launcher.failed())} failed; see {cfg.run_dir}/node-N-rejoin.log")
-            code = 1
-    except KeyboardInterrupt:
-        code = 130
-    finally:
-        launcher.stop()
+    with supervised(launcher.children):
+        try:
+            launcher.start()
+            say(f"rejoining node(s) {list(nodes)} into {cfg.run_dir}")
+            if not launcher.wait(timeout_s):
+                say(f"rejoined node(s) did not finish within {timeout_s:.0f} s; stopping them")
+                code = 1
+            elif launcher.failed():
+                say(f"rejoined node(s) {sorted(launcher.failed())} failed; see {cfg.run_dir}/node-N-rejoin.log")
+                code = 1
+        except (KeyboardInterrupt, Terminated) as e:
+            code = interrupted_exit_code(e)
     return code
 

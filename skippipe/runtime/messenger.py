@@ -1,16 +1,19 @@
 """A node's messaging seam, shared by its iteration loop, its averager and its rejoin logic.
 
 Receiving: one task reads the transport, counts every message as a sign of life, decodes
-CONTROL messages (control.py; a malformed one is logged and dropped) and routes each message:
+CONTROL messages (control.py; a malformed one, or one from a node outside the run, is logged
+and dropped) and routes each message:
 to a handler registered for its kind, to `late` (data of an iteration this node already
 finished), or to the inbox of its iteration. Sending: data and control messages leave through
-the emulated links (emulation.py) as background tasks; a failed send declares its peer dead.
+the emulated links (emulation.py) as background tasks; a send whose connection breaks is
+retried (the transport reconnects) until the peer timeout, and only then declares its peer dead.
 `wait` sleeps until something arrives or the deadline passes.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Callable
 
 from . import control
@@ -49,6 +52,9 @@ class Messenger:
     async def receive_forever(self) -> None:
         while True:
             msg = await self.transport.recv()
+            if not self.live.is_peer(msg.sender) and msg.sender != self.id:
+                log.warning("rejected: message from node %d, not a node of this run", msg.sender)
+                continue
             self.live.seen(msg.sender)
             self.route(msg)
             self._wake.set()
@@ -127,18 +133,29 @@ class Messenger:
         if dst in self.live.dead:
             return
         t = self.events.now()
-        try:
-            if self.links is not None and nominal_bytes is not None:
-                async with self.links.transmit(dst, self.emulation.link_bytes(nominal_bytes)):
-                    await self.transport.send(dst, msg, timeout_s=self.peer_timeout_s)
-            else:
-                await self.transport.send(dst, msg, timeout_s=self.peer_timeout_s)
-        except TransportError as e:
-            self.live.declare({dst}, f"send failed: {e}")
-            return
-        if nominal_bytes is not None:
+        if self.links is not None and nominal_bytes is not None:
+            async with self.links.transmit(dst, self.emulation.link_bytes(nominal_bytes)):
+                sent = await self._send_retrying(dst, msg)
+        else:
+            sent = await self._send_retrying(dst, msg)
+        if sent and nominal_bytes is not None:
             self.events.write("send", t=t, dst=dst, microbatch=msg.microbatch,
                               bytes=nominal_bytes, arrive=self.events.now(), iteration=msg.iteration)
+
+    async def _send_retrying(self, dst: int, msg: Message) -> bool:
+        """Send, reconnecting after a broken connection, until the peer timeout: a peer we
+        cannot reach for that long is dead. Returns whether the message left."""
+        deadline = time.monotonic() + self.peer_timeout_s
+        while True:
+            try:
+                await self.transport.send(dst, msg, timeout_s=max(0.0, deadline - time.monotonic()))
+                return True
+            except TransportError as e:
+                if time.monotonic() >= deadline or dst in self.live.dead:
+                    self.live.declare({dst}, f"unreachable for {self.peer_timeout_s:g} s: {e}")
+                    return False
+                log.info("message to node %d: %s; reconnecting", dst, e)
+                await asyncio.sleep(min(self.live.interval_s, max(0.0, deadline - time.monotonic())))
 
     async def drain(self) -> None:
         """Wait for every background send to end."""

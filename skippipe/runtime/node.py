@@ -36,6 +36,7 @@ from ..scenario import load_scenario
 from ..schedule import load_schedule
 from ..train.optim import TrainConfig
 from ..util.devices import device_for
+from ..util.rundir import keep_in
 from ..train.model import CheckpointInfo
 from .averaging import StageAverager
 from .compute import StageCompute, batch_stream, stand_in
@@ -55,7 +56,6 @@ from .wire import Kind, Message
 log = logging.getLogger(__name__)
 
 HELLO_RETRY_S = 0.1  # pause between start-up greetings while peers come up
-CLOSE_GRACE_S = 0.2  # a closed connection counts as a crash unless "finished" arrives by then
 
 
 class Node:
@@ -109,7 +109,7 @@ class Node:
                 await self.iteration(it, batches)
             if self.cfg.save_checkpoint:
                 self._save_checkpoint()
-            self.events.write("finished")
+            self.events.write("finished", dead=sorted(self.live.dead))  # the launcher compares views
             await self._goodbye()
             self.live.stop()
             self.receiver.cancel()
@@ -160,19 +160,18 @@ class Node:
         and the first live data node the description too."""
         live = [n for n in self.schedule.allocation[self.stage] if n not in self.live.dead]
         writer = bool(live) and live[0] == self.id
-        info = None
+        info, directory = None, Path(self.cfg.run_dir) / "checkpoint"
         if writer and self.stage == 0:
             tokens = (self.cfg.iterations * self.n_microbatches * self.sc.pipeline.samples_per_microbatch
                       * self.model_cfg.ctx_tokens)
             info = CheckpointInfo(self.model_cfg, self.sc.pipeline.n_stages, self.cfg.iterations, tokens,
                                   self.cfg.variant, self.sc.name, self.sc.content_hash, self.data.corpus_name,
-                                  str(self.data.tokenizer_path), self.cfg.seed)
-        self.compute.save(Path(self.cfg.run_dir) / "checkpoint", self.id, writer, info)
+                                  keep_in(directory, self.data.tokenizer_path), self.cfg.seed)
+        self.compute.save(directory, self.id, writer, info)
 
     # -- what peers tell us -----------------------------------------------------------------
     def _closed(self, peer: int) -> None:
-        # the peer's last messages ("finished") may still sit in the inbox: look a bit later
-        asyncio.get_running_loop().call_later(CLOSE_GRACE_S, self.live.closed, peer)
+        self.live.closed(peer)  # no evidence yet: liveness reconnects to find out
 
     def _on_dead(self, peers: set[int], why: str) -> None:
         self.events.write("peer_dead", peers=sorted(peers), why=why, iteration=self.messenger.iteration_now)
@@ -185,7 +184,7 @@ class Node:
         elif isinstance(ctrl, Finished):
             self.live.finished.add(sender)
         elif isinstance(ctrl, Dead):
-            self.live.declare(set(ctrl.dead), f"reported by node {sender}")
+            self.live.accuse(set(ctrl.dead), sender)  # believed only if they stay silent here
         elif isinstance(ctrl, Restart):
             self.restarts.setdefault(ctrl.iteration, []).append(ctrl)
         else:

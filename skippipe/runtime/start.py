@@ -4,6 +4,7 @@ directory), then the launched run and its summary; and `--rejoin` into a running
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,8 +14,8 @@ from ..planning import PlanOptions, build_schedule
 from ..scenario import Scenario, load_scenario
 from ..schedule import ScheduleError, VariantSchedule, load_schedule, save_schedule
 from ..util.peers import Peers, load_peers, local_peers
-from ..util.ports import check_ports
-from ..util.rundir import new_run_dir, shown
+from ..util.ports import PORT_MAX, reserve_ports
+from ..util.rundir import can_create, new_run_dir, shown, writable_output
 from . import launch
 from .auth import RunAuth
 from .emulation import Emulation
@@ -65,33 +66,58 @@ def run_command(opts: RunOptions, say=print) -> int:
 def train(opts: RunOptions, say=print) -> int:
     """Start this host's nodes, follow them to the end, print the summary (and a Gantt chart)."""
     from ..sim.simulate import simulate
+    from .faults import parse_failures
 
-    if opts.time_scale is not None and not opts.time_scale > 0:
-        raise SkipPipeError(f"--time-scale must be positive, got {opts.time_scale:g}")
+    check_options(opts)
     auth = RunAuth.load(opts.run_key_file)  # a bad key fails before anything is made
     sc = scenario_for(opts.scenario, opts.mb or None)
     nodes = check_range(opts.first, opts.last, sc)
-    sched_path = ensure_schedule(sc, opts.setting, opts.schedule, opts.plan_time_limit, say)
-    sched, _ = load_schedule(sched_path, sc)
-    variant = sched.variant(opts.setting)
-    predicted = simulate(sched, opts.setting, sc).iteration_s
-    _prepare_data(sc, opts.stand_in_model, say)
+    failures = tuple(parse_failures(list(opts.fail), sc))
     peers = _peers(opts, len(sc.nodes))
-    check_ports(peers, nodes)
-    cfg = _config(opts, sc, Path(sched_path), variant, sched.allocation_of(opts.setting)[0], peers, nodes,
-                  auth)
-    timeout = opts.timeout or (TIMEOUT_SLACK_S + TIMEOUT_FACTOR * cfg.iterations
-                               * Emulation.from_config(cfg).wall_s(predicted))
-    say(f"run {shown(cfg.run_dir)}: nodes {nodes.start}..{nodes.stop - 1} of {sc.name} ({len(sc.nodes)} nodes), "
-        f"{opts.setting}, {cfg.iterations} iterations, {sc.pipeline.samples_per_microbatch} samples "
-        f"per microbatch, time scale {cfg.time_scale:g}")
-    result = launch.run(cfg, nodes, predicted, timeout, say)
+    # held from here to the end: a second run on these ports stops here, before it plans
+    with reserve_ports(peers, nodes):
+        sched_path = ensure_schedule(sc, opts.setting, opts.schedule, opts.plan_time_limit, say)
+        sched, _ = load_schedule(sched_path, sc)
+        variant = sched.variant(opts.setting)
+        predicted = simulate(sched, opts.setting, sc).iteration_s
+        _prepare_data(sc, opts.stand_in_model, say)
+        cfg = _config(opts, sc, Path(sched_path), variant, sched.allocation_of(opts.setting)[0], peers,
+                      nodes, failures, auth)
+        timeout = opts.timeout or (TIMEOUT_SLACK_S + TIMEOUT_FACTOR * cfg.iterations
+                                   * Emulation.from_config(cfg).wall_s(predicted))
+        say(f"run {shown(cfg.run_dir)}: nodes {nodes.start}..{nodes.stop - 1} of {sc.name} "
+            f"({len(sc.nodes)} nodes), {opts.setting}, {cfg.iterations} iterations, "
+            f"{sc.pipeline.samples_per_microbatch} samples per microbatch, time scale {cfg.time_scale:g}")
+        result = launch.run(cfg, nodes, predicted, timeout, say)
     say(launch.summary(result.iterations))
-    if opts.gantt:
+    if opts.gantt and result.iterations:
         from .report import measured_vs_predicted_gantt
-        measured_vs_predicted_gantt(cfg, sched, sc, opts.gantt)
-        say(f"gantt: {opts.gantt}")
+        gantt = gantt_path(cfg.run_dir, opts.gantt)
+        measured_vs_predicted_gantt(cfg, sched, sc, gantt)
+        say(f"gantt: {shown(gantt)}")
     return result.exit_code
+
+
+def check_options(opts: RunOptions) -> None:
+    """One clear error for an option no run can use, before anything is built or written."""
+    positive = {"--iterations": opts.iterations, "--time-scale": opts.time_scale, "--timeout": opts.timeout,
+                "--peer-timeout": opts.peer_timeout, "--plan-time-limit": opts.plan_time_limit}
+    for name, value in positive.items():
+        if value is not None and not value > 0:  # 0 is refused too: it never means "the default"
+            raise SkipPipeError(f"{name} must be positive, got {value:g}")
+    if opts.mb < 0:
+        raise SkipPipeError(f"MB (samples per microbatch) must be positive, or 0 for the scenario's; "
+                            f"got {opts.mb}")
+    if not opts.peers and not 0 < opts.base_port <= PORT_MAX:
+        raise SkipPipeError(f"--base-port must be in 1..{PORT_MAX}, got {opts.base_port}")
+    if opts.gantt and Path(opts.gantt).is_absolute():
+        writable_output(opts.gantt, "--gantt")
+    can_create(opts.runs, f"--runs {opts.runs}")
+
+
+def gantt_path(run_dir: str | Path, gantt: str) -> Path:
+    """Where the run's Gantt chart goes: a bare or relative name lands in the run directory."""
+    return Path(run_dir) / gantt if not Path(gantt).is_absolute() else Path(gantt)
 
 
 def rejoin(opts: RunOptions, say=print) -> int:
@@ -103,13 +129,15 @@ def rejoin(opts: RunOptions, say=print) -> int:
 
 
 def _config(opts: RunOptions, sc: Scenario, sched_path: Path, variant: VariantSchedule,
-            data_nodes: tuple[int, ...], peers: Peers, nodes: range, auth: RunAuth) -> RunConfig:
-    from .faults import parse_failures
-
+            data_nodes: tuple[int, ...], peers: Peers, nodes: range, failures: tuple, auth: RunAuth) -> RunConfig:
+    run_dir = new_run_dir(opts.setting, opts.runs)
+    # nodes read the run's own copy: a later re-plan of schedules/ cannot change a running run
+    schedule_copy = run_dir / "schedule.json"
+    shutil.copyfile(sched_path, schedule_copy)
     return RunConfig(
-        run_dir=str(new_run_dir(opts.setting, opts.runs)),
+        run_dir=str(run_dir),
         scenario_path=str(Path(opts.scenario).resolve()),
-        scenario_overrides=dict(sc.overrides), schedule_path=str(sched_path.resolve()),
+        scenario_overrides=dict(sc.overrides), schedule_path=str(schedule_copy.resolve()),
         variant=variant.name, iterations=opts.iterations or sc.training.iterations,
         # the run's one time scale from here on; the scenario's value is only the default
         time_scale=sc.training.time_scale if opts.time_scale is None else opts.time_scale,
@@ -117,7 +145,7 @@ def _config(opts: RunOptions, sc: Scenario, sched_path: Path, variant: VariantSc
         peers=peers, local_nodes=tuple(nodes), data_nodes=data_nodes,
         epoch=time.time(), seed=sc.training.seed if opts.seed is None else opts.seed,
         peer_timeout_s=opts.peer_timeout, connect_timeout_s=CONNECT_TIMEOUT_S,
-        save_checkpoint=opts.checkpoint, failures=tuple(parse_failures(list(opts.fail), sc)),
+        save_checkpoint=opts.checkpoint, failures=failures,
         dump_gradients=opts.dump_gradients, stand_in_model=opts.stand_in_model,
         run_key=auth.key.hex())
 
@@ -125,6 +153,9 @@ def _config(opts: RunOptions, sc: Scenario, sched_path: Path, variant: VariantSc
 def _peers(opts: RunOptions, n_nodes: int) -> Peers:
     if opts.peers:
         return load_peers(opts.peers, n_nodes)
+    if opts.base_port + n_nodes - 1 > PORT_MAX:
+        raise SkipPipeError(f"--base-port {opts.base_port}: node {n_nodes - 1} would listen on port "
+                            f"{opts.base_port + n_nodes - 1}, above {PORT_MAX}")
     return local_peers(range(n_nodes), opts.host, opts.base_port)
 
 

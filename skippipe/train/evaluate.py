@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..util.tables import format_table
 
 SWEEP_EXHAUSTIVE_MAX_STAGES = 8  # S up to this: every subset of the non-first stages
 SWEEP_SAMPLES_PER_SIZE = 8  # beyond: this many seeded subsets per omitted count
+PROGRESS_EVERY_S = 5.0  # a sweep line at most this often
 PLOT_DPI = 120  # dots per inch of the PNG
 PLOT_SIZE_IN = (6.4, 4.2)  # figure width, height in inches
 
@@ -134,9 +136,16 @@ def omission_subsets(n_stages: int, seed: int) -> list[tuple[int, ...]]:
 
 
 def sweep(stages: Sequence[Stage], batches: Sequence[torch.Tensor],
-          subsets: Sequence[Sequence[int]]) -> list[Perplexity]:
-    """Perplexity for each omitted subset."""
-    return [perplexity(stages, batches, subset) for subset in subsets]
+          subsets: Sequence[Sequence[int]], progress=None) -> list[Perplexity]:
+    """Perplexity for each omitted subset; `progress` (a print-like callable) hears about
+    every PROGRESS_EVERY_S seconds how far the sweep is (a long sweep is not a hang)."""
+    out, last = [], time.monotonic()
+    for i, subset in enumerate(subsets):
+        out.append(perplexity(stages, batches, subset))
+        if progress is not None and time.monotonic() - last > PROGRESS_EVERY_S:
+            last = time.monotonic()
+            progress(f"sweep: {i + 1}/{len(subsets)} subsets scored")
+    return out
 
 
 def summarize(results: Sequence[Perplexity]) -> list[FractionSummary]:

@@ -36,6 +36,7 @@ from ..errors import SkipPipeError
 from .model import CheckpointInfo, Stage, build_stages, check_path, forward_path, save_checkpoint
 from .optim import TrainConfig, clip_stage, learning_rate, make_optimizer, set_learning_rate
 from ..scenario import ModelConfig, Scenario
+from ..util.rundir import keep_in
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _checkpoint(stages, run: RunInfo, data: TokenData, cfg: TrainConfig, iterati
                 tokens: int, metrics: MetricsWriter) -> Path:
     info = CheckpointInfo(stages[0].cfg, len(stages), iteration, tokens, run.variant,
                           run.scenario_name, run.scenario_hash, data.corpus_name,
-                          str(data.tokenizer_path), cfg.seed)
+                          keep_in(run.run_dir / CHECKPOINT_DIR, data.tokenizer_path), cfg.seed)
     directory = save_checkpoint(stages, run.run_dir / CHECKPOINT_DIR, info)
     metrics.write("checkpoint", iteration=iteration, path=str(directory))
     return directory

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..util.devices import resolve_device
-from ..util.rundir import new_run_dir
+from ..util.rundir import new_run_dir, resolve_in
 from .data import prepare_data, validation_batches
 from .evaluate import (Perplexity, omission_subsets, parse_stage_list, perplexity, plot_sweep,
                        summarize, sweep, sweep_table)
@@ -97,7 +97,7 @@ def evaluate_checkpoint(opts: EvalOptions, say=print) -> int:
     info, stages = load_checkpoint(directory, resolve_device(opts.device))
     omitted = parse_stage_list(opts.omit_stages, info.n_stages) if opts.omit_stages else None
     data = prepare_data(opts.data or info.data_source, info.model.vocab_size,
-                        opts.tokenizer or info.tokenizer_path)
+                        opts.tokenizer or resolve_in(directory, info.tokenizer_path))
     batches = validation_batches(data.validation, opts.samples, info.model.ctx_tokens, opts.max_batches)
     results = [perplexity(stages, batches)]
     say(f"checkpoint {directory} ({info.variant}, {info.n_stages} stages, iteration {info.iteration})")
@@ -111,7 +111,9 @@ def evaluate_checkpoint(opts: EvalOptions, say=print) -> int:
     report = {"checkpoint": str(directory), "variant": info.variant, "iteration": info.iteration,
               "results": [_result_row(r) for r in results]}
     if opts.sweep:
-        swept = sweep(stages, batches, omission_subsets(info.n_stages, opts.seed))
+        subsets = omission_subsets(info.n_stages, opts.seed)
+        say(f"sweep: scoring {len(subsets)} subsets of omitted stages")
+        swept = sweep(stages, batches, subsets, progress=say)
         say(sweep_table(summarize(swept)))
         png = plot_sweep({info.variant: swept}, out / PLOT_FILE,
                          title=f"{info.scenario_name} ({info.variant}): perplexity vs stages omitted")

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import SkipPipeError
 
 Peers = dict[int, tuple[str, int]]
+PORT_MAX = 65535
 
 
 def local_peers(nodes, host: str, base_port: int) -> Peers:
@@ -34,4 +35,6 @@ def parse_address(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not host:
         raise ValueError(f"{text!r} is not host:port")
+    if not 0 < int(port) <= PORT_MAX:
+        raise ValueError(f"{text!r}: port outside 1..{PORT_MAX}")
     return host, int(port)

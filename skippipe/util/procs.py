@@ -1,5 +1,7 @@
 """Child processes a command starts: each in its own session, watched by polling, stopped by
 PID (SIGTERM to its session, SIGKILL after a grace period). Nothing is ever killed by name.
+On Linux each child also asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG),
+so a command killed with SIGKILL leaves no child behind.
 
 `Children` owns one command's children keyed by node id; `wait_until` is the one poll loop
 (a condition, a deadline and something to do on every tick); `supervised` stops them all
@@ -7,6 +9,7 @@ however the command ends (return, error, Ctrl-C or SIGTERM)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -17,6 +20,8 @@ from pathlib import Path
 
 STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this
 POLL_S = 0.2  # default pause between looks at the children
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # besides SIGINT: a scheduler's cancel, a closed terminal
 
 
 class Children:
@@ -36,7 +41,8 @@ class Children:
         try:
             self.procs[key] = subprocess.Popen(
                 list(argv), stdout=None if keep_stdout else log, stderr=stderr,
-                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+                stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+                preexec_fn=_die_with_parent(os.getpid()))
         finally:
             if log is not None:
                 log.close()  # the child holds its own copy
@@ -58,7 +64,7 @@ class Children:
         """{key: pid} as JSON at `path`, replaced atomically (whoever watches it never reads
         half a file)."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two writers never share one
         tmp.write_text(json.dumps({str(k): pid for k, pid in self.pids().items()}))
         os.replace(tmp, path)
 
@@ -66,36 +72,58 @@ class Children:
         stop_sessions(self.procs.values(), grace_s)
 
 
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """For the child, between fork and exec: SIGTERM when the parent dies. Where prctl is
+    missing (not Linux) there is nothing to ask for: None."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def ask() -> None:
+        prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before we asked: nobody will tell us
+            os._exit(1)
+    return ask
+
+
 class Terminated(Exception):
-    """SIGTERM arrived while `supervised` was active (as KeyboardInterrupt is for SIGINT)."""
+    """SIGTERM or SIGHUP arrived while `supervised` was active (as KeyboardInterrupt is for
+    SIGINT); `signum` says which."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def interrupted_exit_code(e: BaseException) -> int:
-    """The shell's code for a command ended by a signal: 143 for SIGTERM, 130 for Ctrl-C."""
-    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+    """The shell's code for a command ended by a signal: 143 for SIGTERM, 129 for SIGHUP,
+    130 for Ctrl-C."""
+    return 128 + (e.signum if isinstance(e, Terminated) else signal.SIGINT)
 
 
 @contextlib.contextmanager
 def supervised(children: Children, grace_s: float = STOP_GRACE_S) -> Iterator[Children]:
-    """While active, SIGTERM raises Terminated in the main thread, so that one handler serves
-    Ctrl-C and SIGTERM alike. On leaving, however that happens, every child still running is
-    stopped, with SIGINT and SIGTERM ignored meanwhile: a second signal must not cut the
-    clean-up short and leave children behind."""
-    old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    """While active, SIGTERM and SIGHUP raise Terminated in the main thread, so that one
+    handler serves Ctrl-C, a scheduler's cancel and a closed terminal alike. On leaving,
+    however that happens, every child still running is stopped, with these signals ignored
+    meanwhile: a second signal must not cut the clean-up short and leave children behind."""
+    old = {sig: signal.signal(sig, _raise_terminated) for sig in STOP_SIGNALS}
     try:
         yield children
     finally:
-        old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         try:
             children.stop(grace_s)
         finally:
-            signal.signal(signal.SIGINT, old_int)
-            signal.signal(signal.SIGTERM, old_term)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def _raise_terminated(signum, frame):
-    raise Terminated()
+    raise Terminated(signum)
 
 
 def wait_until(done: Callable[[], bool], timeout_s: float, poll_s: float = POLL_S,

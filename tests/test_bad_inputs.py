@@ -1,0 +1,117 @@
+"""Every bad input is one line on stderr, exit code 2, and leaves nothing behind (no run
+directory, no result file). The same cases make README's table of bad inputs: a test checks
+that the table is what these commands print today (UPDATE_README=1 rewrites it)."""
+import os
+import re
+
+import pytest
+
+from conftest import ROOT, SETTINGS
+from skippipe.cli import main
+
+README = ROOT / "README.md"
+TABLE_START, TABLE_END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
+RUN = ["run", "0", "6", "ca-partial", "2"]
+UNWRITABLE = "/proc/skippipe/x"  # no one, root included, can create files there
+
+# (argv, what the one line must contain); FILE.toml names stand for files made below
+CASES = [
+    (RUN + ["--iterations", "-3"], "--iterations must be positive"),
+    (RUN + ["--iterations", "0"], "--iterations must be positive"),
+    (RUN + ["--time-scale", "-1"], "--time-scale must be positive"),
+    (RUN + ["--time-scale", "0"], "--time-scale must be positive"),
+    (RUN + ["--timeout", "0"], "--timeout must be positive"),
+    (RUN + ["--peer-timeout", "0"], "--peer-timeout must be positive"),
+    (RUN + ["--base-port", "70000"], "--base-port must be in 1..65535"),
+    (RUN + ["--base-port", "65533"], "above 65535"),
+    (RUN + ["--runs", UNWRITABLE], "--runs"),
+    (RUN + ["--gantt", UNWRITABLE + "/g.png"], "--gantt"),
+    (RUN + ["--host", "no-such-host.invalid"], "does not resolve"),
+    (RUN + ["--host", "192.0.2.1"], "not an address of this machine"),
+    (["run", "0", "6", "ca-partial", "-2"], "MB (samples per microbatch)"),
+    (["run", "0", "9", "ca-partial", "2"], "outside the scenario's nodes"),
+    (RUN + ["--fail", "node=99"], "node 99 is not in the scenario"),
+    (RUN + ["--fail", "node=1,how=explode"], "--fail"),
+    (RUN + ["--scenario", "latin1.toml"], "not UTF-8"),
+    (RUN + ["--scenario", "dup-link.toml"], "given twice with different values"),
+    (RUN + ["--peers", "peers-bad-port.json"], "port outside 1..65535"),
+    (["simulate", "latin1.json"], "not valid JSON"),
+    (["simulate", "schedules/tiny.json", "--gantt", UNWRITABLE + "/g.png"], "--gantt"),
+    (["train", "settings/tiny.toml", "--lr", "-1"], "--lr must be positive"),
+    (["train", "settings/tiny.toml", "--iterations", "0"], "--iterations must be positive"),
+    (["infer", "no-such-run"], "not a usable run config"),
+    (["evaluate", "no-such-run", "--max-batches", "0"], "--max-batches"),
+]
+
+
+def _inputs(tmp_path) -> dict[str, str]:
+    """The files the cases name, made in `tmp_path`."""
+    tiny = (SETTINGS / "tiny.toml").read_text()
+    duplicate = tiny.replace('links = [\n', 'links = [\n  { a = "east", b = "west", latency_ms = 1, '
+                                           'bandwidth_gib_s = 1 },\n', 1)
+    assert duplicate != tiny
+    files = {"latin1.toml": b"\xff\xfe[model]\n", "latin1.json": b"\xff\xfe{}",
+             "dup-link.toml": duplicate.encode(), "peers-bad-port.json":
+             b'{"0": "127.0.0.1:70000", "1": "127.0.0.1:1", "2": "127.0.0.1:2", "3": "127.0.0.1:3", '
+             b'"4": "127.0.0.1:4", "5": "127.0.0.1:5"}'}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return {name: str(tmp_path / name) for name in files}
+
+
+def _run(argv, tmp_path, capsys) -> tuple[int, str, str]:
+    files = _inputs(tmp_path)
+    argv = [files.get(a, a) for a in argv]
+    if argv[0] == "run" and "--runs" not in argv:
+        argv += ["--runs", str(tmp_path / "runs")]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err.replace(str(tmp_path) + "/", "")
+
+
+@pytest.mark.parametrize("argv,expected", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(argv, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the README's relative paths (settings/, schedules/)
+    before = set(os.listdir(ROOT))
+    code, out, err = _run(argv, tmp_path, capsys)
+    assert code == 2, (out, err)
+    assert out == "" and err.count("\n") == 1 and err.startswith("error: "), (out, err)
+    assert expected in err
+    assert not (tmp_path / "runs").exists()
+    assert set(os.listdir(ROOT)) == before  # no result file, no run directory in the repository
+
+
+def table(tmp_path, capsys) -> str:
+    """README's table: each case's command, its one line, its exit code."""
+    rows = ["| command | message | exit |", "|---|---|---|"]
+    for argv, _ in CASES:
+        code, _, err = _run(argv, tmp_path, capsys)
+        line = err.strip().replace("|", "\\|")
+        rows.append(f"| `python -m skippipe {' '.join(argv)}` | {line} | {code} |")
+    return "\n".join(rows)
+
+
+def test_readme_table_of_bad_inputs_is_current(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    text = README.read_text()
+    current = re.search(re.escape(TABLE_START) + r"\n(.*?)" + re.escape(TABLE_END), text, re.S)
+    assert current is not None, f"README lacks the {TABLE_START} ... {TABLE_END} section"
+    fresh = table(tmp_path, capsys) + "\n"
+    if os.environ.get("UPDATE_README"):
+        README.write_text(text[:current.start(1)] + fresh + text[current.end(1):])
+    else:
+        assert current.group(1) == fresh, "README's bad-input table is stale: rerun with UPDATE_README=1"
+
+
+def test_a_failed_inference_leaves_no_plan_or_result(tmp_path):
+    from skippipe.runtime.infer import _removed_on_error
+    plan, result = tmp_path / "infer-failed-4.json", tmp_path / "infer-failed-4.result.json"
+    with pytest.raises(RuntimeError):
+        with _removed_on_error(plan, result):
+            plan.write_text("{}")
+            result.write_text("{}")
+            raise RuntimeError("the nodes failed")
+    assert not plan.exists() and not result.exists()
+    with _removed_on_error(plan, result):
+        plan.write_text("{}")
+    assert plan.exists()  # a command that succeeds keeps its record
