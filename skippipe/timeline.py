@@ -32,6 +32,7 @@ BAR_HEIGHT = 0.8  # rows are 1 apart
 ROW_HEIGHT_IN = 0.32  # figure inches per node row
 MIN_PLOT_HEIGHT_IN = 1.6
 FIG_WIDTH_IN = 14.0
+LEGEND_HEIGHT_IN = 0.3
 LABEL_FONT_PT = 6
 DPI = 120
 
@@ -134,9 +135,11 @@ def _process_names(events: list[dict]) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Gantt
 
-def gantt_png(timelines: Sequence[tuple[str, Iterable[dict]]], path: str | Path) -> Path:
-    """One subplot per (title, events), sharing the x axis (seconds); rows are nodes labelled
-    with id and stage, bars coloured by kind (F, L, B, AVG), microbatch ids in wide bars."""
+def gantt_png(timelines: Sequence[tuple[str, Iterable[dict]]], path: str | Path,
+              columns: int = 1) -> Path:
+    """One subplot per (title, events), `columns` side by side (filled row by row), all sharing
+    the x axis (seconds) so their lengths compare; rows are nodes labelled with id and stage,
+    bars coloured by kind (F, L, B, W, AVG), microbatch ids in wide bars."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,19 +149,31 @@ def gantt_png(timelines: Sequence[tuple[str, Iterable[dict]]], path: str | Path)
                  for title, events in timelines]
     if not timelines:
         raise TimelineError("gantt_png needs at least one timeline")
-    heights = [max(MIN_PLOT_HEIGHT_IN, ROW_HEIGHT_IN * (len(_nodes(ev)) + 1))
-               for _, ev in timelines]
-    fig, axes = plt.subplots(len(timelines), 1, sharex=True, squeeze=False,
+    if columns < 1:
+        raise TimelineError(f"gantt_png needs at least one column, not {columns}")
+    columns = min(columns, len(timelines))
+    grid = [timelines[i:i + columns] for i in range(0, len(timelines), columns)]
+    heights = [max(MIN_PLOT_HEIGHT_IN, ROW_HEIGHT_IN * (max(len(_nodes(ev)) for _, ev in row) + 1))
+               for row in grid]
+    fig, axes = plt.subplots(len(grid), columns, sharex=True, squeeze=False,
                              figsize=(FIG_WIDTH_IN, sum(heights)),
                              gridspec_kw={"height_ratios": heights})
     span = max((e["t"] + e["dur"] for _, ev in timelines for e in ev), default=1.0) or 1.0
-    for ax, (title, ops) in zip(axes[:, 0], timelines):
-        _draw(ax, title, ops, span)
-    axes[-1, 0].set_xlabel("time (s)")
+    for i, ax in enumerate(axes.flat):
+        if i < len(timelines):
+            _draw(ax, *timelines[i], span)
+        else:
+            ax.set_axis_off()  # a last row with fewer panels than columns: the panel
+            axes.flat[i - columns].xaxis.set_tick_params(labelbottom=True)  # above shows the axis
+    for ax in axes[-1, :]:
+        ax.set_xlabel("time (s)")
+        ax.xaxis.set_tick_params(labelbottom=True)
     handles = [Patch(color=c, label=k) for k, c in KIND_COLORS.items()]
-    axes[0, 0].legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0),
-                      ncol=len(handles), fontsize="small", frameon=False)
-    fig.tight_layout()
+    height = sum(heights) + LEGEND_HEIGHT_IN  # the legend gets its own strip above the panels
+    fig.set_figheight(height)
+    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize="small",
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - LEGEND_HEIGHT_IN / height))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)

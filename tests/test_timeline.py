@@ -70,3 +70,22 @@ def test_gantt_png_draws_predicted_beside_measured(tmp_path):
 def test_gantt_png_needs_a_timeline(tmp_path):
     with pytest.raises(TimelineError):
         gantt_png([], tmp_path / "g.png")
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # IHDR w, h
+
+
+def test_gantt_png_lays_panels_out_in_columns(tmp_path):
+    panels = [(f"family {i}", EVENTS) for i in range(3)]
+    stacked = _png_size(gantt_png(panels, tmp_path / "stacked.png"))
+    grid = _png_size(gantt_png(panels, tmp_path / "grid.png", columns=2))
+    assert grid[0] == stacked[0]  # same width, two rows of panels instead of three
+    assert grid[1] < stacked[1]
+
+
+def test_gantt_png_needs_a_column(tmp_path):
+    with pytest.raises(TimelineError, match="column"):
+        gantt_png([("one", EVENTS)], tmp_path / "g.png", columns=0)
