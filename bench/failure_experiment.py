@@ -124,7 +124,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     sc = load_scenario(ROOT / args.scenario)
     sched, _ = load_schedule(ensure_schedule(sc, args.variant, None, DEFAULT_TIME_LIMIT_S, print), sc)
-    fails = args.fail or default_plan(sched.allocation, args.iterations)
+    fails = args.fail or default_plan(sched.allocation_of(args.variant), args.iterations)
 
     clean_dir = train(out, "clean", args, [], free_port_range(args.nodes))
     failed_dir = train(out, "failures", args, fails, free_port_range(args.nodes))

@@ -169,3 +169,21 @@ def test_failure_plans_from_files_and_run_configs(tmp_path):
     back = load_config(save_config(cfg))
     assert back.failures == specs and back == cfg
     assert back.planned_crashes() == {4} and back.expected_nodes(0) == 5 and back.expected_nodes(1) == 4
+
+
+def test_a_moved_run_directory_still_loads(tmp_path):
+    """config.json names what lies inside the run directory relative to it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "schedule.json").write_text("{}")
+    cfg = RunConfig(run_dir=str(run), scenario_path="/settings/tiny.toml", scenario_overrides={},
+                    schedule_path=str(run / "schedule.json"), variant="random", iterations=1,
+                    time_scale=1.0, emulate_compute=True, emulate_links=True, peers={0: ("127.0.0.1", 1)},
+                    local_nodes=(0,), data_nodes=(0,), epoch=0.0, seed=0, peer_timeout_s=1.0,
+                    connect_timeout_s=1.0)
+    save_config(cfg)
+    moved = tmp_path / "moved"
+    run.rename(moved)
+    back = load_config(moved / "config.json")
+    assert back.run_dir == str(moved.resolve()) and back.schedule_path == str(moved.resolve() / "schedule.json")
+    assert back.scenario_path == "/settings/tiny.toml"

@@ -60,6 +60,9 @@ def save_config(cfg: RunConfig) -> Path:
     path = Path(cfg.run_dir) / "config.json"
     data = dataclasses.asdict(cfg)
     data["peers"] = [[n, h, p] for n, (h, p) in sorted(cfg.peers.items())]
+    # paths inside the run directory are stored relative to it: a moved run still loads
+    data["run_dir"] = "."
+    data["schedule_path"] = _inside(cfg.schedule_path, cfg.run_dir)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, CONFIG_MODE)
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(data, indent=1))
@@ -69,6 +72,10 @@ def save_config(cfg: RunConfig) -> Path:
 def load_config(path: str | Path) -> RunConfig:
     try:
         data = json.loads(Path(path).read_text())
+        here = Path(path).resolve().parent
+        data["run_dir"] = str(here / data["run_dir"])
+        if data["schedule_path"]:  # absolute paths stay as they are
+            data["schedule_path"] = str(here / data["schedule_path"])
         data["peers"] = {int(n): (str(h), int(p)) for n, h, p in data["peers"]}
         for key in ("local_nodes", "data_nodes"):
             data[key] = tuple(data[key])
@@ -76,6 +83,16 @@ def load_config(path: str | Path) -> RunConfig:
         return RunConfig(**data)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SkipPipeError(f"{path}: not a usable run config ({e})") from None
+
+
+def _inside(path: str, run_dir: str) -> str:
+    """`path` relative to `run_dir` when it lies inside it, else as given."""
+    if not path:
+        return path
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return path
 
 
 def events_dir(run_dir: str | Path) -> Path:
