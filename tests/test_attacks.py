@@ -234,12 +234,24 @@ def test_a_reflected_challenge_is_no_proof_and_nonces_are_fresh():
 # ---- a training swarm under attack ------------------------------------------------------------
 
 def _attack(tmp_path, base: int, nodes: int, done: threading.Event) -> None:
-    """Without the key: pose as every real node (run id sniffed off the wire: here derived from
-    the config), send huge length headers with and without a handshake, and random bytes."""
+    """Without the key: hold 200 idle connections, pose as every real node (run id sniffed off
+    the wire: here derived from the config), send huge length headers with and without a
+    handshake, and random bytes."""
     if not _wait_ready(tmp_path, 0):
         return
     cfg = json.loads(next((tmp_path / "runs").glob("*/config.json")).read_text())
     run_id = RunAuth.from_hex(cfg["run_key"], "config").run_id
+    idle = [socket.create_connection((HOST, base + i % nodes), timeout=WAIT_S)
+            for i in range(IDLE_CONNECTIONS)]
+    try:
+        _pose_and_flood(base, nodes, run_id)
+    finally:
+        for s in idle:
+            s.close()
+    done.set()
+
+
+def _pose_and_flood(base: int, nodes: int, run_id: bytes) -> None:
     for port in range(base, base + nodes):
         for claimed in range(nodes):
             with socket.create_connection((HOST, port), timeout=WAIT_S) as s:
@@ -249,7 +261,6 @@ def _attack(tmp_path, base: int, nodes: int, done: threading.Event) -> None:
         for junk in ((2**40).to_bytes(LENGTH_BYTES, "big"), os.urandom(4096)):
             with socket.create_connection((HOST, port), timeout=WAIT_S) as s:
                 s.sendall(junk)
-    done.set()
 
 
 def _losses(tmp_path) -> list[float]:
