@@ -1,7 +1,7 @@
 """Shared test set-up: the repository on sys.path, the tiny scenario and its schedules.
 
-Tests that start node processes are marked `swarm` (see pyproject.toml); `pytest -m "not swarm"`
-is the fast loop."""
+Tests that start node processes are marked `swarm`, single-process tests that take seconds
+`slow` (see pyproject.toml); `pytest -m "not swarm and not slow"` is the fast loop."""
 import sys
 from pathlib import Path
 

@@ -245,6 +245,7 @@ def test_score_equals_a_node_by_node_recomputation(name):
 # ----------------------------------------------------------------------------------------------
 # Skip-aware allocation (planner/skip_allocation.py)
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["iteration", "makespan"])
 def test_skip_aware_allocation_is_valid_reproducible_and_never_worse_than_its_start(objective):
     from skippipe.planner.allocation import check_allocation

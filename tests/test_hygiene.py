@@ -160,6 +160,7 @@ def _membership(tmp_path, scenario) -> tuple[list, list]:
     return asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_a_dropped_connection_between_live_nodes_evicts_neither(tmp_path):
     async def drop(nodes, peers):
         await asyncio.sleep(PEER_TIMEOUT_S / 2)  # connected and beating by then
@@ -170,6 +171,7 @@ def test_a_dropped_connection_between_live_nodes_evicts_neither(tmp_path):
     assert deaths == []
 
 
+@pytest.mark.slow
 def test_a_false_death_report_is_cleared_by_the_accused_heartbeat(tmp_path):
     async def accuse(nodes, peers):
         await asyncio.sleep(PEER_TIMEOUT_S / 2)

@@ -269,6 +269,7 @@ def test_interrupt_stops_every_local_process(tmp_path, sig, code):
     assert not (tmp_path / "m.toml").exists()
 
 
+@pytest.mark.slow
 def test_a_node_that_goes_away_fails_fast(torch_threads):
     from skippipe.runtime.auth import RunAuth
     from skippipe.runtime.transport import Transport

@@ -57,6 +57,7 @@ def test_shared_allocation_keeps_one_for_all(tiny):
     assert {v.allocation for v in sched.variants.values()} == {sched.allocation}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["iteration", "makespan"])
 def test_ca_partial_is_never_worse_than_non_ca_partial(tiny, objective):
     key = f"{objective}_s"
@@ -92,6 +93,7 @@ def test_the_non_ca_order_is_a_feasible_ca_plan_in_ticks(tiny, built):
     assert plan_values(data, timed)["iteration"] * data.tick_s <= non_ca.predicted["iteration_s"] + 0.05
 
 
+@pytest.mark.slow
 def test_one_worker_reproduces_the_schedule(tiny, built):
     again = build_schedule(tiny, PlanOptions(time_limit_s=LIMIT_S, workers=1, seed=3))
 
