@@ -24,7 +24,8 @@ from skippipe.train.recipe import recipe_config
 from skippipe.scenario import load_scenario
 from skippipe.train.data import prepare_data, training_batches, validation_batches
 from skippipe.train.evaluate import omission_subsets, path_nll
-from skippipe.train.local import learning_rate, make_optimizer, train_iteration
+from skippipe.train.local import train_iteration
+from skippipe.train.optim import learning_rate, make_optimizer
 from skippipe.train.model import CheckpointInfo, build_stages, load_checkpoint, save_checkpoint
 
 log = logging.getLogger("bench.study")

@@ -60,6 +60,11 @@ class Dispatcher:
     def done(self) -> bool:
         return not self._todo and self.running is None
 
+    @property
+    def left(self) -> int:
+        """Operations not finished yet, the running one included."""
+        return len(self._todo) + (self.running is not None)
+
     def expects(self, op: Op) -> bool:
         return op in self._todo and op not in self.arrived
 
@@ -127,8 +132,12 @@ class Dispatcher:
         self.planned = False
 
     def add(self, ops: Iterable[Op]) -> None:
-        """New operations for this iteration (a restarted microbatch's attempt)."""
-        ops = [Op(o.kind, o.microbatch, o.hop) for o in ops]
+        """New operations for this iteration (a restarted microbatch's attempt); ops still to
+        run are not added twice."""
+        ops = [op for op in dict.fromkeys(Op(o.kind, o.microbatch, o.hop) for o in ops)
+               if op not in self._todo]
+        if not ops:
+            return
         self._todo |= set(ops)
         self.ops += ops
         self.planned = False

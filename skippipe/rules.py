@@ -9,7 +9,7 @@ ScheduleError naming variant, microbatch, hop and rule.
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import skippipe.train.tokenizer as tokenizer_module
-from skippipe.train.data import (DataError, Document, builtin_corpus, hf_corpus, is_validation,
-                           local_corpus, make_corpus, module_text, prepare_data,
-                           training_batches, validation_batches)
+from skippipe.train.corpus import is_validation
+from skippipe.train.data import (DataError, Document, builtin_corpus, hf_corpus, local_corpus,
+                                 make_corpus, module_text, prepare_data, training_batches,
+                                 validation_batches)
 from skippipe.train.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
 
 VOCAB = 64

@@ -1,6 +1,4 @@
 """The one dispatch rule: unit cases, and the simulator and a runtime-style loop agreeing."""
-import heapq
-
 from skippipe.costs import Costs
 from skippipe.dispatch import Dispatcher
 from skippipe.ops import B, F, L, W, OpKind, next_op, node_of

@@ -16,7 +16,11 @@ import pytest
 
 from conftest import ROOT, SETTINGS
 from runtime_util import alive, free_base_port, run_skippipe
-from skippipe import measure as m
+from skippipe.measure.figures import (MIB, TRANSFER_FLOOR_FRACTION, ComputeTask, LinkFigures, MeasureError,
+                                      Measurements, NodeFigures, Settings, bandwidth, median, significant)
+from skippipe.measure.protocol import MeasureNode
+from skippipe.measure.toml_writer import dump_toml
+from skippipe.measure.scenario_out import fit_pipeline, proportional, render_scenario, write_scenario
 from skippipe.cli import main
 from skippipe.scenario import GIB, ScenarioError, load_scenario
 
@@ -26,18 +30,18 @@ FAST = ["--repeat", "2", "--warmup", "1", "--payload-mib", "0.25", "--timeout", 
 # -- aggregation ---------------------------------------------------------------------------------
 
 def test_median_and_bandwidth():
-    assert m.median([3.0, 1.0, 2.0]) == 2.0
-    assert m.median([4.0, 1.0, 2.0, 3.0]) == 2.5
-    with pytest.raises(m.MeasureError):
-        m.median([])
+    assert median([3.0, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, 2.0, 3.0]) == 2.5
+    with pytest.raises(MeasureError):
+        median([])
     # 1 MiB in 0.011 s with a 0.001 s RTT: 0.01 s on the wire
-    assert m.bandwidth(2**20, [0.011, 0.021, 0.006], 0.001) == pytest.approx(2**20 / 0.01)
+    assert bandwidth(2**20, [0.011, 0.021, 0.006], 0.001) == pytest.approx(2**20 / 0.01)
     # jitter: elapsed below the RTT still gives a finite, positive rate (floor fraction)
-    assert m.bandwidth(100, [0.001], 0.002) == pytest.approx(100 / (0.001 * m.TRANSFER_FLOOR_FRACTION))
+    assert bandwidth(100, [0.001], 0.002) == pytest.approx(100 / (0.001 * TRANSFER_FLOOR_FRACTION))
 
 
 def test_link_and_node_figures_take_medians():
-    link = m.LinkFigures(0, 1, (0.004, 0.002, 0.100), (0.012, 0.010, 0.5), 1000)
+    link = LinkFigures(0, 1, (0.004, 0.002, 0.100), (0.012, 0.010, 0.5), 1000)
     assert link.rtt_median_s == 0.004 and link.latency_s == 0.002
     assert link.bandwidth_bytes_per_s == pytest.approx(1000 / (0.012 - 0.004))
     node = _node(0, forward=(1.0, 3.0, 2.0), backward=(4.0, 5.0, 6.0))
@@ -45,8 +49,8 @@ def test_link_and_node_figures_take_medians():
 
 
 def test_significant_keeps_positive_values():
-    assert m.significant(0.000123456789) == 0.000123457
-    assert m.significant(1e-12) > 0
+    assert significant(0.000123456789) == 0.000123457
+    assert significant(1e-12) > 0
 
 
 # -- pipeline fitting ----------------------------------------------------------------------------
@@ -55,18 +59,18 @@ def test_significant_keeps_positive_values():
                                              (3, [2, 1], 2), (2, [1, 1], 2), (8, [3, 3, 1, 1], 3)])
 def test_fit_pipeline_to_node_count(nodes, sizes, k):
     tiny = {"stage_sizes": [2, 2, 1, 1], "path_length": 3, "memory_slots": 2}
-    out, notes = m.fit_pipeline(tiny, 4, nodes)
+    out, notes = fit_pipeline(tiny, 4, nodes)
     assert out["stage_sizes"] == sizes and out["path_length"] == k
     assert out["memory_slots"] == 2 and bool(notes) == (sizes != [2, 2, 1, 1])
 
 
 def test_fit_pipeline_explicit_sizes_and_impossible_counts():
-    out, _ = m.fit_pipeline({"stage_sizes": [2, 2, 1, 1], "path_length": 3}, 4, 5, [2, 1, 1, 1])
+    out, _ = fit_pipeline({"stage_sizes": [2, 2, 1, 1], "path_length": 3}, 4, 5, [2, 1, 1, 1])
     assert out["stage_sizes"] == [2, 1, 1, 1]
-    with pytest.raises(m.MeasureError):
-        m.fit_pipeline({"stage_sizes": [1, 1, 1], "path_length": 3}, 3, 2)  # 3 layers, 2 nodes
-    assert m.proportional([5, 3, 3, 3, 3, 3], 20) == [5, 3, 3, 3, 3, 3]
-    assert sum(m.proportional([5, 1], 3)) == 3 and min(m.proportional([5, 1], 3)) >= 1
+    with pytest.raises(MeasureError):
+        fit_pipeline({"stage_sizes": [1, 1, 1], "path_length": 3}, 3, 2)  # 3 layers, 2 nodes
+    assert proportional([5, 3, 3, 3, 3, 3], 20) == [5, 3, 3, 3, 3, 3]
+    assert sum(proportional([5, 1], 3)) == 3 and min(proportional([5, 1], 3)) >= 1
 
 
 # -- TOML writer ---------------------------------------------------------------------------------
@@ -79,28 +83,28 @@ def test_toml_writer_round_trip():
                     "rows": [{"a": "x", "v": 1.0}, {"a": "y", "v": 2.5}], "mixed": [1.0, 2.0]},
         "items": [{"location": "node-0", "slots": 2}, {"location": "node-1", "slots": 3}],
     }
-    text = m.dump_toml(doc, ["a comment", "", "another"])
+    text = dump_toml(doc, ["a comment", "", "another"])
     assert text.startswith("# a comment\n#\n# another\n")
     assert tomllib.loads(text) == doc
-    assert math.isinf(tomllib.loads(m.dump_toml({"x": float("inf")}))["x"])
+    assert math.isinf(tomllib.loads(dump_toml({"x": float("inf")}))["x"])
 
 
 def test_toml_writer_rejects_unknown_types():
     with pytest.raises(TypeError):
-        m.dump_toml({"x": object()})
+        dump_toml({"x": object()})
 
 
 # -- the written scenario ------------------------------------------------------------------------
 
 def _node(i, forward=(0.002, 0.001, 0.003), backward=(0.004, 0.003, 0.005)):
-    return m.NodeFigures(i, "host", "cpu", "test cpu", 2, 1, forward, backward, 10 * m.MIB,
-                         "peak RSS growth", m.MIB, 64 * GIB)
+    return NodeFigures(i, "host", "cpu", "test cpu", 2, 1, forward, backward, 10 * MIB,
+                         "peak RSS growth", MIB, 64 * GIB)
 
 
-def _measurements(n: int) -> m.Measurements:
-    links = tuple(m.LinkFigures(a, b, (0.002 * (a + b),) * 3, (0.002 * (a + b) + 0.004,) * 3, m.MIB)
+def _measurements(n: int) -> Measurements:
+    links = tuple(LinkFigures(a, b, (0.002 * (a + b),) * 3, (0.002 * (a + b) + 0.004,) * 3, MIB)
                   for a in range(n) for b in range(a + 1, n))
-    return m.Measurements(tuple(_node(i) for i in range(n)), links, 1.5)
+    return Measurements(tuple(_node(i) for i in range(n)), links, 1.5)
 
 
 @pytest.mark.parametrize("template, n", [("tiny.toml", 3), ("tiny.toml", 6),
@@ -108,9 +112,9 @@ def _measurements(n: int) -> m.Measurements:
 def test_rendered_scenario_loads(tmp_path, template, n):
     tpl = load_scenario(SETTINGS / template)
     meas = _measurements(n)
-    text = m.render_scenario(tpl, meas, m.Settings(repeat=3), "measured", "python -m skippipe measure")
+    text = render_scenario(tpl, meas, Settings(repeat=3), "measured", "python -m skippipe measure")
     out = tmp_path / "sub" / "measured.toml"
-    sc = m.write_scenario(text, out)
+    sc = write_scenario(text, out)
     assert [p.name for p in out.parent.iterdir()] == ["measured.toml"]  # no temporary left
     assert sc.name == "measured" and len(sc.nodes) == n and sum(sc.pipeline.stage_sizes) == n
     assert sc.model == tpl.model and sc.costs == tpl.costs and sc.training == tpl.training
@@ -118,7 +122,7 @@ def test_rendered_scenario_loads(tmp_path, template, n):
     for link in meas.links:
         got = sc.link(link.a, link.b)
         assert got.latency_s == pytest.approx(link.rtt_median_s / 2, rel=1e-5)
-        assert got.bandwidth_bytes_per_s == pytest.approx(m.MIB / 0.004, rel=1e-5)
+        assert got.bandwidth_bytes_per_s == pytest.approx(MIB / 0.004, rel=1e-5)
     assert all(node.compute_s_per_sample_per_layer == pytest.approx(0.002) for node in sc.nodes)
     assert all(node.memory_slots == tpl.pipeline.memory_slots for node in sc.nodes)
     assert text.startswith("# Measured by: python -m skippipe measure\n")
@@ -128,7 +132,7 @@ def test_write_scenario_keeps_the_old_file_when_invalid(tmp_path):
     out = tmp_path / "measured.toml"
     out.write_text("old")
     with pytest.raises(ScenarioError):
-        m.write_scenario('name = "x"\n', out)
+        write_scenario('name = "x"\n', out)
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["measured.toml"]
 
 
@@ -170,10 +174,10 @@ def test_peer_file(tmp_path, capsys):
 
 # -- the protocol, in one process ----------------------------------------------------------------
 
-def _tiny_task() -> m.ComputeTask:
+def _tiny_task() -> ComputeTask:
     import dataclasses
     tpl = load_scenario(SETTINGS / "tiny.toml")
-    return m.ComputeTask(dataclasses.asdict(tpl.model), 2, 1, 0)
+    return ComputeTask(dataclasses.asdict(tpl.model), 2, 1, 0)
 
 
 @pytest.fixture
@@ -190,10 +194,10 @@ async def _cluster(devices: list[str]):
     n = len(devices) + 1
     base = free_base_port(n, 11)
     peers = {i: ("127.0.0.1", base + i) for i in range(n)}
-    settings = m.Settings(repeat=2, warmup=1, payload_bytes=4096, timeout_s=60)
-    coord = m.MeasureNode(0, peers, settings, device="cpu", threads=1)
-    own = m.Settings(repeat=7, warmup=0, payload_bytes=1, timeout_s=60)  # node 0's settings win
-    workers = [asyncio.create_task(m.MeasureNode(i + 1, peers, own, device=d, threads=1).run())
+    settings = Settings(repeat=2, warmup=1, payload_bytes=4096, timeout_s=60)
+    coord = MeasureNode(0, peers, settings, device="cpu", threads=1)
+    own = Settings(repeat=7, warmup=0, payload_bytes=1, timeout_s=60)  # node 0's settings win
+    workers = [asyncio.create_task(MeasureNode(i + 1, peers, own, device=d, threads=1).run())
                for i, d in enumerate(devices)]
     try:
         return await coord.run(_tiny_task())
@@ -215,7 +219,7 @@ def test_protocol_in_one_process(torch_threads):
 
 def test_a_failing_node_fails_the_measurement(torch_threads):
     # a device this process cannot use: node 1's compute fails and node 0 reports it
-    with pytest.raises(m.MeasureError, match="node 1"):
+    with pytest.raises(MeasureError, match="node 1"):
         asyncio.run(_cluster(["cuda:99"]))
 
 
@@ -278,7 +282,7 @@ def test_a_node_that_goes_away_fails_fast(torch_threads):
     async def scenario():
         base = free_base_port(2, 12)
         peers = {0: ("127.0.0.1", base), 1: ("127.0.0.1", base + 1)}
-        coord = m.MeasureNode(0, peers, m.Settings(repeat=2, timeout_s=60), device="cpu",
+        coord = MeasureNode(0, peers, Settings(repeat=2, timeout_s=60), device="cpu",
                               threads=1)
 
         async def crashing_worker():  # answers hello, then its process "dies"
@@ -289,7 +293,7 @@ def test_a_node_that_goes_away_fails_fast(torch_threads):
 
         worker = asyncio.create_task(crashing_worker())
         start = time.monotonic()
-        with pytest.raises(m.MeasureError, match="node 1 went away"):
+        with pytest.raises(MeasureError, match="node 1 went away"):
             await coord.run(_tiny_task())
         await worker
         return time.monotonic() - start

@@ -11,9 +11,7 @@ import torch
 
 from skippipe.train.data import prepare_data, training_batches
 from skippipe.train.model import build_stages, forward_path
-from skippipe.planning import PlanOptions, build_schedule
 from skippipe.scenario import load_scenario
-from skippipe.schedule import save_schedule
 from skippipe.timeline import read_jsonl
 from skippipe.train.local import baseline_paths
 

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING
 
 from ortools.sat.python import cp_model
 
-from .model_data import DTIME_PER_WALL_S, ROUNDING_SLACK, WALL_SAFETY, ModelData, chain
+from ..ops import chain
+from .model_data import DTIME_PER_WALL_S, ROUNDING_SLACK, WALL_SAFETY, ModelData
 
 if TYPE_CHECKING:
     from .cpsat import Rules

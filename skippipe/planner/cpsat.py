@@ -34,8 +34,9 @@ from typing import Callable
 from ortools.sat.python import cp_model
 
 from .bounds import PathBounds
-from .model_data import (DTIME_PER_WALL_S, ROUNDING_SLACK, WALL_SAFETY, ModelData, TimedPlan, all_sequences, chain,
-                         plan_values)
+from ..ops import chain
+from .model_data import (DTIME_PER_WALL_S, ROUNDING_SLACK, WALL_SAFETY, ModelData, TimedPlan,
+                         all_sequences, plan_values)
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .model_data import ModelData, TimedPlan, chain, plan_values, stage_set_counts
+from ..ops import chain
+from .model_data import ModelData, TimedPlan, plan_values, stage_set_counts
 from .paths import PlanningError
 
 if TYPE_CHECKING:

@@ -22,7 +22,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from ..costs import Costs
-from ..ops import chain  # the op chain of a k-hop path; the planner modules import it from here
+from ..ops import chain
 from ..scenario import Scenario
 from ..rules import stage_visit_cap
 from .paths import PlanningError, microbatch_ids, stage_sequences

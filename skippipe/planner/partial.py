@@ -35,7 +35,8 @@ from ..schedule import Hop, MicrobatchPath, Op, Provenance, Schedule, ScheduleEr
 from .allocation import check_allocation, stages_of
 from .bounds import PathBounds
 from .cpsat import PathModel, Rules, SolveResult, solve
-from .model_data import ModelData, TimedPlan, all_sequences, build_data, chain, plan_values
+from ..ops import chain
+from .model_data import ModelData, TimedPlan, all_sequences, build_data, plan_values
 from .greedy import GREEDY_VARIANTS, greedy_plan, greedy_seconds, relabel_by_start
 from .lns import improve_paths
 

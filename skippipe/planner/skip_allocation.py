@@ -39,7 +39,8 @@ from .allocation import Stages, random_allocation, stages_of
 from .bounds import PathBounds
 from .cpsat import Rules
 from .greedy import PLACEMENTS_PER_S, GreedyScheduler, candidate_count, candidate_paths, path_limit
-from .model_data import build_data, chain, plan_values
+from ..ops import chain
+from .model_data import build_data, plan_values
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)

@@ -65,8 +65,7 @@ class Iteration:
         self.disp.finish(op)
         local = local_next(op, self.split)
         if local is not None:
-            if local not in self.disp.pending():
-                self.disp.add([local])
+            self.disp.add([local])
             self.disp.arrive(local, time.monotonic())
         if op.kind is OpKind.B and op.hop == 0:
             self.completed.add(op.microbatch)
@@ -139,8 +138,7 @@ class Iteration:
         path = path_of(msg, self.stage_of)
         self.paths[mb] = path
         op = op_of(msg, path)
-        if op not in self.disp.pending():
-            self.disp.add([op])
+        self.disp.add([op])
         self.compute.give(op, msg.to_torch())
         self.disp.arrive(op, time.monotonic())
         return True

@@ -14,7 +14,8 @@ from ..planning import PlanOptions, build_schedule
 from ..scenario import Scenario, load_scenario
 from ..schedule import ScheduleError, VariantSchedule, load_schedule, save_schedule
 from ..util.peers import Peers, load_peers, local_peers
-from ..util.ports import PORT_MAX, reserve_ports
+from ..util.peers import PORT_MAX
+from ..util.ports import reserve_ports
 from ..util.rundir import can_create, new_run_dir, shown, writable_output
 from . import launch
 from .auth import RunAuth

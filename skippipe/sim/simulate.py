@@ -131,7 +131,6 @@ class _NodeState:
 
     stage: int
     disp: Dispatcher
-    remaining: int
     last_end_s: float = 0.0
 
 
@@ -149,8 +148,7 @@ class _Simulation:
         self.state = {n.id: _NodeState(stage_of.get(n.id, -1),
                                        Dispatcher(self._node_order(n.id, wanted.get(n.id, [])),
                                                   v.memory_slots(n.id, scenario), self.ordered,
-                                                  self.split, frozenset(floating)),
-                                       len(wanted.get(n.id, ())))
+                                                  self.split, frozenset(floating)))
                       for n in scenario.nodes}
         self.heap: list[tuple[float, int, int, int, Op]] = []
         self.seq = itertools.count()
@@ -202,7 +200,7 @@ class _Simulation:
                 batch = self._pop_instant() if same_instant else []
             for node in sorted(touched):
                 self._dispatch(node)
-        if any(st.remaining for st in self.state.values()):
+        if any(st.disp.left for st in self.state.values()):
             raise SimulationError(self._deadlock_message())
         return self._result()
 
@@ -227,7 +225,7 @@ class _Simulation:
         st = self.state[node]
         end = self.start_s[op] + self.op_s(op, node)
         st.disp.finish(op)
-        st.remaining, st.last_end_s = st.remaining - 1, end
+        st.last_end_s = end
         local = local_next(op, self.split)
         if local is not None:  # W: ready on this node as soon as B ends
             self._arrive(node, local)
@@ -269,9 +267,9 @@ class _Simulation:
     # -- outcome ----------------------------------------------------------------------------
 
     def _deadlock_message(self) -> str:
-        left = sum(st.remaining for st in self.state.values())
+        left = sum(st.disp.left for st in self.state.values())
         stuck = [f"node {n}: {self._blocked(st)}" for n, st in sorted(self.state.items())
-                 if st.remaining]
+                 if st.disp.left]
         mode = "planned order" if self.ordered else "fcfs"
         return (f"variant {self.v.name} ({mode}): deadlock at t={self.now:.6f}s with {left} "
                 f"operations left; " + "; ".join(stuck))
@@ -287,7 +285,7 @@ class _Simulation:
         if d.arrived:
             arrived = sorted(d.arrived, key=lambda o: o.sort_key)
             return f"arrived {_listed(_fmt(op) for op in arrived)}, {slots}"
-        return f"{st.remaining} operations, none arrived"
+        return f"{st.disp.left} operations, none arrived"
 
     def _result(self) -> SimResult:
         costs, alloc = self.costs, self.schedule.allocation

@@ -49,8 +49,7 @@ import numpy as np
 import torch
 
 from . import bible
-from .corpus import (VALIDATION_FRACTION, Corpus, DataError, Document, is_validation,  # noqa: F401
-                     make_corpus)
+from .corpus import VALIDATION_FRACTION, Corpus, DataError, Document, make_corpus
 from .tokenizer import cached_tokenizer, encode_documents, load_tokenizer, write_atomic
 
 log = logging.getLogger(__name__)

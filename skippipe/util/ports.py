@@ -22,7 +22,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from ..errors import SkipPipeError
-from .peers import PORT_MAX  # noqa: F401 (callers import it here too)
 
 LOOPBACK = "127.0.0.1"
 PORT_RANGE = (20000, 60000)  # where free ranges are looked for (below the ephemeral ports)
