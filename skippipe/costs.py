@@ -6,7 +6,9 @@ backward            = backward_factor x forward
                       gradient) weight_grad_share x backward
 loss at the origin  = loss_factor x forward
 link i -> j         = latency + bytes / bandwidth + per_hop_overhead  (same location: local link)
-averaging in stage  = ring all-reduce over the stage's slowest link of its parameter bytes
+averaging in stage  = ring all-reduce of its parameter bytes: 2(n-1) messages of 1/n of them,
+                      each charged as a message on the stage's slowest link (per-hop overhead
+                      included, as for every message)
 
 Messages on one directed link queue: the link is busy for `bytes / bandwidth` per message
 (`serialization_s`), and latency plus overhead are added after (`propagation_s`).
@@ -82,8 +84,11 @@ class Costs:
         return params * m.param_dtype_bytes
 
     def averaging_s(self, stage: int, nodes: list[int] | tuple[int, ...]) -> float:
-        """Ring all-reduce of the stage's gradients among `nodes`: 2(n-1) steps, each moving
-        1/n of the parameter bytes over the slowest link in the group (the ring's bottleneck)."""
+        """Ring all-reduce of the stage's gradients among `nodes`: 2(n-1) steps, each a message
+        of 1/n of the parameter bytes over the slowest link in the group (the ring's
+        bottleneck) plus the worst latency and the per-hop overhead. Exact for a ring of equal
+        links, where each step waits for the previous; an upper bound otherwise (a ring over
+        the runtime's emulated links, runtime/averaging.ring_on_links_s, is the check)."""
         n = len(nodes)
         if n <= 1:
             return 0.0
@@ -91,4 +96,4 @@ class Costs:
         slowest_bw = min(self.scenario.link(a, b).bandwidth_bytes_per_s for a, b in pairs)
         worst_latency = max(self.scenario.link(a, b).latency_s for a, b in pairs)
         chunk = self.stage_param_bytes(stage) / n
-        return 2 * (n - 1) * (chunk / slowest_bw + worst_latency)
+        return 2 * (n - 1) * (chunk / slowest_bw + worst_latency + self.scenario.costs.per_hop_overhead_s)

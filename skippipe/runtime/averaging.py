@@ -4,7 +4,10 @@ Each node of a stage holds gradients of the microbatches that passed through it,
 by 1 / (microbatches in the iteration) at the origin, so the stage's full-batch gradient is the
 SUM of its nodes' gradients. Each node sends its flattened gradient to every live peer of its
 stage and adds theirs (all-to-all: stages hold a handful of nodes). With link emulation the
-phase is padded to the scenario's ring all-reduce time for the stage (Costs.averaging_s).
+phase is padded to the scenario's ring all-reduce time for the stage (Costs.averaging_s),
+counted, as in the simulator, from when the stage's last node joins it: here, when this node
+has every peer's gradients (a node that finishes its operations early waits for the others
+and then for the all-reduce, instead of hiding the all-reduce in its wait).
 A peer declared dead (liveness.py) is left out; while waiting, the node serves late operations
 of re-routed microbatches so that no one waits on it.
 """
@@ -15,8 +18,10 @@ from typing import Awaitable, Callable
 
 import torch
 
+from ..costs import Costs
 from ..errors import SkipPipeError
 from .emulation import Emulation
+from .linkemu import LinkModel, LinkTimeline
 from .messenger import STALL_FACTOR, Messenger
 from .wire import Kind, Message
 
@@ -57,28 +62,30 @@ class StageAverager:
     async def average(self, it: int) -> None:
         m = self.messenger
         peers = self.live_peers()
-        t_event, start = m.events.now(), time.monotonic()
+        t_event, ready = m.events.now(), time.monotonic()
         if peers:
             mine = flat_grads(self.module)
             for dst in peers:
                 m.send(dst, Message.from_tensor(Kind.AVERAGE, m.id, mine, iteration=it))
             total = mine.clone()
-            for grads in (await self._collect(it, peers)).values():
+            got, ready = await self._collect(it, peers)
+            for grads in got.values():
                 total += grads
             set_grads(self.module, total)
-        await self.emulation.pad(start, self.emulation.averaging_s(self.stage, [m.id, *peers]))
+        await self.emulation.pad(ready, self.emulation.averaging_s(self.stage, [m.id, *peers]))
         m.events.write("op", t=t_event, kind="AVG", microbatch=None, hop=None, stage=self.stage,
                        dur=m.events.now() - t_event, iteration=it)
 
-    async def _collect(self, it: int, peers: list[int]) -> dict[int, torch.Tensor]:
-        """Each live peer's gradients for iteration `it`. A slow peer is waited for as long as
-        its heartbeats say it is alive (liveness.py decides who is dead, not this wait)."""
-        m, got = self.messenger, {}
+    async def _collect(self, it: int, peers: list[int]) -> tuple[dict[int, torch.Tensor], float]:
+        """Each live peer's gradients for iteration `it`, and when the last of them was taken
+        (time.monotonic). A slow peer is waited for as long as its heartbeats say it is alive
+        (liveness.py decides who is dead, not this wait)."""
+        m, got, ready = self.messenger, {}, time.monotonic()
         stall_s = STALL_FACTOR * m.peer_timeout_s
         stall_deadline = time.monotonic() + stall_s
         while set(peers) - set(got) - m.live.dead:
             for msg in m.take(it, lambda msg: msg.kind == Kind.AVERAGE and msg.sender in peers):
-                got[msg.sender] = msg.to_torch().clone()
+                got[msg.sender], ready = msg.to_torch().clone(), time.monotonic()
             if not set(peers) - set(got) - m.live.dead:
                 break
             if time.monotonic() > stall_deadline:
@@ -87,4 +94,24 @@ class StageAverager:
             if await self.serve_late():
                 continue
             await m.wait(m.live.interval_s)
-        return got
+        return got, ready
+
+
+def ring_on_links_s(costs: Costs, stage: int, ring: list[int] | tuple[int, ...]) -> float:
+    """Scenario seconds a ring all-reduce of the stage's parameter bytes among `ring` (in that
+    order) takes when each of its 2(n-1) steps is a message on the emulated links
+    (linkemu.LinkTimeline: serialization queues on a link, latency and the per-hop overhead
+    follow): the yardstick Costs.averaging_s is checked against. A node forwards step s once
+    it has received step s-1 from its predecessor; its first step needs nothing."""
+    n, sc = len(ring), costs.scenario
+    if n <= 1:
+        return 0.0
+    links = [LinkTimeline(LinkModel(sc.link(a, b).latency_s, sc.link(a, b).bandwidth_bytes_per_s,
+                                    sc.costs.per_hop_overhead_s, 1.0))
+             for a, b in zip(ring, ring[1:] + ring[:1])]
+    chunk = costs.stage_param_bytes(stage) // n
+    arrived = [0.0] * n  # arrived[i]: node i+1 holds node i's previous step
+    for _ in range(2 * (n - 1)):
+        ready = arrived[-1:] + arrived[:-1]  # node i sends once node i-1's last step arrived
+        arrived = [links[i].reserve(chunk, ready[i]).deliver_s for i in range(n)]
+    return max(arrived)

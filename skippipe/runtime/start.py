@@ -91,6 +91,9 @@ def train(opts: RunOptions, say=print) -> int:
             f"{sc.pipeline.samples_per_microbatch} samples per microbatch, time scale {cfg.time_scale:g}")
         result = launch.run(cfg, nodes, predicted, timeout, say)
     say(launch.summary(result.iterations))
+    from .report import averaging_lines
+    for line in averaging_lines(cfg, sc):
+        say(line)
     if opts.gantt and result.iterations:
         from .report import measured_vs_predicted_gantt
         gantt = gantt_path(cfg.run_dir, opts.gantt)
