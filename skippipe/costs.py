@@ -6,9 +6,8 @@ backward            = backward_factor x forward
                       gradient) weight_grad_share x backward
 loss at the origin  = loss_factor x forward
 link i -> j         = latency + bytes / bandwidth + per_hop_overhead  (same location: local link)
-averaging in stage  = ring all-reduce of its parameter bytes: 2(n-1) messages of 1/n of them,
-                      each charged as a message on the stage's slowest link (per-hop overhead
-                      included, as for every message)
+averaging in stage  = ring all-reduce of its parameter bytes, the ring visiting each location's
+                      nodes together: 2(n-1) steps, each a message of 1/n of them per node
 
 Messages on one directed link queue: the link is busy for `bytes / bandwidth` per message
 (`serialization_s`), and latency plus overhead are added after (`propagation_s`).
@@ -59,7 +58,7 @@ class Costs:
             return self.backward_s(node, split)
         return {"F": self.forward_s, "L": self.loss_s, "W": self.weight_grad_s}[kind](node)
 
-    def serialization_s(self, src: int, dst: int, nbytes: int | None = None) -> float:
+    def serialization_s(self, src: int, dst: int, nbytes: float | None = None) -> float:
         """Time the directed link src -> dst is busy sending one message."""
         if src == dst:
             return 0.0
@@ -84,16 +83,24 @@ class Costs:
         return params * m.param_dtype_bytes
 
     def averaging_s(self, stage: int, nodes: list[int] | tuple[int, ...]) -> float:
-        """Ring all-reduce of the stage's gradients among `nodes`: 2(n-1) steps, each a message
-        of 1/n of the parameter bytes over the slowest link in the group (the ring's
-        bottleneck) plus the worst latency and the per-hop overhead. Exact for a ring of equal
-        links, where each step waits for the previous; an upper bound otherwise (a ring over
-        the runtime's emulated links, runtime/averaging.ring_on_links_s, is the check)."""
-        n = len(nodes)
+        """Ring all-reduce of the stage's gradients among `nodes`: 2(n-1) steps in which every
+        node sends 1/n of the parameter bytes to the next as one message under the link rule
+        above. A node sends step s once its predecessor's step s-1 has arrived (its first step
+        needs nothing), so a ring of equal links takes 2(n-1) link times, while the one slow
+        link of a bandwidth-bound ring is busy back to back and pays its latency once. The ring
+        takes the nodes by location (then id), so the time depends only on how many nodes of
+        each location the stage holds (the allocation search caches on that)."""
+        ring = sorted(nodes, key=lambda node: (self.scenario.nodes[node].location, node))
+        n = len(ring)
         if n <= 1:
             return 0.0
-        pairs = [(a, b) for a in nodes for b in nodes if a < b]
-        slowest_bw = min(self.scenario.link(a, b).bandwidth_bytes_per_s for a, b in pairs)
-        worst_latency = max(self.scenario.link(a, b).latency_s for a, b in pairs)
         chunk = self.stage_param_bytes(stage) / n
-        return 2 * (n - 1) * (chunk / slowest_bw + worst_latency + self.scenario.costs.per_hop_overhead_s)
+        hops = list(zip(ring, ring[1:] + ring[:1]))  # hop i: ring[i] -> ring[i+1]
+        ser = [self.serialization_s(a, b, chunk) for a, b in hops]
+        prop = [self.propagation_s(a, b) for a, b in hops]
+        free, arrived = [0.0] * n, [0.0] * n  # per hop: link free again; last message arrived
+        for _ in range(2 * (n - 1)):
+            ready = arrived[-1:] + arrived[:-1]  # ring[i] forwards what ring[i-1] sent it
+            free = [max(ready[i], free[i]) + ser[i] for i in range(n)]
+            arrived = [free[i] + prop[i] for i in range(n)]
+        return max(arrived)

@@ -169,14 +169,9 @@ class _Scorer:
                             lambda: tuple(sorted(Counter(signature).items())))
 
     def averaging(self, stage: int, nodes: Sequence[int], signature: tuple[int, ...]) -> float:
-        """Gradient all-reduce time of the stage, s. It depends on the stage's size and on the
-        location pairs it holds (slowest link, worst latency), so equal ones share an entry."""
-        def by_pairs() -> float:
-            counts = self._counts(signature)
-            key = ("avg-pairs", stage == 0, len(nodes), tuple(p for p, _ in counts),
-                   any(m > 1 for _, m in counts))
-            return self._cached(key, lambda: self.costs.averaging_s(stage, tuple(nodes)))
-        return self._cached(("avg", stage == 0, signature), by_pairs)
+        """Gradient all-reduce time of the stage, s. It depends only on the stage's locations
+        (Costs.averaging_s), so equal signatures share an entry."""
+        return self._cached(("avg", stage == 0, signature), lambda: self.costs.averaging_s(stage, tuple(nodes)))
 
     def compute(self, stage: int, nodes: Sequence[int]) -> float:
         """Busy time of a non-first stage's compute in one iteration, s; 0 for stage 0

@@ -18,10 +18,8 @@ from typing import Awaitable, Callable
 
 import torch
 
-from ..costs import Costs
 from ..errors import SkipPipeError
 from .emulation import Emulation
-from .linkemu import LinkModel, LinkTimeline
 from .messenger import STALL_FACTOR, Messenger
 from .wire import Kind, Message
 
@@ -96,22 +94,3 @@ class StageAverager:
             await m.wait(m.live.interval_s)
         return got, ready
 
-
-def ring_on_links_s(costs: Costs, stage: int, ring: list[int] | tuple[int, ...]) -> float:
-    """Scenario seconds a ring all-reduce of the stage's parameter bytes among `ring` (in that
-    order) takes when each of its 2(n-1) steps is a message on the emulated links
-    (linkemu.LinkTimeline: serialization queues on a link, latency and the per-hop overhead
-    follow): the yardstick Costs.averaging_s is checked against. A node forwards step s once
-    it has received step s-1 from its predecessor; its first step needs nothing."""
-    n, sc = len(ring), costs.scenario
-    if n <= 1:
-        return 0.0
-    links = [LinkTimeline(LinkModel(sc.link(a, b).latency_s, sc.link(a, b).bandwidth_bytes_per_s,
-                                    sc.costs.per_hop_overhead_s, 1.0))
-             for a, b in zip(ring, ring[1:] + ring[:1])]
-    chunk = costs.stage_param_bytes(stage) // n
-    arrived = [0.0] * n  # arrived[i]: node i+1 holds node i's previous step
-    for _ in range(2 * (n - 1)):
-        ready = arrived[-1:] + arrived[:-1]  # node i sends once node i-1's last step arrived
-        arrived = [links[i].reserve(chunk, ready[i]).deliver_s for i in range(n)]
-    return max(arrived)
