@@ -9,7 +9,7 @@ import pytest
 from skippipe.costs import Costs
 from skippipe.runtime.linkemu import LinkModel, LinkTimeline
 from skippipe.runtime.report import averaging_by_stage, averaging_windows
-from skippipe.runtime.runconfig import RunConfig, events_dir
+from skippipe.runtime.runconfig import RunConfig, events_dir, load_config
 from skippipe.scenario import GIB, load_scenario
 
 from conftest import SETTINGS
@@ -18,6 +18,7 @@ from runtime_util import free_base_port, run_skippipe
 # tiny.toml: nodes go round-robin over east, west, north; d_model 64, SwiGLU hidden 176, fp32
 EAST, WEST, EAST_TOO = 0, 1, 3
 LAYER_BYTES = 4 * (4 * 64 * 64 + 3 * 64 * 176 + 2 * 64)  # attention, SwiGLU, two norms
+EXCHANGE_WALL_S = 1.0  # the real gradient exchange on loopback, 6 processes on 2 loaded cores
 
 
 def test_modelled_averaging_by_hand(tiny_scenario):
@@ -89,19 +90,24 @@ def test_stage_window_runs_from_the_last_start_to_the_last_end(tmp_path, tiny_sc
 
 
 @pytest.mark.swarm
-def test_run_reports_averaging_close_to_the_model(tmp_path, tiny_schedule):
-    """Every averaging stage is reported, none of its nodes leaves before the modelled time
-    (the pad counts from the stage's last start), and the slower stage's measured time is within
-    a band wide enough for a loaded machine."""
+def test_run_reports_averaging_close_to_the_model(tmp_path, tiny_schedule, tiny_scenario):
+    """The summary reports every averaging stage; no node of a stage leaves averaging before
+    the modelled time (the pad counts from the stage's last start), and what the run adds to
+    the model (its real exchange on loopback, not time-scaled) stays within a wide band of
+    wall time for a loaded machine."""
+    scale = 10.0
     args = ["run", "0", "6", "ca-partial", "0", "--scenario", str(SETTINGS / "tiny.toml"),
-            "--schedule", str(tiny_schedule), "--iterations", "3", "--time-scale", "10",
+            "--schedule", str(tiny_schedule), "--iterations", "3", "--time-scale", str(scale),
             "--base-port", str(free_base_port(6, seed=11)), "--runs", str(tmp_path / "runs"),
             "--peer-timeout", "30"]
     r = run_skippipe(args, cwd=tmp_path, timeout_s=240)
     assert r.returncode == 0, r.stdout
-    lines = {int(m[1]): (float(m[2]), float(m[3])) for m in re.finditer(
-        r"averaging stage (\d+) \(2 nodes\):.* measured/modelled ([\d.]+) \(first node done at ([\d.]+)\)",
-        r.stdout)}
-    assert sorted(lines) == [0, 1], r.stdout
-    assert all(first >= 0.95 for _, first in lines.values()), r.stdout
-    assert 0.95 <= lines[1][0] <= 1.5, r.stdout
+    [run_dir] = (tmp_path / "runs").iterdir()
+    windows = averaging_windows(load_config(run_dir / "config.json"), tiny_scenario)
+    stages = sorted({w["stage"] for w in windows})
+    assert stages == [0, 1] and len(windows) == 3 * 2, r.stdout
+    assert re.findall(r"averaging stage (\d+) \(2 nodes\): measured", r.stdout) == ["0", "1"], r.stdout
+    for w in windows:
+        assert w["earliest_s"] >= 0.95 * w["modelled_s"], w
+        if w["iteration"] > 0:  # the first opens the connections inside the stage
+            assert (w["measured_s"] - w["modelled_s"]) * scale < EXCHANGE_WALL_S, w
