@@ -93,4 +93,3 @@ class StageAverager:
                 continue
             await m.wait(m.live.interval_s)
         return got, ready
-
