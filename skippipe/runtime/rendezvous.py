@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import hmac
 import json
+import os
 import secrets
 import socket
 import time
@@ -32,6 +33,7 @@ POLL_S = 0.1  # how often a waiting registrant looks for the missing keys
 CONNECT_RETRY_S = 0.2  # pause between connection attempts while the store comes up
 ROLE = b"R"  # in the MAC: a rendezvous entry is never valid as a handshake MAC
 SCHEDULE = "schedule"
+AGENT_STORE = "TORCHELASTIC_USE_AGENT_STORE"  # torchrun sets it: its agent serves the store
 
 
 class RendezvousError(SkipPipeError):
@@ -98,7 +100,7 @@ class Rendezvous:
         from torch.distributed import DistError, TCPStore
         host, port = self.endpoint
         timeout = datetime.timedelta(seconds=self.timeout_s)
-        if _is_local(host):
+        if _is_local(host) and os.environ.get(AGENT_STORE) != "True":
             try:
                 store = TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=timeout)
                 self.serves = True
