@@ -57,9 +57,8 @@ def run_ranked(opts: RunOptions, rank: Rank, say=print) -> int:
     if rank.world != n_nodes:
         raise SkipPipeError(f"world size {rank.world}, but {opts.scenario} has {n_nodes} nodes: start "
                             f"one process per node")
-    opts = dataclasses.replace(opts, first=rank.rank, last=rank.rank + 1, rendezvous=rank.rendezvous,
-                               rendezvous_scope=rank.scope)
-    with prepared(opts, say, run_name=f"{opts.setting}-node{rank.rank}") as run:
+    opts = dataclasses.replace(opts, first=rank.rank, last=rank.rank + 1, rendezvous=rank.rendezvous)
+    with prepared(opts, say, run_name=f"{opts.setting}-node{rank.rank}", scope=rank.scope) as run:
         config = save_config(run.cfg)
         say(f"node {rank.rank} of {rank.world}: run directory {run.cfg.run_dir}")
         return main(str(config), rank.rank)

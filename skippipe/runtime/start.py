@@ -63,7 +63,6 @@ class RunOptions:
     run_key_file: str | None = None  # multi-host: the run's shared key (else $SKIPPIPE_RUN_KEY, else new)
     rendezvous: str | None = None  # multi-host: HOST:PORT of the address book
     rendezvous_timeout: float = DEFAULT_TIMEOUT_S
-    rendezvous_scope: str = ""  # keeps a torchrun restart's registrations apart
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +101,11 @@ def train(opts: RunOptions, say=print) -> int:
 
 
 @contextlib.contextmanager
-def prepared(opts: RunOptions, say=print, run_name: str | None = None) -> Iterator[Prepared]:
+def prepared(opts: RunOptions, say=print, run_name: str | None = None, scope: str = "") -> Iterator[Prepared]:
     """Check the options, learn the peers, reserve this host's ports (held until the context
     ends: a second run on them stops here, before it plans), get the schedule, make the run
-    directory and config. A rendezvous store this process serves also lives until the end."""
+    directory and config. A rendezvous store this process serves also lives until the end;
+    `scope` keeps registrations apart in a store that outlives a run (rendezvous.py)."""
     from ..sim.simulate import simulate
     from .faults import parse_failures
 
@@ -118,7 +118,7 @@ def prepared(opts: RunOptions, say=print, run_name: str | None = None) -> Iterat
         rdv = None
         if opts.rendezvous:
             rdv = held.enter_context(Rendezvous(parse_endpoint(opts.rendezvous), auth, len(sc.nodes),
-                                                opts.rendezvous_timeout, opts.rendezvous_scope))
+                                                opts.rendezvous_timeout, scope))
         peers = _peers(opts, len(sc.nodes), nodes, rdv)
         held.enter_context(reserve_ports(peers, nodes))
         if rdv is not None:
