@@ -139,6 +139,8 @@ def test_a_missing_or_bad_rank_is_one_error(env, message):
      "error: give --peers (a static table) or --rendezvous, not both"),
     (["run", "0", "3", "ca-partial", "0", "--rendezvous", "127.0.0.1:1"], {"SKIPPIPE_RUN_KEY": ""},
      "error: --rendezvous needs the run's key on every host"),
+    (["run", "0", "3", "ca-partial", "0", "--rendezvous", "192.0.2.1:29400", "--rendezvous-timeout", "1"],
+     {"SKIPPIPE_RUN_KEY": "ab" * 32}, "error: rendezvous 192.0.2.1:29400: unreachable within 1 s"),
     (["node", "settings/tiny.toml", "--variant", "ca-partial"], {"RANK": "", "SLURM_PROCID": ""},
      "error: no rank in the environment"),
     (["node", "settings/tiny.toml", "--variant", "ca-partial"],

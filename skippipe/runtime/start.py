@@ -74,6 +74,7 @@ class Prepared:
     nodes: range
     predicted_s: float
 
+
 def run_command(opts: RunOptions, say=print) -> int:
     """Train (or rejoin) as the options say; the exit code."""
     if opts.rejoin:
