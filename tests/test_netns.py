@@ -8,6 +8,7 @@ Root only (skipped with the reason where namespaces cannot be made). Everything 
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ from skippipe.util.procs import signal_session
 
 from conftest import ROOT, SETTINGS
 
-SUBNET = "10.231.7"  # private test subnet: host i is SUBNET.(i+1)/24
+# private test subnet, host i at SUBNET.(i+1)/24; per pid: ports are locked per address (util/ports.py)
+SUBNET = f"10.231.{os.getpid() % 250}"
 HOSTS = 3
 PER_HOST = 2  # nodes per host
 BASE_PORT = 29500  # every host has its own address, so each may use the same ports
@@ -91,8 +93,8 @@ class Hosts:
 
 @pytest.fixture(scope="module")
 def hosts():
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2's ip")
     made = Hosts()
     try:
         made.create()

@@ -21,7 +21,7 @@ from skippipe.timeline import read_jsonl
 from skippipe.util.ports import free_port
 
 from conftest import ROOT, SETTINGS
-from runtime_util import finish, run_skippipe
+from runtime_util import finish, run_skippipe, start_skippipe
 
 AUTH = RunAuth(bytes(range(32)))
 SETUP = {"variant": "ca-partial", "iterations": 2}
@@ -173,6 +173,25 @@ def test_six_nodes_under_torchrun(tmp_path, tiny_schedule):
     r = finish(proc, 240)
     assert r.returncode == 0, r.stdout
     assert r.stdout.count("all 6 nodes registered") == 6
+    ends = [e for d in (tmp_path / "runs").iterdir() for e in read_jsonl(d / "events")
+            if e["event"] == "iteration_end"]
+    assert sorted(e["node"] for e in ends) == list(range(6))
+
+
+@pytest.mark.swarm
+def test_static_peers_still_join_two_launchers(tmp_path, tiny_schedule):
+    """`--peers` (no rendezvous): two launchers, one table, one key."""
+    from skippipe.util.ports import free_port_range
+    base = free_port_range(6)
+    (tmp_path / "peers.json").write_text(json.dumps({n: f"127.0.0.1:{base + n}" for n in range(6)}))
+    env = {"SKIPPIPE_RUN_KEY": "ef" * 32}
+    launchers = [start_skippipe(["run", first, last, "ca-partial", "0", "--scenario", str(SETTINGS / "tiny.toml"),
+                                 "--schedule", str(tiny_schedule), "--peers", "peers.json", "--iterations", "1",
+                                 "--runs", str(tmp_path / "runs")], cwd=tmp_path, env=env)
+                 for first, last in (("0", "3"), ("3", "6"))]
+    for proc in launchers:
+        r = finish(proc, 240)
+        assert r.returncode == 0, r.stdout
     ends = [e for d in (tmp_path / "runs").iterdir() for e in read_jsonl(d / "events")
             if e["event"] == "iteration_end"]
     assert sorted(e["node"] for e in ends) == list(range(6))

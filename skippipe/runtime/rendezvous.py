@@ -162,6 +162,7 @@ class Rendezvous:
         """Claim this process's nodes with their addresses, wait for every node of the run and
         return the whole table. `setup` (JSON-able) must be the same on every host."""
         start = time.monotonic()
+        setup = json.loads(json.dumps(setup))  # compared as the others' arrive: through JSON
         token = secrets.token_hex(8)  # tells our own entry from another claimant's equal one
         for n, (host, port) in sorted(mine.items()):
             entry = json.dumps({"node": n, "host": host, "port": port, "by": token, "setup": setup}).encode()
