@@ -44,10 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-emulate-compute", action="store_true",
                    help="run operations at this machine's speed instead of the scenario's")
     p.add_argument("--no-emulate-links", action="store_true", help="send messages without emulated delay")
-    p.add_argument("--host", default=_env("host", "127.0.0.1"), help="address the nodes listen on")
+    p.add_argument("--host", default=_env("host", None),
+                   help="address the nodes listen on (default 127.0.0.1; with --rendezvous this "
+                        "host's address on the route to the rendezvous host)")
     p.add_argument("--base-port", type=int, default=_env("base_port", DEFAULT_BASE_PORT, int),
-                   help="node i listens on base-port + i (default %(default)s)")
-    p.add_argument("--peers", help="multi-host: JSON file {node id: \"host:port\"} for every node")
+                   help="node i listens on base-port + i (default %(default)s; 0 with --rendezvous: "
+                        "free ports)")
+    p.add_argument("--peers", help="multi-host, static: JSON file {node id: \"host:port\"} for every node")
+    add_rendezvous_arguments(p)
     p.add_argument("--run-key-file", metavar="PATH",
                    help="multi-host: file with the run's secret key (64 hex digits, e.g. from "
                         "`python -c 'import secrets; print(secrets.token_hex(32))'`), the same on "
@@ -78,6 +82,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="restart nodes FIRST..LAST-1 into the running training of RUN_DIR: they load "
                         "their stage's current weights from a live peer and are planned in again")
     p.add_argument("--dump-gradients", action="store_true", help=argparse.SUPPRESS)  # tests
+
+
+def add_rendezvous_arguments(p: argparse.ArgumentParser) -> None:
+    from ..runtime.rendezvous import DEFAULT_TIMEOUT_S
+    p.add_argument("--rendezvous", metavar="HOST:PORT",
+                   help="multi-host: meet the other hosts there (the first process on HOST serves "
+                        "the address book); needs the same run key everywhere")
+    p.add_argument("--rendezvous-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help="wall seconds for every node to register (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,8 @@ from pathlib import Path
 from ..errors import SkipPipeError
 
 LOOPBACK = "127.0.0.1"
-PORT_RANGE = (20000, 60000)  # where free ranges are looked for (below the ephemeral ports)
+PORT_RANGE = (20000, 32768)  # where free ranges are looked for: below Linux's ephemeral ports, which
+# outgoing connections take at any moment (a chosen port must stay free until its node binds it)
 RANGE_TRIES = 200  # random base ports tried before giving up
 LOCK_DIR = Path(tempfile.gettempdir()) / "skippipe-ports"  # one lock file per host:port in use
 

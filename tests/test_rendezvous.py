@@ -1,0 +1,197 @@
+"""Rendezvous (runtime/rendezvous.py) and the torchrun / SLURM node form (runtime/ranked.py):
+hosts meet at one address, only holders of the run key can place a node, a node id is claimed
+once, hosts must agree on the run; bad input is one line. The swarm test starts six nodes under
+torchrun itself."""
+import concurrent.futures
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch.distributed import TCPStore
+
+from skippipe.errors import SkipPipeError
+from skippipe.runtime.auth import RunAuth
+from skippipe.runtime.ranked import rank_from_environment
+from skippipe.runtime.rendezvous import SCHEDULE, Rendezvous, RendezvousError, parse_endpoint
+from skippipe.timeline import read_jsonl
+from skippipe.util.ports import free_port
+
+from conftest import ROOT, SETTINGS
+from runtime_util import finish, run_skippipe, start_skippipe
+
+AUTH = RunAuth(bytes(range(32)))
+SETUP = {"variant": "ca-partial", "iterations": 2}
+SHORT_S = 5.0  # deadline of the tests that expect a failure
+
+
+def _endpoint():
+    return ("127.0.0.1", free_port())
+
+
+def _register_all(endpoint, claims, timeout_s=30.0, auth=AUTH, setups=None):
+    """Each claim {node: (host, port)} registers from its own thread (registration blocks until
+    every node is in); returns each claimant's table or its error."""
+    n = len({node for c in claims for node in c})
+    first = Rendezvous(endpoint, auth, n, timeout_s)  # serves the store for the others
+    others = [Rendezvous(endpoint, auth, n, timeout_s) for _ in claims[1:]]
+    with concurrent.futures.ThreadPoolExecutor(len(claims)) as pool:
+        futures = [pool.submit(r.register, c, (setups or [SETUP] * len(claims))[i])
+                   for i, (r, c) in enumerate(zip([first, *others], claims))]
+        results = [f.exception() or f.result() for f in futures]
+    assert first.serves and not any(o.serves for o in others)
+    for r in [first, *others]:
+        r.close()
+    return results
+
+
+def test_hosts_learn_every_address():
+    table = {0: ("10.0.0.1", 29500), 1: ("10.0.0.1", 29501), 2: ("10.0.0.2", 29500), 3: ("10.0.0.3", 29500)}
+    results = _register_all(_endpoint(), [{0: table[0], 1: table[1]}, {2: table[2]}, {3: table[3]}])
+    assert results == [table] * 3
+
+
+def test_node_0_publishes_the_schedule_for_the_others():
+    endpoint = _endpoint()
+    with Rendezvous(endpoint, AUTH, 2, SHORT_S) as host0, Rendezvous(endpoint, AUTH, 2, SHORT_S) as other:
+        host0.publish(SCHEDULE, b'{"schema_version": 2}')
+        assert other.fetch(SCHEDULE, SHORT_S) == b'{"schema_version": 2}'
+
+
+def test_a_node_claimed_twice_is_refused():
+    results = _register_all(_endpoint(), [{0: ("10.0.0.1", 1), 1: ("10.0.0.1", 2)}, {1: ("10.0.0.2", 1)}],
+                            timeout_s=SHORT_S)
+    errors = [str(r) for r in results if isinstance(r, RendezvousError)]
+    assert len(errors) == 1 and "node 1 is claimed twice" in errors[0], results
+    winner = next(r for r in results if isinstance(r, dict))  # whoever claimed node 1 first
+    assert f"{winner[1][0]}:{winner[1][1]} holds it" in errors[0]
+
+
+def test_hosts_with_another_setup_are_refused():
+    other = {**SETUP, "iterations": 3}
+    results = _register_all(_endpoint(), [{0: ("10.0.0.1", 1)}, {1: ("10.0.0.2", 1)}], setups=[SETUP, other])
+    assert all(isinstance(r, RendezvousError) and "runs iterations" in str(r) for r in results)
+
+
+def test_an_entry_without_the_key_is_refused():
+    """An attacker who knows the run id (it is on the wire) writes node 1's entry first."""
+    endpoint = _endpoint()
+    with Rendezvous(endpoint, AUTH, 2, SHORT_S) as rdv:
+        forger = TCPStore(*endpoint, is_master=False)
+        entry = json.dumps({"node": 1, "host": "6.6.6.6", "port": 1, "by": "x", "setup": SETUP})
+        forger.set(rdv.prefix + "node/1", "0" * 64 + " " + entry)
+        with pytest.raises(RendezvousError, match="node 1's entry is not signed with this run's key"):
+            rdv.register({0: ("10.0.0.1", 1)}, SETUP)
+        forger.set(rdv.prefix + SCHEDULE, b"not signed")
+        with pytest.raises(RendezvousError, match="the schedule is not signed"):
+            rdv.fetch(SCHEDULE, SHORT_S)
+
+
+def test_another_key_never_meets_this_run():
+    endpoint = _endpoint()
+    with Rendezvous(endpoint, AUTH, 2, 2.0) as mine, Rendezvous(endpoint, RunAuth(bytes(32)), 2, 2.0) as theirs:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            a = pool.submit(mine.register, {0: ("10.0.0.1", 1)}, SETUP)
+            b = pool.submit(theirs.register, {1: ("10.0.0.2", 1)}, SETUP)
+            for f in (a, b):
+                with pytest.raises(RendezvousError, match="still missing node/"):
+                    f.result()
+
+
+def test_an_unreachable_store_is_one_error_at_the_deadline():
+    with pytest.raises(RendezvousError, match=r"rendezvous 192\.0\.2\.1:29400: unreachable within 1 s"):
+        Rendezvous(("192.0.2.1", 29400), AUTH, 2, 1.0)
+
+
+@pytest.mark.parametrize("text", ["nohost", "host:", ":29400", "host:70000", "host:port"])
+def test_a_malformed_endpoint_is_one_error(text):
+    with pytest.raises(RendezvousError, match=f"--rendezvous '{text}': not HOST:PORT"):
+        parse_endpoint(text)
+
+
+def test_ranks_come_from_torchrun_or_slurm():
+    torchrun = {"RANK": "3", "WORLD_SIZE": "6", "MASTER_ADDR": "h0", "MASTER_PORT": "29400",
+                "TORCHELASTIC_RESTART_COUNT": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
+    r = rank_from_environment(torchrun)
+    assert (r.rank, r.world, r.rendezvous, r.scope) == (3, 6, "h0:29400", "restart-1")
+    slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "6", "MASTER_ADDR": "h0", "MASTER_PORT": "29400"}
+    assert rank_from_environment(slurm).rank == 5
+    assert rank_from_environment({"SLURM_PROCID": "5", "SLURM_NTASKS": "6"}, "h1:1").rendezvous == "h1:1"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({}, "no rank in the environment"),
+    ({"RANK": "6", "WORLD_SIZE": "6", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK=6 is outside 0..5"),
+    ({"RANK": "x", "WORLD_SIZE": "6"}, "not whole numbers"),
+    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "6"}, "MASTER_ADDR/MASTER_PORT are not"),
+])
+def test_a_missing_or_bad_rank_is_one_error(env, message):
+    with pytest.raises(SkipPipeError, match=message):
+        rank_from_environment(env)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["run", "0", "3", "ca-partial", "0", "--rendezvous", "nohost"], {}, "error: --rendezvous 'nohost': not HOST:PORT"),
+    (["run", "0", "3", "ca-partial", "0", "--rendezvous", "127.0.0.1:1", "--peers", "p.json"], {},
+     "error: give --peers (a static table) or --rendezvous, not both"),
+    (["run", "0", "3", "ca-partial", "0", "--rendezvous", "127.0.0.1:1"], {"SKIPPIPE_RUN_KEY": ""},
+     "error: --rendezvous needs the run's key on every host"),
+    (["run", "0", "3", "ca-partial", "0", "--rendezvous", "192.0.2.1:29400", "--rendezvous-timeout", "1"],
+     {"SKIPPIPE_RUN_KEY": "ab" * 32}, "error: rendezvous 192.0.2.1:29400: unreachable within 1 s"),
+    (["node", "settings/tiny.toml", "--variant", "ca-partial"], {"RANK": "", "SLURM_PROCID": ""},
+     "error: no rank in the environment"),
+    (["node", "settings/tiny.toml", "--variant", "ca-partial"],
+     {"RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "SKIPPIPE_RUN_KEY": "ab" * 32},
+     "error: world size 4, but settings/tiny.toml has 6 nodes"),
+])
+def test_bad_multi_host_input_is_one_line(tmp_path, args, env, message):
+    r = run_skippipe(args + (["--runs", str(tmp_path / "runs")] if args[0] == "run" else []), cwd=ROOT,
+                     timeout_s=60, env=env)
+    assert r.returncode == 2, r.stdout
+    assert r.stdout.strip().splitlines() == [r.stdout.strip().splitlines()[0]]
+    assert r.stdout.startswith(message), r.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.swarm
+def test_six_nodes_under_torchrun(tmp_path, tiny_schedule):
+    """torchrun serves the store itself; each node joins it with its RANK and trains."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists() and not shutil.which("torchrun"):
+        pytest.skip("torchrun is not installed next to this Python")
+    port = free_port()
+    args = [str(torchrun), "--nnodes", "1", "--nproc-per-node", "6", "--master-addr", "127.0.0.1",
+            "--master-port", str(port), "-m", "skippipe", "node", str(SETTINGS / "tiny.toml"),
+            "--variant", "ca-partial", "--schedule", str(tiny_schedule), "--iterations", "1",
+            "--runs", str(tmp_path / "runs")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SKIPPIPE_RUN_KEY": "cd" * 32}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    r = finish(proc, 240)
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.count("all 6 nodes registered") == 6
+    ends = [e for d in (tmp_path / "runs").iterdir() for e in read_jsonl(d / "events")
+            if e["event"] == "iteration_end"]
+    assert sorted(e["node"] for e in ends) == list(range(6))
+
+
+@pytest.mark.swarm
+def test_static_peers_still_join_two_launchers(tmp_path, tiny_schedule):
+    """`--peers` (no rendezvous): two launchers, one table, one key."""
+    from skippipe.util.ports import free_port_range
+    base = free_port_range(6)
+    (tmp_path / "peers.json").write_text(json.dumps({n: f"127.0.0.1:{base + n}" for n in range(6)}))
+    env = {"SKIPPIPE_RUN_KEY": "ef" * 32}
+    launchers = [start_skippipe(["run", first, last, "ca-partial", "0", "--scenario", str(SETTINGS / "tiny.toml"),
+                                 "--schedule", str(tiny_schedule), "--peers", "peers.json", "--iterations", "1",
+                                 "--runs", str(tmp_path / "runs")], cwd=tmp_path, env=env)
+                 for first, last in (("0", "3"), ("3", "6"))]
+    for proc in launchers:
+        r = finish(proc, 240)
+        assert r.returncode == 0, r.stdout
+    ends = [e for d in (tmp_path / "runs").iterdir() for e in read_jsonl(d / "events")
+            if e["event"] == "iteration_end"]
+    assert sorted(e["node"] for e in ends) == list(range(6))
