@@ -4,7 +4,8 @@ the simulator's predicted iteration time and makespan for each (the simulator ju
 Allocations: the baseline and random (DT-FM with random skipping, network-blind) run on the
 full-pipeline allocation (`planner.allocation.allocate`, DT-FM's objective); the partial variants
 on one searched for their own objective (`planner.skip_allocation`), unless
-`shared_allocation` keeps the full-pipeline one for all, as the paper did.
+`shared_allocation` keeps the full-pipeline one for all, as the paper did; dualpipev on the
+full-pipeline one folded into a V (placement.fold: each node holds a stage and its mirror).
 
 Budget: `time_limit_s` is for the whole build, split into fixed shares of it (the allocation
 searches, non-ca-partial, ca-partial, and a reserve for simulation and validation), so with one
@@ -27,7 +28,7 @@ from .memory import FAMILIES
 from .scenario import Scenario
 from .rules import validate
 from .schedule import Schedule, VariantSchedule
-from .variants import VARIANTS
+from .variants import V_PLACED, VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     sims = {}
     for name in wanted:
         alloc = skip_stages if name in PARTIAL else full.stages
+        if name in V_PLACED:  # each node holds a stage and its mirror
+            alloc = _folded(full.stages)
         t0 = time.monotonic()
         if name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1: full pipelines with planned action lists
             v = families.family_variant(name, scenario, alloc)
@@ -143,6 +146,16 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     validate(sched, scenario)
     line("done")
     return sched
+
+
+def _folded(stages):
+    """The V placement of DualPipeV from the full-pipeline allocation (placement.fold)."""
+    from .placement import fold
+    from .planner.paths import PlanningError
+    try:
+        return fold(stages)
+    except ValueError as e:
+        raise PlanningError(f"dualpipev: {e}") from None
 
 
 def _budget(name: str, opts: PlanOptions, started: float) -> float:

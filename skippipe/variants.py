@@ -12,3 +12,4 @@ SKIPPIPE = ("baseline", "random", "non-ca-partial", "ca-partial")
 VARIANTS = (*SKIPPIPE, *FAMILIES)
 FULL_PIPELINE = ("baseline", *FAMILIES)  # every path runs every stage along a column
 PARTIAL = ("non-ca-partial", "ca-partial")  # paths skip and reorder stages
+V_PLACED = ("dualpipev",)  # each node holds a stage and its mirror (placement.py)
