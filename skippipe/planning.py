@@ -5,7 +5,8 @@ Allocations: the baseline and random (DT-FM with random skipping, network-blind)
 full-pipeline allocation (`planner.allocation.allocate`, DT-FM's objective); the partial variants
 on one searched for their own objective (`planner.skip_allocation`), unless
 `shared_allocation` keeps the full-pipeline one for all, as the paper did; dualpipev on the
-full-pipeline one folded into a V (placement.fold: each node holds a stage and its mirror).
+full-pipeline one folded into a V (placement.fold: each node holds a stage and its mirror);
+ca-partial-zb on ca-partial's paths and allocation (planner/zb_fill.py).
 
 Budget: `time_limit_s` is for the whole build, split into fixed shares of it (the allocation
 searches, non-ca-partial, ca-partial, and a reserve for simulation and validation), so with one
@@ -28,7 +29,7 @@ from .memory import FAMILIES
 from .scenario import Scenario
 from .rules import validate
 from .schedule import Schedule, VariantSchedule
-from .variants import V_PLACED, VARIANTS
+from .variants import V_PLACED, VARIANTS, ZERO_BUBBLE_OF
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class PlanOptions:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise PlanningError(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
+        for name, source in ZERO_BUBBLE_OF.items():
+            if name in self.variants and source not in self.variants:
+                raise PlanningError(f"{name} is {source} with the backward split: plan {source} too")
 
     @property
     def deterministic(self) -> bool:
@@ -77,6 +81,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
                    progress: Progress | None = None) -> Schedule:
     """Plan every variant in `opts.variants` and attach the simulator's prediction to each."""
     from .planner import baselines, families, partial
+    from .planner.zb_fill import zero_bubble_fill
     from .planner.allocation import allocate
     from .planner.model_data import WALL_SAFETY
     from .sim.simulate import simulate
@@ -111,8 +116,12 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         if name in V_PLACED:  # each node holds a stage and its mirror
             alloc = _folded(full.stages)
         t0 = time.monotonic()
-        if name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1: full pipelines with planned action lists
+        if name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1, dualpipev: planned action lists
             v = families.family_variant(name, scenario, alloc)
+        elif name in ZERO_BUBBLE_OF:  # on its source's paths and allocation
+            source = variants[ZERO_BUBBLE_OF[name]]
+            alloc = source.allocation
+            v = zero_bubble_fill(name, source, scenario, alloc)
         elif name == "baseline":
             v = baselines.baseline_variant(scenario, alloc)
         elif name == "random":
