@@ -90,35 +90,23 @@ def _split(ops: Sequence[Op]) -> tuple[Op, ...]:
 
 def _moved(timed: Sequence[Op], v: VariantSchedule, costs: Costs, sc: Scenario,
            node: int) -> list[Op] | None:
-    """The node's order with each W that delayed its successor moved into a later gap that
-    holds it; None when no W moves."""
-    ops = list(timed)
-    limit = v.memory_slots(node, sc)
-    changed = False
-    i = 0
-    while i < len(ops) - 1:
-        w, nxt = ops[i], ops[i + 1]
-        end = w.start_s + costs.op_s(w.kind, node, True)
-        if w.kind is not OpKind.W or nxt.start_s > end + GAP_SLACK_S:
-            i += 1
-            continue  # not a W, or the op after it waited for its input anyway
-        trial = ops[:i] + ops[i + 1:]
-        at = _gap_after(trial, i, costs.op_s(OpKind.W, node, True), costs, node)
-        trial.insert(at, w)
+    """The node's order with each W that delayed the op after it moved before the first later
+    op that had idle time enough for it in front (the end when none had); None when no W
+    moves. Gaps come from this simulated timeline and shrink as W ops fill them."""
+    def dur(o: Op) -> float:
+        return costs.op_s(o.kind, node, True)
+
+    room = {o: o.start_s - (p.start_s + dur(p)) for p, o in zip(timed, timed[1:])}  # idle before o
+    delayed = [i for i, (w, nxt) in enumerate(zip(timed, timed[1:]))
+               if w.kind is OpKind.W and nxt.start_s <= w.start_s + dur(w) + GAP_SLACK_S]
+    ops, limit, changed = list(timed), v.memory_slots(node, sc), False
+    for i in delayed:
+        w = timed[i]
+        target = next((o for o in timed[i + 2:] if room[o] >= dur(w) - GAP_SLACK_S), None)
+        trial = [o for o in ops if o != w]
+        trial.insert(len(trial) if target is None else trial.index(target), w)
         if limit is None or peak_along(trial, True) <= limit:
             ops, changed = trial, True
-            continue  # the op now at i is looked at next
-        i += 1
+            if target is not None:
+                room[target] -= dur(w)
     return ops if changed else None
-
-
-def _gap_after(ops: list[Op], i: int, dur_s: float, costs: Costs, node: int) -> int:
-    """Index (after the op at i) of the first idle gap in the timed list that holds `dur_s`;
-    the list's end when none does. Ops keep their simulated starts, so gaps are between an
-    op's end and the next op's start."""
-    for j in range(i + 1, len(ops)):
-        prev = ops[j - 1]
-        free = prev.start_s + costs.op_s(prev.kind, node, True)
-        if ops[j].start_s - free >= dur_s - GAP_SLACK_S:
-            return j
-    return len(ops)
