@@ -82,6 +82,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     """Plan every variant in `opts.variants` and attach the simulator's prediction to each."""
     from .planner import baselines, families, partial
     from .planner.zb_fill import zero_bubble_fill
+    from .placement import fold
     from .planner.allocation import allocate
     from .planner.model_data import WALL_SAFETY
     from .sim.simulate import simulate
@@ -110,11 +111,16 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
             line(f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
                  f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): " + _fmt_stages(skip_stages))
     variants: dict[str, VariantSchedule] = {}
-    sims = {}
+    sims, skipped = {}, []
     for name in wanted:
         alloc = skip_stages if name in PARTIAL else full.stages
         if name in V_PLACED:  # each node holds a stage and its mirror
-            alloc = _folded(full.stages)
+            try:
+                alloc = fold(full.stages)
+            except ValueError as e:  # e.g. an odd number of stages: the other variants go on
+                skipped.append(f"{name}: {e}")
+                line(f"{name} skipped: {e}")
+                continue
         t0 = time.monotonic()
         if name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1, dualpipev: planned action lists
             v = families.family_variant(name, scenario, alloc)
@@ -141,6 +147,9 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         sims[name] = simulate(_one(scenario, full.stages, v), name, scenario)
         if name == "ca-partial" and "non-ca-partial" in sims:
             variants[name], sims[name] = _not_worse(scenario, full.stages, variants, sims, opts, line)
+    if not variants:
+        from .planner.paths import PlanningError
+        raise PlanningError("; ".join(skipped) or "no variant to plan")
     line("simulating and validating ...")
     for name, v in variants.items():
         sim = sims[name]
@@ -155,16 +164,6 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     validate(sched, scenario)
     line("done")
     return sched
-
-
-def _folded(stages):
-    """The V placement of DualPipeV from the full-pipeline allocation (placement.fold)."""
-    from .placement import fold
-    from .planner.paths import PlanningError
-    try:
-        return fold(stages)
-    except ValueError as e:
-        raise PlanningError(f"dualpipev: {e}") from None
 
 
 def _budget(name: str, opts: PlanOptions, started: float) -> float:

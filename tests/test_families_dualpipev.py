@@ -124,7 +124,11 @@ def test_dualpipev_on_tiny_plans_validates_replays_and_round_trips(tiny_scenario
     assert from_dict(to_dict(sched)).variants["dualpipev"] == v
 
 
-def test_a_scenario_without_a_v_is_one_planning_error():
+def test_a_scenario_without_a_v_skips_dualpipev_or_is_one_planning_error():
     sc = make_scenario([1, 1, 1], mb_per_node=2)
+    lines = []
+    sched = build_schedule(sc, PlanOptions(variants=("1f1b", "dualpipev"), time_limit_s=2, workers=1),
+                           lines.append)
+    assert list(sched.variants) == ["1f1b"] and any("dualpipev skipped" in x for x in lines)
     with pytest.raises(PlanningError, match="even number of stages"):
         build_schedule(sc, PlanOptions(variants=("dualpipev",), time_limit_s=2, workers=1))
