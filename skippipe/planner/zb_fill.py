@@ -48,7 +48,8 @@ def zero_bubble_fill(name: str, source: VariantSchedule, scenario: Scenario,
     costs = Costs(scenario)
 
     def run(candidate):
-        v = dataclasses.replace(source, name=name, order=candidate, split_backward=True, dispatch="planned")
+        v = dataclasses.replace(source, name=name, order=candidate, split_backward=True, dispatch="planned",
+                                predicted={})  # the source's planned times are not this variant's
         return v, simulate(Schedule(scenario.name, scenario.content_hash, scenario.source, stages, {name: v}),
                            name, scenario)
 
