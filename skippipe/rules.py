@@ -3,7 +3,8 @@
 CC1-CC3 (paths), TC1 (even visit share; memory slots or a family's own activation limit along
 each node's action list), TC2 (no overlap on a node) and link timing when start times are given,
 the full pipelines' shape (baseline and the classic families), and that every variant runs on a
-complete allocation. `violations()` returns them all; `validate()` raises the first as a
+complete allocation (under dualpipev's V placement: every node holds a stage and its mirror,
+placement.v_problems, and each path comes back through the nodes it went down). `violations()` returns them all; `validate()` raises the first as a
 ScheduleError naming variant, microbatch, hop and rule.
 """
 from __future__ import annotations
