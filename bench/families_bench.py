@@ -31,7 +31,7 @@ from skippipe.timeline import gantt_png  # noqa: E402
 SETTINGS = Path(__file__).resolve().parents[1] / "settings"
 SCENARIOS = ("tiny", "geo-distributed", "hetero-gpus", "single-cluster")
 REFERENCE = "1f1b"  # every iteration time is compared with this family's on its scenario
-GANTT_VARIANTS = ("baseline", "naive", "gpipe", "1f1b", "zb-h1", "ca-partial")
+GANTT_VARIANTS = ("baseline", "naive", "gpipe", "1f1b", "zb-h1", "dualpipev", "ca-partial", "ca-partial-zb")
 GANTT_COLUMNS = 2
 DEFAULT_WORKERS = 2
 HEADER = ("scenario", "variant", "iteration s", f"vs {REFERENCE}", "makespan s", "bubble",

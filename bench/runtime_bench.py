@@ -10,6 +10,7 @@ emulation keeps the scenario's compute times and 32 MiB messages, time-scaled to
 
     .venv/bin/python bench/runtime_bench.py                 # tiny and geo-distributed
     .venv/bin/python bench/runtime_bench.py --only tiny
+    .venv/bin/python bench/runtime_bench.py --only geo-distributed --variants 1f1b dualpipev
 """
 from __future__ import annotations
 
@@ -55,17 +56,23 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=list(CASES), action="append", help="run only these scenarios")
     ap.add_argument("--out", default=None, help="folder for the runs (default: a temporary one)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="V",
+                    help=f"variants to run (default: {' '.join(VARIANTS)}; the speedup table needs both)")
     args = ap.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="skippipe-bench-"))
     results = []
     for name in args.only or list(CASES):
-        for variant in VARIANTS:
+        for variant in args.variants:
             results.append(run_case(name, variant, out, free_port_range(CASES[name][1])))
     print("\n| scenario | variant | time scale | measured s/iter | predicted s/iter | measured / predicted |")
     print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['scenario']} | {r['variant']} | {r['time_scale']:g} | {r['measured_s']:.2f} | "
               f"{r['predicted_s']:.2f} | {r['measured_s'] / r['predicted_s']:.2f} |")
+    (out / "runtime_bench.json").write_text(json.dumps(results, indent=1))
+    if not set(VARIANTS) <= set(args.variants):
+        print(f"\nraw results: {out / 'runtime_bench.json'}")
+        return 0
     print("\n| scenario | speedup ca-partial over baseline, measured | simulated |")
     print("|---|---|---|")
     for name in args.only or list(CASES):

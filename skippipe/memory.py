@@ -14,6 +14,8 @@ microbatch and the rules are the published ones (reference/schedules.md):
 | gpipe  | every microbatch it serves                                | m                 |
 | 1f1b   | the microbatches of p - i consecutive rounds              | p - i             |
 | zb-h1  | the microbatches of p consecutive rounds (W frees them)   | p (1F1B's peak)   |
+| dualpipev | both chunks of P = p/2 consecutive rounds, plus one more  | 2P + 1 = p + 1    |
+|        | chunk of a round (a V node holds stages i and p-1-i)      | (its authors')    |
 """
 from __future__ import annotations
 
@@ -50,10 +52,11 @@ def _window(sizes: Sequence[int], width: int) -> int:
 
 def _rounds_of(stage: int, n_stages: int) -> dict[str, int | None]:
     """Consecutive rounds each family may hold at `stage` (None: all of them)."""
-    return {"naive": 1, "gpipe": None, "1f1b": n_stages - stage, "zb-h1": n_stages}
+    return {"naive": 1, "gpipe": None, "1f1b": n_stages - stage, "zb-h1": n_stages,
+            "dualpipev": n_stages // 2}
 
 
-FAMILIES = ("naive", "gpipe", "1f1b", "zb-h1")  # the classic schedule families, in table order
+FAMILIES = ("naive", "gpipe", "1f1b", "zb-h1", "dualpipev")  # the classic schedule families, in table order
 
 
 def family_limits(family: str, paths: Sequence[PathLike], stage_of: dict[int, int],
@@ -71,4 +74,6 @@ def family_limits(family: str, paths: Sequence[PathLike], stage_of: dict[int, in
         sizes = [per_round.get(r, 0) for r in range(n_rounds)]
         width = _rounds_of(stage_of[node], n_stages)[family]
         out[node] = sum(sizes) if width is None else _window(sizes, width)
+        if family == "dualpipev":  # a round's sizes count both chunks: one more chunk's worth
+            out[node] += -(-max(sizes) // 2)
     return out

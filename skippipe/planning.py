@@ -4,7 +4,9 @@ the simulator's predicted iteration time and makespan for each (the simulator ju
 Allocations: the baseline and random (DT-FM with random skipping, network-blind) run on the
 full-pipeline allocation (`planner.allocation.allocate`, DT-FM's objective); the partial variants
 on one searched for their own objective (`planner.skip_allocation`), unless
-`shared_allocation` keeps the full-pipeline one for all, as the paper did.
+`shared_allocation` keeps the full-pipeline one for all, as the paper did; dualpipev on the
+full-pipeline one folded into a V (placement.fold: each node holds a stage and its mirror);
+ca-partial-zb on ca-partial's paths and allocation (planner/zb_fill.py).
 
 Budget: `time_limit_s` is for the whole build, split into fixed shares of it (the allocation
 searches, non-ca-partial, ca-partial, and a reserve for simulation and validation), so with one
@@ -27,7 +29,7 @@ from .memory import FAMILIES
 from .scenario import Scenario
 from .rules import validate
 from .schedule import Schedule, VariantSchedule
-from .variants import VARIANTS
+from .variants import V_PLACED, VARIANTS, ZERO_BUBBLE_OF
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,9 @@ class PlanOptions:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise PlanningError(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
+        for name, source in ZERO_BUBBLE_OF.items():
+            if name in self.variants and source not in self.variants:
+                raise PlanningError(f"{name} is {source} with the backward split: plan {source} too")
 
     @property
     def deterministic(self) -> bool:
@@ -76,6 +81,8 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
                    progress: Progress | None = None) -> Schedule:
     """Plan every variant in `opts.variants` and attach the simulator's prediction to each."""
     from .planner import baselines, families, partial
+    from .planner.zb_fill import zero_bubble_fill
+    from .placement import fold
     from .planner.allocation import allocate
     from .planner.model_data import WALL_SAFETY
     from .sim.simulate import simulate
@@ -104,12 +111,23 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
             line(f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
                  f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): " + _fmt_stages(skip_stages))
     variants: dict[str, VariantSchedule] = {}
-    sims = {}
+    sims, skipped = {}, []
     for name in wanted:
         alloc = skip_stages if name in PARTIAL else full.stages
+        if name in V_PLACED:  # each node holds a stage and its mirror
+            try:
+                alloc = fold(full.stages)
+            except ValueError as e:  # e.g. an odd number of stages: the other variants go on
+                skipped.append(f"{name}: {e}")
+                line(f"{name} skipped: {e}")
+                continue
         t0 = time.monotonic()
-        if name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1: full pipelines with planned action lists
+        if name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1, dualpipev: planned action lists
             v = families.family_variant(name, scenario, alloc)
+        elif name in ZERO_BUBBLE_OF:  # on its source's paths and allocation
+            source = variants[ZERO_BUBBLE_OF[name]]
+            alloc = source.allocation
+            v = zero_bubble_fill(name, source, scenario, alloc)
         elif name == "baseline":
             v = baselines.baseline_variant(scenario, alloc)
         elif name == "random":
@@ -129,6 +147,9 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         sims[name] = simulate(_one(scenario, full.stages, v), name, scenario)
         if name == "ca-partial" and "non-ca-partial" in sims:
             variants[name], sims[name] = _not_worse(scenario, full.stages, variants, sims, opts, line)
+    if not variants:
+        from .planner.paths import PlanningError
+        raise PlanningError("; ".join(skipped) or "no variant to plan")
     line("simulating and validating ...")
     for name, v in variants.items():
         sim = sims[name]

@@ -3,7 +3,8 @@
 CC1-CC3 (paths), TC1 (even visit share; memory slots or a family's own activation limit along
 each node's action list), TC2 (no overlap on a node) and link timing when start times are given,
 the full pipelines' shape (baseline and the classic families), and that every variant runs on a
-complete allocation. `violations()` returns them all; `validate()` raises the first as a
+complete allocation (under dualpipev's V placement: every node holds a stage and its mirror,
+placement.v_problems, and each path comes back through the nodes it went down). `violations()` returns them all; `validate()` raises the first as a
 ScheduleError naming variant, microbatch, hop and rule.
 """
 from __future__ import annotations
@@ -17,8 +18,9 @@ from .costs import Costs
 from .errors import ScheduleError
 from .memory import FAMILIES, family_limits, peak_along
 from .ops import Op, OpKind, frees_slot, node_ops, op_chain, prev_op, takes_slot
+from .placement import v_path_problem, v_problems
 from .scenario import Scenario
-from .variants import FULL_PIPELINE
+from .variants import FULL_PIPELINE, V_PLACED
 
 if TYPE_CHECKING:
     from .schedule import MicrobatchPath, Schedule, VariantSchedule
@@ -55,12 +57,18 @@ def violations(s: Schedule, scenario: Scenario) -> list[Violation]:
     if out:
         return out
     for v in s.variants.values():  # each variant is checked against the allocation it runs on
-        bad = [] if v.allocation is None else list(_check_allocation(v.allocation, v.name, scenario))
+        bad = [] if v.allocation is None else list(_check_allocation(v.allocation, v.name, scenario,
+                                                                      v.name in V_PLACED))
         out += bad or _check_variant(s.for_variant(v.name), v, scenario)
     return out
 
 
-def _check_allocation(allocation, variant: str, scenario: Scenario) -> Iterable[Violation]:
+def _check_allocation(allocation, variant: str, scenario: Scenario,
+                      v_placed: bool = False) -> Iterable[Violation]:
+    if v_placed:  # each node holds a stage and its mirror
+        for problem in v_problems(allocation, scenario.pipeline.stage_sizes, len(scenario.nodes)):
+            yield Violation("ALLOC", variant, None, None, problem)
+        return
     sizes = tuple(len(nodes) for nodes in allocation)
     if sizes != scenario.pipeline.stage_sizes:
         yield Violation("ALLOC", variant, None, None,
@@ -72,9 +80,9 @@ def _check_allocation(allocation, variant: str, scenario: Scenario) -> Iterable[
 
 def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violation]:
     out = list(_check_counts(s, v, sc))
-    stage_of = s.stage_of()
+    stage_of, stages_of = s.stage_of(), s.stages_of()
     for p in v.paths:
-        out += _check_path(v, p, stage_of, sc)
+        out += _check_path(v, p, stages_of, sc)
     if out:
         return out
     out += _check_load(v, sc)
@@ -100,18 +108,18 @@ def _check_counts(s: Schedule, v: VariantSchedule, sc: Scenario) -> Iterable[Vio
                             f"data node {node} owns {per_origin.get(node, 0)} microbatches, not {want}")
 
 
-def _check_path(v: VariantSchedule, p: MicrobatchPath, stage_of: dict[int, int],
+def _check_path(v: VariantSchedule, p: MicrobatchPath, stages_of: dict[int, tuple[int, ...]],
                 sc: Scenario) -> list[Violation]:
     def bad(rule, hop, msg):
         return Violation(rule, v.name, p.microbatch, hop, msg)
 
     out = []
-    if stage_of.get(p.origin) != 0:
+    if 0 not in stages_of.get(p.origin, ()):
         return [bad("CC1", None, f"origin {p.origin} is not a stage-0 node")]
     if not p.hops or (p.hops[0].stage, p.hops[0].node) != (0, p.origin):
         return [bad("CC1", 0, "path must start at stage 0 on its own data node")]
     for i, h in enumerate(p.hops):
-        if stage_of.get(h.node) != h.stage:
+        if h.stage not in stages_of.get(h.node, ()):
             out.append(bad("ALLOC", i, f"node {h.node} does not hold stage {h.stage}"))
         if i > 0 and h.stage == 0:
             out.append(bad("CC1", i, "stage 0 is revisited"))
@@ -175,9 +183,11 @@ def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
         if p.stages != tuple(range(len(s.allocation))):
             out.append(Violation("BASELINE", v.name, p.microbatch, None,
                                  f"a full-pipeline path runs every stage in order, got {list(p.stages)}"))
-    loads = Counter(h.node for p in v.paths for h in p.hops[1:])
+        elif v.name in V_PLACED and v_path_problem(p.nodes):
+            out.append(Violation("ALLOC", v.name, p.microbatch, None, v_path_problem(p.nodes)))
+    loads = Counter((h.stage, h.node) for p in v.paths for h in p.hops[1:])
     for stage, nodes in enumerate(s.allocation[1:], start=1):
-        counts = [loads.get(n, 0) for n in nodes]
+        counts = [loads.get((stage, n), 0) for n in nodes]
         if max(counts) - min(counts) > 1:
             out.append(Violation("BASELINE", v.name, None, None,
                                  f"stage {stage} nodes carry uneven pipelines {counts}"))

@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import ScheduleError
 from .ops import Op, OpKind, node_ops
+from .placement import stages_of
 from .rules import validate
 from .scenario import Scenario, load_scenario
 from .variants import VARIANTS
@@ -137,7 +138,12 @@ class Schedule:
         return self.allocation if own is None else own
 
     def stage_of(self, variant: str | None = None) -> dict[int, int]:
-        return {n: s for s, nodes in enumerate(self.allocation_of(variant)) for n in nodes}
+        """node -> its stage (its lower one under the V placement: placement.py)."""
+        return {n: held[0] for n, held in self.stages_of(variant).items()}
+
+    def stages_of(self, variant: str | None = None) -> dict[int, tuple[int, ...]]:
+        """node -> every stage it holds (two under the V placement)."""
+        return stages_of(self.allocation_of(variant))
 
     def for_variant(self, variant: str) -> Schedule:
         """This schedule with `allocation` set to `variant`'s: code that reads

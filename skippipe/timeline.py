@@ -204,9 +204,16 @@ def _nodes(events: Iterable[dict]) -> set[int]:
     return {e["node"] for e in events if "node" in e}
 
 
-def _stages(events: Iterable[dict]) -> dict[int, int]:
-    return {e["node"]: e["stage"] for e in events if e.get("stage") is not None}
+def _stages(events: Iterable[dict]) -> dict[int, tuple[int, ...]]:
+    """node -> the stages its events name (two under DualPipeV's V placement)."""
+    out: dict[int, set[int]] = {}
+    for e in events:
+        if e.get("stage") is not None:
+            out.setdefault(e["node"], set()).add(e["stage"])
+    return {n: tuple(sorted(s)) for n, s in out.items()}
 
 
-def _row_label(node: int, stage: int | None) -> str:
-    return f"node {node}" if stage is None else f"node {node} (stage {stage})"
+def _row_label(node: int, stages: tuple[int, ...] | None) -> str:
+    if not stages:
+        return f"node {node}"
+    return f"node {node} (stage{'s' if len(stages) > 1 else ''} {'+'.join(map(str, stages))})"

@@ -9,7 +9,7 @@ PACKAGE = ROOT / "skippipe"
 LAYERS = [
     {"errors"},
     {"scenario", "ops"},
-    {"costs", "dispatch", "timeline", "memory"},
+    {"costs", "dispatch", "timeline", "memory", "placement"},
     {"variants"},
     {"rules"},
     {"schedule"},

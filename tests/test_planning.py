@@ -11,7 +11,8 @@ from skippipe.planner.paths import PlanningError
 from skippipe.planning import PlanOptions, build_schedule, format_table, summary_rows
 from skippipe.scenario import load_scenario
 from skippipe.schedule import SCHEMA_VERSION, ScheduleError, from_dict, load_schedule, save_schedule, to_dict
-from skippipe.variants import VARIANTS
+from skippipe.placement import fold
+from skippipe.variants import V_PLACED, VARIANTS
 from skippipe.sim.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,15 +47,20 @@ def test_partial_variants_get_their_own_allocation_and_baseline_the_full_pipelin
     assert built.variants["random"].allocation == built.allocation
     assert built.variants["ca-partial"].allocation == built.variants["non-ca-partial"].allocation
     for name in built.variants:  # each variant validates and simulates on its own allocation
-        assert built.stage_of(name) == {n: s for s, nodes in enumerate(built.allocation_of(name))
-                                        for n in nodes}
+        held = {}  # dualpipev: a node holds a stage and its mirror; stage_of names the lower
+        for s, nodes in enumerate(built.allocation_of(name)):
+            for n in nodes:
+                held.setdefault(n, []).append(s)
+        assert built.stages_of(name) == {n: tuple(h) for n, h in held.items()}
+        assert built.stage_of(name) == {n: h[0] for n, h in held.items()}
         assert simulate(built, name, tiny).iteration_s == pytest.approx(
             built.variants[name].predicted["iteration_s"], abs=1e-3)
 
 
 def test_shared_allocation_keeps_one_for_all(tiny):
     sched = build_schedule(tiny, PlanOptions(time_limit_s=3, workers=1, shared_allocation=True))
-    assert {v.allocation for v in sched.variants.values()} == {sched.allocation}
+    assert {v.allocation for n, v in sched.variants.items() if n not in V_PLACED} == {sched.allocation}
+    assert sched.variants["dualpipev"].allocation == fold(sched.allocation)  # the same, as a V
 
 
 @pytest.mark.slow

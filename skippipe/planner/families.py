@@ -1,9 +1,9 @@
-"""The classic pipeline schedules beside SkipPipe: naive, GPipe, 1F1B and ZB-H1 as variants.
+"""The classic pipeline schedules beside SkipPipe: naive, GPipe, 1F1B, ZB-H1 and DualPipeV.
 
 Each is a full pipeline over the baseline's paths (DT-FM's columns: the same microbatches per
-iteration as every variant) and a per-node action list that nodes run exactly (dispatch
-"planned"). One function per family turns a node's microbatches into its pattern; the rest is
-shared.
+iteration as every variant; DualPipeV: the V paths of its V placement, planner/dualpipev.py)
+and a per-node action list that nodes run exactly (dispatch "planned"). One function per family
+turns a node's microbatches into its pattern; the rest is shared.
 
 How the per-stage schedules of the papers map onto SkipPipe's ring:
 - Stage i of the classic pipeline is stage i here (p = the scenario's stages). A microbatch runs
@@ -30,6 +30,7 @@ Patterns (rounds k = 0..n-1 at one node of stage i; F(k)/B(k)/W(k): that round's
 - 1f1b: warm-up F(0..p-i-2), then F(k+p-i-1) B(k) for each k (PipeDream-flush), then the drain.
 - zb-h1: 1f1b's F and B, the backward split; stage i runs W(k-i) after B(k) and the last i W's
   at the end (Qi et al. 2024: W deferred into the bubbles, in-flight rounds p at every stage).
+- dualpipev: the node of rank r holds stages r and p-1-r; planner/dualpipev.py has its steps.
 """
 from __future__ import annotations
 
@@ -40,13 +41,16 @@ from typing import Callable, Sequence
 
 from ..memory import FAMILIES, family_limits, rounds
 from ..ops import B, F, L, Op, OpKind, W
+from ..placement import stages_of
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, Provenance, Schedule, VariantSchedule
+from ..variants import V_PLACED
 from .baselines import AllocationLike, baseline_variant
+from .dualpipev import dualpipev, v_paths
 from .paths import PlanningError
 
 Wave = list[tuple[int, int]]  # one round's (microbatch, hop) at one node, in microbatch order
-SPLIT_BACKWARD = ("zb-h1",)
+SPLIT_BACKWARD = ("zb-h1", "dualpipev")
 
 
 def _ops(kind: Callable[[int, int], Op], wave: Wave) -> list[Op]:
@@ -82,7 +86,7 @@ def zb_h1(waves: Sequence[Wave], stage: int, n_stages: int) -> list[Op]:
 
 
 PATTERNS: dict[str, Callable[[Sequence[Wave], int, int], list[Op]]] = {
-    "naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "zb-h1": zb_h1}
+    "naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "zb-h1": zb_h1, "dualpipev": dualpipev}
 assert tuple(PATTERNS) == FAMILIES
 
 
@@ -95,17 +99,17 @@ def family_variant(name: str, scenario: Scenario, allocation: AllocationLike) ->
     if name not in PATTERNS:
         raise PlanningError(f"unknown schedule family {name!r} (known: {', '.join(PATTERNS)})")
     started = time.monotonic()
-    base = baseline_variant(scenario, allocation)
     stages = tuple(tuple(nodes) for nodes in allocation)
-    stage_of = {n: s for s, nodes in enumerate(stages) for n in nodes}
+    paths = v_paths(scenario, stages) if name in V_PLACED else baseline_variant(scenario, stages).paths
+    stage_of = {n: held[0] for n, held in stages_of(stages).items()}  # a V node: its lower stage
     n_stages = len(stages)
     pattern = {node: PATTERNS[name](waves, stage_of[node], n_stages)
-               for node, waves in _waves(base.paths).items()}
-    for p in base.paths:  # the losses float in the dry run: where they sit here does not matter
+               for node, waves in _waves(paths).items()}
+    for p in paths:  # the losses float in the dry run: where they sit here does not matter
         pattern[p.origin].append(L(p.microbatch))
-    draft = VariantSchedule(name, base.paths, {n: tuple(ops) for n, ops in pattern.items()},
+    draft = VariantSchedule(name, paths, {n: tuple(ops) for n, ops in pattern.items()},
                             dispatch="planned",
-                            activation_limits=family_limits(name, base.paths, stage_of, n_stages),
+                            activation_limits=family_limits(name, paths, stage_of, n_stages),
                             split_backward=name in SPLIT_BACKWARD)
     sched = Schedule(scenario.name, scenario.content_hash, scenario.source, stages, {name: draft})
     try:

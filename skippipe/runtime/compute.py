@@ -1,5 +1,9 @@
 """The torch side of one node: its stage's weights and optimizer, and the work of each operation.
 
+A node holds one module per stage chunk it serves: one, or two under DualPipeV's V placement
+(placement.py); each operation runs on the chunk of its hop's stage, and the optimizer, the
+gradients, the checkpoint and a rejoining peer's state cover every chunk.
+
 Per iteration: a forward runs the stage's layers on the arriving activations (or embeds the
 tokens at hop 0) and keeps input and output for its backward; the loss at the origin runs the
 LM head, scales the loss by 1 / (microbatches in the iteration) and starts the backward; a
@@ -35,12 +39,17 @@ def stand_in(model: ModelConfig, settings: str) -> ModelConfig:
 
 class StageCompute:
     def __init__(self, sc: Scenario, model_cfg: ModelConfig, stage: int, device: torch.device,
-                 train_cfg: TrainConfig, n_microbatches: int, split: bool = False):
+                 train_cfg: TrainConfig, n_microbatches: int, split: bool = False,
+                 stages: tuple[int, ...] = ()):
         self.model_cfg, self.stage, self.device, self.train_cfg = model_cfg, stage, device, train_cfg
         self.n_microbatches, self.split = n_microbatches, split
-        self.module = build_stage(model_cfg, stage, sc.pipeline.n_stages, device, train_cfg.seed)
-        self.params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer([self.module], train_cfg)
+        self.modules = {s: build_stage(model_cfg, s, sc.pipeline.n_stages, device, train_cfg.seed)
+                        for s in stages or (stage,)}  # stage -> its chunk
+        self.module = self.modules[stage]  # the first chunk: stage 0's embeds and scores
+        self.chunks = torch.nn.ModuleList(self.modules.values())  # averaged, sized, rejoined as one
+        self.chunk_params = {s: [p for p in m.parameters() if p.requires_grad] for s, m in self.modules.items()}
+        self.params = [p for ps in self.chunk_params.values() for p in ps]
+        self.optimizer = make_optimizer(list(self.modules.values()), train_cfg)
         self.late_saved: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.begin_iteration()
 
@@ -60,15 +69,17 @@ class StageCompute:
         self.saved = {key: v for key, v in self.saved.items() if key[0] != mb}
         self.out_grads = {key: g for key, g in self.out_grads.items() if key[0] != mb}
 
-    def run(self, op: Op) -> torch.Tensor | None:
-        """The torch work of one operation; returns the tensor to send on (CPU, contiguous)."""
+    def run(self, op: Op, stage: int | None = None) -> torch.Tensor | None:
+        """The torch work of one operation on the chunk of `stage` (default: the first); returns
+        the tensor to send on (CPU, contiguous)."""
         mb, hop = op.microbatch, op.hop
+        module = self.modules[self.stage if stage is None else stage]
         if op.kind is OpKind.F:
             if hop == 0:
-                x, out = None, self.module.run_layers(self.module.embed(self.batch[mb][:, :-1]))
+                x, out = None, module.run_layers(module.embed(self.batch[mb][:, :-1]))
             else:
                 x = self.tensors.pop(op).requires_grad_(True)
-                out = self.module.run_layers(x)
+                out = module.run_layers(x)
             self.saved[(mb, hop)] = (x, out)
             return out.detach().cpu()
         if op.kind is OpKind.L:
@@ -79,7 +90,7 @@ class StageCompute:
             self.loss_count += 1
             return h.grad.detach().cpu()
         if op.kind is OpKind.W:
-            return self._weight_grad(mb, hop)
+            return self._weight_grad(mb, hop, module.stage)
         grad = self.tensors.pop(op)
         if self.split:
             return self._input_grad(mb, hop, grad)
@@ -96,19 +107,19 @@ class StageCompute:
         (gx,) = torch.autograd.grad(out, x, grad, retain_graph=True)
         return gx.detach().cpu()
 
-    def _weight_grad(self, mb: int, hop: int) -> None:
-        """W of a split backward: accumulate the weight gradients and free the graph."""
+    def _weight_grad(self, mb: int, hop: int, stage: int) -> None:
+        """W of a split backward: accumulate the chunk's weight gradients and free the graph."""
         _, out = self.saved.pop((mb, hop))
-        torch.autograd.backward(out, self.out_grads.pop((mb, hop)), inputs=self.params)
+        torch.autograd.backward(out, self.out_grads.pop((mb, hop)), inputs=self.chunk_params[stage])
 
-    def run_late(self, it: int, op: Op, tensor: torch.Tensor) -> torch.Tensor | None:
-        """A late operation of iteration `it`: forward with the current weights, backward to
-        the input only. None when there is nothing to send back."""
+    def run_late(self, it: int, op: Op, tensor: torch.Tensor, stage: int | None = None) -> torch.Tensor | None:
+        """A late operation of iteration `it` on the chunk of `stage`: forward with the current
+        weights, backward to the input only. None when there is nothing to send back."""
         key = (it, op.microbatch, op.hop)
         t = tensor.to(self.device)
         if op.kind is OpKind.F:
             x = t.requires_grad_(True)
-            out = self.module.run_layers(x)
+            out = self.modules[self.stage if stage is None else stage].run_layers(x)
             self.late_saved[key] = (x, out)
             return out.detach().cpu()
         if key not in self.late_saved:
@@ -118,17 +129,19 @@ class StageCompute:
         return grad.detach().cpu()
 
     def step(self, it: int) -> None:
-        clip_stage(self.module, self.train_cfg.grad_clip)
+        for module in self.modules.values():  # as single-process training: stage by stage
+            clip_stage(module, self.train_cfg.grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(it, self.train_cfg)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def save_gradients(self, path: Path) -> None:
-        """Tests: the stage's summed gradients, before clipping and the step."""
+        """Tests: each chunk's summed gradients (stage -> name -> tensor), before clipping and
+        the step."""
         path.parent.mkdir(exist_ok=True)
-        torch.save({k: p.grad.detach().cpu() for k, p in self.module.named_parameters()
-                    if p.grad is not None}, path)
+        torch.save({s: {k: p.grad.detach().cpu() for k, p in m.named_parameters() if p.grad is not None}
+                    for s, m in self.modules.items()}, path)
 
     def save(self, directory: Path, node_id: int, writer: bool, info: CheckpointInfo | None) -> None:
         """The stage under directory/nodes/node-N/; the stage's `writer` also writes
@@ -136,16 +149,17 @@ class StageCompute:
         single-process checkpoint."""
         own = directory / "nodes" / f"node-{node_id}"
         own.mkdir(parents=True, exist_ok=True)
-        save_stage(self.module, own)
-        if writer:
-            save_stage(self.module, directory)
-            if info is not None:
-                save_checkpoint([], directory, info)
+        for module in self.modules.values():
+            save_stage(module, own)
+            if writer:
+                save_stage(module, directory)
+        if writer and info is not None:
+            save_checkpoint([], directory, info)
 
     def state_vector(self) -> tuple[torch.Tensor, list[int]]:
         """Weights and AdamW moments as one float32 vector, plus each parameter's step count:
         what a rejoining node needs to continue exactly like its stage peers."""
-        params = list(self.module.parameters())
+        params = list(self.chunks.parameters())
         parts, steps = [p.detach().reshape(-1).float().cpu() for p in params], []
         for p in params:
             state = self.optimizer.state.get(p, {})
@@ -156,7 +170,7 @@ class StageCompute:
         return torch.cat(parts), steps
 
     def load_state_vector(self, flat: torch.Tensor, steps: tuple[int, ...]) -> None:
-        params = list(self.module.parameters())
+        params = list(self.chunks.parameters())
         offset = 0
 
         def take(p):

@@ -7,6 +7,7 @@ microbatch's whole path, so any node can serve a re-routed microbatch it was not
 from __future__ import annotations
 
 from ..ops import B, F, L, Op, OpKind, next_op, node_of
+from ..placement import hop_stages
 from ..schedule import Hop, MicrobatchPath
 from .wire import Kind, Message
 
@@ -51,9 +52,9 @@ def attempt_of(msg: Message) -> int:
     return msg.tags[TAG_ATTEMPT]
 
 
-def path_of(msg: Message, stage_of: dict[int, int]) -> MicrobatchPath:
+def path_of(msg: Message, stages_of: dict[int, tuple[int, ...]]) -> MicrobatchPath:
     nodes = unpack_path(msg.tags[TAG_PATH_LO], msg.tags[TAG_PATH_HI])
-    return MicrobatchPath(msg.microbatch, nodes[0], tuple(Hop(stage_of[n], n) for n in nodes))
+    return MicrobatchPath(msg.microbatch, nodes[0], tuple(map(Hop, hop_stages(nodes, stages_of), nodes)))
 
 
 def op_of(msg: Message, path: MicrobatchPath) -> Op:

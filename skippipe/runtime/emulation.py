@@ -26,18 +26,21 @@ class Emulation:
     """Time scaling for one run, and for one node of it when given the scenario's costs."""
 
     def __init__(self, time_scale: float, *, compute: bool = True, links: bool = True,
-                 costs: Costs | None = None, node: int | None = None):
+                 costs: Costs | None = None, node: int | None = None, chunks: tuple[int, ...] = ()):
         if not time_scale > 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
         self.time_scale, self.compute, self.links = time_scale, compute, links
         self.costs, self.node = costs, node
+        self.chunks = chunks  # the stages the node holds (two under the V placement)
         self.slow = 1.0  # failure injection's slow-down of this node (1: none)
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, costs: Costs | None = None, node: int | None = None) -> Emulation:
-        """The run's emulation; with `costs` and `node`, what that node waits for."""
+    def from_config(cls, cfg: RunConfig, costs: Costs | None = None, node: int | None = None,
+                    chunks: tuple[int, ...] = ()) -> Emulation:
+        """The run's emulation; with `costs` and `node` (holding the stages `chunks`), what that
+        node waits for."""
         return cls(cfg.time_scale, compute=cfg.emulate_compute, links=cfg.emulate_links,
-                   costs=costs, node=node)
+                   costs=costs, node=node, chunks=chunks)
 
     # -- scenario seconds -> wall seconds ---------------------------------------------------
     def wall_s(self, scenario_s: float) -> float:
@@ -50,8 +53,11 @@ class Emulation:
         return self.wall_s(self._costs().op_s(kind.value, self.node, split)) if self.compute else 0.0
 
     def averaging_s(self, stage: int, group: list[int]) -> float:
-        """Wall seconds the stage's averaging among `group` should last; 0 without link emulation."""
-        return self.wall_s(self._costs().averaging_s(stage, group)) if self.links else 0.0
+        """Wall seconds the stage's averaging among `group` should last; 0 without link emulation.
+        A node holding two stages (V placement) averages both in one exchange over the same
+        ring: the two stages' times, one after the other (placement.averaging_ends)."""
+        stages = self.chunks if stage in self.chunks else (stage,)
+        return self.wall_s(sum(self._costs().averaging_s(s, group) for s in stages)) if self.links else 0.0
 
     def link_bytes(self, nominal_bytes: int) -> int:
         """Bytes an outgoing message occupies its emulated link for (the slow factor stretches

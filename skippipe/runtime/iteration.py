@@ -30,10 +30,10 @@ from .wire import Kind, Message
 class Iteration:
     def __init__(self, it: int, variant: VariantSchedule, memory_slots: int | None, degraded: bool,
                  data_node: bool, messenger: Messenger, compute: StageCompute,
-                 allocation: tuple[tuple[int, ...], ...], stage_of: dict[int, int]):
+                 allocation: tuple[tuple[int, ...], ...], stages_of: dict[int, tuple[int, ...]]):
         self.it, self.m, self.compute = it, messenger, compute
         self.id = messenger.id
-        self.allocation, self.stage_of = allocation, stage_of
+        self.allocation, self.stages_of = allocation, stages_of
         self.data_nodes = set(allocation[0])
         self.paths = {p.microbatch: p for p in variant.paths}
         self.attempt = {mb: 0 for mb in self.paths}
@@ -135,7 +135,7 @@ class Iteration:
             return True  # a lost microbatch or a superseded attempt: drop it
         if attempt > self.attempt.get(mb, 0):
             return False
-        path = path_of(msg, self.stage_of)
+        path = path_of(msg, self.stages_of)
         self.paths[mb] = path
         op = op_of(msg, path)
         self.disp.add([op])

@@ -106,7 +106,13 @@ class Messenger:
     # -- sending ----------------------------------------------------------------------------
     def send(self, dst: int, msg: Message, nominal_bytes: int | None = None) -> None:
         """Send in the background to a live peer; `nominal_bytes` (the scenario's message size)
-        makes it a data message that waits on the emulated link and is logged."""
+        makes it a data message that waits on the emulated link and is logged. A message to
+        this node itself (the next hop of a V path on the same node) is handed over at once, as
+        in the simulator: no wire, no link."""
+        if dst == self.id:
+            self.route(msg)
+            self._wake.set()
+            return
         task = asyncio.create_task(self._send(dst, msg, nominal_bytes))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)

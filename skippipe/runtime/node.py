@@ -65,28 +65,28 @@ class Node:
         schedule, _ = load_schedule(cfg.schedule_path, self.sc)
         self.schedule = schedule.for_variant(cfg.variant)  # .allocation: the one this variant runs on
         self.variant = self.schedule.variant(cfg.variant)
-        self.stage_of = self.schedule.stage_of()
-        self.stage = self.stage_of[node_id]
+        self.stage_of, self.stages_of = self.schedule.stage_of(), self.schedule.stages_of()
+        self.stage = self.stage_of[node_id]  # its lower stage when it holds two (V placement)
         self.costs = Costs(self.sc)
         self.events = EventWriter(events_dir(cfg.run_dir) / f"node-{node_id}.jsonl", node_id, cfg.epoch)
-        self.emulation = Emulation.from_config(cfg, self.costs, node_id)
+        self.emulation = Emulation.from_config(cfg, self.costs, node_id, self.stages_of[node_id])
         self.n_microbatches = len(self.variant.paths)
         self.my_microbatches = [p.microbatch for p in self.variant.paths if p.origin == node_id]
         self.model_cfg = stand_in(self.sc.model, cfg.stand_in_model)
         self.compute = StageCompute(self.sc, self.model_cfg, self.stage, device_for(node_id),
                                     TrainConfig.from_scenario(self.sc, seed=cfg.seed), self.n_microbatches,
-                                    self.variant.split_backward)
+                                    self.variant.split_backward, self.stages_of[node_id])
         self.pool = ThreadPoolExecutor(max_workers=1)  # torch work off the event loop, in order
         self.transport = Transport(node_id, *cfg.peers[node_id], cfg.peers, Path(cfg.run_dir) / "transport",
                                    auth=cfg.auth(), on_disconnect=self._closed, config=TransportConfig.for_stage(
-                                       self.model_cfg, self.sc.pipeline.samples_per_microbatch, self.compute.module))
+                                       self.model_cfg, self.sc.pipeline.samples_per_microbatch, self.compute.chunks))
         self.live = Liveness(node_id, list(cfg.peers), self.transport, cfg.peer_timeout_s, self._on_dead)
         self.messenger = Messenger(node_id, self.transport, self.live, self.events, self.emulation,
                                    cfg.peer_timeout_s)
         self.messenger.on_control = self._control
         self.messenger.handlers[Kind.DONE] = self._done
         self.rejoin = Rejoin(cfg, self.messenger, self.compute, self.schedule.allocation, self.stage_of)
-        self.averager = StageAverager(self.stage, self.schedule.allocation[self.stage], self.compute.module,
+        self.averager = StageAverager(self.stage, self.schedule.allocation[self.stage], self.compute.chunks,
                                       self.messenger, self.emulation, self._serve_late)
         self.faults = FailureInjector(cfg.failures, node_id, self.events, self.emulation, self._silence)
         self.receiver: asyncio.Task | None = None
@@ -201,7 +201,7 @@ class Node:
         cur = Iteration(it, live_variant(self.variant, dead, self.schedule.allocation),
                         self.variant.memory_slots(self.id, self.sc),
                         bool(dead) or bool(revived) or it == self.rejoin.joined_at, bool(self.my_microbatches),
-                        self.messenger, self.compute, self.schedule.allocation, self.stage_of)
+                        self.messenger, self.compute, self.schedule.allocation, self.stages_of)
         self.compute.begin_iteration()
         if batches is not None:
             for g in range(self.n_microbatches):
@@ -254,7 +254,7 @@ class Node:
     async def _run_op(self, cur: Iteration, op: Op) -> None:
         start, t_event = time.monotonic(), self.events.now()
         path = cur.paths[op.microbatch]
-        out = await asyncio.get_running_loop().run_in_executor(self.pool, self.compute.run, op)
+        out = await asyncio.get_running_loop().run_in_executor(self.pool, self.compute.run, op, path.hops[op.hop].stage)
         await self.emulation.pad(start, self.emulation.op_s(op.kind, self.variant.split_backward))
         self.events.write("op", t=t_event, kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
                           stage=self.stage, dur=self.events.now() - t_event, iteration=cur.it)
@@ -271,11 +271,11 @@ class Node:
         if not self.messenger.late:
             return False
         msg = self.messenger.late.pop(0)
-        path = path_of(msg, self.stage_of)
+        path = path_of(msg, self.stages_of)
         op = op_of(msg, path)
         start = time.monotonic()
         out = await asyncio.get_running_loop().run_in_executor(
-            self.pool, lambda: self.compute.run_late(msg.iteration, op, msg.to_torch()))
+            self.pool, lambda: self.compute.run_late(msg.iteration, op, msg.to_torch(), path.hops[op.hop].stage))
         await self.emulation.pad(start, self.emulation.op_s(op.kind, self.variant.split_backward))
         self.events.write("late_op", kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
                           iteration=msg.iteration)

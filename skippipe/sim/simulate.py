@@ -37,6 +37,7 @@ from ..errors import SkipPipeError
 from ..scenario import Scenario
 from ..dispatch import Dispatcher
 from ..ops import F, Op, OpKind, local_next, next_op, node_of, node_ops
+from ..placement import averaging_ends
 from ..schedule import Schedule, VariantSchedule
 
 log = logging.getLogger(__name__)
@@ -291,20 +292,22 @@ class _Simulation:
         costs, alloc = self.costs, self.schedule.allocation
         done = tuple(max((self.state[n].last_end_s for n in nodes), default=0.0) for nodes in alloc)
         avg = tuple(costs.averaging_s(s, nodes) for s, nodes in enumerate(alloc))
+        ends = averaging_ends(done, avg, alloc)  # a V group averages its two stages in turn
         for s, nodes in enumerate(alloc):
             for n in nodes:
-                self.events.append({"t": done[s], "node": n, "event": "op", "kind": "AVG",
+                self.events.append({"t": ends[s] - avg[s], "node": n, "event": "op", "kind": "AVG",
                                     "microbatch": None, "hop": None, "stage": s, "dur": avg[s],
                                     "iteration": self.iteration})
-        iteration_s = max((d + a for d, a in zip(done, avg)), default=0.0)
+        iteration_s = max(ends, default=0.0)
         last = (OpKind.B, OpKind.W) if self.split else (OpKind.B,)
         makespan_s = max((self.start_s[op] + self.op_s(op, p.origin) for p in self.v.paths
                           for op in (Op(kind, p.microbatch, 0) for kind in last)), default=0.0)
         ops_of: dict[int, list[Op]] = {n: [] for n in self.state}
         for op in self.start_s:
             ops_of[self.node_of(op)].append(op)
-        stats = tuple(self._stats(n, ops_of[n], avg[st.stage] if st.stage >= 0 else 0.0,
-                                  iteration_s) for n, st in sorted(self.state.items()))
+        held = self.schedule.stages_of()
+        stats = tuple(self._stats(n, ops_of[n], sum(avg[s] for s in held.get(n, ())), iteration_s)
+                      for n in sorted(self.state))
         events = tuple(sorted(self.events, key=lambda e: (e["t"], e["node"])))
         return SimResult(self.v.name, self.ordered, iteration_s, makespan_s, stats, events,
                          avg, done, self._run_order())
