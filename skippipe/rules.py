@@ -2,9 +2,10 @@
 
 CC1-CC3 (paths), TC1 (even visit share; memory slots or a family's own activation limit along
 each node's action list), TC2 (no overlap on a node) and link timing when start times are given,
-the full pipelines' shape (baseline and the classic families), and that every variant runs on a
-complete allocation. `violations()` returns them all; `validate()` raises the first as a
-ScheduleError naming variant, microbatch, hop and rule.
+the full pipelines' shape (baseline, the classic families and swarm), that every variant runs on
+a complete allocation, and that an online variant stores the routing of its rule (its paths are
+the simulator's realization, checked like any other). `violations()` returns them all;
+`validate()` raises the first as a ScheduleError naming variant, microbatch, hop and rule.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from .errors import ScheduleError
 from .memory import FAMILIES, family_limits, peak_along
 from .ops import Op, OpKind, frees_slot, node_ops, op_chain, prev_op, takes_slot
 from .scenario import Scenario
-from .variants import FULL_PIPELINE
+from .variants import FULL_PIPELINE, ONLINE
 
 if TYPE_CHECKING:
     from .schedule import MicrobatchPath, Schedule, VariantSchedule
@@ -28,7 +29,7 @@ TIME_TOLERANCE_S = 1e-6  # float slack when comparing planned times
 
 @dataclass(frozen=True)
 class Violation:
-    rule: str  # CC1, CC2, CC3, TC1, TC2, BASELINE, ALLOC, ORDER, TIMING, COUNT
+    rule: str  # CC1, CC2, CC3, TC1, TC2, BASELINE, ALLOC, ORDER, TIMING, COUNT, ROUTING
     variant: str
     microbatch: int | None
     hop: int | None
@@ -71,7 +72,7 @@ def _check_allocation(allocation, variant: str, scenario: Scenario) -> Iterable[
 
 
 def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violation]:
-    out = list(_check_counts(s, v, sc))
+    out = list(_check_counts(s, v, sc)) + _check_routing(v)
     stage_of = s.stage_of()
     for p in v.paths:
         out += _check_path(v, p, stage_of, sc)
@@ -86,6 +87,14 @@ def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violat
         if not out and v.has_start_times:
             out += _check_times(v, Costs(sc))
     return out
+
+
+def _check_routing(v: VariantSchedule) -> list[Violation]:
+    want = ONLINE.get(v.name)
+    got = None if v.routing is None else v.routing.rule
+    if got == want:
+        return []
+    return [Violation("ROUTING", v.name, None, None, f"routing rule {got!r}, expected {want!r}")]
 
 
 def _check_counts(s: Schedule, v: VariantSchedule, sc: Scenario) -> Iterable[Violation]:
@@ -175,6 +184,8 @@ def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
         if p.stages != tuple(range(len(s.allocation))):
             out.append(Violation("BASELINE", v.name, p.microbatch, None,
                                  f"a full-pipeline path runs every stage in order, got {list(p.stages)}"))
+    if v.name in ONLINE:  # online routing balances by measurement, not by count
+        return out
     loads = Counter(h.node for p in v.paths for h in p.hops[1:])
     for stage, nodes in enumerate(s.allocation[1:], start=1):
         counts = [loads.get(n, 0) for n in nodes]
