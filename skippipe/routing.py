@@ -3,9 +3,10 @@ simulator and the node processes both use to choose a microbatch's next hop at r
 
 A node that has run a forward chooses the next node there and then, from what it has measured:
 - *expected wait* of a peer j seen from node i: link_s(i, j) + (1 + load_j) x service_j, where
-  service_j is the moving average (EMA, weight `Routing.ema` for a new value) of the forward
-  durations j reports in its data messages (before j's first report: the scenario's cost
-  model), and load_j the queue j reported with it plus the forwards i has sent j since;
+  service_j is the exponential moving average (weight `Routing.ema` for a new value) of j's
+  forward durations, as j keeps it and reports it in its data messages (before i has a report
+  from j: the scenario's cost model), and load_j the queue j reported with it plus the forwards
+  i has sent j since;
 - the next node is drawn among the live, not blacklisted candidates with probability
   proportional to 1 / expected wait, from the node's own seeded RNG (`Routing.seed` and the
   node id): the same seed and the same measurements give the same choices.
@@ -19,7 +20,8 @@ The rules (`Routing.rule`):
   construction (stage 0 only first, each stage once, k stages).
 - repair (ca-repair): the planned next node, unless it is dead, blacklisted or its measured
   forward takes `slow_factor` times its planned time; then a swarm draw among the stage's other
-  live nodes, for that microbatch only.
+  live nodes that are not slow themselves, for that microbatch only (when every node there is
+  slow, say a loaded host, the plan stands).
 The router takes the live nodes of every stage with each call, so the set of nodes serving a
 stage may change between calls (failures, rejoins, rebalancing).
 """
@@ -57,7 +59,7 @@ class Router:
         self.node, self.params, self.k = node, params, k
         self.scenario, self.costs = scenario, Costs(scenario)
         self.rng = random.Random(params.seed * SEED_STRIDE + node)
-        self.service: dict[int, float] = {}  # peer -> EMA of its reported forward seconds
+        self.service: dict[int, float] = {}  # peer -> its last reported forward EMA, seconds
         self.queue: dict[int, int] = {}  # peer -> its last reported queue
         self.sent: Counter[int] = Counter()  # peer -> forwards sent to it since its last report
         self.blacklist: set[int] = set()
@@ -68,19 +70,16 @@ class Router:
     # -- measurements -------------------------------------------------------------------------
     def ran_forward(self, seconds: float) -> None:
         """This node's own forward took `seconds` (scenario time)."""
-        self.own_forward_s = self._ema(self.own_forward_s, seconds)
+        self.own_forward_s += self.params.ema * (seconds - self.own_forward_s)
 
     def report(self, queue: int) -> Report:
         return Report(self.own_forward_s, queue)
 
     def observe(self, peer: int, report: Report) -> None:
         """A data message from `peer` carried its report."""
-        self.service[peer] = self._ema(self.service.get(peer), report.forward_s)
+        self.service[peer] = report.forward_s  # the peer averaged it already
         self.queue[peer] = report.queue
         self.sent[peer] = 0
-
-    def _ema(self, old: float | None, new: float) -> float:
-        return new if old is None else old + self.params.ema * (new - old)
 
     def service_s(self, peer: int) -> float:
         return self.service.get(peer, self.costs.forward_s(peer))
@@ -140,7 +139,8 @@ class Router:
         ok = planned.node in live[planned.stage] and planned.node not in self.blacklist
         if ok and not self.slow(planned.node):
             return planned
-        node = self.choose_node(live[planned.stage], avoid=(planned.node,))
+        others = [n for n in live[planned.stage] if not self.slow(n)]
+        node = self.choose_node(others, avoid=(planned.node,))
         if node is not None:
             return Hop(planned.stage, node)
         return planned if ok else None  # no other node there: slow beats nothing
