@@ -80,7 +80,8 @@ def train(opts: RunOptions, say=print) -> int:
         sched_path = ensure_schedule(sc, opts.setting, opts.schedule, opts.plan_time_limit, say)
         sched, _ = load_schedule(sched_path, sc)
         variant = sched.variant(opts.setting)
-        predicted = simulate(sched, opts.setting, sc).iteration_s
+        predicted = (variant.predicted["iteration_s"] if variant.routing  # online: mean over seeds
+                     else simulate(sched, opts.setting, sc).iteration_s)
         _prepare_data(sc, opts.stand_in_model, say)
         cfg = _config(opts, sc, Path(sched_path), variant, sched.allocation_of(opts.setting)[0], peers,
                       nodes, failures, auth)
