@@ -16,7 +16,7 @@ Online routing (routes.py): a swarm or swarm-skip iteration starts with only the
 runs first come first served and ends, like a degraded one, when every live data node reported
 DONE; each data message feeds the router and extends the node's view of the path. When a peer
 dies, an origin restarts every unfinished own microbatch that touched it or whose forward is
-still out (its path beyond the known part may cross the dead peer).
+still out when the peer died (its path beyond the known part may cross it).
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ class Iteration:
         self.data_node = data_node  # it starts microbatches of its own (in the planned variant)
         self.completed: set[int] = set()  # own microbatches back home
         self.degraded = degraded
+        self.seen_dead = set(messenger.live.dead)  # deaths known when the iteration began
         self.split = variant.split_backward
         self.disp = Dispatcher(variant.actions(self.id), memory_slots, planned=variant.planned,
                                split=self.split)
@@ -92,6 +93,7 @@ class Iteration:
         self.degraded = True
         self.disp.planned = False
         dead = self.m.live.dead
+        new, self.seen_dead = dead - self.seen_dead, set(dead)
         reporter = min(self.data_nodes - dead, default=None) == self.id  # logs losses once
         for mb, path in list(self.paths.items()):
             if path.origin in dead:
@@ -100,11 +102,16 @@ class Iteration:
                 if reporter:
                     self.m.events.write("microbatch_lost", iteration=self.it, microbatch=mb,
                                         why="its data node died")
-            elif path.origin == self.id and mb not in self.completed and (set(path.nodes) & dead or (
-                    self.routes.online and L(mb) not in self.disp.finished)):
+            elif path.origin == self.id and mb not in self.completed and self._crossed(mb, path, dead, new):
                 self._restart(mb)
         if self.data_node and not self._own_unfinished():
             self._report_done()  # again: peers that just turned degraded wait for it
+
+    def _crossed(self, mb: int, path, dead: set[int], new: set[int]) -> bool:
+        """May `mb` have crossed a dead node? Its known path did, or (online) its forward was
+        out when a node died: the part beyond this node's view may have."""
+        out = self.routes.online and F(mb, 0) in self.disp.finished and L(mb) not in self.disp.finished
+        return bool(set(path.nodes) & dead) or (out and bool(new))
 
     def _forget(self, mb: int) -> None:
         self.disp.forget(mb)
