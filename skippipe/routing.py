@@ -156,14 +156,15 @@ class Router:
         microbatches still to start, this one included."""
         if microbatch in self.stage_sets:  # a restarted attempt keeps its stages
             return self.stage_sets[microbatch]
-        need = min(self.k - 1, len(live) - 1)
+        stages = [s for s in range(1, len(live)) if live[s]]
+        need = min(self.k - 1, len(stages))
         forced = {s for s, b in budget.items() if b >= left}  # every later microbatch must visit it
-        open_ = sorted(s for s in range(1, len(live)) if budget[s] > 0 or not budget)
+        open_ = [s for s in stages if budget[s] > 0 or not budget]
         sets = [frozenset(c) for c in itertools.combinations(open_, need)
                 if forced <= set(c) and self._can_order((0,), frozenset(c))]
-        if not sets:  # no budget-respecting set can be ordered: any orderable one
-            sets = [frozenset(c) for c in itertools.combinations(range(1, len(live)), need)
-                    if self._can_order((0,), frozenset(c))]
+        if not sets:  # no budget-respecting set can be ordered (nodes died): any orderable one
+            sets = [frozenset(c) for c in itertools.combinations(stages, need)
+                    if self._can_order((0,), frozenset(c))] or [frozenset()]
         waits = {s: self._stage_wait_s(s, live) for s in range(1, len(live))}
         chosen = self._draw(sets, [1.0 / max(sum(waits[s] for s in c), 1e-12) for c in sets])
         budget.subtract({s: 1 for s in chosen})
