@@ -29,7 +29,7 @@ from .memory import FAMILIES
 from .scenario import Scenario
 from .rules import validate
 from .schedule import Schedule, VariantSchedule
-from .variants import V_PLACED, VARIANTS, ZERO_BUBBLE_OF
+from .variants import ONLINE, V_PLACED, VARIANTS, ZERO_BUBBLE_OF
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ CA_SHARE = 0.45  # for ca-partial (with several workers: also what earlier phase
 RESERVE_SHARE = 0.05  # simulation of every variant, validation, writing
 MIN_CA_SHARE = 0.1  # ca-partial's least time when earlier phases overran their shares
 PARTIAL = ("non-ca-partial", "ca-partial")  # the variants planned on the skip-aware allocation
+SKIP_ALLOCATION = (*PARTIAL, "swarm-skip", "ca-repair")  # the variants that run on it
 
 Progress = Callable[[str], None]
 
@@ -101,7 +102,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     line(f"full-pipeline allocation (score {full.score_s:.1f} s): " + _fmt_stages(full.stages))
     skip_stages = full.stages
     wanted = [v for v in VARIANTS if v in opts.variants]
-    if not opts.shared_allocation and any(v in PARTIAL for v in wanted):
+    if not opts.shared_allocation and any(v in SKIP_ALLOCATION for v in wanted):
         from .planner.skip_allocation import skip_aware_allocation
         line(f"skip-aware allocation search for the {opts.objective} (up to {SEARCH_SHARE * limit:.1f} s) ...")
         found = skip_aware_allocation(scenario, full.stages, opts.objective, SEARCH_SHARE * limit,
@@ -113,7 +114,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     variants: dict[str, VariantSchedule] = {}
     sims, skipped = {}, []
     for name in wanted:
-        alloc = skip_stages if name in PARTIAL else full.stages
+        alloc = skip_stages if name in SKIP_ALLOCATION else full.stages
         if name in V_PLACED:  # each node holds a stage and its mirror
             try:
                 alloc = fold(full.stages)
@@ -122,7 +123,10 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
                 line(f"{name} skipped: {e}")
                 continue
         t0 = time.monotonic()
-        if name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1, dualpipev: planned action lists
+        if name in ONLINE:  # swarm, swarm-skip: the simulator's prediction; ca-repair: ca-partial's plan
+            from .planner.online import online_variant
+            v = online_variant(name, scenario, alloc, opts.seed, variants.get("ca-partial"))
+        elif name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1, dualpipev: planned action lists
             v = families.family_variant(name, scenario, alloc)
         elif name in ZERO_BUBBLE_OF:  # on its source's paths and allocation
             source = variants[ZERO_BUBBLE_OF[name]]
@@ -155,10 +159,12 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         sim = sims[name]
         if v.order is None:  # every variant as per-node action lists: what its rule (fcfs) ran
             v = dataclasses.replace(v, order=sim.order, dispatch="fcfs")
-        variants[name] = dataclasses.replace(v, predicted={
-            **v.predicted, "makespan_s": round(sim.makespan_s, 4), "iteration_s": round(sim.iteration_s, 4),
-            "bubble_share": round(sim.bubble_share, 4),
-            "peak_activations": max(s.peak_activations for s in sim.per_node)})
+        predicted = {**v.predicted, "makespan_s": round(sim.makespan_s, 4), "iteration_s": round(sim.iteration_s, 4),
+                     "bubble_share": round(sim.bubble_share, 4),
+                     "peak_activations": max(s.peak_activations for s in sim.per_node)}
+        if v.routing is not None and v.routing.rule != "repair":  # the mean over the router's seeds
+            predicted["iteration_s"] = v.predicted["iteration_s"]
+        variants[name] = dataclasses.replace(v, predicted=predicted)
     sched = Schedule(scenario.name, scenario.content_hash, scenario.source, full.stages, variants,
                      dict(scenario.overrides))
     validate(sched, scenario)

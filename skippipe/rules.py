@@ -2,9 +2,11 @@
 
 CC1-CC3 (paths), TC1 (even visit share; memory slots or a family's own activation limit along
 each node's action list), TC2 (no overlap on a node) and link timing when start times are given,
-the full pipelines' shape (baseline and the classic families), and that every variant runs on a
-complete allocation (under dualpipev's V placement: every node holds a stage and its mirror,
-placement.v_problems, and each path comes back through the nodes it went down). `violations()` returns them all; `validate()` raises the first as a
+the full pipelines' shape (baseline, the classic families and swarm), that every variant runs on
+a complete allocation (under dualpipev's V placement: every node holds a stage and its mirror,
+placement.v_problems, and each path comes back through the nodes it went down), and that an
+online variant stores the routing of its rule (its paths are the simulator's realization, checked
+like any other). `violations()` returns them all; `validate()` raises the first as a
 ScheduleError naming variant, microbatch, hop and rule.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from .memory import FAMILIES, family_limits, peak_along
 from .ops import Op, OpKind, frees_slot, node_ops, op_chain, prev_op, takes_slot
 from .placement import v_path_problem, v_problems
 from .scenario import Scenario
-from .variants import FULL_PIPELINE, V_PLACED
+from .variants import FULL_PIPELINE, ONLINE, V_PLACED
 
 if TYPE_CHECKING:
     from .schedule import MicrobatchPath, Schedule, VariantSchedule
@@ -30,7 +32,7 @@ TIME_TOLERANCE_S = 1e-6  # float slack when comparing planned times
 
 @dataclass(frozen=True)
 class Violation:
-    rule: str  # CC1, CC2, CC3, TC1, TC2, BASELINE, ALLOC, ORDER, TIMING, COUNT
+    rule: str  # CC1, CC2, CC3, TC1, TC2, BASELINE, ALLOC, ORDER, TIMING, COUNT, ROUTING
     variant: str
     microbatch: int | None
     hop: int | None
@@ -79,7 +81,7 @@ def _check_allocation(allocation, variant: str, scenario: Scenario,
 
 
 def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violation]:
-    out = list(_check_counts(s, v, sc))
+    out = list(_check_counts(s, v, sc)) + _check_routing(v)
     stage_of, stages_of = s.stage_of(), s.stages_of()
     for p in v.paths:
         out += _check_path(v, p, stages_of, sc)
@@ -94,6 +96,14 @@ def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violat
         if not out and v.has_start_times:
             out += _check_times(v, Costs(sc))
     return out
+
+
+def _check_routing(v: VariantSchedule) -> list[Violation]:
+    want = ONLINE.get(v.name)
+    got = None if v.routing is None else v.routing.rule
+    if got == want:
+        return []
+    return [Violation("ROUTING", v.name, None, None, f"routing rule {got!r}, expected {want!r}")]
 
 
 def _check_counts(s: Schedule, v: VariantSchedule, sc: Scenario) -> Iterable[Violation]:
@@ -185,6 +195,8 @@ def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
                                  f"a full-pipeline path runs every stage in order, got {list(p.stages)}"))
         elif v.name in V_PLACED and v_path_problem(p.nodes):
             out.append(Violation("ALLOC", v.name, p.microbatch, None, v_path_problem(p.nodes)))
+    if v.name in ONLINE:  # online routing balances by measurement, not by count
+        return out
     loads = Counter((h.stage, h.node) for p in v.paths for h in p.hops[1:])
     for stage, nodes in enumerate(s.allocation[1:], start=1):
         counts = [loads.get((stage, n), 0) for n in nodes]

@@ -27,6 +27,7 @@ from .variants import VARIANTS
 
 SCHEMA_VERSION = 2  # 2: an allocation per variant (1 had one allocation for all variants)
 DISPATCH_RULES = ("planned", "fcfs")  # see dispatch.py
+ROUTING_RULES = ("swarm", "swarm-skip", "repair")  # see routing.py
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,24 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class Routing:
+    """How an online variant's nodes choose next hops at run time (routing.py)."""
+
+    rule: str  # "swarm", "swarm-skip" or "repair" (variants.ONLINE)
+    seed: int = 0  # the routers' seed (each node derives its own from it)
+    seeds: int = 5  # the prediction is the mean (and spread) over seeds seed .. seed+seeds-1
+    ema: float = 0.3  # weight of a new measurement in a peer's moving average
+    slow_factor: float = 2.0  # repair: a planned hop measured this many times slower is avoided
+
+    def __post_init__(self) -> None:
+        if self.rule not in ROUTING_RULES:
+            raise ScheduleError(f"routing rule {self.rule!r} is not one of {', '.join(ROUTING_RULES)}")
+        if not (0 < self.ema <= 1 and self.slow_factor >= 1 and self.seeds >= 1):
+            raise ScheduleError(f"routing: ema must be in (0, 1], slow_factor at least 1, seeds "
+                                f"at least 1; got {self.ema}, {self.slow_factor}, {self.seeds}")
+
+
+@dataclass(frozen=True)
 class VariantSchedule:
     name: str
     paths: tuple[MicrobatchPath, ...]
@@ -80,6 +99,7 @@ class VariantSchedule:
     activation_limits: dict[int, int | None] = field(default_factory=dict)
     split_backward: bool = False  # B is the input gradient only; W ops compute weight gradients
     allocation: tuple[tuple[int, ...], ...] | None = None  # stage -> node ids; None: the schedule's
+    routing: Routing | None = None  # online variants: next hops chosen at run time
 
     def __post_init__(self) -> None:
         if not self.dispatch:
@@ -184,6 +204,8 @@ def _variant_dict(v: VariantSchedule) -> dict:
         out["backward"] = "split"
     if v.allocation is not None:
         out["allocation"] = {"stages": [list(nodes) for nodes in v.allocation]}
+    if v.routing is not None:
+        out["routing"] = dataclasses.asdict(v.routing)
     if v.order is not None:
         out["order"] = [{"node": n, "ops": [_op_dict(op) for op in ops]}
                         for n, ops in sorted(v.order.items())]
@@ -258,10 +280,14 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
         raise ScheduleError(f"variant {name}: an activation limit must be at least 1 (or null)")
     if v.get("backward", "fused") not in ("fused", "split"):
         raise ScheduleError(f"variant {name}: backward {v['backward']!r} is not fused or split")
-    alloc = v.get("allocation")
+    alloc, routing = v.get("allocation"), v.get("routing")
+    if routing is not None:
+        routing = Routing(str(routing["rule"]), _int(routing["seed"]), _int(routing["seeds"]),
+                          float(routing["ema"]), float(routing["slow_factor"]))
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
                            Provenance(**prov), str(v.get("dispatch", "")), limits,
-                           v.get("backward") == "split", None if alloc is None else _stages(alloc))
+                           v.get("backward") == "split", None if alloc is None else _stages(alloc),
+                           routing)
 
 
 def _stages(alloc: dict) -> tuple[tuple[int, ...], ...]:

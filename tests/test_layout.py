@@ -14,6 +14,7 @@ LAYERS = [
     {"rules"},
     {"schedule"},
     {"util"},
+    {"routing"},  # online routing: below the simulator and the runtime that both use it
     {"sim"},
     {"planner", "planning"},
     {"train"},

@@ -53,8 +53,13 @@ def test_partial_variants_get_their_own_allocation_and_baseline_the_full_pipelin
                 held.setdefault(n, []).append(s)
         assert built.stages_of(name) == {n: tuple(h) for n, h in held.items()}
         assert built.stage_of(name) == {n: h[0] for n, h in held.items()}
-        assert simulate(built, name, tiny).iteration_s == pytest.approx(
-            built.variants[name].predicted["iteration_s"], abs=1e-3)
+        predicted = built.variants[name].predicted  # online: a mean over the router's seeds
+        low, high = predicted.get("iteration_min_s"), predicted.get("iteration_max_s")
+        got = simulate(built, name, tiny).iteration_s
+        if low is None:
+            assert got == pytest.approx(predicted["iteration_s"], abs=1e-3)
+        else:
+            assert low - 1e-3 <= got <= high + 1e-3 and low <= predicted["iteration_s"] <= high
 
 
 def test_shared_allocation_keeps_one_for_all(tiny):

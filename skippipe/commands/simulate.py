@@ -7,6 +7,7 @@ from pathlib import Path
 from ..schedule import load_schedule
 
 from ..variants import VARIANTS
+from ..sim.online import predict
 from ..sim.simulate import SimResult, simulate
 from ..timeline import chrome_trace, gantt_png, write_jsonl
 from ..util.rundir import writable_output
@@ -51,6 +52,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"schedule {args.schedule} (scenario {sched.scenario_name}, {mode})")
     predicted = {n: sched.variants[n].predicted for n in names}
     print(format_table(SUMMARY_HEADER, summary_rows(results, base, predicted)))
+    for name in names:
+        routing = sched.variants[name].routing
+        if routing is not None and routing.rule != "repair":  # a routed variant varies by seed
+            got = predict(sched, name, scenario)
+            print(f"{name}: online routing over {routing.seeds} seeds: mean {got.mean_s:.3f} s, "
+                  f"sd {got.sd_s:.3f} s, min {got.min_s:.3f} s, max {got.max_s:.3f} s")
     if args.per_node:
         for name, r in results.items():
             print(f"\n{name}:")

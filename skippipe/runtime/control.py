@@ -7,6 +7,7 @@ it is follows from its keys (the wire format predates these types and stays as i
   {"finished": 1}                                Finished       the sender ran all its iterations
   {"dead": [3, 5]}                               Dead           gossip: these peers are dead
   {"restart": mb, "attempt": a, "iteration": i}  Restart        a data node re-routed microbatch mb
+  {"reroute": mb, "iteration": i}                Reroute        online repair: mb will not come to you
   {"rejoin": 1}                                  RejoinRequest  a restarted node asks to come back
   {"rejoin_at": i, "node": n}                    RejoinAt       node n is planned in from iteration i
   {"welcome": i, "dead": [...], "steps": [...]}  Welcome        a sponsor's answer to a rejoining node
@@ -55,6 +56,13 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class Reroute:
+    key: ClassVar[str] = "reroute"
+    reroute: int  # microbatch
+    iteration: int
+
+
+@dataclass(frozen=True)
 class RejoinAt:
     key: ClassVar[str] = "rejoin_at"
     rejoin_at: int  # iteration
@@ -69,9 +77,9 @@ class Welcome:
     steps: tuple[int, ...]  # AdamW step count per parameter of the stage
 
 
-Control = Union[Hello, Finished, RejoinRequest, Dead, Restart, RejoinAt, Welcome]
+Control = Union[Hello, Finished, RejoinRequest, Dead, Restart, Reroute, RejoinAt, Welcome]
 # Welcome before Dead: a welcome also carries a "dead" list
-_TYPES = (Welcome, Restart, RejoinAt, Dead, Hello, Finished, RejoinRequest)
+_TYPES = (Welcome, Restart, Reroute, RejoinAt, Dead, Hello, Finished, RejoinRequest)
 _FLAGS = (Hello, Finished, RejoinRequest)  # no fields: the key's value is 1
 
 

@@ -3,6 +3,8 @@
 Besides the tensor, each one carries in its wire tags the hop it is for, the attempt of its
 microbatch (a data node restarts a microbatch on a repaired path with attempt + 1) and the
 microbatch's whole path, so any node can serve a re-routed microbatch it was not planned for.
+Under online routing the path is the part routed so far, and the hop tag's bits above HOP_BITS
+carry the sender's routing report (routes.py).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from ..schedule import Hop, MicrobatchPath
 from .wire import Kind, Message
 
 TAG_HOP, TAG_ATTEMPT, TAG_PATH_LO, TAG_PATH_HI = range(4)
+HOP_BITS = 8  # the hop index in the hop tag's low bits; the bits above are routing's
 NODE_BITS = 15  # a path's node ids are packed 4 to a tag, as id + 1 (0 = no hop)
 MAX_PATH_HOPS = 8
 
@@ -35,16 +38,17 @@ def unpack_path(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(nodes)
 
 
-def onward(sender: int, it: int, path: MicrobatchPath, op: Op, out, attempt: int) -> tuple[int, Message] | None:
+def onward(sender: int, it: int, path: MicrobatchPath, op: Op, out, attempt: int,
+           report: int = 0) -> tuple[int, Message] | None:
     """Where the result `out` of `op` goes next and the message that takes it there; None after
-    the backward at hop 0 (the microbatch is done)."""
+    the backward at hop 0 (the microbatch is done). `report`: routing's bits of the hop tag."""
     nxt = next_op(op, len(path.hops))
     if nxt is None:
         return None
     kind = Kind.BACKWARD if nxt.kind is OpKind.B else Kind.FORWARD
     hop = len(path.hops) if nxt.kind is OpKind.L else nxt.hop
     msg = Message.from_tensor(kind, sender, out, iteration=it, microbatch=op.microbatch,
-                              tags=(hop, attempt, *pack_path(path.nodes)))
+                              tags=(hop | report << HOP_BITS, attempt, *pack_path(path.nodes)))
     return node_of(nxt, path.nodes), msg
 
 
@@ -59,7 +63,7 @@ def path_of(msg: Message, stages_of: dict[int, tuple[int, ...]]) -> MicrobatchPa
 
 def op_of(msg: Message, path: MicrobatchPath) -> Op:
     """The operation a data message is the input of (a FORWARD past the last hop is the loss)."""
-    hop = msg.tags[TAG_HOP]
+    hop = msg.tags[TAG_HOP] & ((1 << HOP_BITS) - 1)
     if msg.kind == Kind.FORWARD:
         return L(msg.microbatch) if hop == len(path.hops) else F(msg.microbatch, hop)
     return B(msg.microbatch, hop)

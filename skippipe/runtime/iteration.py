@@ -11,27 +11,34 @@ repaired path (recovery.py; attempt + 1, announced to everyone with a Restart no
 iteration is over once every live data node has reported DONE. Data messages carry their path
 and attempt (datamsg.py), so a node takes in a re-routed microbatch it was not planned for and
 drops messages of superseded attempts.
+
+Online routing (routes.py): a swarm or swarm-skip iteration starts with only the origins known,
+runs first come first served and ends, like a degraded one, when every live data node reported
+DONE; each data message feeds the router and extends the node's view of the path. When a peer
+dies, an origin restarts every unfinished own microbatch that touched it or whose forward is
+still out when the peer died (its path beyond the known part may cross it).
 """
 from __future__ import annotations
 
 import time
 
 from ..dispatch import Dispatcher
-from ..ops import F, Op, OpKind, local_next
+from ..ops import B, F, L, Op, OpKind, local_next
 from ..schedule import VariantSchedule
 from .compute import StageCompute
-from .control import Restart
+from .control import Reroute, Restart
 from .datamsg import attempt_of, op_of, path_of
 from .messenger import Messenger
-from .recovery import repair_path
+from .routes import Routes
 from .wire import Kind, Message
 
 
 class Iteration:
     def __init__(self, it: int, variant: VariantSchedule, memory_slots: int | None, degraded: bool,
                  data_node: bool, messenger: Messenger, compute: StageCompute,
-                 allocation: tuple[tuple[int, ...], ...], stages_of: dict[int, tuple[int, ...]]):
-        self.it, self.m, self.compute = it, messenger, compute
+                 allocation: tuple[tuple[int, ...], ...], stages_of: dict[int, tuple[int, ...]], routes: Routes):
+        self.it, self.m, self.compute, self.routes = it, messenger, compute, routes
+        variant = routes.begin_iteration(variant)
         self.id = messenger.id
         self.allocation, self.stages_of = allocation, stages_of
         self.data_nodes = set(allocation[0])
@@ -40,6 +47,7 @@ class Iteration:
         self.data_node = data_node  # it starts microbatches of its own (in the planned variant)
         self.completed: set[int] = set()  # own microbatches back home
         self.degraded = degraded
+        self.seen_dead = set(messenger.live.dead)  # deaths known when the iteration began
         self.split = variant.split_backward
         self.disp = Dispatcher(variant.actions(self.id), memory_slots, planned=variant.planned,
                                split=self.split)
@@ -52,7 +60,7 @@ class Iteration:
         DONE for it."""
         if self.disp.running is not None:
             return False
-        if not self.degraded:
+        if not (self.degraded or self.routes.online):
             return self.disp.done
         if self._own_unfinished() or any(op.kind is OpKind.W for op in self.disp.arrived):
             return False
@@ -85,6 +93,7 @@ class Iteration:
         self.degraded = True
         self.disp.planned = False
         dead = self.m.live.dead
+        new, self.seen_dead = dead - self.seen_dead, set(dead)
         reporter = min(self.data_nodes - dead, default=None) == self.id  # logs losses once
         for mb, path in list(self.paths.items()):
             if path.origin in dead:
@@ -93,17 +102,23 @@ class Iteration:
                 if reporter:
                     self.m.events.write("microbatch_lost", iteration=self.it, microbatch=mb,
                                         why="its data node died")
-            elif path.origin == self.id and mb not in self.completed and set(path.nodes) & dead:
+            elif path.origin == self.id and mb not in self.completed and self._crossed(mb, path, dead, new):
                 self._restart(mb)
         if self.data_node and not self._own_unfinished():
             self._report_done()  # again: peers that just turned degraded wait for it
+
+    def _crossed(self, mb: int, path, dead: set[int], new: set[int]) -> bool:
+        """May `mb` have crossed a dead node? Its known path did, or (online) its forward was
+        out when a node died: the part beyond this node's view may have."""
+        out = self.routes.online and F(mb, 0) in self.disp.finished and L(mb) not in self.disp.finished
+        return bool(set(path.nodes) & dead) or (out and bool(new))
 
     def _forget(self, mb: int) -> None:
         self.disp.forget(mb)
         self.compute.forget(mb)
 
     def _restart(self, mb: int) -> None:
-        new = repair_path(self.paths[mb], self.m.live.dead, self.allocation)
+        new = self.routes.restart_path(self.paths[mb], self.m.live.dead, self.allocation)
         self._forget(mb)
         if new is None:
             del self.paths[mb]
@@ -118,15 +133,19 @@ class Iteration:
         self.disp.arrive(F(mb, 0), time.monotonic())
 
     # -- messages ---------------------------------------------------------------------------
-    def take_messages(self, restarts: list[Restart]) -> None:
-        """Move restart notices and this iteration's operation inputs into the dispatcher."""
-        for notice in restarts:
-            if notice.attempt > self.attempt.get(notice.restart, 0):
+    def take_messages(self, notices: list[Restart | Reroute]) -> None:
+        """Move restart and reroute notices and this iteration's operation inputs into the
+        dispatcher."""
+        for notice in notices:
+            if isinstance(notice, Reroute):  # routed around this node: stop waiting for it
+                self.disp.forget(notice.reroute)
+            elif notice.attempt > self.attempt.get(notice.restart, 0):
                 self._forget(notice.restart)
                 self.attempt[notice.restart] = notice.attempt
                 self.degraded = True
         data = self.m.take(self.it, lambda msg: msg.kind in (Kind.FORWARD, Kind.BACKWARD))
         self.m.put_back(self.it, [msg for msg in data if not self._accept(msg)])
+        self.routes.queue = len(self.disp.arrived)
 
     def _accept(self, msg: Message) -> bool:
         """Use a data message; False keeps it for later (a newer attempt not announced yet)."""
@@ -138,7 +157,12 @@ class Iteration:
         path = path_of(msg, self.stages_of)
         self.paths[mb] = path
         op = op_of(msg, path)
-        self.disp.add([op])
+        self.routes.observe(msg)
+        if op.kind is OpKind.L and self.routes.rule is not None:  # the realized path, for the record
+            self.m.events.write("routed", iteration=self.it, microbatch=mb, attempt=attempt,
+                                nodes=list(path.nodes))
+        # a forward this node was not planned for brings its backward: the node waits for it
+        self.disp.add([op, B(mb, op.hop)] if op.kind is OpKind.F else [op])
         self.compute.give(op, msg.to_torch())
         self.disp.arrive(op, time.monotonic())
         return True

@@ -6,8 +6,8 @@ their paths; a forward sends the activations to the next hop (or back to the ori
 computes the loss and sends the gradient back along the reversed path; each backward sends the
 input gradient one hop back (datamsg.py). When all its operations are done, the node sums its
 stage's gradients with the live nodes of its stage (averaging.py) and takes exactly one AdamW
-step; no barrier spans all nodes. Messages go through the messenger (messenger.py), times are
-emulated by emulation.py.
+step; no barrier spans all nodes. Messages go through messenger.py, times are emulated by
+emulation.py; online variants choose each next hop as they send (routes.py).
 
 Failures (liveness.py, recovery.py): when a peer dies the iteration turns *degraded*: nodes run
 first come first served and end the iteration once every live data node has reported DONE;
@@ -40,8 +40,8 @@ from ..util.rundir import keep_in
 from ..train.model import CheckpointInfo
 from .averaging import StageAverager
 from .compute import StageCompute, batch_stream, stand_in
-from .control import Control, Dead, Finished, Hello, Restart, encode
-from .datamsg import attempt_of, onward, op_of, path_of
+from .control import Control, Dead, Finished, Hello, Reroute, Restart, encode
+from .datamsg import attempt_of, op_of, path_of
 from .emulation import Emulation
 from .faults import PHASE_OF, FailureInjector
 from .liveness import Liveness
@@ -49,6 +49,7 @@ from .messenger import STALL_FACTOR, Messenger, NodeFailure
 from .iteration import Iteration
 from .recovery import live_variant
 from .rejoin import Rejoin
+from .routes import Routes
 from .runconfig import EventWriter, RunConfig, events_dir
 from .transport import Transport, TransportConfig, TransportError
 from .wire import Kind, Message
@@ -84,6 +85,7 @@ class Node:
         self.messenger = Messenger(node_id, self.transport, self.live, self.events, self.emulation,
                                    cfg.peer_timeout_s)
         self.messenger.on_control = self._control
+        self.routes = Routes(node_id, self.variant, self.sc, self.schedule.allocation, self.messenger, self.emulation)
         self.messenger.handlers[Kind.DONE] = self._done
         self.rejoin = Rejoin(cfg, self.messenger, self.compute, self.schedule.allocation, self.stage_of)
         self.averager = StageAverager(self.stage, self.schedule.allocation[self.stage], self.compute.chunks,
@@ -93,7 +95,7 @@ class Node:
         self.data = None  # a data node's corpus and tokenizer
         self.greeted: set[int] = set()  # peers whose start-up greeting arrived
         self.done_from: dict[int, set[int]] = {}  # iteration -> data nodes that reported DONE
-        self.restarts: dict[int, list[Restart]] = {}  # iteration -> restart notices not yet used
+        self.restarts: dict[int, list[Restart | Reroute]] = {}  # iteration -> notices not yet used
         self.news = False  # a peer died since the loop last looked
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -185,7 +187,7 @@ class Node:
             self.live.finished.add(sender)
         elif isinstance(ctrl, Dead):
             self.live.accuse(set(ctrl.dead), sender)  # believed only if they stay silent here
-        elif isinstance(ctrl, Restart):
+        elif isinstance(ctrl, (Restart, Reroute)):
             self.restarts.setdefault(ctrl.iteration, []).append(ctrl)
         else:
             self.rejoin.on_control(ctrl, sender)
@@ -195,13 +197,12 @@ class Node:
 
     # -- one iteration ----------------------------------------------------------------------
     def _start_iteration(self, it: int, batches) -> Iteration:
-        revived = self.rejoin.revived(it)
-        dead = self.live.dead
+        revived, dead = self.rejoin.revived(it), self.live.dead
         # the iteration where a node comes back runs degraded: not everyone may know yet
         cur = Iteration(it, live_variant(self.variant, dead, self.schedule.allocation),
                         self.variant.memory_slots(self.id, self.sc),
                         bool(dead) or bool(revived) or it == self.rejoin.joined_at, bool(self.my_microbatches),
-                        self.messenger, self.compute, self.schedule.allocation, self.stages_of)
+                        self.messenger, self.compute, self.schedule.allocation, self.stages_of, self.routes)
         self.compute.begin_iteration()
         if batches is not None:
             for g in range(self.n_microbatches):
@@ -258,10 +259,10 @@ class Node:
         await self.emulation.pad(start, self.emulation.op_s(op.kind, self.variant.split_backward))
         self.events.write("op", t=t_event, kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
                           stage=self.stage, dur=self.events.now() - t_event, iteration=cur.it)
-        self._send_on(cur.it, path, op, out, cur.attempt[op.microbatch])
+        self._send_on(cur.it, path, op, out, cur.attempt[op.microbatch], time.monotonic() - start)
 
-    def _send_on(self, it: int, path, op: Op, out, attempt: int) -> None:
-        nxt = onward(self.id, it, path, op, out, attempt)
+    def _send_on(self, it: int, path, op: Op, out, attempt: int, wall_s: float) -> None:
+        nxt = self.routes.onward(it, path, op, out, attempt, wall_s)  # online: next hop chosen now
         if nxt is not None:
             self.messenger.send(*nxt, nominal_bytes=self.costs.activation_bytes)
 
@@ -280,7 +281,7 @@ class Node:
         self.events.write("late_op", kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
                           iteration=msg.iteration)
         if out is not None:
-            self._send_on(msg.iteration, path, op, out, attempt_of(msg))
+            self._send_on(msg.iteration, path, op, out, attempt_of(msg), time.monotonic() - start)
         return True
 
 

@@ -11,6 +11,7 @@ re-plan: every node computes the same paths from the same set of dead nodes, wit
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from ..schedule import Hop, MicrobatchPath, VariantSchedule
 
@@ -18,8 +19,10 @@ MIN_PATH_STAGES = 2  # stage 0 and at least one other stage
 
 
 def repair_path(path: MicrobatchPath, dead: set[int] | frozenset[int],
-                allocation: tuple[tuple[int, ...], ...]) -> MicrobatchPath | None:
-    """The path with dead nodes replaced or their stages skipped; None if it cannot run."""
+                allocation: tuple[tuple[int, ...], ...],
+                pick: Callable[[list[int]], int | None] | None = None) -> MicrobatchPath | None:
+    """The path with dead nodes replaced or their stages skipped; None if it cannot run.
+    `pick` chooses among a stage's live nodes instead of the round robin (online repair)."""
     if path.origin in dead:
         return None
     hops = []
@@ -28,8 +31,9 @@ def repair_path(path: MicrobatchPath, dead: set[int] | frozenset[int],
             hops.append(h)
             continue
         live = [n for n in allocation[h.stage] if n not in dead]
-        if live:
-            hops.append(Hop(h.stage, live[path.microbatch % len(live)]))
+        node = (pick or (lambda nodes: nodes[path.microbatch % len(nodes)]))(live) if live else None
+        if node is not None:
+            hops.append(Hop(h.stage, node))
     if len(hops) < MIN_PATH_STAGES:
         return None
     return dataclasses.replace(path, hops=tuple(hops))

@@ -130,7 +130,8 @@ def prepared(opts: RunOptions, say=print, run_name: str | None = None, scope: st
         sched_path = _schedule(opts, sc, nodes, rdv, Path(held.enter_context(tempfile.TemporaryDirectory())), say)
         sched, _ = load_schedule(sched_path, sc)
         variant = sched.variant(opts.setting)
-        predicted = simulate(sched, opts.setting, sc).iteration_s
+        predicted = (variant.predicted["iteration_s"] if variant.routing  # online: mean over seeds
+                     else simulate(sched, opts.setting, sc).iteration_s)
         _prepare_data(sc, opts.stand_in_model, say)
         cfg = _config(opts, sc, sched_path, variant, sched.allocation_of(opts.setting)[0], peers,
                       nodes, failures, auth, run_name or opts.setting)

@@ -1,0 +1,39 @@
+"""The online variants' schedule entries: nothing is planned, the simulator predicts.
+
+`swarm` and `swarm-skip` store their allocation, their Routing (rule, seed, parameters) and, as
+a prediction only, the paths and first-come-first-served run order the simulator realized with
+the first seed; `predicted` holds the mean iteration time over the Routing's seeds and its
+spread. Nodes never follow those paths: they route online (routing.py). `ca-repair` is
+ca-partial's plan (paths, order, planned dispatch) with the repair rule on top.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..scenario import Scenario
+from ..schedule import Hop, MicrobatchPath, Provenance, Routing, Schedule, VariantSchedule
+from ..sim.online import predict
+from ..variants import ONLINE
+from .paths import PlanningError, microbatch_ids
+
+
+def online_variant(name: str, scenario: Scenario, allocation, seed: int,
+                   plan: VariantSchedule | None = None) -> VariantSchedule:
+    """The schedule entry of online variant `name` on `allocation`; `plan`: ca-partial's, which
+    ca-repair follows."""
+    routing = Routing(ONLINE[name], seed=seed)
+    if routing.rule == "repair":
+        if plan is None:
+            raise PlanningError(f"{name} follows ca-partial's plan: plan ca-partial too")
+        return dataclasses.replace(plan, name=name, routing=routing, provenance=Provenance(
+            "ca-partial + online repair", seed, status=plan.provenance.status))
+    origins = tuple(MicrobatchPath(mb, origin, (Hop(0, origin),))
+                    for mb, origin in microbatch_ids(allocation, scenario))
+    start = VariantSchedule(name, origins, dispatch="fcfs", allocation=tuple(allocation), routing=routing)
+    schedule = Schedule(scenario.name, scenario.content_hash, scenario.source, tuple(allocation), {name: start})
+    got = predict(schedule, name, scenario)
+    return dataclasses.replace(
+        start, paths=got.paths, order=got.first.order,
+        predicted={"iteration_s": round(got.mean_s, 4), **got.as_predicted()},
+        provenance=Provenance("swarm router (simulated)", seed, status=f"{routing.seeds} seeds, "
+                              f"sd {got.sd_s:.3f} s"))

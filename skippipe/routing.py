@@ -1,0 +1,204 @@
+"""Online routing: SWARM's stochastic wiring (Ryabinin et al., ICML 2023), the one rule the
+simulator and the node processes both use to choose a microbatch's next hop at run time.
+
+A node that has run a forward chooses the next node there and then, from what it has measured:
+- *expected wait* of a peer j seen from node i: link_s(i, j) + (1 + load_j) x service_j, where
+  service_j is the exponential moving average (weight `Routing.ema` for a new value) of j's
+  forward durations, as j keeps it and reports it in its data messages (before i has a report
+  from j: the scenario's cost model), and load_j the queue j reported with it plus the forwards
+  i has sent j since;
+- the next node is drawn among the live, not blacklisted candidates with probability
+  proportional to 1 / expected wait, from the node's own seeded RNG (`Routing.seed` and the
+  node id): the same seed and the same measurements give the same choices.
+The rules (`Routing.rule`):
+- swarm: stages 0, 1, ..., S-1 in order; only the node is chosen.
+- swarm-skip: the origin chooses, when it starts a microbatch, which k-1 stages it will visit:
+  it must spend its TC1 budget exactly (`stage_budgets`: its even share of every stage's
+  forward visits), and among the sets that allow a CC3-valid order it draws by 1 / the sum of
+  the stages' best expected waits. Each hop then draws the next stage among those left whose
+  choice keeps CC3 satisfiable (by 1 / best expected wait), then the node. CC1 and CC2 hold by
+  construction (stage 0 only first, each stage once, k stages).
+- repair (ca-repair): the planned next node, unless it is dead, blacklisted or its measured
+  forward takes `slow_factor` times its planned time; then a swarm draw among the stage's other
+  live nodes that are not slow themselves, for that microbatch only (when every node there is
+  slow, say a loaded host, the plan stands).
+The router takes the live nodes of every stage with each call, so the set of nodes serving a
+stage may change between calls (failures, rejoins, rebalancing).
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+from .costs import Costs
+from .rules import cc3_problem
+from .scenario import Scenario
+from .schedule import Hop, Routing
+
+SEED_STRIDE = 1_000_003  # node routers of one seed draw from disjoint RNG streams
+Live = Sequence[Sequence[int]]  # stage -> its live nodes, now
+
+
+@dataclass(frozen=True)
+class Report:
+    """What a node tells the receivers of its data messages about itself."""
+
+    forward_s: float  # EMA of its own forward durations, scenario seconds
+    queue: int  # operations waiting to run at it when it sent
+
+
+class Router:
+    """One node's routing state: its peers' measurements, its blacklist, its RNG. It lives as
+    long as the node (measurements carry over iterations); `begin_iteration` resets the
+    per-iteration stage sets."""
+
+    def __init__(self, node: int, params: Routing, scenario: Scenario, k: int):
+        self.node, self.params, self.k = node, params, k
+        self.scenario, self.costs = scenario, Costs(scenario)
+        self.rng = random.Random(params.seed * SEED_STRIDE + node)
+        self.service: dict[int, float] = {}  # peer -> its last reported forward EMA, seconds
+        self.queue: dict[int, int] = {}  # peer -> its last reported queue
+        self.sent: Counter[int] = Counter()  # peer -> forwards sent to it since its last report
+        self.blacklist: set[int] = set()
+        self.own_forward_s = self.costs.forward_s(node)
+        self.stage_sets: dict[int, frozenset[int]] = {}  # microbatch -> stages it visits (skip)
+        self._orderable: dict[tuple, bool] = {}
+
+    # -- measurements -------------------------------------------------------------------------
+    def ran_forward(self, seconds: float) -> None:
+        """This node's own forward took `seconds` (scenario time)."""
+        self.own_forward_s += self.params.ema * (seconds - self.own_forward_s)
+
+    def report(self, queue: int) -> Report:
+        return Report(self.own_forward_s, queue)
+
+    def observe(self, peer: int, report: Report) -> None:
+        """A data message from `peer` carried its report."""
+        self.service[peer] = report.forward_s  # the peer averaged it already
+        self.queue[peer] = report.queue
+        self.sent[peer] = 0
+
+    def service_s(self, peer: int) -> float:
+        return self.service.get(peer, self.costs.forward_s(peer))
+
+    def expected_wait_s(self, peer: int) -> float:
+        load = self.queue.get(peer, 0) + self.sent[peer]
+        return self.costs.link_s(self.node, peer) + (1 + load) * self.service_s(peer)
+
+    def slow(self, peer: int) -> bool:
+        """Is `peer` measured slower than planned by the slow factor?"""
+        return self.service_s(peer) > self.params.slow_factor * self.costs.forward_s(peer)
+
+    # -- choices ------------------------------------------------------------------------------
+    def begin_iteration(self) -> None:
+        self.stage_sets.clear()
+
+    def choose_node(self, candidates: Sequence[int], avoid: Sequence[int] = ()) -> int | None:
+        """Draw the next node among `candidates` (live nodes of one stage), never a blacklisted
+        or avoided one; None when none is left. Counts the send."""
+        pool = [n for n in candidates if n not in self.blacklist and n not in avoid]
+        if not pool:
+            return None
+        node = self._draw(pool, [1.0 / max(self.expected_wait_s(n), 1e-12) for n in pool])
+        self.sent[node] += 1
+        return node
+
+    def _draw(self, items: list, weights: list[float]):
+        return self.rng.choices(items, weights)[0] if len(items) > 1 else items[0]
+
+    def _stage_wait_s(self, stage: int, live: Live) -> float:
+        return min((self.expected_wait_s(n) for n in live[stage] if n not in self.blacklist),
+                   default=float("inf"))
+
+    def next_hop(self, microbatch: int, hops: Sequence[Hop], live: Live,
+                 planned: Hop | None = None) -> Hop | None:
+        """Where the microbatch that has run the forwards at `hops` goes next under this
+        router's rule; None: back to its origin for the loss (path complete, or no stage left
+        with a live node). `planned`: the plan's next hop (repair)."""
+        if len(hops) >= self.k:
+            return None
+        rule = self.params.rule
+        if rule == "repair":
+            return self._repair(planned, live) if planned is not None else None
+        if rule == "swarm":
+            stages = [s for s in range(hops[-1].stage + 1, len(live)) if live[s]]
+        else:
+            stages = self._next_stages(microbatch, hops, live)
+        for _ in range(len(stages)):
+            stage = stages[0] if rule == "swarm" else self._draw_stage(stages, live)
+            node = self.choose_node(live[stage])
+            if node is not None:
+                return Hop(stage, node)
+            stages.remove(stage)  # every node there blacklisted: try another stage
+        return None
+
+    def _repair(self, planned: Hop, live: Live) -> Hop | None:
+        ok = planned.node in live[planned.stage] and planned.node not in self.blacklist
+        if ok and not self.slow(planned.node):
+            return planned
+        others = [n for n in live[planned.stage] if not self.slow(n)]
+        node = self.choose_node(others, avoid=(planned.node,))
+        if node is not None:
+            return Hop(planned.stage, node)
+        return planned if ok else None  # no other node there: slow beats nothing
+
+    def _draw_stage(self, stages: list[int], live: Live) -> int:
+        return self._draw(stages, [1.0 / max(self._stage_wait_s(s, live), 1e-12) for s in stages])
+
+    # -- swarm-skip: which stages, in which order ---------------------------------------------
+    def choose_stage_set(self, microbatch: int, budget: Counter[int], left: int,
+                         live: Live) -> frozenset[int]:
+        """At the origin, when it starts `microbatch`: the k-1 stages it will visit, spending
+        `budget` (stage -> visits this origin still has to give, updated here) with `left` of its
+        microbatches still to start, this one included."""
+        if microbatch in self.stage_sets:  # a restarted attempt keeps its stages
+            return self.stage_sets[microbatch]
+        stages = [s for s in range(1, len(live)) if live[s]]
+        need = min(self.k - 1, len(stages))
+        forced = {s for s, b in budget.items() if b >= left}  # every later microbatch must visit it
+        open_ = [s for s in stages if budget[s] > 0 or not budget]
+        sets = [frozenset(c) for c in itertools.combinations(open_, need)
+                if forced <= set(c) and self._can_order((0,), frozenset(c))]
+        if not sets:  # no budget-respecting set can be ordered (nodes died): any orderable one
+            sets = [frozenset(c) for c in itertools.combinations(stages, need)
+                    if self._can_order((0,), frozenset(c))] or [frozenset()]
+        waits = {s: self._stage_wait_s(s, live) for s in range(1, len(live))}
+        chosen = self._draw(sets, [1.0 / max(sum(waits[s] for s in c), 1e-12) for c in sets])
+        budget.subtract({s: 1 for s in chosen})
+        self.stage_sets[microbatch] = chosen
+        return chosen
+
+    def _next_stages(self, microbatch: int, hops: Sequence[Hop], live: Live) -> list[int]:
+        visited = tuple(h.stage for h in hops)
+        rest = self.stage_sets.get(microbatch, frozenset(range(1, len(live)))) - set(visited)
+        rest = frozenset(s for s in rest if live[s])
+        return [s for s in sorted(rest) if self._can_order(visited + (s,), rest - {s})]
+
+    def _can_order(self, prefix: tuple[int, ...], rest: frozenset[int]) -> bool:
+        """Can `rest` follow `prefix` in some order that keeps CC3? (memoized; k is small)"""
+        key = (prefix, rest)
+        if key not in self._orderable:
+            self._orderable[key] = cc3_problem(prefix, self.scenario) is None and (
+                not rest or any(self._can_order(prefix + (s,), rest - {s}) for s in sorted(rest)))
+        return self._orderable[key]
+
+
+def stage_budgets(origins: Sequence[tuple[int, int]], n_stages: int, k: int) -> dict[int, Counter[int]]:
+    """TC1's even load split among the data nodes: (origin, its microbatches) in a fixed order
+    -> per origin, stage -> forward visits it gives that stage in one iteration. The visits are
+    dealt round robin over stages 1..S-1 in that order, so every stage gets at most
+    ceil(N (k-1) / (S-1)) (rules.stage_visit_cap) and an origin at most one per microbatch."""
+    out, unit = {}, 0
+    for origin, count in origins:
+        need = count * (k - 1)
+        out[origin] = Counter(1 + (unit + i) % (n_stages - 1) for i in range(need))
+        unit += need
+    return out
+
+
+def path_length(rule: str, scenario: Scenario) -> int:
+    """k: the stages a path visits under `rule` (the plan's own length under repair)."""
+    return scenario.pipeline.n_stages if rule == "swarm" else scenario.pipeline.path_length

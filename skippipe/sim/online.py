@@ -1,0 +1,146 @@
+"""Simulating online routing: the simulator's event loop (simulate.py) with next hops chosen as
+it runs, by the same routers (routing.py) the node processes use.
+
+Every node has its own Router, seeded from the variant's Routing and the node id. When a forward
+ends, its node's router picks the next hop (swarm, swarm-skip) or keeps or repairs the planned
+one (repair); the next op joins that node's dispatcher when its input arrives (first come first
+served, as a node takes a message it was not planned for). A planned node a repair routes around
+forgets the microbatch, as in the runtime. Every data message carries its sender's Report (EMA
+of its forward time, its queue), which the receiver's router observes on arrival; a swarm-skip
+origin chooses each microbatch's stage set when its first forward ends, and the set travels
+with the microbatch. `slow` multiplies some nodes' operation times (a straggler), so what-if
+studies can see routing react.
+
+`predict` simulates seeds seed .. seed+seeds-1 of the variant's Routing: mean and spread of the
+iteration time, and the first seed's result and realized paths (what a schedule stores as the
+online variant's prediction).
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections import Counter
+
+from ..ops import Op, OpKind, next_op, node_of
+from ..routing import Router, path_length, stage_budgets
+from ..scenario import Scenario
+from ..schedule import Hop, MicrobatchPath, Schedule
+from .simulate import SimResult, _Simulation
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """An online variant's simulated iteration time over seeds (seconds)."""
+
+    mean_s: float
+    sd_s: float
+    min_s: float
+    max_s: float
+    first: SimResult  # the first seed's run
+    paths: tuple[MicrobatchPath, ...]  # the first seed's realized paths
+
+    def as_predicted(self) -> dict[str, float]:
+        """The schedule's `predicted` entries for the spread."""
+        return {"iteration_sd_s": round(self.sd_s, 4), "iteration_min_s": round(self.min_s, 4),
+                "iteration_max_s": round(self.max_s, 4)}
+
+
+def simulate_online(schedule: Schedule, variant: str, scenario: Scenario, seed: int | None = None,
+                    slow: dict[int, float] | None = None,
+                    *, iteration: int = 0) -> tuple[SimResult, tuple[MicrobatchPath, ...]]:
+    """One iteration of an online variant with its routers seeded by `seed` (default: the
+    variant's); returns the result and the realized paths."""
+    sim = _Online(schedule, variant, scenario, seed, slow or {}, iteration)
+    result = sim.run()
+    return result, sim.realized()
+
+
+def predict(schedule: Schedule, variant: str, scenario: Scenario,
+            slow: dict[int, float] | None = None) -> Prediction:
+    routing = schedule.variant(variant).routing
+    runs = [simulate_online(schedule, variant, scenario, routing.seed + i, slow)
+            for i in range(routing.seeds)]
+    times = [r.iteration_s for r, _ in runs]
+    sd = statistics.stdev(times) if len(times) > 1 else 0.0
+    return Prediction(statistics.fmean(times), sd, min(times), max(times), *runs[0])
+
+
+class _Online(_Simulation):
+    def __init__(self, schedule: Schedule, variant: str, scenario: Scenario, seed: int | None,
+                 slow: dict[int, float], iteration: int):
+        v = schedule.variant(variant)
+        if v.routing is None:
+            raise ValueError(f"variant {variant} has no online routing")
+        params = v.routing if seed is None else dataclasses.replace(v.routing, seed=seed)
+        self.rule, self.slow = params.rule, slow
+        if self.rule != "repair":  # only the origins are known before the run
+            v = dataclasses.replace(v, order=None, dispatch="fcfs", paths=tuple(
+                dataclasses.replace(p, hops=p.hops[:1]) for p in v.paths))
+        self.paths = {p.microbatch: p.hops for p in v.paths}
+        super().__init__(schedule.for_variant(variant), v, scenario, True, iteration, frozenset())
+        k = path_length(self.rule, scenario)
+        self.routers = {n.id: Router(n.id, params, scenario, k) for n in scenario.nodes}
+        self.live = self.schedule.allocation
+        self.reports: dict[tuple[int, Op], tuple[int, object]] = {}  # (dst, op) -> (src, report)
+        self.sets: dict[int, frozenset[int]] = {}  # swarm-skip: microbatch -> its stages
+        origins = Counter(p.origin for p in v.paths)
+        self.budgets = stage_budgets(sorted(origins.items()), len(self.live), k)
+        self.left = dict(origins)  # origin -> microbatches without a stage set yet
+
+    # -- topology: the paths as routed so far ----------------------------------------------
+    def node_of(self, op: Op) -> int:
+        return node_of(op, [h.node for h in self.paths[op.microbatch]])
+
+    def successor(self, op: Op) -> Op | None:
+        return next_op(op, len(self.paths[op.microbatch]))
+
+    def op_s(self, op: Op, node: int) -> float:
+        return super().op_s(op, node) * self.slow.get(node, 1.0)
+
+    def realized(self) -> tuple[MicrobatchPath, ...]:
+        return tuple(MicrobatchPath(mb, hops[0].node, tuple(hops)) for mb, hops in sorted(self.paths.items()))
+
+    # -- hooks into the event loop ----------------------------------------------------------
+    def _finish(self, node: int, op: Op) -> set[int]:
+        if op.kind is OpKind.F:
+            self._route(node, op)
+        return super()._finish(node, op)
+
+    def _arrive(self, node: int, op: Op) -> None:
+        self.state[node].disp.add([op])  # a node takes any op routed to it
+        sender = self.reports.pop((node, op), None)
+        if sender is not None:
+            self.routers[node].observe(*sender)
+        super()._arrive(node, op)
+
+    def _send(self, src: int, dst: int, op: Op, handoff_s: float) -> None:
+        queue = len(self.state[src].disp.arrived)
+        self.reports[(dst, op)] = (src, self.routers[src].report(queue))
+        super()._send(src, dst, op, handoff_s)
+
+    def _route(self, node: int, op: Op) -> None:
+        """The forward `op` ended on `node`: its router decides the next hop."""
+        router, mb = self.routers[node], op.microbatch
+        router.ran_forward(self.op_s(op, node))
+        hops = self.paths[mb]
+        if self.rule == "swarm-skip":
+            if op.hop == 0:
+                left = self.left[node]  # this one included
+                self.left[node] -= 1
+                self.sets[mb] = router.choose_stage_set(mb, self.budgets[node], left, self.live)
+            router.stage_sets[mb] = self.sets[mb]
+        if self.rule != "repair":
+            nxt = router.next_hop(mb, hops, self.live)
+            self.paths[mb] = hops if nxt is None else hops + (nxt,)
+            return
+        if op.hop + 1 >= len(hops):
+            return
+        planned = hops[op.hop + 1]
+        nxt = router.next_hop(mb, hops[:op.hop + 1], self.live, planned)
+        if nxt is not None and nxt != planned:
+            self.state[planned.node].disp.forget(mb)  # routed around: it will not see mb
+            self.paths[mb] = hops[:op.hop + 1] + (nxt,) + hops[op.hop + 2:]
+            self.events.append({"t": self.now, "node": node, "event": "rerouted", "microbatch": mb,
+                                "hop": op.hop + 1, "avoided": planned.node, "to": nxt.node,
+                                "iteration": self.iteration})
+

@@ -1,0 +1,123 @@
+"""Online routing (routing.py) and its simulation (sim/online.py): seeded determinism, the
+expected-wait preference, swarm-skip paths that keep CC1-CC3 and TC1, the simulator's
+prediction over seeds, the schedule entry, and the hybrid repairing around a straggler."""
+import dataclasses
+from collections import Counter
+
+import pytest
+
+from skippipe.planner.online import online_variant
+from skippipe.routing import Report, Router, stage_budgets
+from skippipe.rules import stage_visit_cap, violations
+from skippipe.scenario import load_scenario
+from skippipe.schedule import Hop, Routing, Schedule, from_dict, to_dict
+from skippipe.sim.online import predict, simulate_online
+
+from conftest import SETTINGS
+from schedules import TINY_ALLOCATION, timed_schedule, tiny
+
+
+def _router(sc, seed=0, node=0, rule="swarm", k=None):
+    return Router(node, Routing(rule, seed=seed), sc, k or sc.pipeline.n_stages)
+
+
+def _online(sc, name, allocation, seed=0, plan=None):
+    v = online_variant(name, sc, allocation, seed, plan)
+    return Schedule(sc.name, sc.content_hash, sc.source, tuple(allocation), {name: v})
+
+
+def _draws(router, n=50):
+    return [router.next_hop(0, (Hop(0, 0),), TINY_ALLOCATION) for _ in range(n)]
+
+
+def test_same_seed_same_choices_other_seed_other_choices():
+    sc = tiny()
+    assert _draws(_router(sc, seed=3)) == _draws(_router(sc, seed=3))
+    assert _draws(_router(sc, seed=3)) != _draws(_router(sc, seed=4))
+    assert _draws(_router(sc, node=1)) != _draws(_router(sc, node=0))  # each node its own stream
+
+
+def test_expected_wait_steers_and_blacklist_excludes():
+    sc = tiny()
+    r = _router(sc)
+    for _ in range(200):  # node 3 reports forwards ten times slower than node 2's
+        r.observe(2, Report(r.costs.forward_s(2), 0))
+        r.observe(3, Report(10 * r.costs.forward_s(3), 0))
+        r.choose_node([2, 3])
+    picks = Counter()
+    for _ in range(200):
+        r.sent.clear()
+        picks[r.choose_node([2, 3])] += 1
+    assert picks[2] > 3 * picks[3] > 0
+    r.blacklist = {2}
+    assert {r.choose_node([2, 3]) for _ in range(20)} == {3}
+    assert r.choose_node([2]) is None
+
+
+def test_repair_keeps_the_plan_unless_the_hop_is_dead_or_slow():
+    sc = tiny()
+    r = _router(sc, rule="repair", k=3)
+    planned, done = Hop(1, 2), (Hop(0, 0),)
+    assert r.next_hop(0, done, TINY_ALLOCATION, planned) == planned
+    assert r.next_hop(0, done, ((0, 1), (3,), (4,), (5,)), planned) == Hop(1, 3)  # 2 died
+    r.observe(2, Report(r.params.slow_factor * 1.5 * r.costs.forward_s(2), 0))
+    assert r.slow(2) and r.next_hop(0, done, TINY_ALLOCATION, planned) == Hop(1, 3)
+    r.observe(3, Report(10 * r.costs.forward_s(3), 0))  # every node there slow: the plan stands
+    assert r.next_hop(0, done, TINY_ALLOCATION, planned) == planned
+
+
+def test_stage_budgets_split_tc1_evenly():
+    sc = load_scenario(SETTINGS / "geo-distributed.toml")
+    p = sc.pipeline
+    origins = [(o, p.microbatches_per_node) for o in range(p.stage_sizes[0])]
+    budgets = stage_budgets(origins, p.n_stages, p.path_length)
+    total = sum(budgets.values(), Counter())
+    assert max(total.values()) <= stage_visit_cap(sc, len(origins) * p.microbatches_per_node)
+    for b in budgets.values():
+        assert sum(b.values()) == p.microbatches_per_node * (p.path_length - 1)
+        assert max(b.values()) <= p.microbatches_per_node and 0 not in b
+
+
+@pytest.mark.parametrize("scenario", ["tiny", "geo-distributed"])
+def test_swarm_skip_paths_keep_cc1_to_cc3_and_tc1(scenario):
+    sc = load_scenario(SETTINGS / f"{scenario}.toml")
+    nodes = iter(range(len(sc.nodes)))
+    allocation = tuple(tuple(next(nodes) for _ in range(size)) for size in sc.pipeline.stage_sizes)
+    sched = _online(sc, "swarm-skip", allocation)
+    realized = set()
+    for seed in range(4):
+        result, paths = simulate_online(sched, "swarm-skip", sc, seed)
+        v = dataclasses.replace(sched.variants["swarm-skip"], paths=paths, order=result.order)
+        assert violations(dataclasses.replace(sched, variants={"swarm-skip": v}), sc) == []
+        assert all(len(p.hops) == sc.pipeline.path_length for p in paths)
+        realized.add(tuple(p.stages for p in paths))
+    assert len(realized) > 1  # the stage sequences are chosen online, not fixed
+
+
+def test_simulator_predicts_swarm_over_seeds_and_the_schedule_keeps_it(tiny_scenario):
+    sc = tiny_scenario
+    sched = _online(sc, "swarm", TINY_ALLOCATION)
+    v = sched.variants["swarm"]
+    got = predict(sched, "swarm", sc)
+    assert got == predict(sched, "swarm", sc)  # seeded: the same numbers again
+    assert got.min_s <= got.mean_s <= got.max_s and got.sd_s >= 0
+    assert v.predicted["iteration_s"] == pytest.approx(got.mean_s, abs=1e-4)
+    assert all(p.stages == (0, 1, 2, 3) for p in v.paths)
+    assert violations(sched, sc) == []
+    back = from_dict(to_dict(sched))
+    assert back.variants["swarm"].routing == v.routing == Routing("swarm")
+    bad = dataclasses.replace(sched, variants={"swarm": dataclasses.replace(v, routing=None)})
+    assert [x.rule for x in violations(bad, sc)] == ["ROUTING"]
+
+
+def test_hybrid_routes_around_a_straggler_in_the_simulator():
+    sc = tiny()
+    plan = timed_schedule(sc).variants["ca-partial"]
+    sched = _online(sc, "ca-repair", TINY_ALLOCATION, plan=plan)
+    assert violations(sched, sc) == []
+    calm, _ = simulate_online(sched, "ca-repair", sc)
+    assert not [e for e in calm.events if e["event"] == "rerouted"]
+    slowed, paths = simulate_online(sched, "ca-repair", sc, slow={2: 10.0})
+    rerouted = [e for e in slowed.events if e["event"] == "rerouted"]
+    assert rerouted and all(e["avoided"] == 2 and e["to"] == 3 for e in rerouted)
+    assert any(p.nodes != q.nodes for p, q in zip(paths, plan.paths))
