@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-eval-windows", type=int,
                    help="score only the first N validation windows (smoke tests; default: all)")
     p.add_argument("--target-ppl", type=float, help="time-to-target perplexity (default: the "
-                   "highest final perplexity among the variants, so every variant reaches it)")
+                   "highest final perplexity of any run at its variant's best rate, so every run reaches it)")
     p.add_argument("--jobs", type=int, default=2, help="runs at once, one process each")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--figures", help="directory for the PNGs (default: --out)")

@@ -9,6 +9,7 @@ settings is reused by a rerun: the study is resumable.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -54,7 +55,15 @@ class RunSpec:
         return f"{self.variant}-lr{self.learning_rate:g}-seed{self.seed}"
 
     def fingerprint(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "threads"}
+        """What must match for a stored result to be reused: the scenario by its content, not
+        its path, so a fresh clone elsewhere resumes the same study."""
+        out = {k: v for k, v in asdict(self).items() if k != "threads"}
+        out["settings"] = settings_digest(self.settings)
+        return out
+
+
+def settings_digest(path: str) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def result_path(out: Path, key: str, suffix: str = "") -> Path:

@@ -94,7 +94,7 @@ def train(opts: RunOptions, say=print) -> int:
         result = launch.run(cfg, run.nodes, run.predicted_s, timeout, say)
     say(launch.summary(result.iterations))
     from .report import averaging_lines
-    for line in averaging_lines(cfg, sc):
+    for line in averaging_lines(cfg, run.sc):
         say(line)
     if opts.gantt and result.iterations:
         from .report import measured_vs_predicted_gantt

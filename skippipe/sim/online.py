@@ -24,7 +24,7 @@ from collections import Counter
 from ..ops import Op, OpKind, next_op, node_of
 from ..routing import Router, path_length, stage_budgets
 from ..scenario import Scenario
-from ..schedule import Hop, MicrobatchPath, Schedule
+from ..schedule import MicrobatchPath, Schedule
 from .simulate import SimResult, _Simulation
 
 
