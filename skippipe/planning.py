@@ -162,7 +162,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         predicted = {**v.predicted, "makespan_s": round(sim.makespan_s, 4), "iteration_s": round(sim.iteration_s, 4),
                      "bubble_share": round(sim.bubble_share, 4),
                      "peak_activations": max(s.peak_activations for s in sim.per_node)}
-        if v.routing is not None and v.routing.rule != "repair":  # the mean over the router's seeds
+        if v.routing is not None and v.routing.online:  # the mean over the router's seeds
             predicted["iteration_s"] = v.predicted["iteration_s"]
         variants[name] = dataclasses.replace(v, predicted=predicted)
     sched = Schedule(scenario.name, scenario.content_hash, scenario.source, full.stages, variants,

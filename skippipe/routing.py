@@ -27,6 +27,7 @@ stage may change between calls (failures, rejoins, rebalancing).
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from collections import Counter
@@ -36,10 +37,17 @@ from typing import Sequence
 from .costs import Costs
 from .rules import cc3_problem
 from .scenario import Scenario
-from .schedule import Hop, Routing
+from .schedule import Hop, Routing, VariantSchedule
 
 SEED_STRIDE = 1_000_003  # node routers of one seed draw from disjoint RNG streams
 Live = Sequence[Sequence[int]]  # stage -> its live nodes, now
+
+
+def origins_only(variant: VariantSchedule) -> VariantSchedule:
+    """An unplanned online variant as an iteration starts it: each path its origin only, run
+    first come first served."""
+    return dataclasses.replace(variant, order=None, dispatch="fcfs", paths=tuple(
+        dataclasses.replace(p, hops=p.hops[:1]) for p in variant.paths))
 
 
 @dataclass(frozen=True)

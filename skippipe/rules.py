@@ -193,8 +193,8 @@ def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
         if p.stages != tuple(range(len(s.allocation))):
             out.append(Violation("BASELINE", v.name, p.microbatch, None,
                                  f"a full-pipeline path runs every stage in order, got {list(p.stages)}"))
-        elif v.name in V_PLACED and v_path_problem(p.nodes):
-            out.append(Violation("ALLOC", v.name, p.microbatch, None, v_path_problem(p.nodes)))
+        elif v.name in V_PLACED and (problem := v_path_problem(p.nodes)):
+            out.append(Violation("ALLOC", v.name, p.microbatch, None, problem))
     if v.name in ONLINE:  # online routing balances by measurement, not by count
         return out
     loads = Counter((h.stage, h.node) for p in v.paths for h in p.hops[1:])

@@ -79,6 +79,11 @@ class Routing:
     ema: float = 0.3  # weight of a new measurement in a peer's moving average
     slow_factor: float = 2.0  # repair: a planned hop measured this many times slower is avoided
 
+    @property
+    def online(self) -> bool:
+        """Routed from the origin on, with no plan (swarm, swarm-skip); repair keeps a plan."""
+        return self.rule != "repair"
+
     def __post_init__(self) -> None:
         if self.rule not in ROUTING_RULES:
             raise ScheduleError(f"routing rule {self.rule!r} is not one of {', '.join(ROUTING_RULES)}")

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(SUMMARY_HEADER, summary_rows(results, base, predicted)))
     for name in names:
         routing = sched.variants[name].routing
-        if routing is not None and routing.rule != "repair":  # a routed variant varies by seed
+        if routing is not None and routing.online:  # a routed variant varies by seed
             got = predict(sched, name, scenario)
             print(f"{name}: online routing over {routing.seeds} seeds: mean {got.mean_s:.3f} s, "
                   f"sd {got.sd_s:.3f} s, min {got.min_s:.3f} s, max {got.max_s:.3f} s")

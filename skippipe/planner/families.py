@@ -46,10 +46,9 @@ from ..scenario import Scenario
 from ..schedule import MicrobatchPath, Provenance, Schedule, VariantSchedule
 from ..variants import V_PLACED
 from .baselines import AllocationLike, baseline_variant
-from .dualpipev import dualpipev, v_paths
+from .dualpipev import Wave, dualpipev, v_paths
 from .paths import PlanningError
 
-Wave = list[tuple[int, int]]  # one round's (microbatch, hop) at one node, in microbatch order
 SPLIT_BACKWARD = ("zb-h1", "dualpipev")
 
 

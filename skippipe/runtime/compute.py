@@ -69,11 +69,15 @@ class StageCompute:
         self.saved = {key: v for key, v in self.saved.items() if key[0] != mb}
         self.out_grads = {key: g for key, g in self.out_grads.items() if key[0] != mb}
 
+    def _chunk(self, stage: int | None):
+        """The module of the stage chunk an op runs on (default: the node's lower stage)."""
+        return self.modules[self.stage if stage is None else stage]
+
     def run(self, op: Op, stage: int | None = None) -> torch.Tensor | None:
         """The torch work of one operation on the chunk of `stage` (default: the first); returns
         the tensor to send on (CPU, contiguous)."""
         mb, hop = op.microbatch, op.hop
-        module = self.modules[self.stage if stage is None else stage]
+        module = self._chunk(stage)
         if op.kind is OpKind.F:
             if hop == 0:
                 x, out = None, module.run_layers(module.embed(self.batch[mb][:, :-1]))
@@ -119,7 +123,7 @@ class StageCompute:
         t = tensor.to(self.device)
         if op.kind is OpKind.F:
             x = t.requires_grad_(True)
-            out = self.modules[self.stage if stage is None else stage].run_layers(x)
+            out = self._chunk(stage).run_layers(x)
             self.late_saved[key] = (x, out)
             return out.detach().cpu()
         if key not in self.late_saved:

@@ -31,9 +31,10 @@ def repair_path(path: MicrobatchPath, dead: set[int] | frozenset[int],
             hops.append(h)
             continue
         live = [n for n in allocation[h.stage] if n not in dead]
-        node = (pick or (lambda nodes: nodes[path.microbatch % len(nodes)]))(live) if live else None
-        if node is not None:
-            hops.append(Hop(h.stage, node))
+        if live:
+            node = live[path.microbatch % len(live)] if pick is None else pick(live)
+            if node is not None:
+                hops.append(Hop(h.stage, node))
     if len(hops) < MIN_PATH_STAGES:
         return None
     return dataclasses.replace(path, hops=tuple(hops))

@@ -188,6 +188,7 @@ class Rendezvous:
     def _table(self, entries: dict[int, dict], setup: dict) -> Peers:
         """The peer table, once every entry agrees with our setup and no address is taken twice."""
         peers: Peers = {}
+        taken: dict[tuple[str, int], int] = {}  # address -> the node that registered it
         for n, e in sorted(entries.items()):
             where = f"{e['host']}:{e['port']}"
             theirs = e.get("setup", {})
@@ -197,10 +198,9 @@ class Rendezvous:
                                           f"{theirs.get(key)!r}, this host {setup.get(key)!r}; start "
                                           f"every host with the same scenario, setting and options")
             address = (str(e["host"]), int(e["port"]))
-            taken = {a: m for m, a in peers.items()}
             if address in taken:
                 raise RendezvousError(f"{self.where}: nodes {taken[address]} and {n} both registered {where}")
-            peers[n] = address
+            peers[n], taken[address] = address, n
         return peers
 
     # -- the schedule -------------------------------------------------------------------------------

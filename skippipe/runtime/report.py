@@ -12,6 +12,7 @@ from ..scenario import Scenario
 from ..schedule import Schedule
 from ..sim.simulate import simulate
 from ..timeline import gantt_png, read_jsonl
+from ..variants import V_PLACED
 
 TIMED_EVENTS = ("op", "send")
 
@@ -56,7 +57,7 @@ def averaging_windows(cfg: RunConfig, sc: Scenario) -> list[dict]:
         if e.get("event") == "op" and e.get("kind") == "AVG":
             groups.setdefault((e["iteration"], e["stage"]), []).append(e)
     to_scenario, costs = Emulation.from_config(cfg).scenario_s, Costs(sc)
-    rows = []
+    rows, n_stages = [], sc.pipeline.n_stages
     for (it, stage), evs in sorted(groups.items()):
         nodes = sorted(e["node"] for e in evs)
         if len(nodes) < 2:
@@ -65,7 +66,9 @@ def averaging_windows(cfg: RunConfig, sc: Scenario) -> list[dict]:
         rows.append({"iteration": it, "stage": stage, "nodes": nodes,
                      "measured_s": to_scenario(max(ends) - start),
                      "earliest_s": to_scenario(min(ends) - start),
-                     "modelled_s": costs.averaging_s(stage, nodes)})
+                     # a V-placed node averages its stage and the mirror one in turn
+                     "modelled_s": sum(costs.averaging_s(s, nodes) for s in
+                                       ({stage, n_stages - 1 - stage} if cfg.variant in V_PLACED else {stage}))})
     return rows
 
 

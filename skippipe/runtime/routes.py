@@ -22,7 +22,7 @@ import dataclasses
 from collections import Counter
 
 from ..ops import Op, OpKind
-from ..routing import Report, Router, path_length, stage_budgets
+from ..routing import Report, Router, origins_only, path_length, stage_budgets
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, VariantSchedule
 from .control import Reroute
@@ -33,7 +33,6 @@ from .recovery import repair_path
 from .wire import Message
 
 SET_BITS, QUEUE_BITS, MICROS_BITS = 16, 8, 31  # report layout above the hop: set, queue, µs
-ONLINE_RULES = ("swarm", "swarm-skip")  # no plan at all: paths are routed from the origin on
 
 
 class Routes:
@@ -42,6 +41,7 @@ class Routes:
     def __init__(self, node: int, variant: VariantSchedule, scenario: Scenario,
                  allocation: tuple[tuple[int, ...], ...], messenger: Messenger, emulation: Emulation):
         self.id, self.allocation, self.m, self.emulation = node, allocation, messenger, emulation
+        self.routing = variant.routing
         self.rule = None if variant.routing is None else variant.routing.rule
         self.queue = 0  # operations waiting here (the iteration keeps it current)
         if self.rule is None:
@@ -56,7 +56,7 @@ class Routes:
     @property
     def online(self) -> bool:
         """Routed from the origin on (no planned paths or action lists)."""
-        return self.rule in ONLINE_RULES
+        return self.routing is not None and self.routing.online
 
     def begin_iteration(self, variant: VariantSchedule) -> VariantSchedule:
         """The variant as this iteration starts it: online, only the origins are known."""
@@ -66,8 +66,7 @@ class Routes:
         self.budget, self.left = Counter(self.budgets.get(self.id, {})), self.own
         if not self.online:
             return variant
-        return dataclasses.replace(variant, order=None, dispatch="fcfs", paths=tuple(
-            dataclasses.replace(p, hops=p.hops[:1]) for p in variant.paths))
+        return origins_only(variant)
 
     def live(self) -> list[list[int]]:
         dead = self.m.live.dead
@@ -129,8 +128,6 @@ class Routes:
                      allocation: tuple[tuple[int, ...], ...]) -> MicrobatchPath | None:
         """A restarted attempt's path: online, its origin only (routed afresh); under repair, the
         plan's with dead hops replaced by a router draw; otherwise recovery's repair."""
-        if path.origin in dead:
-            return None
         if self.online:
             return dataclasses.replace(path, hops=path.hops[:1])
         pick = None if self.rule is None else self.router.choose_node

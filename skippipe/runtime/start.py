@@ -19,7 +19,7 @@ from ..scenario import Scenario, load_scenario
 from ..schedule import Schedule, ScheduleError, VariantSchedule, load_schedule, save_schedule
 from ..util.peers import Peers, load_peers, local_peers
 from ..util.peers import PORT_MAX
-from ..util.ports import free_port, reserve_ports
+from ..util.ports import LOOPBACK, free_port, reserve_ports
 from ..util.rundir import can_create, new_run_dir, shown, writable_output
 from . import launch
 from .auth import RunAuth
@@ -30,7 +30,6 @@ from .runconfig import RunConfig, load_config
 CONNECT_TIMEOUT_S = 60.0  # wall seconds for every peer to come up
 TIMEOUT_FACTOR = 20.0  # the whole run may take this many times its predicted duration ...
 TIMEOUT_SLACK_S = 120.0  # ... plus this (start-up, tokenizer training on first use)
-LOOPBACK = "127.0.0.1"  # where nodes listen without --host (single host)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +117,7 @@ def prepared(opts: RunOptions, say=print, run_name: str | None = None, scope: st
     sc = scenario_for(opts.scenario, opts.mb or None)
     nodes = check_range(opts.first, opts.last, sc)
     failures = tuple(parse_failures(list(opts.fail), sc))
+    wide = _run_wide(opts, sc)
     with contextlib.ExitStack() as held:
         rdv = None
         if opts.rendezvous:
@@ -126,14 +126,14 @@ def prepared(opts: RunOptions, say=print, run_name: str | None = None, scope: st
         peers = _peers(opts, len(sc.nodes), nodes, rdv)
         held.enter_context(reserve_ports(peers, nodes))
         if rdv is not None:
-            peers = _register(rdv, peers, _run_wide(opts, sc), say)
+            peers = _register(rdv, peers, wide, say)
         sched_path = _schedule(opts, sc, nodes, rdv, Path(held.enter_context(tempfile.TemporaryDirectory())), say)
         sched, _ = load_schedule(sched_path, sc)
         variant = sched.variant(opts.setting)
         predicted = (variant.predicted["iteration_s"] if variant.routing  # online: mean over seeds
                      else simulate(sched, opts.setting, sc).iteration_s)
         _prepare_data(sc, opts.stand_in_model, say)
-        cfg = _config(opts, sc, sched_path, variant, sched.allocation_of(opts.setting)[0], peers,
+        cfg = _config(opts, sc, wide, sched_path, variant, sched.allocation_of(opts.setting)[0], peers,
                       nodes, failures, auth, run_name or opts.setting)
         yield Prepared(cfg, sched, sc, nodes, predicted)
 
@@ -174,14 +174,13 @@ def rejoin(opts: RunOptions, say=print) -> int:
                          opts.timeout or TIMEOUT_SLACK_S + cfg.connect_timeout_s, say)
 
 
-def _config(opts: RunOptions, sc: Scenario, sched_path: Path, variant: VariantSchedule,
+def _config(opts: RunOptions, sc: Scenario, wide: dict, sched_path: Path, variant: VariantSchedule,
             data_nodes: tuple[int, ...], peers: Peers, nodes: range, failures: tuple, auth: RunAuth,
             run_name: str) -> RunConfig:
     run_dir = new_run_dir(run_name, opts.runs)
     # nodes read the run's own copy: a later re-plan of schedules/ cannot change a running run
     schedule_copy = run_dir / "schedule.json"
     shutil.copyfile(sched_path, schedule_copy)
-    wide = _run_wide(opts, sc)
     return RunConfig(
         run_dir=str(run_dir),
         scenario_path=str(Path(opts.scenario).resolve()),

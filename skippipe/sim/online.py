@@ -22,7 +22,7 @@ import statistics
 from collections import Counter
 
 from ..ops import Op, OpKind, next_op, node_of
-from ..routing import Router, path_length, stage_budgets
+from ..routing import Router, origins_only, path_length, stage_budgets
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, Schedule
 from .simulate import SimResult, _Simulation
@@ -73,9 +73,9 @@ class _Online(_Simulation):
             raise ValueError(f"variant {variant} has no online routing")
         params = v.routing if seed is None else dataclasses.replace(v.routing, seed=seed)
         self.rule, self.slow = params.rule, slow
-        if self.rule != "repair":  # only the origins are known before the run
-            v = dataclasses.replace(v, order=None, dispatch="fcfs", paths=tuple(
-                dataclasses.replace(p, hops=p.hops[:1]) for p in v.paths))
+        self.online = params.online
+        if self.online:  # only the origins are known before the run
+            v = origins_only(v)
         self.paths = {p.microbatch: p.hops for p in v.paths}
         super().__init__(schedule.for_variant(variant), v, scenario, True, iteration, frozenset())
         k = path_length(self.rule, scenario)
@@ -129,7 +129,7 @@ class _Online(_Simulation):
                 self.left[node] -= 1
                 self.sets[mb] = router.choose_stage_set(mb, self.budgets[node], left, self.live)
             router.stage_sets[mb] = self.sets[mb]
-        if self.rule != "repair":
+        if self.online:
             nxt = router.next_hop(mb, hops, self.live)
             self.paths[mb] = hops if nxt is None else hops + (nxt,)
             return
