@@ -78,6 +78,8 @@ class Routing:
     seeds: int = 5  # the prediction is the mean (and spread) over seeds seed .. seed+seeds-1
     ema: float = 0.3  # weight of a new measurement in a peer's moving average
     slow_factor: float = 2.0  # repair: a planned hop measured this many times slower is avoided
+    rebalance: float = 0.0  # swarm rules: move a node when stage throughputs differ this many
+    #                         times (rebalance.py); 0: never
 
     @property
     def online(self) -> bool:
@@ -90,6 +92,9 @@ class Routing:
         if not (0 < self.ema <= 1 and self.slow_factor >= 1 and self.seeds >= 1):
             raise ScheduleError(f"routing: ema must be in (0, 1], slow_factor at least 1, seeds "
                                 f"at least 1; got {self.ema}, {self.slow_factor}, {self.seeds}")
+        if self.rebalance and (self.rebalance <= 1 or not self.online):
+            raise ScheduleError(f"routing: rebalance must be 0 or above 1, and 0 for the repair rule; "
+                                f"got {self.rebalance} for {self.rule}")
 
 
 @dataclass(frozen=True)
@@ -288,7 +293,8 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
     alloc, routing = v.get("allocation"), v.get("routing")
     if routing is not None:
         routing = Routing(str(routing["rule"]), _int(routing["seed"]), _int(routing["seeds"]),
-                          float(routing["ema"]), float(routing["slow_factor"]))
+                          float(routing["ema"]), float(routing["slow_factor"]),
+                          float(routing.get("rebalance", 0.0)))
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
                            Provenance(**prov), str(v.get("dispatch", "")), limits,
                            v.get("backward") == "split", None if alloc is None else _stages(alloc),

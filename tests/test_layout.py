@@ -14,7 +14,7 @@ LAYERS = [
     {"rules"},
     {"schedule"},
     {"util"},
-    {"routing"},  # online routing: below the simulator and the runtime that both use it
+    {"routing", "recovery", "rebalance"},  # online routing, repair, moves: used by the simulator and the runtime
     {"sim"},
     {"planner", "planning"},
     {"train"},

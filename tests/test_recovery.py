@@ -1,5 +1,5 @@
 from skippipe.runtime.datamsg import pack_path, unpack_path
-from skippipe.runtime.recovery import live_variant, repair_path
+from skippipe.recovery import live_variant, repair_path
 from skippipe.schedule import Hop
 
 from schedules import TINY_ALLOCATION, make_paths, timed_schedule, tiny

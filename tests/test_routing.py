@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from skippipe.planner.online import online_variant
+from skippipe.planner.online import REBALANCE_THRESHOLD, online_variant
 from skippipe.routing import Report, Router, stage_budgets
 from skippipe.rules import stage_visit_cap, violations
 from skippipe.scenario import load_scenario
@@ -105,7 +105,7 @@ def test_simulator_predicts_swarm_over_seeds_and_the_schedule_keeps_it(tiny_scen
     assert all(p.stages == (0, 1, 2, 3) for p in v.paths)
     assert violations(sched, sc) == []
     back = from_dict(to_dict(sched))
-    assert back.variants["swarm"].routing == v.routing == Routing("swarm")
+    assert back.variants["swarm"].routing == v.routing == Routing("swarm", rebalance=REBALANCE_THRESHOLD)
     bad = dataclasses.replace(sched, variants={"swarm": dataclasses.replace(v, routing=None)})
     assert [x.rule for x in violations(bad, sc)] == ["ROUTING"]
 

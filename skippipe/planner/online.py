@@ -3,7 +3,8 @@
 `swarm` and `swarm-skip` store their allocation, their Routing (rule, seed, parameters) and, as
 a prediction only, the paths and first-come-first-served run order the simulator realized with
 the first seed; `predicted` holds the mean iteration time over the Routing's seeds and its
-spread. Nodes never follow those paths: they route online (routing.py). `ca-repair` is
+spread. Nodes never follow those paths: they route online (routing.py), and move between
+stages when stage throughputs differ by REBALANCE_THRESHOLD times (rebalance.py). `ca-repair` is
 ca-partial's plan (paths, order, planned dispatch) with the repair rule on top.
 """
 from __future__ import annotations
@@ -16,12 +17,15 @@ from ..sim.online import predict
 from ..variants import ONLINE
 from .paths import PlanningError, microbatch_ids
 
+REBALANCE_THRESHOLD = 1.5  # swarm rules: rebalance when stage throughputs differ 1.5 times
+
 
 def online_variant(name: str, scenario: Scenario, allocation, seed: int,
                    plan: VariantSchedule | None = None) -> VariantSchedule:
     """The schedule entry of online variant `name` on `allocation`; `plan`: ca-partial's, which
     ca-repair follows."""
-    routing = Routing(ONLINE[name], seed=seed)
+    rule = ONLINE[name]
+    routing = Routing(rule, seed=seed, rebalance=0.0 if rule == "repair" else REBALANCE_THRESHOLD)
     if routing.rule == "repair":
         if plan is None:
             raise PlanningError(f"{name} follows ca-partial's plan: plan ca-partial too")

@@ -11,6 +11,8 @@ it is follows from its keys (the wire format predates these types and stays as i
   {"rejoin": 1}                                  RejoinRequest  a restarted node asks to come back
   {"rejoin_at": i, "node": n}                    RejoinAt       node n is planned in from iteration i
   {"welcome": i, "dead": [...], "steps": [...]}  Welcome        a sponsor's answer to a rejoining node
+  {"load": i, "forward_us": f}                   Load           after iteration i: the sender's forward EMA
+  {"move": n, "stage": s, "at": i}               Move           rebalancing: node n serves stage s from i on
 
 `decode` checks every field's type and range and raises ControlError for anything else: a
 malformed message is rejected by its receiver, never trusted.
@@ -24,7 +26,7 @@ from ..errors import SkipPipeError
 from .wire import Kind, Message, WireError
 
 MAX_ID = 2**31 - 1  # iterations, microbatches, attempts, step counts
-_NODE_FIELDS = {"dead", "node"}  # fields that name nodes: must be nodes of the run
+_NODE_FIELDS = {"dead", "node", "move"}  # fields that name nodes: must be nodes of the run
 
 
 class ControlError(SkipPipeError):
@@ -77,9 +79,24 @@ class Welcome:
     steps: tuple[int, ...]  # AdamW step count per parameter of the stage
 
 
-Control = Union[Hello, Finished, RejoinRequest, Dead, Restart, Reroute, RejoinAt, Welcome]
+@dataclass(frozen=True)
+class Load:
+    key: ClassVar[str] = "load"
+    load: int  # the iteration after which it was measured
+    forward_us: int  # the sender's moving average of its forward time, scenario microseconds
+
+
+@dataclass(frozen=True)
+class Move:
+    key: ClassVar[str] = "move"
+    move: int  # node
+    stage: int  # the stage it serves from iteration `at` on
+    at: int
+
+
+Control = Union[Hello, Finished, RejoinRequest, Dead, Restart, Reroute, RejoinAt, Welcome, Load, Move]
 # Welcome before Dead: a welcome also carries a "dead" list
-_TYPES = (Welcome, Restart, Reroute, RejoinAt, Dead, Hello, Finished, RejoinRequest)
+_TYPES = (Welcome, Restart, Reroute, RejoinAt, Dead, Load, Move, Hello, Finished, RejoinRequest)
 _FLAGS = (Hello, Finished, RejoinRequest)  # no fields: the key's value is 1
 
 

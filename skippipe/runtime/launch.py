@@ -84,9 +84,10 @@ class Progress:
         self.rows: list[dict] = []
         self.events: list[dict] = []
         self.told_dead: set[int] = set()
+        self.told_moves: set[tuple[int, int]] = set()
 
     def news(self) -> list[str]:
-        """One line per node first declared dead (or back) since the last call."""
+        """One line per node first declared dead (or back), or moved, since the last call."""
         lines = []
         for e in self.events:
             if e.get("event") == "peer_dead":
@@ -94,6 +95,11 @@ class Progress:
                     self.told_dead.add(p)
                     lines.append(f"node {p} declared dead by node {e['node']} in iteration "
                                  f"{e.get('iteration')}: {e.get('why')}")
+            elif e.get("event") == "rebalance" and (e["moved"], e["at"]) not in self.told_moves:
+                self.told_moves.add((e["moved"], e["at"]))
+                rates = ", ".join(f"{s}: {r:g}" for s, r in e["throughputs"].items())
+                lines.append(f"rebalancing: node {e['moved']} moves from stage {e['source']} to stage "
+                             f"{e['target']} at iteration {e['at']} (stage throughputs, forwards/s: {rates})")
             elif e.get("event") == "rejoined" and e["node"] in self.told_dead:
                 self.told_dead.discard(e["node"])
                 lines.append(f"node {e['node']} rejoined at iteration {e.get('iteration')}")

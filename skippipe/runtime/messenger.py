@@ -26,6 +26,7 @@ from .wire import Kind, Message
 log = logging.getLogger(__name__)
 
 DATA_KINDS = (Kind.FORWARD, Kind.BACKWARD)
+HELLO_RETRY_S = 0.1  # pause between start-up greetings while peers come up
 STALL_FACTOR = 3  # no progress for this many peer timeouts: give up (a bug, not a failure)
 
 
@@ -128,6 +129,26 @@ class Messenger:
     async def tell_direct(self, dst: int, ctrl: control.Control) -> None:
         """A control message that ignores the dead set (to or about a rejoining node)."""
         await self.send_direct(dst, control.encode(ctrl, self.id))
+
+    async def greet_all(self, peers, greeted: set[int], timeout_s: float) -> int:
+        """Start-up barrier: greet every peer until it answers (its Hello lands in `greeted`),
+        within `timeout_s`. Returns the first iteration to run (0)."""
+        deadline = time.monotonic() + timeout_s
+        others = set(peers) - {self.id}
+        unsent = set(others)
+        while unsent or others - greeted:
+            for n in sorted(unsent):
+                try:
+                    await self.transport.send(n, control.encode(control.Hello(), self.id),
+                                              timeout_s=max(0.1, deadline - time.monotonic()))
+                    unsent.discard(n)
+                except TransportError:
+                    pass
+            if time.monotonic() > deadline:
+                raise NodeFailure(f"peers {sorted(unsent | (others - greeted))} did not come up "
+                                  f"within {timeout_s:g} s")
+            await self.wait(HELLO_RETRY_S)
+        return 0
 
     async def send_direct(self, dst: int, msg: Message) -> None:
         try:

@@ -7,7 +7,8 @@ computes the loss and sends the gradient back along the reversed path; each back
 input gradient one hop back (datamsg.py). When all its operations are done, the node sums its
 stage's gradients with the live nodes of its stage (averaging.py) and takes exactly one AdamW
 step; no barrier spans all nodes. Messages go through messenger.py, times are emulated by
-emulation.py; online variants choose each next hop as they send (routes.py).
+emulation.py; online variants choose each next hop as they send (routes.py) and may move
+nodes between stages at iteration boundaries (moves.py: a moved node takes a new module).
 
 Failures (liveness.py, recovery.py): when a peer dies the iteration turns *degraded*: nodes run
 first come first served and end the iteration once every live data node has reported DONE;
@@ -15,8 +16,8 @@ each data node restarts its unfinished microbatches that touched a dead node on 
 (attempt + 1, announced with a Restart control message). A node that already finished the
 iteration still serves late operations for it. A restarted attempt may repeat gradient
 contributions its failed attempt already made on later hops: a bias of at most one microbatch
-per affected stage, in the failure's iteration only. Restarted nodes come back via rejoin.py;
-planned failures are injected by faults.py.
+per affected stage, in the failure's iteration only. Restarted nodes come back via rejoin.py,
+planned failures come from faults.py.
 """
 from __future__ import annotations
 
@@ -40,23 +41,22 @@ from ..util.rundir import keep_in
 from ..train.model import CheckpointInfo
 from .averaging import StageAverager
 from .compute import StageCompute, batch_stream, stand_in
-from .control import Control, Dead, Finished, Hello, Reroute, Restart, encode
+from .control import Control, Dead, Finished, Hello, Reroute, Restart
 from .datamsg import attempt_of, op_of, path_of
 from .emulation import Emulation
 from .faults import PHASE_OF, FailureInjector
 from .liveness import Liveness
+from .moves import Moves
 from .messenger import STALL_FACTOR, Messenger, NodeFailure
 from .iteration import Iteration
-from .recovery import live_variant
+from ..recovery import live_variant
 from .rejoin import Rejoin
 from .routes import Routes
 from .runconfig import EventWriter, RunConfig, events_dir
-from .transport import Transport, TransportConfig, TransportError
+from .transport import Transport, TransportConfig
 from .wire import Kind, Message
 
 log = logging.getLogger(__name__)
-
-HELLO_RETRY_S = 0.1  # pause between start-up greetings while peers come up
 
 
 class Node:
@@ -74,9 +74,7 @@ class Node:
         self.n_microbatches = len(self.variant.paths)
         self.my_microbatches = [p.microbatch for p in self.variant.paths if p.origin == node_id]
         self.model_cfg = stand_in(self.sc.model, cfg.stand_in_model)
-        self.compute = StageCompute(self.sc, self.model_cfg, self.stage, device_for(node_id),
-                                    TrainConfig.from_scenario(self.sc, seed=cfg.seed), self.n_microbatches,
-                                    self.variant.split_backward, self.stages_of[node_id])
+        self.compute = self._stage_compute(self.stage, self.stages_of[node_id])
         self.pool = ThreadPoolExecutor(max_workers=1)  # torch work off the event loop, in order
         self.transport = Transport(node_id, *cfg.peers[node_id], cfg.peers, Path(cfg.run_dir) / "transport",
                                    auth=cfg.auth(), on_disconnect=self._closed, config=TransportConfig.for_stage(
@@ -88,6 +86,8 @@ class Node:
         self.routes = Routes(node_id, self.variant, self.sc, self.schedule.allocation, self.messenger, self.emulation)
         self.messenger.handlers[Kind.DONE] = self._done
         self.rejoin = Rejoin(cfg, self.messenger, self.compute, self.schedule.allocation, self.stage_of)
+        self.moves = Moves(cfg, node_id, self.schedule.allocation, self.stages_of, self.routes, self.messenger,
+                           self.rejoin)
         self.averager = StageAverager(self.stage, self.schedule.allocation[self.stage], self.compute.chunks,
                                       self.messenger, self.emulation, self._serve_late)
         self.faults = FailureInjector(cfg.failures, node_id, self.events, self.emulation, self._silence)
@@ -103,7 +103,7 @@ class Node:
         loop = asyncio.get_running_loop()
         async with self.transport:
             self.receiver = asyncio.create_task(self.messenger.receive_forever())
-            first = await self.rejoin.come_back() if self.rejoining else await self._hello()
+            first = await self.rejoin.come_back() if self.rejoining else await self.messenger.greet_all(self.cfg.peers, self.greeted, self.cfg.connect_timeout_s)
             batches = await loop.run_in_executor(self.pool, self._batches, first)
             self.live.start()
             self.events.write("ready", pid=os.getpid(), stage=self.stage, first_iteration=first)
@@ -116,31 +116,24 @@ class Node:
             self.live.stop()
             self.receiver.cancel()
 
+    def _stage_compute(self, stage: int, stages: tuple[int, ...]) -> StageCompute:
+        return StageCompute(self.sc, self.model_cfg, stage, device_for(self.id),
+                            TrainConfig.from_scenario(self.sc, seed=self.cfg.seed), self.n_microbatches,
+                            self.variant.split_backward, stages)
+
+    def _place(self, stage: int) -> StageCompute:
+        """Rebalancing moved this node to `stage`: a fresh module (the caller loads its state)."""
+        self.stage, self.emulation.chunks = stage, (stage,)
+        self.compute = self.rejoin.compute = self._stage_compute(stage, (stage,))
+        self.averager = StageAverager(stage, (), self.compute.chunks, self.messenger, self.emulation, self._serve_late)
+        return self.compute
+
     def _batches(self, first_iteration: int):
         if not self.my_microbatches:
             return None
         self.data, stream = batch_stream(self.sc, self.model_cfg, self.cfg.seed, self.n_microbatches,
                                          first_iteration)
         return stream
-
-    async def _hello(self) -> int:
-        """Start-up barrier: greet every peer until it answers, within connect_timeout_s.
-        Returns the first iteration to run (0)."""
-        deadline = time.monotonic() + self.cfg.connect_timeout_s
-        unsent = {n for n in self.cfg.peers if n != self.id}
-        while unsent or set(self.cfg.peers) - self.greeted - {self.id}:
-            for n in sorted(unsent):
-                try:
-                    await self.transport.send(n, encode(Hello(), self.id),
-                                              timeout_s=max(0.1, deadline - time.monotonic()))
-                    unsent.discard(n)
-                except TransportError:
-                    pass
-            if time.monotonic() > deadline:
-                missing = sorted(unsent | (set(self.cfg.peers) - self.greeted - {self.id}))
-                raise NodeFailure(f"peers {missing} did not come up within {self.cfg.connect_timeout_s:g} s")
-            await self.messenger.wait(HELLO_RETRY_S)
-        return 0
 
     async def _goodbye(self) -> None:
         """Tell every peer we are done, and keep serving late operations until every live peer
@@ -160,7 +153,8 @@ class Node:
     def _save_checkpoint(self) -> None:
         """Every node saves its stage; the lowest live node of each stage writes the stage file,
         and the first live data node the description too."""
-        live = [n for n in self.schedule.allocation[self.stage] if n not in self.live.dead]
+        alloc = self.moves.allocation_at(self.cfg.iterations - 1)
+        live = [n for n in alloc[self.stage] if n not in self.live.dead]
         writer = bool(live) and live[0] == self.id
         info, directory = None, Path(self.cfg.run_dir) / "checkpoint"
         if writer and self.stage == 0:
@@ -189,7 +183,7 @@ class Node:
             self.live.accuse(set(ctrl.dead), sender)  # believed only if they stay silent here
         elif isinstance(ctrl, (Restart, Reroute)):
             self.restarts.setdefault(ctrl.iteration, []).append(ctrl)
-        else:
+        elif not self.moves.on_control(ctrl, sender):
             self.rejoin.on_control(ctrl, sender)
 
     def _done(self, msg: Message) -> None:
@@ -198,11 +192,12 @@ class Node:
     # -- one iteration ----------------------------------------------------------------------
     def _start_iteration(self, it: int, batches) -> Iteration:
         revived, dead = self.rejoin.revived(it), self.live.dead
+        alloc, stages_of = self.moves.begin(it)  # rebalancing may have moved nodes
+        self.averager.stage_nodes = alloc[self.stage]
         # the iteration where a node comes back runs degraded: not everyone may know yet
-        cur = Iteration(it, live_variant(self.variant, dead, self.schedule.allocation),
-                        self.variant.memory_slots(self.id, self.sc),
+        cur = Iteration(it, live_variant(self.variant, dead, alloc), self.variant.memory_slots(self.id, self.sc),
                         bool(dead) or bool(revived) or it == self.rejoin.joined_at, bool(self.my_microbatches),
-                        self.messenger, self.compute, self.schedule.allocation, self.stages_of, self.routes)
+                        self.messenger, self.compute, alloc, stages_of, self.routes)
         self.compute.begin_iteration()
         if batches is not None:
             for g in range(self.n_microbatches):
@@ -245,6 +240,8 @@ class Node:
             self.compute.save_gradients(Path(self.cfg.run_dir) / "grads" / f"node-{self.id}.pt")
         self.compute.step(it)
         self.rejoin.after_step(it)
+        self.moves.after_step(it)
+        await self.moves.take_stage(it + 1, self._place)
         self.messenger.close_iteration(it)
         self.restarts.pop(it, None)
         self.events.write("iteration_end", iteration=it, loss_sum=self.compute.loss_sum,
@@ -272,8 +269,11 @@ class Node:
         if not self.messenger.late:
             return False
         msg = self.messenger.late.pop(0)
-        path = path_of(msg, self.stages_of)
+        path = path_of(msg, self.moves.stages_of(msg.iteration))
         op = op_of(msg, path)
+        if path.hops[op.hop].stage not in self.compute.modules:  # a stage this node moved away from
+            self.events.write("late_op_dropped", microbatch=op.microbatch, iteration=msg.iteration)
+            return True
         start = time.monotonic()
         out = await asyncio.get_running_loop().run_in_executor(
             self.pool, lambda: self.compute.run_late(msg.iteration, op, msg.to_torch(), path.hops[op.hop].stage))

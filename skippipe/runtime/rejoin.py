@@ -59,15 +59,20 @@ class Rejoin:
             if n != self.m.id:
                 asyncio.create_task(self.m.tell_direct(n, RejoinRequest()))
         deadline = time.monotonic() + self.cfg.connect_timeout_s + STALL_FACTOR * self.cfg.peer_timeout_s
-        while self.welcome is None or self.state is None:
-            if time.monotonic() > deadline:
-                raise NodeFailure("no live peer of this stage sponsored the rejoin in time")
-            await self.m.wait(deadline - time.monotonic())
-        w = self.welcome
-        self.compute.load_state_vector(self.state, w.steps)
+        w, state = await self.receive_state(deadline, "the rejoin")
+        self.compute.load_state_vector(state, w.steps)
         self.joined_at = w.welcome
         self.m.events.write("rejoined", iteration=w.welcome, sponsor=self.sponsor)
         return w.welcome
+
+    async def receive_state(self, deadline: float, what: str) -> tuple[Welcome, torch.Tensor]:
+        """The sponsor's Welcome and stage state, once both are in (by `deadline`,
+        time.monotonic; `what` names the wait in the error)."""
+        while self.welcome is None or self.state is None:
+            if time.monotonic() > deadline:
+                raise NodeFailure(f"no live peer of the stage sponsored {what} in time")
+            await self.m.wait(deadline - time.monotonic())
+        return self.welcome, self.state
 
     # -- the sponsor and everyone else ------------------------------------------------------
     def revived(self, it: int) -> set[int]:

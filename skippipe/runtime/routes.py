@@ -29,7 +29,7 @@ from .control import Reroute
 from .datamsg import HOP_BITS, TAG_HOP, onward
 from .emulation import Emulation
 from .messenger import Messenger
-from .recovery import repair_path
+from ..recovery import repair_path
 from .wire import Message
 
 SET_BITS, QUEUE_BITS, MICROS_BITS = 16, 8, 31  # report layout above the hop: set, queue, µs

@@ -67,19 +67,21 @@ def predict(schedule: Schedule, variant: str, scenario: Scenario,
 
 class _Online(_Simulation):
     def __init__(self, schedule: Schedule, variant: str, scenario: Scenario, seed: int | None,
-                 slow: dict[int, float], iteration: int):
+                 slow: dict[int, float], iteration: int, routers: dict[int, Router] | None = None):
         v = schedule.variant(variant)
         if v.routing is None:
             raise ValueError(f"variant {variant} has no online routing")
         params = v.routing if seed is None else dataclasses.replace(v.routing, seed=seed)
-        self.rule, self.slow = params.rule, slow
+        self.rule = params.rule
         self.online = params.online
         if self.online:  # only the origins are known before the run
             v = origins_only(v)
         self.paths = {p.microbatch: p.hops for p in v.paths}
         super().__init__(schedule.for_variant(variant), v, scenario, True, iteration, frozenset())
+        self.slow = slow
         k = path_length(self.rule, scenario)
-        self.routers = {n.id: Router(n.id, params, scenario, k) for n in scenario.nodes}
+        self.routers = routers if routers is not None else {
+            n.id: Router(n.id, params, scenario, k) for n in scenario.nodes}
         self.live = self.schedule.allocation
         self.reports: dict[tuple[int, Op], tuple[int, object]] = {}  # (dst, op) -> (src, report)
         self.sets: dict[int, frozenset[int]] = {}  # swarm-skip: microbatch -> its stages
@@ -93,9 +95,6 @@ class _Online(_Simulation):
 
     def successor(self, op: Op) -> Op | None:
         return next_op(op, len(self.paths[op.microbatch]))
-
-    def op_s(self, op: Op, node: int) -> float:
-        return super().op_s(op, node) * self.slow.get(node, 1.0)
 
     def realized(self) -> tuple[MicrobatchPath, ...]:
         return tuple(MicrobatchPath(mb, hops[0].node, tuple(hops)) for mb, hops in sorted(self.paths.items()))

@@ -158,6 +158,7 @@ class _Simulation:
         self.start_s: dict[Op, float] = {}
         self.events: list[dict] = []
         self.now = 0.0
+        self.slow: dict[int, float] = {}  # node -> factor on its operation times (a straggler)
 
     def _node_order(self, node: int, wanted: list[Op]) -> list[Op]:
         if not self.ordered:
@@ -178,7 +179,7 @@ class _Simulation:
         return next_op(op, len(self.v.path(op.microbatch).hops))
 
     def op_s(self, op: Op, node: int) -> float:
-        return self.costs.op_s(op.kind, node, self.split)
+        return self.costs.op_s(op.kind, node, self.split) * self.slow.get(node, 1.0)
 
     # -- event loop -------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from ..schedule import Hop, MicrobatchPath, VariantSchedule
+from .schedule import Hop, MicrobatchPath, VariantSchedule
 
 MIN_PATH_STAGES = 2  # stage 0 and at least one other stage
 
