@@ -21,7 +21,8 @@ The rules (`Routing.rule`):
 - repair (ca-repair): the planned next node, unless it is dead, blacklisted or its measured
   forward takes `slow_factor` times its planned time; then a swarm draw among the stage's other
   live nodes that are not slow themselves, for that microbatch only (when every node there is
-  slow, say a loaded host, the plan stands).
+  slow, say a loaded host, the plan stands). Around a slow (not dead) node only nodes expected
+  to deliver sooner are drawn: expected wait plus the link on to the plan's next node.
 The router takes the live nodes of every stage with each call, so the set of nodes serving a
 stage may change between calls (failures, rejoins, rebalancing).
 """
@@ -122,15 +123,16 @@ class Router:
                    default=float("inf"))
 
     def next_hop(self, microbatch: int, hops: Sequence[Hop], live: Live,
-                 planned: Hop | None = None) -> Hop | None:
+                 planned: Hop | None = None, onward: int | None = None) -> Hop | None:
         """Where the microbatch that has run the forwards at `hops` goes next under this
         router's rule; None: back to its origin for the loss (path complete, or no stage left
-        with a live node). `planned`: the plan's next hop (repair)."""
+        with a live node). `planned`: the plan's next hop (repair), `onward`: the node the plan
+        sends it to after that."""
         if len(hops) >= self.k:
             return None
         rule = self.params.rule
         if rule == "repair":
-            return self._repair(planned, live) if planned is not None else None
+            return self._repair(planned, live, onward) if planned is not None else None
         if rule == "swarm":
             stages = [s for s in range(hops[-1].stage + 1, len(live)) if live[s]]
         else:
@@ -143,15 +145,22 @@ class Router:
             stages.remove(stage)  # every node there blacklisted: try another stage
         return None
 
-    def _repair(self, planned: Hop, live: Live) -> Hop | None:
+    def _repair(self, planned: Hop, live: Live, onward: int | None) -> Hop | None:
         ok = planned.node in live[planned.stage] and planned.node not in self.blacklist
         if ok and not self.slow(planned.node):
             return planned
         others = [n for n in live[planned.stage] if not self.slow(n)]
+        if ok:  # slow, not dead: detour only where it is expected to deliver sooner
+            keep = self._via_s(planned.node, onward)
+            others = [n for n in others if self._via_s(n, onward) < keep]
         node = self.choose_node(others, avoid=(planned.node,))
         if node is not None:
             return Hop(planned.stage, node)
         return planned if ok else None  # no other node there: slow beats nothing
+
+    def _via_s(self, peer: int, onward: int | None) -> float:
+        """Expected seconds until `peer` has run the forward and handed it on to `onward`."""
+        return self.expected_wait_s(peer) + (0.0 if onward is None else self.costs.link_s(peer, onward))
 
     def _draw_stage(self, stages: list[int], live: Live) -> int:
         return self._draw(stages, [1.0 / max(self._stage_wait_s(s, live), 1e-12) for s in stages])
@@ -192,6 +201,12 @@ class Router:
             self._orderable[key] = cc3_problem(prefix, self.scenario) is None and (
                 not rest or any(self._can_order(prefix + (s,), rest - {s}) for s in sorted(rest)))
         return self._orderable[key]
+
+
+def onward_of(hops: Sequence[Hop], hop: int) -> int:
+    """The node the plan sends the forward of hop `hop` + 1 on to: the hop after, or the origin
+    for the loss."""
+    return hops[hop + 2].node if hop + 2 < len(hops) else hops[0].node
 
 
 def stage_budgets(origins: Sequence[tuple[int, int]], n_stages: int, k: int) -> dict[int, Counter[int]]:

@@ -22,7 +22,7 @@ import dataclasses
 from collections import Counter
 
 from ..ops import Op, OpKind
-from ..routing import Report, Router, origins_only, path_length, stage_budgets
+from ..routing import Report, Router, onward_of, origins_only, path_length, stage_budgets
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, VariantSchedule
 from .control import Reroute
@@ -115,7 +115,7 @@ class Routes:
         if op.hop + 1 >= len(path.hops):
             return path
         planned = path.hops[op.hop + 1]
-        nxt = self.router.next_hop(mb, done, live, planned)
+        nxt = self.router.next_hop(mb, done, live, planned, onward_of(path.hops, op.hop))
         if nxt is None or nxt == planned:
             return path
         if planned.node in live[planned.stage]:

@@ -22,7 +22,7 @@ import statistics
 from collections import Counter
 
 from ..ops import Op, OpKind, next_op, node_of
-from ..routing import Router, origins_only, path_length, stage_budgets
+from ..routing import Router, onward_of, origins_only, path_length, stage_budgets
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, Schedule
 from .simulate import SimResult, _Simulation
@@ -135,7 +135,7 @@ class _Online(_Simulation):
         if op.hop + 1 >= len(hops):
             return
         planned = hops[op.hop + 1]
-        nxt = router.next_hop(mb, hops[:op.hop + 1], self.live, planned)
+        nxt = router.next_hop(mb, hops[:op.hop + 1], self.live, planned, onward_of(hops, op.hop))
         if nxt is not None and nxt != planned:
             self.state[planned.node].disp.forget(mb)  # routed around: it will not see mb
             self.paths[mb] = hops[:op.hop + 1] + (nxt,) + hops[op.hop + 2:]
