@@ -37,6 +37,8 @@ CASES = [
     (RUN + ["--peers", "peers-bad-port.json"], "port outside 1..65535"),
     (["simulate", "latin1.json"], "not valid JSON"),
     (["simulate", "schedules/tiny.json", "--gantt", UNWRITABLE + "/g.png"], "--gantt"),
+    (["simulate", "schedules/tiny.json", "--iterations", "0"], "--iterations must be positive"),
+    (["simulate", "schedules/tiny.json", "--rejoin", "4:x"], "NODE:ITERATION"),
     (["train", "settings/tiny.toml", "--lr", "-1"], "--lr must be positive"),
     (["train", "settings/tiny.toml", "--iterations", "0"], "--iterations must be positive"),
     (["infer", "no-such-run"], "not a usable run config"),

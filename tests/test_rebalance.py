@@ -110,3 +110,17 @@ def test_a_moved_node_ends_with_its_new_stage_peers_weights(tmp_path, tiny_sched
     assert str(nodes / f"node-{mover}" / f"stage-{stage_of[alone]}.pt") in files and len(files) == 2
     a, b = (torch.load(f, weights_only=True) for f in files)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_simulate_command_runs_a_session_and_shows_the_moves(tiny_schedule, capsys):
+    from skippipe.cli import main
+    sched, _ = load_schedule(tiny_schedule)
+    alone = next(nodes[0] for nodes in sched.allocation_of("swarm")[1:] if len(nodes) == 1)
+    argv = ["simulate", str(tiny_schedule), "--variant", "swarm", "--variant", "ca-partial", "--iterations", "6",
+            "--fail", f"node={alone},iteration=1,how=slow,factor=3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "swarm: rebalancing moves node" in out and "6 iterations" in out
+    assert [line.split()[0] for line in out.splitlines()[-2:]] == ["swarm", "ca-partial"]
+    assert main(["simulate", str(tiny_schedule), "--iterations", "3", "--rejoin", f"{alone}:2"]) == 2
+    assert "has no crash or hang to come back from" in capsys.readouterr().err

@@ -1,10 +1,16 @@
-"""Simulate one iteration of each variant of a schedule: times, node utilisation, timelines."""
+"""Simulate one iteration of each variant of a schedule: times, node utilisation, timelines; or,
+with --iterations / --fail / --rejoin, several iterations under stragglers and churn, with the
+online variants' rebalancing (sim/session.py)."""
 from __future__ import annotations
 
 import argparse
+import statistics
 from pathlib import Path
 
+from ..errors import SkipPipeError
+from ..runtime.faults import parse_failures
 from ..schedule import load_schedule
+from ..sim.session import Condition, simulate_session
 
 from ..variants import VARIANTS
 from ..sim.online import predict
@@ -17,6 +23,7 @@ HELP = "simulate a schedule's variants: iteration time, busy/idle/waiting, Gantt
 BASELINE = "baseline"
 SUMMARY_HEADER = ("variant", "order", "iteration_s", "makespan_s", "predicted_s", "busy", "idle",
                   "waiting", "vs baseline")
+SESSION_HEADER = ("variant", "median_s", "min_s", "max_s", "per iteration (s)", "moves", "rerouted", "lost")
 NODE_HEADER = ("node", "stage", "ops", "busy_s", "averaging_s", "waiting_s", "idle_s")
 
 
@@ -33,16 +40,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the events (one file per variant when several: NAME.VARIANT.jsonl)")
     p.add_argument("--trace", metavar="JSON",
                    help="write a Chrome trace (one file per variant when several)")
+    p.add_argument("--iterations", type=int, default=1,
+                   help="simulate a session of this many iterations (default 1: one iteration)")
+    p.add_argument("--fail", action="append", default=[], metavar="SPEC",
+                   help="in a session: node=N,iteration=I,how=slow[,factor=F] slows node N from "
+                        "iteration I; how=crash or hang takes it out from I (repeatable)")
+    p.add_argument("--rejoin", action="append", default=[], metavar="NODE:ITERATION",
+                   help="in a session: a crashed node is back from ITERATION (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:
     for option in ("gantt", "timeline", "trace"):
         if getattr(args, option):
             writable_output(getattr(args, option), f"--{option}")
+    if args.iterations < 1:
+        raise SkipPipeError(f"--iterations must be positive, got {args.iterations}")
+    back = rejoin_iterations(args.rejoin)
     sched, scenario = load_schedule(args.schedule)
     names = list(dict.fromkeys(args.variant)) if args.variant else list(sched.variants)
     for name in names:
         sched.variant(name)  # unknown variant -> ScheduleError
+    if args.iterations != 1 or args.fail or args.rejoin:
+        return run_session(args, sched, scenario, names, session_condition(
+            parse_failures(args.fail, scenario), back))
     use_order = not args.fcfs
     results = {n: simulate(sched, n, scenario, use_order) for n in names}
     base = results.get(BASELINE)
@@ -106,3 +126,40 @@ def _write_outputs(args: argparse.Namespace, results: dict[str, SimResult]) -> N
 def _per_variant(path: str, variant: str, several: bool) -> Path:
     p = Path(path)
     return p.with_name(f"{p.stem}.{variant}{p.suffix}") if several else p
+
+
+def run_session(args: argparse.Namespace, sched, scenario, names: list[str], condition: Condition) -> int:
+    """Several iterations per variant under `condition`."""
+    rows = []
+    for name in names:
+        got = simulate_session(sched, name, scenario, args.iterations, condition)
+        for m in got.moves:
+            print(f"{name}: rebalancing moves node {m.node} from stage {m.source} to stage {m.target} "
+                  f"at iteration {m.at}")
+        times = got.iteration_s
+        rows.append([name, f"{statistics.median(times):.3f}", f"{min(times):.3f}", f"{max(times):.3f}",
+                     " ".join(f"{t:.2f}" for t in times), str(len(got.moves)), str(got.rerouted), str(got.lost)])
+    print(f"schedule {args.schedule} (scenario {sched.scenario_name}), {args.iterations} iterations")
+    print(format_table(SESSION_HEADER, rows))
+    return 0
+
+
+def rejoin_iterations(specs: list[str]) -> dict[int, int]:
+    """--rejoin NODE:ITERATION specs -> node -> the iteration it is back from."""
+    back = {}
+    for spec in specs:
+        try:
+            node, it = (int(x) for x in spec.split(":"))
+        except ValueError:
+            raise SkipPipeError(f"--rejoin {spec!r}: expected NODE:ITERATION") from None
+        back[node] = it
+    return back
+
+
+def session_condition(failures, back: dict[int, int]) -> Condition:
+    """--fail specs and --rejoin iterations as a session's condition."""
+    slow = {f.node: (f.factor, f.iteration) for f in failures if not f.stops}
+    crash = {f.node: (f.iteration, back.get(f.node)) for f in failures if f.stops}
+    if set(back) - set(crash):
+        raise SkipPipeError(f"--rejoin: node {sorted(set(back) - set(crash))[0]} has no crash or hang to come back from")
+    return Condition(slow, crash)

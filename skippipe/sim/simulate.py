@@ -158,7 +158,8 @@ class _Simulation:
         self.start_s: dict[Op, float] = {}
         self.events: list[dict] = []
         self.now = 0.0
-        self.slow: dict[int, float] = {}  # node -> factor on its operation times (a straggler)
+        self.slow: dict[int, float] = {}  # node -> factor on its op, send and averaging times (as
+        #                                    runtime/emulation.py slows a node: a straggler)
 
     def _node_order(self, node: int, wanted: list[Op]) -> list[Op]:
         if not self.ordered:
@@ -244,7 +245,7 @@ class _Simulation:
     def _send(self, src: int, dst: int, op: Op, handoff_s: float) -> None:
         """Queue one message on the directed link src -> dst (FIFO) and schedule its arrival."""
         wire_start = max(handoff_s, self.link_free_s.get((src, dst), 0.0))
-        wire_end = wire_start + self.costs.serialization_s(src, dst)
+        wire_end = wire_start + self.costs.serialization_s(src, dst) * self.slow.get(src, 1.0)
         self.link_free_s[(src, dst)] = wire_end
         arrive = wire_end + self.costs.propagation_s(src, dst)
         self._push(arrive, _ARRIVE, dst, op)
@@ -292,7 +293,8 @@ class _Simulation:
     def _result(self) -> SimResult:
         costs, alloc = self.costs, self.schedule.allocation
         done = tuple(max((self.state[n].last_end_s for n in nodes), default=0.0) for nodes in alloc)
-        avg = tuple(costs.averaging_s(s, nodes) for s, nodes in enumerate(alloc))
+        avg = tuple(costs.averaging_s(s, nodes) * max((self.slow.get(n, 1.0) for n in nodes), default=1.0)
+                    for s, nodes in enumerate(alloc))  # a straggler slows its stage's ring
         ends = averaging_ends(done, avg, alloc)  # a V group averages its two stages in turn
         for s, nodes in enumerate(alloc):
             for n in nodes:
