@@ -6,8 +6,8 @@ visits every stage; swarm-skip: TC1's even budgets), so a stage's *throughput* i
 its live nodes' forward rates, 1 / each node's measured forward time (the moving average its
 router keeps, routing.Router.own_forward_s). The pipeline runs at its slowest stage's pace.
 
-The rule (`decide`), on stages 1..S-1 only (stage 0's nodes hold the data and start every
-path): when the fastest stage's throughput exceeds the slowest's by more than `threshold`
+The rule (`decide`), on stages 1..S-1 that have a live node (stage 0's nodes hold the data and
+start every path; a stage whose nodes all died is skipped, and nobody could hand it over): when the fastest stage's throughput exceeds the slowest's by more than `threshold`
 times, the node of the fastest stage (which keeps at least one node) whose move gives the best
 new minimum moves to the slowest stage, if that raises the minimum (a move that only shifts the
 bottleneck elsewhere is not made). Ties go to the lower node id, so every process that applies
@@ -51,7 +51,9 @@ def throughputs(allocation: Allocation, forward_s: Mapping[int, float],
 def decide(allocation: Allocation, forward_s: Mapping[int, float], threshold: float,
            dead: Collection[int] = ()) -> tuple[int, int, int] | None:
     """(node, source stage, target stage) of the move the rule makes now, or None."""
-    rate = throughputs(allocation, forward_s, dead)
+    # a stage without a live node is skipped by routing, and no peer could hand a mover its state
+    rate = {s: r for s, r in throughputs(allocation, forward_s, dead).items()
+            if any(n not in dead for n in allocation[s])}
     if len(rate) < 2:
         return None
     slowest = min(rate, key=lambda s: (rate[s], s))

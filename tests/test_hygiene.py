@@ -242,6 +242,21 @@ def test_a_split_run_exits_non_zero_with_one_line(tmp_path):
     assert progress.news() == ["node 3 declared dead by node 1 in iteration 0: silent"]
 
 
+def test_console_news_tells_each_death_rejoin_and_move_once(tmp_path):
+    events = [{"event": "ready"}, _end(),
+              {"event": "peer_dead", "peers": [3], "why": "silent", "iteration": 0, "node": 1, "t": 1.0},
+              {"event": "rejoined", "iteration": 2, "node": 3, "t": 2.0},
+              {"event": "rebalance", "iteration": 1, "moved": 2, "source": 1, "target": 2, "at": 3,
+               "throughputs": {"1": 200, "2": 40}, "node": 0, "t": 3.0}]
+    progress = _progress_with(tmp_path, events)
+    assert progress.news() == ["node 3 declared dead by node 1 in iteration 0: silent",
+                               "node 3 rejoined at iteration 2",
+                               "rebalancing: node 2 moves from stage 1 to stage 2 at iteration 3 "
+                               "(stage throughputs, forwards/s: 1: 200, 2: 40)"]
+    progress.update()
+    assert progress.news() == []  # read again, the same events are not news
+
+
 def test_a_run_without_iterations_exits_non_zero_and_agreement_exits_zero(tmp_path):
     from skippipe.runtime.launch import _verdict
     said = []

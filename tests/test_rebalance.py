@@ -35,6 +35,7 @@ def test_a_straggler_alone_in_its_stage_gets_a_node_from_the_fastest_stage():
     assert decide(ALLOC, {**slow, 5: 0.012}, threshold=1.5) == (5, 1, 2)
     assert decide(ALLOC, slow, threshold=10) is None  # within the threshold
     assert decide(ALLOC, slow, threshold=1.5, dead={5}) is None  # the donor would be left empty
+    assert decide(ALLOC, EVEN, threshold=1.5, dead={4}) is None  # no live peer holds stage 2's state
 
 
 def test_a_move_must_raise_the_minimum_by_the_minimum_gain():

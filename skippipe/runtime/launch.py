@@ -84,19 +84,22 @@ class Progress:
         self.rows: list[dict] = []
         self.events: list[dict] = []
         self.told_dead: set[int] = set()
-        self.told_moves: set[tuple[int, int]] = set()
+        self.read: set[tuple] = set()  # (node, t, event) of every event news() has looked at
 
     def news(self) -> list[str]:
         """One line per node first declared dead (or back), or moved, since the last call."""
         lines = []
         for e in self.events:
+            key = (e.get("node"), e.get("t"), e.get("event"))
+            if key in self.read:
+                continue
+            self.read.add(key)
             if e.get("event") == "peer_dead":
                 for p in set(e["peers"]) - self.told_dead:
                     self.told_dead.add(p)
                     lines.append(f"node {p} declared dead by node {e['node']} in iteration "
                                  f"{e.get('iteration')}: {e.get('why')}")
-            elif e.get("event") == "rebalance" and (e["moved"], e["at"]) not in self.told_moves:
-                self.told_moves.add((e["moved"], e["at"]))
+            elif e.get("event") == "rebalance":
                 rates = ", ".join(f"{s}: {r:g}" for s, r in e["throughputs"].items())
                 lines.append(f"rebalancing: node {e['moved']} moves from stage {e['source']} to stage "
                              f"{e['target']} at iteration {e['at']} (stage throughputs, forwards/s: {rates})")

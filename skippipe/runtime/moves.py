@@ -13,6 +13,8 @@
   after its step of iteration at - 1 it sends the mover its weights and AdamW state. The mover,
   after its own step of at - 1, waits for them, builds the new stage's module, loads the state
   and so ends every later iteration with exactly its new stage peers' weights.
+- A node that rejoins gets every move so far from its sponsor before the welcome, so it comes
+  back with everyone's allocation.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ class Moves:
         self.rebalancer = Rebalancer(allocation, routes.routing.rebalance if online else 0.0)
         self.base_stages_of = stages_of  # while no node has moved (it may hold two stages: V placement)
         self.forward_s: dict[int, float] = {}  # node -> its latest reported forward EMA
+        rejoin.history = self.notices
 
     @property
     def enabled(self) -> bool:
@@ -54,6 +57,10 @@ class Moves:
         self.routes.allocation = self.rejoin.allocation = alloc
         self.rejoin.stage_of = {n: stages[0] for n, stages in stages_of.items()}
         return alloc, stages_of
+
+    def notices(self) -> list[MoveNotice]:
+        """Every move so far, as notices: a rejoining node replays them before its welcome."""
+        return [MoveNotice(m.node, m.target, m.at) for m in self.rebalancer.moves]
 
     def mine(self, it: int) -> Move | None:
         """This node's move that takes effect at iteration `it`, if any."""

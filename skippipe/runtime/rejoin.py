@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Callable
 
 import torch
 
@@ -36,6 +37,7 @@ class Rejoin:
         self.sponsor: int | None = None
         self.state: torch.Tensor | None = None  # ... and our stage's state
         self.joined_at: int | None = None  # the iteration this node came back at
+        self.history: Callable[[], list[Control]] = list  # notices a sponsored peer gets first
         messenger.handlers[Kind.WEIGHTS] = self._weights
 
     # -- messages ---------------------------------------------------------------------------
@@ -101,5 +103,7 @@ class Rejoin:
             asyncio.create_task(self._send_state(r, it + 1, dead, tuple(steps), state))
 
     async def _send_state(self, r: int, join: int, dead: tuple[int, ...], steps: tuple[int, ...], state) -> None:
+        for notice in self.history():  # what the peer missed while it was away (moves)
+            await self.m.tell_direct(r, notice)
         await self.m.tell_direct(r, Welcome(join, dead, steps))
         await self.m.send_direct(r, Message.from_tensor(Kind.WEIGHTS, self.m.id, state, iteration=join))
