@@ -186,7 +186,7 @@ def result_of(name: str, variant: str, condition: str, node: int | None, sched: 
     if path.is_file():
         print(f"{label}: kept from {path}", flush=True)
         return json.loads(path.read_text())
-    print(f"{label}: started (fault node {node})", flush=True)
+    print(f"{label}: started" + ("" if node is None else f" (node {node} {condition})"), flush=True)
     r = run_one(name, variant, condition, node, sched, out, iterations)
     s = spread(r["iteration_s"])
     print(f"{label}: done in {r['wall_s']:.0f} s, exit {r['exit_code']}, median {num(s and s[0])} s/iter, "
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             sched_path = plan(name, out, args.variants)
             schedules[name] = (*load_schedule(sched_path), sched_path)
         sched, _, sched_path = schedules[name]
-        node = fault_node(sched.allocation_of(variant))
+        node = None if condition == "static" else fault_node(sched.allocation_of(variant))
         label = f"[{k}/{len(runs)}] {name} {variant} {condition}"
         if node is None and condition != "static":
             print(f"{label}: skipped, no non-data stage of {variant}'s allocation has two nodes", flush=True)
