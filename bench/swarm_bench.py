@@ -21,7 +21,11 @@ moves and the exit code; beside them the simulator's median (skippipe.sim.sessio
     .venv/bin/python bench/swarm_bench.py --quick            # tiny only, 10 iterations
     .venv/bin/python bench/swarm_bench.py --figures docs     # tiny, geo-distributed, hetero-gpus
     .venv/bin/python bench/swarm_bench.py --scenarios geo-distributed --variants swarm ca-repair \\
-        --conditions static churn --iterations 4
+        --conditions static churn --iterations 6
+
+Wall time on this 2-core host: a tiny run 25-40 s (--quick: 15 runs, 9 min); a 20-node run of
+4 iterations about a minute (ca-repair on hetero-gpus), swarm's about twice that; the whole
+default bench about an hour. Give it an idle machine: load stretches every emulated time.
 
 Writes OUT/report.md, OUT/report.json and OUT/swarm.png (OUT: --out, default runs/swarm-bench).
 Each finished run leaves OUT/results/<scenario>-<variant>-<condition>-<N>it.json: a rerun of the
@@ -200,13 +204,14 @@ def result_of(name: str, variant: str, condition: str, node: int | None, sched: 
 # -- simulation and report -----------------------------------------------------------------------
 def simulated(schedule, variant: str, scenario, condition_name: str, node: int | None, iterations: int) -> dict:
     """The simulator's median iteration time (scenario s) for one row, iteration 0 excluded:
-    planned variants once (spread min-max over iterations), online variants over router seeds
+    planned variants once (spread min-max over iterations), routed variants over router seeds
     0..4 (the median of the per-seed medians, spread min-max over seeds). ImportError while
     skippipe.sim.session is missing."""
     from skippipe.sim.session import Condition, simulate_session
     cond = {"static": Condition(slow={}, crash={}),
             "straggler": Condition(slow={node: (SLOW_FACTOR, SLOW_FROM)}, crash={}),
             "churn": Condition(slow={}, crash={node: (CRASH_AT, BACK_AT)})}[condition_name]
+    # every routed variant over seeds, ca-repair too: its replacement hops are drawn by the swarm rule
     online = schedule.variant(variant).routing is not None
     sessions = [simulate_session(schedule, variant, scenario, iterations, cond, seed=s)
                 for s in (SIM_SEEDS if online else (0,))]
