@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.runs import skippipe  # noqa: E402
 from skippipe.runtime.report import averaging_by_stage, averaging_windows  # noqa: E402
 from skippipe.runtime.runconfig import load_config  # noqa: E402
 from skippipe.scenario import load_scenario  # noqa: E402
@@ -44,22 +43,14 @@ VARIANT = "ca-partial"
 PLAN_LIMIT_S = "10"
 
 
-def _skippipe(args: list[str], what: str) -> None:
-    print("$ python -m skippipe", " ".join(args), flush=True)
-    r = subprocess.run([sys.executable, "-m", "skippipe", *args], cwd=ROOT, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if r.returncode != 0:
-        raise SystemExit(f"{what} failed:\n{r.stdout[-3000:]}{r.stderr[-2000:]}")
-
-
 def run_case(name: str, out: Path) -> list[dict]:
     settings, n, scale, iterations, extra = CASES[name]
     sched_path, runs = out / f"{name}.json", out / name
-    _skippipe(["schedule", settings, "--out", str(sched_path), "--variants", VARIANT, "--seed", "0",
-               "--time-limit", PLAN_LIMIT_S, "--workers", "1", "--quiet"], f"{name}: planning")
-    _skippipe(["run", "0", str(n), VARIANT, "0", "--scenario", settings, "--schedule", str(sched_path),
-               "--iterations", str(iterations), "--time-scale", str(scale), "--runs", str(runs),
-               "--base-port", str(free_port_range(n)), "--peer-timeout", "60", *extra], f"{name}: the run")
+    skippipe(["schedule", settings, "--out", str(sched_path), "--variants", VARIANT, "--seed", "0",
+              "--time-limit", PLAN_LIMIT_S, "--workers", "1", "--quiet"], f"{name}: planning")
+    skippipe(["run", "0", str(n), VARIANT, "0", "--scenario", settings, "--schedule", str(sched_path),
+              "--iterations", str(iterations), "--time-scale", str(scale), "--runs", str(runs),
+              "--base-port", str(free_port_range(n)), "--peer-timeout", "60", *extra], f"{name}: the run")
     cfg = load_config(next(runs.iterdir()) / "config.json")
     return [dict(r, scenario=name, time_scale=scale)
             for r in averaging_by_stage(averaging_windows(cfg, load_scenario(settings)))]

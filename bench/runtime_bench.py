@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.runs import skippipe  # noqa: E402
 from skippipe.util.ports import free_port_range  # noqa: E402
 
 CASES = {  # name: (settings, nodes, time scale, iterations, extra run arguments)
@@ -38,13 +37,9 @@ VARIANTS = ("baseline", "ca-partial")
 def run_case(name: str, variant: str, out: Path, port: int) -> dict:
     settings, n, scale, iterations, extra = CASES[name]
     runs = out / f"{name}-{variant}"
-    cmd = [sys.executable, "-m", "skippipe", "run", "0", str(n), variant, "0", "--scenario", settings,
-           "--iterations", str(iterations), "--time-scale", str(scale), "--base-port", str(port),
-           "--runs", str(runs), "--peer-timeout", "60", *extra]
-    print("$", " ".join(cmd[1:]), flush=True)
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if r.returncode != 0:
-        raise SystemExit(f"{name} {variant} failed:\n{r.stdout[-3000:]}{r.stderr[-2000:]}")
+    skippipe(["run", "0", str(n), variant, "0", "--scenario", settings, "--iterations", str(iterations),
+              "--time-scale", str(scale), "--base-port", str(port), "--runs", str(runs), "--peer-timeout", "60",
+              *extra], f"{name} {variant}")
     rows = json.loads(next(runs.iterdir()).joinpath("iterations.json").read_text())
     steady = rows[1:] or rows
     return {"scenario": name, "variant": variant, "time_scale": scale, "iterations": len(rows),
