@@ -81,7 +81,7 @@ VARIANTS = ("1f1b", "swarm", "swarm-skip", "ca-partial", "ca-repair")
 CONDITIONS = ("static", "straggler", "churn")
 SLOW_FACTOR, SLOW_FROM = 3.0, 3
 CRASH_AT = 2
-BACK_AT = CRASH_AT + 1  # simulated churn: a restarted node rejoins after the next iteration
+BACK_AT = CRASH_AT + 1  # simulated churn without a measured rejoin: back after the next iteration
 QUICK_ITERATIONS = 10
 REJOIN_GRACE_S = 30.0  # a restarted node that rejoined finishes with the others, one too late waits on
 MIN_ITERATIONS = SLOW_FROM + 2  # straggler and churn: steady iterations after the fault
@@ -202,15 +202,17 @@ def result_of(name: str, variant: str, condition: str, node: int | None, sched: 
 
 
 # -- simulation and report -----------------------------------------------------------------------
-def simulated(schedule, variant: str, scenario, condition_name: str, node: int | None, iterations: int) -> dict:
+def simulated(schedule, variant: str, scenario, condition_name: str, node: int | None, iterations: int,
+              back_at: int | None = None) -> dict:
     """The simulator's median iteration time (scenario s) for one row, iteration 0 excluded:
     planned variants once (spread min-max over iterations), routed variants over router seeds
     0..4 (the median of the per-seed medians, spread min-max over seeds). ImportError while
-    skippipe.sim.session is missing."""
+    skippipe.sim.session is missing. Churn: the node is back from `back_at` (the iteration the
+    run's restarted node rejoined at), else BACK_AT."""
     from skippipe.sim.session import Condition, simulate_session
     cond = {"static": Condition(slow={}, crash={}),
             "straggler": Condition(slow={node: (SLOW_FACTOR, SLOW_FROM)}, crash={}),
-            "churn": Condition(slow={}, crash={node: (CRASH_AT, BACK_AT)})}[condition_name]
+            "churn": Condition(slow={}, crash={node: (CRASH_AT, back_at or BACK_AT)})}[condition_name]
     # every routed variant over seeds, ca-repair too: its replacement hops are drawn by the swarm rule
     online = schedule.variant(variant).routing is not None
     sessions = [simulate_session(schedule, variant, scenario, iterations, cond, seed=s)
@@ -235,7 +237,8 @@ def report_rows(results: list[dict], schedules: dict) -> list[dict]:
             sim = None
             if simulate:
                 try:
-                    sim = simulated(sched, r["variant"], sc, r["condition"], r["node"], r["iterations"])
+                    sim = simulated(sched, r["variant"], sc, r["condition"], r["node"], r["iterations"],
+                                    r.get("rejoined_at"))
                 except ImportError as e:
                     print(f"simulation rows skipped: {e}", flush=True)
                     simulate = False

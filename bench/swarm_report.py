@@ -3,28 +3,19 @@ iterations, table rows, the markdown table and the plot. Pure functions of their
 in tests/test_swarm_bench.py); the bench runs the nodes and writes the files."""
 from __future__ import annotations
 
-import json
 import statistics
 from collections import Counter
 from pathlib import Path
 
-MOVE_EVENTS = ("node_moved",)  # besides every event named rebalanc*: adaptive rebalancing
-
-
-def is_move(event: dict) -> bool:
-    name = str(event.get("event", ""))
-    return name.startswith("rebalanc") or name in MOVE_EVENTS
-
-
 def tally(events: list[dict]) -> dict:
-    """Counts of what happened to microbatches and nodes in a run's events. A move every node
-    logs is one move: events that differ only in who wrote them (and when) count once."""
+    """Counts of what happened to microbatches and nodes in a run's events (a move: the deciding
+    data node's `rebalance` event; the moved node's `moved` event is the same move)."""
     names = Counter(e.get("event") for e in events)
-    moves = {json.dumps({k: v for k, v in e.items() if k not in ("node", "t", "pid")}, sort_keys=True)
-             for e in events if is_move(e)}
     degraded = {e["iteration"] for e in events if e.get("event") == "iteration_end" and e.get("degraded")}
-    return {"rerouted": names["microbatch_rerouted"], "lost": names["microbatch_lost"], "moves": len(moves),
-            "faults": names["fault"], "rejoined": names["rejoined"], "degraded_iterations": len(degraded)}
+    back = [e["iteration"] for e in events if e.get("event") == "rejoined"]
+    return {"rerouted": names["microbatch_rerouted"], "lost": names["microbatch_lost"], "moves": names["rebalance"],
+            "faults": names["fault"], "rejoined": names["rejoined"], "rejoined_at": min(back, default=None),
+            "degraded_iterations": len(degraded)}
 
 
 def losses(events: list[dict], data_nodes) -> list[list]:

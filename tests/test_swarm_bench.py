@@ -32,20 +32,18 @@ EVENTS = [
     {"event": "microbatch_lost", "node": 0, "iteration": 1, "microbatch": 5, "t": 2.3},
     _end(0, 1, 9.0, 3, degraded=True), _end(1, 1, 6.0, 1, degraded=True),
     {"event": "rejoined", "node": 2, "iteration": 2, "sponsor": 3, "t": 3.0},
-    # one rebalancing decision logged by two nodes, a second one, and a node_moved: three moves
-    {"event": "rebalance", "node": 0, "iteration": 2, "moves": [[2, 1]], "t": 3.1},
-    {"event": "rebalance", "node": 1, "iteration": 2, "moves": [[2, 1]], "t": 3.2},
-    {"event": "rebalanced", "node": 0, "iteration": 3, "moves": [[4, 2]], "t": 3.3},
-    {"event": "node_moved", "node": 4, "iteration": 3, "from_stage": 1, "to_stage": 2, "t": 3.4},
-    {"event": "moved_on", "node": 4, "iteration": 3, "t": 3.5},  # not a move
+    # one move: the decider's rebalance event and the mover's moved event
+    {"event": "rebalance", "node": 0, "iteration": 2, "moved": 2, "source": 1, "target": 2, "at": 4,
+     "throughputs": {"1": 200.0, "2": 40.0}, "t": 3.1},
+    {"event": "moved", "node": 2, "iteration": 4, "source": 1, "target": 2, "sponsor": 3, "t": 3.4},
 ]
 
 
 def test_tally_counts_resent_lost_moves_once_each():
-    assert sr.tally(EVENTS) == {"rerouted": 2, "lost": 1, "moves": 3, "faults": 1, "rejoined": 1,
-                                "degraded_iterations": 1}
+    assert sr.tally(EVENTS) == {"rerouted": 2, "lost": 1, "moves": 1, "faults": 1, "rejoined": 1,
+                                "rejoined_at": 2, "degraded_iterations": 1}
     assert sr.tally([]) == {"rerouted": 0, "lost": 0, "moves": 0, "faults": 0, "rejoined": 0,
-                            "degraded_iterations": 0}
+                            "rejoined_at": None, "degraded_iterations": 0}
 
 
 def test_losses_are_over_the_data_nodes_only():
