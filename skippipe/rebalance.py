@@ -7,9 +7,10 @@ its live nodes' forward rates, 1 / each node's measured forward time (the moving
 router keeps, routing.Router.own_forward_s). The pipeline runs at its slowest stage's pace.
 
 The rule (`decide`), on stages 1..S-1 that have a live node (stage 0's nodes hold the data and
-start every path; a stage whose nodes all died is skipped, and nobody could hand it over): when the fastest stage's throughput exceeds the slowest's by more than `threshold`
-times, the node of the fastest stage (which keeps at least one node) whose move gives the best
-new minimum moves to the slowest stage, if that raises the minimum (a move that only shifts the
+start every path; a stage whose nodes all died is skipped, and nobody could hand it over): when
+the fastest stage's throughput exceeds the slowest's by more than `threshold` times, the node
+of the fastest stage (which keeps at least one node) whose move gives the best new minimum
+moves to the slowest stage, if that raises the minimum by MIN_GAIN (a move that only shifts the
 bottleneck elsewhere is not made). Ties go to the lower node id, so every process that applies
 the rule to the same measurements makes the same move.
 

@@ -4,8 +4,7 @@
   average (Load): the number its data messages carry to routers already.
 - The lowest live data node decides (data nodes never move, so the decider stays put): after
   its step of iteration `it` it applies the rule to the latest reports (once every node has
-  reported) and announces Move(node, target stage,
-  at = it + MOVE_AHEAD) to everyone.
+  reported) and announces Move(node, target stage, at = it + MOVE_AHEAD) to everyone.
 - Every node records the move; from iteration `at` on it routes, averages, repairs and reads
   paths with the new allocation (`allocation_at`, `stages_of`), while messages of earlier
   iterations still read with the old one.
@@ -80,7 +79,7 @@ class Moves:
     def _take(self, notice: MoveNotice, sender: int) -> None:
         before = self.allocation_at(notice.at - 1)
         source = next((s for s, nodes in enumerate(before) if notice.move in nodes), 0)
-        if not (self.enabled and 0 < source != notice.stage < len(before) and notice.at >= 1):
+        if not (self.enabled and 0 < source != notice.stage and 0 < notice.stage < len(before)):
             self.m.events.write("move_rejected", node_moved=notice.move, stage=notice.stage, sender=sender)
             return
         move = Move(notice.move, source, notice.stage, notice.at)
@@ -128,7 +127,7 @@ class Moves:
         """Before iteration `it`: if this node moves then, wait for its new stage's state from
         the sponsor, `place` it in the new stage (a new module) and load the state."""
         move = self.mine(it)
-        if move is None:
+        if move is None or it >= self.cfg.iterations:  # a move after the last iteration: moot
             return
         started = time.monotonic()
         deadline = started + STALL_FACTOR * self.cfg.peer_timeout_s

@@ -86,8 +86,7 @@ class Node:
         self.routes = Routes(node_id, self.variant, self.sc, self.schedule.allocation, self.messenger, self.emulation)
         self.messenger.handlers[Kind.DONE] = self._done
         self.rejoin = Rejoin(cfg, self.messenger, self.compute, self.schedule.allocation, self.stage_of)
-        self.moves = Moves(cfg, node_id, self.schedule.allocation, self.stages_of, self.routes, self.messenger,
-                           self.rejoin)
+        self.moves = Moves(cfg, node_id, self.schedule.allocation, self.stages_of, self.routes, self.messenger, self.rejoin)
         self.averager = StageAverager(self.stage, self.schedule.allocation[self.stage], self.compute.chunks,
                                       self.messenger, self.emulation, self._serve_late)
         self.faults = FailureInjector(cfg.failures, node_id, self.events, self.emulation, self._silence)
@@ -103,7 +102,8 @@ class Node:
         loop = asyncio.get_running_loop()
         async with self.transport:
             self.receiver = asyncio.create_task(self.messenger.receive_forever())
-            first = await self.rejoin.come_back() if self.rejoining else await self.messenger.greet_all(self.cfg.peers, self.greeted, self.cfg.connect_timeout_s)
+            first = await (self.rejoin.come_back() if self.rejoining else
+                           self.messenger.greet_all(self.cfg.peers, self.greeted, self.cfg.connect_timeout_s))
             batches = await loop.run_in_executor(self.pool, self._batches, first)
             self.live.start()
             self.events.write("ready", pid=os.getpid(), stage=self.stage, first_iteration=first)
