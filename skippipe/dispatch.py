@@ -10,6 +10,11 @@ else a message), stamped with its arrival time. A node runs one operation at a t
 A forward needs one of the node's `slots` (TC1): the scenario's memory slots, or the variant's
 own limit (schedule.VariantSchedule.memory_slots; None: unlimited); the backward at the same hop
 frees it (W when the variant splits the backward). `peak` counts the most activations held.
+Operations added to a plan after the start (`add(..., beyond_slots=True)`: a restarted attempt,
+a microbatch detoured here by online repair) hold activations beyond the slots: the plan's own
+operations keep all their slots, so a detour can never block the plan's forwards and deadlock
+the pipeline (a node's memory may exceed m by the detours it serves at once). Online routing,
+whose every operation is added as it arrives, keeps to the slots.
 
 Planners may let some kinds *float* (`floating`): in planned mode such an op is not waited for
 in the list but runs as soon as it has arrived and the node is free. The schedule families use
@@ -55,6 +60,7 @@ class Dispatcher:
             raise ValueError("a node's action list names an operation twice")
         self._sequence = [op for op in self.ops if op.kind not in self.floating]
         self._cursor = 0  # planned mode: index of the next op in `_sequence`
+        self._added: set[Op] = set()  # operations added to the plan: beyond the slots
 
     @property
     def done(self) -> bool:
@@ -94,14 +100,14 @@ class Dispatcher:
         return self._sequence[self._cursor]
 
     def memory_full(self) -> bool:
-        return self.slots is not None and len(self.held) >= self.slots
+        return self.slots is not None and sum(op not in self._added for op in self.held) >= self.slots
 
     def blocked_on_memory(self) -> bool:
         """True when an arrived forward waits only for a memory slot."""
         return self.memory_full() and any(takes_slot(op) for op in self.arrived)
 
     def _can_start(self, op: Op) -> bool:
-        return op in self.arrived and not (takes_slot(op) and self.memory_full())
+        return op in self.arrived and not (takes_slot(op) and op not in self._added and self.memory_full())
 
     def start(self, op: Op) -> None:
         assert self.running is None and self._can_start(op), op
@@ -131,14 +137,16 @@ class Dispatcher:
         self.held = [op for op in self.held if op.microbatch != microbatch]
         self.planned = False
 
-    def add(self, ops: Iterable[Op]) -> None:
+    def add(self, ops: Iterable[Op], beyond_slots: bool = False) -> None:
         """New operations for this iteration (a restarted microbatch's attempt); ops still to
-        run are not added twice."""
+        run are not added twice. `beyond_slots`: their forwards take no slot."""
         ops = [op for op in dict.fromkeys(Op(o.kind, o.microbatch, o.hop) for o in ops)
                if op not in self._todo]
         if not ops:
             return
         self._todo |= set(ops)
+        if beyond_slots:
+            self._added |= set(ops)
         self.ops += ops
         self.planned = False
 

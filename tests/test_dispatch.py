@@ -36,6 +36,26 @@ def test_forward_waits_for_a_memory_slot():
     assert d.next_op() == F(1, 1)
 
 
+def test_a_detour_added_to_a_plan_holds_memory_beyond_the_slots():
+    d = Dispatcher([F(0, 1), B(0, 1)], slots=1, planned=True)
+    d.add([F(5, 1), B(5, 1)], beyond_slots=True)  # a microbatch re-routed here
+    d.arrive(F(5, 1), 0.0)
+    d.start(F(5, 1))
+    d.finish(F(5, 1))
+    d.arrive(F(0, 1), 1.0)
+    assert d.next_op() == F(0, 1)  # the detour's activation does not take the plan's slot
+    d.start(F(0, 1))
+    d.finish(F(0, 1))
+    assert d.peak == 2 and d.memory_full()
+    online = Dispatcher([F(0, 0)], slots=1, planned=False)
+    online.add([F(1, 1), F(2, 1)])  # online routing: every op added, all within the slots
+    for op in (F(1, 1), F(2, 1)):
+        online.arrive(op, 0.0)
+    online.start(F(1, 1))
+    online.finish(F(1, 1))
+    assert online.next_op() is None and online.blocked_on_memory()
+
+
 def test_planned_order_is_followed_strictly():
     d = Dispatcher([F(1, 1), F(0, 1), B(1, 1), B(0, 1)], slots=2, planned=True)
     d.arrive(F(0, 1), 0.0)

@@ -129,7 +129,7 @@ class Iteration:
         self.m.events.write("microbatch_rerouted", iteration=self.it, microbatch=mb,
                             attempt=self.attempt[mb], nodes=list(new.nodes))
         self.m.tell_live(Restart(mb, self.attempt[mb], self.it))
-        self.disp.add([F(mb, 0)])
+        self.disp.add([F(mb, 0)], beyond_slots=not self.routes.online)
         self.disp.arrive(F(mb, 0), time.monotonic())
 
     # -- messages ---------------------------------------------------------------------------
@@ -162,7 +162,7 @@ class Iteration:
             self.m.events.write("routed", iteration=self.it, microbatch=mb, attempt=attempt,
                                 nodes=list(path.nodes))
         # a forward this node was not planned for brings its backward: the node waits for it
-        self.disp.add([op, B(mb, op.hop)] if op.kind is OpKind.F else [op])
+        self.disp.add([op, B(mb, op.hop)] if op.kind is OpKind.F else [op], beyond_slots=not self.routes.online)
         self.compute.give(op, msg.to_torch())
         self.disp.arrive(op, time.monotonic())
         return True

@@ -106,7 +106,7 @@ class _Online(_Simulation):
         return super()._finish(node, op)
 
     def _arrive(self, node: int, op: Op) -> None:
-        self.state[node].disp.add([op])  # a node takes any op routed to it
+        self.state[node].disp.add([op], beyond_slots=not self.online)  # a node takes any op routed to it
         sender = self.reports.pop((node, op), None)
         if sender is not None:
             self.routers[node].observe(*sender)
