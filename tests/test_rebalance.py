@@ -125,3 +125,30 @@ def test_simulate_command_runs_a_session_and_shows_the_moves(tiny_schedule, caps
     assert [line.split()[0] for line in out.splitlines()[-2:]] == ["swarm", "ca-partial"]
     assert main(["simulate", str(tiny_schedule), "--iterations", "3", "--rejoin", f"{alone}:2"]) == 2
     assert "has no crash or hang to come back from" in capsys.readouterr().err
+
+
+def test_the_decider_tells_a_node_coming_back_of_a_move_directly():
+    import asyncio
+    from types import SimpleNamespace as NS
+    from skippipe.runtime.moves import Moves
+    from skippipe.schedule import Routing
+
+    told, direct, written = [], [], []
+
+    async def tell_direct(dst, ctrl):
+        direct.append((dst, ctrl))
+
+    live = NS(dead={1})  # node 1 (stage 3) crashed and is planned in again from iteration 4
+    m = NS(id=0, live=live, tell=lambda dst, c: None, tell_live=told.append, tell_direct=tell_direct,
+           events=NS(write=lambda name, **kw: written.append(name)))
+    rejoin = NS(revive_at={4: {1}}, sponsoring={})
+    routes = NS(online=True, routing=Routing("swarm", rebalance=1.5), router=NS(own_forward_s=0.01))
+    moves = Moves(NS(iterations=10, peer_timeout_s=1.0), 0, ALLOC, {}, routes, m, rejoin)
+    moves.forward_s = {2: 0.01, 5: 0.01, 4: 0.03}
+
+    async def decide():
+        moves.after_step(3)
+        await asyncio.sleep(0)  # the direct notice is a task
+    asyncio.run(decide())
+    assert told == [MoveNotice(2, 2, 5)] and direct == [(1, MoveNotice(2, 2, 5))]
+    assert written == ["rebalance"] and moves.allocation_at(5)[2] == (4, 2)

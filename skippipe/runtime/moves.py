@@ -12,11 +12,13 @@
   after its step of iteration at - 1 it sends the mover its weights and AdamW state. The mover,
   after its own step of at - 1, waits for them, builds the new stage's module, loads the state
   and so ends every later iteration with exactly its new stage peers' weights.
-- A node that rejoins gets every move so far from its sponsor before the welcome, so it comes
-  back with everyone's allocation.
+- A node that rejoins gets every move so far from its sponsor before the welcome, and the
+  decider tells it of later ones directly (it counts as dead until its join iteration), so it
+  comes back with everyone's allocation.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Callable
 
@@ -120,7 +122,11 @@ class Moves:
         rate = throughputs(alloc, forward, self.m.live.dead)
         self.m.events.write("rebalance", iteration=it, moved=move.node, source=move.source, target=move.target,
                             at=move.at, throughputs={s: round(r, 4) for s, r in rate.items()})
-        self.m.tell_live(MoveNotice(move.node, move.target, move.at))
+        notice = MoveNotice(move.node, move.target, move.at)
+        self.m.tell_live(notice)
+        for r in sorted(set().union(*self.rejoin.revive_at.values()) & self.m.live.dead):
+            # coming back, and its welcome may have left already: it must hear of the move too
+            asyncio.create_task(self.m.tell_direct(r, notice))
         self._sponsor(move)
 
     async def take_stage(self, it: int, place: Callable[[int], object]) -> None:
