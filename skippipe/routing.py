@@ -203,6 +203,12 @@ class Router:
         return self._orderable[key]
 
 
+def routers(params: Routing, scenario: Scenario) -> dict[int, Router]:
+    """One router per node of the scenario, as the simulator keeps them."""
+    k = path_length(params.rule, scenario)
+    return {n.id: Router(n.id, params, scenario, k) for n in scenario.nodes}
+
+
 def onward_of(hops: Sequence[Hop], hop: int) -> int:
     """The node the plan sends the forward of hop `hop` + 1 on to: the hop after, or the origin
     for the loss."""

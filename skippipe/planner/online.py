@@ -26,7 +26,7 @@ def online_variant(name: str, scenario: Scenario, allocation, seed: int,
     ca-repair follows."""
     rule = ONLINE[name]
     routing = Routing(rule, seed=seed, rebalance=0.0 if rule == "repair" else REBALANCE_THRESHOLD)
-    if routing.rule == "repair":
+    if rule == "repair":
         if plan is None:
             raise PlanningError(f"{name} follows ca-partial's plan: plan ca-partial too")
         return dataclasses.replace(plan, name=name, routing=routing, provenance=Provenance(

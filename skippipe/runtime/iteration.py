@@ -113,6 +113,11 @@ class Iteration:
         out = self.routes.online and F(mb, 0) in self.disp.finished and L(mb) not in self.disp.finished
         return bool(set(path.nodes) & dead) or (out and bool(new))
 
+    def _add(self, ops: list[Op]) -> None:
+        """Operations this node was not planned for: beyond its slots when they join a plan
+        (dispatch.py), within them under online routing."""
+        self.disp.add(ops, beyond_slots=not self.routes.online)
+
     def _forget(self, mb: int) -> None:
         self.disp.forget(mb)
         self.compute.forget(mb)
@@ -129,7 +134,7 @@ class Iteration:
         self.m.events.write("microbatch_rerouted", iteration=self.it, microbatch=mb,
                             attempt=self.attempt[mb], nodes=list(new.nodes))
         self.m.tell_live(Restart(mb, self.attempt[mb], self.it))
-        self.disp.add([F(mb, 0)], beyond_slots=not self.routes.online)
+        self._add([F(mb, 0)])
         self.disp.arrive(F(mb, 0), time.monotonic())
 
     # -- messages ---------------------------------------------------------------------------
@@ -162,7 +167,7 @@ class Iteration:
             self.m.events.write("routed", iteration=self.it, microbatch=mb, attempt=attempt,
                                 nodes=list(path.nodes))
         # a forward this node was not planned for brings its backward: the node waits for it
-        self.disp.add([op, B(mb, op.hop)] if op.kind is OpKind.F else [op], beyond_slots=not self.routes.online)
+        self._add([op, B(mb, op.hop)] if op.kind is OpKind.F else [op])
         self.compute.give(op, msg.to_torch())
         self.disp.arrive(op, time.monotonic())
         return True

@@ -22,7 +22,7 @@ import statistics
 from collections import Counter
 
 from ..ops import Op, OpKind, next_op, node_of
-from ..routing import Router, onward_of, origins_only, path_length, stage_budgets
+from ..routing import Router, onward_of, origins_only, path_length, stage_budgets, routers as make_routers
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, Schedule
 from .simulate import SimResult, _Simulation
@@ -79,14 +79,12 @@ class _Online(_Simulation):
         self.paths = {p.microbatch: p.hops for p in v.paths}
         super().__init__(schedule.for_variant(variant), v, scenario, True, iteration, frozenset())
         self.slow = slow
-        k = path_length(self.rule, scenario)
-        self.routers = routers if routers is not None else {
-            n.id: Router(n.id, params, scenario, k) for n in scenario.nodes}
+        self.routers = routers if routers is not None else make_routers(params, scenario)
         self.live = self.schedule.allocation
         self.reports: dict[tuple[int, Op], tuple[int, object]] = {}  # (dst, op) -> (src, report)
         self.sets: dict[int, frozenset[int]] = {}  # swarm-skip: microbatch -> its stages
         origins = Counter(p.origin for p in v.paths)
-        self.budgets = stage_budgets(sorted(origins.items()), len(self.live), k)
+        self.budgets = stage_budgets(sorted(origins.items()), len(self.live), path_length(self.rule, scenario))
         self.left = dict(origins)  # origin -> microbatches without a stage set yet
 
     # -- topology: the paths as routed so far ----------------------------------------------

@@ -22,7 +22,7 @@ from typing import Mapping
 
 from ..rebalance import Move, Rebalancer
 from ..recovery import live_variant
-from ..routing import Router, path_length
+from ..routing import routers as make_routers
 from ..scenario import Scenario
 from ..schedule import Schedule
 from .online import _Online
@@ -61,11 +61,8 @@ def simulate_session(schedule: Schedule, variant: str, scenario: Scenario, itera
     v = schedule.variant(variant)
     routing = v.routing
     rebalancer = Rebalancer(schedule.allocation_of(variant), routing.rebalance if routing else 0.0)
-    routers = None
-    if routing is not None:
-        params = routing if seed is None else dataclasses.replace(routing, seed=seed)
-        k = path_length(params.rule, scenario)
-        routers = {n.id: Router(n.id, params, scenario, k) for n in scenario.nodes}
+    routers = None if routing is None else make_routers(
+        routing if seed is None else dataclasses.replace(routing, seed=seed), scenario)
     out = Session()
     for it in range(iterations):
         down = condition.down(it)
@@ -93,16 +90,15 @@ def _on(schedule: Schedule, variant: str, allocation) -> Schedule:
 def _iteration(sched: Schedule, variant: str, scenario: Scenario, it: int, down: frozenset[int],
                slow: dict[int, float], routers, full_allocation, seed) -> SimResult:
     v = sched.variant(variant)
-    v = dataclasses.replace(v, paths=tuple(p for p in v.paths if p.origin not in down))
-    if routers is not None:
-        for r in routers.values():
-            r.begin_iteration()
-        if not v.routing.online:  # repair: the plan, repaired around down nodes first
-            v = live_variant(v, set(down), full_allocation)
-        sched = dataclasses.replace(sched, variants={variant: v})
-        sim = _Online(sched, variant, scenario, seed, slow, it, routers)
-    else:
+    if v.routing is not None and v.routing.online:  # routed around down nodes as it runs
+        v = dataclasses.replace(v, paths=tuple(p for p in v.paths if p.origin not in down))
+    else:  # a plan (ca-repair's too): repaired around down nodes first, as the nodes do
         v = live_variant(v, set(down), full_allocation)
+    if routers is None:
         sim = _Simulation(sched.for_variant(variant), v, scenario, True, it, frozenset())
         sim.slow = slow
-    return sim.run()
+        return sim.run()
+    for r in routers.values():
+        r.begin_iteration()
+    return _Online(dataclasses.replace(sched, variants={variant: v}), variant, scenario, seed, slow, it,
+                   routers).run()
