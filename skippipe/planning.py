@@ -25,7 +25,7 @@ import os
 import time
 from typing import Callable
 
-from .memory import FAMILIES
+from .memory import FAMILIES, fullest
 from .scenario import Scenario
 from .rules import validate
 from .schedule import Schedule, VariantSchedule
@@ -57,6 +57,7 @@ class PlanOptions:
     workers: int = max(1, os.cpu_count() or 1)
     objective: str = "iteration"  # what the partial variants and their allocation minimise
     shared_allocation: bool = False  # one (full-pipeline) allocation for every variant
+    family_memory: bool = False  # the classic families under their own memory rules, not the slots
 
     def check(self) -> None:
         from .planner.paths import PlanningError
@@ -86,6 +87,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     from .placement import fold
     from .planner.allocation import allocate
     from .planner.model_data import WALL_SAFETY
+    from .planner.paths import PlanningError
     from .sim.simulate import simulate
 
     opts.check()
@@ -127,7 +129,13 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
             from .planner.online import online_variant
             v = online_variant(name, scenario, alloc, opts.seed, variants.get("ca-partial"))
         elif name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1, dualpipev: planned action lists
-            v = families.family_variant(name, scenario, alloc)
+            own = opts.family_memory or scenario.pipeline.family_memory
+            try:
+                v = families.family_variant(name, scenario, alloc, family_memory=own)
+            except PlanningError as e:  # no capped form fits the slots: the others go on
+                skipped.append(str(e))
+                line(f"{name} skipped: {e}")
+                continue
         elif name in ZERO_BUBBLE_OF:  # on its source's paths and allocation
             source = variants[ZERO_BUBBLE_OF[name]]
             alloc = source.allocation
@@ -152,7 +160,6 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         if name == "ca-partial" and "non-ca-partial" in sims:
             variants[name], sims[name] = _not_worse(scenario, full.stages, variants, sims, opts, line)
     if not variants:
-        from .planner.paths import PlanningError
         raise PlanningError("; ".join(skipped) or "no variant to plan")
     line("simulating and validating ...")
     for name, v in variants.items():
@@ -162,6 +169,8 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         predicted = {**v.predicted, "makespan_s": round(sim.makespan_s, 4), "iteration_s": round(sim.iteration_s, 4),
                      "bubble_share": round(sim.bubble_share, 4),
                      "peak_activations": max(s.peak_activations for s in sim.per_node)}
+        predicted["fullest_peak"], predicted["fullest_slots"] = fullest(
+            {s.node: s.peak_activations for s in sim.per_node}, {n.id: n.memory_slots for n in scenario.nodes})
         if v.routing is not None and v.routing.online:  # the mean over the router's seeds
             predicted["iteration_s"] = v.predicted["iteration_s"]
         variants[name] = dataclasses.replace(v, predicted=predicted)
@@ -226,19 +235,30 @@ def summary_rows(sched: Schedule) -> list[dict]:
             "makespan_vs_baseline": mk / base.predicted["makespan_s"] if base and mk else None,
             "bound_s": p.bound, "gap": p.gap, "solve_s": p.wall_s, "limit_s": p.time_limit_s,
             "bubble": v.predicted.get("bubble_share"), "peak": v.predicted.get("peak_activations"),
+            "peak_slots": _peak_slots(v), "memory": v.memory,
             "status": p.status,
         })
     return rows
+
+
+def _peak_slots(v: VariantSchedule) -> str:
+    """"peak/slots" at the variant's fullest node ("-" for a schedule planned before it was kept)."""
+    p = v.predicted
+    if "fullest_peak" not in p:
+        return "-"
+    return f"{p['fullest_peak']:.0f}/{p['fullest_slots']:.0f}"
 
 
 def format_table(rows: list[dict]) -> str:
     def f(x, spec):
         return format(x, spec) if x is not None else format("-", f">{spec.split('.')[0]}")
     lines = [f"{'variant':<15} {'iteration s':>11} {'makespan s':>10} {'it/base':>8} {'mk/base':>8} "
-             f"{'bound s':>8} {'gap':>6} {'solve s':>8} {'limit s':>8} {'bubble':>6} {'peak act':>8}  status"]
+             f"{'bound s':>8} {'gap':>6} {'solve s':>8} {'limit s':>8} {'bubble':>6} {'peak act':>8} "
+             f"{'peak/slots':>10} {'memory':>6}  status"]
     for r in rows:
         lines.append(f"{r['variant']:<15} {f(r['iteration_s'], '11.2f')} {f(r['makespan_s'], '10.2f')} "
                      f"{f(r['vs_baseline'], '8.3f')} {f(r['makespan_vs_baseline'], '8.3f')} "
                      f"{f(r['bound_s'], '8.2f')} {f(r['gap'], '6.1%')} {f(r['solve_s'], '8.1f')} "
-                     f"{f(r['limit_s'], '8.1f')} {f(r['bubble'], '6.1%')} {f(r['peak'], '8.0f')}  {r['status']}")
+                     f"{f(r['limit_s'], '8.1f')} {f(r['bubble'], '6.1%')} {f(r['peak'], '8.0f')} "
+                     f"{r['peak_slots']:>10} {r['memory']:>6}  {r['status']}")
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The rules every schedule obeys, checked by one validator (DESIGN.md, docs/design.md).
 
-CC1-CC3 (paths), TC1 (even visit share; memory slots or a family's own activation limit along
-each node's action list), TC2 (no overlap on a node) and link timing when start times are given,
+CC1-CC3 (paths), TC1 (even visit share; along each node's action list, the memory rule the
+variant was made for: the scenario's slots, or a family's own activation limit), TC2 (no overlap on a node) and link timing when start times are given,
 the full pipelines' shape (baseline, the classic families and swarm), that every variant runs on
 a complete allocation (under dualpipev's V placement: every node holds a stage and its mirror,
 placement.v_problems, and each path comes back through the nodes it went down), and that an
@@ -32,7 +32,7 @@ TIME_TOLERANCE_S = 1e-6  # float slack when comparing planned times
 
 @dataclass(frozen=True)
 class Violation:
-    rule: str  # CC1, CC2, CC3, TC1, TC2, BASELINE, ALLOC, ORDER, TIMING, COUNT, ROUTING
+    rule: str  # CC1, CC2, CC3, TC1, TC2, BASELINE, ALLOC, ORDER, TIMING, COUNT, ROUTING, MEMORY
     variant: str
     microbatch: int | None
     hop: int | None
@@ -220,14 +220,22 @@ def _check_order(v: VariantSchedule) -> list[Violation]:
 
 def _check_activations(v: VariantSchedule, stage_of: dict[int, int], sc: Scenario) -> list[Violation]:
     """TC1 along each action list (memory.peak_along: timing-free), against the variant's limit;
-    a schedule family's limits and order also keep its own rule (memory.family_limits)."""
-    rule = family_limits(v.name, v.paths, stage_of, sc.pipeline.n_stages) if v.name in FAMILIES else {}
+    the limit is within the rule the variant was made for: the scenario's slots (the shared
+    budget), or a schedule family's own rule (memory.family_limits), whose order keeps it too."""
+    if v.memory == "family" and v.name not in FAMILIES:
+        return [Violation("MEMORY", v.name, None, None, "only a schedule family has its own memory rule")]
+    own_rule = v.memory == "family"
+    rule = family_limits(v.name, v.paths, stage_of, sc.pipeline.n_stages) if own_rule else {}
     out = []
     for node, ops in sorted(v.order.items()):
         peak, limit = peak_along(ops, v.split_backward), v.memory_slots(node, sc)
         if limit is not None and peak > limit:
             out.append(Violation("TC1", v.name, None, None, f"node {node}'s order holds {peak} "
                                  f"activations at once (limit {limit})"))
+        slots = sc.nodes[node].memory_slots
+        if not own_rule and (limit is None or limit > slots):
+            out.append(Violation("MEMORY", v.name, None, None, f"node {node} was planned for the "
+                                 f"shared budget of {slots} memory slots; its limit is {limit}"))
         own = rule.get(node)
         if own is not None and (peak > own or limit is None or limit > own):
             out.append(Violation("MEMORY", v.name, None, None, f"node {node} (stage "

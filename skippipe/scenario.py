@@ -55,6 +55,8 @@ class PipelineConfig:
     max_swap_back_stages: int  # CC3: how far below the frontier one swap may go
     max_swap_distance: int  # CC3: total swap distance per path
     max_forward_jump_stages: int  # CC3: largest step up from the previous stage
+    # the classic families keep their own published memory rules instead of memory_slots
+    family_memory: bool = False
 
     @property
     def n_stages(self) -> int:
@@ -152,7 +154,7 @@ _MODEL = {"d_model": int, "n_heads": int, "n_layers": int, "ffn_hidden": int, "c
 _PIPELINE = {"stage_sizes": list, "path_length": int, "memory_slots": int,
              "microbatches_per_node": int, "samples_per_microbatch": int, "max_swaps": int,
              "max_swap_back_stages": int, "max_swap_distance": int,
-             "max_forward_jump_stages": int}
+             "max_forward_jump_stages": int, "family_memory": bool}
 _COSTS = {"backward_factor": float, "loss_factor": float, "per_hop_overhead_s": float,
           "weight_grad_share": float}
 _TRAINING = {"iterations": int, "learning_rate": float, "grad_clip": float,
@@ -168,7 +170,7 @@ _DEFAULTS = {"max_swaps": 2, "max_swap_back_stages": 1, "max_swap_distance": 2,
              "max_forward_jump_stages": 4, "activation_dtype_bytes": 4, "param_dtype_bytes": 4,
              "backward_factor": 1.5, "loss_factor": 0.25, "weight_decay": 0.0, "seed": 0,
              "time_scale": 1.0, "iterations": 10, "grad_clip": 1.0, "learning_rate": 6e-4,
-             "weight_grad_share": CostConfig.weight_grad_share}
+             "weight_grad_share": CostConfig.weight_grad_share, "family_memory": False}
 
 
 def _fail(path: Path | str, key: str, why: str) -> ScenarioError:
@@ -199,7 +201,7 @@ def _section(path, data: dict, name: str, schema: dict, optional_keys=()) -> dic
 def _check_value(path, full: str, value: Any, typ: type, zero_ok: bool):
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if isinstance(value, bool) or not isinstance(value, typ):
+    if (isinstance(value, bool) and typ is not bool) or not isinstance(value, typ):
         raise _fail(path, full, f"must be {typ.__name__}, got {value!r}")
     if typ in (int, float):
         if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
@@ -366,7 +368,9 @@ def _plan_hash(model: ModelConfig, pipeline: PipelineConfig, costs: CostConfig, 
                nodes: tuple[Node, ...]) -> str:
     """sha256 (16 hex digits) of what the planners read. [training] and the optional sections
     stay out: changing iterations, the learning rate or the time scale keeps a schedule valid."""
-    content = {"model": asdict(model), "pipeline": asdict(pipeline), "costs": _hashed_costs(costs),
+    pipe = {k: v for k, v in asdict(pipeline).items() if k != "family_memory"}  # each variant
+    # records the memory rule it was made for, and the validator holds it to that
+    content = {"model": asdict(model), "pipeline": pipe, "costs": _hashed_costs(costs),
                "network": asdict(network), "nodes": [asdict(n) for n in nodes]}
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

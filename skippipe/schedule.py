@@ -23,7 +23,7 @@ from .ops import Op, OpKind, node_ops
 from .placement import stages_of
 from .rules import validate
 from .scenario import Scenario, load_scenario
-from .variants import VARIANTS
+from .variants import MEMORY_RULES, VARIANTS, default_memory
 
 SCHEMA_VERSION = 2  # 2: an allocation per variant (1 had one allocation for all variants)
 DISPATCH_RULES = ("planned", "fcfs")  # see dispatch.py
@@ -110,8 +110,14 @@ class VariantSchedule:
     split_backward: bool = False  # B is the input gradient only; W ops compute weight gradients
     allocation: tuple[tuple[int, ...], ...] | None = None  # stage -> node ids; None: the schedule's
     routing: Routing | None = None  # online variants: next hops chosen at run time
+    memory: str = ""  # the memory rule it was made for (variants.MEMORY_RULES); empty: the default
 
     def __post_init__(self) -> None:
+        if not self.memory:
+            object.__setattr__(self, "memory", default_memory(self.name))
+        if self.memory not in MEMORY_RULES:
+            raise ScheduleError(f"variant {self.name}: memory {self.memory!r} is not one of "
+                                f"{', '.join(MEMORY_RULES)}")
         if not self.dispatch:
             object.__setattr__(self, "dispatch", "fcfs" if self.order is None else "planned")
         if self.dispatch not in DISPATCH_RULES:
@@ -206,6 +212,7 @@ def _variant_dict(v: VariantSchedule) -> dict:
         "predicted": dict(v.predicted),
         "provenance": {**v.provenance.__dict__, "gap": v.provenance.gap},
         "dispatch": v.dispatch,
+        "memory": v.memory,
     }
     if v.activation_limits:
         out["activation_limits"] = [{"node": n, "limit": lim}
@@ -298,7 +305,7 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
                            Provenance(**prov), str(v.get("dispatch", "")), limits,
                            v.get("backward") == "split", None if alloc is None else _stages(alloc),
-                           routing)
+                           routing, str(v.get("memory", "")))
 
 
 def _stages(alloc: dict) -> tuple[tuple[int, ...], ...]:

@@ -6,6 +6,10 @@ classic full-pipeline families (memory.FAMILIES), and the online ones (routing.p
 stochastic wiring over the full pipeline (`swarm`) and over partial, reordered paths
 (`swarm-skip`), and ca-partial's plan with online repair of dead or slow hops (`ca-repair`).
 Planners build them (planning.py), the validator checks them (rules.py).
+
+Memory: every variant is made for a memory rule (schedule.VariantSchedule.memory): "slots",
+the scenario's `memory_slots` per node, a budget all variants share (the default), or "family",
+a classic family's own published rule (memory.family_limits; families only).
 """
 from __future__ import annotations
 
@@ -19,3 +23,10 @@ FULL_PIPELINE = ("baseline", *FAMILIES, "swarm")  # every path runs every stage 
 PARTIAL = ("non-ca-partial", "ca-partial", "ca-partial-zb")  # paths skip and reorder stages
 ZERO_BUBBLE_OF = {"ca-partial-zb": "ca-partial"}  # the backward split, W in idle gaps (planner/zb_fill.py)
 V_PLACED = ("dualpipev",)  # each node holds a stage and its mirror (placement.py)
+MEMORY_RULES = ("slots", "family")
+
+
+def default_memory(variant: str) -> str:
+    """The rule a schedule that does not record one was made for: the families planned under
+    their own rules before the shared budget existed."""
+    return "family" if variant in FAMILIES else "slots"

@@ -1,5 +1,6 @@
-"""Schedule families (naive, gpipe, 1f1b, zb-h1): the published formulas on a uniform scenario,
-their memory rules, and the variants on the tiny scenario.
+"""Schedule families (naive, gpipe, 1f1b, zb-h1) under their own memory rules (family memory):
+the published formulas on a uniform scenario, their memory rules, and the variants on the tiny
+scenario. The capped forms (the shared budget of memory slots): test_families_capped.py.
 
 Uniform scenario: every forward 1 s, zero-cost loss, zero-latency links, one node per stage
 (p stages, m microbatches), or several identical columns. The classic formulas have no separate
@@ -28,7 +29,7 @@ def uniform(p, m, backward_factor, width=1):
 
 
 def run_family(name, sc, alloc):
-    v = family_variant(name, sc, alloc)
+    v = family_variant(name, sc, alloc, family_memory=True)
     sched = Schedule(sc.name, sc.content_hash, sc.source, alloc, {name: v})
     assert violations(sched, sc) == []
     return simulate(sched, name, sc), v, sched
@@ -106,7 +107,7 @@ def test_families_on_tiny_validate_replay_and_round_trip(name, tiny_scenario):
 def test_validator_holds_a_family_to_its_own_rule(tiny_scenario):
     sc = tiny_scenario
     alloc = ((0, 1), (2, 3), (4,), (5,))
-    v = family_variant("1f1b", sc, alloc)
+    v = family_variant("1f1b", sc, alloc, family_memory=True)
     node = 5  # stage 3 of 4: one round (two microbatches) at a time
     gpipe_like = tuple(sorted(v.order[node], key=lambda op: op.kind.value != "F"))
     assert peak_along(gpipe_like) == 6

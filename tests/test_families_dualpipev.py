@@ -33,7 +33,7 @@ def v_uniform(p, m):
 
 
 def run_v(sc, alloc, v_alloc):
-    v = dataclasses.replace(family_variant("dualpipev", sc, v_alloc), allocation=v_alloc)
+    v = dataclasses.replace(family_variant("dualpipev", sc, v_alloc, family_memory=True), allocation=v_alloc)
     sched = Schedule(sc.name, sc.content_hash, sc.source, alloc, {"dualpipev": v})
     assert violations(sched, sc) == []
     return simulate(sched, "dualpipev", sc), v, sched
@@ -112,7 +112,7 @@ def test_a_v_group_averages_its_two_stages_one_after_the_other():
 def test_dualpipev_on_tiny_plans_validates_replays_and_round_trips(tiny_scenario):
     sc = tiny_scenario
     sched = build_schedule(sc, PlanOptions(variants=("baseline", "1f1b", "dualpipev"), time_limit_s=5,
-                                           workers=1))
+                                           workers=1, family_memory=True))
     v = sched.variant("dualpipev")
     assert v.allocation[0] == sched.allocation[0] and v.allocation[1] == v.allocation[2]
     assert sorted(n for g in v.allocation[:2] for n in g) == list(range(6))

@@ -56,9 +56,23 @@ def single_process():
     return losses, grads
 
 
+@pytest.fixture(scope="module")
+def family_memory_schedule(tmp_path_factory):
+    """dualpipev's V order fits no 2 slots of tiny: it runs under its own memory rule there."""
+    from skippipe.planning import PlanOptions, build_schedule
+    from skippipe.schedule import save_schedule
+    opts = PlanOptions(variants=("baseline", "dualpipev"), time_limit_s=2, workers=1, family_memory=True)
+    path = tmp_path_factory.mktemp("family-memory") / "tiny.json"
+    save_schedule(build_schedule(load_scenario(TINY), opts), path)
+    return path
+
+
 @pytest.mark.swarm
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_family_trains_like_single_process(tmp_path, tiny_schedule, single_process, family):
+def test_every_family_trains_like_single_process(tmp_path, request, single_process, family):
+    """Capped forms within tiny's slots (the default), dualpipev under its own rule."""
+    tiny_schedule = request.getfixturevalue("family_memory_schedule" if family == "dualpipev"
+                                            else "tiny_schedule")
     base = free_base_port(6, seed=hash(family) % 1000)
     r = run_skippipe(["run", "0", "6", family, "0", "--scenario", str(TINY), "--schedule", str(tiny_schedule),
                       "--iterations", str(ITERATIONS), "--base-port", str(base), "--runs", str(tmp_path / "runs"),

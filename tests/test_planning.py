@@ -63,7 +63,8 @@ def test_partial_variants_get_their_own_allocation_and_baseline_the_full_pipelin
 
 
 def test_shared_allocation_keeps_one_for_all(tiny):
-    sched = build_schedule(tiny, PlanOptions(time_limit_s=3, workers=1, shared_allocation=True))
+    sched = build_schedule(tiny, PlanOptions(time_limit_s=3, workers=1, shared_allocation=True,
+                                             family_memory=True))  # dualpipev fits no 2 slots
     assert {v.allocation for n, v in sched.variants.items() if n not in V_PLACED} == {sched.allocation}
     assert sched.variants["dualpipev"].allocation == fold(sched.allocation)  # the same, as a V
 
@@ -164,7 +165,7 @@ def test_cli_writes_a_schedule_with_both_columns(capsys, tmp_path):
     text = capsys.readouterr().out
     assert "objective makespan" in text and "makespan s" in text
     sched, _ = load_schedule(out)
-    assert set(sched.variants) == set(VARIANTS)
+    assert set(sched.variants) == set(VARIANTS) - {"dualpipev"}  # its V order fits no 2 slots
 
 
 def test_help_says_several_workers_vary(capsys):

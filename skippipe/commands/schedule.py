@@ -32,13 +32,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "paper's metric; default %(default)s); the table reports both")
     p.add_argument("--shared-allocation", action="store_true",
                    help="one (full-pipeline) allocation for every variant, as the paper did")
+    p.add_argument("--family-memory", action="store_true",
+                   help="the classic families (gpipe, 1f1b, ...) under their own published memory "
+                        "rules instead of the scenario's memory_slots, which every variant shares "
+                        "by default (also: pipeline.family_memory = true)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
     opts = PlanOptions(tuple(dict.fromkeys(args.variants)), args.seed, args.time_limit,
                        PlanOptions().workers if args.workers is None else args.workers,
-                       args.objective, args.shared_allocation)
+                       args.objective, args.shared_allocation, args.family_memory)
     opts.check()  # bad options: one line, exit 2, before the scenario is even read
     scenario = load_scenario(args.settings)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))

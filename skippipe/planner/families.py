@@ -20,9 +20,11 @@ How the per-stage schedules of the papers map onto SkipPipe's ring:
   several columns (a stage narrower than stage 0) treats one round as one classic microbatch:
   the round's microbatches run back to back, in microbatch order. With one column this is the
   textbook schedule.
-- Memory follows each family's own rule (memory.family_limits), declared per node as the
-  variant's activation limits: GPipe holds every microbatch it serves, 1F1B p - i rounds at
-  stage i, ZB-H1 p rounds (W frees the slot), naive one round.
+- Memory is the scenario's `memory_slots` per node by default (the budget every variant
+  shares): each node's limit is the smaller of its slots and its family's own rule, and the
+  family runs its capped form (below). With `family_memory` the family's own rule alone
+  (memory.family_limits) is the limit: GPipe holds every microbatch it serves, 1F1B p - i
+  rounds at stage i, ZB-H1 p rounds (W frees the slot), naive one round.
 
 Patterns (rounds k = 0..n-1 at one node of stage i; F(k)/B(k)/W(k): that round's ops there):
 - naive: F(k) B(k) for each k (stop and wait: one round in flight).
@@ -31,6 +33,15 @@ Patterns (rounds k = 0..n-1 at one node of stage i; F(k)/B(k)/W(k): that round's
 - zb-h1: 1f1b's F and B, the backward split; stage i runs W(k-i) after B(k) and the last i W's
   at the end (Qi et al. 2024: W deferred into the bubbles, in-flight rounds p at every stage).
 - dualpipev: the node of rank r holds stages r and p-1-r; planner/dualpipev.py has its steps.
+
+Capped forms (R: the rounds a node's slots hold, memory.rounds_within; a stage never runs more
+rounds ahead than the stage before it lets it, else the two would wait on each other):
+- naive: unchanged (one round); gpipe: rounds of at most R (one R for every node).
+- 1f1b: warm-up min(p-i-1, R-1); zb-h1 the same, its W lag cut to what R leaves (0: W after B).
+- dualpipev: its forwards deferred while the node is full (memory.hold_within); where that
+  leaves no order that runs, the family is refused with one line.
+- A node serving many columns may not hold one whole round: each form is also tried on
+  sub-rounds of g columns (g = every width down to 1) and the fastest in the dry run is kept.
 """
 from __future__ import annotations
 
@@ -39,7 +50,7 @@ import time
 from collections import defaultdict
 from typing import Callable, Sequence
 
-from ..memory import FAMILIES, family_limits, rounds
+from ..memory import FAMILIES, family_limits, hold_within, rounds, rounds_within
 from ..ops import B, F, L, Op, OpKind, W
 from ..placement import stages_of
 from ..scenario import Scenario
@@ -56,18 +67,26 @@ def _ops(kind: Callable[[int, int], Op], wave: Wave) -> list[Op]:
     return [kind(mb, hop) for mb, hop in wave]
 
 
-def naive(waves: Sequence[Wave], stage: int, n_stages: int) -> list[Op]:
+def naive(waves: Sequence[Wave], stage: int, n_stages: int, held: int | None = None) -> list[Op]:
     return [op for wave in waves for op in _ops(F, wave) + _ops(B, wave)]
 
 
-def gpipe(waves: Sequence[Wave], stage: int, n_stages: int) -> list[Op]:
+def gpipe(waves: Sequence[Wave], stage: int, n_stages: int, held: int | None = None) -> list[Op]:
+    """Fill, then drain; with `held`, in groups of that many rounds."""
+    width = held or len(waves) or 1
+    return [op for g in range(0, len(waves), width) for op in _fill_drain(waves[g:g + width])]
+
+
+def _fill_drain(waves: Sequence[Wave]) -> list[Op]:
     return ([op for wave in waves for op in _ops(F, wave)]
             + [op for wave in reversed(waves) for op in reversed(_ops(B, wave))])
 
 
-def one_f_one_b(waves: Sequence[Wave], stage: int, n_stages: int, w_lag: int | None = None) -> list[Op]:
-    """1F1B; with `w_lag`, the split backward's W of round k - w_lag follows B of round k."""
-    n, warm = len(waves), n_stages - stage - 1
+def one_f_one_b(waves: Sequence[Wave], stage: int, n_stages: int, held: int | None = None,
+                w_lag: int | None = None) -> list[Op]:
+    """1F1B, at most `held` rounds in flight (None: p - stage); with `w_lag`, the split
+    backward's W of round k - w_lag follows B of round k."""
+    n, warm = len(waves), n_stages - stage - 1 if held is None else min(n_stages - stage, held) - 1
     out = [op for wave in waves[:warm] for op in _ops(F, wave)]
     for k in range(n):
         if k + warm < n:
@@ -80,19 +99,30 @@ def one_f_one_b(waves: Sequence[Wave], stage: int, n_stages: int, w_lag: int | N
     return out
 
 
-def zb_h1(waves: Sequence[Wave], stage: int, n_stages: int) -> list[Op]:
-    return one_f_one_b(waves, stage, n_stages, w_lag=stage)
+def zb_h1(waves: Sequence[Wave], stage: int, n_stages: int, held: int | None = None) -> list[Op]:
+    """ZB-H1: p rounds in flight; with `held`, 1F1B's warm-up first, then what is left as W lag."""
+    if held is None:
+        return one_f_one_b(waves, stage, n_stages, w_lag=stage)
+    warm = min(n_stages - stage, held) - 1
+    return one_f_one_b(waves, stage, n_stages, held, w_lag=max(0, min(stage, held - 1 - warm)))
 
 
-PATTERNS: dict[str, Callable[[Sequence[Wave], int, int], list[Op]]] = {
-    "naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "zb-h1": zb_h1, "dualpipev": dualpipev}
+def dualpipev_held(waves: Sequence[Wave], stage: int, n_stages: int, held: int | None = None) -> list[Op]:
+    return dualpipev(waves, stage, n_stages)  # capped later, by activations (hold_within)
+
+
+Pattern = Callable[[Sequence[Wave], int, int, "int | None"], list[Op]]
+PATTERNS: dict[str, Pattern] = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "zb-h1": zb_h1,
+                                "dualpipev": dualpipev_held}
 assert tuple(PATTERNS) == FAMILIES
 
 
-def family_variant(name: str, scenario: Scenario, allocation: AllocationLike) -> VariantSchedule:
+def family_variant(name: str, scenario: Scenario, allocation: AllocationLike,
+                   family_memory: bool = False) -> VariantSchedule:
     """Variant `name` (one of memory.FAMILIES) on the baseline's paths, its order placed by a
-    dry run of the simulator (see the module docstring). Raises PlanningError when the dry run
-    cannot finish (it deadlocks: a bug in a pattern)."""
+    dry run of the simulator (see the module docstring): in its capped form within the
+    scenario's memory slots, or with `family_memory` under its family's own rule. Raises
+    PlanningError when no order of the family fits the slots or the dry run cannot finish."""
     from ..sim.simulate import SimulationError, simulate
 
     if name not in PATTERNS:
@@ -101,31 +131,107 @@ def family_variant(name: str, scenario: Scenario, allocation: AllocationLike) ->
     stages = tuple(tuple(nodes) for nodes in allocation)
     paths = v_paths(scenario, stages) if name in V_PLACED else baseline_variant(scenario, stages).paths
     stage_of = {n: held[0] for n, held in stages_of(stages).items()}  # a V node: its lower stage
-    n_stages = len(stages)
-    pattern = {node: PATTERNS[name](waves, stage_of[node], n_stages)
-               for node, waves in _waves(paths).items()}
-    for p in paths:  # the losses float in the dry run: where they sit here does not matter
-        pattern[p.origin].append(L(p.microbatch))
-    draft = VariantSchedule(name, paths, {n: tuple(ops) for n, ops in pattern.items()},
-                            dispatch="planned",
-                            activation_limits=family_limits(name, paths, stage_of, n_stages),
-                            split_backward=name in SPLIT_BACKWARD)
-    sched = Schedule(scenario.name, scenario.content_hash, scenario.source, stages, {name: draft})
-    try:
-        run = simulate(sched, name, scenario, floating=frozenset({OpKind.L}))
-    except SimulationError as e:
-        raise PlanningError(f"{name}: the pattern does not run: {e}") from None
+    n_stages, rnd = len(stages), rounds(paths)
+    limits = family_limits(name, paths, stage_of, n_stages)
+    if family_memory:
+        patterns = [{node: PATTERNS[name](w, stage_of[node], n_stages)
+                     for node, w in _waves(paths, rnd).items()}]
+    else:
+        limits = {n: min(own, scenario.nodes[n].memory_slots) for n, own in limits.items()}
+        patterns = _capped_patterns(name, paths, stages, limits)
+    best, why = None, ""
+    for pattern in patterns:  # capped: one per round width that fits; the fastest is the family's
+        for p in paths:  # the losses float in the dry run: where they sit here does not matter
+            pattern[p.origin].append(L(p.microbatch))
+        draft = VariantSchedule(name, paths, {n: tuple(ops) for n, ops in pattern.items()},
+                                dispatch="planned", activation_limits=limits,
+                                split_backward=name in SPLIT_BACKWARD,
+                                memory="family" if family_memory else "slots")
+        sched = Schedule(scenario.name, scenario.content_hash, scenario.source, stages, {name: draft})
+        try:
+            run = simulate(sched, name, scenario, floating=frozenset({OpKind.L}))
+        except SimulationError as e:
+            why = why or str(e)
+            continue
+        if best is None or run.iteration_s < best[1].iteration_s:
+            best = draft, run
+    if best is None:
+        within = "" if family_memory else f" within the memory slots ({_slots_text(limits)})"
+        raise PlanningError(f"{name}: no pattern runs{within}: {why}")
+    draft, run = best
     provenance = Provenance(name, status="n/a", objective=round(run.iteration_s, 6),
                             wall_s=time.monotonic() - started)
     return dataclasses.replace(draft, order=run.order, provenance=provenance)
 
 
-def _waves(paths: Sequence[MicrobatchPath]) -> dict[int, list[Wave]]:
-    """node -> its waves: per round, the (microbatch, hop) pairs that visit it there."""
-    rnd = rounds(paths)
+def _waves(paths: Sequence[MicrobatchPath], rnd: dict[int, int]) -> dict[int, list[Wave]]:
+    """node -> its waves: per round (`rnd`: microbatch -> round), the (microbatch, hop) pairs
+    that visit it there."""
     n_rounds = max(rnd.values(), default=-1) + 1
     out: dict[int, list[Wave]] = defaultdict(lambda: [[] for _ in range(n_rounds)])
     for p in sorted(paths, key=lambda p: p.microbatch):
         for hop, node in enumerate(p.nodes):
             out[node][rnd[p.microbatch]].append((p.microbatch, hop))
     return dict(out)
+
+
+def _capped_patterns(name: str, paths: Sequence[MicrobatchPath], stages: Sequence[Sequence[int]],
+                     limits: dict[int, int]) -> list[dict[int, list[Op]]]:
+    """The family's capped forms within `limits`, one per sub-round width that fits (widest
+    first). A sub-round is `g` columns of one round: a node serving many columns may not hold a
+    whole round in its slots. Raises PlanningError when no width fits."""
+    rnd, columns = rounds(paths), list(stages[0])
+    n_groups = {g: -(-len(columns) // g) for g in range(1, len(columns) + 1)}
+    out, why = [], ""
+    for g in sorted(n_groups, reverse=True):
+        sub = {p.microbatch: rnd[p.microbatch] * n_groups[g] + columns.index(p.origin) // g
+               for p in paths}
+        try:
+            out.append(_capped(name, _waves(paths, sub), stages, limits))
+        except PlanningError as e:
+            why = why or str(e)
+    if not out:
+        raise PlanningError(why)
+    return out
+
+
+def _capped(name: str, waves: dict[int, list[Wave]], stages: Sequence[Sequence[int]],
+            limits: dict[int, int]) -> dict[int, list[Op]]:
+    """Each node's pattern in the family's capped form (module docstring), within `limits`."""
+    stage_of = {n: held[0] for n, held in stages_of(stages).items()}
+    held = _rounds_held(waves, stages, limits)
+    if name == "gpipe":  # one group width for all: a node filling more rounds would wait forever
+        held = dict.fromkeys(held, min(held.values()))
+    short = [n for n, r in held.items() if r < 1 and name != "dualpipev"]
+    if short:
+        n = short[0]
+        raise PlanningError(f"{name}: one round of {max(map(len, waves[n]))} microbatches at node "
+                            f"{n} does not fit its {limits[n]} memory slots")
+    out = {}
+    for node, w in waves.items():
+        ops = PATTERNS[name](w, stage_of[node], len(stages), held[node])
+        if name == "dualpipev":
+            ops = hold_within(ops, limits[node], split=True)
+            if ops is None:
+                raise PlanningError(f"dualpipev: its V order does not fit {limits[node]} memory slots "
+                                    f"at node {node} (stage {stage_of[node]}); plan it with family memory")
+        out[node] = ops
+    return out
+
+
+def _rounds_held(waves: dict[int, list[Wave]], stages: Sequence[Sequence[int]],
+                 limits: dict[int, int]) -> dict[int, int]:
+    """node -> the rounds it may hold: what its slots fit, and never more than the stage before
+    it lets it (a later stage running further ahead would wait on it for ever)."""
+    out, before = {}, None
+    for nodes in stages:
+        for n in nodes:
+            out[n] = rounds_within([len(w) for w in waves.get(n, [])], limits.get(n, 0))
+            if before is not None:
+                out[n] = min(out[n], before)
+        before = min((out[n] for n in nodes), default=before)
+    return out
+
+
+def _slots_text(limits: dict[int, int]) -> str:
+    return ", ".join(f"node {n}: {lim}" for n, lim in sorted(limits.items()))
