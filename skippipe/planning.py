@@ -169,8 +169,9 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         predicted = {**v.predicted, "makespan_s": round(sim.makespan_s, 4), "iteration_s": round(sim.iteration_s, 4),
                      "bubble_share": round(sim.bubble_share, 4),
                      "peak_activations": max(s.peak_activations for s in sim.per_node)}
-        predicted["fullest_peak"], predicted["fullest_slots"] = fullest(
-            {s.node: s.peak_activations for s in sim.per_node}, {n.id: n.memory_slots for n in scenario.nodes})
+        peaks = {s.node: s.peak_activations for s in sim.per_node}
+        slots = {n.id: n.memory_slots for n in scenario.nodes}
+        predicted["fullest_peak"], predicted["fullest_slots"] = fullest(peaks, slots)
         if v.routing is not None and v.routing.online:  # the mean over the router's seeds
             predicted["iteration_s"] = v.predicted["iteration_s"]
         variants[name] = dataclasses.replace(v, predicted=predicted)

@@ -1,8 +1,8 @@
 """The rules every schedule obeys, checked by one validator (DESIGN.md, docs/design.md).
 
 CC1-CC3 (paths), TC1 (even visit share; along each node's action list, the memory rule the
-variant was made for: the scenario's slots, or a family's own activation limit), TC2 (no overlap on a node) and link timing when start times are given,
-the full pipelines' shape (baseline, the classic families and swarm), that every variant runs on
+variant was made for: the scenario's slots, or a family's own activation limit), TC2 (no
+overlap on a node) and link timing when start times are given, the full pipelines' shape (baseline, the classic families and swarm), that every variant runs on
 a complete allocation (under dualpipev's V placement: every node holds a stage and its mirror,
 placement.v_problems, and each path comes back through the nodes it went down), and that an
 online variant stores the routing of its rule (its paths are the simulator's realization, checked
