@@ -7,16 +7,23 @@ A node that has run a forward chooses the next node there and then, from what it
   forward durations, as j keeps it and reports it in its data messages (before i has a report
   from j: the scenario's cost model), and load_j the queue j reported with it plus the forwards
   i has sent j since;
-- the next node is drawn among the live, not blacklisted candidates with probability
-  proportional to 1 / expected wait, from the node's own seeded RNG (`Routing.seed` and the
-  node id): the same seed and the same measurements give the same choices.
+- the next node is, among the live, not blacklisted candidates (`Routing.choice`):
+  - least-time (SWARM's rule, the default): the one with the least accumulated expected time,
+    a min-heap of expected completion as SWARM's trainers keep it per stage: each peer's key
+    is the expected time of the work this node has sent it so far plus one more task there
+    (link_s(i, j) + service_j); the chosen peer's key becomes that. A peer first seen joins at
+    the least key of the others. Randomness only breaks ties;
+  - weighted: a draw with probability proportional to 1 / expected wait;
+  both from the node's own seeded RNG (`Routing.seed` and the node id): the same seed and the
+  same measurements give the same choices. Stages (and swarm-skip's stage sets) are chosen by
+  the same rule from the best node of each stage.
 The rules (`Routing.rule`):
 - swarm: stages 0, 1, ..., S-1 in order; only the node is chosen.
 - swarm-skip: the origin chooses, when it starts a microbatch, which k-1 stages it will visit:
   it must spend its TC1 budget exactly (`stage_budgets`: its even share of every stage's
-  forward visits), and among the sets that allow a CC3-valid order it draws by 1 / the sum of
-  the stages' best expected waits. Each hop then draws the next stage among those left whose
-  choice keeps CC3 satisfiable (by 1 / best expected wait), then the node. CC1 and CC2 hold by
+  forward visits), and among the sets that allow a CC3-valid order it chooses by the sum of
+  the stages' best times. Each hop then chooses the next stage among those left whose
+  choice keeps CC3 satisfiable (by its best time), then the node. CC1 and CC2 hold by
   construction (stage 0 only first, each stage once, k stages).
 - repair (ca-repair): the planned next node, unless it is dead, blacklisted or its measured
   forward takes `slow_factor` times its planned time; then a swarm draw among the stage's other
@@ -41,6 +48,7 @@ from .scenario import Scenario
 from .schedule import Hop, Routing, VariantSchedule
 
 SEED_STRIDE = 1_000_003  # node routers of one seed draw from disjoint RNG streams
+TIE_S = 1e-9  # least-time: keys this close are a tie, broken at random
 Live = Sequence[Sequence[int]]  # stage -> its live nodes, now
 
 
@@ -72,6 +80,7 @@ class Router:
         self.queue: dict[int, int] = {}  # peer -> its last reported queue
         self.sent: Counter[int] = Counter()  # peer -> forwards sent to it since its last report
         self.blacklist: set[int] = set()
+        self.accumulated: dict[int, float] = {}  # least-time: peer -> its key (module docstring)
         self.own_forward_s = self.costs.forward_s(node)
         self.stage_sets: dict[int, frozenset[int]] = {}  # microbatch -> stages it visits (skip)
         self._orderable: dict[tuple, bool] = {}
@@ -106,21 +115,45 @@ class Router:
         self.stage_sets.clear()
 
     def choose_node(self, candidates: Sequence[int], avoid: Sequence[int] = ()) -> int | None:
-        """Draw the next node among `candidates` (live nodes of one stage), never a blacklisted
-        or avoided one; None when none is left. Counts the send."""
+        """Choose the next node among `candidates` (live nodes of one stage) by the routing
+        choice, never a blacklisted or avoided one; None when none is left. Counts the send."""
         pool = [n for n in candidates if n not in self.blacklist and n not in avoid]
         if not pool:
             return None
-        node = self._draw(pool, [1.0 / max(self.expected_wait_s(n), 1e-12) for n in pool])
+        self._join(pool)
+        node = self._choose(pool, [self._node_s(n) for n in pool])
+        if self.params.choice == "least-time":
+            self.accumulated[node] = self._node_s(node)
         self.sent[node] += 1
         return node
 
-    def _draw(self, items: list, weights: list[float]):
-        return self.rng.choices(items, weights)[0] if len(items) > 1 else items[0]
+    def _node_s(self, peer: int) -> float:
+        """What the routing choice ranks a peer by (lower is better): its expected completion
+        under least-time, its expected wait under the weighted draw."""
+        if self.params.choice == "weighted":
+            return self.expected_wait_s(peer)
+        return self.accumulated.get(peer, 0.0) + self.costs.link_s(self.node, peer) + self.service_s(peer)
+
+    def _join(self, pool: Sequence[int]) -> None:
+        """least-time: peers of `pool` first seen join the heap at the least key there."""
+        if self.params.choice == "least-time":
+            floor = min((self.accumulated[n] for n in pool if n in self.accumulated), default=0.0)
+            for n in pool:
+                self.accumulated.setdefault(n, floor)
+
+    def _choose(self, items: list, seconds: list[float]):
+        """The item with the least `seconds` (random among ties), or a draw by 1 / seconds."""
+        if len(items) == 1:
+            return items[0]
+        if self.params.choice == "weighted":
+            return self.rng.choices(items, [1.0 / max(x, 1e-12) for x in seconds])[0]
+        least = min(seconds)
+        return self.rng.choice([i for i, x in zip(items, seconds) if x <= least + TIE_S])
 
     def _stage_wait_s(self, stage: int, live: Live) -> float:
-        return min((self.expected_wait_s(n) for n in live[stage] if n not in self.blacklist),
-                   default=float("inf"))
+        pool = [n for n in live[stage] if n not in self.blacklist]
+        self._join(pool)
+        return min((self._node_s(n) for n in pool), default=float("inf"))
 
     def next_hop(self, microbatch: int, hops: Sequence[Hop], live: Live,
                  planned: Hop | None = None, onward: int | None = None) -> Hop | None:
@@ -163,7 +196,7 @@ class Router:
         return self.expected_wait_s(peer) + (0.0 if onward is None else self.costs.link_s(peer, onward))
 
     def _draw_stage(self, stages: list[int], live: Live) -> int:
-        return self._draw(stages, [1.0 / max(self._stage_wait_s(s, live), 1e-12) for s in stages])
+        return self._choose(stages, [self._stage_wait_s(s, live) for s in stages])
 
     # -- swarm-skip: which stages, in which order ---------------------------------------------
     def choose_stage_set(self, microbatch: int, budget: Counter[int], left: int,
@@ -183,7 +216,7 @@ class Router:
             sets = [frozenset(c) for c in itertools.combinations(stages, need)
                     if self._can_order((0,), frozenset(c))] or [frozenset()]
         waits = {s: self._stage_wait_s(s, live) for s in range(1, len(live))}
-        chosen = self._draw(sets, [1.0 / max(sum(waits[s] for s in c), 1e-12) for c in sets])
+        chosen = self._choose(sets, [sum(waits[s] for s in c) for c in sets])
         budget.subtract({s: 1 for s in chosen})
         self.stage_sets[microbatch] = chosen
         return chosen

@@ -28,6 +28,9 @@ from .variants import MEMORY_RULES, VARIANTS, default_memory
 SCHEMA_VERSION = 2  # 2: an allocation per variant (1 had one allocation for all variants)
 DISPATCH_RULES = ("planned", "fcfs")  # see dispatch.py
 ROUTING_RULES = ("swarm", "swarm-skip", "repair")  # see routing.py
+# how a router picks among candidates (routing.py): SWARM's least accumulated expected time, or
+# a random draw weighted by 1 / expected wait (what schedules recorded before the choice was kept)
+ROUTING_CHOICES = ("least-time", "weighted")
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Routing:
     slow_factor: float = 2.0  # repair: a planned hop measured this many times slower is avoided
     rebalance: float = 0.0  # swarm rules: move a node when stage throughputs differ this many
     #                         times (rebalance.py); 0: never
+    choice: str = "least-time"  # ROUTING_CHOICES
 
     @property
     def online(self) -> bool:
@@ -92,6 +96,8 @@ class Routing:
         if not (0 < self.ema <= 1 and self.slow_factor >= 1 and self.seeds >= 1):
             raise ScheduleError(f"routing: ema must be in (0, 1], slow_factor at least 1, seeds "
                                 f"at least 1; got {self.ema}, {self.slow_factor}, {self.seeds}")
+        if self.choice not in ROUTING_CHOICES:
+            raise ScheduleError(f"routing choice {self.choice!r} is not one of {', '.join(ROUTING_CHOICES)}")
         if self.rebalance and (self.rebalance <= 1 or not self.online):
             raise ScheduleError(f"routing: rebalance must be 0 or above 1, and 0 for the repair rule; "
                                 f"got {self.rebalance} for {self.rule}")
@@ -301,7 +307,7 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
     if routing is not None:
         routing = Routing(str(routing["rule"]), _int(routing["seed"]), _int(routing["seeds"]),
                           float(routing["ema"]), float(routing["slow_factor"]),
-                          float(routing.get("rebalance", 0.0)))
+                          float(routing.get("rebalance", 0.0)), str(routing.get("choice", "weighted")))
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
                            Provenance(**prov), str(v.get("dispatch", "")), limits,
                            v.get("backward") == "split", None if alloc is None else _stages(alloc),

@@ -15,10 +15,11 @@ from skippipe.sim.online import predict, simulate_online
 
 from conftest import SETTINGS
 from schedules import TINY_ALLOCATION, timed_schedule, tiny
+from test_simulate import make_scenario
 
 
-def _router(sc, seed=0, node=0, rule="swarm", k=None):
-    return Router(node, Routing(rule, seed=seed), sc, k or sc.pipeline.n_stages)
+def _router(sc, seed=0, node=0, rule="swarm", k=None, choice="least-time"):
+    return Router(node, Routing(rule, seed=seed, choice=choice), sc, k or sc.pipeline.n_stages)
 
 
 def _online(sc, name, allocation, seed=0, plan=None):
@@ -32,14 +33,70 @@ def _draws(router, n=50):
 
 def test_same_seed_same_choices_other_seed_other_choices():
     sc = tiny()
-    assert _draws(_router(sc, seed=3)) == _draws(_router(sc, seed=3))
-    assert _draws(_router(sc, seed=3)) != _draws(_router(sc, seed=4))
-    assert _draws(_router(sc, node=1)) != _draws(_router(sc, node=0))  # each node its own stream
+    for choice in ("least-time", "weighted"):
+        assert _draws(_router(sc, seed=3, choice=choice)) == _draws(_router(sc, seed=3, choice=choice))
+    weighted = dict(choice="weighted")
+    assert _draws(_router(sc, seed=3, **weighted)) != _draws(_router(sc, seed=4, **weighted))
+    assert _draws(_router(sc, node=1, **weighted)) != _draws(_router(sc, node=0, **weighted))
+
+
+def _equal_peers():
+    """A router at node 0 before three identical nodes (1, 2, 3) on one zero-latency location."""
+    sc = make_scenario([1, 3, 1], locations=["here"] * 5, ser_s=0.0, prop_s=0.0)
+    return sc, [1, 2, 3]
+
+
+def test_least_time_takes_the_least_accumulated_expected_time():
+    """SWARM's rule: identical peers take turns (each round in a seeded random order), and a
+    peer measured k times slower gets about 1/k of what a fast one gets."""
+    sc, peers = _equal_peers()
+    r = Router(0, Routing("swarm"), sc, 3)
+    picks = [r.choose_node(peers) for _ in range(30)]
+    for i in range(0, 30, 3):
+        assert sorted(picks[i:i + 3]) == peers  # a tie each round: every peer once
+    orders = {tuple(Router(0, Routing("swarm", seed=s), sc, 3).choose_node(peers) for _ in range(3))
+              for s in range(8)}
+    assert len(orders) > 1  # randomness breaks the ties, nothing else
+    r = Router(0, Routing("swarm"), sc, 3)
+    r.observe(3, Report(4 * r.costs.forward_s(3), 0))
+    picks = Counter(r.choose_node(peers) for _ in range(90))
+    assert picks[1] == picks[2] and picks[1] in (40, 41) and picks[3] in (9, 10, 11)
+
+
+def test_least_time_is_deterministic_where_the_weighted_draw_is_not():
+    sc, peers = _equal_peers()
+    r = Router(0, Routing("swarm"), sc, 3)
+    r.observe(2, Report(0.5 * r.costs.forward_s(2), 0))  # twice as fast: twice the share, always
+    assert Counter(r.choose_node(peers) for _ in range(40)) == {2: 20, 1: 10, 3: 10}
+    w = Router(0, Routing("swarm", choice="weighted"), sc, 3)
+    w.observe(2, Report(0.5 * w.costs.forward_s(2), 0))
+    assert Counter(w.choose_node(peers) for _ in range(40)) != {2: 20, 1: 10, 3: 10}
+
+
+def test_a_peer_first_seen_late_joins_at_the_least_key():
+    sc, peers = _equal_peers()
+    r = Router(0, Routing("swarm"), sc, 3)
+    for _ in range(20):
+        r.choose_node(peers[:2])
+    picks = Counter(r.choose_node(peers) for _ in range(9))
+    assert picks[3] <= 4  # not flooded for the time the others have accumulated
+
+
+def test_routing_choice_round_trips_and_old_schedules_keep_the_weighted_draw(tiny_scenario):
+    sc = tiny_scenario
+    sched = _online(sc, "swarm", TINY_ALLOCATION)
+    d = to_dict(sched)
+    assert d["variants"]["swarm"]["routing"]["choice"] == "least-time"
+    del d["variants"]["swarm"]["routing"]["choice"]  # written before the choice was kept
+    assert from_dict(d).variants["swarm"].routing.choice == "weighted"
+    from skippipe.schedule import ScheduleError
+    with pytest.raises(ScheduleError, match="routing choice 'best'"):
+        Routing("swarm", choice="best")
 
 
 def test_expected_wait_steers_and_blacklist_excludes():
     sc = tiny()
-    r = _router(sc)
+    r = _router(sc, choice="weighted")
     for _ in range(200):  # node 3 reports forwards ten times slower than node 2's
         r.observe(2, Report(r.costs.forward_s(2), 0))
         r.observe(3, Report(10 * r.costs.forward_s(3), 0))
