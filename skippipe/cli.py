@@ -22,6 +22,7 @@ COMMANDS = {  # command -> module
     "train": "skippipe.commands.train",
     "evaluate": "skippipe.commands.evaluate",
     "measure": "skippipe.commands.measure",
+    "compare": "skippipe.commands.compare",
 }
 
 

@@ -1,0 +1,247 @@
+"""Compare every variant of a scenario at the same memory: plan (or load) them, simulate each,
+print one table and a verdict against the best full pipeline, write JSON and a bar chart.
+
+Work: a path of k of the S stages does k/S of a full microbatch's layer-FLOPs (forward and
+backward alike), so an iteration's work is the sum of k/S over its paths, in full-model-
+equivalent microbatches, and throughput is full-model-equivalent samples per second. A variant
+that skips stages finishes its iteration sooner but trains each sample on fewer layers; the
+ratio to the best full pipeline compares throughput, so it does not count skipped work as speed.
+The reference is the full-pipeline variant (baseline, a classic family or swarm) with the most
+throughput at the same memory, not DT-FM's baseline alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+from ..errors import SkipPipeError
+from ..memory import fullest
+from ..planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
+from ..scenario import Scenario, load_scenario
+from ..schedule import Schedule, load_schedule, save_schedule
+from ..variants import FULL_PIPELINE, VARIANTS, ZERO_BUBBLE_OF
+from ..util.rundir import can_create
+from ..util.tables import format_table
+
+HELP = "plan or load every variant at the same memory, simulate each, compare with the best full pipeline"
+HEADER = ("variant", "memory", "loss", "iteration s", "makespan s", "bubble", "peak/slots",
+          "work/it", "samples/s", "x best full", "it speedup")
+EMULATE_HEADER = ("measured s", "measured/predicted")
+DEFAULT_TIME_SCALE = 4.0  # --emulate: wall seconds per scenario second (tiny's bench scale)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("settings", help="scenario file, e.g. settings/geo-distributed.toml")
+    p.add_argument("--schedule", help="compare this schedule's variants instead of planning them")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, metavar="VARIANT",
+                   help="variants to compare (default: every variant; with --schedule, every one in it)")
+    p.add_argument("--family-memory", action="store_true",
+                   help="the classic families under their own published memory rules instead of "
+                        "the scenario's memory_slots (the comparison is then not at equal memory)")
+    p.add_argument("--out", help="folder for compare.json, compare.png and the schedule "
+                                 "(default: runs/compare-<scenario>)")
+    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S,
+                   help="planning: wall budget of the whole build in seconds (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="planning seed (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="CP-SAT workers (default 1: the same seed gives the same comparison)")
+    p.add_argument("--emulate", type=int, default=0, metavar="N",
+                   help="also run each variant N iterations in node processes on this host and add "
+                        "measured / predicted (median of iterations 1..N-1)")
+    p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE,
+                   help="--emulate: wall seconds per scenario second (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no planning progress lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.emulate < 0 or args.time_scale <= 0:
+        raise SkipPipeError(f"--emulate must be 0 or more and --time-scale positive, got "
+                            f"{args.emulate} and {args.time_scale}")
+    scenario = load_scenario(args.settings)
+    out = Path(args.out or f"runs/compare-{scenario.name}")
+    can_create(out, f"--out {out}")
+    progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    sched, names = _schedule(args, scenario, progress)
+    out.mkdir(parents=True, exist_ok=True)
+    schedule_path = out / "schedule.json"
+    save_schedule(sched, schedule_path)
+    rows = compare_rows(sched, scenario, names)
+    if args.emulate:
+        _emulate(rows, scenario, schedule_path, out, args.emulate, args.time_scale)
+    text = verdict(rows, memory_text(scenario, args.family_memory))
+    print(f"scenario {scenario.name}: {len(names)} variants, {memory_text(scenario, args.family_memory)}")
+    print(format_rows(rows))
+    print(text)
+    _write_json(out / "compare.json", {"scenario": scenario.name, "settings": str(args.settings),
+                                       "family_memory": args.family_memory, "rows": rows,
+                                       "verdict": text})
+    bar_chart(rows, out / "compare.png", f"{scenario.name}: {memory_text(scenario, args.family_memory)}")
+    print(f"wrote {out / 'compare.json'}, {out / 'compare.png'}, {schedule_path}")
+    return 0
+
+
+def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
+    """The schedule to compare and the variants in it to compare, all at the same memory."""
+    wanted = tuple(dict.fromkeys(args.variants or ()))
+    if args.schedule:
+        sched, _ = load_schedule(args.schedule, scenario)
+        names = list(wanted or sched.variants)
+        for name in names:
+            sched.variant(name)  # one error line naming the variant missing
+        own = [n for n in names if sched.variants[n].memory == "family"]
+        if own and not args.family_memory:
+            raise SkipPipeError(f"{args.schedule}: {', '.join(own)} planned under its family's own "
+                                f"memory rule, not the shared slots: re-plan it, or pass --family-memory")
+        return sched, names
+    wanted = wanted or VARIANTS
+    wanted += tuple(src for name, src in ZERO_BUBBLE_OF.items() if name in wanted and src not in wanted)
+    opts = PlanOptions(variants=wanted, seed=args.seed, time_limit_s=args.time_limit,
+                       workers=args.workers, family_memory=args.family_memory)
+    opts.check()
+    sched = build_schedule(scenario, opts, progress)
+    return sched, [n for n in VARIANTS if n in sched.variants]
+
+
+def compare_rows(sched: Schedule, scenario: Scenario, names: list[str]) -> list[dict]:
+    """One row per variant: the simulator's times, memory, work and throughput, and the ratios
+    to the best full pipeline among `names` (none when no full pipeline is compared)."""
+    from ..sim.online import predict
+    from ..sim.simulate import simulate
+
+    n_stages, samples = scenario.pipeline.n_stages, scenario.pipeline.samples_per_microbatch
+    slots = {n.id: n.memory_slots for n in scenario.nodes}
+    rows = []
+    for name in names:
+        v = sched.variants[name]
+        sim = simulate(sched, name, scenario)
+        online = v.routing is not None and v.routing.online
+        iteration_s = predict(sched, name, scenario).mean_s if online else sim.iteration_s
+        work = sum(Fraction(len(p.hops), n_stages) for p in v.paths)  # full-model microbatches
+        peak, at = fullest({s.node: s.peak_activations for s in sim.per_node}, slots)
+        rows.append({"variant": name, "memory": v.memory, "loss": _loss_of(v),
+                     "full_pipeline": name in FULL_PIPELINE, "iteration_s": iteration_s,
+                     "makespan_s": sim.makespan_s, "bubble": sim.bubble_share, "peak": peak,
+                     "slots": at, "work": float(work), "microbatches": len(v.paths),
+                     "stages_per_path": _stages_per_path(v), "n_stages": n_stages,
+                     "samples_per_s": float(work) * samples / iteration_s})
+    full = [r for r in rows if r["full_pipeline"]]
+    best = max(full, key=lambda r: r["samples_per_s"], default=None)
+    for r in rows:
+        r["best_full"] = None if best is None else best["variant"]
+        r["vs_best_full"] = None if best is None else r["samples_per_s"] / best["samples_per_s"]
+        r["it_speedup"] = None if best is None else best["iteration_s"] / r["iteration_s"]
+    return rows
+
+
+def _loss_of(v) -> str:
+    """Where the variant's loss runs: at the microbatch's origin (the data node holds the head)."""
+    return str(getattr(v, "loss", None) or "origin")
+
+
+def _stages_per_path(v) -> str:
+    """k of a variant's paths: one number, or the range when its paths differ."""
+    ks = sorted({len(p.hops) for p in v.paths})
+    return str(ks[0]) if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+
+
+def memory_text(scenario: Scenario, family_memory: bool) -> str:
+    counts = sorted({n.memory_slots for n in scenario.nodes})
+    slots = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    if family_memory:
+        return f"the classic families under their own memory rules, the rest at {slots} slots"
+    return f"every variant at the same memory: {slots} slots per node"
+
+
+def verdict(rows: list[dict], memory: str) -> str:
+    """One line: SkipPipe's best variant against the best full pipeline, throughput and time."""
+    best = next((r for r in rows if r["variant"] == (rows[0]["best_full"] if rows else None)), None)
+    if best is None:
+        return "no full-pipeline variant compared: no verdict"
+    others = [r for r in rows if not r["full_pipeline"]]
+    if not others:
+        return (f"the best full pipeline is {best['variant']} ({best['iteration_s']:.4g} s per "
+                f"iteration; {memory})")
+    r = max(others, key=lambda r: r["samples_per_s"])
+    per_mb = f"{r['stages_per_path']}/{r['n_stages']}"
+    return (f"{r['variant']} is {r['vs_best_full']:.2f}x the best full pipeline ({best['variant']}) "
+            f"in full-model samples per second ({memory}); its iterations are "
+            f"{r['it_speedup']:.2f}x as fast and it does {per_mb} of the work per microbatch")
+
+
+def format_rows(rows: list[dict]) -> str:
+    def ratio(x):
+        return "-" if x is None else f"{x:.2f}"
+    emulated = any("measured_s" in r for r in rows)
+    table = []
+    for r in rows:
+        line = [r["variant"], r["memory"], r["loss"], f"{r['iteration_s']:.4g}", f"{r['makespan_s']:.4g}",
+                f"{r['bubble']:.1%}", f"{r['peak']}/{r['slots']}",
+                f"{r['work']:.4g}/{r['microbatches']}", f"{r['samples_per_s']:.4g}",
+                ratio(r["vs_best_full"]), ratio(r["it_speedup"])]
+        if emulated:
+            m = r.get("measured_s")
+            line += ["-" if m is None else f"{m:.4g}", "-" if m is None else f"{m / r['iteration_s']:.2f}"]
+        table.append(line)
+    return format_table(HEADER + (EMULATE_HEADER if emulated else ()), table)
+
+
+def bar_chart(rows: list[dict], path: Path, title: str) -> None:
+    """Throughput per variant, full pipelines in one colour, the best of them marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(rows) + 2), 4.0))
+    colours = ["tab:gray" if r["full_pipeline"] else "tab:blue" for r in rows]
+    bars = ax.bar([r["variant"] for r in rows], [r["samples_per_s"] for r in rows], color=colours)
+    for bar, r in zip(bars, rows):
+        label = "best full" if r["variant"] == r["best_full"] else ratio_label(r)
+        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                    va="bottom", fontsize=8)
+    ax.set_ylabel("full-model-equivalent samples / s")
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelrotation=45)
+    fig.tight_layout()
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def ratio_label(r: dict) -> str:
+    return "" if r["vs_best_full"] is None else f"{r['vs_best_full']:.2f}x"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _emulate(rows: list[dict], scenario: Scenario, schedule_path: Path, out: Path, iterations: int,
+             time_scale: float) -> None:
+    """Run each variant `iterations` iterations in node processes on this host (emulated compute
+    and links) and add its median measured iteration time, scenario seconds, iteration 0 left
+    out as warm-up when there are more."""
+    from ..runtime.start import RunOptions, run_command
+    from ..util.ports import free_port_range
+
+    for r in rows:
+        runs = out / "runs" / r["variant"]
+        opts = RunOptions(0, len(scenario.nodes), r["variant"], 0, scenario.source, None,
+                          free_port_range(len(scenario.nodes)), str(runs), DEFAULT_TIME_LIMIT_S,
+                          60.0, schedule=str(schedule_path), iterations=iterations,
+                          time_scale=time_scale)
+        print(f"emulating {r['variant']}: {iterations} iterations ...", file=sys.stderr, flush=True)
+        if run_command(opts, lambda line: None) != 0:
+            raise SkipPipeError(f"--emulate: {r['variant']} failed; its run is in {runs}")
+        done = sorted(runs.iterdir(), key=lambda p: p.stat().st_mtime)[-1]
+        measured = json.loads((done / "iterations.json").read_text())
+        steady = measured[1:] or measured
+        r["measured_s"] = statistics.median(x["measured_s"] for x in steady)
+
