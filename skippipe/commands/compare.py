@@ -99,12 +99,13 @@ def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
                                 f"memory rule, not the shared slots: re-plan it, or pass --family-memory")
         return sched, names
     wanted = wanted or VARIANTS
-    wanted += tuple(src for name, src in ZERO_BUBBLE_OF.items() if name in wanted and src not in wanted)
-    opts = PlanOptions(variants=wanted, seed=args.seed, time_limit_s=args.time_limit,
+    sources = {**ZERO_BUBBLE_OF, "ca-repair": "ca-partial"}  # planned on ca-partial's plan
+    needed = wanted + tuple(src for name, src in sources.items() if name in wanted and src not in wanted)
+    opts = PlanOptions(variants=needed, seed=args.seed, time_limit_s=args.time_limit,
                        workers=args.workers, family_memory=args.family_memory)
     opts.check()
     sched = build_schedule(scenario, opts, progress)
-    return sched, [n for n in VARIANTS if n in sched.variants]
+    return sched, [n for n in VARIANTS if n in sched.variants and n in wanted]
 
 
 def compare_rows(sched: Schedule, scenario: Scenario, names: list[str]) -> list[dict]:
