@@ -7,7 +7,8 @@ equivalent microbatches, and throughput is full-model-equivalent samples per sec
 that skips stages finishes its iteration sooner but trains each sample on fewer layers; the
 ratio to the best full pipeline compares throughput, so it does not count skipped work as speed.
 The reference is the full-pipeline variant (baseline, a classic family or swarm) with the most
-throughput at the same memory, not DT-FM's baseline alone.
+throughput at the same memory, not DT-FM's baseline alone. An online variant's iteration time is
+the mean over its router's seeds; its makespan, bubble and peak are its first seed's.
 """
 from __future__ import annotations
 
