@@ -22,6 +22,7 @@ VARIANTS = (*SKIPPIPE, *FAMILIES, *ONLINE)
 FULL_PIPELINE = ("baseline", *FAMILIES, "swarm")  # every path runs every stage in order
 PARTIAL = ("non-ca-partial", "ca-partial", "ca-partial-zb")  # paths skip and reorder stages
 ZERO_BUBBLE_OF = {"ca-partial-zb": "ca-partial"}  # the backward split, W in idle gaps (planner/zb_fill.py)
+BUILT_ON = {**ZERO_BUBBLE_OF, "ca-repair": "ca-partial"}  # variant -> the one whose plan it takes
 V_PLACED = ("dualpipev",)  # each node holds a stage and its mirror (placement.py)
 MEMORY_RULES = ("slots", "family")
 

@@ -90,3 +90,10 @@ def test_emulate_adds_measured_beside_predicted(compared, tmp_path, capsys):
                  "baseline", "--emulate", "2", "--out", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "compare.json").read_text())["rows"]
     assert row["measured_s"] > 0 and "measured/predicted" in capsys.readouterr().out
+
+
+def test_a_variant_built_on_another_plans_it_too_and_no_full_pipeline_means_no_ratio(tmp_path, capsys):
+    assert main(["compare", str(TINY), "--variants", "ca-repair", "--out", str(tmp_path), *QUICK]) == 0
+    got = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["variant"] for r in got["rows"]] == ["ca-repair"] and got["rows"][0]["vs_best_full"] is None
+    assert got["verdict"] == "no full-pipeline variant compared: no verdict"

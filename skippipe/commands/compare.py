@@ -25,7 +25,7 @@ from ..memory import fullest
 from ..planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
 from ..scenario import Scenario, load_scenario
 from ..schedule import Schedule, load_schedule, save_schedule
-from ..variants import FULL_PIPELINE, VARIANTS, ZERO_BUBBLE_OF
+from ..variants import BUILT_ON, FULL_PIPELINE, VARIANTS
 from ..util.rundir import can_create
 from ..util.tables import format_table
 
@@ -100,8 +100,7 @@ def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
                                 f"memory rule, not the shared slots: re-plan it, or pass --family-memory")
         return sched, names
     wanted = wanted or VARIANTS
-    sources = {**ZERO_BUBBLE_OF, "ca-repair": "ca-partial"}  # planned on ca-partial's plan
-    needed = wanted + tuple(src for name, src in sources.items() if name in wanted and src not in wanted)
+    needed = wanted + tuple(src for name, src in BUILT_ON.items() if name in wanted and src not in wanted)
     opts = PlanOptions(variants=needed, seed=args.seed, time_limit_s=args.time_limit,
                        workers=args.workers, family_memory=args.family_memory)
     opts.check()
