@@ -32,6 +32,9 @@ def test_every_row_keeps_the_slots_and_the_verdict_names_the_best_full_pipeline(
     assert f"the best full pipeline ({best['variant']})" in got["verdict"]
     assert "3/4 of the work per microbatch" in got["verdict"]  # k = 3 of S = 4
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "compare.md").read_text()
+    assert md.startswith(f"`python -m skippipe compare {TINY} --time-limit 3 --seed 0 --workers 1 --variants")
+    assert md.count("\n| ") == len(VARIANTS) + 1 and got["verdict"] in md
 
 
 def test_work_counts_k_of_s_per_path_and_throughput_follows(compared):

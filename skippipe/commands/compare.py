@@ -81,9 +81,24 @@ def run(args: argparse.Namespace) -> int:
     _write_json(out / "compare.json", {"scenario": scenario.name, "settings": str(args.settings),
                                        "family_memory": args.family_memory, "rows": rows,
                                        "verdict": text})
+    _write_text(out / "compare.md", markdown(rows, text, _command(args)))
     bar_chart(rows, out / "compare.png", f"{scenario.name}: {memory_text(scenario, args.family_memory)}")
-    print(f"wrote {out / 'compare.json'}, {out / 'compare.png'}, {schedule_path}")
+    print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'}, {schedule_path}")
     return 0
+
+
+def _command(args) -> str:
+    """The command line that makes this comparison again (the table's caption)."""
+    words = ["python -m skippipe compare", str(args.settings)]
+    if args.schedule:
+        words += ["--schedule", str(args.schedule)]
+    else:
+        words += ["--time-limit", f"{args.time_limit:g}", "--seed", str(args.seed),
+                  "--workers", str(args.workers)]
+    words += ["--variants", *args.variants] if args.variants else []
+    words += ["--family-memory"] if args.family_memory else []
+    words += ["--emulate", str(args.emulate), "--time-scale", f"{args.time_scale:g}"] if args.emulate else []
+    return " ".join(words)
 
 
 def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
@@ -175,6 +190,11 @@ def verdict(rows: list[dict], memory: str) -> str:
 
 
 def format_rows(rows: list[dict]) -> str:
+    return format_table(*_cells(rows))
+
+
+def _cells(rows: list[dict]) -> tuple[tuple[str, ...], list[list[str]]]:
+    """The table's header and cells (the measured columns when a row was emulated)."""
     def ratio(x):
         return "-" if x is None else f"{x:.2f}"
     emulated = any("measured_s" in r for r in rows)
@@ -188,7 +208,16 @@ def format_rows(rows: list[dict]) -> str:
             m = r.get("measured_s")
             line += ["-" if m is None else f"{m:.4g}", "-" if m is None else f"{m / r['iteration_s']:.2f}"]
         table.append(line)
-    return format_table(HEADER + (EMULATE_HEADER if emulated else ()), table)
+    return HEADER + (EMULATE_HEADER if emulated else ()), table
+
+
+def markdown(rows: list[dict], verdict_line: str, command: str) -> str:
+    """The table as Markdown, the command that made it above and the verdict below."""
+    header, cells = _cells(rows)
+    out = [f"`{command}`", ""] if command else []
+    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(c) + " |" for c in cells]
+    return "\n".join(out + ["", verdict_line, ""])
 
 
 def bar_chart(rows: list[dict], path: Path, title: str) -> None:
@@ -219,8 +248,13 @@ def ratio_label(r: dict) -> str:
 
 
 def _write_json(path: Path, data: dict) -> None:
+    _write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomically: a crash never leaves a half-written file."""
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
