@@ -163,3 +163,9 @@ def test_create_schedule_family_memory_flag(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "peak/slots" in table and " family " in table
     assert json.loads(out.read_text())["variants"]["1f1b"]["memory"] == "family"
+
+
+def test_the_scenario_key_takes_a_boolean_only(tmp_path):
+    from skippipe.scenario import ScenarioError
+    with pytest.raises(ScenarioError, match="pipeline.family_memory.*must be bool"):
+        load_scenario(SETTINGS / "tiny.toml", {"pipeline.family_memory": "yes"})

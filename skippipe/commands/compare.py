@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         raise SkipPipeError(f"--emulate must be 0 or more and --time-scale positive, got "
                             f"{args.emulate} and {args.time_scale}")
     scenario = load_scenario(args.settings)
+    args.family_memory = args.family_memory or scenario.pipeline.family_memory  # the scenario's key
     out = Path(args.out or f"runs/compare-{scenario.name}")
     can_create(out, f"--out {out}")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
