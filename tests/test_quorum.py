@@ -4,6 +4,7 @@ Welcome nobody asked for evicts no one; a crash is seen within 2 s at the defaul
 The partition case runs in tests/test_netns.py."""
 import asyncio
 import json
+import re
 import signal
 import time
 
@@ -105,7 +106,8 @@ class _Liveness:
 def test_an_unsolicited_welcome_evicts_no_one():
     from skippipe.runtime.rejoin import Rejoin
     m = _Messenger()
-    rejoin = Rejoin(None, m, None, TINY_ALLOCATION, {n: s for s, ns in enumerate(TINY_ALLOCATION) for n in ns})
+    stage_of = {n: s for s, nodes in enumerate(TINY_ALLOCATION) for n in nodes}
+    rejoin = Rejoin(None, m, None, TINY_ALLOCATION, stage_of)
     rejoin.on_control(Welcome(50, (4,), ()), sender=3)  # a key holder's well-formed message
     assert m.live.dead == set() and rejoin.welcome is None
     assert m.events.written == [("welcome_rejected", {"sender": 3, "dead": [4]})]
@@ -206,8 +208,8 @@ def test_a_lost_host_stops_the_survivor_with_one_line(tmp_path, schedule_file): 
     env = {"SKIPPIPE_RUN_KEY": "5a" * 32}
     common = ("--iterations", "30", "--time-scale", "4", "--peers", "peers.json", "--peer-timeout",
               str(PEER_TIMEOUT_S))
-    first, second = (start_skippipe(_args(tmp_path, schedule_file, base, *common, first=a, last=b), tmp_path, env)
-                     for a, b in ((0, 3), (3, 6)))
+    first, second = (start_skippipe(_args(tmp_path, schedule_file, base, *common, first=a, last=b),
+                                    tmp_path, env) for a, b in ((0, 3), (3, 6)))
     try:
         _wait_for(tmp_path / "runs", lambda e: e["event"] == "iteration_end" and e["iteration"] == 1,
                   RUN_DEADLINE_S)
@@ -222,8 +224,10 @@ def test_a_lost_host_stops_the_survivor_with_one_line(tmp_path, schedule_file): 
                 p.communicate()
     assert r.returncode == QUORUM_EXIT, r.stdout
     errors = [line for line in r.stdout.splitlines() if line.startswith("error:")]
-    assert errors == ["error: the run lost its quorum and node(s) 0, 1, 2 stopped: stages 2, 3 have no live "
-                      "node; this side holds 3 of 6 nodes, not a majority"], r.stdout
+    # each node stops at the first death that breaks the rule: node 4's or node 5's
+    assert len(errors) == 1 and re.fullmatch(
+        r"error: the run lost its quorum and node\(s\) 0, 1, 2 stopped: (stage [23] has|stages 2, 3 have) "
+        r"no live node.*", errors[0]), r.stdout
     run_dir = next(d for d in (tmp_path / "runs").iterdir() if (d / "events" / "node-0.jsonl").exists())
     epoch = json.loads((run_dir / "config.json").read_text())["epoch"]
     events = read_jsonl(run_dir / "events")

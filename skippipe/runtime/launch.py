@@ -12,11 +12,14 @@ split). On node 0's host the lines hold every data node's loss, also those of ot
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import statistics
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..timeline import read_jsonl
@@ -214,10 +217,7 @@ def run(cfg: RunConfig, nodes: range, predicted_s: float, timeout_s: float,
     progress = Progress(cfg, predicted_s)
 
     def report(final: bool = False) -> None:
-        for row in progress.update(final):
-            say(format_row(row))
-        for line in progress.news():
-            say(line)
+        _tell(progress, say, final)
 
     code = 0
     with supervised(launcher.children):  # however this ends, every node is stopped
@@ -234,7 +234,36 @@ def run(cfg: RunConfig, nodes: range, predicted_s: float, timeout_s: float,
             code = interrupted_exit_code(e)
     report(final=True)
     Path(cfg.run_dir, "iterations.json").write_text(json.dumps(progress.rows, indent=1))
-    return LaunchResult(_verdict(code, progress, say), progress.rows)
+    return LaunchResult(verdict(code, progress, say), progress.rows)
+
+
+def _tell(progress: Progress, say, final: bool = False) -> None:
+    """Print the iterations that finished and the news since the last call."""
+    for row in progress.update(final):
+        say(format_row(row))
+    for line in progress.news():
+        say(line)
+
+
+@contextlib.contextmanager
+def followed(cfg: RunConfig, predicted_s: float, say=print) -> Iterator[Progress]:
+    """Print a run's iterations and news as they happen, from a thread, while the body runs a
+    node in this process (the torchrun form's node 0: it hears every data node, gather.py);
+    at the end the rest, and iterations.json."""
+    progress, stop = Progress(cfg, predicted_s), threading.Event()
+
+    def follow() -> None:
+        while not stop.wait(POLL_S):
+            _tell(progress, say)
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield progress
+    finally:
+        stop.set()
+        thread.join()
+        _tell(progress, say, final=True)
+        Path(cfg.run_dir, "iterations.json").write_text(json.dumps(progress.rows, indent=1))
 
 
 def _failed(cfg: RunConfig, launcher: Launcher, progress: Progress, say) -> int:
@@ -252,7 +281,7 @@ def _failed(cfg: RunConfig, launcher: Launcher, progress: Progress, say) -> int:
     return 1
 
 
-def _verdict(code: int, progress: Progress, say) -> int:
+def verdict(code: int, progress: Progress, say) -> int:
     """The run's exit code: a clean exit of every node is not enough when the run split or
     finished no iteration."""
     if code:
