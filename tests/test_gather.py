@@ -3,6 +3,7 @@ per iteration and the summary, another host says its lines hold its own data nod
 torchrun rank 0 prints the same and writes iterations.json."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,7 +70,8 @@ def _whole_run_losses(runs: Path) -> list[float]:
 
 
 def _printed_losses(text: str) -> list[float]:
-    return [float(line.split()[3]) for line in text.splitlines() if line.startswith("iteration ")]
+    """The losses of the printed iteration lines (torchrun's --tee prefixes them with the rank)."""
+    return [float(m) for m in re.findall(r"^(?:\[\w+\]:)?iteration +\d+ +loss +(\S+)", text, re.M)]
 
 
 @pytest.mark.swarm
@@ -113,5 +115,5 @@ def test_under_torchrun_rank_0_prints_the_whole_run(tmp_path, schedule_file):  #
     run0 = next((tmp_path / "runs").glob("*-node0-*"))
     rows = json.loads((run0 / "iterations.json").read_text())
     assert [row["loss"] for row in rows] == pytest.approx(whole) and len(rows) == 2
-    assert _printed_losses(r.stdout) == pytest.approx(whole, abs=1e-4)
-    assert r.stdout.count("summary: 2 iterations") == 1
+    assert _printed_losses(r.stdout) == pytest.approx(whole, abs=1e-4), r.stdout
+    assert r.stdout.count("summary: 2 iterations") == 1, r.stdout
