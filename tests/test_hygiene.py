@@ -127,7 +127,7 @@ async def _pair(tmp_path):
             closes.append((n, peer))
             nodes[n][1].closed(peer)
         t = Transport(n, *peers[n], peers, tmp_path / f"t{n}", on_disconnect=closed, auth=auth)
-        live = Liveness(n, [0, 1], t, PEER_TIMEOUT_S, lambda dead, why, n=n: deaths.append((n, dead, why)))
+        live = Liveness(n, peers, t, PEER_TIMEOUT_S, lambda dead, why, n=n: deaths.append((n, dead, why)))
         nodes.append((t, live))
     for t, _ in nodes:
         await t.start()

@@ -252,3 +252,32 @@ def test_a_crash_is_seen_within_2_s_at_the_default_peer_timeout(tmp_path, schedu
     seen = {e["node"]: e["t"] - crashed for e in events if e["event"] == "peer_dead" and e["peers"] == [3]}
     assert seen.keys() == {0, 1, 2, 4, 5} and max(seen.values()) < DETECT_S, seen
     assert {p for e in events if e["event"] == "peer_dead" for p in e["peers"]} == {3}
+
+
+# -- crash evidence: a closed connection and a refusing port ------------------------------------
+
+class _QuietTransport:
+    """Takes every message (a reconnect that succeeds) and delivers none."""
+
+    async def send(self, dst, msg, timeout_s=None):
+        pass
+
+
+def test_a_closed_peer_whose_port_refuses_is_dead_at_once_and_a_listening_one_is_not():
+    from skippipe.runtime.liveness import Liveness
+    from skippipe.util.ports import free_port
+
+    async def main():
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        listening = server.sockets[0].getsockname()[1]
+        peers = {0: ("127.0.0.1", 1), 1: ("127.0.0.1", free_port()), 2: ("127.0.0.1", listening)}
+        deaths = []
+        live = Liveness(0, peers, _QuietTransport(), 30.0, lambda dead, why: deaths.append((dead, why)))
+        async with server:
+            start = time.monotonic()
+            await asyncio.wait_for(live._probe(1), DETECT_S)  # nothing listens on node 1's port
+            took = time.monotonic() - start
+            await asyncio.wait_for(live._probe(2), DETECT_S)  # node 2's port answers: alive
+        return deaths, took
+    deaths, took = asyncio.run(main())
+    assert deaths == [({1}, "connection closed and its port refuses connections")] and took < 1.0

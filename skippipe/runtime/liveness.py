@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from .control import Dead, encode
 from .transport import Transport, TransportError
@@ -38,11 +38,12 @@ REFUSAL_PAUSE_S = 0.1  # between those connection attempts
 
 
 class Liveness:
-    def __init__(self, node_id: int, peers: list[int], transport: Transport, timeout_s: float,
-                 on_dead: Callable[[set[int], str], None],
-                 addresses: Mapping[int, tuple[str, int]] | None = None):
+    def __init__(self, node_id: int, peers: Iterable[int] | Mapping[int, tuple[str, int]],
+                 transport: Transport, timeout_s: float, on_dead: Callable[[set[int], str], None]):
+        """`peers`: the run's nodes, or its peer table (node -> (host, port)): with addresses, a
+        closed peer's port is asked whether it still listens."""
         self.id, self.peers, self.transport = node_id, [p for p in peers if p != node_id], transport
-        self.addresses = addresses or {}  # node -> (host, port): where a closed peer's port is asked
+        self.addresses = dict(peers) if isinstance(peers, Mapping) else {}
         self.timeout_s = timeout_s
         self.interval_s = timeout_s / HEARTBEATS_PER_TIMEOUT
         self.confirm_s = CONFIRM_HEARTBEATS * self.interval_s  # how long an accused peer may be silent

@@ -81,7 +81,7 @@ class Node:
         self.transport = Transport(node_id, *cfg.peers[node_id], cfg.peers, Path(cfg.run_dir) / "transport",
                                    auth=cfg.auth(), on_disconnect=self._closed, config=TransportConfig.for_stage(
                                        self.model_cfg, self.sc.pipeline.samples_per_microbatch, self.compute.chunks))
-        self.live = Liveness(node_id, list(cfg.peers), self.transport, cfg.peer_timeout_s, self._on_dead, cfg.peers)
+        self.live = Liveness(node_id, cfg.peers, self.transport, cfg.peer_timeout_s, self._on_dead)
         self.messenger = Messenger(node_id, self.transport, self.live, self.events, self.emulation,
                                    cfg.peer_timeout_s)
         self.messenger.on_control = self._control
