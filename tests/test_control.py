@@ -7,7 +7,7 @@ import pytest
 
 from skippipe.runtime import control
 from skippipe.runtime.control import (ControlError, Dead, Finished, Hello, RejoinAt, RejoinRequest,
-                                      Restart, Welcome, decode, encode)
+                                      Report, Restart, Welcome, decode, encode)
 from skippipe.runtime.emulation import Emulation
 from skippipe.runtime.liveness import Liveness
 from skippipe.runtime.messenger import Messenger
@@ -16,15 +16,17 @@ from skippipe.runtime.wire import DType, Kind, Message
 from skippipe.runtime import wire
 
 TEST_DEADLINE_S = 10.0
-ALL = [Hello(), Finished(), RejoinRequest(), Dead((3, 5)), Restart(4, 2, 7), RejoinAt(9, 3),
-       Welcome(9, (1,), (0, 4, 4))]
+ALL = [Hello(), Finished(3, (4,)), RejoinRequest(), Dead((3, 5)), Restart(4, 2, 7), RejoinAt(9, 3),
+       Welcome(9, (1,), (0, 4, 4)), Report(2, 12.5, 6)]
 MALFORMED = [
     {"dead": [[1]]},  # once killed the receiving task
     {"dead": "3"}, {"dead": [-1]}, {"dead": [True]}, {"dead": [2**40]},
     {"restart": 1}, {"restart": "1", "attempt": 1, "iteration": 0},
     {"restart": 1, "attempt": 1, "iteration": 0, "colour": 2},
     {"rejoin_at": 3}, {"welcome": 1, "dead": [], "steps": {}},
-    {"hello": 1, "finished": 1}, {}, {"colour": 1},
+    {"hello": 1, "finished": 1}, {}, {"colour": 1}, {"finished": 1},
+    {"report": 1, "loss_sum": "6.1", "loss_count": 2}, {"report": 1, "loss_sum": 1e300, "loss_count": 2},
+    {"report": 1, "loss_sum": True, "loss_count": 2},
 ]
 
 

@@ -56,7 +56,8 @@ def _survivors_finished_cleanly(events, dead: int):
     assert not any(alive(p) for p in pids.values())
 
 
-@pytest.mark.parametrize("node,phase,variant", [(3, "forward", "random"), (4, "backward", "ca-partial"),
+# every failed node leaves its stage a live node (quorum.py; tests/test_quorum.py loses a stage)
+@pytest.mark.parametrize("node,phase,variant", [(3, "forward", "random"), (1, "backward", "ca-partial"),
                                                  (2, "averaging", "random"), (3, "backward", "zb-h1")])
 @pytest.mark.swarm
 def test_training_survives_kill_9(tmp_path, schedule_file, node, phase, variant):
@@ -72,14 +73,14 @@ def test_training_survives_kill_9(tmp_path, schedule_file, node, phase, variant)
 
 @pytest.mark.swarm
 def test_hung_node_is_detected_within_the_deadline(tmp_path, schedule_file):
-    r, run_dir, events = _train_with(tmp_path, schedule_file, "node=5,iteration=1,phase=forward,how=hang", seed=9)
+    r, run_dir, events = _train_with(tmp_path, schedule_file, "node=3,iteration=1,phase=forward,how=hang", seed=9)
     assert r.returncode == 0, r.stdout
-    hung_at = next(e["t"] for e in events if e["event"] == "fault" and e["node"] == 5)
-    detected = [e["t"] for e in events if e["event"] == "peer_dead" and e["peers"] == [5] and e["node"] != 5]
+    hung_at = next(e["t"] for e in events if e["event"] == "fault" and e["node"] == 3)
+    detected = [e["t"] for e in events if e["event"] == "peer_dead" and e["peers"] == [3] and e["node"] != 3]
     assert detected and min(detected) - hung_at < 2 * PEER_TIMEOUT_S
-    dead_reports = {p for e in events if e["event"] == "peer_dead" and e["node"] != 5 for p in e["peers"]}
-    assert dead_reports == {5}  # no live node is falsely declared dead
-    _survivors_finished_cleanly(events, 5)
+    dead_reports = {p for e in events if e["event"] == "peer_dead" and e["node"] != 3 for p in e["peers"]}
+    assert dead_reports == {3}  # no live node is falsely declared dead
+    _survivors_finished_cleanly(events, 3)
 
 
 def _wait_for_event(run_parent, node: int, event: str, deadline_s: float):

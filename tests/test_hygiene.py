@@ -127,7 +127,7 @@ async def _pair(tmp_path):
             closes.append((n, peer))
             nodes[n][1].closed(peer)
         t = Transport(n, *peers[n], peers, tmp_path / f"t{n}", on_disconnect=closed, auth=auth)
-        live = Liveness(n, [0, 1], t, PEER_TIMEOUT_S, lambda dead, why, n=n: deaths.append((n, dead, why)))
+        live = Liveness(n, peers, t, PEER_TIMEOUT_S, lambda dead, why, n=n: deaths.append((n, dead, why)))
         nodes.append((t, live))
     for t, _ in nodes:
         await t.start()
@@ -231,13 +231,13 @@ def _end(loss_count=1):
 
 
 def test_a_split_run_exits_non_zero_with_one_line(tmp_path):
-    from skippipe.runtime.launch import _verdict
+    from skippipe.runtime.launch import verdict
     events = [{"event": "ready"}, _end(), {"event": "finished", "dead": [], "node": 0},
               {"event": "finished", "dead": [3], "node": 1},
               {"event": "peer_dead", "peers": [3], "why": "silent", "iteration": 0, "node": 1}]
     progress = _progress_with(tmp_path, events)
     said = []
-    assert _verdict(0, progress, said.append) == 1
+    assert verdict(0, progress, said.append) == 1
     assert len(said) == 1 and "disagree" in said[0] and "node 1: [3]" in said[0]
     assert progress.news() == ["node 3 declared dead by node 1 in iteration 0: silent"]
 
@@ -258,9 +258,9 @@ def test_console_news_tells_each_death_rejoin_and_move_once(tmp_path):
 
 
 def test_a_run_without_iterations_exits_non_zero_and_agreement_exits_zero(tmp_path):
-    from skippipe.runtime.launch import _verdict
+    from skippipe.runtime.launch import verdict
     said = []
-    assert _verdict(0, _progress_with(tmp_path / "a", [{"event": "ready"}]), said.append) == 1
+    assert verdict(0, _progress_with(tmp_path / "a", [{"event": "ready"}]), said.append) == 1
     assert said == ["error: no iteration finished"]
     agreed = [{"event": "ready"}, _end(), {"event": "finished", "dead": [3]}]
-    assert _verdict(0, _progress_with(tmp_path / "b", agreed), said.append) == 0
+    assert verdict(0, _progress_with(tmp_path / "b", agreed), said.append) == 0

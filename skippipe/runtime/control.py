@@ -4,7 +4,7 @@ On the wire a control message is a CONTROL frame whose payload is a JSON object;
 it is follows from its keys (the wire format predates these types and stays as it was):
 
   {"hello": 1}                                   Hello          start-up greeting
-  {"finished": 1}                                Finished       the sender ran all its iterations
+  {"finished": i, "dead": [...]}                 Finished       the sender ran its i iterations; its view
   {"dead": [3, 5]}                               Dead           gossip: these peers are dead
   {"restart": mb, "attempt": a, "iteration": i}  Restart        a data node re-routed microbatch mb
   {"reroute": mb, "iteration": i}                Reroute        online repair: mb will not come to you
@@ -13,6 +13,7 @@ it is follows from its keys (the wire format predates these types and stays as i
   {"welcome": i, "dead": [...], "steps": [...]}  Welcome        a sponsor's answer to a rejoining node
   {"load": i, "forward_us": f}                   Load           after iteration i: the sender's forward EMA
   {"move": n, "stage": s, "at": i}               Move           rebalancing: node n serves stage s from i on
+  {"report": i, "loss_sum": x, "loss_count": c}  Report         a node's iteration i, for the run's summary
 
 `decode` checks every field's type and range and raises ControlError for anything else: a
 malformed message is rejected by its receiver, never trusted.
@@ -39,7 +40,6 @@ def _flag(name: str, key: str, doc: str) -> type:
 
 
 Hello = _flag("Hello", "hello", "Start-up greeting.")
-Finished = _flag("Finished", "finished", "The sender ran all its iterations.")
 RejoinRequest = _flag("RejoinRequest", "rejoin", "A restarted node asks to come back.")
 
 
@@ -47,6 +47,21 @@ RejoinRequest = _flag("RejoinRequest", "rejoin", "A restarted node asks to come 
 class Dead:
     key: ClassVar[str] = "dead"
     dead: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Finished:
+    key: ClassVar[str] = "finished"
+    finished: int  # iterations the sender ran
+    dead: tuple[int, ...]  # its membership view at the end: the end-of-run check compares them
+
+
+@dataclass(frozen=True)
+class Report:
+    key: ClassVar[str] = "report"
+    report: int  # iteration
+    loss_sum: float  # the sender's summed microbatch losses (0 on nodes without data)
+    loss_count: int
 
 
 @dataclass(frozen=True)
@@ -94,10 +109,11 @@ class Move:
     at: int
 
 
-Control = Union[Hello, Finished, RejoinRequest, Dead, Restart, Reroute, RejoinAt, Welcome, Load, Move]
-# Welcome before Dead: a welcome also carries a "dead" list
-_TYPES = (Welcome, Restart, Reroute, RejoinAt, Dead, Load, Move, Hello, Finished, RejoinRequest)
-_FLAGS = (Hello, Finished, RejoinRequest)  # no fields: the key's value is 1
+Control = Union[Hello, Finished, RejoinRequest, Dead, Restart, Reroute, RejoinAt, Welcome, Load, Move, Report]
+# Welcome and Finished before Dead: they also carry a "dead" list
+_TYPES = (Welcome, Finished, Restart, Reroute, RejoinAt, Dead, Load, Move, Report, Hello, RejoinRequest)
+_FLAGS = (Hello, RejoinRequest)  # no fields: the key's value is 1
+MAX_LOSS = 1e30  # a loss sum beyond this is no loss
 
 
 def encode(ctrl: Control, sender: int) -> Message:
@@ -127,7 +143,12 @@ def decode(msg: Message, n_nodes: int = MAX_ID + 1) -> Control:
 
 
 def _value(sender: int, name: str, value, typ: str, high: int):
-    """Check one field: an integer in 0..high, or a list of them (as a tuple)."""
+    """Check one field: a finite float, an integer in 0..high, or a list of them (as a tuple)."""
+    if typ == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -MAX_LOSS <= value <= MAX_LOSS:
+            raise ControlError(f"control message from node {sender}: {name} must be a finite number, "
+                               f"got {value!r}")
+        return float(value)
     if typ == "int":
         return _id(sender, name, value, high)
     if not isinstance(value, list):

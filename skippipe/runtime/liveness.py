@@ -4,10 +4,13 @@ Membership needs evidence. Every node sends a HEARTBEAT to each live peer every 
 any message from a peer counts as a sign of life. A peer is declared dead only when
 
 - it is silent for `timeout_s` (a hang, a crash, a partition), or
-- its connection closed and reconnecting to it fails for `probe_s`: its process is gone (a
-  crashed node's port refuses connections). A closed connection alone is no evidence: a
-  network blip, or someone who introduced himself as the peer and hung up, closes one too,
-  and then the reconnect succeeds and nothing happens; or
+- its connection closed and its port then refuses connections: its process is gone (a live
+  node's listening socket never refuses, however loaded the node is, so this is evidence from
+  the node itself; on loopback a crash is seen in well under a second). A closed connection
+  alone is no evidence: a network blip, or someone who introduced himself as the peer and
+  hung up, closes one too, and then the port answers and nothing happens. Where the port
+  neither answers nor refuses (a host gone from the network), reconnecting must fail for
+  `probe_s`; or
 - a peer of the run reports it dead (gossip) and it then stays silent here for `confirm_s`:
   a heartbeat from the accused clears the accusation, so a false report evicts nobody.
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterable, Mapping
 
 from .control import Dead, encode
 from .transport import Transport, TransportError
@@ -30,12 +33,17 @@ log = logging.getLogger(__name__)
 HEARTBEATS_PER_TIMEOUT = 4  # heartbeats sent within one silence deadline
 CONFIRM_HEARTBEATS = 2  # an accused peer silent for this many heartbeat intervals is dead
 CLOSE_GRACE_S = 0.2  # a peer's last messages ("finished") may still sit in the inbox at a close
+REFUSALS = 3  # a closed peer whose port refuses this many connections in a row is gone
+REFUSAL_PAUSE_S = 0.1  # between those connection attempts
 
 
 class Liveness:
-    def __init__(self, node_id: int, peers: list[int], transport: Transport, timeout_s: float,
-                 on_dead: Callable[[set[int], str], None]):
+    def __init__(self, node_id: int, peers: Iterable[int] | Mapping[int, tuple[str, int]],
+                 transport: Transport, timeout_s: float, on_dead: Callable[[set[int], str], None]):
+        """`peers`: the run's nodes, or its peer table (node -> (host, port)): with addresses, a
+        closed peer's port is asked whether it still listens."""
         self.id, self.peers, self.transport = node_id, [p for p in peers if p != node_id], transport
+        self.addresses = dict(peers) if isinstance(peers, Mapping) else {}
         self.timeout_s = timeout_s
         self.interval_s = timeout_s / HEARTBEATS_PER_TIMEOUT
         self.confirm_s = CONFIRM_HEARTBEATS * self.interval_s  # how long an accused peer may be silent
@@ -130,11 +138,34 @@ class Liveness:
     async def _probe(self, peer: int) -> None:
         if peer in self.finished or peer in self.dead:
             return
+        if await self._refused(peer):
+            if peer not in self.finished and not self._stopped:
+                self.declare({peer}, "connection closed and its port refuses connections")
+            return
         try:  # the transport reconnects with backoff within the deadline
             await self.transport.send(peer, Message(Kind.HEARTBEAT, self.id), timeout_s=self.probe_s)
         except TransportError as e:
             if peer not in self.finished and not self._stopped:
                 self.declare({peer}, f"connection closed and no reconnect within {self.probe_s:g} s ({e})")
+
+    async def _refused(self, peer: int) -> bool:
+        """Whether the peer's port refuses REFUSALS connections in a row (no listener: the
+        process is gone). A port that answers, or neither answers nor refuses, is no evidence."""
+        if peer not in self.addresses:
+            return False
+        host, port = self.addresses[peer]
+        for attempt in range(REFUSALS):
+            if attempt:
+                await asyncio.sleep(REFUSAL_PAUSE_S)
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.interval_s)
+            except ConnectionRefusedError:
+                continue
+            except (OSError, TimeoutError):
+                return False
+            writer.close()  # it listens: this connection was only a question
+            return False
+        return True
 
     def declare(self, peers: set[int], why: str) -> None:
         new = {p for p in peers if p != self.id} - self.dead

@@ -46,6 +46,7 @@ class Messenger:
         self.iteration_now = 0  # data of earlier iterations goes to `late`
         self.handlers: dict[Kind, Callable[[Message], None]] = {}
         self.on_control: Callable[[control.Control, int], None] = lambda ctrl, sender: None
+        self.stopping: Callable[[], None] = lambda: None  # raises once this node must stop (quorum.py)
         self._wake = asyncio.Event()
         self._sends: set[asyncio.Task] = set()
 
@@ -97,12 +98,15 @@ class Messenger:
         self._wake.set()
 
     async def wait(self, timeout_s: float) -> None:
-        """Until a message arrives, `wake` is called, or `timeout_s` passes."""
+        """Until a message arrives, `wake` is called, or `timeout_s` passes; then raises if this
+        node must stop (every wait of a node goes through here: wait_for may swallow the
+        cancellation that stops it when a message arrives in the same instant)."""
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), max(0.0, timeout_s))
         except TimeoutError:
             pass
+        self.stopping()
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, dst: int, msg: Message, nominal_bytes: int | None = None) -> None:

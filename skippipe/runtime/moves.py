@@ -41,6 +41,7 @@ class Moves:
         self.base_stages_of = stages_of  # while no node has moved (it may hold two stages: V placement)
         self.forward_s: dict[int, float] = {}  # node -> its latest reported forward EMA
         rejoin.history = self.notices
+        rejoin.move_sponsor = self.sponsors_my_move
 
     @property
     def enabled(self) -> bool:
@@ -62,6 +63,12 @@ class Moves:
     def notices(self) -> list[MoveNotice]:
         """Every move so far, as notices: a rejoining node replays them before its welcome."""
         return [MoveNotice(m.node, m.target, m.at) for m in self.rebalancer.moves]
+
+    def sponsors_my_move(self, sender: int) -> bool:
+        """Whether `sender` may send this node a stage's state: a move of this node is due and
+        `sender` serves its target stage."""
+        return any(m.node == self.id and m.at > self.m.iteration_now
+                   and sender in self.allocation_at(m.at - 1)[m.target] for m in self.rebalancer.moves)
 
     def mine(self, it: int) -> Move | None:
         """This node's move that takes effect at iteration `it`, if any."""

@@ -17,7 +17,8 @@ each data node restarts its unfinished microbatches that touched a dead node on 
 iteration still serves late operations for it. A restarted attempt may repeat gradient
 contributions its failed attempt already made on later hops: a bias of at most one microbatch
 per affected stage, in the failure's iteration only. Restarted nodes come back via rejoin.py,
-planned failures come from faults.py.
+planned failures come from faults.py. A node whose side of the run loses a stage or the majority
+stops (quorum.py); the run's first launcher hears of other hosts' nodes through gather.py.
 """
 from __future__ import annotations
 
@@ -37,18 +38,19 @@ from ..scenario import load_scenario
 from ..schedule import load_schedule
 from ..train.optim import TrainConfig
 from ..util.devices import device_for
-from ..util.rundir import keep_in
-from ..train.model import CheckpointInfo
 from .averaging import StageAverager
+from .checkpoint import save_checkpoint
 from .compute import StageCompute, batch_stream, stand_in
-from .control import Control, Dead, Finished, Hello, Reroute, Restart
+from .control import Control, Dead, Hello, Reroute, Restart
 from .datamsg import attempt_of, op_of, path_of
 from .emulation import Emulation
 from .faults import PHASE_OF, FailureInjector
+from .gather import Gather
 from .liveness import Liveness
 from .moves import Moves
 from .messenger import STALL_FACTOR, Messenger, NodeFailure
 from .iteration import Iteration
+from .quorum import QUORUM_EXIT, Quorum, QuorumLost
 from ..recovery import live_variant
 from .rejoin import Rejoin
 from .routes import Routes
@@ -79,7 +81,7 @@ class Node:
         self.transport = Transport(node_id, *cfg.peers[node_id], cfg.peers, Path(cfg.run_dir) / "transport",
                                    auth=cfg.auth(), on_disconnect=self._closed, config=TransportConfig.for_stage(
                                        self.model_cfg, self.sc.pipeline.samples_per_microbatch, self.compute.chunks))
-        self.live = Liveness(node_id, list(cfg.peers), self.transport, cfg.peer_timeout_s, self._on_dead)
+        self.live = Liveness(node_id, cfg.peers, self.transport, cfg.peer_timeout_s, self._on_dead)
         self.messenger = Messenger(node_id, self.transport, self.live, self.events, self.emulation,
                                    cfg.peer_timeout_s)
         self.messenger.on_control = self._control
@@ -87,6 +89,9 @@ class Node:
         self.messenger.handlers[Kind.DONE] = self._done
         self.rejoin = Rejoin(cfg, self.messenger, self.compute, self.schedule.allocation, self.stage_of)
         self.moves = Moves(cfg, node_id, self.schedule.allocation, self.stages_of, self.routes, self.messenger, self.rejoin)
+        self.quorum = Quorum(len(cfg.peers), self.messenger, self.moves.allocation_at)
+        self.gather = Gather(node_id, cfg.data_nodes, self.messenger)
+        self.steps = 0  # iterations this node took its step for
         self.averager = StageAverager(self.stage, self.schedule.allocation[self.stage], self.compute.chunks,
                                       self.messenger, self.emulation, self._serve_late)
         self.faults = FailureInjector(cfg.failures, node_id, self.events, self.emulation, self._silence)
@@ -99,6 +104,9 @@ class Node:
 
     # -- lifecycle --------------------------------------------------------------------------
     async def run(self) -> None:
+        await self.quorum.guarded(self._run())  # QuorumLost: this side may not train on
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         async with self.transport:
             self.receiver = asyncio.create_task(self.messenger.receive_forever())
@@ -109,9 +117,10 @@ class Node:
             self.events.write("ready", pid=os.getpid(), stage=self.stage, first_iteration=first)
             for it in range(first, self.cfg.iterations):
                 await self.iteration(it, batches)
+            self.quorum.over = True
             if self.cfg.save_checkpoint:
-                self._save_checkpoint()
-            self.events.write("finished", dead=sorted(self.live.dead))  # the launcher compares views
+                save_checkpoint(self, self.cfg.iterations)
+            self.gather.finished(self.cfg.iterations - first)  # the launcher compares views
             await self._goodbye()
             self.live.stop()
             self.receiver.cancel()
@@ -136,9 +145,8 @@ class Node:
         return stream
 
     async def _goodbye(self) -> None:
-        """Tell every peer we are done, and keep serving late operations until every live peer
-        is done too (or silent for the peer timeout)."""
-        self.messenger.tell_live(Finished())
+        """Keep serving late operations until every live peer is done too (or silent for the
+        peer timeout)."""
         while set(self.live.live_peers()) - self.live.finished:
             if not await self._serve_late():
                 await self.messenger.wait(self.live.interval_s)
@@ -150,21 +158,6 @@ class Node:
         if self.receiver is not None:
             self.receiver.cancel()
 
-    def _save_checkpoint(self) -> None:
-        """Every node saves its stage; the lowest live node of each stage writes the stage file,
-        and the first live data node the description too."""
-        alloc = self.moves.allocation_at(self.cfg.iterations - 1)
-        live = [n for n in alloc[self.stage] if n not in self.live.dead]
-        writer = bool(live) and live[0] == self.id
-        info, directory = None, Path(self.cfg.run_dir) / "checkpoint"
-        if writer and self.stage == 0:
-            tokens = (self.cfg.iterations * self.n_microbatches * self.sc.pipeline.samples_per_microbatch
-                      * self.model_cfg.ctx_tokens)
-            info = CheckpointInfo(self.model_cfg, self.sc.pipeline.n_stages, self.cfg.iterations, tokens,
-                                  self.cfg.variant, self.sc.name, self.sc.content_hash, self.data.corpus_name,
-                                  keep_in(directory, self.data.tokenizer_path), self.cfg.seed)
-        self.compute.save(directory, self.id, writer, info)
-
     # -- what peers tell us -----------------------------------------------------------------
     def _closed(self, peer: int) -> None:
         self.live.closed(peer)  # no evidence yet: liveness reconnects to find out
@@ -173,17 +166,16 @@ class Node:
         self.events.write("peer_dead", peers=sorted(peers), why=why, iteration=self.messenger.iteration_now)
         self.news = True
         self.messenger.wake()
+        self.quorum.check(self.messenger.iteration_now)
 
     def _control(self, ctrl: Control, sender: int) -> None:
         if isinstance(ctrl, Hello):
             self.greeted.add(sender)
-        elif isinstance(ctrl, Finished):
-            self.live.finished.add(sender)
         elif isinstance(ctrl, Dead):
             self.live.accuse(set(ctrl.dead), sender)  # believed only if they stay silent here
         elif isinstance(ctrl, (Restart, Reroute)):
             self.restarts.setdefault(ctrl.iteration, []).append(ctrl)
-        elif not self.moves.on_control(ctrl, sender):
+        elif not (self.gather.on_control(ctrl, sender) or self.moves.on_control(ctrl, sender)):
             self.rejoin.on_control(ctrl, sender)
 
     def _done(self, msg: Message) -> None:
@@ -192,6 +184,7 @@ class Node:
     # -- one iteration ----------------------------------------------------------------------
     def _start_iteration(self, it: int, batches) -> Iteration:
         revived, dead = self.rejoin.revived(it), self.live.dead
+        self.quorum.check(it)
         alloc, stages_of = self.moves.begin(it)  # rebalancing may have moved nodes
         self.averager.stage_nodes = alloc[self.stage]
         # the iteration where a node comes back runs degraded: not everyone may know yet
@@ -247,6 +240,8 @@ class Node:
         self.events.write("iteration_end", iteration=it, loss_sum=self.compute.loss_sum,
                           loss_count=self.compute.loss_count, wall_s=time.monotonic() - t0,
                           degraded=cur.degraded, peak_activations=cur.disp.peak)
+        self.steps += 1
+        self.gather.after_iteration(it, self.compute.loss_sum, self.compute.loss_count)
 
     # -- operations -------------------------------------------------------------------------
     async def _run_op(self, cur: Iteration, op: Op) -> None:
@@ -293,6 +288,11 @@ def main(config_path: str, node_id: int, rejoin: bool = False) -> int:
     node = Node(cfg, node_id, rejoin)
     try:
         asyncio.run(node.run())
+    except QuorumLost as e:
+        log.error("stopping: %s", e)
+        if cfg.save_checkpoint:  # the state after the last step this node took
+            save_checkpoint(node, node.steps)
+        return QUORUM_EXIT
     except (NodeFailure, SkipPipeError) as e:
         log.error("%s", e)
         node.events.write("error", message=str(e))

@@ -5,7 +5,9 @@ is MASTER_ADDR:MASTER_PORT (under torchrun that address already serves torchrun'
 which the node then joins; otherwise the first process on the master host serves it). torchrun
 sets RANK/WORLD_SIZE; srun sets SLURM_PROCID/SLURM_NTASKS and the job script exports the
 master address. The node then prepares its run as the launcher does (start.py: one run
-directory per node, `<time>-<variant>-node<rank>-<pid>`) and runs in this process.
+directory per node, `<time>-<variant>-node<rank>-<pid>`) and runs in this process. Rank 0 prints
+the whole run's loss per iteration and the summary, as a launcher would, and writes
+`iterations.json` into its run directory.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from ..errors import SkipPipeError
+from . import launch
 from .start import RunOptions, prepared, scenario_for
 
 RANK_VARIABLES = (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS"))  # torchrun first
@@ -61,4 +64,9 @@ def run_ranked(opts: RunOptions, rank: Rank, say=print) -> int:
     with prepared(opts, say, run_name=f"{opts.setting}-node{rank.rank}", scope=rank.scope) as run:
         config = save_config(run.cfg)
         say(f"node {rank.rank} of {rank.world}: run directory {run.cfg.run_dir}")
-        return main(str(config), rank.rank)
+        if rank.rank != 0:
+            return main(str(config), rank.rank)
+        with launch.followed(run.cfg, run.predicted_s, say) as progress:  # the whole run's lines
+            code = main(str(config), rank.rank)
+        say(launch.summary(progress.rows, run.cfg))
+        return launch.verdict(code, progress, say)

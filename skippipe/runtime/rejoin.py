@@ -7,10 +7,16 @@ one iteration apart) and, one iteration before that, sends it the dead set and t
 (Welcome) and then the stage's weights and AdamW moments (a WEIGHTS tensor, taken right after
 its own step). The joining node loads them and so ends each later iteration with exactly its
 peers' weights. Everyone plans it in again from the join iteration on, which runs degraded.
+
+A Welcome is taken only when this node asked for one: while it comes back (it then takes the
+sponsor's dead set as its own view, having none), or from a node of the target stage of a move
+of its own that is due (moves.py; the dead set is not used then). Any other Welcome is rejected
+and logged: one well-formed message from a key holder must not change who is in the run.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Callable
 
@@ -21,6 +27,8 @@ from .control import Control, RejoinAt, RejoinRequest, Welcome
 from .messenger import STALL_FACTOR, Messenger, NodeFailure
 from .runconfig import RunConfig
 from .wire import Kind, Message
+
+log = logging.getLogger(__name__)
 
 JOIN_AHEAD = 2  # iterations between the sponsor's announcement and the join
 
@@ -38,6 +46,8 @@ class Rejoin:
         self.state: torch.Tensor | None = None  # ... and our stage's state
         self.joined_at: int | None = None  # the iteration this node came back at
         self.history: Callable[[], list[Control]] = list  # notices a sponsored peer gets first
+        self.coming_back = False  # waiting for the sponsor of this node's rejoin
+        self.move_sponsor: Callable[[int], bool] = lambda sender: False  # may `sender` send us a stage?
         messenger.handlers[Kind.WEIGHTS] = self._weights
 
     # -- messages ---------------------------------------------------------------------------
@@ -47,8 +57,17 @@ class Rejoin:
         elif isinstance(ctrl, RejoinAt):
             self.revive_at.setdefault(ctrl.rejoin_at, set()).add(ctrl.node)
         elif isinstance(ctrl, Welcome):
-            self.welcome, self.sponsor = ctrl, sender
-            self.m.live.declare(set(ctrl.dead), f"reported by node {sender}")  # the dead stay dead
+            self._welcome(ctrl, sender)
+
+    def _welcome(self, ctrl: Welcome, sender: int) -> None:
+        rejoining = self.coming_back and self.welcome is None
+        if not (rejoining or self.move_sponsor(sender)):
+            log.warning("rejected: a welcome from node %d that this node did not ask for", sender)
+            self.m.events.write("welcome_rejected", sender=sender, dead=list(ctrl.dead))
+            return
+        self.welcome, self.sponsor = ctrl, sender
+        if rejoining:  # back from the dead, this node has no view of its own yet: the sponsor's
+            self.m.live.declare(set(ctrl.dead), f"reported by node {sender}, this node's sponsor")
 
     def _weights(self, msg: Message) -> None:
         self.state = msg.to_torch()
@@ -57,11 +76,13 @@ class Rejoin:
     async def come_back(self) -> int:
         """Ask every peer, wait for the sponsor's welcome and our stage's state, load it.
         Returns the iteration to start at."""
+        self.coming_back = True
         for n in self.cfg.peers:
             if n != self.m.id:
                 asyncio.create_task(self.m.tell_direct(n, RejoinRequest()))
         deadline = time.monotonic() + self.cfg.connect_timeout_s + STALL_FACTOR * self.cfg.peer_timeout_s
         w, state = await self.receive_state(deadline, "the rejoin")
+        self.coming_back = False
         self.compute.load_state_vector(state, w.steps)
         self.joined_at = w.welcome
         self.m.events.write("rejoined", iteration=w.welcome, sponsor=self.sponsor)

@@ -91,7 +91,7 @@ def train(opts: RunOptions, say=print) -> int:
             f"({len(run.sc.nodes)} nodes), {opts.setting}, {cfg.iterations} iterations, "
             f"{run.sc.pipeline.samples_per_microbatch} samples per microbatch, time scale {cfg.time_scale:g}")
         result = launch.run(cfg, run.nodes, run.predicted_s, timeout, say)
-    say(launch.summary(result.iterations))
+    say(launch.summary(result.iterations, cfg))
     from .report import averaging_lines
     for line in averaging_lines(cfg, run.sc):
         say(line)
