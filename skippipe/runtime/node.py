@@ -35,7 +35,7 @@ from ..errors import SkipPipeError
 from ..ops import Op
 from ..scenario import load_scenario
 from ..schedule import load_schedule
-from ..train.optim import TrainConfig
+from ..train.recipe import recipe_config
 from ..util.devices import device_for
 from ..util.rundir import keep_in
 from ..train.model import CheckpointInfo
@@ -117,9 +117,9 @@ class Node:
             self.receiver.cancel()
 
     def _stage_compute(self, stage: int, stages: tuple[int, ...]) -> StageCompute:
-        return StageCompute(self.sc, self.model_cfg, stage, device_for(self.id),
-                            TrainConfig.from_scenario(self.sc, seed=self.cfg.seed), self.n_microbatches,
-                            self.variant.split_backward, stages)
+        recipe = recipe_config(self.sc, iterations=self.cfg.iterations, seed=self.cfg.seed)  # as `train`
+        return StageCompute(self.sc, self.model_cfg, stage, device_for(self.id), recipe,
+                            self.n_microbatches, self.variant.split_backward, stages)
 
     def _place(self, stage: int) -> StageCompute:
         """Rebalancing moved this node to `stage`: a fresh module (the caller loads its state)."""
