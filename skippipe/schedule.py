@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScheduleError
-from .ops import Op, OpKind, node_ops
+from .ops import LOSS_AT, Op, OpKind, node_ops
 from .placement import stages_of
 from .rules import validate
 from .scenario import Scenario, load_scenario
@@ -110,8 +110,12 @@ class VariantSchedule:
     split_backward: bool = False  # B is the input gradient only; W ops compute weight gradients
     allocation: tuple[tuple[int, ...], ...] | None = None  # stage -> node ids; None: the schedule's
     routing: Routing | None = None  # online variants: next hops chosen at run time
+    loss_at: str = "origin"  # where the loss and the LM head run (ops.LOSS_AT); older files: origin
 
     def __post_init__(self) -> None:
+        if self.loss_at not in LOSS_AT:
+            raise ScheduleError(f"variant {self.name}: loss_at {self.loss_at!r} is not one of "
+                                f"{', '.join(LOSS_AT)}")
         if not self.dispatch:
             object.__setattr__(self, "dispatch", "fcfs" if self.order is None else "planned")
         if self.dispatch not in DISPATCH_RULES:
@@ -123,7 +127,7 @@ class VariantSchedule:
         path (the order the dispatch rule starts from)."""
         if self.order is not None:
             return list(self.order.get(node, ()))
-        return node_ops(self.paths, self.split_backward).get(node, [])
+        return node_ops(self.paths, self.split_backward, self.loss_at).get(node, [])
 
     def memory_slots(self, node: int, scenario: Scenario) -> int | None:
         """The activations `node` may hold: the variant's own limit, else the scenario's."""
@@ -206,6 +210,7 @@ def _variant_dict(v: VariantSchedule) -> dict:
         "predicted": dict(v.predicted),
         "provenance": {**v.provenance.__dict__, "gap": v.provenance.gap},
         "dispatch": v.dispatch,
+        "loss_at": v.loss_at,
     }
     if v.activation_limits:
         out["activation_limits"] = [{"node": n, "limit": lim}
@@ -298,7 +303,7 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
                            Provenance(**prov), str(v.get("dispatch", "")), limits,
                            v.get("backward") == "split", None if alloc is None else _stages(alloc),
-                           routing)
+                           routing, str(v.get("loss_at", "origin")))
 
 
 def _stages(alloc: dict) -> tuple[tuple[int, ...], ...]:

@@ -19,3 +19,10 @@ FULL_PIPELINE = ("baseline", *FAMILIES, "swarm")  # every path runs every stage 
 PARTIAL = ("non-ca-partial", "ca-partial", "ca-partial-zb")  # paths skip and reorder stages
 ZERO_BUBBLE_OF = {"ca-partial-zb": "ca-partial"}  # the backward split, W in idle gaps (planner/zb_fill.py)
 V_PLACED = ("dualpipev",)  # each node holds a stage and its mirror (placement.py)
+
+
+def default_loss_at(variant: str) -> str:
+    """Where `variant`'s loss and LM head run by default (ops.LOSS_AT): on the last stage for the
+    full pipelines, as their papers and torch pipelining do; at the origin for SkipPipe's partial
+    and random paths, which may skip the last stage."""
+    return "last" if variant in FULL_PIPELINE else "origin"

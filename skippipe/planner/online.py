@@ -14,7 +14,7 @@ import dataclasses
 from ..scenario import Scenario
 from ..schedule import Hop, MicrobatchPath, Provenance, Routing, Schedule, VariantSchedule
 from ..sim.online import predict
-from ..variants import ONLINE
+from ..variants import ONLINE, default_loss_at
 from .paths import PlanningError, microbatch_ids
 
 REBALANCE_THRESHOLD = 1.5  # swarm rules: rebalance when stage throughputs differ 1.5 times
@@ -33,7 +33,8 @@ def online_variant(name: str, scenario: Scenario, allocation, seed: int,
             "ca-partial + online repair", seed, status=plan.provenance.status))
     origins = tuple(MicrobatchPath(mb, origin, (Hop(0, origin),))
                     for mb, origin in microbatch_ids(allocation, scenario))
-    start = VariantSchedule(name, origins, dispatch="fcfs", allocation=tuple(allocation), routing=routing)
+    start = VariantSchedule(name, origins, dispatch="fcfs", allocation=tuple(allocation), routing=routing,
+                            loss_at=default_loss_at(name))
     schedule = Schedule(scenario.name, scenario.content_hash, scenario.source, tuple(allocation), {name: start})
     got = predict(schedule, name, scenario)
     return dataclasses.replace(

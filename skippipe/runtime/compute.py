@@ -5,8 +5,11 @@ A node holds one module per stage chunk it serves: one, or two under DualPipeV's
 gradients, the checkpoint and a rejoining peer's state cover every chunk.
 
 Per iteration: a forward runs the stage's layers on the arriving activations (or embeds the
-tokens at hop 0) and keeps input and output for its backward; the loss at the origin runs the
-LM head, scales the loss by 1 / (microbatches in the iteration) and starts the backward; a
+tokens at hop 0) and keeps input and output for its backward; the loss runs the LM head on the
+chunk that holds it (stage 0, or the last stage when the variant's loss runs there: model.py),
+scores the microbatch's labels, scales the loss by 1 / (microbatches in the iteration) and
+starts the backward (with the loss on the last stage every node reads the seeded token stream,
+as a classic last stage reads its own data loader, so the labels never travel); a
 backward pushes the arriving gradient through the kept output. When the variant splits the
 backward (zero-bubble), B computes only the input gradient, from the kept graph which it
 retains, so that it can be sent on at once; W later computes the stage's weight gradients from
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import SkipPipeError
 from ..ops import Op, OpKind
 from ..scenario import ModelConfig, Scenario, load_scenario
 from ..train.data import prepare_data, training_batches
@@ -40,10 +44,11 @@ def stand_in(model: ModelConfig, settings: str) -> ModelConfig:
 class StageCompute:
     def __init__(self, sc: Scenario, model_cfg: ModelConfig, stage: int, device: torch.device,
                  train_cfg: TrainConfig, n_microbatches: int, split: bool = False,
-                 stages: tuple[int, ...] = ()):
+                 stages: tuple[int, ...] = (), loss_at: str = "origin"):
         self.model_cfg, self.stage, self.device, self.train_cfg = model_cfg, stage, device, train_cfg
-        self.n_microbatches, self.split = n_microbatches, split
-        self.modules = {s: build_stage(model_cfg, s, sc.pipeline.n_stages, device, train_cfg.seed)
+        self.n_microbatches, self.split, self.loss_at = n_microbatches, split, loss_at
+        n_stages = sc.pipeline.n_stages
+        self.modules = {s: build_stage(model_cfg, s, n_stages, device, train_cfg.seed, loss_at)
                         for s in stages or (stage,)}  # stage -> its chunk
         self.module = self.modules[stage]  # the first chunk: stage 0's embeds and scores
         self.chunks = torch.nn.ModuleList(self.modules.values())  # averaged, sized, rejoined as one
@@ -57,7 +62,7 @@ class StageCompute:
         self.tensors: dict[Op, torch.Tensor] = {}  # operation -> its input
         self.saved: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}  # (mb, hop)
         self.out_grads: dict[tuple[int, int], torch.Tensor] = {}  # (mb, hop) -> B's gradient, for W
-        self.batch: dict[int, torch.Tensor] = {}  # own microbatch -> tokens
+        self.batch: dict[int, torch.Tensor] = {}  # microbatch -> tokens (inputs; labels for L)
         self.loss_sum, self.loss_count = 0.0, 0
 
     def give(self, op: Op, tensor: torch.Tensor) -> None:
@@ -68,6 +73,13 @@ class StageCompute:
         self.tensors = {op: t for op, t in self.tensors.items() if op.microbatch != mb}
         self.saved = {key: v for key, v in self.saved.items() if key[0] != mb}
         self.out_grads = {key: g for key, g in self.out_grads.items() if key[0] != mb}
+
+    def _head(self):
+        """The chunk holding the LM head: the loss runs there."""
+        held = [m for m in self.modules.values() if m.has_head]
+        if not held:
+            raise SkipPipeError(f"stage {self.stage} was sent a loss but does not hold the LM head")
+        return held[0]
 
     def _chunk(self, stage: int | None):
         """The module of the stage chunk an op runs on (default: the node's lower stage)."""
@@ -88,7 +100,7 @@ class StageCompute:
             return out.detach().cpu()
         if op.kind is OpKind.L:
             h = self.tensors.pop(op).requires_grad_(True)
-            loss = self.module.loss(h, self.batch[mb][:, 1:])
+            loss = self._head().loss(h, self.batch[mb][:, 1:])
             (loss / self.n_microbatches).backward()
             self.loss_sum += float(loss.detach())
             self.loss_count += 1
@@ -158,7 +170,7 @@ class StageCompute:
             if writer:
                 save_stage(module, directory)
         if writer and info is not None:
-            save_checkpoint([], directory, info)
+            save_checkpoint([], directory, dataclasses.replace(info, loss_at=self.loss_at))
 
     def state_vector(self) -> tuple[torch.Tensor, list[int]]:
         """Weights and AdamW moments as one float32 vector, plus each parameter's step count:

@@ -48,7 +48,7 @@ class Iteration:
         self.completed: set[int] = set()  # own microbatches back home
         self.degraded = degraded
         self.seen_dead = set(messenger.live.dead)  # deaths known when the iteration began
-        self.split = variant.split_backward
+        self.split, self.loss_at = variant.split_backward, variant.loss_at
         self.disp = Dispatcher(variant.actions(self.id), memory_slots, planned=variant.planned,
                                split=self.split)
 
@@ -109,8 +109,12 @@ class Iteration:
 
     def _crossed(self, mb: int, path, dead: set[int], new: set[int]) -> bool:
         """May `mb` have crossed a dead node? Its known path did, or (online) its forward was
-        out when a node died: the part beyond this node's view may have."""
-        out = self.routes.online and F(mb, 0) in self.disp.finished and L(mb) not in self.disp.finished
+        out when a node died: the part beyond this node's view may have. The origin sees the
+        whole path with the first message back: the loss's input, or with the loss on the last
+        hop, the backward's."""
+        back = L(mb) if self.loss_at == "origin" else B(mb, 0)
+        seen = back in self.disp.finished or back in self.disp.arrived or self.disp.running == back
+        out = self.routes.online and F(mb, 0) in self.disp.finished and not seen
         return bool(set(path.nodes) & dead) or (out and bool(new))
 
     def _add(self, ops: list[Op]) -> None:

@@ -118,8 +118,8 @@ class Node:
 
     def _stage_compute(self, stage: int, stages: tuple[int, ...]) -> StageCompute:
         recipe = recipe_config(self.sc, iterations=self.cfg.iterations, seed=self.cfg.seed)  # as `train`
-        return StageCompute(self.sc, self.model_cfg, stage, device_for(self.id), recipe,
-                            self.n_microbatches, self.variant.split_backward, stages)
+        return StageCompute(self.sc, self.model_cfg, stage, device_for(self.id), recipe, self.n_microbatches,
+                            self.variant.split_backward, stages, self.variant.loss_at)
 
     def _place(self, stage: int) -> StageCompute:
         """Rebalancing moved this node to `stage`: a fresh module (the caller loads its state)."""
@@ -129,7 +129,7 @@ class Node:
         return self.compute
 
     def _batches(self, first_iteration: int):
-        if not self.my_microbatches:
+        if not self.my_microbatches and self.variant.loss_at != "last":  # last: labels (compute.py)
             return None
         self.data, stream = batch_stream(self.sc, self.model_cfg, self.cfg.seed, self.n_microbatches,
                                          first_iteration)
@@ -202,8 +202,8 @@ class Node:
         if batches is not None:
             for g in range(self.n_microbatches):
                 tokens = next(batches)
+                self.compute.batch[g] = tokens.to(self.compute.device)  # inputs; labels where L runs
                 if g in cur.paths and cur.paths[g].origin == self.id:
-                    self.compute.batch[g] = tokens.to(self.compute.device)
                     cur.start_own(g)
         return cur
 
