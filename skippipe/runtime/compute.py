@@ -89,6 +89,8 @@ class StageCompute:
         """The torch work of one operation on the chunk of `stage` (default: the first); returns
         the tensor to send on (CPU, contiguous)."""
         mb, hop = op.microbatch, op.hop
+        if op.kind is OpKind.L:  # on the chunk holding the head, whatever `stage` says
+            return self._loss(op)
         module = self._chunk(stage)
         if op.kind is OpKind.F:
             if hop == 0:
@@ -98,13 +100,6 @@ class StageCompute:
                 out = module.run_layers(x)
             self.saved[(mb, hop)] = (x, out)
             return out.detach().cpu()
-        if op.kind is OpKind.L:
-            h = self.tensors.pop(op).requires_grad_(True)
-            loss = self._head().loss(h, self.batch[mb][:, 1:])
-            (loss / self.n_microbatches).backward()
-            self.loss_sum += float(loss.detach())
-            self.loss_count += 1
-            return h.grad.detach().cpu()
         if op.kind is OpKind.W:
             return self._weight_grad(mb, hop, module.stage)
         grad = self.tensors.pop(op)
@@ -113,6 +108,15 @@ class StageCompute:
         x, out = self.saved.pop((mb, hop))
         out.backward(grad)
         return None if x is None else x.grad.detach().cpu()
+
+    def _loss(self, op: Op) -> torch.Tensor:
+        """L: score the microbatch's labels, start its backward; returns the loss gradient."""
+        h = self.tensors.pop(op).requires_grad_(True)
+        loss = self._head().loss(h, self.batch[op.microbatch][:, 1:])
+        (loss / self.n_microbatches).backward()
+        self.loss_sum += float(loss.detach())
+        self.loss_count += 1
+        return h.grad.detach().cpu()
 
     def _input_grad(self, mb: int, hop: int, grad: torch.Tensor) -> torch.Tensor | None:
         """B of a split backward: the input gradient only; the graph stays for W."""
