@@ -110,3 +110,23 @@ def test_moving_the_untied_head_changes_where_it_sits_not_what_it_computes(tiny_
     for path in ((0, 1, 2, 3), (0, 2, 1)):  # a partial path is still scored by the head
         losses = {where: forward_path(stages, tokens, path).item() for where, stages in at.items()}
         assert losses["origin"] == losses["last"]
+
+
+def test_planning_places_the_full_pipelines_loss_as_asked(tiny_scenario):
+    from skippipe.planning import PlanOptions, build_schedule
+
+    wanted = ("baseline", "1f1b", "swarm", "random")
+    for asked, full in ((None, "last"), ("origin", "origin"), ("last", "last")):
+        opts = PlanOptions(variants=wanted, time_limit_s=2, workers=1, loss_at=asked)
+        sched = build_schedule(tiny_scenario, opts, progress=lambda line: None)
+        got = {name: v.loss_at for name, v in sched.variants.items()}
+        assert got == {"baseline": full, "1f1b": full, "swarm": full, "random": "origin"}, asked
+
+
+def test_a_bad_loss_placement_is_one_line_and_exit_2(capsys):
+    from skippipe.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["schedule", "settings/tiny.toml", "--loss-at", "middle"])
+    assert e.value.code == 2
+    assert "invalid choice: 'middle'" in capsys.readouterr().err
