@@ -130,3 +130,21 @@ def test_a_bad_loss_placement_is_one_line_and_exit_2(capsys):
         main(["schedule", "settings/tiny.toml", "--loss-at", "middle"])
     assert e.value.code == 2
     assert "invalid choice: 'middle'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_keeps_its_head_on_the_last_stage_and_inference_borrows_it(tmp_path, tiny_scenario):
+    from skippipe.runtime.infer import load_trained_stage
+    from skippipe.train.model import CheckpointInfo, load_checkpoint, save_checkpoint
+
+    cfg, n = tiny_scenario.model, tiny_scenario.pipeline.n_stages
+    stages = build_stages(cfg, n, seed=5, device="cpu", loss_at="last")
+    with torch.no_grad():
+        stages[-1].lm_head.weight.add_(1.0)  # trained: no longer the seeded start
+    info = CheckpointInfo(cfg, n, 1, 10, "1f1b", "tiny", "h", "builtin", "x.model", 5, "last")
+    save_checkpoint(stages, tmp_path / "checkpoint", info)
+    got_info, loaded = load_checkpoint(tmp_path / "checkpoint", "cpu")
+    assert got_info.loss_at == "last" and head_of(loaded).stage == n - 1
+    torch.testing.assert_close(loaded[-1].lm_head.weight, stages[-1].lm_head.weight)
+    origin = load_trained_stage(tmp_path, node=0, stage=0, n_stages=n, device="cpu")
+    torch.testing.assert_close(origin.lm_head.weight, stages[-1].lm_head.weight)
+    torch.testing.assert_close(origin.embedding.weight, stages[0].embedding.weight)
