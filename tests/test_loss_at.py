@@ -148,3 +148,31 @@ def test_a_checkpoint_keeps_its_head_on_the_last_stage_and_inference_borrows_it(
     origin = load_trained_stage(tmp_path, node=0, stage=0, n_stages=n, device="cpu")
     torch.testing.assert_close(origin.lm_head.weight, stages[-1].lm_head.weight)
     torch.testing.assert_close(origin.embedding.weight, stages[0].embedding.weight)
+
+
+def test_the_last_stage_scores_a_late_loss_with_its_iterations_labels(tiny_scenario):
+    """A restarted microbatch may reach the last stage after it stepped: the late loss scores
+    the labels of the microbatch's own iteration and sends back the input gradient only."""
+    from skippipe.runtime.compute import StageCompute
+    from skippipe.train.optim import TrainConfig
+
+    sc = tiny_scenario
+    last = sc.pipeline.n_stages - 1
+    c = StageCompute(sc, sc.model, last, torch.device("cpu"), TrainConfig.from_scenario(sc, seed=0),
+                     n_microbatches=2, loss_at="last")
+    assert c.serves(L(0), 0)  # the loss runs on the head, whatever stage its hop names
+    assert c.serves(Op.parse("F0.3"), last) and not c.serves(Op.parse("F0.0"), 0)
+    gen = torch.Generator().manual_seed(3)
+    b, t, d = sc.pipeline.samples_per_microbatch, sc.model.ctx_tokens, sc.model.d_model
+    labels = {it: torch.randint(0, sc.model.vocab_size, (b, t + 1), generator=gen) for it in (4, 5)}
+    h = torch.randn((b, t, d), generator=gen)
+    c.begin_iteration(4)
+    c.batch[1] = labels[4]
+    c.begin_iteration(5)  # iteration 4 stepped; its labels stay for a late loss
+    c.batch[1] = labels[5]
+    got = c.run_late(4, L(1), h.clone(), stage=0)
+    x = h.clone().requires_grad_(True)
+    (want,) = torch.autograd.grad(c._head().loss(x, labels[4][:, 1:]) / 2, x)
+    torch.testing.assert_close(got, want)
+    assert all(p.grad is None for p in c.params) and c.loss_count == 0
+    assert c.run_late(3, L(1), h.clone()) is None  # older labels are gone

@@ -58,7 +58,10 @@ class StageCompute:
         self.late_saved: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.begin_iteration()
 
-    def begin_iteration(self) -> None:
+    def begin_iteration(self, it: int | None = None) -> None:
+        """Fresh per-iteration state; the labels of the iteration before stay for a late loss."""
+        self.past_batch = (getattr(self, "batch_it", None), getattr(self, "batch", {}))
+        self.batch_it = it
         self.tensors: dict[Op, torch.Tensor] = {}  # operation -> its input
         self.saved: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}  # (mb, hop)
         self.out_grads: dict[tuple[int, int], torch.Tensor] = {}  # (mb, hop) -> B's gradient, for W
@@ -132,11 +135,20 @@ class StageCompute:
         _, out = self.saved.pop((mb, hop))
         torch.autograd.backward(out, self.out_grads.pop((mb, hop)), inputs=self.chunk_params[stage])
 
+    def serves(self, op: Op, stage: int) -> bool:
+        """Does this node hold what `op` runs on: the head for a loss, else `stage`'s chunk?"""
+        if op.kind is OpKind.L:
+            return any(m.has_head for m in self.modules.values())
+        return stage in self.modules
+
     def run_late(self, it: int, op: Op, tensor: torch.Tensor, stage: int | None = None) -> torch.Tensor | None:
         """A late operation of iteration `it` on the chunk of `stage`: forward with the current
-        weights, backward to the input only. None when there is nothing to send back."""
+        weights, backward to the input only (a late loss: the gradient of its iteration's labels'
+        loss, not counted in the loss this node reported). None when there is nothing to send."""
         key = (it, op.microbatch, op.hop)
         t = tensor.to(self.device)
+        if op.kind is OpKind.L:
+            return self._late_loss(it, op.microbatch, t)
         if op.kind is OpKind.F:
             x = t.requires_grad_(True)
             out = self._chunk(stage).run_layers(x)
@@ -146,6 +158,15 @@ class StageCompute:
             return None  # its forward ran before this node knew
         x, out = self.late_saved.pop(key)
         (grad,) = torch.autograd.grad(out, x, t)
+        return grad.detach().cpu()
+
+    def _late_loss(self, it: int, mb: int, h: torch.Tensor) -> torch.Tensor | None:
+        batches = dict([self.past_batch, (self.batch_it, self.batch)])
+        tokens = batches.get(it, {}).get(mb)
+        if tokens is None:
+            return None  # labels of an older iteration: gone
+        h.requires_grad_(True)
+        (grad,) = torch.autograd.grad(self._head().loss(h, tokens[:, 1:]) / self.n_microbatches, h)
         return grad.detach().cpu()
 
     def step(self, it: int) -> None:

@@ -198,7 +198,7 @@ class Node:
         cur = Iteration(it, live_variant(self.variant, dead, alloc), self.variant.memory_slots(self.id, self.sc),
                         bool(dead) or bool(revived) or it == self.rejoin.joined_at, bool(self.my_microbatches),
                         self.messenger, self.compute, alloc, stages_of, self.routes)
-        self.compute.begin_iteration()
+        self.compute.begin_iteration(it)
         if batches is not None:
             for g in range(self.n_microbatches):
                 tokens = next(batches)
@@ -271,7 +271,7 @@ class Node:
         msg = self.messenger.late.pop(0)
         path = path_of(msg, self.moves.stages_of(msg.iteration))
         op = op_of(msg, path)
-        if path.hops[op.hop].stage not in self.compute.modules:  # a stage this node moved away from
+        if not self.compute.serves(op, path.hops[op.hop].stage):  # a stage this node moved away from
             self.events.write("late_op_dropped", microbatch=op.microbatch, iteration=msg.iteration)
             return True
         start = time.monotonic()
