@@ -49,8 +49,10 @@ class Iteration:
         self.degraded = degraded
         self.seen_dead = set(messenger.live.dead)  # deaths known when the iteration began
         self.split, self.loss_at = variant.split_backward, variant.loss_at
-        self.disp = Dispatcher(variant.actions(self.id), memory_slots, planned=variant.planned,
-                               split=self.split)
+        ops = variant.actions(self.id)
+        if routes.online and self.loss_at == "last":  # the loss joins the node the routed path ends at
+            ops = [op for op in ops if op.kind is not OpKind.L]
+        self.disp = Dispatcher(ops, memory_slots, planned=variant.planned, split=self.split)
 
     def start_own(self, mb: int) -> None:
         self.disp.arrive(F(mb, 0), time.monotonic())
