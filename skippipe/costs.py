@@ -4,7 +4,7 @@ forward on node n   = compute_s_per_sample_per_layer[n] x layers_per_stage x sam
 backward            = backward_factor x forward
   split backward    = B (input gradient) (1 - weight_grad_share) x backward, then W (weight
                       gradient) weight_grad_share x backward
-loss at the origin  = loss_factor x forward
+loss                = loss_factor x forward (at the origin, or on the last stage)
 link i -> j         = latency + bytes / bandwidth + per_hop_overhead  (same location: local link)
 averaging in stage  = ring all-reduce of its parameter bytes, the ring visiting each location's
                       nodes together: 2(n-1) steps, each a message of 1/n of them per node
@@ -75,14 +75,20 @@ class Costs:
         """Transfer time of one message on an idle link."""
         return self.serialization_s(src, dst, nbytes) + self.propagation_s(src, dst)
 
-    def stage_param_bytes(self, stage: int) -> int:
+    def stage_param_bytes(self, stage: int, loss_at: str = "origin") -> int:
+        """The stage's parameter bytes: its layers, the embedding at stage 0, and the final norm
+        and LM head where the loss runs (stage 0, or the last stage for `loss_at` "last")."""
         m = self.scenario.model
         params = m.layer_params() * self.scenario.layers_per_stage
+        head = self.scenario.pipeline.n_stages - 1 if loss_at == "last" else 0
+        embedding = m.vocab_size * m.d_model
         if stage == 0:
-            params += m.head_params()
+            params += embedding
+        if stage == head:
+            params += m.head_params() - embedding  # final norm and LM head
         return params * m.param_dtype_bytes
 
-    def averaging_s(self, stage: int, nodes: list[int] | tuple[int, ...]) -> float:
+    def averaging_s(self, stage: int, nodes: list[int] | tuple[int, ...], loss_at: str = "origin") -> float:
         """Ring all-reduce of the stage's gradients among `nodes`: 2(n-1) steps in which every
         node sends 1/n of the parameter bytes to the next as one message under the link rule
         above. A node sends step s once its predecessor's step s-1 has arrived (its first step
@@ -94,7 +100,7 @@ class Costs:
         n = len(ring)
         if n <= 1:
             return 0.0
-        chunk = self.stage_param_bytes(stage) / n
+        chunk = self.stage_param_bytes(stage, loss_at) / n
         hops = list(zip(ring, ring[1:] + ring[:1]))  # hop i: ring[i] -> ring[i+1]
         ser = [self.serialization_s(a, b, chunk) for a, b in hops]
         prop = [self.propagation_s(a, b) for a, b in hops]

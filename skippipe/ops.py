@@ -1,7 +1,10 @@
 """The operation vocabulary shared by the planner, the simulator and the runtime.
 
 A microbatch whose path has k hops runs the *op chain* F0, F1, ..., F(k-1), L, B(k-1), ..., B0:
-forward at every hop, the loss at its origin, backward in reverse. An `Op` names one of them
+forward at every hop, the loss, backward in reverse. Where the loss runs is a variant's choice
+(`LOSS_AT`): at the microbatch's `origin` (SkipPipe: the data node holds the embedding and the
+LM head, so a partial path may end anywhere) or at the `last` hop (the classic pipelines and
+torch pipelining: the last stage holds the head and starts the backward at once). An `Op` names one of them
 (kind, microbatch, hop); it prints compactly ("F3.1": forward of microbatch 3 at hop 1, "L3":
 its loss) and parses back. A planned start time may ride along (`start_s`) without changing
 which op it is: two `Op`s are equal when kind, microbatch and hop are.
@@ -27,7 +30,7 @@ from typing import Iterable, Protocol, Sequence
 
 class OpKind(str, Enum):
     F = "F"  # forward through the node's stage
-    L = "L"  # LM head + loss at the origin (then the loss gradient starts the backward)
+    L = "L"  # LM head + loss (origin or last hop: LOSS_AT); its gradient starts the backward
     B = "B"  # backward through the node's stage (input gradient only when the backward is split)
     W = "W"  # weight gradient of the node's stage (split backward only)
 
@@ -42,6 +45,8 @@ class OpKind(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+
+LOSS_AT = ("origin", "last")  # where the loss (and the LM head) runs: see the module docstring
 
 _RANK = {OpKind.B: 0, OpKind.L: 1, OpKind.F: 2, OpKind.W: 3}
 _TEXT = re.compile(r"^([FLBW])(\d+)(?:\.(\d+))?$")
@@ -151,18 +156,22 @@ def prev_op(op: Op, k: int) -> Op | None:
     return B(op.microbatch, op.hop + 1) if op.hop + 1 < k else L(op.microbatch)
 
 
-def node_of(op: Op, nodes: Sequence[int]) -> int:
-    """The node that runs `op` on a path through `nodes` (the loss runs at the origin)."""
-    return nodes[0] if op.kind is OpKind.L else nodes[op.hop]
+def node_of(op: Op, nodes: Sequence[int], loss_at: str = "origin") -> int:
+    """The node that runs `op` on a path through `nodes`; the loss runs at the origin or at the
+    last hop (`loss_at`)."""
+    if op.kind is OpKind.L:
+        return nodes[-1] if loss_at == "last" else nodes[0]
+    return nodes[op.hop]
 
 
-def node_ops(paths: Iterable[PathLike], split: bool = False) -> dict[int, list[Op]]:
+def node_ops(paths: Iterable[PathLike], split: bool = False,
+             loss_at: str = "origin") -> dict[int, list[Op]]:
     """Every op of every path, by the node that runs it, each node's in chain order per path."""
     out: dict[int, list[Op]] = {}
     for p in paths:
         nodes = p.nodes
         for op in op_chain(p.microbatch, len(nodes), split):
-            out.setdefault(node_of(op, nodes), []).append(op)
+            out.setdefault(node_of(op, nodes, loss_at), []).append(op)
     return out
 
 

@@ -29,7 +29,8 @@ from .memory import FAMILIES, fullest
 from .scenario import Scenario
 from .rules import validate
 from .schedule import Schedule, VariantSchedule
-from .variants import ONLINE, V_PLACED, VARIANTS, ZERO_BUBBLE_OF
+from .ops import LOSS_AT
+from .variants import FULL_PIPELINE, ONLINE, V_PLACED, VARIANTS, ZERO_BUBBLE_OF, default_loss_at
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class PlanOptions:
     objective: str = "iteration"  # what the partial variants and their allocation minimise
     shared_allocation: bool = False  # one (full-pipeline) allocation for every variant
     family_memory: bool = False  # the classic families under their own memory rules, not the slots
+    loss_at: str | None = None  # the full pipelines' loss placement (ops.LOSS_AT); None: each one's default
 
     def check(self) -> None:
         from .planner.paths import PlanningError
@@ -67,6 +69,8 @@ class PlanOptions:
             raise PlanningError(f"time limit {self.time_limit_s} s must be positive")
         if self.workers < 1:
             raise PlanningError(f"workers {self.workers} must be at least 1")
+        if self.loss_at not in (None, *LOSS_AT):
+            raise PlanningError(f"loss placement {self.loss_at!r} is not one of {', '.join(LOSS_AT)}")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise PlanningError(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
@@ -77,6 +81,11 @@ class PlanOptions:
     @property
     def deterministic(self) -> bool:
         return self.workers == 1
+
+    def loss_at_of(self, variant: str) -> str:
+        """Where `variant`'s loss runs: the chosen placement for a full pipeline, else its default
+        (a partial path may skip the last stage: its loss stays at the origin)."""
+        return self.loss_at if self.loss_at and variant in FULL_PIPELINE else default_loss_at(variant)
 
 
 def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
@@ -127,11 +136,13 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         t0 = time.monotonic()
         if name in ONLINE:  # swarm, swarm-skip: the simulator's prediction; ca-repair: ca-partial's plan
             from .planner.online import online_variant
-            v = online_variant(name, scenario, alloc, opts.seed, variants.get("ca-partial"))
+            v = online_variant(name, scenario, alloc, opts.seed, variants.get("ca-partial"),
+                               opts.loss_at_of(name))
         elif name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1, dualpipev: planned action lists
             own = opts.family_memory or scenario.pipeline.family_memory
             try:
-                v = families.family_variant(name, scenario, alloc, family_memory=own)
+                v = families.family_variant(name, scenario, alloc, family_memory=own,
+                                             loss_at=opts.loss_at_of(name))
             except PlanningError as e:  # no capped form fits the slots: the others go on
                 skipped.append(str(e))
                 line(f"{name} skipped: {e}")
@@ -142,6 +153,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
             v = zero_bubble_fill(name, source, scenario, alloc)
         elif name == "baseline":
             v = baselines.baseline_variant(scenario, alloc)
+            v = dataclasses.replace(v, loss_at=opts.loss_at_of(name))
         elif name == "random":
             v = baselines.random_variant(scenario, alloc, seed=opts.seed)
         else:

@@ -81,7 +81,7 @@ def _check_allocation(allocation, variant: str, scenario: Scenario,
 
 
 def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violation]:
-    out = list(_check_counts(s, v, sc)) + _check_routing(v)
+    out = list(_check_counts(s, v, sc)) + _check_routing(v) + _check_loss_at(v, sc.pipeline.n_stages)
     stage_of, stages_of = s.stage_of(), s.stages_of()
     for p in v.paths:
         out += _check_path(v, p, stages_of, sc)
@@ -96,6 +96,15 @@ def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violat
         if not out and v.has_start_times:
             out += _check_times(v, Costs(sc))
     return out
+
+
+def _check_loss_at(v: VariantSchedule, n_stages: int) -> list[Violation]:
+    """With the loss on the last hop, that hop must hold the LM head: the last stage."""
+    if v.loss_at != "last":
+        return []
+    return [Violation("LOSS", v.name, p.microbatch, None, f"the loss runs on the last hop, which "
+                      f"holds stage {p.hops[-1].stage}, not the head's stage {n_stages - 1}")
+            for p in v.paths if p.hops and p.hops[-1].stage != n_stages - 1][:1]
 
 
 def _check_routing(v: VariantSchedule) -> list[Violation]:
@@ -207,7 +216,7 @@ def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
 
 
 def _check_order(v: VariantSchedule) -> list[Violation]:
-    want = {n: set(ops) for n, ops in node_ops(v.paths, v.split_backward).items()}
+    want = {n: set(ops) for n, ops in node_ops(v.paths, v.split_backward, v.loss_at).items()}
     out = []
     for node in sorted(set(want) | set(v.order)):
         got = list(v.order.get(node, ()))

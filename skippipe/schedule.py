@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScheduleError
-from .ops import Op, OpKind, node_ops
+from .ops import LOSS_AT, Op, OpKind, node_ops
 from .placement import stages_of
 from .rules import validate
 from .scenario import Scenario, load_scenario
@@ -117,6 +117,7 @@ class VariantSchedule:
     allocation: tuple[tuple[int, ...], ...] | None = None  # stage -> node ids; None: the schedule's
     routing: Routing | None = None  # online variants: next hops chosen at run time
     memory: str = ""  # the memory rule it was made for (variants.MEMORY_RULES); empty: the default
+    loss_at: str = "origin"  # where the loss and the LM head run (ops.LOSS_AT); older files: origin
 
     def __post_init__(self) -> None:
         if not self.memory:
@@ -124,6 +125,9 @@ class VariantSchedule:
         if self.memory not in MEMORY_RULES:
             raise ScheduleError(f"variant {self.name}: memory {self.memory!r} is not one of "
                                 f"{', '.join(MEMORY_RULES)}")
+        if self.loss_at not in LOSS_AT:
+            raise ScheduleError(f"variant {self.name}: loss_at {self.loss_at!r} is not one of "
+                                f"{', '.join(LOSS_AT)}")
         if not self.dispatch:
             object.__setattr__(self, "dispatch", "fcfs" if self.order is None else "planned")
         if self.dispatch not in DISPATCH_RULES:
@@ -135,7 +139,7 @@ class VariantSchedule:
         path (the order the dispatch rule starts from)."""
         if self.order is not None:
             return list(self.order.get(node, ()))
-        return node_ops(self.paths, self.split_backward).get(node, [])
+        return node_ops(self.paths, self.split_backward, self.loss_at).get(node, [])
 
     def memory_slots(self, node: int, scenario: Scenario) -> int | None:
         """The activations `node` may hold: the variant's own limit, else the scenario's."""
@@ -219,6 +223,7 @@ def _variant_dict(v: VariantSchedule) -> dict:
         "provenance": {**v.provenance.__dict__, "gap": v.provenance.gap},
         "dispatch": v.dispatch,
         "memory": v.memory,
+        "loss_at": v.loss_at,
     }
     if v.activation_limits:
         out["activation_limits"] = [{"node": n, "limit": lim}
@@ -311,7 +316,7 @@ def _variant_from(name: str, v: dict) -> VariantSchedule:
     return VariantSchedule(name, paths, order, {k: float(x) for k, x in v.get("predicted", {}).items()},
                            Provenance(**prov), str(v.get("dispatch", "")), limits,
                            v.get("backward") == "split", None if alloc is None else _stages(alloc),
-                           routing, str(v.get("memory", "")))
+                           routing, str(v.get("memory", "")), str(v.get("loss_at", "origin")))
 
 
 def _stages(alloc: dict) -> tuple[tuple[int, ...], ...]:

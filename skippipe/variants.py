@@ -31,3 +31,10 @@ def default_memory(variant: str) -> str:
     """The rule a schedule that does not record one was made for: the families planned under
     their own rules before the shared budget existed."""
     return "family" if variant in FAMILIES else "slots"
+
+
+def default_loss_at(variant: str) -> str:
+    """Where `variant`'s loss and LM head run by default (ops.LOSS_AT): on the last stage for the
+    full pipelines, as their papers and torch pipelining do; at the origin for SkipPipe's partial
+    and random paths, which may skip the last stage."""
+    return "last" if variant in FULL_PIPELINE else "origin"

@@ -1,7 +1,8 @@
 """DualPipeV: the V placement (a node holds stage i and its mirror), its validator rule, its
 schedule against the authors' table on a uniform scenario, and the variant on tiny.
 
-Uniform scenario: F = B = W = 1 s (fused backward 2 s), zero-cost loss and links. A V column
+Uniform scenario: F = B = W = 1 s (fused backward 2 s), a loss of LOSS_S on the last stage
+(whose node under the V also holds stage 0), zero-cost links. A V column
 of P nodes needs 2P stages; the scenario's stage 0 has 3 data nodes, so the V holds three
 identical columns side by side (the other families' test shows identical columns run as one)."""
 import dataclasses
@@ -21,13 +22,14 @@ from skippipe.sim.simulate import simulate
 from test_simulate import allocation_of, make_scenario
 
 F_S, B_S, W_S = 1.0, 1.0, 1.0  # forward, input gradient, weight gradient
+LOSS_S = 0.05
 
 
 def v_uniform(p, m):
     """(scenario, full allocation, V allocation): 2p stages, 3 V columns of p nodes."""
     sizes = [3, p - 1] + [1] * (2 * p - 2)
     sc = make_scenario(sizes, slots=1, mb_per_node=m, f_s=F_S, backward_factor=(B_S + W_S) / F_S,
-                       loss_factor=0.0, ser_s=0.0, prop_s=0.0)
+                       loss_factor=LOSS_S / F_S, ser_s=0.0, prop_s=0.0)
     alloc = allocation_of(sizes)
     return sc, alloc, fold(alloc)
 

@@ -1,8 +1,9 @@
 """Same loss, any full-pipeline family: naive, GPipe, 1F1B and ZB-H1 run the baseline's
 microbatches along the baseline's paths and differ only in the order of operations; DualPipeV
 runs the same microbatches from the same data nodes through every stage in order, each node
-holding two of them (V placement). So a distributed run of each trains exactly like
-single-process training (float tolerance)."""
+holding two of them (V placement). Each puts the LM head and the loss on the last stage. So a
+distributed run of each trains exactly like single-process training with the head there (float
+tolerance)."""
 import json
 
 import pytest
@@ -15,7 +16,8 @@ from skippipe.timeline import read_jsonl
 from skippipe.train.data import prepare_data, training_batches
 from skippipe.train.local import baseline_paths
 from skippipe.train.model import build_stages, forward_path
-from skippipe.train.optim import TrainConfig, clip_stage, learning_rate, make_optimizer, set_learning_rate
+from skippipe.train.optim import clip_stage, learning_rate, make_optimizer, set_learning_rate
+from skippipe.train.recipe import recipe_config
 
 from conftest import SETTINGS
 from runtime_util import free_base_port, run_skippipe
@@ -31,8 +33,8 @@ def single_process():
     along the baseline's paths."""
     sc = load_scenario(TINY)
     torch.manual_seed(sc.training.seed)
-    stages = build_stages(sc.model, sc.pipeline.n_stages, sc.training.seed, "cpu")
-    cfg = TrainConfig.from_scenario(sc, seed=sc.training.seed)
+    stages = build_stages(sc.model, sc.pipeline.n_stages, sc.training.seed, "cpu", loss_at="last")
+    cfg = recipe_config(sc, iterations=ITERATIONS, seed=sc.training.seed)  # the runtime's recipe
     optimizer = make_optimizer(stages, cfg)
     data = prepare_data(None, sc.model.vocab_size)
     batches = training_batches(data.train, sc.pipeline.samples_per_microbatch, sc.model.ctx_tokens,

@@ -86,7 +86,7 @@ def test_distributed_gradients_equal_single_process(tmp_path, tiny_schedule):
 
     sc = load_scenario(TINY)
     torch.manual_seed(sc.training.seed)
-    stages = build_stages(sc.model, sc.pipeline.n_stages, sc.training.seed, "cpu")
+    stages = build_stages(sc.model, sc.pipeline.n_stages, sc.training.seed, "cpu", loss_at="last")
     data = prepare_data(None, sc.model.vocab_size)
     batches = training_batches(data.train, sc.pipeline.samples_per_microbatch, sc.model.ctx_tokens,
                                sc.training.seed)

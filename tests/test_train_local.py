@@ -147,8 +147,8 @@ def test_paths_come_from_a_schedule_file_in_microbatch_order(tmp_path):
            "variants": {"random": {"paths": entries[::-1]}}}  # stored out of order
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(doc))
-    got_scenario, paths = resolve_paths(path, "random")
+    got_scenario, paths, loss_at = resolve_paths(path, "random")
     assert got_scenario.content_hash == scenario.content_hash
-    assert paths == stage_paths
+    assert paths == stage_paths and loss_at == "origin"  # a file older than the field
     with pytest.raises(SkipPipeError, match="no variant"):
         resolve_paths(path, "ca-partial")

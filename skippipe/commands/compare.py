@@ -140,7 +140,7 @@ def compare_rows(sched: Schedule, scenario: Scenario, names: list[str]) -> list[
         iteration_s = predict(sched, name, scenario).mean_s if online else sim.iteration_s
         work = sum(Fraction(len(p.hops), n_stages) for p in v.paths)  # full-model microbatches
         peak, at = fullest({s.node: s.peak_activations for s in sim.per_node}, slots)
-        rows.append({"variant": name, "memory": v.memory, "loss": _loss_of(v),
+        rows.append({"variant": name, "memory": v.memory, "loss": v.loss_at,
                      "full_pipeline": name in FULL_PIPELINE, "iteration_s": iteration_s,
                      "makespan_s": sim.makespan_s, "bubble": sim.bubble_share, "peak": peak,
                      "slots": at, "work": float(work), "microbatches": len(v.paths),
@@ -153,11 +153,6 @@ def compare_rows(sched: Schedule, scenario: Scenario, names: list[str]) -> list[
         r["vs_best_full"] = None if best is None else r["samples_per_s"] / best["samples_per_s"]
         r["it_speedup"] = None if best is None else best["iteration_s"] / r["iteration_s"]
     return rows
-
-
-def _loss_of(v) -> str:
-    """Where the variant's loss runs: at the microbatch's origin (the data node holds the head)."""
-    return str(getattr(v, "loss", None) or "origin")
 
 
 def _stages_per_path(v) -> str:

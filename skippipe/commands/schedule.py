@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..planning import (DEFAULT_TIME_LIMIT_S, OBJECTIVES, PlanOptions, build_schedule, format_table,
                         summary_rows)
+from ..ops import LOSS_AT
 from ..scenario import load_scenario
 from ..schedule import save_schedule
 from ..variants import VARIANTS
@@ -36,13 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the classic families (gpipe, 1f1b, ...) under their own published memory "
                         "rules instead of the scenario's memory_slots, which every variant shares "
                         "by default (also: pipeline.family_memory = true)")
+    p.add_argument("--loss-at", choices=LOSS_AT, default=None,
+                   help="where the full pipelines run the LM head and loss: last (their papers' "
+                        "placement, the default) or origin (SkipPipe's ring: the data node); the "
+                        "partial variants keep theirs at the origin")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
     opts = PlanOptions(tuple(dict.fromkeys(args.variants)), args.seed, args.time_limit,
                        PlanOptions().workers if args.workers is None else args.workers,
-                       args.objective, args.shared_allocation, args.family_memory)
+                       args.objective, args.shared_allocation, args.family_memory, args.loss_at)
     opts.check()  # bad options: one line, exit 2, before the scenario is even read
     scenario = load_scenario(args.settings)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))

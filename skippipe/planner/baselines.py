@@ -21,6 +21,7 @@ from ..schedule import Hop, MicrobatchPath, Provenance, VariantSchedule
 from .allocation import Allocation, check_allocation, stages_of
 from .paths import microbatch_ids
 from .random_paths import random_stage_paths
+from ..variants import default_loss_at
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ def baseline_variant(scenario: Scenario, allocation: AllocationLike) -> VariantS
         paths.append(MicrobatchPath(microbatch, origin, tuple(hops)))
     provenance = Provenance("baseline", status="n/a", wall_s=time.monotonic() - started)
     log.debug("baseline for %s: %d full pipelines", scenario.name, len(paths))
-    return VariantSchedule("baseline", tuple(paths), None, {}, provenance)
+    return VariantSchedule("baseline", tuple(paths), None, {}, provenance,
+                           loss_at=default_loss_at("baseline"))
 
 
 def random_variant(scenario: Scenario, allocation: AllocationLike, seed: int) -> VariantSchedule:

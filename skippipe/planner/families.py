@@ -7,15 +7,16 @@ turns a node's microbatches into its pattern; the rest is shared.
 
 How the per-stage schedules of the papers map onto SkipPipe's ring:
 - Stage i of the classic pipeline is stage i here (p = the scenario's stages). A microbatch runs
-  F at stages 0..p-1, then the loss L at its origin (where the labels and the LM head live), then
-  B at stages p-1..0. The origin therefore holds both the first and the last op of each
-  microbatch: L ends the forward, as the LM head does on the classic last stage.
-- The classic last stage computes its loss the moment its forward ends. Here the origin runs
-  each L as soon as its input has arrived and the origin is free, ahead of its own pattern: a
-  dry run of the simulator with L *floating* (dispatch.Dispatcher) places every L, and the run
-  order it produced (start times included) is the variant's action list. With a zero-cost loss
-  that lands between two of the origin's ops this is the classic schedule exactly; when the
-  loss has a cost, or must wait for an op the origin is running, the ring pays for it.
+  F at stages 0..p-1, then the loss L, then B at stages p-1..0. Where L runs is the variant's
+  `loss_at` (variants.default_loss_at): on the last stage by default, as in the papers, where
+  the LM head follows the last forward at once; or at the origin (SkipPipe's ring: the data node
+  holds the labels and the head, so the last stage's output travels back before any backward).
+- The classic last stage computes its loss the moment its forward ends. Here the node holding
+  the loss runs each L as soon as its input has arrived and the node is free, ahead of its own
+  pattern: a dry run of the simulator with L *floating* (dispatch.Dispatcher) places every L,
+  and the run order it produced (start times included) is the variant's action list. On the
+  last stage that is the classic schedule; at the origin, when the loss must wait for an op the
+  origin is running, the ring pays for it.
 - Columns and rounds: round r is every column's r-th microbatch (memory.rounds). A node serving
   several columns (a stage narrower than stage 0) treats one round as one classic microbatch:
   the round's microbatches run back to back, in microbatch order. With one column this is the
@@ -51,11 +52,11 @@ from collections import defaultdict
 from typing import Callable, Sequence
 
 from ..memory import FAMILIES, family_limits, hold_within, rounds, rounds_within
-from ..ops import B, F, L, Op, OpKind, W
+from ..ops import B, F, L, Op, OpKind, W, node_of
 from ..placement import stages_of
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, Provenance, Schedule, VariantSchedule
-from ..variants import V_PLACED
+from ..variants import V_PLACED, default_loss_at
 from .baselines import AllocationLike, baseline_variant
 from .dualpipev import Wave, dualpipev, v_paths
 from .paths import PlanningError
@@ -118,11 +119,12 @@ assert tuple(PATTERNS) == FAMILIES
 
 
 def family_variant(name: str, scenario: Scenario, allocation: AllocationLike,
-                   family_memory: bool = False) -> VariantSchedule:
+                   family_memory: bool = False, loss_at: str | None = None) -> VariantSchedule:
     """Variant `name` (one of memory.FAMILIES) on the baseline's paths, its order placed by a
     dry run of the simulator (see the module docstring): in its capped form within the
-    scenario's memory slots, or with `family_memory` under its family's own rule. Raises
-    PlanningError when no order of the family fits the slots or the dry run cannot finish."""
+    scenario's memory slots, or with `family_memory` under its family's own rule; its loss at
+    `loss_at` (default: the family's). Raises PlanningError when no order of the family fits
+    the slots or the dry run cannot finish."""
     from ..sim.simulate import SimulationError, simulate
 
     if name not in PATTERNS:
@@ -139,14 +141,15 @@ def family_variant(name: str, scenario: Scenario, allocation: AllocationLike,
     else:
         limits = {n: min(own, scenario.nodes[n].memory_slots) for n, own in limits.items()}
         patterns = _capped_patterns(name, paths, stages, limits)
+    loss_at = loss_at or default_loss_at(name)
     best, why = None, ""
     for pattern in patterns:  # capped: one per round width that fits; the fastest is the family's
         for p in paths:  # the losses float in the dry run: where they sit here does not matter
-            pattern[p.origin].append(L(p.microbatch))
+            pattern[node_of(L(p.microbatch), p.nodes, loss_at)].append(L(p.microbatch))
         draft = VariantSchedule(name, paths, {n: tuple(ops) for n, ops in pattern.items()},
                                 dispatch="planned", activation_limits=limits,
                                 split_backward=name in SPLIT_BACKWARD,
-                                memory="family" if family_memory else "slots")
+                                memory="family" if family_memory else "slots", loss_at=loss_at)
         sched = Schedule(scenario.name, scenario.content_hash, scenario.source, stages, {name: draft})
         try:
             run = simulate(sched, name, scenario, floating=frozenset({OpKind.L}))

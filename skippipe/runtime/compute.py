@@ -5,8 +5,11 @@ A node holds one module per stage chunk it serves: one, or two under DualPipeV's
 gradients, the checkpoint and a rejoining peer's state cover every chunk.
 
 Per iteration: a forward runs the stage's layers on the arriving activations (or embeds the
-tokens at hop 0) and keeps input and output for its backward; the loss at the origin runs the
-LM head, scales the loss by 1 / (microbatches in the iteration) and starts the backward; a
+tokens at hop 0) and keeps input and output for its backward; the loss runs the LM head on the
+chunk that holds it (stage 0, or the last stage when the variant's loss runs there: model.py),
+scores the microbatch's labels, scales the loss by 1 / (microbatches in the iteration) and
+starts the backward (with the loss on the last stage every node reads the seeded token stream,
+as a classic last stage reads its own data loader, so the labels never travel); a
 backward pushes the arriving gradient through the kept output. When the variant splits the
 backward (zero-bubble), B computes only the input gradient, from the kept graph which it
 retains, so that it can be sent on at once; W later computes the stage's weight gradients from
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import SkipPipeError
 from ..ops import Op, OpKind
 from ..scenario import ModelConfig, Scenario, load_scenario
 from ..train.data import prepare_data, training_batches
@@ -40,10 +44,11 @@ def stand_in(model: ModelConfig, settings: str) -> ModelConfig:
 class StageCompute:
     def __init__(self, sc: Scenario, model_cfg: ModelConfig, stage: int, device: torch.device,
                  train_cfg: TrainConfig, n_microbatches: int, split: bool = False,
-                 stages: tuple[int, ...] = ()):
+                 stages: tuple[int, ...] = (), loss_at: str = "origin"):
         self.model_cfg, self.stage, self.device, self.train_cfg = model_cfg, stage, device, train_cfg
-        self.n_microbatches, self.split = n_microbatches, split
-        self.modules = {s: build_stage(model_cfg, s, sc.pipeline.n_stages, device, train_cfg.seed)
+        self.n_microbatches, self.split, self.loss_at = n_microbatches, split, loss_at
+        n_stages = sc.pipeline.n_stages
+        self.modules = {s: build_stage(model_cfg, s, n_stages, device, train_cfg.seed, loss_at)
                         for s in stages or (stage,)}  # stage -> its chunk
         self.module = self.modules[stage]  # the first chunk: stage 0's embeds and scores
         self.chunks = torch.nn.ModuleList(self.modules.values())  # averaged, sized, rejoined as one
@@ -53,11 +58,14 @@ class StageCompute:
         self.late_saved: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.begin_iteration()
 
-    def begin_iteration(self) -> None:
+    def begin_iteration(self, it: int | None = None) -> None:
+        """Fresh per-iteration state; the labels of the iteration before stay for a late loss."""
+        self.past_batch = (getattr(self, "batch_it", None), getattr(self, "batch", {}))
+        self.batch_it = it
         self.tensors: dict[Op, torch.Tensor] = {}  # operation -> its input
         self.saved: dict[tuple[int, int], tuple[torch.Tensor | None, torch.Tensor]] = {}  # (mb, hop)
         self.out_grads: dict[tuple[int, int], torch.Tensor] = {}  # (mb, hop) -> B's gradient, for W
-        self.batch: dict[int, torch.Tensor] = {}  # own microbatch -> tokens
+        self.batch: dict[int, torch.Tensor] = {}  # microbatch -> tokens (inputs; labels for L)
         self.loss_sum, self.loss_count = 0.0, 0
 
     def give(self, op: Op, tensor: torch.Tensor) -> None:
@@ -69,6 +77,13 @@ class StageCompute:
         self.saved = {key: v for key, v in self.saved.items() if key[0] != mb}
         self.out_grads = {key: g for key, g in self.out_grads.items() if key[0] != mb}
 
+    def _head(self):
+        """The chunk holding the LM head: the loss runs there."""
+        held = [m for m in self.modules.values() if m.has_head]
+        if not held:
+            raise SkipPipeError(f"stage {self.stage} was sent a loss but does not hold the LM head")
+        return held[0]
+
     def _chunk(self, stage: int | None):
         """The module of the stage chunk an op runs on (default: the node's lower stage)."""
         return self.modules[self.stage if stage is None else stage]
@@ -77,6 +92,8 @@ class StageCompute:
         """The torch work of one operation on the chunk of `stage` (default: the first); returns
         the tensor to send on (CPU, contiguous)."""
         mb, hop = op.microbatch, op.hop
+        if op.kind is OpKind.L:  # on the chunk holding the head, whatever `stage` says
+            return self._loss(op)
         module = self._chunk(stage)
         if op.kind is OpKind.F:
             if hop == 0:
@@ -86,13 +103,6 @@ class StageCompute:
                 out = module.run_layers(x)
             self.saved[(mb, hop)] = (x, out)
             return out.detach().cpu()
-        if op.kind is OpKind.L:
-            h = self.tensors.pop(op).requires_grad_(True)
-            loss = self.module.loss(h, self.batch[mb][:, 1:])
-            (loss / self.n_microbatches).backward()
-            self.loss_sum += float(loss.detach())
-            self.loss_count += 1
-            return h.grad.detach().cpu()
         if op.kind is OpKind.W:
             return self._weight_grad(mb, hop, module.stage)
         grad = self.tensors.pop(op)
@@ -101,6 +111,15 @@ class StageCompute:
         x, out = self.saved.pop((mb, hop))
         out.backward(grad)
         return None if x is None else x.grad.detach().cpu()
+
+    def _loss(self, op: Op) -> torch.Tensor:
+        """L: score the microbatch's labels, start its backward; returns the loss gradient."""
+        h = self.tensors.pop(op).requires_grad_(True)
+        loss = self._head().loss(h, self.batch[op.microbatch][:, 1:])
+        (loss / self.n_microbatches).backward()
+        self.loss_sum += float(loss.detach())
+        self.loss_count += 1
+        return h.grad.detach().cpu()
 
     def _input_grad(self, mb: int, hop: int, grad: torch.Tensor) -> torch.Tensor | None:
         """B of a split backward: the input gradient only; the graph stays for W."""
@@ -116,11 +135,20 @@ class StageCompute:
         _, out = self.saved.pop((mb, hop))
         torch.autograd.backward(out, self.out_grads.pop((mb, hop)), inputs=self.chunk_params[stage])
 
+    def serves(self, op: Op, stage: int) -> bool:
+        """Does this node hold what `op` runs on: the head for a loss, else `stage`'s chunk?"""
+        if op.kind is OpKind.L:
+            return any(m.has_head for m in self.modules.values())
+        return stage in self.modules
+
     def run_late(self, it: int, op: Op, tensor: torch.Tensor, stage: int | None = None) -> torch.Tensor | None:
         """A late operation of iteration `it` on the chunk of `stage`: forward with the current
-        weights, backward to the input only. None when there is nothing to send back."""
+        weights, backward to the input only (a late loss: the gradient of its iteration's labels'
+        loss, not counted in the loss this node reported). None when there is nothing to send."""
         key = (it, op.microbatch, op.hop)
         t = tensor.to(self.device)
+        if op.kind is OpKind.L:
+            return self._late_loss(it, op.microbatch, t)
         if op.kind is OpKind.F:
             x = t.requires_grad_(True)
             out = self._chunk(stage).run_layers(x)
@@ -130,6 +158,15 @@ class StageCompute:
             return None  # its forward ran before this node knew
         x, out = self.late_saved.pop(key)
         (grad,) = torch.autograd.grad(out, x, t)
+        return grad.detach().cpu()
+
+    def _late_loss(self, it: int, mb: int, h: torch.Tensor) -> torch.Tensor | None:
+        batches = dict([self.past_batch, (self.batch_it, self.batch)])
+        tokens = batches.get(it, {}).get(mb)
+        if tokens is None:
+            return None  # labels of an older iteration: gone
+        h.requires_grad_(True)
+        (grad,) = torch.autograd.grad(self._head().loss(h, tokens[:, 1:]) / self.n_microbatches, h)
         return grad.detach().cpu()
 
     def step(self, it: int) -> None:
@@ -158,7 +195,7 @@ class StageCompute:
             if writer:
                 save_stage(module, directory)
         if writer and info is not None:
-            save_checkpoint([], directory, info)
+            save_checkpoint([], directory, dataclasses.replace(info, loss_at=self.loss_at))
 
     def state_vector(self) -> tuple[torch.Tensor, list[int]]:
         """Weights and AdamW moments as one float32 vector, plus each parameter's step count:

@@ -39,9 +39,10 @@ def unpack_path(lo: int, hi: int) -> tuple[int, ...]:
 
 
 def onward(sender: int, it: int, path: MicrobatchPath, op: Op, out, attempt: int,
-           report: int = 0) -> tuple[int, Message] | None:
+           report: int = 0, loss_at: str = "origin") -> tuple[int, Message] | None:
     """Where the result `out` of `op` goes next and the message that takes it there; None after
-    the backward at hop 0 (the microbatch is done). `report`: routing's bits of the hop tag."""
+    the backward at hop 0 (the microbatch is done). `report`: routing's bits of the hop tag;
+    `loss_at`: the variant's (the loss on the last hop is a message to the sender itself)."""
     nxt = next_op(op, len(path.hops))
     if nxt is None:
         return None
@@ -49,7 +50,7 @@ def onward(sender: int, it: int, path: MicrobatchPath, op: Op, out, attempt: int
     hop = len(path.hops) if nxt.kind is OpKind.L else nxt.hop
     msg = Message.from_tensor(kind, sender, out, iteration=it, microbatch=op.microbatch,
                               tags=(hop | report << HOP_BITS, attempt, *pack_path(path.nodes)))
-    return node_of(nxt, path.nodes), msg
+    return node_of(nxt, path.nodes, loss_at), msg
 
 
 def attempt_of(msg: Message) -> int:

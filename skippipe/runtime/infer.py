@@ -66,13 +66,21 @@ def plan(allocation: tuple[tuple[int, ...], ...], failed: set[int], samples: int
 
 
 def load_trained_stage(run_dir: Path, node: int, stage: int, n_stages: int, device) -> Stage:
-    """The node's own saved stage if it has one, else the run's stage file."""
+    """The node's own saved stage if it has one, else the run's stage file. Inference scores at
+    the origin: a model trained with its head on the last stage lends stage 0 a read-only copy
+    of the head from the run's last stage file."""
     ckpt = run_dir / "checkpoint"
     info = read_checkpoint_info(ckpt)
     own = ckpt / "nodes" / f"node-{node}" / STAGE_FILE.format(stage=stage)
     path = own if own.is_file() else ckpt / STAGE_FILE.format(stage=stage)
-    module = build_stage(info.model, stage, n_stages, device)
-    load_stage_state(module, torch.load(path, map_location=device, weights_only=True))
+    borrow = stage == 0 and info.loss_at == "last"
+    module = build_stage(info.model, stage, n_stages, device, loss_at="origin" if borrow else info.loss_at)
+    state = torch.load(path, map_location=device, weights_only=True)
+    if borrow:
+        last = torch.load(ckpt / STAGE_FILE.format(stage=n_stages - 1), map_location=device,
+                          weights_only=True)
+        state = {**state, **{k: v for k, v in last.items() if not k.startswith("layers.")}}
+    load_stage_state(module, state)
     return module.eval()
 
 

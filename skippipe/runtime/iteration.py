@@ -48,9 +48,11 @@ class Iteration:
         self.completed: set[int] = set()  # own microbatches back home
         self.degraded = degraded
         self.seen_dead = set(messenger.live.dead)  # deaths known when the iteration began
-        self.split = variant.split_backward
-        self.disp = Dispatcher(variant.actions(self.id), memory_slots, planned=variant.planned,
-                               split=self.split)
+        self.split, self.loss_at = variant.split_backward, variant.loss_at
+        ops = variant.actions(self.id)
+        if routes.online and self.loss_at == "last":  # the loss joins the node the routed path ends at
+            ops = [op for op in ops if op.kind is not OpKind.L]
+        self.disp = Dispatcher(ops, memory_slots, planned=variant.planned, split=self.split)
 
     def start_own(self, mb: int) -> None:
         self.disp.arrive(F(mb, 0), time.monotonic())
@@ -109,8 +111,12 @@ class Iteration:
 
     def _crossed(self, mb: int, path, dead: set[int], new: set[int]) -> bool:
         """May `mb` have crossed a dead node? Its known path did, or (online) its forward was
-        out when a node died: the part beyond this node's view may have."""
-        out = self.routes.online and F(mb, 0) in self.disp.finished and L(mb) not in self.disp.finished
+        out when a node died: the part beyond this node's view may have. The origin sees the
+        whole path with the first message back: the loss's input, or with the loss on the last
+        hop, the backward's."""
+        back = L(mb) if self.loss_at == "origin" else B(mb, 0)
+        seen = back in self.disp.finished or back in self.disp.arrived or self.disp.running == back
+        out = self.routes.online and F(mb, 0) in self.disp.finished and not seen
         return bool(set(path.nodes) & dead) or (out and bool(new))
 
     def _add(self, ops: list[Op]) -> None:

@@ -36,7 +36,7 @@ from ..errors import SkipPipeError
 from ..ops import Op
 from ..scenario import load_scenario
 from ..schedule import load_schedule
-from ..train.optim import TrainConfig
+from ..train.recipe import recipe_config
 from ..util.devices import device_for
 from .averaging import StageAverager
 from .checkpoint import save_checkpoint
@@ -126,9 +126,9 @@ class Node:
             self.receiver.cancel()
 
     def _stage_compute(self, stage: int, stages: tuple[int, ...]) -> StageCompute:
-        return StageCompute(self.sc, self.model_cfg, stage, device_for(self.id),
-                            TrainConfig.from_scenario(self.sc, seed=self.cfg.seed), self.n_microbatches,
-                            self.variant.split_backward, stages)
+        recipe = recipe_config(self.sc, iterations=self.cfg.iterations, seed=self.cfg.seed)  # as `train`
+        return StageCompute(self.sc, self.model_cfg, stage, device_for(self.id), recipe, self.n_microbatches,
+                            self.variant.split_backward, stages, self.variant.loss_at)
 
     def _place(self, stage: int) -> StageCompute:
         """Rebalancing moved this node to `stage`: a fresh module (the caller loads its state)."""
@@ -138,7 +138,7 @@ class Node:
         return self.compute
 
     def _batches(self, first_iteration: int):
-        if not self.my_microbatches:
+        if not self.my_microbatches and self.variant.loss_at != "last":  # last: labels (compute.py)
             return None
         self.data, stream = batch_stream(self.sc, self.model_cfg, self.cfg.seed, self.n_microbatches,
                                          first_iteration)
@@ -191,12 +191,12 @@ class Node:
         cur = Iteration(it, live_variant(self.variant, dead, alloc), self.variant.memory_slots(self.id, self.sc),
                         bool(dead) or bool(revived) or it == self.rejoin.joined_at, bool(self.my_microbatches),
                         self.messenger, self.compute, alloc, stages_of, self.routes)
-        self.compute.begin_iteration()
+        self.compute.begin_iteration(it)
         if batches is not None:
             for g in range(self.n_microbatches):
                 tokens = next(batches)
+                self.compute.batch[g] = tokens.to(self.compute.device)  # inputs; labels where L runs
                 if g in cur.paths and cur.paths[g].origin == self.id:
-                    self.compute.batch[g] = tokens.to(self.compute.device)
                     cur.start_own(g)
         return cur
 
@@ -266,7 +266,7 @@ class Node:
         msg = self.messenger.late.pop(0)
         path = path_of(msg, self.moves.stages_of(msg.iteration))
         op = op_of(msg, path)
-        if path.hops[op.hop].stage not in self.compute.modules:  # a stage this node moved away from
+        if not self.compute.serves(op, path.hops[op.hop].stage):  # a stage this node moved away from
             self.events.write("late_op_dropped", microbatch=op.microbatch, iteration=msg.iteration)
             return True
         start = time.monotonic()

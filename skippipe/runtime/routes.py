@@ -41,7 +41,7 @@ class Routes:
     def __init__(self, node: int, variant: VariantSchedule, scenario: Scenario,
                  allocation: tuple[tuple[int, ...], ...], messenger: Messenger, emulation: Emulation):
         self.id, self.allocation, self.m, self.emulation = node, allocation, messenger, emulation
-        self.routing = variant.routing
+        self.routing, self.loss_at = variant.routing, variant.loss_at
         self.rule = None if variant.routing is None else variant.routing.rule
         self.queue = 0  # operations waiting here (the iteration keeps it current)
         if self.rule is None:
@@ -101,7 +101,7 @@ class Routes:
         if self.rule is not None and op.kind is OpKind.F:
             self.router.ran_forward(self.emulation.scenario_s(wall_s))
             path = self.route(it, path, op)
-        return onward(self.id, it, path, op, out, attempt, self.report(path.microbatch))
+        return onward(self.id, it, path, op, out, attempt, self.report(path.microbatch), self.loss_at)
 
     def route(self, it: int, path: MicrobatchPath, op: Op) -> MicrobatchPath:
         """The path a forward's result travels on, with the next hop chosen now."""

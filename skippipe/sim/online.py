@@ -87,9 +87,17 @@ class _Online(_Simulation):
         self.budgets = stage_budgets(sorted(origins.items()), len(self.live), path_length(self.rule, scenario))
         self.left = dict(origins)  # origin -> microbatches without a stage set yet
 
+    def _initial_ops(self, v) -> dict[int, list[Op]]:
+        """Online, a path is its origin at the start: a loss on the last hop joins the node
+        the path ends at when its input arrives there."""
+        ops = super()._initial_ops(v)
+        if not (self.online and v.loss_at == "last"):
+            return ops
+        return {n: [op for op in node if op.kind is not OpKind.L] for n, node in ops.items()}
+
     # -- topology: the paths as routed so far ----------------------------------------------
     def node_of(self, op: Op) -> int:
-        return node_of(op, [h.node for h in self.paths[op.microbatch]])
+        return node_of(op, [h.node for h in self.paths[op.microbatch]], self.v.loss_at)
 
     def successor(self, op: Op) -> Op | None:
         return next_op(op, len(self.paths[op.microbatch]))

@@ -2,8 +2,8 @@
 
 Semantics (shared with the CP-SAT planner and the distributed runtime):
 
-* A microbatch runs F at hops 0..k-1, L (loss) at its origin, then B at hops k-1..0; durations
-  come from `Costs.op_s`.
+* A microbatch runs F at hops 0..k-1, L (loss) at its origin or at its last hop (the variant's
+  `loss_at`), then B at hops k-1..0; durations come from `Costs.op_s`.
 * Between consecutive operations on different nodes one message of `Costs.activation_bytes`
   travels on the directed link (src, dst). The link is a FIFO server, busy for
   `Costs.serialization_s` per message in order of hand-off time (ties: sending node, then
@@ -145,7 +145,7 @@ class _Simulation:
         self.ordered = use_order and v.planned
         self.split = v.split_backward
         stage_of = schedule.stage_of()
-        wanted = node_ops(v.paths, self.split)
+        wanted = self._initial_ops(v)
         self.state = {n.id: _NodeState(stage_of.get(n.id, -1),
                                        Dispatcher(self._node_order(n.id, wanted.get(n.id, [])),
                                                   v.memory_slots(n.id, scenario), self.ordered,
@@ -161,6 +161,10 @@ class _Simulation:
         self.slow: dict[int, float] = {}  # node -> factor on its op, send and averaging times (as
         #                                    runtime/emulation.py slows a node: a straggler)
 
+    def _initial_ops(self, v: VariantSchedule) -> dict[int, list[Op]]:
+        """node -> the operations it is known to run when the iteration starts."""
+        return node_ops(v.paths, self.split, v.loss_at)
+
     def _node_order(self, node: int, wanted: list[Op]) -> list[Op]:
         if not self.ordered:
             return wanted
@@ -173,7 +177,7 @@ class _Simulation:
     # -- topology ---------------------------------------------------------------------------
 
     def node_of(self, op: Op) -> int:
-        return node_of(op, self.v.path(op.microbatch).nodes)
+        return node_of(op, self.v.path(op.microbatch).nodes, self.v.loss_at)
 
     def successor(self, op: Op) -> Op | None:
         """The next operation of the same microbatch, or None after B at hop 0."""
@@ -293,7 +297,8 @@ class _Simulation:
     def _result(self) -> SimResult:
         costs, alloc = self.costs, self.schedule.allocation
         done = tuple(max((self.state[n].last_end_s for n in nodes), default=0.0) for nodes in alloc)
-        avg = tuple(costs.averaging_s(s, nodes) * max((self.slow.get(n, 1.0) for n in nodes), default=1.0)
+        avg = tuple(costs.averaging_s(s, nodes, self.v.loss_at)
+                    * max((self.slow.get(n, 1.0) for n in nodes), default=1.0)
                     for s, nodes in enumerate(alloc))  # a straggler slows its stage's ring
         ends = averaging_ends(done, avg, alloc)  # a V group averages its two stages in turn
         for s, nodes in enumerate(alloc):

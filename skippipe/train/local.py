@@ -1,8 +1,10 @@
 """Path training in one process: the convergence study of partial and reordered pipelines.
 
 Every microbatch of an iteration runs the stages of its path in path order (stage 0 embeds and
-runs its layers, then each later stage of the path runs its layers, then stage 0 applies the
-final norm, LM head and loss). Losses are averaged over the iteration's microbatches, gradients
+runs its layers, then each later stage of the path runs its layers, then the stage holding the
+head applies the final norm, LM head and loss: stage 0, or the last stage when the variant's
+loss runs there, `RunInfo.loss_at`; the head's gradient is clipped with its stage's, as in the
+distributed runtime). Losses are averaged over the iteration's microbatches, gradients
 accumulate over all of them, each stage's gradient norm is clipped to `grad_clip` (as the
 distributed runtime does: stages clip without a global barrier), and AdamW takes
 exactly one step per iteration. Parameters of a stage no microbatch visited get no gradient and
@@ -51,6 +53,7 @@ class RunInfo:
     variant: str
     scenario_name: str
     scenario_hash: str
+    loss_at: str = "origin"  # where the head sits (ops.LOSS_AT): stage 0 or the last stage
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,8 @@ def _checkpoint(stages, run: RunInfo, data: TokenData, cfg: TrainConfig, iterati
                 tokens: int, metrics: MetricsWriter) -> Path:
     info = CheckpointInfo(stages[0].cfg, len(stages), iteration, tokens, run.variant,
                           run.scenario_name, run.scenario_hash, data.corpus_name,
-                          keep_in(run.run_dir / CHECKPOINT_DIR, data.tokenizer_path), cfg.seed)
+                          keep_in(run.run_dir / CHECKPOINT_DIR, data.tokenizer_path), cfg.seed,
+                          run.loss_at)
     directory = save_checkpoint(stages, run.run_dir / CHECKPOINT_DIR, info)
     metrics.write("checkpoint", iteration=iteration, path=str(directory))
     return directory
@@ -163,7 +167,7 @@ def train(model_cfg: ModelConfig, n_stages: int, paths: Sequence[Sequence[int]],
     metrics = MetricsWriter(run.run_dir / METRICS_FILE)
     metrics.write("start", variant=run.variant, scenario=run.scenario_name, paths=paths,
                   config=asdict(cfg), model=asdict(model_cfg), data=data.corpus_name)
-    stages = build_stages(model_cfg, n_stages, cfg.seed, device)
+    stages = build_stages(model_cfg, n_stages, cfg.seed, device, run.loss_at)
     optimizer = make_optimizer(stages, cfg)
     batches = training_batches(data.train, cfg.samples_per_microbatch, model_cfg.ctx_tokens, cfg.seed)
     per_iteration = len(paths) * cfg.samples_per_microbatch * model_cfg.ctx_tokens  # tokens
@@ -216,8 +220,9 @@ def local_paths(scenario: Scenario, variant: str, seed: int) -> tuple[StagePath,
 
 
 def resolve_paths(source: str | Path, variant: str,
-                  seed: int | None = None) -> tuple[Scenario, tuple[StagePath, ...]]:
-    """Scenario and paths from a settings file (.toml) or a schedule file (.json).
+                  seed: int | None = None) -> tuple[Scenario, tuple[StagePath, ...], str]:
+    """Scenario, paths and where the loss runs (ops.LOSS_AT) from a settings file (.toml) or a
+    schedule file (.json: the variant's own; .toml: the variant's default).
 
     `seed` draws the `random` variant's paths without a schedule (default: training.seed).
     """
@@ -226,9 +231,12 @@ def resolve_paths(source: str | Path, variant: str,
         from ..schedule import load_schedule
 
         schedule, scenario = load_schedule(source)
-        return scenario, schedule_paths(schedule.variant(variant))
+        v = schedule.variant(variant)
+        return scenario, schedule_paths(v), v.loss_at
     from ..scenario import load_scenario
+    from ..variants import default_loss_at
 
     scenario = load_scenario(source)
-    return scenario, local_paths(scenario, variant, scenario.training.seed if seed is None else seed)
+    seed = scenario.training.seed if seed is None else seed
+    return scenario, local_paths(scenario, variant, seed), default_loss_at(variant)
 

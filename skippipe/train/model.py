@@ -5,22 +5,26 @@ multi-head attention with rotary position embeddings via `F.scaled_dot_product_a
 SwiGLU MLP of hidden width `ffn_hidden`), final RMSNorm, untied LM head. No biases.
 
 Stage split (`S = n_stages`, `L = n_layers // S` layers per stage): stage `s` holds the global
-layers `[s*L, (s+1)*L)`; stage 0 also holds the embedding, the final norm, the LM head and the
-next-token cross-entropy. Layer weights are keyed by their GLOBAL index (`layers.7.attn.wq.weight`)
-so a stage's state dict is the same whichever node holds it, and the union of all stage state
-dicts is the full model state (`initial_state`).
+layers `[s*L, (s+1)*L)`; stage 0 also holds the embedding; the *head* (final norm, LM head and
+next-token cross-entropy) sits where the loss runs (`loss_at`, ops.LOSS_AT): on stage 0 (the
+origin, SkipPipe's default) or on the last stage (the classic pipelines). The model is untied,
+so moving the head moves its weights and nothing else: no second copy to keep equal. Layer
+weights are keyed by their GLOBAL index (`layers.7.attn.wq.weight`) so a stage's state dict is
+the same whichever node holds it, and the union of all stage state dicts is the full model state
+(`initial_state`).
 
 A microbatch following the path `(0, a, b, ...)` is computed as
 `h = stage0.run_layers(stage0.embed(x))`, then `h = stage_a.run_layers(h)`, ..., and finally
-`stage0.loss(h, y)`. `forward_path` does exactly this in one process.
+`head.loss(h, y)` on the stage holding the head. `forward_path` does exactly this in one process.
 
 Public API (used by train_local, evaluate and the distributed runtime):
 
 - Devices come from `util.devices` (`pick_device()`: CUDA when available, else CPU).
 - `layer_range(model_cfg, stage, n_stages) -> range`: global layer ids of a stage.
-- `Stage(model_cfg, stage, n_stages)`: `embed(tokens[B,T]) -> h[B,T,d]` (stage 0),
-  `run_layers(h) -> h`, `logits(h) -> [B,T,vocab]` (stage 0), `token_nll(h, targets) -> [B,T]`
-  nats per token (stage 0), `loss(h, targets) -> scalar` mean nats per token (stage 0).
+- `Stage(model_cfg, stage, n_stages, loss_at="origin")`: `embed(tokens[B,T]) -> h[B,T,d]`
+  (stage 0), `run_layers(h) -> h`, `logits(h) -> [B,T,vocab]`, `token_nll(h, targets) -> [B,T]`
+  nats per token, `loss(h, targets) -> scalar` mean nats per token (the last three on the stage
+  holding the head: `head_stage(n_stages, loss_at)`; `head_of(stages)` finds it).
 - `build_stage(model_cfg, stage, n_stages, device=None, seed=0) -> Stage`: the stage starts
   from its part of `initial_state(model_cfg, n_stages, seed)`; load trained weights after.
 - `initial_state(model_cfg, n_stages, seed) -> dict[str, Tensor]`: full seeded state; every
@@ -155,16 +159,24 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
-class Stage(nn.Module):
-    """One pipeline stage: its layers (keyed by global index); stage 0 also embeds and scores."""
+def head_stage(n_stages: int, loss_at: str = "origin") -> int:
+    """The stage holding the final norm and the LM head: 0, or the last one for loss_at "last"."""
+    return n_stages - 1 if loss_at == "last" else 0
 
-    def __init__(self, cfg: ModelConfig, stage: int, n_stages: int):
+
+class Stage(nn.Module):
+    """One pipeline stage: its layers (keyed by global index); stage 0 also embeds, and the head
+    stage (`head_stage`) scores."""
+
+    def __init__(self, cfg: ModelConfig, stage: int, n_stages: int, loss_at: str = "origin"):
         super().__init__()
         self.cfg, self.stage, self.n_stages = cfg, stage, n_stages
+        self.has_head = stage == head_stage(n_stages, loss_at)
         self.layer_ids = tuple(layer_range(cfg, stage, n_stages))
         self.layers = nn.ModuleDict({str(i): Block(cfg) for i in self.layer_ids})
         if stage == 0:
             self.embedding = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if self.has_head:
             self.final_norm = RMSNorm(cfg.d_model)
             self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         cos, sin = rotary_tables(cfg.ctx_tokens, cfg.d_model // cfg.n_heads)
@@ -196,18 +208,19 @@ class Stage(nn.Module):
         return h
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Final norm and LM head: h [B, T, d] -> logits [B, T, vocab] (stage 0 only)."""
-        self._require_stage0("logits")
+        """Final norm and LM head: h [B, T, d] -> logits [B, T, vocab] (the head stage only)."""
+        if not self.has_head:
+            raise SkipPipeError(f"stage {self.stage} does not hold the LM head")
         return self.lm_head(self.final_norm(h))
 
     def token_nll(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Next-token negative log-likelihood per token, nats, shape [B, T] (stage 0 only)."""
+        """Next-token negative log-likelihood per token, nats, shape [B, T] (head stage only)."""
         logits = self.logits(h).float()
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")
         return nll.view(targets.shape)
 
     def loss(self, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy over all tokens, nats (stage 0 only)."""
+        """Mean next-token cross-entropy over all tokens, nats (head stage only)."""
         logits = self.logits(h).float()
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
@@ -215,10 +228,10 @@ class Stage(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Seeded initialisation and state handling.
 
-def _meta_stage(cfg: ModelConfig, stage: int, n_stages: int) -> Stage:
+def _meta_stage(cfg: ModelConfig, stage: int, n_stages: int, loss_at: str = "origin") -> Stage:
     """A stage whose tensors live on the meta device: shapes only, no memory, no RNG use."""
     with torch.device("meta"):
-        return Stage(cfg, stage, n_stages)
+        return Stage(cfg, stage, n_stages, loss_at)
 
 
 def _tensor_seed(seed: int, key: str) -> int:
@@ -236,10 +249,11 @@ def _init_tensor(cfg: ModelConfig, key: str, shape: torch.Size, seed: int) -> to
     return torch.randn(shape, generator=gen) * std
 
 
-def initial_stage_state(cfg: ModelConfig, stage: int, n_stages: int,
-                        seed: int) -> dict[str, torch.Tensor]:
-    """Seeded initial state (CPU, float32) of one stage; a slice of `initial_state`."""
-    shapes = {k: v.shape for k, v in _meta_stage(cfg, stage, n_stages).state_dict().items()}
+def initial_stage_state(cfg: ModelConfig, stage: int, n_stages: int, seed: int,
+                        loss_at: str = "origin") -> dict[str, torch.Tensor]:
+    """Seeded initial state (CPU, float32) of one stage; a slice of `initial_state`. A tensor's
+    value depends on its key only, so the head starts alike on whichever stage holds it."""
+    shapes = {k: v.shape for k, v in _meta_stage(cfg, stage, n_stages, loss_at).state_dict().items()}
     return {key: _init_tensor(cfg, key, shape, seed) for key, shape in shapes.items()}
 
 
@@ -262,23 +276,28 @@ def load_stage_state(module: Stage, state: Mapping[str, torch.Tensor]) -> None:
 
 
 def build_stage(cfg: ModelConfig, stage: int, n_stages: int,
-                device: torch.device | str | None = None, seed: int = 0) -> Stage:
+                device: torch.device | str | None = None, seed: int = 0, loss_at: str = "origin") -> Stage:
     """A stage on `device` (default `pick_device()`) holding its part of `initial_state(seed)`.
 
     Load trained weights afterwards with `load_stage_state` (e.g. from a checkpoint or a peer).
     """
     target = pick_device() if device is None else device
-    module = _meta_stage(cfg, stage, n_stages).to_empty(device=target)
+    module = _meta_stage(cfg, stage, n_stages, loss_at).to_empty(device=target)
     module.reset_rotary()
     with torch.no_grad():
-        load_stage_state(module, initial_stage_state(cfg, stage, n_stages, seed))
+        load_stage_state(module, initial_stage_state(cfg, stage, n_stages, seed, loss_at))
     return module
 
 
 def build_stages(cfg: ModelConfig, n_stages: int, seed: int,
-                 device: torch.device | str | None = None) -> list[Stage]:
+                 device: torch.device | str | None = None, loss_at: str = "origin") -> list[Stage]:
     """All stages of the model, seeded-initialised, on one device."""
-    return [build_stage(cfg, s, n_stages, device, seed) for s in range(n_stages)]
+    return [build_stage(cfg, s, n_stages, device, seed, loss_at) for s in range(n_stages)]
+
+
+def head_of(stages: Sequence[Stage]) -> Stage:
+    """The stage that holds the LM head (stage 0, or the last one: `head_stage`)."""
+    return next(s for s in stages if s.has_head)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,12 +327,13 @@ def path_hidden(stages: Sequence[Stage], inputs: torch.Tensor, path: Sequence[in
 
 def path_token_nll(stages: Sequence[Stage], tokens: torch.Tensor, path: Sequence[int]) -> torch.Tensor:
     """Per-token next-token NLL [B, T] (nats) of tokens [B, T+1] along `path`."""
-    return stages[0].token_nll(path_hidden(stages, tokens[:, :-1], path), tokens[:, 1:])
+    return head_of(stages).token_nll(path_hidden(stages, tokens[:, :-1], path), tokens[:, 1:])
 
 
 def forward_path(stages: Sequence[Stage], tokens: torch.Tensor, path: Sequence[int]) -> torch.Tensor:
-    """Mean next-token loss (nats) of tokens [B, T+1] along `path` (stage 0 first)."""
-    return stages[0].loss(path_hidden(stages, tokens[:, :-1], path), tokens[:, 1:])
+    """Mean next-token loss (nats) of tokens [B, T+1] along `path` (stage 0 first), scored by
+    the head wherever it sits (a path that skips the head's stage still ends in its head)."""
+    return head_of(stages).loss(path_hidden(stages, tokens[:, :-1], path), tokens[:, 1:])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,6 +355,7 @@ class CheckpointInfo:
     data_source: str  # "builtin", a path or "hf:NAME"
     tokenizer_path: str  # SentencePiece model used for the data
     seed: int
+    loss_at: str = "origin"  # the stage holding the head (head_stage); older checkpoints: origin
 
 
 def save_stage(stage: Stage, directory: str | Path) -> Path:
@@ -387,7 +408,7 @@ def load_checkpoint(directory: str | Path,
     info = read_checkpoint_info(directory)
     stages = []
     for s in range(info.n_stages):
-        module = build_stage(info.model, s, info.n_stages, device, info.seed)
+        module = build_stage(info.model, s, info.n_stages, device, info.seed, info.loss_at)
         with torch.no_grad():
             load_stage_state(module, load_stage_file(Path(directory) / STAGE_FILE.format(stage=s)))
         stages.append(module)

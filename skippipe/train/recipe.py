@@ -1,6 +1,7 @@
-"""The training recipe shared by `python -m skippipe train` and the sparse-pipeline study
-(bench/study.py): the scenario's settings, a linear warm-up over WARMUP_FRACTION of the
-iterations, then cosine decay. Kept free of torch so the commands' --help stays fast."""
+"""The training recipe shared by `python -m skippipe train`, the node processes of a distributed
+run (so both train alike, loss for loss) and the sparse-pipeline study (bench/study.py): the
+scenario's settings, a linear warm-up over WARMUP_FRACTION of the iterations, then cosine decay.
+Kept free of torch so the commands' --help stays fast."""
 from __future__ import annotations
 
 from dataclasses import replace

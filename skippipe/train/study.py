@@ -50,7 +50,7 @@ def run_study(opts: StudyOptions, say=print) -> int:
     """Train along the variant's paths, score the validation set, say where it all went."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    scenario, paths = resolve_paths(opts.source, opts.variant, opts.seed)
+    scenario, paths, loss_at = resolve_paths(opts.source, opts.variant, opts.seed)
     cfg = recipe_config(scenario, iterations=opts.iterations, learning_rate=opts.lr,
                         seed=opts.seed, warmup_iterations=opts.warmup, cosine_decay=opts.cosine,
                         log_every=opts.log_every, checkpoint_every=opts.checkpoint_every)
@@ -58,7 +58,7 @@ def run_study(opts: StudyOptions, say=print) -> int:
     run_dir = Path(opts.out) if opts.out else new_run_dir(f"{scenario.name}-{opts.variant}")
     device = resolve_device(opts.device)
     result = train(scenario.model, scenario.pipeline.n_stages, paths, data, cfg,
-                   RunInfo(run_dir, opts.variant, scenario.name, scenario.content_hash), device)
+                   RunInfo(run_dir, opts.variant, scenario.name, scenario.content_hash, loss_at), device)
     say(f"{scenario.name} {opts.variant}: {cfg.iterations} iterations, {len(paths)} microbatches "
         f"each, {result.tokens_seen} tokens, final train loss {result.history[-1].loss:.4f}")
     if opts.eval_batches != 0:
