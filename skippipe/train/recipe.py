@@ -1,5 +1,5 @@
 """The training recipe shared by `python -m skippipe train` and the sparse-pipeline study
-(bench/study.py): the scenario's settings, a linear warm-up over WARMUP_FRACTION of the
+(skippipe.study): the scenario's settings, a linear warm-up over WARMUP_FRACTION of the
 iterations, then cosine decay. Kept free of torch so the commands' --help stays fast."""
 from __future__ import annotations
 
