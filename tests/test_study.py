@@ -262,3 +262,16 @@ def test_train_command_uses_the_study_recipe():
     plain = recipe_config(sc, warmup_iterations=0, cosine_decay=False)
     assert not plain.cosine_decay and plain.warmup_iterations == 0
     assert sc.training.iterations == cli.PRESETS["cpu"].iterations  # `train` defaults = the study's
+
+
+def test_throughput_measure_prints_one_line_per_size_and_path_length(tmp_path, capsys):
+    from skippipe.study.throughput import Size
+
+    assert Size.parse("64x12x128x4") == Size(64, 12, 128, 4)
+    assert cli.main(["--settings", tiny_settings(tmp_path), "--measure", "32x6x16x2",
+                     "--measure-iterations", "1"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["path_length"] for x in lines] == [6, 4]
+    assert all(x["tokens"] == 32 and x["tokens_per_cpu_s"] > 0 for x in lines)
+    assert cli.main(["--measure", "64x5x128x4"]) == 2  # 5 layers do not split over 6 stages
+    assert cli.main(["--measure", "sixty-four"]) == 2

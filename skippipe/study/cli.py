@@ -32,10 +32,11 @@ class Preset:
     evals: int  # validation scores per run
     device: str
     max_eval_windows: int | None = None  # None: every window of validation and test
+    max_lr_extensions: int = 4  # rates added per variant while its best is at an edge
 
 
 PRESETS = {  # docs/study.md gives the measurements behind the sizes
-    "quick": Preset(SETTINGS / "study-6x2.toml", 40, (2e-3, 4e-3, 8e-3), (0, 1), 4, "cpu", 128),
+    "quick": Preset(SETTINGS / "study-6x2.toml", 40, (2e-3, 4e-3, 8e-3), (0, 1), 4, "cpu", 128, 1),
     "cpu": Preset(SETTINGS / "study-6x1.toml", 1000, (3e-3, 6e-3, 1.2e-2), (0, 1, 2, 3, 4), 10, "cpu"),
     "gpu": Preset(SETTINGS / "study-6x2-gpu.toml", 1000, (1e-3, 2e-3, 4e-3), (0, 1, 2, 3, 4), 10,
                   "cuda"),
@@ -69,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="web", help="corpus (default: web, the World English Bible)")
     p.add_argument("--variants", type=_names, default=VARIANTS, help="comma-separated")
     p.add_argument("--lrs", type=_numbers(float, "rates"), help="first rates of the sweep")
-    p.add_argument("--max-lr-extensions", type=int, default=4,
-                   help="rates added per variant while its best is at an edge (default 4)")
+    p.add_argument("--max-lr-extensions", type=int,
+                   help="rates added per variant while its best is at an edge (default: preset's)")
     p.add_argument("--seeds", type=_numbers(int, "seeds"), help="seeds; the sweep uses the first")
     p.add_argument("--iterations", type=int, help="optimizer steps per run")
     p.add_argument("--evals", type=int, help="validation scores per run")
@@ -95,7 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, the preset filling every one not given."""
     args = build_parser().parse_args(argv)
     preset = PRESETS[args.preset]
-    for name in ("settings", "iterations", "lrs", "seeds", "evals", "device", "max_eval_windows"):
+    for name in ("settings", "iterations", "lrs", "seeds", "evals", "device", "max_eval_windows",
+                 "max_lr_extensions"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(preset, name))
     args.settings = str(args.settings)
@@ -136,6 +138,10 @@ def run(args) -> int:
         return _measure(args)
     study = Study(args)
     if not args.report_only:
+        if args.device == "cuda":
+            from ..util.devices import resolve_device
+
+            resolve_device("cuda")  # a clear error before any run starts
         execute(study)
     write_report(study, collect(study, compute_references=not args.report_only))
     return 0
