@@ -233,6 +233,8 @@ def test_study_end_to_end_then_report_only(corpus, tmp_path, monkeypatch, capsys
     stored = sorted(p.name for p in (results / "runs").glob("*.json"))
     assert len([n for n in stored if "sweep" not in n]) == 3 * 2 + 3 * 1
     assert json.loads((results / "references.json").read_text())["references"]["kn5"] > 1
+    narrower = plan.Study(cli.parse_args(_args(corpus, tmp_path, "--lrs", "1e-3")))
+    assert len(plan.stored_sweep(narrower)) == 6  # stored rates of the same settings count
     calls = _count_iterations(monkeypatch)
     with monkeypatch.context() as m:  # report-only needs neither training nor the corpus
         m.setattr("skippipe.train.data.prepare_data", lambda *a, **k: pytest.fail("data read"))

@@ -88,6 +88,28 @@ def next_rate(tried: list[float], best: float) -> float | None:
     return None
 
 
+def stored(study: Study, variant: str, lr: float, seed: int, suffix: str = "") -> dict | None:
+    """The stored result (suffix ".sweep": sweep) of a run, when made with the plan's settings."""
+    spec = study.spec(variant, lr, seed)
+    fingerprint = spec.fingerprint()
+    if suffix:
+        fingerprint = {**fingerprint, "reordered": study.reordered()}
+    return runs.load_result(runs.result_path(study.results, spec.key, suffix), fingerprint)
+
+
+def stored_sweep(study: Study) -> list[dict]:
+    """Every stored first-seed run of the plan's variants whose settings match: the sweep as
+    far as it got, whichever rates it tried."""
+    found, seed = [], study.seeds[0]
+    for v in study.variants:
+        for path in sorted((study.results / "runs").glob(f"{v}-lr*-seed{seed}.json")):
+            lr = float(path.stem[len(v) + 3:].rsplit("-seed", 1)[0])
+            r = stored(study, v, lr, seed)
+            if r is not None:
+                found.append(r)
+    return found
+
+
 def _call(task):
     function, args = task
     return function(*args)
@@ -111,11 +133,14 @@ def _sweep(study: Study, specs) -> list:
 
 
 def sweep_learning_rates(study: Study) -> list[dict]:
-    """The first seed at the preset's rates, extended per variant until its best is interior."""
+    """The first seed at the preset's rates and any stored ones, extended per variant until its
+    best is interior."""
     seed, jobs = study.seeds[0], study.args.jobs
-    tried = {v: list(study.lrs) for v in study.variants}
-    done = run_all(_train(study, [study.spec(v, lr, seed) for v in study.variants
-                                  for lr in study.lrs]), jobs)
+    earlier = {(r["variant"], r["learning_rate"]): r for r in stored_sweep(study)}
+    tried = {v: sorted(set(study.lrs) | {lr for w, lr in earlier if w == v}) for v in study.variants}
+    new = [study.spec(v, lr, seed) for v in study.variants for lr in tried[v]
+           if (v, lr) not in earlier]
+    done = list(earlier.values()) + run_all(_train(study, new), jobs)
     for _ in range(study.args.max_lr_extensions):
         best = best_learning_rates(done)
         more = {v: next_rate(tried[v], best[v]) for v in study.variants}

@@ -26,6 +26,7 @@ from pathlib import Path
 from ..errors import SkipPipeError
 from . import runs
 from .layerdrop import VARIANT as LAYERDROP
+from .plan import best_learning_rates, stored, stored_sweep
 from .stats import mean_sd, paired_test
 
 FLOPS_PER_PARAM_TOKEN = 6  # forward 2 + backward 4 multiply-adds per parameter and token
@@ -104,27 +105,6 @@ def references(study, compute: bool) -> dict:
     test = runs.split_batches(data.test, spec, model.ctx_tokens)
     refs = count_references(data.train, test, model.vocab_size)
     return write_result(path, {"fingerprint": fingerprint, "references": refs})["references"]
-
-
-def _stored(study, variant: str, lr: float, seed: int, suffix: str = "") -> dict | None:
-    spec = study.spec(variant, lr, seed)
-    fingerprint = spec.fingerprint()
-    if suffix:
-        fingerprint = {**fingerprint, "reordered": study.reordered()}
-    return runs.load_result(runs.result_path(study.results, spec.key, suffix), fingerprint)
-
-
-def _swept(study) -> list[dict]:
-    """Every stored first-seed run of the plan's variants whose settings match."""
-    found = []
-    seed = study.seeds[0]
-    for v in study.variants:
-        for path in sorted((study.results / "runs").glob(f"{v}-lr*-seed{seed}.json")):
-            lr = float(path.stem[len(v) + 3:].rsplit("-seed", 1)[0])
-            r = _stored(study, v, lr, seed)
-            if r is not None:
-                found.append(r)
-    return found
 
 
 @dataclass
@@ -221,7 +201,7 @@ def default_targets(chosen: dict[str, list[dict]], count: int = TARGETS) -> list
 
 def collect(study, compute_references: bool = False) -> Report:
     """The report of the stored results; a chosen run missing -> SkipPipeError."""
-    swept = _swept(study)
+    swept = stored_sweep(study)
     if not swept:
         raise SkipPipeError(f"{study.results}: no stored runs for these settings; run the study "
                             "without --report-only")
@@ -232,8 +212,8 @@ def collect(study, compute_references: bool = False) -> Report:
     for v in study.variants:
         if v not in best:
             raise SkipPipeError(f"{study.results}: no stored runs of {v}")
-        chosen[v] = [_stored(study, v, best[v], s) for s in study.seeds]
-        sweeps[v] = [_stored(study, v, best[v], s, ".sweep") for s in study.seeds]
+        chosen[v] = [stored(study, v, best[v], s) for s in study.seeds]
+        sweeps[v] = [stored(study, v, best[v], s, ".sweep") for s in study.seeds]
         missing = [s for s, r, w in zip(study.seeds, chosen[v], sweeps[v]) if r is None or w is None]
         if missing:
             raise SkipPipeError(f"{study.results}: {v} at lr {best[v]:g}, seed {missing[0]}: no "

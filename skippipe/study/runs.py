@@ -95,10 +95,11 @@ def load_result(path: Path, fingerprint: dict | None) -> dict | None:
 
 def write_result(path: Path, payload: dict) -> dict:
     """Write through a temporary file and a rename (a killed run leaves no half result);
-    returns the payload as a rerun will read it back."""
+    returns the payload as a rerun will read it back. One line per file keeps the committed
+    results small."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    text = json.dumps(payload, indent=1)
+    text = json.dumps(payload)
     tmp.write_text(text + "\n")
     os.replace(tmp, path)
     return json.loads(text)
