@@ -226,13 +226,13 @@ def test_study_end_to_end_then_report_only(corpus, tmp_path, monkeypatch, capsys
     results = tmp_path / "results"
     report = (results / "report.md").read_text()
     for heading in ("Learning-rate sweep", "paired by seed", "stages kept", "reordered",
-                    "Speed-up", "5-gram", "layerdrop", "Versions"):
+                    "Speed-up", "5-gram", "layerdrop", "validation tokens", "test tokens", "Versions"):
         assert heading in report
     for png in ("study-stages-kept", "study-curves", "study-speedup"):
         assert (results / f"{png}.png").stat().st_size > 0
     stored = sorted(p.name for p in (results / "runs").glob("*.json"))
     assert len([n for n in stored if "sweep" not in n]) == 3 * 2 + 3 * 1
-    assert json.loads((results / "references.json").read_text())["references"]["kn5"] > 1
+    assert json.loads((results / "references.json").read_text())["references"]["test"]["kn5"] > 1
     narrower = plan.Study(cli.parse_args(_args(corpus, tmp_path, "--lrs", "1e-3")))
     assert len(plan.stored_sweep(narrower)) == 6  # stored rates of the same settings count
     calls = _count_iterations(monkeypatch)

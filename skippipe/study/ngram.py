@@ -169,16 +169,22 @@ def window_pairs(batches) -> tuple[np.ndarray, np.ndarray]:
     return contexts, targets
 
 
-def references(train: np.ndarray, batches, vocab_size: int, k: float = DEFAULT_ADD_K,
-               orders: tuple[int, ...] = KN_ORDERS) -> dict:
-    """Unigram and bigram add-k and Kneser-Ney perplexities over the targets of `batches`."""
+def _split_references(train, batches, vocab_size: int, k: float, models) -> dict:
     contexts, targets = window_pairs(batches)
     out = {"unigram": unigram_perplexity(train, contexts, targets, vocab_size, k),
            "bigram": bigram_perplexity(train, contexts, targets, vocab_size, k),
            "add_k": k, "tokens": int(len(targets))}
-    windows = [b.numpy() for b in batches]
-    for n in orders:
-        model = KneserNey(train, n, vocab_size)
-        nll = [-np.log(model.probabilities(*window_histories(w, n - 1))).sum() for w in windows]
-        out[f"kn{n}"] = math.exp(sum(nll) / len(targets))
+    for model in models:
+        nll = [-np.log(model.probabilities(*window_histories(b.numpy(), model.order - 1))).sum()
+               for b in batches]
+        out[f"kn{model.order}"] = math.exp(sum(nll) / len(targets))
     return out
+
+
+def references(train: np.ndarray, splits: dict, vocab_size: int, k: float = DEFAULT_ADD_K,
+               orders: tuple[int, ...] = KN_ORDERS) -> dict[str, dict]:
+    """Per split (name -> batches [B, T+1]): unigram and bigram add-k and Kneser-Ney perplexities
+    of its targets; each Kneser-Ney model is fitted once."""
+    models = [KneserNey(train, n, vocab_size) for n in orders]
+    return {name: _split_references(train, batches, vocab_size, k, models)
+            for name, batches in splits.items()}

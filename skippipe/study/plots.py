@@ -1,5 +1,5 @@
 """The study's figures, each with the count-based reference lines (unigram, bigram, Kneser-Ney
-3/4/5-gram of the test tokens) and the versions it was made with in a footer:
+3/4/5-gram of the split it plots) and the versions it was made with in a footer:
 
 - test perplexity vs stages kept (error bars: sd over seeds);
 - validation perplexity vs iteration, layer-FLOPs and simulated wall-clock (line: mean over
@@ -38,13 +38,13 @@ def _label(name: str, refs: dict) -> str:
     return f"{name} (add-{refs['add_k']:g}) {refs[name]:.1f}"
 
 
-def _references(ax, rep, names=None) -> None:
-    """The reference lines (test split) that fall in the plotted range, or every one named."""
+def _references(ax, refs: dict, names=None) -> None:
+    """Horizontal reference lines: every one, or those named."""
     names = names or ["unigram", "bigram"] + [f"kn{n}" for n in KN_ORDERS]
     for name in names:
-        if name in rep.refs:
-            ax.axhline(rep.refs[name], color="grey", linestyle=REFERENCE_STYLES.get(name, "--"),
-                       linewidth=1, label=_label(name, rep.refs))
+        if name in refs:
+            ax.axhline(refs[name], color="grey", linestyle=REFERENCE_STYLES.get(name, "--"),
+                       linewidth=1, label=_label(name, refs))
 
 
 def _save(fig, path: Path, rep) -> Path:
@@ -66,7 +66,7 @@ def plot_stages_kept(rep, path: Path) -> Path:
         stats = [mean_sd(kept[c]) for c in kept]
         ax.errorbar(list(kept), [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
                     capsize=3, label=f"{variant} (lr {rep.best[variant]:g})")
-    _references(ax, rep)
+    _references(ax, rep.refs)
     n = rep.scenario.pipeline.n_stages
     ax.set_xticks(range(1, n + 1))
     ax.set_xlabel(f"stages kept of {n} (stage 0 + the others in order; mean over subsets)")
@@ -96,14 +96,14 @@ def plot_curves(rep, path: Path) -> Path:
             line, = ax.plot(x, mean, marker="o", markersize=3, label=variant)
             ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats],
                             color=line.get_color(), alpha=BAND_ALPHA)
-        _references(ax, rep, ["bigram"] + [f"kn{n}" for n in KN_ORDERS])
+        _references(ax, rep.valid_refs, ["bigram"] + [f"kn{n}" for n in KN_ORDERS])
         ax.set_xlabel(label)
         ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("validation perplexity (full model)")
     axes[0].legend(fontsize=7)
-    fig.suptitle("Validation perplexity during training (mean ± sd over seeds); "
-                 "reference lines: test split")
+    fig.suptitle("Validation perplexity during training (mean ± sd over seeds), with the "
+                 "references of the validation tokens")
     return _save(fig, path, rep)
 
 
@@ -119,9 +119,9 @@ def plot_speedup(rep, path: Path) -> Path:
             ax.plot([t for t, _ in points], [s for _, s in points], marker="o", label=variant)
     ax.axhline(1.0, color="black", linewidth=0.8)
     for name in [f"kn{n}" for n in KN_ORDERS]:
-        if name in rep.refs:
-            ax.axvline(rep.refs[name], color="grey", linestyle=REFERENCE_STYLES[name],
-                       linewidth=1, label=_label(name, rep.refs))
+        if name in rep.valid_refs:
+            ax.axvline(rep.valid_refs[name], color="grey", linestyle=REFERENCE_STYLES[name],
+                       linewidth=1, label=_label(name, rep.valid_refs))
     ax.invert_xaxis()  # harder targets to the right
     ax.set_xlabel("target validation perplexity")
     ax.set_ylabel(f"speed-up vs baseline (simulated {rep.study.inputs.wallclock_scenario})")

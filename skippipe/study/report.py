@@ -81,11 +81,12 @@ def test_ppl(r: dict) -> float:
 
 def _references_fingerprint(study) -> dict:
     return {"data": study.args.data, "settings": runs.settings_digest(study.args.settings),
-            "max_eval_windows": study.args.max_eval_windows, "split": "test"}
+            "max_eval_windows": study.args.max_eval_windows, "splits": ["validation", "test"]}
 
 
-def references(study, compute: bool) -> dict:
-    """The count-based perplexities of the test tokens: stored, or computed and stored."""
+def references(study, compute: bool) -> dict[str, dict]:
+    """The count-based perplexities of the validation and test tokens (split -> name ->
+    perplexity): stored, or computed and stored."""
     from .runs import load_result, write_result
 
     path = study.results / REFERENCES_FILE
@@ -102,8 +103,9 @@ def references(study, compute: bool) -> dict:
     model = study.scenario.model
     data = prepare_data(study.args.data, model.vocab_size, test_split=True)
     spec = study.spec(study.variants[0], study.lrs[0], study.seeds[0])
-    test = runs.split_batches(data.test, spec, model.ctx_tokens)
-    refs = count_references(data.train, test, model.vocab_size)
+    splits = {name: runs.split_batches(tokens, spec, model.ctx_tokens)
+              for name, tokens in (("validation", data.validation), ("test", data.test))}
+    refs = count_references(data.train, splits, model.vocab_size)
     return write_result(path, {"fingerprint": fingerprint, "references": refs})["references"]
 
 
@@ -114,9 +116,19 @@ class Report:
     best: dict[str, float]
     chosen: dict[str, list[dict]]  # variant -> its runs at the best rate, in seed order
     sweeps: dict[str, list[dict]]  # variant -> the sparse-pipeline sweeps of those runs
-    refs: dict
+    references: dict[str, dict]  # split -> reference name -> perplexity
     targets: list[float]
     versions: dict[str, str]
+
+    @property
+    def refs(self) -> dict:
+        """The references of the test split (every table of test perplexities)."""
+        return self.references["test"]
+
+    @property
+    def valid_refs(self) -> dict:
+        """The references of the validation split (learning rates, curves, targets)."""
+        return self.references["validation"]
 
     @property
     def scenario(self):
