@@ -277,3 +277,24 @@ def test_throughput_measure_prints_one_line_per_size_and_path_length(tmp_path, c
     assert all(x["tokens"] == 32 and x["tokens_per_cpu_s"] > 0 for x in lines)
     assert cli.main(["--measure", "64x5x128x4"]) == 2  # 5 layers do not split over 6 stages
     assert cli.main(["--measure", "sixty-four"]) == 2
+
+
+def test_speedup_divides_simulated_times_to_each_target():
+    from types import SimpleNamespace
+
+    from skippipe.study.report import Report
+
+    def run(seed, nlls):
+        return {"seed": seed, "curve": [{"iteration": 10 * (i + 1), "mean_nll": math.log(p)}
+                                        for i, p in enumerate(nlls)], "test": {"mean_nll": 0.0}}
+
+    inputs = SimpleNamespace(iteration_s={"baseline": 3.0, "ca-partial": 1.0})
+    study = SimpleNamespace(inputs=inputs)
+    chosen = {"baseline": [run(0, [40, 20]), run(1, [40, 20])],
+              "ca-partial": [run(0, [40, 30]), run(1, [30, 25])]}
+    rep = Report(study, [], {}, chosen, {}, {}, [40, 30], {})
+    # 40: both at iteration 10 -> 30 s vs 10 s; 30: baseline 15 (log-linear), ca-partial 20 and 10
+    assert rep.speedup("ca-partial", 40) == pytest.approx(3.0)
+    base = 10 + 10 * (math.log(40) - math.log(30)) / (math.log(40) - math.log(20))
+    assert rep.speedup("ca-partial", 30) == pytest.approx(base * 3.0 / 15.0)
+    assert rep.speedup("ca-partial", 26) is None  # seed 0 never reaches it
