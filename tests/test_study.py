@@ -104,6 +104,7 @@ def test_plan_helpers():
     assert plan.next_rate([1e-3, 2e-3, 4e-3], 4e-3) == 8e-3
     assert plan.next_rate([1e-3, 2e-3, 4e-3], 1e-3) == 5e-4
     assert plan.next_rate([1e-3, 2e-3, 4e-3], 2e-3) is None
+    assert cli.parse_args(["--quick"]).iterations == cli.PRESETS["quick"].iterations
     finals = {"a": [{"curve": [{"mean_nll": math.log(30)}]}, {"curve": [{"mean_nll": math.log(20)}]}]}
     targets = default_targets(finals, 3)
     assert targets == pytest.approx([30, math.sqrt(600), 20])

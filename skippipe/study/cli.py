@@ -1,6 +1,6 @@
 """`python -m skippipe.study`: the sparse-pipeline study, one resumable command.
 
-    python -m skippipe.study --preset quick        # the whole pipeline at a small budget
+    python -m skippipe.study --quick               # the whole pipeline at a small budget
     python -m skippipe.study --preset cpu          # the study (see docs/study.md)
     python -m skippipe.study --preset cpu --report-only   # tables and figures from the results
 
@@ -63,6 +63,8 @@ def _names(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m skippipe.study", description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="budget (default cpu)")
+    p.add_argument("--quick", action="store_const", const="quick", dest="preset",
+                   help="the same as --preset quick")
     p.add_argument("--results", help="committed JSON results (default results/study/PRESET)")
     p.add_argument("--work", help="checkpoints, not committed (default runs/study/PRESET)")
     p.add_argument("--settings", help="scenario: model and stages (default: the preset's)")
