@@ -103,9 +103,9 @@ def stored_sweep(study: Study) -> list[dict]:
     found, seed = [], study.seeds[0]
     for v in study.variants:
         for path in sorted((study.results / "runs").glob(f"{v}-lr*-seed{seed}.json")):
-            lr = float(path.stem[len(v) + 3:].rsplit("-seed", 1)[0])
-            r = stored(study, v, lr, seed)
-            if r is not None:
+            raw = runs.load_result(path, None)  # its rate exactly, not as the name rounds it
+            r = raw and raw.get("variant") == v and stored(study, v, raw["learning_rate"], seed)
+            if r:
                 found.append(r)
     return found
 
