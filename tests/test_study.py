@@ -230,7 +230,7 @@ def test_study_end_to_end_then_report_only(corpus, tmp_path, monkeypatch, capsys
                     "Speed-up", "5-gram", "layerdrop", "validation tokens", "test tokens", "Versions"):
         assert heading in report
     for png in ("study-stages-kept", "study-curves", "study-speedup"):
-        assert (results / f"{png}.png").stat().st_size > 0
+        assert (tmp_path / "work" / f"{png}.png").stat().st_size > 0
     stored = sorted(p.name for p in (results / "runs").glob("*.json"))
     assert len([n for n in stored if "sweep" not in n]) == 3 * 2 + 3 * 1
     assert json.loads((results / "references.json").read_text())["references"]["test"]["kn5"] > 1

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="runs at once, one process each")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (fingerprinted)")
     p.add_argument("--device", help="cpu or cuda (default: the preset's)")
-    p.add_argument("--figures", help="directory for the PNGs (default: --results)")
+    p.add_argument("--figures", help="directory for the PNGs (default: --work; docs for the record)")
     p.add_argument("--report-only", action="store_true",
                    help="tables and figures from the stored results; train nothing")
     p.add_argument("--write-inputs", nargs=2, metavar=("PATHS_SCHEDULE", "TIMES_SCHEDULE"),

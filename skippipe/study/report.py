@@ -242,7 +242,7 @@ def write_report(study, rep: Report) -> None:
     text = markdown(rep)
     out = study.results
     (out / "report.md").write_text(text)
-    figures = Path(study.args.figures or out)
+    figures = Path(study.args.figures or study.work)  # PNGs are not results: committed via docs/
     pngs = [plot_stages_kept(rep, figures / "study-stages-kept.png"),
             plot_curves(rep, figures / "study-curves.png"),
             plot_speedup(rep, figures / "study-speedup.png")]
