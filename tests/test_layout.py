@@ -18,6 +18,7 @@ LAYERS = [
     {"sim"},
     {"planner", "planning"},
     {"train"},
+    {"study"},  # the sparse-pipeline study: trains in one process, reports from stored results
     {"runtime"},
     {"measure"},
     {"commands"},

@@ -57,10 +57,14 @@ class Corpus:
         return train, valid
 
 
+def key_position(key: str) -> float:
+    """Where a split key (document id or group) falls in [0, 1): its hash, the split's rule."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") / 2**64
+
+
 def is_validation(key: str) -> bool:
     """True when a split key (document id or group) belongs to the validation split."""
-    h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
-    return h / 2**64 < VALIDATION_FRACTION
+    return key_position(key) < VALIDATION_FRACTION
 
 
 def make_corpus(name: str, documents: Sequence[Document]) -> Corpus:

@@ -17,11 +17,14 @@ Sources (`load_corpus(source)`):
   the optional `datasets` package and network access.
 
 Split (corpus.py): a document goes to validation when the hash of its split key (its group, else
-its id) falls below VALIDATION_FRACTION, so the split is by document and deterministic.
+its id) falls below VALIDATION_FRACTION, so the split is by document and deterministic. With
+`test_split=True` (the study) the held-out documents are divided by the same hash: below
+VALIDATION_FRACTION * TEST_SHARE they are the test split, the rest validation. Training tokens
+and the tokenizer are the same either way, so test text never shaped either.
 
-`prepare_data(source, vocab_size, tokenizer=None)` returns `TokenData` (train and validation
-token arrays, the tokenizer path): a given SentencePiece `.model`, or one trained on the train
-split and cached (see tokenizer.py). Token arrays are cached as `.npz` (loaded without pickle).
+`prepare_data(source, vocab_size, tokenizer=None, test_split=False)` returns `TokenData` (train,
+validation and, when asked for, test token arrays; the tokenizer path): a given SentencePiece
+`.model`, or one trained on the train split and cached (see tokenizer.py). Token arrays are cached as `.npz` (loaded without pickle).
 
 Batches: `training_batches(tokens, samples, ctx_tokens, seed)` yields int64 tensors
 [samples, ctx_tokens+1] at seeded random offsets, forever; `validation_batches(...)` returns
@@ -49,7 +52,7 @@ import numpy as np
 import torch
 
 from . import bible
-from .corpus import VALIDATION_FRACTION, Corpus, DataError, Document, make_corpus
+from .corpus import VALIDATION_FRACTION, Corpus, DataError, Document, key_position, make_corpus
 from .tokenizer import cached_tokenizer, encode_documents, load_tokenizer, write_atomic
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ STDLIB_WALK_TIMEOUT_S = 300  # seconds allowed for the isolated docstring walk
 BUILTIN = "builtin"  # the standard-library corpus
 DEFAULT_SOURCE = bible.NAME  # the corpus of `None`: training, the study and the runtime
 HF_PREFIX = "hf:"
+TEST_SHARE = 0.5  # share of the held-out split keys (by hash) that form the test split
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,7 @@ class TokenData:
     tokenizer_path: Path
     corpus_name: str
     corpus_hash: str
+    test: np.ndarray | None = None  # int32 token ids; None unless a test split was asked for
 
 
 def cache_dir() -> Path:
@@ -253,47 +258,65 @@ def _sentences(docs: Sequence[Document]) -> list[str]:
     return [line for d in docs for line in d.text.splitlines() if line.strip()]
 
 
-def _token_cache(directory: Path, corpus: Corpus, tokenizer_path: Path) -> Path:
+def _token_cache(directory: Path, corpus: Corpus, tokenizer_path: Path, test_split: bool) -> Path:
     digest = hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest()[:16]
-    return directory / f"tokens-{corpus.content_hash}-{digest}-{VALIDATION_FRACTION}.npz"
+    tag = f"-test{TEST_SHARE}" if test_split else ""
+    return directory / f"tokens-{corpus.content_hash}-{digest}-{VALIDATION_FRACTION}{tag}.npz"
 
 
-def _encode_split(corpus: Corpus, tokenizer_path: Path, vocab_size: int,
-                  directory: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Train and validation token arrays, from the cache or freshly encoded."""
-    path = _token_cache(directory, corpus, tokenizer_path)
+def held_out_splits(docs: Sequence[Document]) -> tuple[tuple[Document, ...], tuple[Document, ...]]:
+    """(validation, test) of held-out documents, by the hash of their split keys."""
+    test = tuple(d for d in docs if is_test(d.split_key))
+    return tuple(d for d in docs if not is_test(d.split_key)), test
+
+
+def is_test(key: str) -> bool:
+    """True when a held-out split key belongs to the test split."""
+    return key_position(key) < VALIDATION_FRACTION * TEST_SHARE
+
+
+def _encode_split(corpus: Corpus, tokenizer_path: Path, vocab_size: int, directory: Path,
+                  test_split: bool) -> dict[str, np.ndarray]:
+    """Token arrays per split ("train", "validation" and maybe "test"), cached or encoded."""
+    path = _token_cache(directory, corpus, tokenizer_path, test_split)
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
-            return z["train"], z["validation"]
+            return {name: z[name] for name in z.files}
     processor = load_tokenizer(tokenizer_path, vocab_size)
-    train_docs, valid_docs = corpus.split()
-    train = encode_documents(processor, [d.text for d in train_docs])
-    valid = encode_documents(processor, [d.text for d in valid_docs])
+    train_docs, held_out = corpus.split()
+    splits = {"train": train_docs, "validation": held_out}
+    if test_split:
+        splits["validation"], splits["test"] = held_out_splits(held_out)
+    arrays = {name: encode_documents(processor, [d.text for d in docs])
+              for name, docs in splits.items()}
     buf = io.BytesIO()
-    np.savez(buf, train=train, validation=valid)
+    np.savez(buf, **arrays)
     write_atomic(path, buf.getvalue())
-    return train, valid
+    return arrays
 
 
-def prepare_data(source: str | Path | None, vocab_size: int,
-                 tokenizer: str | Path | None = None) -> TokenData:
-    """Load a corpus, get its tokenizer (given or trained+cached) and tokenize both splits."""
+def prepare_data(source: str | Path | None, vocab_size: int, tokenizer: str | Path | None = None,
+                 test_split: bool = False) -> TokenData:
+    """Load a corpus, get its tokenizer (given or trained+cached) and tokenize its splits."""
     corpus = load_corpus(source)
     directory = cache_dir()
     train_docs, valid_docs = corpus.split()
-    if not train_docs or not valid_docs:
+    held = held_out_splits(valid_docs) if test_split else (valid_docs,)
+    if not train_docs or not all(held):
+        what = "train, validation and test" if test_split else "train and validation"
         raise DataError(f"{corpus.name}: {len(corpus.documents)} documents are too few to split "
-                        f"into train and validation")
+                        f"into {what}")
     if tokenizer is None:
         path = cached_tokenizer(corpus.content_hash, lambda: _sentences(train_docs), vocab_size,
                                 directory)
     else:
         path = Path(tokenizer)
         load_tokenizer(path, vocab_size)
-    train, valid = _encode_split(corpus, path, vocab_size, directory)
-    log.info("corpus %s: %d train tokens, %d validation tokens (tokenizer %s)",
-             corpus.name, len(train), len(valid), path.name)
-    return TokenData(train, valid, path, corpus.name, corpus.content_hash)
+    arrays = _encode_split(corpus, path, vocab_size, directory, test_split)
+    log.info("corpus %s: %s tokens (tokenizer %s)", corpus.name,
+             ", ".join(f"{len(a)} {name}" for name, a in arrays.items()), path.name)
+    return TokenData(arrays["train"], arrays["validation"], path, corpus.name,
+                     corpus.content_hash, arrays.get("test"))
 
 
 def _check_length(tokens: np.ndarray, ctx_tokens: int, what: str) -> None:

@@ -1,5 +1,5 @@
 """The training recipe shared by `python -m skippipe train`, the node processes of a distributed
-run (so both train alike, loss for loss) and the sparse-pipeline study (bench/study.py): the
+run (so both train alike, loss for loss) and the sparse-pipeline study (skippipe.study): the
 scenario's settings, a linear warm-up over WARMUP_FRACTION of the iterations, then cosine decay.
 Kept free of torch so the commands' --help stays fast."""
 from __future__ import annotations

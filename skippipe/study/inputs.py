@@ -1,8 +1,8 @@
-"""The study's fixed inputs, committed as bench/study_inputs.json so every run uses the same:
+"""The study's fixed inputs, committed as skippipe/study/inputs.json so every run uses the same:
 
 - `paths`: the microbatch paths (stage sequences) of each variant of the study scenario, taken
   from a planner schedule of it (`baseline` full pipelines, `random` network-blind skipping,
-  `ca-partial` SkipPipe);
+  `ca-partial` SkipPipe; `layerdrop` thins `baseline`'s, see layerdrop.py);
 - `iteration_s`: the simulator's predicted iteration time of each variant on the geo-distributed
   scenario, taken from a schedule of it: the study's simulated wall-clock is iterations times it.
 
@@ -13,7 +13,11 @@ Refresh with:
         --workers 1 --out schedules/study-6x2.json
     python create_schedule.py settings/geo-distributed.toml --variants baseline random \
         ca-partial --workers 1 --out schedules/geo-distributed.json
-    python bench/study.py --write-inputs schedules/study-6x2.json schedules/geo-distributed.json
+    python -m skippipe.study --write-inputs schedules/study-6x2.json schedules/geo-distributed.json
+
+`iteration_s` is the time-to-target hook: the speed-up curve divides the baseline's simulated
+time by each variant's, so a file whose times come from another comparator (e.g. the best
+full-pipeline schedule at equal memory) changes the comparison without code changes.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from skippipe.errors import SkipPipeError
 
-INPUTS_FILE = Path(__file__).resolve().parent / "study_inputs.json"
+INPUTS_FILE = Path(__file__).resolve().parent / "inputs.json"
 ITERATION_KEY = "iteration_s"  # the simulator's figure in a variant's `predicted`
 
 
