@@ -1,13 +1,18 @@
 """Every bad input is one line on stderr, exit code 2, and leaves nothing behind (no run
 directory, no result file). The same cases make README's table of bad inputs: a test checks
 that the table is what these commands print today (UPDATE_README=1 rewrites it)."""
+import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from conftest import ROOT, SETTINGS
-from skippipe.cli import main
+from schedules import make_paths, make_schedule, tiny as tiny_scenario
+from skippipe.schedule import to_dict
+from skippipe.cli import COMMANDS, main
 
 README = ROOT / "README.md"
 TABLE_START, TABLE_END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
@@ -35,7 +40,12 @@ CASES = [
     (RUN + ["--scenario", "latin1.toml"], "not UTF-8"),
     (RUN + ["--scenario", "dup-link.toml"], "given twice with different values"),
     (RUN + ["--peers", "peers-bad-port.json"], "port outside 1..65535"),
+    (RUN + ["--time-scale", "inf"], "--time-scale must be positive and finite"),
+    (RUN + ["--scenario", "huge.toml"], "node_generator.count: 10000000 nodes"),
     (["simulate", "latin1.json"], "not valid JSON"),
+    (["simulate", "no-variants.json"], "no-variants.json: no variants"),
+    (["simulate", "v3.json"], "v3.json: schema_version 3 is not 2"),
+    (["simulate", "bad-int.json"], "bad-int.json: expected an integer"),
     (["simulate", "schedules/tiny.json", "--gantt", UNWRITABLE + "/g.png"], "--gantt"),
     (["simulate", "schedules/tiny.json", "--iterations", "0"], "--iterations must be positive"),
     (["simulate", "schedules/tiny.json", "--rejoin", "4:x"], "NODE:ITERATION"),
@@ -56,6 +66,11 @@ def _inputs(tmp_path) -> dict[str, str]:
              "dup-link.toml": duplicate.encode(), "peers-bad-port.json":
              b'{"0": "127.0.0.1:70000", "1": "127.0.0.1:1", "2": "127.0.0.1:2", "3": "127.0.0.1:3", '
              b'"4": "127.0.0.1:4", "5": "127.0.0.1:5"}'}
+    files["huge.toml"] = re.sub(r"count = \d+", "count = 10000000", tiny, count=1).encode()
+    plan = to_dict(make_schedule(tiny_scenario(), make_paths()))
+    files["no-variants.json"] = json.dumps({**plan, "variants": {}}).encode()
+    files["v3.json"] = json.dumps({**plan, "schema_version": 3}).encode()
+    files["bad-int.json"] = json.dumps({**plan, "allocation": {"stages": [["0"]]}}).encode()
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     return {name: str(tmp_path / name) for name in files}
@@ -117,3 +132,27 @@ def test_a_failed_inference_leaves_no_plan_or_result(tmp_path):
     with _removed_on_error(plan, result):
         plan.write_text("{}")
     assert plan.exists()  # a command that succeeds keeps its record
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("SKIPPIPE_BASE_PORT", "abc", "SKIPPIPE_BASE_PORT='abc' is not an integer"),
+    ("SKIPPIPE_ITERATIONS", "two", "SKIPPIPE_ITERATIONS='two' is not an integer"),
+    ("SKIPPIPE_TIME_SCALE", "fast", "SKIPPIPE_TIME_SCALE='fast' is not a number"),
+])
+def test_a_bad_environment_variable_is_one_line(name, value, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(name, value)
+    code, out, err = _run(RUN, tmp_path, capsys)
+    assert code == 2 and out == "" and err == f"error: {expected}\n", (out, err)
+
+
+HELP_COMMANDS = [[sys.executable, "-m", "skippipe", name, "--help"] for name in COMMANDS] + [
+    [sys.executable, "-m", "skippipe", "--help"], [sys.executable, "create_schedule.py", "--help"],
+    ["./run.sh", "0", "1", "ca-partial", "0", "--help"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", HELP_COMMANDS, ids=[" ".join(a[1:]) for a in HELP_COMMANDS])
+def test_every_command_has_help(argv):
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "usage:" in done.stdout

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import shutil
 import tempfile
 import time
@@ -144,8 +145,8 @@ def check_options(opts: RunOptions) -> None:
                 "--peer-timeout": opts.peer_timeout, "--plan-time-limit": opts.plan_time_limit,
                 "--rendezvous-timeout": opts.rendezvous_timeout}
     for name, value in positive.items():
-        if value is not None and not value > 0:  # 0 is refused too: it never means "the default"
-            raise SkipPipeError(f"{name} must be positive, got {value:g}")
+        if value is not None and not 0 < value < math.inf:  # 0 never means "the default"
+            raise SkipPipeError(f"{name} must be positive and finite, got {value:g}")
     if opts.mb < 0:
         raise SkipPipeError(f"MB (samples per microbatch) must be positive, or 0 for the scenario's; "
                             f"got {opts.mb}")
