@@ -153,7 +153,8 @@ class Rendezvous:
             return TCPStore(*self.endpoint, is_master=False,
                             timeout=datetime.timedelta(seconds=self.timeout_s))
         except DistError as e:  # its message carries a C++ stack trace: the first line only
-            raise RendezvousError(f"{self.where}: no store answers there ({str(e).splitlines()[0]})") from None
+            why = str(e).splitlines()[0]
+            raise RendezvousError(f"{self.where}: no store answers there ({why})") from None
 
     def _await_listener(self, deadline: float) -> None:
         """Wait for something to listen at the endpoint with plain sockets: torch's own retries
