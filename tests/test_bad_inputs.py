@@ -156,3 +156,49 @@ def test_every_command_has_help(argv):
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert "usage:" in done.stdout
+
+
+def _failing_random(monkeypatch, how: str) -> None:
+    """The random variant fails to plan (`how` = plan) or to validate (`how` = check)."""
+    from skippipe import planning
+    from skippipe.errors import ScheduleError
+    from skippipe.planner import baselines
+    from skippipe.planner.paths import PlanningError
+
+    def fail(*args, **kwargs):
+        raise PlanningError("no paths today")
+    if how == "plan":
+        monkeypatch.setattr(baselines, "random_variant", fail)
+    else:
+        real = planning.validate
+
+        def validate(sched, scenario, where="schedule"):
+            if "random" in sched.variants:
+                raise ScheduleError("variant random: TC1: stage 3 gets 82 forward visits")
+            real(sched, scenario, where)
+        monkeypatch.setattr(planning, "validate", validate)
+
+
+@pytest.mark.parametrize("how", ["plan", "check"])
+def test_a_variant_that_fails_is_left_out_and_the_others_are_written(how, tmp_path, capsys, monkeypatch):
+    _failing_random(monkeypatch, how)
+    out = tmp_path / "tiny.json"
+    code = main(["schedule", str(SETTINGS / "tiny.toml"), "--out", str(out), "--variants", "baseline",
+                 "random", "--time-limit", "2", "--workers", "1"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert [line for line in stderr.splitlines() if "failed" in line] == [
+        next(line for line in stderr.splitlines() if "random failed, left out: " in line)]
+    assert re.search(r"^random .* FAILED: .*(no paths today|82 forward visits)$", stdout, re.M), stdout
+    written = json.loads(out.read_text())["variants"]
+    assert list(written) == ["baseline"]
+
+
+def test_a_build_where_every_variant_fails_is_one_line(tmp_path, capsys, monkeypatch):
+    _failing_random(monkeypatch, "plan")
+    out = tmp_path / "tiny.json"
+    code = main(["schedule", str(SETTINGS / "tiny.toml"), "--out", str(out), "--variants", "random",
+                 "--time-limit", "2", "--workers", "1", "--quiet"])
+    _, stderr = capsys.readouterr()
+    assert code == 2 and stderr.splitlines()[-1] == "error: random: no paths today", stderr
+    assert not out.exists()
