@@ -42,6 +42,7 @@ CASES = [
     (RUN + ["--peers", "peers-bad-port.json"], "port outside 1..65535"),
     (RUN + ["--time-scale", "inf"], "--time-scale must be positive and finite"),
     (RUN + ["--scenario", "huge.toml"], "node_generator.count: 10000000 nodes"),
+    (RUN + ["--run-key-file", "open.key"], "others may read or change it (mode 0644)"),
     (["simulate", "latin1.json"], "not valid JSON"),
     (["simulate", "no-variants.json"], "no-variants.json: no variants"),
     (["simulate", "v3.json"], "v3.json: schema_version 3 is not 2"),
@@ -71,8 +72,10 @@ def _inputs(tmp_path) -> dict[str, str]:
     files["no-variants.json"] = json.dumps({**plan, "variants": {}}).encode()
     files["v3.json"] = json.dumps({**plan, "schema_version": 3}).encode()
     files["bad-int.json"] = json.dumps({**plan, "allocation": {"stages": [["0"]]}}).encode()
+    files["open.key"] = b"ab" * 32
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
+    os.chmod(tmp_path / "open.key", 0o644)
     return {name: str(tmp_path / name) for name in files}
 
 
@@ -202,3 +205,11 @@ def test_a_build_where_every_variant_fails_is_one_line(tmp_path, capsys, monkeyp
     _, stderr = capsys.readouterr()
     assert code == 2 and stderr.splitlines()[-1] == "error: random: no paths today", stderr
     assert not out.exists()
+
+
+def test_a_private_key_file_is_read(tmp_path):
+    from skippipe.runtime.auth import RunAuth
+    key = tmp_path / "run.key"
+    key.write_text("cd" * 32 + "\n")
+    os.chmod(key, 0o600)
+    assert RunAuth.load(str(key)).key == bytes.fromhex("cd" * 32)
