@@ -213,3 +213,16 @@ def test_a_private_key_file_is_read(tmp_path):
     key.write_text("cd" * 32 + "\n")
     os.chmod(key, 0o600)
     assert RunAuth.load(str(key)).key == bytes.fromhex("cd" * 32)
+
+
+def test_a_failed_inference_keeps_only_the_failed_nodes_logs_and_names_them(tmp_path):
+    from skippipe.errors import SkipPipeError
+    from skippipe.runtime.infer import _tidy_logs
+    for n in range(5):
+        (tmp_path / f"node-{n}-infer-node.log").write_text("...")
+    expected = f"inference node\\(s\\) 3 failed; see {tmp_path}/node-3-infer-node.log$"
+    with pytest.raises(SkipPipeError, match=expected):
+        _tidy_logs(tmp_path, range(5), [3], "failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node-3-infer-node.log"]
+    _tidy_logs(tmp_path, [3], [], "failed")  # a run that succeeds leaves none
+    assert list(tmp_path.iterdir()) == []
