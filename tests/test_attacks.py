@@ -94,7 +94,7 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def test_a_peer_without_the_key_cannot_pose_as_a_real_node(tmp_path):
+def test_a_peer_without_the_key_cannot_pose_as_a_real_node(tmp_path, caplog):
     thief = RunAuth.generate()  # another key: another run id too
     same_run = RunAuth(AUTH.key[:-1] + bytes([AUTH.key[-1] ^ 1]))
     closed = []
@@ -115,8 +115,10 @@ def test_a_peer_without_the_key_cannot_pose_as_a_real_node(tmp_path):
         with pytest.raises(asyncio.IncompleteReadError):  # a near miss of the key
             await raw_connect(a, as_node=1, auth=same_run)
 
-    attack(tmp_path, attack_on)
+    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.transport"):
+        attack(tmp_path, attack_on)
     assert closed == []  # node 1 was never taken for gone
+    assert "from another run" in caplog.text and "the run keys differ" in caplog.text  # the first, in full
 
 
 def test_a_silent_connection_is_closed_at_the_handshake_deadline(tmp_path):

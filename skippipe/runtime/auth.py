@@ -140,4 +140,5 @@ class RunAuth:
             raise AuthError("not a SkipPipe connection (wrong magic)")
         theirs = data[len(MAGIC):len(MAGIC) + RUN_ID_BYTES]
         if theirs != self.run_id:
-            raise AuthError(f"from another run (run id {theirs.hex()}, ours {self.run_id.hex()})")
+            raise AuthError(f"from another run (run id {theirs.hex()}, ours {self.run_id.hex()}: "
+                            f"the run keys differ)")
