@@ -51,6 +51,7 @@ CASES = [
     (["simulate", "schedules/tiny.json", "--iterations", "0"], "--iterations must be positive"),
     (["simulate", "schedules/tiny.json", "--rejoin", "4:x"], "NODE:ITERATION"),
     (["train", "settings/tiny.toml", "--lr", "-1"], "--lr must be positive"),
+    (["train", "settings/tiny.toml", "--lr", "inf"], "--lr must be positive and finite"),
     (["train", "settings/tiny.toml", "--iterations", "0"], "--iterations must be positive"),
     (["infer", "no-such-run"], "not a usable run config"),
     (["evaluate", "no-such-run", "--max-batches", "0"], "--max-batches"),

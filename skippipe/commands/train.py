@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         _positive(f"--{name.replace('_', '-')}", getattr(args, name))
     for name in ("warmup", "checkpoint_every", "eval_batches"):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name), zero_ok=True)
-    if args.lr is not None and not args.lr > 0:
+    if args.lr is not None and not 0 < args.lr < float("inf"):
         from ..errors import SkipPipeError
-        raise SkipPipeError(f"--lr must be positive, got {args.lr:g}")
+        raise SkipPipeError(f"--lr must be positive and finite, got {args.lr:g}")
     return run_study(options_from(StudyOptions, args))
