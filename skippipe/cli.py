@@ -48,10 +48,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
     try:
+        args = build_parser(argv).parse_args(argv)  # defaults from the environment may be bad
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(message)s", stream=sys.stderr)
         return int(args.func(args) or 0)
     except SkipPipeError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -52,7 +52,7 @@ _RANK = {OpKind.B: 0, OpKind.L: 1, OpKind.F: 2, OpKind.W: 3}
 _TEXT = re.compile(r"^([FLBW])(\d+)(?:\.(\d+))?$")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Op:
     """One operation of one microbatch; `start_s` (seconds from the iteration's start) is a
     planned start where a schedule gives one and takes no part in equality."""
@@ -68,6 +68,8 @@ class Op:
 
     def __str__(self) -> str:
         return f"{self.kind.value}{self.microbatch}" + ("" if self.kind is OpKind.L else f".{self.hop}")
+
+    __repr__ = __str__  # logs and errors show collections of ops: B0.2, not Op(kind=<OpKind.B: 'B'>, ...)
 
     @classmethod
     def parse(cls, text: str) -> Op:

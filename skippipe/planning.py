@@ -19,12 +19,14 @@ simulator still prefers non-ca-partial, ca-partial becomes that replay (same pat
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
+from .errors import SkipPipeError
 from .memory import FAMILIES, fullest
 from .scenario import Scenario
 from .rules import validate
@@ -89,8 +91,10 @@ class PlanOptions:
 
 
 def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
-                   progress: Progress | None = None) -> Schedule:
-    """Plan every variant in `opts.variants` and attach the simulator's prediction to each."""
+                   progress: Progress | None = None, failures: dict[str, str] | None = None) -> Schedule:
+    """Plan every variant in `opts.variants` and attach the simulator's prediction to each. A
+    variant that fails to plan or to validate is left out with one progress line, and named in
+    `failures` (variant -> why); the build fails only when no variant is left."""
     from .planner import baselines, families, partial
     from .planner.zb_fill import zero_bubble_fill
     from .placement import fold
@@ -124,7 +128,9 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
                  f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): " + _fmt_stages(skip_stages))
     variants: dict[str, VariantSchedule] = {}
     sims, skipped = {}, []
-    for name in wanted:
+    failed = {} if failures is None else failures
+
+    def plan(name: str) -> None:  # one variant into `variants` and `sims`
         alloc = skip_stages if name in SKIP_ALLOCATION else full.stages
         if name in V_PLACED:  # each node holds a stage and its mirror
             try:
@@ -132,7 +138,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
             except ValueError as e:  # e.g. an odd number of stages: the other variants go on
                 skipped.append(f"{name}: {e}")
                 line(f"{name} skipped: {e}")
-                continue
+                return
         t0 = time.monotonic()
         if name in ONLINE:  # swarm, swarm-skip: the simulator's prediction; ca-repair: ca-partial's plan
             from .planner.online import online_variant
@@ -146,7 +152,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
             except PlanningError as e:  # no capped form fits the slots: the others go on
                 skipped.append(str(e))
                 line(f"{name} skipped: {e}")
-                continue
+                return
         elif name in ZERO_BUBBLE_OF:  # on its source's paths and allocation
             source = variants[ZERO_BUBBLE_OF[name]]
             alloc = source.allocation
@@ -171,10 +177,19 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         sims[name] = simulate(_one(scenario, full.stages, v), name, scenario)
         if name == "ca-partial" and "non-ca-partial" in sims:
             variants[name], sims[name] = _not_worse(scenario, full.stages, variants, sims, opts, line)
+
+    for name in wanted:
+        with _dropped_on_failure(name, failed, line):
+            if ZERO_BUBBLE_OF.get(name) in failed:
+                raise SkipPipeError(f"it is {ZERO_BUBBLE_OF[name]} with the backward split, which failed")
+            plan(name)
+        if name in failed:  # failed after it was stored (e.g. in the comparison with non-ca-partial)
+            variants.pop(name, None)
     if not variants:
-        raise PlanningError("; ".join(skipped) or "no variant to plan")
+        raise PlanningError("; ".join(skipped + [f"{n}: {why}" for n, why in failed.items()])
+                            or "no variant to plan")
     line("simulating and validating ...")
-    for name, v in variants.items():
+    for name, v in list(variants.items()):
         sim = sims[name]
         if v.order is None:  # every variant as per-node action lists: what its rule (fcfs) ran
             v = dataclasses.replace(v, order=sim.order, dispatch="fcfs")
@@ -187,11 +202,27 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         if v.routing is not None and v.routing.online:  # the mean over the router's seeds
             predicted["iteration_s"] = v.predicted["iteration_s"]
         variants[name] = dataclasses.replace(v, predicted=predicted)
+        with _dropped_on_failure(name, failed, line):
+            validate(_one(scenario, full.stages, variants[name]), scenario)
+        if name in failed:
+            del variants[name]
+    if not variants:
+        from .planner.paths import PlanningError
+        raise PlanningError("; ".join(f"{n}: {why}" for n, why in failed.items()))
     sched = Schedule(scenario.name, scenario.content_hash, scenario.source, full.stages, variants,
                      dict(scenario.overrides))
-    validate(sched, scenario)
     line("done")
     return sched
+
+
+@contextlib.contextmanager
+def _dropped_on_failure(name: str, failed: dict[str, str], line: Progress) -> Iterator[None]:
+    """Run one variant's planning or check; a planning error drops that variant only."""
+    try:
+        yield
+    except (SkipPipeError, ValueError) as e:
+        failed[name] = str(e)
+        line(f"{name} failed, left out: {e}")
 
 
 def _budget(name: str, opts: PlanOptions, started: float) -> float:
@@ -234,9 +265,10 @@ def _fmt_stages(stages) -> str:
     return " | ".join(f"stage {s}: {list(nodes)}" for s, nodes in enumerate(stages))
 
 
-def summary_rows(sched: Schedule) -> list[dict]:
+def summary_rows(sched: Schedule, failures: dict[str, str] | None = None) -> list[dict]:
     """One row per variant: predicted iteration time and makespan, ratios to the baseline,
-    solver bound (of the variant's objective), gap and time."""
+    solver bound (of the variant's objective), gap and time; a row marked FAILED for each of
+    `failures` (variant -> why)."""
     base = sched.variants.get("baseline")
     rows = []
     for name, v in sched.variants.items():
@@ -251,7 +283,7 @@ def summary_rows(sched: Schedule) -> list[dict]:
             "peak_slots": _peak_slots(v), "memory": v.memory,
             "status": p.status,
         })
-    return rows
+    return rows + [{"variant": name, "status": f"FAILED: {why}"} for name, why in (failures or {}).items()]
 
 
 def _peak_slots(v: VariantSchedule) -> str:
@@ -265,6 +297,8 @@ def _peak_slots(v: VariantSchedule) -> str:
 def format_table(rows: list[dict]) -> str:
     def f(x, spec):
         return format(x, spec) if x is not None else format("-", f">{spec.split('.')[0]}")
+    rows = [{**dict.fromkeys(("iteration_s", "makespan_s", "vs_baseline", "makespan_vs_baseline", "bound_s",
+                              "gap", "solve_s", "limit_s", "bubble", "peak")), **r} for r in rows]
     lines = [f"{'variant':<15} {'iteration s':>11} {'makespan s':>10} {'it/base':>8} {'mk/base':>8} "
              f"{'bound s':>8} {'gap':>6} {'solve s':>8} {'limit s':>8} {'bubble':>6} {'peak act':>8} "
              f"{'peak/slots':>10} {'memory':>6}  status"]

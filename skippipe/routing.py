@@ -22,8 +22,10 @@ The rules (`Routing.rule`):
 - swarm-skip: the origin chooses, when it starts a microbatch, which k-1 stages it will visit:
   it must spend its TC1 budget exactly (`stage_budgets`: its even share of every stage's
   forward visits), and among the sets that allow a CC3-valid order it chooses by the sum of
-  the stages' best times. Each hop then chooses the next stage among those left whose
-  choice keeps CC3 satisfiable (by its best time), then the node. CC1 and CC2 hold by
+  the stages' best times, choosing again when a set would leave its later microbatches unable
+  to spend the rest (CC3's forward jump limit leaves some sets unorderable). Each hop then
+  chooses the next stage among those left whose choice keeps CC3 satisfiable (by its best
+  time), then the node. CC1 and CC2 hold by
   construction (stage 0 only first, each stage once, k stages).
 - repair (ca-repair): the planned next node, unless it is dead, blacklisted or its measured
   forward takes `slow_factor` times its planned time; then a swarm draw among the stage's other
@@ -208,18 +210,47 @@ class Router:
             return self.stage_sets[microbatch]
         stages = [s for s in range(1, len(live)) if live[s]]
         need = min(self.k - 1, len(stages))
-        forced = {s for s, b in budget.items() if b >= left}  # every later microbatch must visit it
-        open_ = [s for s in stages if budget[s] > 0 or not budget]
-        sets = [frozenset(c) for c in itertools.combinations(open_, need)
-                if forced <= set(c) and self._can_order((0,), frozenset(c))]
-        if not sets:  # no budget-respecting set can be ordered (nodes died): any orderable one
+        waits = {s: self._stage_wait_s(s, live) for s in range(1, len(live))}
+        sets = self._spending_sets(budget, left, stages, need)
+        chosen = None
+        while sets and chosen is None:
+            chosen = self._choose(sets, [sum(waits[s] for s in c) for c in sets])
+            # the later microbatches must still be able to spend the rest exactly: a forward jump
+            # limit makes some sets unorderable, and a choice could leave only such a set
+            if not self._can_spend(_spent(budget, chosen, stages), left - 1, stages, need):
+                sets, chosen = [c for c in sets if c != chosen], None
+        if chosen is None:  # no budget-respecting set can be ordered (nodes died): any orderable one
             sets = [frozenset(c) for c in itertools.combinations(stages, need)
                     if self._can_order((0,), frozenset(c))] or [frozenset()]
-        waits = {s: self._stage_wait_s(s, live) for s in range(1, len(live))}
-        chosen = self._choose(sets, [sum(waits[s] for s in c) for c in sets])
+            chosen = self._choose(sets, [sum(waits[s] for s in c) for c in sets])
         budget.subtract({s: 1 for s in chosen})
         self.stage_sets[microbatch] = chosen
         return chosen
+
+    def _spending_sets(self, budget: Counter[int], left: int, stages: list[int],
+                       need: int) -> list[frozenset[int]]:
+        """The orderable sets of `need` stages that spend `budget` (left microbatches) evenly."""
+        forced = {s for s, b in budget.items() if b >= left}  # every later microbatch must visit it
+        open_ = [s for s in stages if budget[s] > 0 or not budget]
+        return [frozenset(c) for c in itertools.combinations(open_, need)
+                if forced <= set(c) and self._can_order((0,), frozenset(c))]
+
+    def _can_spend(self, budget: tuple[int, ...], left: int, stages: list[int], need: int) -> bool:
+        """Can `left` microbatches spend `budget` (visits per stage of `stages`) exactly, each
+        with an orderable set? A depth-first search, the most loaded stages first (it rarely
+        backtracks), memoized across routers: whether a set is orderable depends on CC3 only."""
+        if left == 0 or not any(budget):
+            return not any(budget)
+        p = self.scenario.pipeline
+        key = (p.max_forward_jump_stages, p.max_swap_back_stages, p.max_swaps, p.max_swap_distance,
+               tuple(stages), need, budget, left)
+        if key not in _SPENDABLE:
+            counter = Counter(dict(zip(stages, budget)))
+            sets = sorted(self._spending_sets(counter, left, stages, need),
+                          key=lambda c: (-sum(counter[s] for s in c), sorted(c)))
+            _SPENDABLE[key] = max(budget) <= left and any(
+                self._can_spend(_spent(counter, c, stages), left - 1, stages, need) for c in sets)
+        return _SPENDABLE[key]
 
     def _next_stages(self, microbatch: int, hops: Sequence[Hop], live: Live) -> list[int]:
         visited = tuple(h.stage for h in hops)
@@ -234,6 +265,14 @@ class Router:
             self._orderable[key] = cc3_problem(prefix, self.scenario) is None and (
                 not rest or any(self._can_order(prefix + (s,), rest - {s}) for s in sorted(rest)))
         return self._orderable[key]
+
+
+_SPENDABLE: dict[tuple, bool] = {}  # Router._can_spend's answers (CC3, stages, budget, left)
+
+
+def _spent(budget: Counter[int], chosen: frozenset[int], stages: list[int]) -> tuple[int, ...]:
+    """What is left of `budget` (in the order of `stages`) once `chosen` is visited."""
+    return tuple(budget[s] - (s in chosen) for s in stages)
 
 
 def routers(params: Routing, scenario: Scenario) -> dict[int, Router]:

@@ -18,6 +18,9 @@ from typing import Any
 from .errors import SkipPipeError
 
 GIB = 1024**3
+# More nodes than any planner or run of this package can handle in a day: a larger count is a
+# typo (10**7 would sit for minutes building node tables before any other check).
+MAX_NODES = 10_000
 
 
 class ScenarioError(SkipPipeError):
@@ -209,6 +212,11 @@ def _check_value(path, full: str, value: Any, typ: type, zero_ok: bool):
     return value
 
 
+def _check_size(path, key: str, n_nodes: int) -> None:
+    if n_nodes > MAX_NODES:
+        raise _fail(path, key, f"{n_nodes} nodes, more than the {MAX_NODES} this package plans and runs")
+
+
 def _positive_list(path, full: str, values: list, typ: type) -> tuple:
     if not values:
         raise _fail(path, full, "must not be empty")
@@ -290,6 +298,7 @@ def _nodes(path, raw: dict, compute: dict[str, float], net: Network, slots: int)
     if "node_generator" in raw:
         g = _section(path, raw["node_generator"], "node_generator", _NODE_GEN,
                      optional_keys=("locations", "compute_factors", "memory_slots"))
+        _check_size(path, "node_generator.count", g["count"])
         locs = g.get("locations") or list(net.locations)
         factors = _positive_list(path, "node_generator.compute_factors",
                                  g.get("compute_factors", [1.0]), float)
@@ -300,6 +309,7 @@ def _nodes(path, raw: dict, compute: dict[str, float], net: Network, slots: int)
     else:
         if not isinstance(raw["nodes"], list):
             raise _fail(path, "nodes", "must be an array of tables [[nodes]]")
+        _check_size(path, "nodes", len(raw["nodes"]))
         specs = [_section(path, n, f"nodes[{i}]", _NODE, optional_keys=("compute_factor", "memory_slots"))
                  for i, n in enumerate(raw["nodes"])]
         key = "nodes.location"
@@ -349,6 +359,7 @@ def load_scenario(path: str | Path, overrides: dict | None = None) -> Scenario:
     model = ModelConfig(**_section(path, raw["model"], "model", _MODEL))
     p = _section(path, raw["pipeline"], "pipeline", _PIPELINE)
     p["stage_sizes"] = _positive_list(path, "pipeline.stage_sizes", p["stage_sizes"], int)
+    _check_size(path, "pipeline.stage_sizes", sum(p["stage_sizes"]))
     pipeline = PipelineConfig(**p)
     costs = CostConfig(**_section(path, raw.get("costs", {}), "costs", _COSTS))
     if costs.weight_grad_share >= 1:

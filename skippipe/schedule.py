@@ -260,8 +260,8 @@ def from_dict(d: Any, where: str = "schedule") -> Schedule:
     """Parse the JSON form; structural problems raise ScheduleError naming the field."""
     try:
         return _from_dict(d)
-    except ScheduleError:
-        raise
+    except ScheduleError as e:  # name the file: its messages name only the field
+        raise ScheduleError(f"{where}: {e}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ScheduleError(f"{where}: malformed schedule ({type(e).__name__}: {e})") from None
 
@@ -274,6 +274,8 @@ def _from_dict(d: dict) -> Schedule:
     if version != SCHEMA_VERSION:
         raise ScheduleError(f"schema_version {version!r} is not {SCHEMA_VERSION}")
     variants = {name: _variant_from(name, v) for name, v in d["variants"].items()}
+    if not variants:
+        raise ScheduleError("no variants: nothing to simulate or run (plan it with create_schedule.py)")
     unknown = set(variants) - set(VARIANTS)
     if unknown:
         raise ScheduleError(f"unknown variant {sorted(unknown)[0]!r}")

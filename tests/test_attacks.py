@@ -6,6 +6,7 @@ Every test runs its own event loop under a deadline and waits on events, never o
 """
 import asyncio
 import json
+import logging
 import os
 import resource
 import secrets
@@ -93,7 +94,7 @@ def rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def test_a_peer_without_the_key_cannot_pose_as_a_real_node(tmp_path):
+def test_a_peer_without_the_key_cannot_pose_as_a_real_node(tmp_path, caplog):
     thief = RunAuth.generate()  # another key: another run id too
     same_run = RunAuth(AUTH.key[:-1] + bytes([AUTH.key[-1] ^ 1]))
     closed = []
@@ -114,8 +115,10 @@ def test_a_peer_without_the_key_cannot_pose_as_a_real_node(tmp_path):
         with pytest.raises(asyncio.IncompleteReadError):  # a near miss of the key
             await raw_connect(a, as_node=1, auth=same_run)
 
-    attack(tmp_path, attack_on)
+    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.transport"):
+        attack(tmp_path, attack_on)
     assert closed == []  # node 1 was never taken for gone
+    assert "from another run" in caplog.text and "the run keys differ" in caplog.text  # the first, in full
 
 
 def test_a_silent_connection_is_closed_at_the_handshake_deadline(tmp_path):
@@ -202,6 +205,63 @@ def test_connections_beyond_the_unauthenticated_cap_are_closed_at_once(tmp_path)
             writer.close()
 
     attack(tmp_path, attack_on, TransportConfig(handshake_timeout_s=WAIT_S, max_unauthenticated=4))
+
+
+FLOOD = 300  # refused connections in the flood test
+
+
+def test_a_flood_of_refused_connections_logs_a_summary_not_a_line_each(tmp_path, caplog):
+    async def attack_on(a, b):
+        start = asyncio.get_running_loop().time()
+        for i in range(FLOOD // 3):  # wrong magic, another run's hello, random bytes
+            await send_and_see_closed(a, b"x" * HELLO_BYTES)
+            await send_and_see_closed(a, RunAuth.generate().hello(node_key(1))[0])
+            await send_and_see_closed(a, os.urandom(HELLO_BYTES))
+        assert a.rejections["unauthenticated"] == FLOOD
+        return asyncio.get_running_loop().time() - start
+
+    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.transport"):
+        attack(tmp_path, attack_on)
+    lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    # the first in full, then one summary per interval (the flood may outlast one on a busy box)
+    assert 2 <= len(lines) <= 4, lines
+    assert lines[0].startswith("[node 0] rejected (unauthenticated): connection from")
+    summaries = [int(line.split("rejected ")[1].split()[0]) for line in lines[1:]]
+    assert sum(summaries) == FLOOD - 1 and "unauthenticated" in lines[-1]
+    assert sum(len(line) for line in lines) < 2000
+
+
+def test_an_unauthenticated_connection_holds_only_a_small_buffer(tmp_path):
+    async def attack_on(a, b):
+        held = [await asyncio.open_connection(*a.address) for _ in range(20)]
+        for _, writer in held:
+            writer.write(b"x" * 10)
+        await wait_for(lambda: len(a._streams.unauthenticated) == 20)
+        assert max(len(c.scratch) for c in a._streams.unauthenticated) <= 256  # not 64 KiB each
+        for _, writer in held:
+            writer.close()
+
+    attack(tmp_path, attack_on, TransportConfig(handshake_timeout_s=WAIT_S))
+
+
+def test_a_refused_frame_names_its_authenticated_sender(tmp_path, caplog):
+    async def attack_on(a, b):
+        reader, writer = await raw_connect(a, as_node=1)
+        writer.write((2**40).to_bytes(LENGTH_BYTES, "big"))
+        assert await closed_by_peer(reader) == b""
+        writer.close()
+
+    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.transport"):
+        attack(tmp_path, attack_on)
+    assert any("from node 1 exceeds" in r.getMessage() for r in caplog.records), caplog.text
+
+
+async def wait_for(condition, timeout_s: float = WAIT_S) -> None:
+    """Poll `condition` on the loop (each poll yields to the node) until it holds."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 def test_measurement_runs_on_its_public_key_and_a_training_key_is_refused(tmp_path):

@@ -1,13 +1,18 @@
 """Every bad input is one line on stderr, exit code 2, and leaves nothing behind (no run
 directory, no result file). The same cases make README's table of bad inputs: a test checks
 that the table is what these commands print today (UPDATE_README=1 rewrites it)."""
+import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 from conftest import ROOT, SETTINGS
-from skippipe.cli import main
+from schedules import make_paths, make_schedule, tiny as tiny_scenario
+from skippipe.schedule import to_dict
+from skippipe.cli import COMMANDS, main
 
 README = ROOT / "README.md"
 TABLE_START, TABLE_END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
@@ -35,11 +40,18 @@ CASES = [
     (RUN + ["--scenario", "latin1.toml"], "not UTF-8"),
     (RUN + ["--scenario", "dup-link.toml"], "given twice with different values"),
     (RUN + ["--peers", "peers-bad-port.json"], "port outside 1..65535"),
+    (RUN + ["--time-scale", "inf"], "--time-scale must be positive and finite"),
+    (RUN + ["--scenario", "huge.toml"], "node_generator.count: 10000000 nodes"),
+    (RUN + ["--run-key-file", "open.key"], "others may read or change it (mode 0644)"),
     (["simulate", "latin1.json"], "not valid JSON"),
+    (["simulate", "no-variants.json"], "no-variants.json: no variants"),
+    (["simulate", "v3.json"], "v3.json: schema_version 3 is not 2"),
+    (["simulate", "bad-int.json"], "bad-int.json: expected an integer"),
     (["simulate", "schedules/tiny.json", "--gantt", UNWRITABLE + "/g.png"], "--gantt"),
     (["simulate", "schedules/tiny.json", "--iterations", "0"], "--iterations must be positive"),
     (["simulate", "schedules/tiny.json", "--rejoin", "4:x"], "NODE:ITERATION"),
     (["train", "settings/tiny.toml", "--lr", "-1"], "--lr must be positive"),
+    (["train", "settings/tiny.toml", "--lr", "inf"], "--lr must be positive and finite"),
     (["train", "settings/tiny.toml", "--iterations", "0"], "--iterations must be positive"),
     (["infer", "no-such-run"], "not a usable run config"),
     (["evaluate", "no-such-run", "--max-batches", "0"], "--max-batches"),
@@ -56,8 +68,15 @@ def _inputs(tmp_path) -> dict[str, str]:
              "dup-link.toml": duplicate.encode(), "peers-bad-port.json":
              b'{"0": "127.0.0.1:70000", "1": "127.0.0.1:1", "2": "127.0.0.1:2", "3": "127.0.0.1:3", '
              b'"4": "127.0.0.1:4", "5": "127.0.0.1:5"}'}
+    files["huge.toml"] = re.sub(r"count = \d+", "count = 10000000", tiny, count=1).encode()
+    plan = to_dict(make_schedule(tiny_scenario(), make_paths()))
+    files["no-variants.json"] = json.dumps({**plan, "variants": {}}).encode()
+    files["v3.json"] = json.dumps({**plan, "schema_version": 3}).encode()
+    files["bad-int.json"] = json.dumps({**plan, "allocation": {"stages": [["0"]]}}).encode()
+    files["open.key"] = b"ab" * 32
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
+    os.chmod(tmp_path / "open.key", 0o644)
     return {name: str(tmp_path / name) for name in files}
 
 
@@ -117,3 +136,94 @@ def test_a_failed_inference_leaves_no_plan_or_result(tmp_path):
     with _removed_on_error(plan, result):
         plan.write_text("{}")
     assert plan.exists()  # a command that succeeds keeps its record
+
+
+@pytest.mark.parametrize("name,value,expected", [
+    ("SKIPPIPE_BASE_PORT", "abc", "SKIPPIPE_BASE_PORT='abc' is not an integer"),
+    ("SKIPPIPE_ITERATIONS", "two", "SKIPPIPE_ITERATIONS='two' is not an integer"),
+    ("SKIPPIPE_TIME_SCALE", "fast", "SKIPPIPE_TIME_SCALE='fast' is not a number"),
+])
+def test_a_bad_environment_variable_is_one_line(name, value, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(name, value)
+    code, out, err = _run(RUN, tmp_path, capsys)
+    assert code == 2 and out == "" and err == f"error: {expected}\n", (out, err)
+
+
+HELP_COMMANDS = [[sys.executable, "-m", "skippipe", name, "--help"] for name in COMMANDS] + [
+    [sys.executable, "-m", "skippipe", "--help"], [sys.executable, "create_schedule.py", "--help"],
+    ["./run.sh", "0", "1", "ca-partial", "0", "--help"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", HELP_COMMANDS, ids=[" ".join(a[1:]) for a in HELP_COMMANDS])
+def test_every_command_has_help(argv):
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "usage:" in done.stdout
+
+
+def _failing_random(monkeypatch, how: str) -> None:
+    """The random variant fails to plan (`how` = plan) or to validate (`how` = check)."""
+    from skippipe import planning
+    from skippipe.errors import ScheduleError
+    from skippipe.planner import baselines
+    from skippipe.planner.paths import PlanningError
+
+    def fail(*args, **kwargs):
+        raise PlanningError("no paths today")
+    if how == "plan":
+        monkeypatch.setattr(baselines, "random_variant", fail)
+    else:
+        real = planning.validate
+
+        def validate(sched, scenario, where="schedule"):
+            if "random" in sched.variants:
+                raise ScheduleError("variant random: TC1: stage 3 gets 82 forward visits")
+            real(sched, scenario, where)
+        monkeypatch.setattr(planning, "validate", validate)
+
+
+@pytest.mark.parametrize("how", ["plan", "check"])
+def test_a_variant_that_fails_is_left_out_and_the_others_are_written(how, tmp_path, capsys, monkeypatch):
+    _failing_random(monkeypatch, how)
+    out = tmp_path / "tiny.json"
+    code = main(["schedule", str(SETTINGS / "tiny.toml"), "--out", str(out), "--variants", "baseline",
+                 "random", "--time-limit", "2", "--workers", "1"])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert [line for line in stderr.splitlines() if "failed" in line] == [
+        next(line for line in stderr.splitlines() if "random failed, left out: " in line)]
+    assert re.search(r"^random .* FAILED: .*(no paths today|82 forward visits)$", stdout, re.M), stdout
+    written = json.loads(out.read_text())["variants"]
+    assert list(written) == ["baseline"]
+
+
+def test_a_build_where_every_variant_fails_is_one_line(tmp_path, capsys, monkeypatch):
+    _failing_random(monkeypatch, "plan")
+    out = tmp_path / "tiny.json"
+    code = main(["schedule", str(SETTINGS / "tiny.toml"), "--out", str(out), "--variants", "random",
+                 "--time-limit", "2", "--workers", "1", "--quiet"])
+    _, stderr = capsys.readouterr()
+    assert code == 2 and stderr.splitlines()[-1] == "error: random: no paths today", stderr
+    assert not out.exists()
+
+
+def test_a_private_key_file_is_read(tmp_path):
+    from skippipe.runtime.auth import RunAuth
+    key = tmp_path / "run.key"
+    key.write_text("cd" * 32 + "\n")
+    os.chmod(key, 0o600)
+    assert RunAuth.load(str(key)).key == bytes.fromhex("cd" * 32)
+
+
+def test_a_failed_inference_keeps_only_the_failed_nodes_logs_and_names_them(tmp_path):
+    from skippipe.errors import SkipPipeError
+    from skippipe.runtime.infer import _tidy_logs
+    for n in range(5):
+        (tmp_path / f"node-{n}-infer-node.log").write_text("...")
+    expected = f"inference node\\(s\\) 3 failed; see {tmp_path}/node-3-infer-node.log$"
+    with pytest.raises(SkipPipeError, match=expected):
+        _tidy_logs(tmp_path, range(5), [3], "failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node-3-infer-node.log"]
+    _tidy_logs(tmp_path, [3], [], "failed")  # a run that succeeds leaves none
+    assert list(tmp_path.iterdir()) == []

@@ -114,3 +114,12 @@ def test_sweep_summary_table_and_plot(tmp_path):
     assert "mean ppl" in sweep_table(summary)
     png = plot_sweep({"a": results, "b": results}, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scoring_reports_progress_so_a_long_evaluation_is_not_silent(monkeypatch):
+    from skippipe.train import evaluate
+    monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", -1.0)  # a line after every batch
+    stages = _identity_stages(vocab=16)
+    lines = []
+    perplexity(stages, [torch.randint(0, 16, (2, 5)) for _ in range(3)], progress=lines.append)
+    assert lines == [f"  {i}/3 batches scored" for i in (1, 2, 3)]

@@ -10,6 +10,7 @@ def test_op_prints_and_parses():
     for op in (F(3, 1), L(3), B(12, 0)):
         assert Op.parse(str(op)) == op
     assert str(F(3, 1)) == "F3.1" and str(L(3)) == "L3"
+    assert f"waiting for {[B(0, 2), L(3)]}" == "waiting for [B0.2, L3]"  # in logs: not Op(kind=...)
     for bad in ("X1.0", "F1", "L1.0", "F-1.0", ""):
         with pytest.raises(ValueError):
             Op.parse(bad)

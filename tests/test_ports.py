@@ -88,3 +88,60 @@ def test_a_host_that_is_not_this_machine_is_one_clear_error():
         check_host("no-such-host.invalid")
     with pytest.raises(SkipPipeError, match="not an address of this machine"):
         check_host("192.0.2.1")
+
+
+def _own_lock_dir(tmp_path, monkeypatch):
+    """reserve_ports with its lock directory in `tmp_path` (not the user's real one)."""
+    from skippipe.util import portlock
+    path = tmp_path / "locks"
+    monkeypatch.setattr(portlock, "LOCK_DIR", path)
+    return path
+
+
+def test_lock_files_are_private_and_removed_at_the_end(tmp_path, monkeypatch):
+    from skippipe.util.ports import reserve_ports
+    locks = _own_lock_dir(tmp_path, monkeypatch)
+    peers = {0: (LOOPBACK, free_port()), 1: (LOOPBACK, free_port())}
+    with reserve_ports(peers, [0, 1]):
+        assert os.stat(locks).st_mode & 0o777 == 0o700
+        assert sorted(p.name for p in locks.iterdir()) == sorted(f"{h}-{p}.lock" for h, p in peers.values())
+        assert all(p.stat().st_mode & 0o077 == 0 for p in locks.iterdir())
+    assert list(locks.iterdir()) == []
+
+
+def test_a_link_planted_in_the_lock_directory_is_not_followed(tmp_path, monkeypatch):
+    from skippipe.util.ports import reserve_ports
+    locks = _own_lock_dir(tmp_path, monkeypatch)
+    locks.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    port = free_port()
+    (locks / f"{LOOPBACK}-{port}.lock").symlink_to(victim)
+    with pytest.raises(SkipPipeError, match="a symbolic link: not followed"):
+        with reserve_ports({0: (LOOPBACK, port)}, [0]):
+            pass
+    assert victim.read_text() == "precious"
+
+
+def test_a_lock_directory_others_may_use_is_refused(tmp_path, monkeypatch):
+    from skippipe.util import portlock
+    from skippipe.util.ports import reserve_ports
+    locks = _own_lock_dir(tmp_path, monkeypatch)
+    peers = {0: (LOOPBACK, free_port())}
+    locks.mkdir()
+    os.chmod(locks, 0o777)
+    with pytest.raises(SkipPipeError, match="has mode 0777, others may use it"):
+        with reserve_ports(peers, [0]):
+            pass
+    os.chmod(locks, 0o700)
+    monkeypatch.setattr(portlock.os, "getuid", lambda: os.stat(locks).st_uid + 1)
+    with pytest.raises(SkipPipeError, match="belongs to uid .*, not to you"):
+        with reserve_ports(peers, [0]):
+            pass
+    monkeypatch.undo()
+    locks.rmdir()
+    locks.symlink_to(tmp_path)
+    monkeypatch.setattr(portlock, "LOCK_DIR", locks)
+    with pytest.raises(SkipPipeError, match="is not a directory"):
+        with reserve_ports(peers, [0]):
+            pass

@@ -6,15 +6,17 @@ import concurrent.futures
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from torch.distributed import TCPStore
 
 from skippipe.errors import SkipPipeError
+from skippipe.runtime import keystore
 from skippipe.runtime.auth import RunAuth
+from skippipe.runtime.keystore import StoreClient, StoreError
 from skippipe.runtime.ranked import rank_from_environment
 from skippipe.runtime.rendezvous import SCHEDULE, Rendezvous, RendezvousError, parse_endpoint
 from skippipe.timeline import read_jsonl
@@ -77,28 +79,94 @@ def test_hosts_with_another_setup_are_refused():
 
 
 def test_an_entry_without_the_key_is_refused():
-    """An attacker who knows the run id (it is on the wire) writes node 1's entry first."""
+    """A value not signed with the run's key (TCPStore under torchrun takes anyone's) is refused."""
     endpoint = _endpoint()
     with Rendezvous(endpoint, AUTH, 2, SHORT_S) as rdv:
-        forger = TCPStore(*endpoint, is_master=False)
+        forger = StoreClient(endpoint, AUTH, SHORT_S)  # our own store admits key holders only
         entry = json.dumps({"node": 1, "host": "6.6.6.6", "port": 1, "by": "x", "setup": SETUP})
-        forger.set(rdv.prefix + "node/1", "0" * 64 + " " + entry)
-        with pytest.raises(RendezvousError, match="node 1's entry is not signed with this run's key"):
+        forger.set(rdv.prefix + "node/1", ("0" * 64 + " " + entry).encode())
+        with pytest.raises(RendezvousError, match="node 1's entry is not signed with this run's key: "
+                                                  "the run keys differ"):
             rdv.register({0: ("10.0.0.1", 1)}, SETUP)
         forger.set(rdv.prefix + SCHEDULE, b"not signed")
         with pytest.raises(RendezvousError, match="the schedule is not signed"):
             rdv.fetch(SCHEDULE, SHORT_S)
+        forger.close()
 
 
-def test_another_key_never_meets_this_run():
+def _flood(endpoint, size: int) -> None:
+    """One connection that sends `size` zero bytes (no HELLO of any run) as far as it is read."""
+    with socket.create_connection(endpoint, timeout=SHORT_S) as s:
+        try:
+            s.sendall(b"\0" * size)
+            assert s.recv(1) == b""  # closed without an answer
+        except ConnectionResetError:
+            pass  # closed on unread bytes
+
+
+def test_a_stranger_can_make_the_store_hold_nothing():
+    """Without the key a client gets its HELLO read and is closed: 20 x 7 MiB sent, none kept."""
     endpoint = _endpoint()
-    with Rendezvous(endpoint, AUTH, 2, 2.0) as mine, Rendezvous(endpoint, RunAuth(bytes(32)), 2, 2.0) as theirs:
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            a = pool.submit(mine.register, {0: ("10.0.0.1", 1)}, SETUP)
-            b = pool.submit(theirs.register, {1: ("10.0.0.2", 1)}, SETUP)
-            for f in (a, b):
-                with pytest.raises(RendezvousError, match="still missing node/"):
-                    f.result()
+    with Rendezvous(endpoint, AUTH, 2, SHORT_S) as rdv:
+        for _ in range(20):
+            _flood(endpoint, 7 * 1024**2)
+        assert rdv.server.data == {} and rdv.server.size == 0
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # and the run still meets
+            a = pool.submit(rdv.register, {0: ("10.0.0.1", 1)}, SETUP)
+            with Rendezvous(endpoint, AUTH, 2, SHORT_S) as other:
+                assert other.register({1: ("10.0.0.1", 2)}, SETUP) == a.result()
+
+
+def test_a_key_holder_is_bounded_too(monkeypatch):
+    endpoint = _endpoint()
+    with Rendezvous(endpoint, AUTH, 2, SHORT_S) as rdv:
+        client = StoreClient(endpoint, AUTH, SHORT_S)
+        for i in range(rdv.server.max_keys):
+            client.set(f"k{i}", b"x")
+        with pytest.raises(StoreError, match=f"holds its {rdv.server.max_keys} keys already"):
+            client.set("one-more", b"x")
+        client.set("k0", b"replacing a value is fine")
+        monkeypatch.setattr(keystore, "MAX_STORE_BYTES", 1000)
+        with pytest.raises(StoreError, match="holds 1000 bytes already"):
+            client.set("k1", b"y" * 1000)
+        client.close()
+
+
+def test_the_store_is_served_only_until_every_node_is_done():
+    endpoint = _endpoint()
+    first, other = Rendezvous(endpoint, AUTH, 2, SHORT_S), Rendezvous(endpoint, AUTH, 2, SHORT_S)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        tables = list(pool.map(lambda r, c: r.register(c, SETUP), [first, other],
+                               [{0: ("10.0.0.1", 1)}, {1: ("10.0.0.2", 1)}]))
+        assert tables[0] == tables[1]
+        first.publish(SCHEDULE, b"{}")
+        serving = pool.submit(first.finish, [0])  # waits for node 1
+        assert other.fetch(SCHEDULE, SHORT_S) == b"{}"
+        with socket.create_connection(endpoint, timeout=SHORT_S):
+            pass  # node 1 is not done yet: still served
+        other.finish([1])
+        serving.result(timeout=SHORT_S)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(endpoint, timeout=SHORT_S)
+
+
+def test_another_key_never_meets_this_run_and_both_sides_say_the_keys_differ():
+    endpoint = _endpoint()
+    with Rendezvous(endpoint, AUTH, 2, 2.0) as mine:
+        with pytest.raises(RendezvousError, match="the run keys differ"):
+            Rendezvous(endpoint, RunAuth(bytes(32)), 2, 2.0)
+        with pytest.raises(RendezvousError, match="still missing node/1 .* the run keys differ"):
+            mine.register({0: ("10.0.0.1", 1)}, SETUP)
+
+
+def test_a_host_with_another_key_stops_with_one_line(tmp_path):
+    endpoint = _endpoint()
+    with Rendezvous(endpoint, AUTH, 6, SHORT_S):
+        r = run_skippipe(["run", "3", "6", "ca-partial", "0", "--rendezvous", "%s:%d" % endpoint,
+                          "--runs", str(tmp_path / "runs")], cwd=ROOT, timeout_s=60,
+                         env={"SKIPPIPE_RUN_KEY": "ab" * 32})
+    assert r.returncode == 2 and r.stdout.count("\n") == 1, r.stdout
+    assert r.stdout.startswith(f"error: rendezvous {endpoint[0]}:{endpoint[1]}: the run keys differ")
 
 
 def test_an_unreachable_store_is_one_error_at_the_deadline():

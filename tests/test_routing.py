@@ -178,3 +178,23 @@ def test_hybrid_routes_around_a_straggler_in_the_simulator():
     rerouted = [e for e in slowed.events if e["event"] == "rerouted"]
     assert rerouted and all(e["avoided"] == 2 and e["to"] == 3 for e in rerouted)
     assert any(p.nodes != q.nodes for p, q in zip(paths, plan.paths))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 2])
+def test_swarm_skip_origins_spend_their_budget_exactly_under_a_forward_jump_limit(seed):
+    """scale-120 (k = 8 of 12 stages, forward jumps of at most 4): a draw that leaves a
+    microbatch only an unorderable set of stages must not happen (it overspent a stage, and the
+    planned swarm-skip broke TC1's even share)."""
+    sc = load_scenario(SETTINGS / "scale-120.toml")
+    n_stages, k = sc.pipeline.n_stages, sc.pipeline.path_length
+    data_nodes, per_node = sc.pipeline.stage_sizes[0], sc.pipeline.microbatches_per_node
+    live = [(0,)] + [(s,) for s in range(1, n_stages)]
+    budgets = stage_budgets([(o, per_node) for o in range(data_nodes)], n_stages, k)
+    visits = Counter()
+    for origin in range(data_nodes):
+        router = Router(origin, Routing("swarm-skip", seed=seed), sc, k)
+        for i in range(per_node):
+            visits.update(router.choose_stage_set(origin * per_node + i, budgets[origin], per_node - i, live))
+        assert all(b == 0 for b in budgets[origin].values()), budgets[origin]
+    assert max(visits.values()) <= stage_visit_cap(sc, data_nodes * per_node)

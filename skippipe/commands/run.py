@@ -21,8 +21,17 @@ ENV = {  # option -> environment variable that sets its default
 
 
 def _env(name: str, default, cast=str):
+    """The option's default from its environment variable; a value `cast` refuses stops
+    with one line (argparse has not started: its own errors cannot name the variable)."""
     value = os.environ.get(ENV[name])
-    return default if value in (None, "") else cast(value)
+    if value in (None, ""):
+        return default
+    try:
+        return cast(value)
+    except ValueError:
+        from ..errors import SkipPipeError
+        kind = {int: "an integer", float: "a number"}.get(cast, "a value")
+        raise SkipPipeError(f"{ENV[name]}={value!r} is not {kind}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

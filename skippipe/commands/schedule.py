@@ -51,11 +51,12 @@ def run(args: argparse.Namespace) -> int:
     opts.check()  # bad options: one line, exit 2, before the scenario is even read
     scenario = load_scenario(args.settings)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    sched = build_schedule(scenario, opts, progress)
+    failures: dict[str, str] = {}  # variants left out, and why (the table marks them)
+    sched = build_schedule(scenario, opts, progress, failures)
     out = Path(args.out or f"schedules/{scenario.name}.json")
     save_schedule(sched, out)
     print(f"scenario {scenario.name} ({len(scenario.nodes)} nodes, stages "
           f"{list(scenario.pipeline.stage_sizes)}, k={scenario.pipeline.path_length}, "
           f"objective {opts.objective}) -> {out}")
-    print(format_table(summary_rows(sched)))
+    print(format_table(summary_rows(sched, failures)))
     return 0

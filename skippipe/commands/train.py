@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default: scenario)")
     p.add_argument("--seed", type=int, help="model/data/path seed (default: scenario training.seed)")
     p.add_argument("--warmup", type=int, help="linear warm-up iterations (default: "
-                   f"{WARMUP_FRACTION:.0%} of the iterations)")
+                   f"{100 * WARMUP_FRACTION:g}%% of the iterations)")  # %%: argparse formats help
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=True,
                    help="cosine learning-rate decay to the end (default: on)")
     p.add_argument("--data", help="web (World English Bible, the default), builtin (standard-"
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         _positive(f"--{name.replace('_', '-')}", getattr(args, name))
     for name in ("warmup", "checkpoint_every", "eval_batches"):
         _positive(f"--{name.replace('_', '-')}", getattr(args, name), zero_ok=True)
-    if args.lr is not None and not args.lr > 0:
+    if args.lr is not None and not 0 < args.lr < float("inf"):
         from ..errors import SkipPipeError
-        raise SkipPipeError(f"--lr must be positive, got {args.lr:g}")
+        raise SkipPipeError(f"--lr must be positive and finite, got {args.lr:g}")
     return run_study(options_from(StudyOptions, args))

@@ -25,8 +25,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import SkipPipeError
 
@@ -80,9 +80,14 @@ class RunAuth:
         """The key of `key_file`, else of $SKIPPIPE_RUN_KEY, else a new one (`fresh`) or None."""
         if key_file:
             try:
-                text = Path(key_file).read_text(encoding="ascii")
+                with open(key_file, encoding="ascii") as f:
+                    mode = os.fstat(f.fileno()).st_mode
+                    text = f.read()
             except (OSError, UnicodeDecodeError) as e:
                 raise AuthError(f"--run-key-file {key_file}: cannot read it ({e})") from None
+            if mode & 0o077:  # as ssh does with a private key: others may have it already
+                raise AuthError(f"--run-key-file {key_file}: others may read or change it (mode "
+                                f"{stat.S_IMODE(mode):04o}); make it private: chmod 600 {key_file}")
             return cls.from_hex(text, f"--run-key-file {key_file}")
         if os.environ.get(KEY_ENV):
             return cls.from_hex(os.environ[KEY_ENV], KEY_ENV)
@@ -135,4 +140,5 @@ class RunAuth:
             raise AuthError("not a SkipPipe connection (wrong magic)")
         theirs = data[len(MAGIC):len(MAGIC) + RUN_ID_BYTES]
         if theirs != self.run_id:
-            raise AuthError(f"from another run (run id {theirs.hex()}, ours {self.run_id.hex()})")
+            raise AuthError(f"from another run (run id {theirs.hex()}, ours {self.run_id.hex()}: "
+                            f"the run keys differ)")

@@ -4,7 +4,7 @@ reads, then length-prefixed frames received straight into their own buffer.
 Why not asyncio streams: a StreamReader copies every byte at least twice (into its buffer, out of
 it) and reads in 256 KiB pieces; 16 MiB frames moved at ~290 MiB/s. Here the kernel writes a
 large frame's bytes into the frame's buffer (`get_buffer` hands out the unfilled part), so the
-receiver copies nothing; small frames and the handshake come through a 64 KiB scratch buffer.
+receiver copies nothing; small frames come through a 64 KiB scratch buffer, the handshake through a 256-byte one.
 
 Memory is bounded by what peers have sent, not by what they claim: a frame's length is checked
 against `max_frame_bytes` before anything is allocated, and a frame above MAPPED_FRAME_BYTES is
@@ -26,7 +26,10 @@ import socket
 import sys
 from typing import Callable
 
-SCRATCH_BYTES = 64 * 1024  # small frames and handshake messages are parsed from here
+SCRATCH_BYTES = 64 * 1024  # small frames are parsed from here
+HANDSHAKE_SCRATCH_BYTES = 256  # the handshake's messages (at most 148 bytes) from here: a flood
+# of connections that never authenticate holds a few KiB, not 64 KiB each (heap the allocator
+# kept after the flood)
 MAPPED_FRAME_BYTES = 1024**2  # larger frames are received into a memory mapping
 POOL_BUFFERS = 4  # frame buffers a node keeps for reuse ...
 POOL_MAX_BYTES = 256 * 1024**2  # ... of frames up to this size (a rejoin's WEIGHTS may be far
@@ -83,7 +86,7 @@ class FrameConnection(asyncio.BufferedProtocol):
         self.on_lost: Callable[[], None] | None = None
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.scratch = bytearray(SCRATCH_BYTES)
+        self.scratch = bytearray(HANDSHAKE_SCRATCH_BYTES)  # SCRATCH_BYTES once authenticated
         self.start = self.end = 0  # unread bytes are scratch[start:end]
         self.want: tuple[int, asyncio.Future] | None = None  # a pending read_fixed
         self.on_frame: Callable[[bytes | memoryview], None] | None = None  # set: frames mode
@@ -93,6 +96,7 @@ class FrameConnection(asyncio.BufferedProtocol):
         self.drained: asyncio.Future | None = None
         self.send_lock = asyncio.Lock()  # one frame at a time (a large one takes several awaits)
         self.raw: socket.socket | None = None  # a duplicate of the socket, for direct sends
+        self.peer_node: int | None = None  # the node at the other end, once known (for messages)
 
     # -- asyncio callbacks --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -126,7 +130,7 @@ class FrameConnection(asyncio.BufferedProtocol):
             return memoryview(self.body)[self.have:self.body_len]
         if self.start == self.end:
             self.start = self.end = 0
-        elif self.end == SCRATCH_BYTES:  # move the unread tail to the front
+        elif self.end == len(self.scratch):  # move the unread tail to the front
             tail = self.end - self.start
             self.scratch[:tail] = self.scratch[self.start:self.end]
             self.start, self.end = 0, tail
@@ -156,7 +160,7 @@ class FrameConnection(asyncio.BufferedProtocol):
 
     # -- handshake ----------------------------------------------------------------------------
     async def read_fixed(self, n: int) -> bytes:
-        """The next `n` (<= SCRATCH_BYTES) bytes; ConnectionError when the connection ends."""
+        """The next `n` (<= HANDSHAKE_SCRATCH_BYTES) bytes; ConnectionError when the connection ends."""
         if self.end - self.start >= n:
             return self._take(n)
         if self.lost.done():
@@ -167,6 +171,10 @@ class FrameConnection(asyncio.BufferedProtocol):
     def start_frames(self, on_frame: Callable[[bytes | memoryview], None]) -> None:
         """From now on the connection carries frames (bytes already received included)."""
         self.on_frame = on_frame
+        unread = self.scratch[self.start:self.end]
+        self.scratch = bytearray(SCRATCH_BYTES)
+        self.scratch[:len(unread)] = unread
+        self.start, self.end = 0, len(unread)
         self.transport.resume_reading()
         self._consume()
 
@@ -257,5 +265,5 @@ class FrameConnection(asyncio.BufferedProtocol):
             self.want = None
             if not fut.done():
                 fut.set_result(self._take(n))
-        if self.end == SCRATCH_BYTES and self.start == 0:
+        if self.end == len(self.scratch) and self.start == 0:
             self.transport.pause_reading()  # unauthenticated: never more than the scratch buffer

@@ -218,9 +218,21 @@ def distributed_perplexity(run_dir: Path, failed: set[int], max_batches: int, sa
     launcher = Launcher(cfg, p.live, command=("infer-node",), extra=(str(plan_path),))
     with supervised(launcher.children):
         launcher.start()
-        if not launcher.wait(RUN_TIMEOUT_S) or launcher.failed():
-            raise SkipPipeError(f"inference nodes failed or timed out; see {run_dir}/node-N-infer-node.log")
+        finished = launcher.wait(RUN_TIMEOUT_S)
+        culprits = sorted(launcher.failed()) if finished else sorted(launcher.children.running())
+    _tidy_logs(run_dir, p.live, culprits, "failed" if finished else f"did not finish in {RUN_TIMEOUT_S:g} s")
     return json.loads(plan_path.with_suffix(".result.json").read_text())
+
+
+def _tidy_logs(run_dir: Path, nodes, culprits: list[int], what: str) -> None:
+    """Remove the inference logs of the nodes that did their part; keep the culprits' and name
+    them in the error (a failed inference left every node's log behind, unnamed)."""
+    for n in nodes:
+        if n not in culprits:
+            (run_dir / f"node-{n}-infer-node.log").unlink(missing_ok=True)
+    if culprits:
+        logs = ", ".join(str(run_dir / f"node-{n}-infer-node.log") for n in culprits)
+        raise SkipPipeError(f"inference node(s) {', '.join(map(str, culprits))} {what}; see {logs}")
 
 
 def _plan_path(run_dir: Path, failed: set[int]) -> Path:

@@ -1,21 +1,26 @@
 """Rendezvous: the nodes of a multi-host run find each other through one address, HOST:PORT.
 
-The address book is a torch.distributed TCPStore (docs/design.md says why): the first process
-on the rendezvous host that binds PORT serves it (a launcher, a node, or torchrun's own agent
-store, which then already holds the port), every other process is its client. Each registrant
-claims its node ids once (compare-and-set: a second claim of an id is an error), writes its
-nodes' reachable addresses with the run's setup, waits until every node of the scenario has
-registered, and reads the others'. The host of node 0 then publishes the schedule every node
-runs, so the hosts need not plan the same schedule themselves.
+The address book is a small store (keystore.py) that the first process on the rendezvous host
+to bind PORT serves (a launcher or a node); every other process is its client. Under torchrun
+its agent already serves a torch.distributed TCPStore on that address: the nodes then join that
+one. Each registrant claims its node ids once (compare-and-set: a second claim of an id is an
+error), writes its nodes' reachable addresses with the run's setup, waits until every node of
+the scenario has registered, and reads the others'. The host of node 0 then publishes the
+schedule every node runs, so the hosts need not plan the same schedule themselves. Each
+registrant marks its nodes done once it has what it needs (`finish`); the serving process
+stops serving when every node is done (or at the rendezvous deadline), before training starts.
 
-The store has no authentication, so every value is signed: `HMAC-SHA256(run key, "R" | key |
-payload)` in hex, a space, then the payload (JSON, or the schedule's bytes). A value is parsed
-only after its MAC checks, nothing is unpickled, and the keys live under the run id (derived
-from the key), so runs sharing a store never meet. A holder of no key can still delete or
-overwrite entries (the run then stops with one error line), but never place a node in the run.
+Our store answers only holders of the run key, and bounds what they can make it hold; a host
+with another key is told "the run keys differ". TCPStore has no authentication, so every value
+is also signed: `HMAC-SHA256(run key, "R" | key | payload)` in hex, a space, then the payload
+(JSON, or the schedule's bytes). A value is parsed only after its MAC checks, nothing is
+unpickled, and the keys live under the run id (derived from the key), so runs sharing a store
+never meet. A holder of no key can still delete or overwrite TCPStore entries (the run then
+stops with one error line), but never place a node in the run.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hmac
 import json
@@ -27,6 +32,7 @@ import time
 from ..errors import SkipPipeError
 from ..util.peers import Peers, parse_address
 from .auth import RunAuth
+from .keystore import KeysDiffer, StoreClient, StoreError, StoreServer
 
 DEFAULT_TIMEOUT_S = 300.0  # wall seconds for every node to register (torchrun waits 900)
 POLL_S = 0.1  # how often a waiting registrant looks for the missing keys
@@ -82,12 +88,34 @@ class Rendezvous:
         # scope: a torchrun restart registers afresh in the agent's long-lived store
         self.prefix = f"skippipe/{auth.run_id.hex()}/{scope}/"
         self.where = f"rendezvous {_shown(endpoint)}"
-        self.serves = False  # whether this process holds the store
+        self.server: StoreServer | None = None  # the store, when this process serves it
+        self.store = None
         self.store = self._open(time.monotonic() + timeout_s)
 
+    @property
+    def serves(self) -> bool:
+        """Whether this process serves the store."""
+        return self.server is not None
+
     def close(self) -> None:
-        """Drop the store (the server stops with it when this process holds it)."""
+        """Drop the connection to the store, and stop serving it when this process does."""
+        if isinstance(self.store, StoreClient):
+            self.store.close()
         self.store = None
+        if self.server is not None:
+            self.server.close()
+
+    def finish(self, nodes) -> None:
+        """Mark this process's `nodes` done (they have the table and the schedule); the serving
+        process waits until every node is done, or the deadline, so no host loses the store
+        while it still needs it. Then the store is closed (and no longer served)."""
+        for n in nodes:
+            self._call("finishing", self.store.set, self.prefix + f"done/{n}", b"1")
+        if self.server is not None:
+            with contextlib.suppress(RendezvousError):  # a host that never comes: stop anyway
+                self._await([f"done/{n}" for n in range(self.n_nodes)], self.timeout_s,
+                            "waiting for every node to have the schedule")
+        self.close()
 
     def __enter__(self) -> Rendezvous:
         return self
@@ -97,21 +125,36 @@ class Rendezvous:
 
     # -- the store ------------------------------------------------------------------------------
     def _open(self, deadline: float):
-        from torch.distributed import DistError, TCPStore
-        host, port = self.endpoint
-        timeout = datetime.timedelta(seconds=self.timeout_s)
-        if _is_local(host) and os.environ.get(AGENT_STORE) != "True":
+        if os.environ.get(AGENT_STORE) == "True":
+            return self._open_agent_store(deadline)
+        if _is_local(self.endpoint[0]):
             try:
-                store = TCPStore(host, port, is_master=True, wait_for_workers=False, timeout=timeout)
-                self.serves = True
-                return store
-            except DistError:
+                self.server = StoreServer(self.endpoint, self.auth, self.n_nodes)
+            except OSError:
                 pass  # the port is taken: another process here serves it (or something else does)
         self._await_listener(deadline)
         try:
-            return TCPStore(host, port, is_master=False, timeout=timeout)
-        except DistError as e:
-            raise RendezvousError(f"{self.where}: no store answers there ({str(e).splitlines()[0]})") from None
+            return StoreClient(self.endpoint, self.auth, self.timeout_s)
+        except KeysDiffer:
+            self.close()
+            raise RendezvousError(f"{self.where}: the run keys differ: the store there serves a run "
+                                  f"with another key; give every host the same --run-key-file or "
+                                  f"SKIPPIPE_RUN_KEY") from None
+        except (StoreError, OSError) as e:
+            self.close()
+            raise RendezvousError(f"{self.where}: no rendezvous store answers there "
+                                  f"({getattr(e, 'strerror', None) or e})") from None
+
+    def _open_agent_store(self, deadline: float):
+        """torchrun's own TCPStore (its agent serves it at the address)."""
+        from torch.distributed import DistError, TCPStore
+        self._await_listener(deadline)
+        try:
+            return TCPStore(*self.endpoint, is_master=False,
+                            timeout=datetime.timedelta(seconds=self.timeout_s))
+        except DistError as e:  # its message carries a C++ stack trace: the first line only
+            why = str(e).splitlines()[0]
+            raise RendezvousError(f"{self.where}: no store answers there ({why})") from None
 
     def _await_listener(self, deadline: float) -> None:
         """Wait for something to listen at the endpoint with plain sockets: torch's own retries
@@ -127,12 +170,15 @@ class Rendezvous:
             time.sleep(CONNECT_RETRY_S)  # a connection refused returns at once: pace the retries
 
     def _call(self, what: str, fn, *args):
-        from torch.distributed import DistError
+        errors = (StoreError, OSError)
+        if not isinstance(self.store, StoreClient):
+            from torch.distributed import DistError
+            errors += (DistError,)
         try:
             return fn(*args)
-        except DistError as e:
-            raise RendezvousError(f"{self.where}: the store failed while {what} "
-                                  f"({str(e).splitlines()[0]})") from None
+        except errors as e:  # a DistError's message carries a C++ stack trace: the first line only
+            why = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+            raise RendezvousError(f"{self.where}: the store failed while {what} ({why})") from None
 
     def _await(self, names: list[str], seconds: float, what: str) -> None:
         """Wait until every key of `names` is in the store (polling `check`: a blocking wait
@@ -143,8 +189,15 @@ class Rendezvous:
             if time.monotonic() > deadline:
                 missing = [n for n, k in zip(names, keys) if not self._call(what, self.store.check, [k])]
                 raise RendezvousError(f"{self.where}: {what}: still missing {', '.join(missing)} after "
-                                      f"{seconds:g} s")
+                                      f"{seconds:g} s{self._other_keys()}")
             time.sleep(POLL_S)
+
+    def _other_keys(self) -> str:
+        """What to add to a timeout when hosts with another key were turned away."""
+        if self.server is None or not self.server.other_keys:
+            return ""
+        return (f"; {self.server.other_keys} connection(s) with another run key were refused: the run "
+                f"keys differ (give every host the same --run-key-file or SKIPPIPE_RUN_KEY)")
 
     # -- signed values ----------------------------------------------------------------------------
     def _sign(self, name: str, payload: bytes) -> bytes:
@@ -153,8 +206,8 @@ class Rendezvous:
     def _verify(self, name: str, value: bytes, what: str) -> bytes:
         mac, _, payload = bytes(value).partition(b" ")
         if not hmac.compare_digest(mac, self._sign(name, payload).partition(b" ")[0]):
-            raise RendezvousError(f"{self.where}: {what} is not signed with this run's key (written "
-                                  f"by a process without it); refusing it")
+            raise RendezvousError(f"{self.where}: {what} is not signed with this run's key: the run "
+                                  f"keys differ, or a process without the key wrote it; refusing it")
         return payload
 
     # -- the address book --------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import shutil
 import tempfile
 import time
@@ -107,8 +108,9 @@ def train(opts: RunOptions, say=print) -> int:
 def prepared(opts: RunOptions, say=print, run_name: str | None = None, scope: str = "") -> Iterator[Prepared]:
     """Check the options, learn the peers, reserve this host's ports (held until the context
     ends: a second run on them stops here, before it plans), get the schedule, make the run
-    directory and config. A rendezvous store this process serves also lives until the end;
-    `scope` keeps registrations apart in a store that outlives a run (rendezvous.py)."""
+    directory and config. A rendezvous store this process serves lives until every node has
+    the table and the schedule; `scope` keeps registrations apart in a store that outlives a
+    run (torchrun's, rendezvous.py)."""
     from ..sim.simulate import simulate
     from .faults import parse_failures
 
@@ -128,6 +130,8 @@ def prepared(opts: RunOptions, say=print, run_name: str | None = None, scope: st
         if rdv is not None:
             peers = _register(rdv, peers, wide, say)
         sched_path = _schedule(opts, sc, nodes, rdv, Path(held.enter_context(tempfile.TemporaryDirectory())), say)
+        if rdv is not None:  # the store is needed no longer: it is not served during the run
+            rdv.finish(nodes)
         sched, _ = load_schedule(sched_path, sc)
         variant = sched.variant(opts.setting)
         predicted = (variant.predicted["iteration_s"] if variant.routing  # online: mean over seeds
@@ -144,8 +148,8 @@ def check_options(opts: RunOptions) -> None:
                 "--peer-timeout": opts.peer_timeout, "--plan-time-limit": opts.plan_time_limit,
                 "--rendezvous-timeout": opts.rendezvous_timeout}
     for name, value in positive.items():
-        if value is not None and not value > 0:  # 0 is refused too: it never means "the default"
-            raise SkipPipeError(f"{name} must be positive, got {value:g}")
+        if value is not None and not 0 < value < math.inf:  # 0 never means "the default"
+            raise SkipPipeError(f"{name} must be positive and finite, got {value:g}")
     if opts.mb < 0:
         raise SkipPipeError(f"MB (samples per microbatch) must be positive, or 0 for the scenario's; "
                             f"got {opts.mb}")

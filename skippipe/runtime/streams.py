@@ -98,11 +98,13 @@ class Streams(StreamProtocol):
         return task
 
     def new_connection(self, node: int | None = None) -> FrameConnection:
-        """A connection object (protocol); node None: an inbound one, still anonymous."""
+        """A connection object (protocol); node None: an inbound one, still anonymous (its
+        node is known, and named in errors, once it authenticates)."""
         def too_large(n: int) -> None:
-            self.hooks.reject("bad_length", f"frame of {n} bytes from node {node} exceeds "
-                              f"{self.config.max_frame_bytes}: connection closed")
+            self.hooks.reject("bad_length", f"frame of {n} bytes from node {conn.peer_node} "
+                              f"exceeds {self.config.max_frame_bytes}: connection closed")
         conn = FrameConnection(self.config.max_frame_bytes, too_large, self.pool)
+        conn.peer_node = node
         self.conns.add(conn)
         return conn
 
@@ -162,6 +164,7 @@ class Streams(StreamProtocol):
             self.forget(item)
             self.hooks.closed(node)
         conn.on_lost = lost
+        conn.peer_node = node
         if conn.lost.done():  # ended during the handshake's last step
             return lost()
         conn.start_frames(lambda frame: self.hooks.deliver(node, frame))

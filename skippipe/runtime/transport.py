@@ -40,6 +40,7 @@ from .connection import length_prefix
 from .deccom_adapter import discovery_layer, log_to, node_key, quiet_deccom, stop_logging_to
 from .frames import training_frame_limit
 from .linkemu import LinkEmulator
+from .rejectlog import RejectionLog
 from .streams import StreamHooks, Streams
 from .wire import Message, WireError, decode, encode_parts
 
@@ -126,7 +127,8 @@ class Transport:
         self.config, self.auth = config, auth
         self.log = _NodeLog(logger, {"node": node_id})
         self._last_error: dict[int, str] = {}
-        self.rejections: collections.Counter[str] = collections.Counter()
+        self._refusals = RejectionLog(self.log)
+        self.rejections: collections.Counter[str] = self._refusals.counts  # by reason, ever
         self._initial_peers = dict(peers or {})
         self._bootstrap = bootstrap
         self._run_dir = Path(run_dir) if run_dir is not None else None
@@ -213,6 +215,7 @@ class Transport:
             return
         self._running = False
         await self._close_sockets()
+        self._refusals.flush()
         stop_logging_to(self.node_id)
         self.log.info("stopped")
 
@@ -313,9 +316,8 @@ class Transport:
         self._inbox.put_nowait(msg)
 
     def _reject(self, reason: str, detail: str) -> None:
-        """Count and log one rejected connection or frame; the node keeps running."""
-        self.rejections[reason] += 1
-        self.log.warning("rejected (%s): %s", reason, detail)
+        """Count and log (rate-limited) one rejected connection or frame; the node keeps running."""
+        self._refusals.refused(reason, detail)
 
     def _peer_closed(self, node: int) -> None:
         if self._running and self._on_disconnect is not None:

@@ -93,24 +93,28 @@ def omission_path(n_stages: int, omitted: Sequence[int]) -> tuple[int, ...]:
 
 @torch.no_grad()
 def path_nll(stages: Sequence[Stage], batches: Sequence[torch.Tensor],
-             path: Sequence[int]) -> tuple[float, int]:
-    """Summed next-token NLL (nats) and the number of predicted tokens along `path`."""
+             path: Sequence[int], progress=None) -> tuple[float, int]:
+    """Summed next-token NLL (nats) and the number of predicted tokens along `path`;
+    `progress` hears about every PROGRESS_EVERY_S seconds how many batches are scored."""
     device = next(stages[0].parameters()).device
-    total, count = 0.0, 0
-    for batch in batches:
+    total, count, last = 0.0, 0, time.monotonic()
+    for i, batch in enumerate(batches):
         nll = path_token_nll(stages, batch.to(device), path)
         total += float(nll.double().sum())
         count += nll.numel()
+        if progress is not None and time.monotonic() - last > PROGRESS_EVERY_S:
+            last = time.monotonic()
+            progress(f"  {i + 1}/{len(batches)} batches scored")
     if count == 0:
         raise SkipPipeError("no validation tokens to evaluate")
     return total, count
 
 
 def perplexity(stages: Sequence[Stage], batches: Sequence[torch.Tensor],
-               omitted: Sequence[int] = ()) -> Perplexity:
+               omitted: Sequence[int] = (), progress=None) -> Perplexity:
     """Token-level perplexity with the `omitted` stages skipped."""
     n_stages = len(stages)
-    nll, tokens = path_nll(stages, batches, omission_path(n_stages, omitted))
+    nll, tokens = path_nll(stages, batches, omission_path(n_stages, omitted), progress)
     return Perplexity(tuple(sorted(omitted)), n_stages, nll, tokens)
 
 

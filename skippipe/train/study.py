@@ -96,14 +96,15 @@ def evaluate_checkpoint(opts: EvalOptions, say=print) -> int:
     directory = _checkpoint_dir(opts.checkpoint)
     info, stages = load_checkpoint(directory, resolve_device(opts.device))
     omitted = parse_stage_list(opts.omit_stages, info.n_stages) if opts.omit_stages else None
+    say(f"checkpoint {directory} ({info.variant}, {info.n_stages} stages, iteration {info.iteration})")
     data = prepare_data(opts.data or info.data_source, info.model.vocab_size,
                         opts.tokenizer or resolve_in(directory, info.tokenizer_path))
     batches = validation_batches(data.validation, opts.samples, info.model.ctx_tokens, opts.max_batches)
-    results = [perplexity(stages, batches)]
-    say(f"checkpoint {directory} ({info.variant}, {info.n_stages} stages, iteration {info.iteration})")
+    say(f"full model: scoring {len(batches)} validation batches of {opts.samples} sequences ...")
+    results = [perplexity(stages, batches, progress=say)]
     say(f"full model: perplexity {results[0].perplexity:.3f} over {results[0].tokens} tokens")
     if omitted is not None:
-        r = perplexity(stages, batches, omitted)
+        r = perplexity(stages, batches, omitted, progress=say)
         results.append(r)
         say(f"stages {','.join(map(str, r.omitted))} omitted: perplexity {r.perplexity:.3f}")
     out = Path(opts.out) if opts.out else directory.parent / "eval"

@@ -5,29 +5,25 @@ free only when both binds succeed. The TCP probe sets SO_REUSEADDR, as the nodes
 does: a port whose last connection still sits in TIME_WAIT (a rerun right after a run) is
 free for them, and must be for the check too. A live listener still fails the probe.
 
-A launcher also holds a lock file per port (`reserve_ports`) from its check until its nodes
-are gone: a second run on the same ports, started while the first still plans or starts its
-nodes (before they bind), gets one clear error instead of merging into the first training.
-The kernel drops the locks when the launcher dies, however it dies."""
+A launcher also holds a lock file per port (`reserve_ports`, portlock.py) from its check until
+its nodes are gone: a second run on the same ports, started while the first still plans or
+starts its nodes (before they bind), gets one clear error instead of merging into the first."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import random
 import socket
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 
 from ..errors import SkipPipeError
+from . import portlock
 
 LOOPBACK = "127.0.0.1"
 PORT_RANGE = (20000, 32768)  # where free ranges are looked for: below Linux's ephemeral ports, which
 # outgoing connections take at any moment (a chosen port must stay free until its node binds it)
 RANGE_TRIES = 200  # random base ports tried before giving up
-LOCK_DIR = Path(tempfile.gettempdir()) / "skippipe-ports"  # one lock file per host:port in use
 
 
 def port_free(host: str, port: int) -> bool:
@@ -98,32 +94,10 @@ def reserve_ports(peers: Mapping[int, tuple[str, int]], nodes: Iterable[int]) ->
     holds one is named in the error), then check that each port is free."""
     for n in nodes:
         check_host(peers[n][0])  # a bad address is the user's to fix, whoever holds the ports
-    LOCK_DIR.mkdir(mode=0o777, parents=True, exist_ok=True)
+    directory = portlock.lock_dir()
     with contextlib.ExitStack() as held:
         for n in nodes:
             host, port = peers[n]
-            held.enter_context(_port_lock(host, port, n))
+            held.enter_context(portlock.port_lock(directory, host, port, n))
         check_ports(peers, nodes)
         yield
-
-
-@contextlib.contextmanager
-def _port_lock(host: str, port: int, node: int) -> Iterator[None]:
-    path = LOCK_DIR / f"{host}-{port}.lock"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise SkipPipeError(f"cannot lock port {host}:{port} ({path}: {e.strerror})") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise SkipPipeError(f"port {host}:{port} for node {node} is held by another run "
-                                f"(launcher pid {owner}); wait for it or choose another "
-                                f"--base-port") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock
