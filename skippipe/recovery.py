@@ -1,9 +1,12 @@
-"""Planning around dead nodes: the fallback rule every node applies the same way.
+"""Planning around dead nodes: the fallback rule every node applies the same way, and the
+quorum rule that says when a run may not go on at all (docs/design.md, runtime/quorum.py; the
+simulator applies the same rule, sim/session.py).
 
 A path that visits a dead node gets, for that stage, a live node of the same stage (chosen
 round-robin by microbatch id among the stage's live nodes, so the extra load spreads evenly); if
-the whole stage is dead the path skips it (a shorter path, which SkipPipe training tolerates),
-as long as it keeps stage 0 and at least one more stage. A path whose origin died is lost: a
+the whole stage is dead the path skips it, as long as it keeps stage 0 and at least one more
+stage (a run then stops by the quorum rule before its next iteration; inference through the live
+nodes uses such paths). A path whose origin died is lost: a
 data node's failure loses only its own microbatches. The repaired paths run first come first
 served (a planned order assumed the dead node's time slots). This is a quick, deterministic
 re-plan: every node computes the same paths from the same set of dead nodes, without a solver.
@@ -11,11 +14,25 @@ re-plan: every node computes the same paths from the same set of dead nodes, wit
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Sequence
 
 from .schedule import Hop, MicrobatchPath, VariantSchedule
 
 MIN_PATH_STAGES = 2  # stage 0 and at least one other stage
+
+
+def quorum_verdict(n_nodes: int, dead: set[int], allocation: Sequence[Sequence[int]]) -> str | None:
+    """Why a side whose view has `dead` may not train on `allocation`; None while it may:
+    every stage keeps a live node and the live nodes are a strict majority of all `n_nodes`."""
+    live = set(range(n_nodes)) - set(dead)
+    missing = [s for s, nodes in enumerate(allocation) if not live & set(nodes)]
+    why = []
+    if missing:
+        why.append(f"stage{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+                   f"{'have' if len(missing) > 1 else 'has'} no live node")
+    if 2 * len(live) <= n_nodes:
+        why.append(f"this side holds {len(live)} of {n_nodes} nodes, not a majority")
+    return "; ".join(why) or None
 
 
 def repair_path(path: MicrobatchPath, dead: set[int] | frozenset[int],

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from skippipe.runtime.control import Welcome
-from skippipe.runtime.quorum import QUORUM_EXIT, Quorum, QuorumLost, verdict
+from skippipe.recovery import quorum_verdict as verdict
+from skippipe.runtime.quorum import QUORUM_EXIT, Quorum, QuorumLost
 from skippipe.timeline import read_jsonl
 from skippipe.util.procs import signal_session
 

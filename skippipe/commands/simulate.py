@@ -136,7 +136,9 @@ def run_session(args: argparse.Namespace, sched, scenario, names: list[str], con
         for m in got.moves:
             print(f"{name}: rebalancing moves node {m.node} from stage {m.source} to stage {m.target} "
                   f"at iteration {m.at}")
-        times = got.iteration_s
+        if got.stopped:
+            print(f"{name}: the run stops before {got.stopped}")
+        times = got.iteration_s or [float("nan")]
         rows.append([name, f"{statistics.median(times):.3f}", f"{min(times):.3f}", f"{max(times):.3f}",
                      " ".join(f"{t:.2f}" for t in times), str(len(got.moves)), str(got.rerouted), str(got.lost)])
     print(f"schedule {args.schedule} (scenario {sched.scenario_name}), {args.iterations} iterations")

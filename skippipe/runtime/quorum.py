@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 
+from ..recovery import quorum_verdict as verdict
 from .messenger import Messenger
 
 QUORUM_EXIT = 3  # a node's exit code when it stopped for want of a quorum
@@ -31,19 +32,6 @@ QUORUM_EXIT = 3  # a node's exit code when it stopped for want of a quorum
 
 class QuorumLost(Exception):
     """This node's side of the run may not train on (the message says why)."""
-
-
-def verdict(n_nodes: int, dead: set[int], allocation: Sequence[Sequence[int]]) -> str | None:
-    """Why a side whose view has `dead` may not train on `allocation`; None while it may."""
-    live = set(range(n_nodes)) - set(dead)
-    missing = [s for s, nodes in enumerate(allocation) if not live & set(nodes)]
-    why = []
-    if missing:
-        why.append(f"stage{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
-                   f"{'have' if len(missing) > 1 else 'has'} no live node")
-    if 2 * len(live) <= n_nodes:
-        why.append(f"this side holds {len(live)} of {n_nodes} nodes, not a majority")
-    return "; ".join(why) or None
 
 
 class Quorum:

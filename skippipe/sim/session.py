@@ -9,7 +9,9 @@ Each iteration is simulated on its own (simulate.py; sim/online.py for routed va
 - the allocation the rebalancer has reached by then (rebalance.py), for variants that
   rebalance. After each iteration every node's measured forward time (its router's moving
   average) goes to the rebalancer, as the nodes' Load reports do in a run.
-The routers live through the whole session, so their measurements carry over iterations as in
+A session stops, as a run does, before an iteration in which its nodes break the quorum rule
+(recovery.quorum_verdict: a stage without a live node, or no majority of all nodes up); its
+`stopped` says when and why. The routers live through the whole session, so their measurements carry over iterations as in
 the node processes. Simplifications, against a run: a crash takes its node out from the start
 of its iteration (the run loses the work in flight and restarts it), and a moved node's weight
 transfer is not timed (the run sends it while the other nodes finish their iteration).
@@ -21,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..rebalance import Move, Rebalancer
-from ..recovery import live_variant
+from ..recovery import live_variant, quorum_verdict
 from ..routing import routers as make_routers
 from ..scenario import Scenario
 from ..schedule import Schedule
@@ -52,6 +54,7 @@ class Session:
     lost: int = 0  # microbatches whose origin was down
     moves: list[Move] = field(default_factory=list)
     results: list[SimResult] = field(default_factory=list)
+    stopped: str | None = None  # "iteration I: why" when the quorum rule stopped the session
 
 
 def simulate_session(schedule: Schedule, variant: str, scenario: Scenario, iterations: int,
@@ -67,6 +70,10 @@ def simulate_session(schedule: Schedule, variant: str, scenario: Scenario, itera
     for it in range(iterations):
         down = condition.down(it)
         alloc = rebalancer.allocation_at(it)
+        why = quorum_verdict(len(scenario.nodes), set(down), alloc)
+        if why is not None:  # the nodes stop here too (runtime/quorum.py)
+            out.stopped = f"iteration {it}: {why}"
+            break
         live = tuple(tuple(n for n in nodes if n not in down) for nodes in alloc)
         sched = _on(schedule, variant, live)
         out.lost += sum(1 for p in v.paths if p.origin in down)
