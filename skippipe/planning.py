@@ -297,8 +297,10 @@ def _peak_slots(v: VariantSchedule) -> str:
 def format_table(rows: list[dict]) -> str:
     def f(x, spec):
         return format(x, spec) if x is not None else format("-", f">{spec.split('.')[0]}")
-    rows = [{**dict.fromkeys(("iteration_s", "makespan_s", "vs_baseline", "makespan_vs_baseline", "bound_s",
-                              "gap", "solve_s", "limit_s", "bubble", "peak")), **r} for r in rows]
+    blank = {**dict.fromkeys(("iteration_s", "makespan_s", "vs_baseline", "makespan_vs_baseline",
+                              "bound_s", "gap", "solve_s", "limit_s", "bubble", "peak")),
+             "peak_slots": "-", "memory": "-"}  # a failed variant's row has only its status
+    rows = [{**blank, **r} for r in rows]
     lines = [f"{'variant':<15} {'iteration s':>11} {'makespan s':>10} {'it/base':>8} {'mk/base':>8} "
              f"{'bound s':>8} {'gap':>6} {'solve s':>8} {'limit s':>8} {'bubble':>6} {'peak act':>8} "
              f"{'peak/slots':>10} {'memory':>6}  status"]
