@@ -1,4 +1,4 @@
-"""Cost model (DESIGN.md): every duration the planner and the simulator use, in seconds.
+"""Cost model (docs/design.md): every duration the planner and the simulator use, in seconds.
 
 forward on node n   = compute_s_per_sample_per_layer[n] x layers_per_stage x samples
 backward            = backward_factor x forward

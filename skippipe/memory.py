@@ -6,7 +6,8 @@ only on the order of its action list, never on timing: `peak_along` counts it.
 
 The classic schedule families bound memory by *rounds*. Round r of an iteration is every
 column's r-th microbatch (microbatches of one data node, by id); with one column a round is one
-microbatch and the rules are the published ones (reference/schedules.md):
+microbatch and the rules are the published ones (GPipe, PipeDream-flush, Qi et al. 2024,
+DeepSeek's DualPipe):
 
 | family | rule at a node of stage i (p stages)                      | one column        |
 |--------|-----------------------------------------------------------|-------------------|

@@ -1,4 +1,4 @@
-"""The rules every schedule obeys, checked by one validator (DESIGN.md, docs/design.md).
+"""The rules every schedule obeys, checked by one validator (docs/design.md).
 
 CC1-CC3 (paths), TC1 (even visit share; along each node's action list, the memory rule the
 variant was made for: the scenario's slots, or a family's own activation limit), TC2 (no

@@ -1,6 +1,6 @@
 """Every bad input is one line on stderr, exit code 2, and leaves nothing behind (no run
-directory, no result file). The same cases make README's table of bad inputs: a test checks
-that the table is what these commands print today (UPDATE_README=1 rewrites it)."""
+directory, no result file). The same cases make the table of bad inputs in docs/running.md: a
+test checks that the table is what these commands print today (UPDATE_README=1 rewrites it)."""
 import json
 import os
 import re
@@ -14,7 +14,7 @@ from schedules import make_paths, make_schedule, tiny as tiny_scenario
 from skippipe.schedule import to_dict
 from skippipe.cli import COMMANDS, main
 
-README = ROOT / "README.md"
+README = ROOT / "docs" / "running.md"  # the page with the bad-input table
 TABLE_START, TABLE_END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
 RUN = ["run", "0", "6", "ca-partial", "2"]
 UNWRITABLE = "/proc/skippipe/x"  # no one, root included, can create files there
@@ -116,12 +116,13 @@ def test_readme_table_of_bad_inputs_is_current(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     text = README.read_text()
     current = re.search(re.escape(TABLE_START) + r"\n(.*?)" + re.escape(TABLE_END), text, re.S)
-    assert current is not None, f"README lacks the {TABLE_START} ... {TABLE_END} section"
+    assert current is not None, f"{README.name} lacks the {TABLE_START} ... {TABLE_END} section"
     fresh = table(tmp_path, capsys) + "\n"
     if os.environ.get("UPDATE_README"):
         README.write_text(text[:current.start(1)] + fresh + text[current.end(1):])
     else:
-        assert current.group(1) == fresh, "README's bad-input table is stale: rerun with UPDATE_README=1"
+        stale = f"{README.name}: the bad-input table is stale; rerun with UPDATE_README=1"
+        assert current.group(1) == fresh, stale
 
 
 def test_a_failed_inference_leaves_no_plan_or_result(tmp_path):

@@ -1,5 +1,5 @@
 """CP-SAT model of ca-partial path planning: variables, one add_<rule>() per rule, objective,
-solve, extract (DESIGN.md). Its data (ticks, candidate nodes, durations) is model_data.ModelData,
+solve, extract (docs/design.md). Its data (ticks, candidate nodes, durations) is model_data.ModelData,
 its proven lower bounds come from bounds.py; the greedy list scheduler (greedy.py) hints it.
 
 Variables, per microbatch j: x[j,h,n] (hop h >= 1 runs on node n), st[j,h] (its stage),
