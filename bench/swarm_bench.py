@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Offline plan against online routing, and when: each variant under three conditions, run with
-real node processes on this host (the emulated half of issue 15's experiment bench).
+real node processes on this host (the emulated half of the experiment; sim/session.py simulates the same rows).
 
 Variants (default): 1f1b (a planned full pipeline), swarm (SWARM's stochastic wiring, no plan),
 swarm-skip (online choice with stage skips), ca-partial (SkipPipe's plan) and ca-repair

@@ -15,7 +15,7 @@ from skippipe.train.corpus import (Document, drop_repeats, group_overlapping, ma
 from skippipe.train.data import load_corpus, prepare_data
 
 VOCAB = 1024
-SPAN_TOKENS = 32  # the yardstick: validation tokens inside a span this long seen in training
+SPAN_TOKENS = 32  # the yardstick: validation tokens inside a span this long seen in training
 MAX_SHARED_SHARE = 0.01
 
 
