@@ -33,10 +33,6 @@ TICK_S = 0.01  # model time resolution: 10 ms, under 3% of the paper's shortest 
 MIN_TICKS_PER_OP = 20  # finer ticks when an op or link would span fewer (rounding error <= 5%)
 MAX_HOP_CHOICES = 8_000  # (microbatch, hop, node) choices before nodes are pruned per origin:
 # the paper's setting needs 1,350; beyond ~10k the model takes tens of seconds to build and presolve
-DTIME_PER_WALL_S = 0.1  # CP-SAT deterministic time per wall second on the 2-core dev box (loaded,
-# one worker, measured 0.1-0.15): one-worker runs are bounded in it, so a seed reproduces
-WALL_SAFETY = 3.0  # with one worker, wall-clock limits are this many times the planned time: only
-# a safety net, so a loaded machine gives the same plan later rather than a different one
 ROUNDING_SLACK = 1e-9  # float noise allowed before rounding a duration up to the next tick
 
 Stages = tuple[tuple[int, ...], ...]
