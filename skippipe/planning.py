@@ -43,7 +43,7 @@ FULL_ALLOCATION_RESTARTS, FULL_ALLOCATION_RESTARTS_FROM_S = 3, 30.0  # its annea
 SEARCH_SHARE = 0.25  # of the work seconds for the skip-aware allocation search
 NON_CA_SHARE = 0.15  # for non-ca-partial
 CA_SHARE = 0.45  # for ca-partial (the rest: allocation, simulation, validation)
-MAX_NODES_SHOWN, MAX_STAGES_SHOWN = 8, 12  # progress lines stay short on huge scenarios
+MAX_LINE, MAX_STAGES_SHOWN = 300, 6  # progress lines stay short on huge scenarios
 PARTIAL = ("non-ca-partial", "ca-partial")  # the variants planned on the skip-aware allocation
 SKIP_ALLOCATION = (*PARTIAL, "swarm-skip", "ca-repair")  # the variants that run on it
 
@@ -104,19 +104,22 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     line("full-pipeline allocation (DT-FM's objective) ...")
     full = allocate(scenario, seed=opts.seed, time_budget_s=cap.left(),
                     restarts=FULL_ALLOCATION_RESTARTS if work >= FULL_ALLOCATION_RESTARTS_FROM_S else 1)
-    cap.spent("the full-pipeline allocation")
     line(f"full-pipeline allocation (score {full.score_s:.1f} s): " + _fmt_stages(full.stages))
     skip_stages = full.stages
     wanted = [v for v in VARIANTS if v in opts.variants]
-    if not opts.shared_allocation and any(v in SKIP_ALLOCATION for v in wanted):
+    if cap.spent("the full-pipeline allocation") and not opts.shared_allocation:
+        line("skip-aware allocation search skipped (past the wall-clock cap): the full-pipeline one")
+    elif not opts.shared_allocation and any(v in SKIP_ALLOCATION for v in wanted):
         from .planner.skip_allocation import skip_aware_allocation
-        line(f"skip-aware allocation search for the {opts.objective} ({SEARCH_SHARE * work:.1f} work s) ...")
+        line(f"skip-aware allocation search for the {opts.objective} "
+             f"({SEARCH_SHARE * work:.1f} work s) ...")
         found = skip_aware_allocation(scenario, full.stages, opts.objective, SEARCH_SHARE * work,
                                       opts.seed, line, cap)
         skip_stages = found.stages
         if found.evaluations:
             line(f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
-                 f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): " + _fmt_stages(skip_stages))
+                 f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): "
+                 + _fmt_stages(skip_stages))
     variants: dict[str, VariantSchedule] = {}
     sims, skipped = {}, []
     for name in wanted:
@@ -210,16 +213,15 @@ def _not_worse(scenario: Scenario, full_stages, variants: dict, sims: dict, opts
 
 
 def _fmt_stages(stages) -> str:
-    """Stage -> nodes for a progress line, kept short: a long node list shows its first nodes
-    and its size, and past MAX_STAGES_SHOWN stages the rest are counted."""
-    def nodes(ns) -> str:
-        if len(ns) <= MAX_NODES_SHOWN:
-            return str(list(ns))
-        return f"{len(ns)} nodes [{', '.join(map(str, ns[:MAX_NODES_SHOWN]))}, ...]"
-    parts = [f"stage {s}: {nodes(ns)}" for s, ns in enumerate(stages[:MAX_STAGES_SHOWN])]
-    if len(stages) > MAX_STAGES_SHOWN:
-        parts.append(f"{len(stages) - MAX_STAGES_SHOWN} more stages")
-    return " | ".join(parts)
+    """Stage -> nodes for a progress line, kept under MAX_LINE characters: past that each stage
+    shows its size and first nodes, and only the first stages are listed."""
+    full = " | ".join(f"stage {s}: {list(nodes)}" for s, nodes in enumerate(stages))
+    if len(full) <= MAX_LINE:
+        return full
+    parts = [f"stage {s}: {len(ns)} nodes [{', '.join(map(str, ns[:3]))}, ...]" if len(ns) > 3
+             else f"stage {s}: {list(ns)}" for s, ns in enumerate(stages[:MAX_STAGES_SHOWN])]
+    more = f" | {len(stages) - MAX_STAGES_SHOWN} more stages" if len(stages) > MAX_STAGES_SHOWN else ""
+    return " | ".join(parts) + more
 
 
 def summary_rows(sched: Schedule) -> list[dict]:

@@ -32,7 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..costs import Costs
+import numpy as np
+
 from ..scenario import Scenario
 from .allocation import Stages, random_allocation, stages_of
 from .bounds import PathBounds
@@ -40,7 +41,7 @@ from .cpsat import Rules
 from .greedy import PLACEMENTS_PER_S, GreedyScheduler, candidate_count, candidate_paths, path_limit
 from ..ops import chain
 from .effort import WallCap, unlimited
-from .model_data import build_data, plan_values
+from .model_data import build_data, link_matrix, plan_values
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
@@ -197,12 +198,10 @@ def _normalise(groups) -> Stages:
 def _clusters(scenario: Scenario, rng: random.Random) -> list[tuple[int, ...]]:
     """Distinct stage-0 node sets, one per node: it and its nearest nodes (slower link direction),
     in a seeded random order."""
-    costs, n, size = Costs(scenario), len(scenario.nodes), scenario.pipeline.stage_sizes[0]
-    out = {}
-    for a in range(n):
-        near = sorted(range(n), key=lambda b: (max(costs.link_s(a, b), costs.link_s(b, a)), b))
-        out.setdefault(tuple(sorted(near[:size])), None)
-    found = list(out)
+    link = link_matrix(scenario)
+    near = np.argsort(np.maximum(link, link.T), axis=1, kind="stable")  # ties: lower id first
+    size = scenario.pipeline.stage_sizes[0]
+    found = list(dict.fromkeys(tuple(sorted(int(b) for b in row[:size])) for row in near))
     rng.shuffle(found)
     return found
 
