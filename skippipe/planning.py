@@ -8,10 +8,12 @@ on one searched for their own objective (`planner.skip_allocation`), unless
 full-pipeline one folded into a V (placement.fold: each node holds a stage and its mirror);
 ca-partial-zb on ca-partial's paths and allocation (planner/zb_fill.py).
 
-Budget: `time_limit_s` is for the whole build, split into fixed shares of it (the allocation
-searches, non-ca-partial, ca-partial, and a reserve for simulation and validation), so with one
-worker every phase's work follows from the time limit alone and a seed reproduces. With several
-workers ca-partial also gets whatever the earlier phases left (results vary from run to run).
+Budget: `effort` gives the whole build's work seconds (planner/effort.py: deterministic work,
+scaled to the problem's size), split into fixed shares (the skip-aware allocation search,
+non-ca-partial, ca-partial), so a scenario, seed and effort give the same schedule on any
+machine, loaded or idle, whatever the worker count. `time_limit_s` is only a wall-clock safety
+cap: when it cuts in, the build says so in one line and the status of every variant planned
+from then on records it.
 
 ca-partial is never worse than non-ca-partial on the same allocation: non-ca-partial's paths in
 the order the simulator ran them are a candidate plan of ca-partial's search, and if the
@@ -22,12 +24,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 from typing import Callable, Iterator
 
 from .errors import SkipPipeError
 from .memory import FAMILIES, fullest
+from .planner.effort import (DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS, WallCap, default_cap_s,
+                             problem_size, work_seconds)
 from .scenario import Scenario
 from .rules import validate
 from .schedule import Schedule, VariantSchedule
@@ -36,16 +39,14 @@ from .variants import FULL_PIPELINE, ONLINE, V_PLACED, VARIANTS, ZERO_BUBBLE_OF,
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIME_LIMIT_S = 60.0  # wall budget of the whole build (all four variants on geo-distributed)
+DEFAULT_TIME_LIMIT_S = default_cap_s(DEFAULT_EFFORT)  # wall-clock safety cap at the default effort
 OBJECTIVES = ("iteration", "makespan")  # simulator's iteration time (with averaging) / makespan
-FULL_ALLOCATION_SHARE = 0.1  # of the time limit at most for the full-pipeline allocation
-FULL_ALLOCATION_RESTARTS, FULL_ALLOCATION_RESTARTS_FROM_S = 3, 30.0  # its annealing restarts;
-# one below that limit (geo-distributed: ~0.4 s a restart), so its move budget, not the clock, ends it
-SEARCH_SHARE = 0.25  # for the skip-aware allocation search
+FULL_ALLOCATION_RESTARTS, FULL_ALLOCATION_RESTARTS_FROM_S = 3, 30.0  # its annealing restarts
+# (geo-distributed: ~0.4 s each); one below this many work seconds
+SEARCH_SHARE = 0.25  # of the work seconds for the skip-aware allocation search
 NON_CA_SHARE = 0.15  # for non-ca-partial
-CA_SHARE = 0.45  # for ca-partial (with several workers: also what earlier phases left)
-RESERVE_SHARE = 0.05  # simulation of every variant, validation, writing
-MIN_CA_SHARE = 0.1  # ca-partial's least time when earlier phases overran their shares
+CA_SHARE = 0.45  # for ca-partial (the rest: allocation, simulation, validation)
+MAX_LINE, MAX_STAGES_SHOWN = 300, 6  # progress lines stay short on huge scenarios
 PARTIAL = ("non-ca-partial", "ca-partial")  # the variants planned on the skip-aware allocation
 SKIP_ALLOCATION = (*PARTIAL, "swarm-skip", "ca-repair")  # the variants that run on it
 
@@ -56,19 +57,22 @@ Progress = Callable[[str], None]
 class PlanOptions:
     variants: tuple[str, ...] = VARIANTS
     seed: int = 0
-    time_limit_s: float = DEFAULT_TIME_LIMIT_S  # the whole build
-    workers: int = max(1, os.cpu_count() or 1)
+    time_limit_s: float | None = None  # wall-clock safety cap of the whole build (None: the effort's)
+    workers: int = DEFAULT_WORKERS  # CP-SAT threads: the schedule does not depend on them
     objective: str = "iteration"  # what the partial variants and their allocation minimise
     shared_allocation: bool = False  # one (full-pipeline) allocation for every variant
     family_memory: bool = False  # the classic families under their own memory rules, not the slots
     loss_at: str | None = None  # the full pipelines' loss placement (ops.LOSS_AT); None: each one's default
+    effort: str = DEFAULT_EFFORT  # planner/effort.py: quick, default or thorough
 
     def check(self) -> None:
         from .planner.paths import PlanningError
         if self.objective not in OBJECTIVES:
             raise PlanningError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
-        if not self.time_limit_s > 0:
-            raise PlanningError(f"time limit {self.time_limit_s} s must be positive")
+        if self.effort not in EFFORTS:
+            raise PlanningError(f"effort {self.effort!r} is not one of {', '.join(EFFORTS)}")
+        if self.time_limit_s is not None and not 0 < self.time_limit_s < float("inf"):
+            raise PlanningError(f"time limit {self.time_limit_s} s must be positive and finite")
         if self.workers < 1:
             raise PlanningError(f"workers {self.workers} must be at least 1")
         if self.loss_at not in (None, *LOSS_AT):
@@ -81,8 +85,8 @@ class PlanOptions:
                 raise PlanningError(f"{name} is {source} with the backward split: plan {source} too")
 
     @property
-    def deterministic(self) -> bool:
-        return self.workers == 1
+    def cap_s(self) -> float:
+        return default_cap_s(self.effort) if self.time_limit_s is None else self.time_limit_s
 
     def loss_at_of(self, variant: str) -> str:
         """Where `variant`'s loss runs: the chosen placement for a full pipeline, else its default
@@ -99,33 +103,38 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     from .planner.zb_fill import zero_bubble_fill
     from .placement import fold
     from .planner.allocation import allocate
-    from .planner.model_data import WALL_SAFETY
     from .planner.paths import PlanningError
     from .sim.simulate import simulate
 
     opts.check()
-    started, limit = time.monotonic(), opts.time_limit_s
+    started = time.monotonic()
     say = progress or log.info
 
     def line(text: str) -> None:
         say(f"[{time.monotonic() - started:6.1f} s] {text}")
 
-    line(f"full-pipeline allocation (DT-FM's objective, up to {FULL_ALLOCATION_SHARE * limit:.1f} s) ...")
-    safety = WALL_SAFETY if opts.deterministic else 1.0  # one worker: move budgets decide
-    full = allocate(scenario, seed=opts.seed, time_budget_s=FULL_ALLOCATION_SHARE * limit * safety,
-                    restarts=FULL_ALLOCATION_RESTARTS if limit >= FULL_ALLOCATION_RESTARTS_FROM_S else 1)
+    cap = WallCap(opts.cap_s, line)
+    work = work_seconds(opts.effort, problem_size(scenario))
+    line(f"effort {opts.effort}: {work:.1f} work seconds, wall-clock cap {cap.limit_s:g} s")
+    line("full-pipeline allocation (DT-FM's objective) ...")
+    full = allocate(scenario, seed=opts.seed, time_budget_s=cap.left(),
+                    restarts=FULL_ALLOCATION_RESTARTS if work >= FULL_ALLOCATION_RESTARTS_FROM_S else 1)
     line(f"full-pipeline allocation (score {full.score_s:.1f} s): " + _fmt_stages(full.stages))
     skip_stages = full.stages
     wanted = [v for v in VARIANTS if v in opts.variants]
-    if not opts.shared_allocation and any(v in SKIP_ALLOCATION for v in wanted):
+    if cap.spent("the full-pipeline allocation") and not opts.shared_allocation:
+        line("skip-aware allocation search skipped (past the wall-clock cap): the full-pipeline one")
+    elif not opts.shared_allocation and any(v in SKIP_ALLOCATION for v in wanted):
         from .planner.skip_allocation import skip_aware_allocation
-        line(f"skip-aware allocation search for the {opts.objective} (up to {SEARCH_SHARE * limit:.1f} s) ...")
-        found = skip_aware_allocation(scenario, full.stages, opts.objective, SEARCH_SHARE * limit,
-                                      opts.seed, opts.deterministic, line, safety)
+        line(f"skip-aware allocation search for the {opts.objective} "
+             f"({SEARCH_SHARE * work:.1f} work s) ...")
+        found = skip_aware_allocation(scenario, full.stages, opts.objective, SEARCH_SHARE * work,
+                                      opts.seed, line, cap)
         skip_stages = found.stages
         if found.evaluations:
             line(f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
-                 f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): " + _fmt_stages(skip_stages))
+                 f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): "
+                 + _fmt_stages(skip_stages))
     variants: dict[str, VariantSchedule] = {}
     sims, skipped = {}, []
     failed = {} if failures is None else failures
@@ -163,16 +172,16 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         elif name == "random":
             v = baselines.random_variant(scenario, alloc, seed=opts.seed)
         else:
-            budget = _budget(name, opts, started)
-            line(f"planning {name} ({opts.objective}, {budget:.1f} s) ...")
+            budget = (NON_CA_SHARE if name == "non-ca-partial" else CA_SHARE) * work
+            line(f"planning {name} ({opts.objective}, {budget:.1f} work s) ...")
             maker = partial.non_ca_partial_variant if name == "non-ca-partial" else partial.ca_partial_variant
             extra = {}
             if name == "ca-partial" and "non-ca-partial" in sims:
                 extra["candidates"] = [(variants["non-ca-partial"].paths, sims["non-ca-partial"].order)]
-            v = maker(scenario, alloc, time_limit_s=budget, seed=opts.seed, workers=opts.workers,
-                      progress=line, objective=opts.objective, **extra)
-        v = dataclasses.replace(v, allocation=tuple(alloc), provenance=dataclasses.replace(
-            v.provenance, wall_s=round(time.monotonic() - t0, 3)))
+            v = maker(scenario, alloc, work_s=budget, seed=opts.seed, workers=opts.workers,
+                      progress=line, objective=opts.objective, cap=cap, **extra)
+        v = dataclasses.replace(v, allocation=tuple(alloc), provenance=_capped(dataclasses.replace(
+            v.provenance, wall_s=round(time.monotonic() - t0, 3)), cap))
         variants[name] = v
         sims[name] = simulate(_one(scenario, full.stages, v), name, scenario)
         if name == "ca-partial" and "non-ca-partial" in sims:
@@ -207,7 +216,6 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         if name in failed:
             del variants[name]
     if not variants:
-        from .planner.paths import PlanningError
         raise PlanningError("; ".join(f"{n}: {why}" for n, why in failed.items()))
     sched = Schedule(scenario.name, scenario.content_hash, scenario.source, full.stages, variants,
                      dict(scenario.overrides))
@@ -225,16 +233,11 @@ def _dropped_on_failure(name: str, failed: dict[str, str], line: Progress) -> It
         line(f"{name} failed, left out: {e}")
 
 
-def _budget(name: str, opts: PlanOptions, started: float) -> float:
-    """A partial variant's time limit: its share; ca-partial with several workers also gets
-    what is left before the reserve (the wall clock then decides, so results vary)."""
-    limit = opts.time_limit_s
-    if name == "non-ca-partial":
-        return NON_CA_SHARE * limit
-    if opts.deterministic:
-        return CA_SHARE * limit
-    left = started + (1 - RESERVE_SHARE) * limit - time.monotonic()
-    return max(left, MIN_CA_SHARE * limit)  # earlier phases overran: the whole limit comes first
+def _capped(prov, cap: WallCap):
+    """`prov` with the wall-clock cap's cut recorded in its status, when it has cut in."""
+    if cap.cut is None:
+        return prov
+    return dataclasses.replace(prov, status=f"{prov.status} [wall-clock cap cut in during {cap.cut}]")
 
 
 def _one(scenario: Scenario, allocation, v: VariantSchedule) -> Schedule:
@@ -262,7 +265,15 @@ def _not_worse(scenario: Scenario, full_stages, variants: dict, sims: dict, opts
 
 
 def _fmt_stages(stages) -> str:
-    return " | ".join(f"stage {s}: {list(nodes)}" for s, nodes in enumerate(stages))
+    """Stage -> nodes for a progress line, kept under MAX_LINE characters: past that each stage
+    shows its size and first nodes, and only the first stages are listed."""
+    full = " | ".join(f"stage {s}: {list(nodes)}" for s, nodes in enumerate(stages))
+    if len(full) <= MAX_LINE:
+        return full
+    parts = [f"stage {s}: {len(ns)} nodes [{', '.join(map(str, ns[:3]))}, ...]" if len(ns) > 3
+             else f"stage {s}: {list(ns)}" for s, ns in enumerate(stages[:MAX_STAGES_SHOWN])]
+    more = f" | {len(stages) - MAX_STAGES_SHOWN} more stages" if len(stages) > MAX_STAGES_SHOWN else ""
+    return " | ".join(parts) + more
 
 
 def summary_rows(sched: Schedule, failures: dict[str, str] | None = None) -> list[dict]:

@@ -252,11 +252,11 @@ def test_skip_aware_allocation_is_valid_reproducible_and_never_worse_than_its_st
     from skippipe.planner.skip_allocation import _Scorer, skip_aware_allocation
     sc = load_scenario(SETTINGS / "tiny.toml")
     start = allocate(sc, seed=0, **QUICK).stages
-    found = skip_aware_allocation(sc, start, objective, budget_s=0.3, seed=1, wall_safety=math.inf)
+    found = skip_aware_allocation(sc, start, objective, budget_s=0.3, seed=1)
     check_allocation(sc, found.stages)
     assert found.score_s <= found.start_score_s
     assert found.score_s == pytest.approx(_Scorer(sc, objective).score(found.stages))
-    again = skip_aware_allocation(sc, start, objective, budget_s=0.3, seed=1, wall_safety=math.inf)
+    again = skip_aware_allocation(sc, start, objective, budget_s=0.3, seed=1)
     assert (again.stages, again.evaluations) == (found.stages, found.evaluations)
 
 

@@ -9,7 +9,7 @@ from skippipe.cli import main
 from conftest import SETTINGS
 
 TINY = SETTINGS / "tiny.toml"
-QUICK = ["--time-limit", "3", "--workers", "1", "--quiet"]
+QUICK = ["--effort", "quick", "--quiet"]
 VARIANTS = ["baseline", "gpipe", "1f1b", "zb-h1", "ca-partial", "swarm", "swarm-skip"]
 
 
@@ -33,7 +33,7 @@ def test_every_row_keeps_the_slots_and_the_verdict_names_the_best_full_pipeline(
     assert "3/4 of the work per microbatch" in got["verdict"]  # k = 3 of S = 4
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "compare.md").read_text()
-    assert md.startswith(f"`python -m skippipe compare {TINY} --time-limit 3 --seed 0 --workers 1 --variants")
+    assert md.startswith(f"`python -m skippipe compare {TINY} --effort quick --seed 0 --variants")
     assert md.count("\n| ") == len(VARIANTS) + 1 and got["verdict"] in md
 
 

@@ -259,7 +259,7 @@ def schedule_of(sc, variant):
 
 def test_ca_partial_variant_is_valid_and_consistent():
     sc, lines = tiny(), []
-    v = ca_partial_variant(sc, TINY_ALLOCATION, time_limit_s=SOLVE_S, workers=1, progress=lines.append)
+    v = ca_partial_variant(sc, TINY_ALLOCATION, work_s=SOLVE_S, workers=1, progress=lines.append)
     sched = schedule_of(sc, v)
     validate(sched, sc)
     prov, costs = v.provenance, Costs(sc)
@@ -273,15 +273,16 @@ def test_ca_partial_variant_is_valid_and_consistent():
     assert sim.iteration_s <= prov.objective + 1e-6  # the simulator runs the planned order as early as it can
 
 
-REPRO_TIME_LIMIT_S = 6.0  # long enough for a few path-LNS steps and the full model
+REPRO_WORK_S = 6.0  # work seconds: long enough for a few path-LNS steps and the full model
 
 
-def test_same_seed_one_worker_is_reproducible():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_seed_is_reproducible(workers):
     sizes = (2, 3, 3, 3)  # big enough that the greedy plan is not optimal
     latency = {(a, b): 0.1 + ((a * 7 + b * 3) % 5) / 4 for a in range(11) for b in range(a + 1, 11)}
     sc = make_scenario(sizes, k=3, mb_per_node=4, slots=2, latency=latency)
     alloc = allocation_of(sizes)
-    a, b = (ca_partial_variant(sc, alloc, time_limit_s=REPRO_TIME_LIMIT_S, seed=3, workers=1)
+    a, b = (ca_partial_variant(sc, alloc, work_s=REPRO_WORK_S, seed=3, workers=workers)
             for _ in range(2))
     assert a.paths == b.paths and a.order == b.order
     assert a.provenance.objective == b.provenance.objective
@@ -289,7 +290,7 @@ def test_same_seed_one_worker_is_reproducible():
 
 def test_non_ca_variant_has_no_order_and_validates():
     sc = tiny()
-    v = non_ca_partial_variant(sc, TINY_ALLOCATION, time_limit_s=SOLVE_S, workers=1)
+    v = non_ca_partial_variant(sc, TINY_ALLOCATION, work_s=SOLVE_S, workers=1)
     assert v.name == "non-ca-partial" and v.order is None
     validate(schedule_of(sc, v), sc)
     simulate(schedule_of(sc, v), v.name, sc)

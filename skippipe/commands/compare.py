@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import SkipPipeError
 from ..memory import fullest
+from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS
 from ..planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
 from ..scenario import Scenario, load_scenario
 from ..schedule import Schedule, load_schedule, save_schedule
@@ -46,11 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the scenario's memory_slots (the comparison is then not at equal memory)")
     p.add_argument("--out", help="folder for compare.json, compare.png and the schedule "
                                  "(default: runs/compare-<scenario>)")
-    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S,
-                   help="planning: wall budget of the whole build in seconds (default %(default)s)")
+    p.add_argument("--effort", choices=EFFORTS, default=DEFAULT_EFFORT,
+                   help="planning effort in deterministic work (default %(default)s): the same "
+                        "scenario, seed and effort give the same comparison on any machine")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="planning: wall-clock safety cap of the whole build in seconds (default: "
+                        "the effort's; when it cuts in, the plan depends on the machine and it says so)")
     p.add_argument("--seed", type=int, default=0, help="planning seed (default %(default)s)")
-    p.add_argument("--workers", type=int, default=1,
-                   help="CP-SAT workers (default 1: the same seed gives the same comparison)")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="CP-SAT workers (default %(default)s; the plan does not depend on them)")
     p.add_argument("--emulate", type=int, default=0, metavar="N",
                    help="also run each variant N iterations in node processes on this host and add "
                         "measured / predicted (median of iterations 1..N-1)")
@@ -94,8 +99,8 @@ def _command(args) -> str:
     if args.schedule:
         words += ["--schedule", str(args.schedule)]
     else:
-        words += ["--time-limit", f"{args.time_limit:g}", "--seed", str(args.seed),
-                  "--workers", str(args.workers)]
+        words += ["--effort", args.effort, "--seed", str(args.seed)]
+        words += ["--time-limit", f"{args.time_limit:g}"] if args.time_limit is not None else []
     words += ["--variants", *args.variants] if args.variants else []
     words += ["--family-memory"] if args.family_memory else []
     words += ["--emulate", str(args.emulate), "--time-scale", f"{args.time_scale:g}"] if args.emulate else []
@@ -118,7 +123,7 @@ def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
     wanted = wanted or VARIANTS
     needed = wanted + tuple(src for name, src in BUILT_ON.items() if name in wanted and src not in wanted)
     opts = PlanOptions(variants=needed, seed=args.seed, time_limit_s=args.time_limit,
-                       workers=args.workers, family_memory=args.family_memory)
+                       workers=args.workers, family_memory=args.family_memory, effort=args.effort)
     opts.check()
     sched = build_schedule(scenario, opts, progress)
     return sched, [n for n in VARIANTS if n in sched.variants and n in wanted]

@@ -5,9 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..planning import (DEFAULT_TIME_LIMIT_S, OBJECTIVES, PlanOptions, build_schedule, format_table,
-                        summary_rows)
 from ..ops import LOSS_AT
+from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS, default_cap_s
+from ..planning import OBJECTIVES, PlanOptions, build_schedule, format_table, summary_rows
 from ..scenario import load_scenario
 from ..schedule import save_schedule
 from ..variants import VARIANTS
@@ -21,12 +21,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for allocations, random paths, solver")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                    metavar="VARIANT", help=f"variants to build (default: all of {', '.join(VARIANTS)})")
-    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S,
-                   help="wall budget of the whole command in seconds, shared by the allocation "
-                        "searches and every variant (default %(default)s)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="CP-SAT workers (default: all cores). With 1 worker the same seed and time "
-                        "limit give the same schedule; with several, results vary from run to run")
+    p.add_argument("--effort", choices=list(EFFORTS), default=DEFAULT_EFFORT,
+                   help="how much search, counted in deterministic work (not wall time), so the same "
+                        "scenario, seed and effort give the same schedule on any machine, loaded or "
+                        "idle (default %(default)s)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="wall-clock safety cap of the whole command in seconds; it only cuts in on a "
+                        "very slow machine, says so, and the schedule then depends on the machine "
+                        f"(default: {', '.join(f'{e} {default_cap_s(e):g}' for e in EFFORTS)})")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help="CP-SAT threads (default %(default)s); they share CP-SAT's interleaved search, "
+                        "so the schedule does not depend on their timing")
     p.add_argument("--objective", default="iteration",
                    help=f"what the partial variants and their allocation minimise: {' or '.join(OBJECTIVES)} "
                         "(iteration: the simulator's iteration time with averaging; makespan: the "
@@ -45,9 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    opts = PlanOptions(tuple(dict.fromkeys(args.variants)), args.seed, args.time_limit,
-                       PlanOptions().workers if args.workers is None else args.workers,
-                       args.objective, args.shared_allocation, args.family_memory, args.loss_at)
+    opts = PlanOptions(tuple(dict.fromkeys(args.variants)), args.seed, args.time_limit, args.workers,
+                       args.objective, args.shared_allocation, family_memory=args.family_memory,
+                       loss_at=args.loss_at, effort=args.effort)
     opts.check()  # bad options: one line, exit 2, before the scenario is even read
     scenario = load_scenario(args.settings)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
@@ -57,6 +62,6 @@ def run(args: argparse.Namespace) -> int:
     save_schedule(sched, out)
     print(f"scenario {scenario.name} ({len(scenario.nodes)} nodes, stages "
           f"{list(scenario.pipeline.stage_sizes)}, k={scenario.pipeline.path_length}, "
-          f"objective {opts.objective}) -> {out}")
+          f"objective {opts.objective}, effort {opts.effort}) -> {out}")
     print(format_table(summary_rows(sched, failures)))
     return 0

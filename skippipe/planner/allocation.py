@@ -45,7 +45,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ..costs import Costs
+from .model_data import link_matrix
 from ..scenario import Scenario
 from ..rules import stage_visit_cap
 from .matching import bottleneck_s
@@ -136,21 +139,18 @@ class _Scorer:
         self.costs = c = Costs(scenario)
         n = len(scenario.nodes)
         self.place = _classes([node.location for node in scenario.nodes])
-        self.place_link = self._place_link([[c.link_s(i, j) for j in range(n)] for i in range(n)])
+        self.place_link = self._place_link(scenario)
         per_node = scenario.pipeline.microbatches_per_node
         self.visit_work_s = [c.forward_s(i) + c.backward_s(i) for i in range(n)]
         self.stage_visits = stage_visit_cap(scenario, scenario.pipeline.stage_sizes[0] * per_node)
         self._cache: dict[tuple, float] = {}
 
-    def _place_link(self, link: list[list[float]]) -> list[list[float]]:
-        """Link time between two distinct nodes of locations a and b (0 where there are none)."""
-        k = max(self.place) + 1
-        out = [[0.0] * k for _ in range(k)]
-        for i, row in enumerate(link):
-            for j, t in enumerate(row):
-                if i != j:
-                    out[self.place[i]][self.place[j]] = t
-        return out
+    def _place_link(self, scenario: Scenario) -> list[list[float]]:
+        """Link time between two distinct nodes of locations a and b (0 where there are none):
+        the largest of the block, as a node's link to itself is 0 and all others are equal."""
+        link, place = link_matrix(scenario, self.costs), np.array(self.place)
+        members = [np.flatnonzero(place == a) for a in range(max(self.place) + 1)]
+        return [[float(link[np.ix_(ma, mb)].max()) for mb in members] for ma in members]
 
     def _cached(self, key: tuple, compute: Callable[[], float]) -> float:
         if key not in self._cache:
@@ -364,6 +364,9 @@ def _anneal(state: _State, search: _Search, moves: int) -> None:
 
 def _descend(state: _State, search: _Search) -> None:
     """First-improvement descent over every move (seeded random order) to a local optimum."""
+    if search.spent():  # past the cap: not even the move list (2 million pairs at 2,000 nodes)
+        search.offer(state)
+        return
     nodes = sorted(state.stage_of)
     moves = [("nodes", x, y) for x in nodes for y in nodes if x < y]
     moves += [("stages", a, b) for a, b in state.stage_pairs]
@@ -402,8 +405,8 @@ def allocate(scenario: Scenario, seed: int = 0, time_budget_s: float = DEFAULT_T
         _descend(state, search)
         log.debug("allocation run %d: score %.3f s", run, state.parts.score)
         if search.expired:
-            log.warning("allocation search hit its %.1f s time budget in run %d of %d; "
-                        "the result depends on machine speed", time_budget_s, run + 1, restarts)
+            log.debug("allocation search hit its %.1f s wall-clock cap in run %d of %d; "  # the
+                      "result depends on machine speed", time_budget_s, run + 1, restarts)  # caller says so
             break
     breakdown = score_breakdown(scenario, search.best)
     wall = time.monotonic() - started

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 from ortools.sat.python import cp_model
 
 from ..ops import chain
-from .model_data import DTIME_PER_WALL_S, ROUNDING_SLACK, WALL_SAFETY, ModelData
+from .effort import WallCap, set_cpsat_limits, unlimited
+from .model_data import ROUNDING_SLACK, ModelData
 
 if TYPE_CHECKING:
     from .cpsat import Rules
@@ -140,13 +141,15 @@ class PathBounds:
         return max([makespan + d.avg[0], self.relaxed_floor(rules)]
                    + [done.get(s, 0) + d.avg[s] for s in range(1, len(d.stages))])
 
-    def relax(self, rules: Rules, time_limit_s: float, workers: int = 1) -> Relaxation | None:
-        """Solve the data-node relaxation (see `Relaxation`) for up to `time_limit_s` (with one
-        worker: that much deterministic time at DTIME_PER_WALL_S, so a seed reproduces); cached
+    def relax(self, rules: Rules, work_s: float, workers: int = 1,
+              cap: WallCap | None = None) -> Relaxation | None:
+        """Solve the data-node relaxation (see `Relaxation`) for `work_s` work seconds of
+        deterministic time (effort.py: a seed reproduces; `cap` only stops it early); cached
         per rule set. None when the model is too large (RELAX_MAX_CHOICES)."""
         key = _rules_key(rules)
         if key not in self._relaxed:
-            self._relaxed[key] = Relaxation.solve(self.data, self.sequences, rules, time_limit_s, workers)
+            self._relaxed[key] = Relaxation.solve(self.data, self.sequences, rules, work_s, workers,
+                                                  cap or unlimited())
         return self._relaxed[key]
 
     def relaxed_floor(self, rules: Rules) -> int:
@@ -228,18 +231,15 @@ class Relaxation:
     start: dict[int, int]  # microbatch -> F0 start tick there
 
     @staticmethod
-    def solve(data: ModelData, sequences, rules: Rules, time_limit_s: float,
-              workers: int) -> Relaxation | None:
+    def solve(data: ModelData, sequences, rules: Rules, work_s: float, workers: int,
+              cap: WallCap) -> Relaxation | None:
         if len(data.microbatches) * len({frozenset(seq) for seq in sequences}) > RELAX_MAX_CHOICES:
             return None
         times = {o: set_times(data, o, sequences) for o in data.origins()}
         m = cp_model.CpModel()
         build = _RelaxationModel(m, data, times, rules)
         solver = cp_model.CpSolver()
-        solver.parameters.num_workers = workers
-        solver.parameters.max_time_in_seconds = time_limit_s * (WALL_SAFETY if workers == 1 else 1)
-        if workers == 1:
-            solver.parameters.max_deterministic_time = time_limit_s * DTIME_PER_WALL_S
+        set_cpsat_limits(solver.parameters, work_s, cap, workers, seed=0)
         status = solver.Solve(m)
         name = solver.StatusName(status)
         if status == cp_model.INFEASIBLE:  # the visit share itself (check_feasible said so too)

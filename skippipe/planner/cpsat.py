@@ -35,8 +35,8 @@ from ortools.sat.python import cp_model
 
 from .bounds import PathBounds
 from ..ops import chain
-from .model_data import (DTIME_PER_WALL_S, ROUNDING_SLACK, WALL_SAFETY, ModelData, TimedPlan,
-                         all_sequences, plan_values)
+from .effort import WallCap, set_cpsat_limits, unlimited
+from .model_data import ROUNDING_SLACK, ModelData, TimedPlan, all_sequences, plan_values
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
@@ -362,24 +362,18 @@ class _Progress(cp_model.CpSolverSolutionCallback):
             self.report(line)
 
 
-def solve(pm: PathModel, time_limit_s: float, seed: int, workers: int,
-          progress: Callable[[str], None] | None = None, planned_s: float | None = None,
+def solve(pm: PathModel, work_s: float, seed: int, workers: int,
+          progress: Callable[[str], None] | None = None, cap: WallCap | None = None,
           lns_only: bool = False) -> SolveResult:
-    """Run CP-SAT on the model for up to `time_limit_s` wall seconds. With one worker the run is
-    also limited in deterministic time (DTIME_PER_WALL_S per second of `planned_s`, default the
-    time limit), so that a seed gives the same result on any machine not slower than that.
-    `lns_only`: every worker improves the hint by CP-SAT's own neighbourhood search (no proof of
-    optimality then). Raises PlanningError when CP-SAT proves the rules infeasible."""
+    """Run CP-SAT on the model for `work_s` work seconds of deterministic time (effort.py), so
+    that a seed gives the same result on any machine; `cap` (the build's wall-clock safety cap)
+    only stops it early. `lns_only`: every worker improves the hint by CP-SAT's own
+    neighbourhood search (no proof of optimality then). Raises PlanningError when CP-SAT proves
+    the rules infeasible."""
     solver = cp_model.CpSolver()
     params = solver.parameters
-    params.max_time_in_seconds = time_limit_s
-    if workers == 1:  # deterministic time ends the run; the wall clock is a safety net only
-        params.max_time_in_seconds = max(time_limit_s, WALL_SAFETY * (planned_s or time_limit_s))
-    params.num_workers = workers
-    params.random_seed = seed
+    set_cpsat_limits(params, work_s, cap or unlimited(), workers, seed)
     params.use_lns_only = lns_only
-    if workers == 1:
-        params.max_deterministic_time = (planned_s or time_limit_s) * DTIME_PER_WALL_S
     status = solver.Solve(pm.model, _Progress(pm.data.tick_s, progress))
     name = solver.StatusName(status)
     if status == cp_model.INFEASIBLE:

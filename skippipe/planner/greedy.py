@@ -26,7 +26,6 @@ import heapq
 import itertools
 import logging
 import math
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -334,29 +333,23 @@ def relabel_by_start(data: ModelData, plan: TimedPlan) -> TimedPlan:
 
 def greedy_seconds(data: ModelData) -> float:
     """Estimated seconds of one greedy run from its size (op placements, PLACEMENTS_PER_S): a
-    short time limit runs fewer settings, decided from the problem, not the clock."""
+    small budget runs fewer settings, decided from the problem, not the clock."""
     per_path = len(data.microbatches) * len(chain(data.k))
     return per_path * path_limit(data) / PLACEMENTS_PER_S
 
 
 def greedy_plan(data: ModelData, objective: str = "iteration",
                 fixed_paths: dict[int, tuple[int, ...]] | None = None,
-                guide: Relaxation | None = None, runs: int | None = None,
-                budget_s: float | None = None) -> TimedPlan:
+                guide: Relaxation | None = None, runs: int | None = None) -> TimedPlan:
     """The best (by `objective`, see model_data.plan_values) of the greedy plans with each
     setting of GREEDY_VARIANTS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
     node per hop) only the timing is chosen. With `guide` (a solved bounds.Relaxation) each
     microbatch takes its stage set there, in the order of its relaxed start. `runs`: only the
-    first so many settings (a short time limit; see `greedy_seconds`); `budget_s`: also no
-    further setting once another run would pass these wall seconds (several workers only:
-    the clock then changes the result)."""
-    started = time.monotonic()
+    first so many settings (a small budget; see `greedy_seconds`)."""
     best, best_value = None, math.inf
     candidates = {o: candidate_paths(data, o) for o in data.origins()}
     settings = GREEDY_VARIANTS if not (fixed_paths or guide) else ((None, None),)
-    for done, (pacing, node_slack) in enumerate(settings[:max(1, len(settings) if runs is None else runs)]):
-        if budget_s is not None and done and (time.monotonic() - started) * (done + 1) / done > budget_s:
-            break
+    for pacing, node_slack in settings[:max(1, len(settings) if runs is None else runs)]:
         plan = GreedyScheduler(data, pacing, fixed_paths, node_slack, candidates, guide).run()
         value = plan_values(data, plan)[objective]
         log.debug("greedy plan (pacing %s, node slack %s): %s %d ticks", pacing, node_slack,

@@ -4,13 +4,13 @@ Each step frees the paths of a few microbatches (the last to finish, one data no
 sharing nodes with a late one, the last on the stage that sets the iteration time, those on
 two nodes of one stage, or random), keeps every other path and that path's op order on
 each node (every RESEQUENCE_EVERY steps the order is free too), leaves all start times free,
-and lets CP-SAT re-solve that sub-model (cpsat.PathModel with `fixed_paths`) for up to
-LNS_STEP_S, hinted with the best plan and bounded by it. A step that finishes (optimal) grows
+and lets CP-SAT re-solve that sub-model (cpsat.PathModel with `fixed_paths`) for LNS_STEP_S
+work seconds (effort.py), hinted with the best plan and bounded by it. A step that finishes (optimal) grows
 the neighbourhood, one that times out shrinks it.
 
 Steps run one after another, each with every CP-SAT worker (measured on geo-distributed: two
-steps side by side in threads, one worker each, did worse than one step with two workers). With
-one worker their number is fixed by the budget, so a seed reproduces.
+steps side by side in threads, one worker each, did worse than one step with two workers).
+Their number is fixed by the budget, so a seed reproduces.
 """
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ from typing import Callable
 
 from .bounds import PathBounds
 from .cpsat import PathModel, Rules, SolveResult, solve
-from .model_data import WALL_SAFETY, ModelData, TimedPlan, plan_values
+from .effort import WallCap, unlimited
+from .model_data import ModelData, TimedPlan, plan_values
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
 
-LNS_STEP_S = 1.0  # CP-SAT limit of one sub-model (measured on geo-distributed: 1 s steps beat 2 and 4)
-LNS_MIN_STEP_S = 0.5  # no step is started with less time left
+LNS_STEP_S = 1.0  # work seconds of one sub-model (measured on geo-distributed: 1 s steps beat 2 and 4)
 LNS_START_FREE = 4  # microbatches freed by the first step
 LNS_MIN_FREE = 2
 NEIGHBOURHOODS = ("critical", "origin", "shared", "stage", "nodes", "random")  # steps cycle
@@ -50,7 +50,7 @@ class PathSearch:
         self.rng, self.size, self.steps, self.finished = random.Random(seed), LNS_START_FREE, 0, False
         self.started = time.monotonic()
 
-    def run_step(self, limit_s: float, workers: int) -> None:
+    def run_step(self, workers: int, cap: WallCap) -> None:
         """Build one sub-model from the best plan, solve it, record the outcome."""
         step, best, value = self.steps, self.best, self.value
         self.steps += 1
@@ -61,7 +61,7 @@ class PathSearch:
                           lower=self.lower, fixed_order=best if step % RESEQUENCE_EVERY else None)
         model.add_hint(best)
         try:
-            result = solve(model, limit_s, self.seed + step, workers, planned_s=LNS_STEP_S)
+            result = solve(model, LNS_STEP_S, self.seed + step, workers, cap=cap)
         except PlanningError:  # the bounded sub-model has no better plan
             result = None
         self._record(step, free, result)
@@ -82,23 +82,15 @@ class PathSearch:
 
 def improve_paths(data: ModelData, rules: Rules, start: TimedPlan, budget_s: float, seed: int,
                   workers: int, lower: PathBounds, progress: Progress | None = None,
-                  cap_s: float | None = None) -> TimedPlan:
-    """The best plan the path LNS finds from `start` within `budget_s` seconds. With one
-    worker the step count is fixed by the budget (reproducible; the wall clock stops it only
-    past WALL_SAFETY times the budget); otherwise `cap_s` (default the budget) stops it."""
+                  cap: WallCap | None = None) -> TimedPlan:
+    """The best plan the path LNS finds from `start` in `budget_s` work seconds: that many
+    steps of LNS_STEP_S each (deterministic, effort.py); `cap` (the build's wall-clock safety
+    cap) only stops it early."""
     search = PathSearch(data, rules, start, lower, seed, progress)
-    steps = int(budget_s / LNS_STEP_S) if workers == 1 else None
-    cap_s = WALL_SAFETY * budget_s if workers == 1 else cap_s  # one worker: the step count decides
-    deadline = search.started + (budget_s if cap_s is None else cap_s)
-    while (steps is None or search.steps < steps) and not search.finished:
-        left = deadline - time.monotonic()
-        if left <= LNS_MIN_STEP_S:
-            if steps is not None:
-                log.warning("path LNS stopped by the wall clock after %d of %d steps: with one "
-                            "worker the result now depends on machine speed", search.steps, steps)
-            break
-        search.run_step(min(LNS_STEP_S, left), workers)
-    log.debug("path LNS: %d steps, objective %d ticks", search.steps, search.value)
+    steps, cap = int(budget_s / LNS_STEP_S), cap or unlimited()
+    while search.steps < steps and not search.finished and not cap.spent("path LNS"):
+        search.run_step(workers, cap)
+    log.debug("path LNS: %d of %d steps, objective %d ticks", search.steps, steps, search.value)
     return search.best
 
 

@@ -33,10 +33,6 @@ TICK_S = 0.01  # model time resolution: 10 ms, under 3% of the paper's shortest 
 MIN_TICKS_PER_OP = 20  # finer ticks when an op or link would span fewer (rounding error <= 5%)
 MAX_HOP_CHOICES = 8_000  # (microbatch, hop, node) choices before nodes are pruned per origin:
 # the paper's setting needs 1,350; beyond ~10k the model takes tens of seconds to build and presolve
-DTIME_PER_WALL_S = 0.1  # CP-SAT deterministic time per wall second on the 2-core dev box (loaded,
-# one worker, measured 0.1-0.15): one-worker runs are bounded in it, so a seed reproduces
-WALL_SAFETY = 3.0  # with one worker, wall-clock limits are this many times the planned time: only
-# a safety net, so a loaded machine gives the same plan later rather than a different one
 ROUNDING_SLACK = 1e-9  # float noise allowed before rounding a duration up to the next tick
 
 Stages = tuple[tuple[int, ...], ...]
@@ -149,9 +145,10 @@ def build_data(scenario: Scenario, stages: Stages, tick_s: float | None = None) 
     sequences = tuple(stage_sequences(scenario))
     check_feasible(scenario, stages, sequences)
     costs, n = Costs(scenario), len(scenario.nodes)
-    tick = tick_s or _tick_for(costs, n)
+    link_s = link_matrix(scenario, costs)
+    tick = tick_s or _tick_for(costs, n, link_s)
     dur = {kind: tuple(_ticks(costs.op_s(kind, a), tick) for a in range(n)) for kind in "FLB"}
-    link = tuple(tuple(_ticks(costs.link_s(a, b), tick) for b in range(n)) for a in range(n))
+    link = tuple(map(tuple, np.ceil(link_s / tick - ROUNDING_SLACK).astype(np.int64).tolist()))
     stage_of = [0] * n
     for s, nodes in enumerate(stages):
         for a in nodes:
@@ -193,10 +190,30 @@ def stage_set_counts(sets, caps: dict[int, int], n_mb: int) -> dict[tuple[int, .
     return {st: solver.Value(c) for st, c in zip(sets, count) if solver.Value(c)}
 
 
-def _tick_for(costs: Costs, n: int) -> float:
+def link_matrix(scenario: Scenario, costs: Costs | None = None) -> np.ndarray:
+    """Seconds of one message on each idle link, node x node (0 from a node to itself). A link
+    depends only on its two locations, so each location pair is computed once (2,000 nodes:
+    4 million pairs, 23 location pairs)."""
+    costs = costs or Costs(scenario)
+    where = [nd.location for nd in scenario.nodes]
+    places = list(dict.fromkeys(where))
+    members = {p: [i for i, w in enumerate(where) if w == p][:2] for p in places}
+    table = np.zeros((len(places), len(places)))
+    for x, p in enumerate(places):
+        for y, q in enumerate(places):
+            a = members[p][0]
+            b = next((b for b in members[q] if b != a), None)  # a one-node location: never used
+            table[x, y] = 0.0 if b is None else costs.link_s(a, b)
+    index = np.array([places.index(w) for w in where]) if places else np.zeros(0, dtype=int)
+    out = table[np.ix_(index, index)]
+    np.fill_diagonal(out, 0.0)
+    return out
+
+
+def _tick_for(costs: Costs, n: int, link_s: np.ndarray) -> float:
     """TICK_S, or a power of ten fine enough that the shortest op or link spans MIN_TICKS_PER_OP."""
     times = [costs.op_s(kind, a) for kind in "FLB" for a in range(n)]
-    times += [t for a in range(n) for b in range(n) if (t := costs.link_s(a, b)) > 0]
+    times += [float(link_s[link_s > 0].min())] if (link_s > 0).any() else []
     finest = min(times) / MIN_TICKS_PER_OP
     return TICK_S if finest >= TICK_S else 10.0 ** math.floor(math.log10(finest))
 
@@ -209,16 +226,21 @@ def hop_choices(data: ModelData, sequences) -> int:
 
 
 def _prune(data: ModelData) -> ModelData:
-    """Keep `keep` nodes per stage for each origin, fewer until the model fits MAX_HOP_CHOICES."""
-    if hop_choices(data, data.sequences) <= MAX_HOP_CHOICES:
+    """Keep `keep` nodes per stage for each origin, the most that fit MAX_HOP_CHOICES (at least 1)."""
+    widest = max(len(nodes) for nodes in data.stages[1:])
+    if _choices_keeping(data, widest) <= MAX_HOP_CHOICES:  # hop_choices of the whole set
         return data
-    keep, pruned = max(len(nodes) for nodes in data.stages[1:]), data
-    while keep > 1 and hop_choices(pruned, data.sequences) > MAX_HOP_CHOICES:
-        keep -= 1
-        pruned = dataclasses.replace(pruned, allowed=_spread(data, keep), pruned=True)
+    keep = next((k for k in range(widest - 1, 1, -1) if _choices_keeping(data, k) <= MAX_HOP_CHOICES), 1)
     log.warning("model pruned: each origin may use %d nodes per stage (of up to %d); the bound is "
-                "relative to that candidate set", keep, max(len(nodes) for nodes in data.stages[1:]))
-    return pruned
+                "relative to that candidate set", keep, widest)
+    return dataclasses.replace(data, allowed=_spread(data, keep), pruned=True)
+
+
+def _choices_keeping(data: ModelData, keep: int) -> int:
+    """hop_choices when each origin keeps `keep` nodes of every stage (the same for all origins)."""
+    per_microbatch = sum(min(keep, len(data.stages[s]))
+                         for h in range(1, data.k) for s in {seq[h] for seq in data.sequences})
+    return len(data.microbatches) * per_microbatch
 
 
 def _spread(data: ModelData, keep: int) -> dict[int, Stages]:
@@ -227,14 +249,16 @@ def _spread(data: ModelData, keep: int) -> dict[int, Stages]:
     origins = data.origins()
     allowed = {o: [data.stages[0]] for o in origins}
     for nodes in data.stages[1:]:
-        share = math.ceil(len(origins) * min(keep, len(nodes)) / len(nodes))
-        taken, mine = Counter(), {o: [] for o in origins}
-        for _ in range(min(keep, len(nodes))):
+        picks = min(keep, len(nodes))
+        share = math.ceil(len(origins) * picks / len(nodes))
+        ranked = {o: sorted(nodes, key=lambda n: (_rank(data, o, n), n)) for o in origins}
+        taken, mine = Counter(), {o: set() for o in origins}
+        for _ in range(picks):
             for o in origins:
-                free = ([n for n in nodes if n not in mine[o] and taken[n] < share]
-                        or [n for n in nodes if n not in mine[o]])
-                best = min(free, key=lambda n: (_rank(data, o, n), n))
-                mine[o].append(best)
+                best = next((n for n in ranked[o] if n not in mine[o] and taken[n] < share), None)
+                if best is None:
+                    best = next(n for n in ranked[o] if n not in mine[o])
+                mine[o].add(best)
                 taken[best] += 1
         for o in origins:
             allowed[o].append(tuple(sorted(mine[o])))

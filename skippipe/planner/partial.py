@@ -4,11 +4,12 @@ ca-partial: the greedy list scheduler gives a first feasible timed plan; the dat
 relaxation (bounds.py) proves a lower bound and guides a second greedy plan; a large
 neighbourhood search over paths (lns.py: CP-SAT on sub-models where most microbatches keep their
 paths) improves the better one; then the full model, hinted with the best plan and bounded by
-it, runs for the rest of the time limit to improve it further. A plan that meets the proven
-bound is optimal and returned at once. The whole call stays within `time_limit_s`. The variant
+it, spends the rest of the work to improve it further. A plan that meets the proven bound is
+optimal and returned at once. The work is counted in work seconds (effort.py), so the same
+inputs give the same plan on any machine, loaded or idle. The variant
 holds each microbatch's path and every node's op order with planned start times; its provenance
 holds the status, the objective and the proven bound (seconds of the model's objective: the
-simulator's iteration time). If nothing better than the greedy plan is found in time, the
+simulator's iteration time). If nothing better than the greedy plan is found, the
 greedy plan is returned and the status says so.
 
 non-ca-partial: the same model without TC2 (collision-blind: memory slots and the visit share
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -39,16 +39,14 @@ from ..ops import chain
 from .model_data import ModelData, TimedPlan, all_sequences, build_data, plan_values
 from .greedy import GREEDY_VARIANTS, greedy_plan, greedy_seconds, relabel_by_start
 from .lns import improve_paths
+from .effort import DEFAULT_WORKERS, WallCap, unlimited
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIME_LIMIT_S = 60.0  # CP-SAT budget per variant (the paper's planner took minutes)
-FINISH_RESERVE_S = 2.0  # kept from the time limit for CP-SAT's stop, extraction, validation
-# and recomputation (about 1 s on the 40-node scaling scenario on the 2-core dev box) ...
-FINISH_RESERVE_SHARE = 0.2  # ... or this share of a short time limit
-GREEDY_SHARE = 0.3  # of the time limit at most for the first greedy plans (each setting one run)
-RELAX_SHARE = 0.2  # of the time limit at most for the data-node relaxation (bound, greedy guide)
-LNS_SHARE = 0.8  # of the solving time for path LNS; the rest for the full model (polish)
+DEFAULT_WORK_S = 20.0  # work seconds per variant (effort.py) when called on its own
+GREEDY_SHARE = 0.3  # of the work at most for the first greedy plans (each setting one run)
+RELAX_SHARE = 0.2  # of the work for the data-node relaxation (bound, greedy guide)
+LNS_SHARE = 0.8  # of the solving work for path LNS; the rest for the full model (polish)
 FULL_MODEL_LNS_ONLY = True  # with several workers the full model only improves the plan (CP-SAT's
 # LNS on every worker): on geo-distributed median of 3 seeds 78.2 s against 79.3 s with its
 # default portfolio, whose search never raised the bound above the relaxation's
@@ -68,67 +66,64 @@ class PlanResult:
     bound: int | None
 
 
-def ca_partial_variant(scenario: Scenario, allocation, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
-                       seed: int = 0, workers: int | None = None,
-                       progress: Progress | None = None, objective: str = "iteration",
-                       candidates: Sequence[tuple[Sequence[MicrobatchPath], dict]] = ()) -> VariantSchedule:
+def ca_partial_variant(scenario: Scenario, allocation, work_s: float = DEFAULT_WORK_S, seed: int = 0,
+                       workers: int = DEFAULT_WORKERS, progress: Progress | None = None,
+                       objective: str = "iteration",
+                       candidates: Sequence[tuple[Sequence[MicrobatchPath], dict]] = (),
+                       cap: WallCap | None = None) -> VariantSchedule:
     """SkipPipe's collision-aware partial pipeline: paths, per-node order and start times (s).
 
-    `allocation`: an allocation.Allocation or stage -> node ids; `time_limit_s`: the wall budget
-    of the whole call (seconds); `workers`: CP-SAT threads (default: every CPU); `progress` gets
-    one line per improving solution; `objective`: 'iteration' or 'makespan'; `candidates`:
-    (paths, node -> ops in run order) plans to start from, e.g. non-ca-partial's paths in the
-    order the simulator ran them. Raises PlanningError for infeasible inputs."""
-    return _variant("ca-partial", scenario, allocation, Rules(objective=objective), time_limit_s,
-                    seed, workers, progress, candidates)
+    `allocation`: an allocation.Allocation or stage -> node ids; `work_s`: the work seconds of
+    the whole call (effort.py: the same inputs give the same plan on any machine); `workers`:
+    CP-SAT threads (the plan does not depend on them); `progress` gets one line per improving
+    solution; `objective`: 'iteration' or 'makespan'; `candidates`: (paths, node -> ops in run
+    order) plans to start from, e.g. non-ca-partial's paths in the order the simulator ran them;
+    `cap`: the build's wall-clock safety cap. Raises PlanningError for infeasible inputs."""
+    return _variant("ca-partial", scenario, allocation, Rules(objective=objective), work_s,
+                    seed, workers, progress, candidates, cap)
 
 
-def non_ca_partial_variant(scenario: Scenario, allocation, time_limit_s: float = DEFAULT_TIME_LIMIT_S,
-                           seed: int = 0, workers: int | None = None,
-                           progress: Progress | None = None, objective: str = "iteration") -> VariantSchedule:
+def non_ca_partial_variant(scenario: Scenario, allocation, work_s: float = DEFAULT_WORK_S,
+                           seed: int = 0, workers: int = DEFAULT_WORKERS,
+                           progress: Progress | None = None, objective: str = "iteration",
+                           cap: WallCap | None = None) -> VariantSchedule:
     """SkipPipe without TC2: paths chosen collision-blind, no per-node order (the simulator runs
     them first come first served). Arguments as for `ca_partial_variant`."""
     return _variant("non-ca-partial", scenario, allocation, Rules(tc2=False, objective=objective),
-                    time_limit_s, seed, workers, progress)
+                    work_s, seed, workers, progress, (), cap)
 
 
-def _variant(name: str, scenario: Scenario, allocation, rules: Rules, time_limit_s: float, seed: int,
-             workers: int | None, progress: Progress | None, candidates=()) -> VariantSchedule:
+def _variant(name: str, scenario: Scenario, allocation, rules: Rules, work_s: float, seed: int,
+             workers: int, progress: Progress | None, candidates, cap: WallCap | None) -> VariantSchedule:
     started = time.monotonic()
     stages = stages_of(allocation)
     check_allocation(scenario, stages)
     data = build_data(scenario, stages)
     starts = [timed_from_order(data, paths, order) for paths, order in candidates]
-    result = plan(data, rules, time_limit_s, seed, workers or os.cpu_count() or 1, progress, started,
-                  starts)
-    wall = time.monotonic() - started
+    result = plan(data, rules, work_s, seed, workers, progress, cap, starts)
     tick = data.tick_s
-    prov = Provenance("cp-sat", seed, workers or os.cpu_count() or 1, time_limit_s, result.status,
-                      result.objective * tick, None if result.bound is None else result.bound * tick,
-                      round(wall, 3))
+    prov = Provenance("cp-sat", seed, workers, work_s, result.status, result.objective * tick,
+                      None if result.bound is None else result.bound * tick,
+                      round(time.monotonic() - started, 3))
     variant = to_variant(name, data, result.plan, prov, ordered=rules.tc2)
     check_plan(scenario, data, variant, result.plan)
     return variant
 
 
-def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers: int,
-         progress: Progress | None = None, started: float | None = None,
+def plan(data: ModelData, rules: Rules, work_s: float, seed: int, workers: int,
+         progress: Progress | None = None, cap: WallCap | None = None,
          candidates: Sequence[TimedPlan] = ()) -> PlanResult:
     """Greedy first; the data-node relaxation (bounds.Relaxation: a proven bound, and a guide
-    for a second greedy plan) for up to RELAX_SHARE of the time; then path LNS (CP-SAT on
-    sub-models) for LNS_SHARE of the time left; then the full model, hinted with the best plan,
-    until `time_limit_s` after `started` (time.monotonic() seconds, default now) less
-    the finish reserve. `candidates`: further feasible plans; the search starts from the best
-    plan of all. Returns the best plan, the status and the proven bound (ticks). With one
-    worker the budgets come from the time limit alone and every CP-SAT call is bounded in
-    deterministic time too, so a seed reproduces."""
-    started = time.monotonic() if started is None else started
-    deadline = started + time_limit_s
-    reserve = min(FINISH_RESERVE_S, FINISH_RESERVE_SHARE * time_limit_s)
+    for a second greedy plan) for RELAX_SHARE of `work_s`; then path LNS (CP-SAT on sub-models)
+    for LNS_SHARE of the rest; then the full model, hinted with the best plan, for what is left.
+    `work_s` is work seconds (effort.py): every budget follows from it and from the problem's
+    size, never from the clock, so a seed reproduces; `cap` (the build's wall-clock safety cap)
+    only cuts phases short. `candidates`: further feasible plans; the search starts from the
+    best plan of all. Returns the best plan, the status and the proven bound (ticks)."""
+    cap = cap or unlimited()
     greedy_s = greedy_seconds(data)
-    runs = max(1, min(len(GREEDY_VARIANTS), int(GREEDY_SHARE * time_limit_s / greedy_s)))
-    first = greedy_plan(data, rules.objective, runs=runs,
-                        budget_s=None if workers == 1 else GREEDY_SHARE * time_limit_s)
+    runs = max(1, min(len(GREEDY_VARIANTS), int(GREEDY_SHARE * work_s / greedy_s)))
+    first = greedy_plan(data, rules.objective, runs=runs)
     say = progress or (lambda line: None)
     say(f"greedy: first feasible plan, objective {_seconds(data, first, rules)}")
     for given in candidates:
@@ -136,7 +131,7 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
         if plan_values(data, given)[rules.objective] < plan_values(data, first)[rules.objective]:
             first = given
     lower = PathBounds(data, data.sequences if rules.cc3 else all_sequences(data))
-    relaxed = lower.relax(rules, RELAX_SHARE * time_limit_s, workers)
+    relaxed = None if cap.spent("the relaxation") else lower.relax(rules, RELAX_SHARE * work_s, workers, cap)
     if relaxed is not None:
         say(f"relaxation: bound {relaxed.bound * data.tick_s:.2f} s ({relaxed.status})")
         if relaxed.stage_set:
@@ -144,26 +139,21 @@ def plan(data: ModelData, rules: Rules, time_limit_s: float, seed: int, workers:
             say(f"greedy guided by the relaxation: objective {_seconds(data, guided, rules)}")
             if plan_values(data, guided)[rules.objective] < plan_values(data, first)[rules.objective]:
                 first = guided
-    left = deadline - reserve - time.monotonic()
-    # one worker: the budget follows from the limit and the greedy's estimated (not measured)
-    # time, so the number of LNS steps and CP-SAT's deterministic time reproduce
-    planned = (1 - RELAX_SHARE) * time_limit_s - reserve - (runs + 1) * greedy_s
-    total = max(0.0, planned if workers == 1 else left)
+    # the greedy's estimated (not measured) time, so the LNS steps and CP-SAT's work reproduce
+    total = max(0.0, (1 - RELAX_SHARE) * work_s - (runs + 1) * greedy_s)
     lns_s, full_s = LNS_SHARE * total, (1 - LNS_SHARE) * total
-    best = improve_paths(data, rules, first, lns_s, seed, workers, lower, progress,
-                         cap_s=LNS_SHARE * max(0.0, left))
+    best = improve_paths(data, rules, first, lns_s, seed, workers, lower, progress, cap)
     best_value = plan_values(data, best)[rules.objective]
     floor = lower.objective_floor(rules)
     if best_value <= floor:
         return PlanResult(best, "OPTIMAL", best_value, floor)  # the plan meets the proven bound
-    budget = full_s if workers == 1 else deadline - reserve - time.monotonic()  # one worker:
-    # the planned time (the machine's speed must not change the plan)
-    if budget <= 0:
-        return PlanResult(best, "FEASIBLE: no time left for the full model", best_value, floor)
+    if full_s <= 0 or cap.spent("the full model"):
+        return PlanResult(best, "FEASIBLE: no work left for the full model", best_value, floor)
     model = PathModel(data, rules, upper_bound=best_value, lower=lower)
     model.add_hint(relabel_by_start(data, best))
-    solved: SolveResult = solve(model, budget, seed, workers, progress, planned_s=full_s,
+    solved: SolveResult = solve(model, full_s, seed, workers, progress, cap,
                                 lns_only=workers > 1 and FULL_MODEL_LNS_ONLY)
+    cap.spent("the full model")
     bound = max(floor, solved.bound)
     if solved.plan is not None and solved.objective < best_value:
         return PlanResult(solved.plan, solved.status, solved.objective, bound)

@@ -19,10 +19,9 @@ nearest nodes, so its averaging stays cheap, as the iteration objective wants; "
 full-pipeline stage 0; "random"; the other stages dealt at random) are scored and the best is
 kept; then a first-improvement local search with random moves (two nodes of different stages,
 one of them often from the stage that sets the objective, or the node sets of two equal-size
-stages, exchanged). With one worker the number of evaluations comes from the budget and the
-greedy's size (op placements / greedy.PLACEMENTS_PER_S), not from the clock, so a seed gives one
-allocation; the wall clock stops it only past `wall_safety` times the budget (warned). With
-several workers the clock ends it: no evaluation starts that would end past the budget.
+stages, exchanged). The number of evaluations comes from the budget in work seconds
+(effort.py) and the greedy's size (op placements / greedy.PLACEMENTS_PER_S), not from the
+clock, so a seed gives one allocation; the build's wall-clock safety cap only stops it early.
 """
 from __future__ import annotations
 
@@ -33,14 +32,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..costs import Costs
+import numpy as np
+
 from ..scenario import Scenario
 from .allocation import Stages, random_allocation, stages_of
 from .bounds import PathBounds
 from .cpsat import Rules
 from .greedy import PLACEMENTS_PER_S, GreedyScheduler, candidate_count, candidate_paths, path_limit
 from ..ops import chain
-from .model_data import build_data, plan_values
+from .effort import WallCap, unlimited
+from .model_data import build_data, link_matrix, plan_values
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ START_KINDS = ("cluster", "keep", "random")  # starts cycle through these (modul
 STAGE_MOVE_SHARE = 0.2  # of the local moves exchange two whole equal-size stages
 CRITICAL_SHARE = 0.5  # of the node exchanges move a node of the stage that sets the objective
 PROPOSALS_PER_EVALUATION = 20  # proposals pruned by the floor, per evaluation, before giving up
+STALE_PROPOSALS = 200  # proposals in a row already scored or pruned: the neighbourhood is exhausted
 MIN_EVALUATIONS = 2  # the full-pipeline allocation and at least one other
 
 Progress = Callable[[str], None]
@@ -86,7 +88,8 @@ class _Scorer:
             return self.scores[stages]
         data = build_data(self.scenario, stages)
         if PathBounds(data, data.sequences).objective_floor(self.rules) * data.tick_s >= beat:
-            self.pruned += 1
+            self.pruned += 1  # the best only improves: pruned for good
+            self.scores[stages] = math.inf
             return math.inf
         self.evaluations += 1
         try:
@@ -110,14 +113,13 @@ def evaluation_cost_s(scenario: Scenario, stages: Stages) -> float:
 
 
 def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "iteration",
-                          budget_s: float = 15.0, seed: int = 0, deterministic: bool = True,
-                          progress: Progress | None = None, wall_safety: float = 1.0) -> SkipAllocation:
+                          budget_s: float = 15.0, seed: int = 0, progress: Progress | None = None,
+                          cap: WallCap | None = None) -> SkipAllocation:
     """Search an allocation for the partial variants' `objective` ('iteration' or 'makespan')
-    from `start` (the full-pipeline allocation) within about `budget_s` seconds (module
-    docstring). `deterministic`: the evaluation count is fixed by the budget (one worker);
-    otherwise the search runs until the wall clock says the budget is spent. The wall clock
-    stops a deterministic search only past `wall_safety` times the budget."""
-    started = time.monotonic()
+    from `start` (the full-pipeline allocation) in `budget_s` work seconds (module docstring):
+    the evaluation count follows from them and the greedy's size, so a seed gives one
+    allocation; `cap` (the build's wall-clock safety cap) only stops the search early."""
+    started, cap = time.monotonic(), cap or unlimited()
     start = stages_of(start)
     say = progress or (lambda line: None)
     scorer, rng = _Scorer(scenario, objective), random.Random(seed)
@@ -128,44 +130,27 @@ def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "i
             f"{MIN_EVALUATIONS} times in {budget_s:.1f} s")
         return SkipAllocation(start, objective, math.nan, math.nan, 0, 0,
                               round(time.monotonic() - started, 3))
-    deadline = started + budget_s * (wall_safety if deterministic else 1.0)
-
-    def spent() -> bool:
-        if scorer.evaluations >= evaluations and deterministic:
-            return True
-        now = time.monotonic()
-        per_evaluation = (now - started) / max(1, scorer.evaluations)
-        if now >= deadline or (not deterministic and now + per_evaluation > deadline):
-            if deterministic:
-                log.warning("allocation search stopped by the wall clock after %d of %d "
-                            "evaluations: the result depends on machine speed",
-                            scorer.evaluations, evaluations)
-            return True
-        return False
-
+    search = _Budget(scorer, evaluations, cap)
     best, best_score = start, scorer.score(start)
     first = best_score
     say(f"allocation search: full-pipeline allocation scores {best_score:.2f} s ({objective}, "
         f"greedy), {evaluations} evaluations planned")
-    proposals, clusters = 0, _clusters(scenario, rng)
-    while not spent() and scorer.evaluations < max(MIN_EVALUATIONS, START_SHARE * evaluations):
-        kind = START_KINDS[proposals % len(START_KINDS)]
-        proposals += 1
+    clusters = _clusters(scenario, rng)
+    while not search.spent() and scorer.evaluations < max(MIN_EVALUATIONS, START_SHARE * evaluations):
+        kind = START_KINDS[search.proposals % len(START_KINDS)]
+        search.proposals += 1
         if kind == "random" or (kind == "cluster" and not clusters):
             cand = random_allocation(scenario, rng)
         else:
             cand = _redeal_rest(scenario, clusters.pop() if kind == "cluster" else start[0], rng)
-        value = scorer.score(cand, best_score)
+        value = search.score(cand, best_score)
         if value < best_score:
             best, best_score = cand, value
             say(f"allocation search {time.monotonic() - started:6.1f} s  best {best_score:.2f} s "
                 f"(start {scorer.evaluations})")
-        if proposals > PROPOSALS_PER_EVALUATION * evaluations:
-            break
-    while not spent() and proposals <= PROPOSALS_PER_EVALUATION * evaluations:
-        proposals += 1
-        cand = _neighbour(best, rng, scorer.critical.get(best))
-        value = scorer.score(cand, best_score)
+    while not search.spent():
+        search.proposals += 1
+        value = search.score(cand := _neighbour(best, rng, scorer.critical.get(best)), best_score)
         if value < best_score:
             best, best_score = cand, value
             say(f"allocation search {time.monotonic() - started:6.1f} s  best {best_score:.2f} s "
@@ -176,6 +161,26 @@ def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "i
              scorer.evaluations, scorer.pruned, wall)
     return SkipAllocation(best, objective, best_score, first, scorer.evaluations, scorer.pruned,
                           round(wall, 3))
+
+
+class _Budget:
+    """When the search ends: its evaluations are spent, PROPOSALS_PER_EVALUATION proposals per
+    planned evaluation are made, STALE_PROPOSALS proposals in a row were already known (the
+    neighbourhood is exhausted), or the wall-clock cap has passed."""
+
+    def __init__(self, scorer: _Scorer, evaluations: int, cap: WallCap):
+        self.scorer, self.evaluations, self.cap = scorer, evaluations, cap
+        self.proposals = self.stale = 0
+
+    def score(self, stages: Stages, beat: float) -> float:
+        self.stale = self.stale + 1 if stages in self.scorer.scores else 0
+        return self.scorer.score(stages, beat)
+
+    def spent(self) -> bool:
+        return (self.scorer.evaluations >= self.evaluations
+                or self.proposals > PROPOSALS_PER_EVALUATION * self.evaluations
+                or self.stale >= STALE_PROPOSALS
+                or self.cap.spent("the skip-aware allocation search"))
 
 
 def _critical_stage(data, values: dict, objective: str) -> int:
@@ -193,12 +198,10 @@ def _normalise(groups) -> Stages:
 def _clusters(scenario: Scenario, rng: random.Random) -> list[tuple[int, ...]]:
     """Distinct stage-0 node sets, one per node: it and its nearest nodes (slower link direction),
     in a seeded random order."""
-    costs, n, size = Costs(scenario), len(scenario.nodes), scenario.pipeline.stage_sizes[0]
-    out = {}
-    for a in range(n):
-        near = sorted(range(n), key=lambda b: (max(costs.link_s(a, b), costs.link_s(b, a)), b))
-        out.setdefault(tuple(sorted(near[:size])), None)
-    found = list(out)
+    link = link_matrix(scenario)
+    near = np.argsort(np.maximum(link, link.T), axis=1, kind="stable")  # ties: lower id first
+    size = scenario.pipeline.stage_sizes[0]
+    found = list(dict.fromkeys(tuple(sorted(int(b) for b in row[:size])) for row in near))
     rng.shuffle(found)
     return found
 
