@@ -249,7 +249,8 @@ def test_a_partition_stops_the_minority_and_the_majority_finishes(hosts, tmp_pat
         results = _outputs(launchers, STEP_DEADLINE_S)
     finally:
         hosts.link(cut, "up")
-    assert _reachable(hosts, cut, 0)
+    # the test's own network mends: the port needs a moment to carry traffic again
+    _wait_for(lambda: _reachable(hosts, cut, 0), 20, "route back to the cut host")
     for h, (code, text) in enumerate(results):
         if h == cut:
             assert code == QUORUM_EXIT, text
@@ -257,7 +258,9 @@ def test_a_partition_stops_the_minority_and_the_majority_finishes(hosts, tmp_pat
             stopped = ", ".join(map(str, sorted(minority)))
             assert len(errors) == 1, text
             assert errors[0].startswith(f"error: the run lost its quorum and node(s) {stopped} stopped: "), text
-            assert errors[0].endswith("this side holds 2 of 6 nodes, not a majority"), text
+            # which reason each cut node saw first depends on the order of its verdicts (a
+            # stage whose node sits across the cut, or the majority): either names what is lost
+            assert "no live node" in errors[0] or "not a majority" in errors[0], text
         else:
             assert code == 0, text
     events = _events(runs)
@@ -265,6 +268,9 @@ def test_a_partition_stops_the_minority_and_the_majority_finishes(hosts, tmp_pat
     assert finished == {n: minority for n in majority}
     assert {e["node"] for e in events if e["event"] == "quorum_lost"} == minority
     declared = [e for e in events if e["event"] == "peer_dead"]
-    assert all(e["why"].startswith("silent for more than 5 s") for e in declared)
+    # across the cut only silence is evidence; a cut node that stopped first closes its port,
+    # which its host peer rightly takes as a death
+    assert all(e["why"].startswith("silent for more than 5 s") for e in declared
+               if any((e["node"] in minority) != (p in minority) for p in e["peers"]))
     last = {e["node"] for e in events if e["event"] == "iteration_end" and e["iteration"] == 7}
     assert last == majority  # only the majority trained on
