@@ -132,18 +132,23 @@ class Rendezvous:
                 self.server = StoreServer(self.endpoint, self.auth, self.n_nodes)
             except OSError:
                 pass  # the port is taken: another process here serves it (or something else does)
-        self._await_listener(deadline)
-        try:
-            return StoreClient(self.endpoint, self.auth, self.timeout_s)
-        except KeysDiffer:
-            self.close()
-            raise RendezvousError(f"{self.where}: the run keys differ: the store there serves a run "
-                                  f"with another key; give every host the same --run-key-file or "
-                                  f"SKIPPIPE_RUN_KEY") from None
-        except (StoreError, OSError) as e:
-            self.close()
-            raise RendezvousError(f"{self.where}: no rendezvous store answers there "
-                                  f"({getattr(e, 'strerror', None) or e})") from None
+        while True:
+            self._await_listener(deadline)
+            try:
+                return StoreClient(self.endpoint, self.auth, self.timeout_s)
+            except KeysDiffer:
+                self.close()
+                raise RendezvousError(f"{self.where}: the run keys differ: the store there serves a "
+                                      f"run with another key; give every host the same --run-key-file "
+                                      f"or SKIPPIPE_RUN_KEY") from None
+            except (StoreError, OSError) as e:
+                # a store that is starting or busy (a loaded host) may drop a handshake: try
+                # again until the deadline, as for a store not yet listening
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise RendezvousError(f"{self.where}: no rendezvous store answers there "
+                                          f"({getattr(e, 'strerror', None) or e})") from None
+                time.sleep(CONNECT_RETRY_S)
 
     def _open_agent_store(self, deadline: float):
         """torchrun's own TCPStore (its agent serves it at the address)."""
