@@ -24,7 +24,8 @@ import torch
 
 from ..train.data import prepare_data, validation_batches
 from ..errors import SkipPipeError
-from ..train.model import STAGE_FILE, Stage, build_stage, load_stage_state, read_checkpoint_info
+from ..train.model import (STAGE_FILE, Stage, build_stage, load_stage_file, load_stage_state,
+                           read_checkpoint_info)
 from ..variants import V_PLACED
 from ..schedule import load_schedule
 from ..util.devices import device_for
@@ -75,10 +76,9 @@ def load_trained_stage(run_dir: Path, node: int, stage: int, n_stages: int, devi
     path = own if own.is_file() else ckpt / STAGE_FILE.format(stage=stage)
     borrow = stage == 0 and info.loss_at == "last"
     module = build_stage(info.model, stage, n_stages, device, loss_at="origin" if borrow else info.loss_at)
-    state = torch.load(path, map_location=device, weights_only=True)
+    state = load_stage_file(path)
     if borrow:
-        last = torch.load(ckpt / STAGE_FILE.format(stage=n_stages - 1), map_location=device,
-                          weights_only=True)
+        last = load_stage_file(ckpt / STAGE_FILE.format(stage=n_stages - 1))
         state = {**state, **{k: v for k, v in last.items() if not k.startswith("layers.")}}
     load_stage_state(module, state)
     return module.eval()
