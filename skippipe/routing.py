@@ -25,8 +25,8 @@ The rules (`Routing.rule`):
   the stages' best times, choosing again when a set would leave its later microbatches unable
   to spend the rest (CC3's forward jump limit leaves some sets unorderable). Each hop then
   chooses the next stage among those left whose choice keeps CC3 satisfiable (by its best
-  time), then the node. CC1 and CC2 hold by
-  construction (stage 0 only first, each stage once, k stages).
+  time), then the node. CC1 and CC2 hold by construction (stage 0 only first, each stage
+  once, k stages).
 - repair (ca-repair): the planned next node, unless it is dead, blacklisted or its measured
   forward takes `slow_factor` times its planned time; then a swarm draw among the stage's other
   live nodes that are not slow themselves, for that microbatch only (when every node there is

@@ -27,6 +27,7 @@ from ..planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
 from ..scenario import Scenario, load_scenario
 from ..schedule import Schedule, load_schedule, save_schedule
 from ..variants import BUILT_ON, FULL_PIPELINE, VARIANTS
+from ..util.files import write_atomic
 from ..util.rundir import can_create
 from ..util.tables import format_table
 
@@ -253,10 +254,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    """Atomically: a crash never leaves a half-written file."""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode())
 
 
 def _emulate(rows: list[dict], scenario: Scenario, schedule_path: Path, out: Path, iterations: int,

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from ..train.local import train_iteration
 from ..train.model import CheckpointInfo, build_stages, load_checkpoint, save_checkpoint
 from ..train.optim import learning_rate, make_optimizer
 from ..train.recipe import recipe_config
+from ..util.files import write_atomic
 from .layerdrop import layerdrop_paths
 
 log = logging.getLogger("skippipe.study")
@@ -97,11 +97,8 @@ def write_result(path: Path, payload: dict) -> dict:
     """Write through a temporary file and a rename (a killed run leaves no half result);
     returns the payload as a rerun will read it back. One line per file keeps the committed
     results small."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     text = json.dumps(payload)
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (text + "\n").encode())
     return json.loads(text)
 
 

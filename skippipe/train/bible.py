@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 
 from .corpus import Corpus, DataError, Document, drop_repeats, group_overlapping, make_corpus
-from .tokenizer import write_atomic
+from ..util.files import write_atomic
 
 log = logging.getLogger(__name__)
 

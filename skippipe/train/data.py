@@ -53,7 +53,8 @@ import torch
 
 from . import bible
 from .corpus import VALIDATION_FRACTION, Corpus, DataError, Document, key_position, make_corpus
-from .tokenizer import cached_tokenizer, encode_documents, load_tokenizer, write_atomic
+from ..util.files import write_atomic
+from .tokenizer import cached_tokenizer, encode_documents, load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -26,12 +24,12 @@ import numpy as np
 import sentencepiece as spm
 
 from ..errors import SkipPipeError
+from ..util.files import write_atomic
 
 log = logging.getLogger(__name__)
 
 TOKENIZER_VERSION = 1  # bump when the settings below change: it is part of the cache key
 MAX_TRAINING_SENTENCES = 60_000  # sentences fed to the trainer (keeps training to seconds)
-CACHE_FILE_MODE = 0o644  # cache files are readable by every user of the checkout
 TRAINER_SEED = 1  # SentencePiece's internal random generator seed
 TRAINER_SETTINGS = {  # passed to SentencePieceTrainer.train
     "model_type": "unigram",
@@ -105,20 +103,6 @@ def cached_tokenizer(corpus_hash: str, sentences: Callable[[], Sequence[str]], v
     log.info("training a %d-piece SentencePiece tokenizer -> %s", vocab_size, path)
     write_atomic(path, train_tokenizer(sentences(), vocab_size))
     return path
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to `path` through a temporary file and a rename (no torn cache files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, CACHE_FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_tokenizer(path: str | Path, max_vocab: int | None = None) -> spm.SentencePieceProcessor:
