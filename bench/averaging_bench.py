@@ -5,7 +5,7 @@ tests/test_averaging.py checks it against a ring over the emulated links themsel
 
 For each scenario it plans ca-partial (one worker, a fixed seed and time limit: the same plan
 every time), runs `python -m skippipe run` with link and compute emulation for a few
-iterations and reads the nodes' AVG events (runtime/report.py). Per stage, over the iterations
+iterations and reads the nodes' AVG events (runtime/launch/report.py). Per stage, over the iterations
 after the first:
   measured   from the stage's last node starting to average until its last node is done,
              in scenario seconds (as the simulator counts it)
@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.runs import skippipe  # noqa: E402
-from skippipe.runtime.report import averaging_by_stage, averaging_windows  # noqa: E402
-from skippipe.runtime.runconfig import load_config  # noqa: E402
+from skippipe.runtime.launch.report import averaging_by_stage, averaging_windows  # noqa: E402
+from skippipe.runtime.node.runconfig import load_config  # noqa: E402
 from skippipe.scenario import load_scenario  # noqa: E402
 from skippipe.util.ports import free_port_range  # noqa: E402
 

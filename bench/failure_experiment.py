@@ -22,8 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from skippipe.runtime.infer import distributed_perplexity, local_perplexity  # noqa: E402
-from skippipe.runtime.start import ensure_schedule  # noqa: E402
+from skippipe.runtime.launch.infer import distributed_perplexity, local_perplexity  # noqa: E402
+from skippipe.runtime.launch.prepare import ensure_schedule  # noqa: E402
 from skippipe.planning import DEFAULT_TIME_LIMIT_S  # noqa: E402
 from skippipe.scenario import load_scenario  # noqa: E402
 from skippipe.schedule import load_schedule  # noqa: E402

@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.runs import finish, skippipe, start  # noqa: E402
 from bench.swarm_report import common_iteration, losses, num, plot, row_of, spread, table, tally  # noqa: E402
-from skippipe.runtime.launch import Progress  # noqa: E402
-from skippipe.runtime.runconfig import events_dir, load_config  # noqa: E402
+from skippipe.runtime.launch.supervisor import Progress  # noqa: E402
+from skippipe.runtime.node.runconfig import events_dir, load_config  # noqa: E402
 from skippipe.schedule import load_schedule  # noqa: E402
 from skippipe.timeline import read_jsonl  # noqa: E402
 from skippipe.util.ports import free_port_range  # noqa: E402

@@ -32,10 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import deccom.nodes  # noqa: E402,F401  (loaded before the transport quiets DecCom's prints)
-from skippipe.runtime.auth import RunAuth  # noqa: E402
-from skippipe.runtime.deccom_adapter import node_key  # noqa: E402
-from skippipe.runtime.transport import Transport  # noqa: E402
-from skippipe.runtime.wire import Kind, Message  # noqa: E402
+from skippipe.runtime.net.auth import RunAuth  # noqa: E402
+from skippipe.runtime.net.deccom_adapter import node_key  # noqa: E402
+from skippipe.runtime.net.transport import Transport  # noqa: E402
+from skippipe.runtime.net.wire import Kind, Message  # noqa: E402
 from skippipe.util.tables import format_table  # noqa: E402
 
 HOST = "127.0.0.1"

@@ -18,7 +18,7 @@ the rule to the same measurements makes the same move.
 takes effect at iteration `it + MOVE_AHEAD` (every node hears of it before starting that
 iteration: nodes are at most one iteration apart), at most one move is under way, and after a
 move the next decision waits until the moved node has served a whole iteration in its new stage.
-The simulator (sim/session.py) and the node processes (runtime/moves.py) both use it; in a run,
+The simulator (sim/session.py) and the node processes (runtime/node/moves.py) both use it; in a run,
 the moved node loads its new stage's weights and optimizer state from a live peer of that
 stage, as a rejoining node does.
 """

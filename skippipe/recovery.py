@@ -1,5 +1,5 @@
 """Planning around dead nodes: the fallback rule every node applies the same way, and the
-quorum rule that says when a run may not go on at all (docs/design.md, runtime/quorum.py; the
+quorum rule that says when a run may not go on at all (docs/design.md, runtime/node/quorum.py; the
 simulator applies the same rule, sim/session.py).
 
 A path that visits a dead node gets, for that stage, a live node of the same stage (chosen

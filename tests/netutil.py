@@ -1,10 +1,10 @@
 """Loopback transports and hand-made peers for the transport and attack tests."""
 import asyncio
 
-from skippipe.runtime.auth import CHALLENGE_BYTES, RunAuth
-from skippipe.runtime.connection import LENGTH_BYTES
-from skippipe.runtime.deccom_adapter import node_key
-from skippipe.runtime.transport import Transport
+from skippipe.runtime.net.auth import CHALLENGE_BYTES, RunAuth
+from skippipe.runtime.net.connection import LENGTH_BYTES
+from skippipe.runtime.net.deccom_adapter import node_key
+from skippipe.runtime.net.transport import Transport
 
 AUTH = RunAuth(bytes(range(32)))  # the test run's key
 

@@ -15,11 +15,11 @@ import threading
 
 import pytest
 
-from skippipe.runtime.auth import CHALLENGE_BYTES, HELLO_BYTES, AuthError, RunAuth
-from skippipe.runtime.connection import LENGTH_BYTES
-from skippipe.runtime.deccom_adapter import node_key
-from skippipe.runtime.transport import TransportConfig
-from skippipe.runtime.wire import Kind, Message, encode
+from skippipe.runtime.net.auth import CHALLENGE_BYTES, HELLO_BYTES, AuthError, RunAuth
+from skippipe.runtime.net.connection import LENGTH_BYTES
+from skippipe.runtime.net.deccom_adapter import node_key
+from skippipe.runtime.net.frames import TransportConfig
+from skippipe.runtime.net.wire import Kind, Message, encode
 
 from netutil import AUTH, framed, node, raw_connect
 from test_runtime import RUN_DEADLINE_S, _run, _wait_ready
@@ -115,7 +115,7 @@ def test_a_peer_without_the_key_cannot_pose_as_a_real_node(tmp_path, caplog):
         with pytest.raises(asyncio.IncompleteReadError):  # a near miss of the key
             await raw_connect(a, as_node=1, auth=same_run)
 
-    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.transport"):
+    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.net.transport"):
         attack(tmp_path, attack_on)
     assert closed == []  # node 1 was never taken for gone
     assert "from another run" in caplog.text and "the run keys differ" in caplog.text  # the first, in full
@@ -220,7 +220,7 @@ def test_a_flood_of_refused_connections_logs_a_summary_not_a_line_each(tmp_path,
         assert a.rejections["unauthenticated"] == FLOOD
         return asyncio.get_running_loop().time() - start
 
-    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.transport"):
+    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.net.transport"):
         attack(tmp_path, attack_on)
     lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     # the first in full, then one summary per interval (the flood may outlast one on a busy box)
@@ -251,7 +251,7 @@ def test_a_refused_frame_names_its_authenticated_sender(tmp_path, caplog):
         assert await closed_by_peer(reader) == b""
         writer.close()
 
-    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.transport"):
+    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.net.transport"):
         attack(tmp_path, attack_on)
     assert any("from node 1 exceeds" in r.getMessage() for r in caplog.records), caplog.text
 

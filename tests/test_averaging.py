@@ -1,5 +1,5 @@
 """The averaging model (Costs.averaging_s) by hand, against a ring over the emulated links, and
-against what a run measures (runtime/report.py's per-stage averaging windows)."""
+against what a run measures (runtime/launch/report.py's per-stage averaging windows)."""
 import json
 import random
 import re
@@ -7,9 +7,9 @@ import re
 import pytest
 
 from skippipe.costs import Costs
-from skippipe.runtime.linkemu import LinkModel, LinkTimeline
-from skippipe.runtime.report import averaging_by_stage, averaging_windows
-from skippipe.runtime.runconfig import RunConfig, events_dir, load_config
+from skippipe.runtime.net.linkemu import LinkModel, LinkTimeline
+from skippipe.runtime.launch.report import averaging_by_stage, averaging_windows
+from skippipe.runtime.node.runconfig import RunConfig, events_dir, load_config
 from skippipe.scenario import GIB, load_scenario
 
 from conftest import SETTINGS

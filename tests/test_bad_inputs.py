@@ -126,7 +126,7 @@ def test_readme_table_of_bad_inputs_is_current(tmp_path, capsys, monkeypatch):
 
 
 def test_a_failed_inference_leaves_no_plan_or_result(tmp_path):
-    from skippipe.runtime.infer import _removed_on_error
+    from skippipe.runtime.launch.infer import _removed_on_error
     plan, result = tmp_path / "infer-failed-4.json", tmp_path / "infer-failed-4.result.json"
     with pytest.raises(RuntimeError):
         with _removed_on_error(plan, result):
@@ -210,7 +210,7 @@ def test_a_build_where_every_variant_fails_is_one_line(tmp_path, capsys, monkeyp
 
 
 def test_a_private_key_file_is_read(tmp_path):
-    from skippipe.runtime.auth import RunAuth
+    from skippipe.runtime.net.auth import RunAuth
     key = tmp_path / "run.key"
     key.write_text("cd" * 32 + "\n")
     os.chmod(key, 0o600)
@@ -219,7 +219,7 @@ def test_a_private_key_file_is_read(tmp_path):
 
 def test_a_failed_inference_keeps_only_the_failed_nodes_logs_and_names_them(tmp_path):
     from skippipe.errors import SkipPipeError
-    from skippipe.runtime.infer import _tidy_logs
+    from skippipe.runtime.launch.infer import _tidy_logs
     for n in range(5):
         (tmp_path / f"node-{n}-infer-node.log").write_text("...")
     expected = f"inference node\\(s\\) 3 failed; see {tmp_path}/node-3-infer-node.log$"

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from skippipe.ops import B, F, W
-from skippipe.runtime.compute import StageCompute
+from skippipe.runtime.node.compute import StageCompute
 from skippipe.train.optim import TrainConfig
 
 

@@ -5,15 +5,15 @@ import logging
 
 import pytest
 
-from skippipe.runtime import control
-from skippipe.runtime.control import (ControlError, Dead, Finished, Hello, RejoinAt, RejoinRequest,
+from skippipe.runtime.node import control
+from skippipe.runtime.node.control import (ControlError, Dead, Finished, Hello, RejoinAt, RejoinRequest,
                                       Report, Restart, Welcome, decode, encode)
-from skippipe.runtime.emulation import Emulation
-from skippipe.runtime.liveness import Liveness
-from skippipe.runtime.messenger import Messenger
-from skippipe.runtime.runconfig import EventWriter
-from skippipe.runtime.wire import DType, Kind, Message
-from skippipe.runtime import wire
+from skippipe.runtime.node.emulation import Emulation
+from skippipe.runtime.node.liveness import Liveness
+from skippipe.runtime.node.messenger import Messenger
+from skippipe.runtime.node.runconfig import EventWriter
+from skippipe.runtime.net.wire import DType, Kind, Message
+from skippipe.runtime.net import wire
 
 TEST_DEADLINE_S = 10.0
 ALL = [Hello(), Finished(3, (4,)), RejoinRequest(), Dead((3, 5)), Restart(4, 2, 7), RejoinAt(9, 3),
@@ -98,7 +98,7 @@ def test_receiver_logs_a_malformed_message_and_keeps_working(tmp_path, caplog):
         assert not receiver.done()  # still receiving
         receiver.cancel()
 
-    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.messenger"):
+    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.node.messenger"):
         asyncio.run(main())
     assert got == [(Dead((4,)), 1)]
     rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]

@@ -87,7 +87,7 @@ def test_actions_of_a_variant():
 
 
 def runtime_style_order(sched, name, sc, node, arrivals):
-    """Drive one node's Dispatcher the way runtime/node.py does: whenever the node is free,
+    """Drive one node's Dispatcher the way runtime/node/node.py does: whenever the node is free,
     hand it every input that has arrived, ask next_op(), run the op for its duration."""
     v = sched.variant(name)
     costs = Costs(sc)

@@ -8,10 +8,10 @@ import pytest
 
 from skippipe.costs import Costs
 from skippipe.ops import OpKind
-from skippipe.runtime.emulation import Emulation
-from skippipe.runtime.linkemu import LinkModel
-from skippipe.runtime.report import measured_iteration
-from skippipe.runtime.runconfig import RunConfig, events_dir
+from skippipe.runtime.node.emulation import Emulation
+from skippipe.runtime.net.linkemu import LinkModel
+from skippipe.runtime.launch.report import measured_iteration
+from skippipe.runtime.node.runconfig import RunConfig, events_dir
 from skippipe.scenario import GIB
 
 

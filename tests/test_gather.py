@@ -1,4 +1,4 @@
-"""A multi-host run's output (runtime/gather.py): node 0's host prints every data node's loss
+"""A multi-host run's output (runtime/node/gather.py): node 0's host prints every data node's loss
 per iteration and the summary, another host says its lines hold its own data nodes only; under
 torchrun rank 0 prints the same and writes iterations.json."""
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from skippipe.runtime.launch import Progress, summary
-from skippipe.runtime.runconfig import RunConfig
+from skippipe.runtime.launch.supervisor import Progress, summary
+from skippipe.runtime.node.runconfig import RunConfig
 from skippipe.timeline import read_jsonl
 from skippipe.util.ports import free_port
 

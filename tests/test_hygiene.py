@@ -13,9 +13,9 @@ import pytest
 from conftest import SETTINGS
 from runtime_util import alive, finish, free_base_port, run_skippipe, start_skippipe
 from schedules import make_paths, make_schedule, tiny
-from skippipe.runtime.auth import RunAuth
-from skippipe.runtime.liveness import Liveness
-from skippipe.runtime.transport import Transport
+from skippipe.runtime.net.auth import RunAuth
+from skippipe.runtime.node.liveness import Liveness
+from skippipe.runtime.net.transport import Transport
 from skippipe.schedule import save_schedule
 from skippipe.util.procs import signal_session, wait_until
 
@@ -211,8 +211,8 @@ def test_an_accused_peer_that_stays_silent_is_dead():
 # -- the launcher's verdict ----------------------------------------------------------------------
 
 def _progress_with(tmp_path, events: list[dict]):
-    from skippipe.runtime.launch import Progress
-    from skippipe.runtime.runconfig import RunConfig
+    from skippipe.runtime.launch.supervisor import Progress
+    from skippipe.runtime.node.runconfig import RunConfig
     cfg = RunConfig(run_dir=str(tmp_path), scenario_path="", scenario_overrides={}, schedule_path="",
                     variant="random", iterations=1, time_scale=1.0, emulate_compute=True, emulate_links=True,
                     peers={n: ("127.0.0.1", 1 + n) for n in range(4)}, local_nodes=(0, 1, 2, 3),
@@ -231,7 +231,7 @@ def _end(loss_count=1):
 
 
 def test_a_split_run_exits_non_zero_with_one_line(tmp_path):
-    from skippipe.runtime.launch import verdict
+    from skippipe.runtime.launch.supervisor import verdict
     events = [{"event": "ready"}, _end(), {"event": "finished", "dead": [], "node": 0},
               {"event": "finished", "dead": [3], "node": 1},
               {"event": "peer_dead", "peers": [3], "why": "silent", "iteration": 0, "node": 1}]
@@ -258,7 +258,7 @@ def test_console_news_tells_each_death_rejoin_and_move_once(tmp_path):
 
 
 def test_a_run_without_iterations_exits_non_zero_and_agreement_exits_zero(tmp_path):
-    from skippipe.runtime.launch import verdict
+    from skippipe.runtime.launch.supervisor import verdict
     said = []
     assert verdict(0, _progress_with(tmp_path / "a", [{"event": "ready"}]), said.append) == 1
     assert said == ["error: no iteration finished"]

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from skippipe.runtime.linkemu import LinkEmulator, LinkModel, LinkTimeline
+from skippipe.runtime.net.linkemu import LinkEmulator, LinkModel, LinkTimeline
 
 TEST_DEADLINE_S = 10.0  # an async test that takes longer than this has hung
 

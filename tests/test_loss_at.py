@@ -133,7 +133,7 @@ def test_a_bad_loss_placement_is_one_line_and_exit_2(capsys):
 
 
 def test_a_checkpoint_keeps_its_head_on_the_last_stage_and_inference_borrows_it(tmp_path, tiny_scenario):
-    from skippipe.runtime.infer import load_trained_stage
+    from skippipe.runtime.launch.infer import load_trained_stage
     from skippipe.train.model import CheckpointInfo, load_checkpoint, save_checkpoint
 
     cfg, n = tiny_scenario.model, tiny_scenario.pipeline.n_stages
@@ -153,7 +153,7 @@ def test_a_checkpoint_keeps_its_head_on_the_last_stage_and_inference_borrows_it(
 def test_the_last_stage_scores_a_late_loss_with_its_iterations_labels(tiny_scenario):
     """A restarted microbatch may reach the last stage after it stepped: the late loss scores
     the labels of the microbatch's own iteration and sends back the input gradient only."""
-    from skippipe.runtime.compute import StageCompute
+    from skippipe.runtime.node.compute import StageCompute
     from skippipe.train.optim import TrainConfig
 
     sc = tiny_scenario

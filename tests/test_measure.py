@@ -275,9 +275,9 @@ def test_interrupt_stops_every_local_process(tmp_path, sig, code):
 
 @pytest.mark.slow
 def test_a_node_that_goes_away_fails_fast(torch_threads):
-    from skippipe.runtime.auth import RunAuth
-    from skippipe.runtime.transport import Transport
-    from skippipe.runtime.wire import Kind, Message
+    from skippipe.runtime.net.auth import RunAuth
+    from skippipe.runtime.net.transport import Transport
+    from skippipe.runtime.net.wire import Kind, Message
 
     async def scenario():
         base = free_base_port(2, 12)

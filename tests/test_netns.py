@@ -18,7 +18,7 @@ import time
 import pytest
 
 from skippipe.recovery import quorum_verdict as verdict
-from skippipe.runtime.quorum import QUORUM_EXIT
+from skippipe.runtime.node.quorum import QUORUM_EXIT
 from skippipe.scenario import load_scenario
 from skippipe.schedule import load_schedule
 from skippipe.timeline import read_jsonl

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from skippipe.cli import build_parser
-from skippipe.runtime.start import RunOptions
+from skippipe.runtime.launch.prepare import RunOptions
 from skippipe.train.study import EvalOptions, StudyOptions
 from skippipe.util.options import options_from
 

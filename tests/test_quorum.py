@@ -1,4 +1,4 @@
-"""The quorum rule (runtime/quorum.py): a side of a run that lost a stage or the majority stops
+"""The quorum rule (runtime/node/quorum.py): a side of a run that lost a stage or the majority stops
 with one line and a non-zero exit, and never trains an iteration without every stage; a
 Welcome nobody asked for evicts no one; a crash is seen within 2 s at the default peer timeout.
 The partition case runs in tests/test_netns.py."""
@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from skippipe.runtime.control import Welcome
+from skippipe.runtime.node.control import Welcome
 from skippipe.recovery import quorum_verdict as verdict
-from skippipe.runtime.quorum import QUORUM_EXIT, Quorum, QuorumLost
+from skippipe.runtime.node.quorum import QUORUM_EXIT, Quorum, QuorumLost
 from skippipe.timeline import read_jsonl
 from skippipe.util.procs import signal_session
 
@@ -105,7 +105,7 @@ class _Liveness:
 
 
 def test_an_unsolicited_welcome_evicts_no_one():
-    from skippipe.runtime.rejoin import Rejoin
+    from skippipe.runtime.node.rejoin import Rejoin
     m = _Messenger()
     stage_of = {n: s for s, nodes in enumerate(TINY_ALLOCATION) for n in nodes}
     rejoin = Rejoin(None, m, None, TINY_ALLOCATION, stage_of)
@@ -122,9 +122,9 @@ def test_a_keyed_insiders_welcome_leaves_the_run_whole(tmp_path, schedule_file):
     """During a run, a process holding the run key connects to node 0 as node 3 and sends
     `{"welcome": 50, "dead": [4], "steps": []}`: node 0 rejects it, nobody is declared dead,
     every node ends with the same view and the run exits 0."""
-    from skippipe.runtime.auth import RunAuth
-    from skippipe.runtime.control import encode
-    from skippipe.runtime.transport import Transport
+    from skippipe.runtime.net.auth import RunAuth
+    from skippipe.runtime.node.control import encode
+    from skippipe.runtime.net.transport import Transport
     base = free_base_port(6, seed=2025)
     proc = start_skippipe(_args(tmp_path, schedule_file, base, "--iterations", "4", "--time-scale", "4"),
                           cwd=tmp_path)
@@ -265,7 +265,7 @@ class _QuietTransport:
 
 
 def test_a_closed_peer_whose_port_refuses_is_dead_at_once_and_a_listening_one_is_not():
-    from skippipe.runtime.liveness import Liveness
+    from skippipe.runtime.node.liveness import Liveness
     from skippipe.util.ports import free_port
 
     async def main():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from skippipe.rebalance import MIN_GAIN, Move, Rebalancer, decide, moved, throughputs
-from skippipe.runtime.control import Load, Move as MoveNotice, decode, encode
+from skippipe.runtime.node.control import Load, Move as MoveNotice, decode, encode
 from skippipe.schedule import load_schedule
 from skippipe.sim.session import Condition, simulate_session
 
@@ -130,7 +130,7 @@ def test_simulate_command_runs_a_session_and_shows_the_moves(tiny_schedule, caps
 def test_the_decider_tells_a_node_coming_back_of_a_move_directly():
     import asyncio
     from types import SimpleNamespace as NS
-    from skippipe.runtime.moves import Moves
+    from skippipe.runtime.node.moves import Moves
     from skippipe.schedule import Routing
 
     told, direct, written = [], [], []

@@ -1,4 +1,4 @@
-from skippipe.runtime.datamsg import pack_path, unpack_path
+from skippipe.runtime.node.datamsg import pack_path, unpack_path
 from skippipe.recovery import live_variant, repair_path
 from skippipe.schedule import Hop
 
@@ -34,7 +34,7 @@ def test_paths_travel_in_wire_tags():
 
 def test_a_simulated_session_stops_where_the_quorum_rule_stops_the_nodes(tiny_schedule):
     """A crash that empties a stage stops the session before that iteration, as the nodes stop
-    (runtime/quorum.py); a crash a stage survives does not."""
+    (runtime/node/quorum.py); a crash a stage survives does not."""
     from skippipe.schedule import load_schedule
     from skippipe.sim.session import Condition, simulate_session
     sched, sc = load_schedule(tiny_schedule)

@@ -1,4 +1,4 @@
-"""Rendezvous (runtime/rendezvous.py) and the torchrun / SLURM node form (runtime/ranked.py):
+"""Rendezvous (runtime/launch/rendezvous.py) and the torchrun / SLURM node form (runtime/launch/ranked.py):
 hosts meet at one address, only holders of the run key can place a node, a node id is claimed
 once, hosts must agree on the run; bad input is one line. The swarm test starts six nodes under
 torchrun itself."""
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from skippipe.errors import SkipPipeError
-from skippipe.runtime import keystore
-from skippipe.runtime.auth import RunAuth
-from skippipe.runtime.keystore import StoreClient, StoreError
-from skippipe.runtime.ranked import rank_from_environment
-from skippipe.runtime.rendezvous import SCHEDULE, Rendezvous, RendezvousError, parse_endpoint
+from skippipe.runtime.launch import keystore
+from skippipe.runtime.net.auth import RunAuth
+from skippipe.runtime.launch.keystore import StoreClient, StoreError
+from skippipe.runtime.launch.ranked import rank_from_environment
+from skippipe.runtime.launch.rendezvous import SCHEDULE, Rendezvous, RendezvousError, parse_endpoint
 from skippipe.timeline import read_jsonl
 from skippipe.util.ports import free_port
 

@@ -13,11 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from skippipe.runtime.connection import LENGTH_BYTES
-from skippipe.runtime.linkemu import LinkEmulator, LinkModel
-from skippipe.runtime.transport import (SEED, PortInUse, SendTimeout, TransportConfig,
+from skippipe.runtime.net.connection import LENGTH_BYTES
+from skippipe.runtime.net.linkemu import LinkEmulator, LinkModel
+from skippipe.runtime.net.frames import TransportConfig
+from skippipe.runtime.net.transport import (SEED, PortInUse, SendTimeout,
                                         TransportError, UnknownPeer)
-from skippipe.runtime.wire import Kind, Message, encode
+from skippipe.runtime.net.wire import Kind, Message, encode
 from skippipe.util.ports import free_port
 
 from netutil import framed, node, raw_connect
@@ -84,7 +85,7 @@ def test_malformed_frames_are_rejected_and_the_node_keeps_running(tmp_path, capl
             await b.send(0, heartbeat(1, 8))
             assert (await a.recv(WAIT_S)).microbatch == 8
 
-    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.transport"):
+    with caplog.at_level(logging.WARNING, logger="skippipe.runtime.net.transport"):
         run(main())
     assert any("[node 0] rejected (malformed)" in r.getMessage() for r in caplog.records)
 
@@ -274,7 +275,7 @@ def test_stop_flushes_what_was_sent(tmp_path):
 
 
 def test_frame_buffers_are_reused_only_once_no_message_refers_to_them():
-    from skippipe.runtime.connection import POOL_MAX_BYTES, BufferPool
+    from skippipe.runtime.net.connection import POOL_MAX_BYTES, BufferPool
 
     pool = BufferPool(keep=2)
     first = pool.get(2 * MIB)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from skippipe.runtime.wire import (HEADER_MIN_BYTES, MAGIC, MAX_NDIM, NUM_TAGS, WIRE_VERSION, DType,
+from skippipe.runtime.net.wire import (HEADER_MIN_BYTES, MAGIC, MAX_NDIM, NUM_TAGS, WIRE_VERSION, DType,
                            Kind, Message, WireError, decode, encode)
 
 TORCH_DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16,
@@ -149,7 +149,7 @@ def test_header_starts_with_magic():
 
 
 def test_the_frame_limit_covers_every_message_of_a_run(tiny_scenario):
-    from skippipe.runtime.frames import CONTROL_BYTES, frame_limit, training_frame_limit
+    from skippipe.runtime.net.frames import CONTROL_BYTES, frame_limit, training_frame_limit
     from skippipe.train.model import build_stage
 
     model, samples = tiny_scenario.model, tiny_scenario.pipeline.samples_per_microbatch

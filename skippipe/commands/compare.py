@@ -262,7 +262,7 @@ def _emulate(rows: list[dict], scenario: Scenario, schedule_path: Path, out: Pat
     """Run each variant `iterations` iterations in node processes on this host (emulated compute
     and links) and add its median measured iteration time, scenario seconds, iteration 0 left
     out as warm-up when there are more."""
-    from ..runtime.start import RunOptions, run_command
+    from ..runtime.launch.prepare import RunOptions, run_command
     from ..util.ports import free_port_range
 
     for r in rows:

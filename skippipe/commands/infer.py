@@ -16,5 +16,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.infer import compare_perplexity
+    from ..runtime.launch.infer import compare_perplexity
     return compare_perplexity(args.run_dir, args.failed, args.max_batches, args.samples)

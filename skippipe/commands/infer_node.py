@@ -13,5 +13,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.infer import node_main
+    from ..runtime.launch.infer import node_main
     return node_main(args.config, args.node_id, args.plan)

@@ -47,11 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.node_id is not None:
-        from ..runtime.node import main
+        from ..runtime.node.node import main
         return main(args.config, args.node_id, args.rejoin)
     from ..errors import SkipPipeError
-    from ..runtime.ranked import rank_from_environment, run_ranked
-    from ..runtime.start import RunOptions
+    from ..runtime.launch.ranked import rank_from_environment, run_ranked
+    from ..runtime.launch.prepare import RunOptions
     from ..util.options import options_from
     if args.variant is None:
         raise SkipPipeError("give NODE_ID after a run's config.json, or --variant V after a settings file "

@@ -94,7 +94,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_rendezvous_arguments(p: argparse.ArgumentParser) -> None:
-    from ..runtime.rendezvous import DEFAULT_TIMEOUT_S
+    from ..runtime.launch.rendezvous import DEFAULT_TIMEOUT_S
     p.add_argument("--rendezvous", metavar="HOST:PORT",
                    help="multi-host: meet the other hosts there (the first process on HOST serves "
                         "the address book); needs the same run key everywhere")
@@ -103,6 +103,6 @@ def add_rendezvous_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..runtime.start import RunOptions, run_command
+    from ..runtime.launch.prepare import RunOptions, run_command
     from ..util.options import options_from
     return run_command(options_from(RunOptions, args), lambda line: print(line, flush=True))

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 
 from ..errors import SkipPipeError
-from ..runtime.faults import parse_failures
+from ..runtime.node.faults import parse_failures
 from ..schedule import load_schedule
 from ..sim.session import Condition, simulate_session
 

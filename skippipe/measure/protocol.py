@@ -28,10 +28,10 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..errors import SkipPipeError
-from ..runtime.auth import RunAuth
-from ..runtime.frames import frame_limit
-from ..runtime.transport import Transport, TransportConfig, TransportError
-from ..runtime.wire import Kind, Message
+from ..runtime.net.auth import RunAuth
+from ..runtime.net.frames import TransportConfig, frame_limit
+from ..runtime.net.transport import Transport, TransportError
+from ..runtime.net.wire import Kind, Message
 from .compute import measure_compute
 from .figures import (GIB, ComputeTask, LinkFigures, MeasureError, Measurements, NodeFigures,
                       Settings, link_from_dict, node_from_dict)

@@ -1,2 +1,2 @@
-"""The distributed runtime: node processes, their transport and wire format, link and compute
-emulation, gradient averaging, failure detection and recovery, and the launcher."""
+"""The distributed runtime, in three parts: the network stack (net/), one node process (node/)
+and starting runs on one or several hosts (launch/). Imports go net <- node <- launch."""

@@ -71,7 +71,7 @@ def simulate_session(schedule: Schedule, variant: str, scenario: Scenario, itera
         down = condition.down(it)
         alloc = rebalancer.allocation_at(it)
         why = quorum_verdict(len(scenario.nodes), set(down), alloc)
-        if why is not None:  # the nodes stop here too (runtime/quorum.py)
+        if why is not None:  # the nodes stop here too (runtime/node/quorum.py)
             out.stopped = f"iteration {it}: {why}"
             break
         live = tuple(tuple(n for n in nodes if n not in down) for nodes in alloc)

@@ -159,7 +159,7 @@ class _Simulation:
         self.events: list[dict] = []
         self.now = 0.0
         self.slow: dict[int, float] = {}  # node -> factor on its op, send and averaging times (as
-        #                                    runtime/emulation.py slows a node: a straggler)
+        #                                    runtime/node/emulation.py slows a node: a straggler)
 
     def _initial_ops(self, v: VariantSchedule) -> dict[int, list[Op]]:
         """node -> the operations it is known to run when the iteration starts."""

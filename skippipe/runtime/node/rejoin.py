@@ -1,0 +1,130 @@
+"""A restarted node comes back into a running training, sponsored by a live peer of its stage.
+
+The restarted node asks every peer (RejoinRequest). After its next iteration, the lowest live node of
+the same stage, its sponsor, announces to everyone the iteration it joins at (RejoinAt: two
+ahead, so every stage peer hears it before starting that iteration; stage peers are at most
+one iteration apart) and, one iteration before that, sends it the dead set and the step counts
+(Welcome) and then the stage's weights and AdamW moments (a WEIGHTS tensor, taken right after
+its own step). The joining node loads them and so ends each later iteration with exactly its
+peers' weights. Everyone plans it in again from the join iteration on, which runs degraded.
+
+A Welcome is taken only when this node asked for one: while it comes back (it then takes the
+sponsor's dead set as its own view, having none), or from a node of the target stage of a move
+of its own that is due (moves.py; the dead set is not used then). Any other Welcome is rejected
+and logged: one well-formed message from a key holder must not change who is in the run.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+import torch
+
+from .compute import StageCompute
+from .control import Control, RejoinAt, RejoinRequest, Welcome
+from .messenger import STALL_FACTOR, Messenger, NodeFailure
+from .runconfig import RunConfig
+from ..net.wire import Kind, Message
+
+log = logging.getLogger(__name__)
+
+JOIN_AHEAD = 2  # iterations between the sponsor's announcement and the join
+
+
+class Rejoin:
+    def __init__(self, cfg: RunConfig, messenger: Messenger, compute: StageCompute,
+                 allocation: tuple[tuple[int, ...], ...], stage_of: dict[int, int]):
+        self.cfg, self.m, self.compute = cfg, messenger, compute
+        self.allocation, self.stage_of = allocation, stage_of
+        self.requests: set[int] = set()  # restarted peers asking to come back
+        self.revive_at: dict[int, set[int]] = {}  # iteration -> peers planned in again from then
+        self.sponsoring: dict[int, set[int]] = {}  # after this iteration, send these peers our state
+        self.welcome: Welcome | None = None  # rejoining: the sponsor's plan ...
+        self.sponsor: int | None = None
+        self.state: torch.Tensor | None = None  # ... and our stage's state
+        self.joined_at: int | None = None  # the iteration this node came back at
+        self.history: Callable[[], list[Control]] = list  # notices a sponsored peer gets first
+        self.coming_back = False  # waiting for the sponsor of this node's rejoin
+        self.move_sponsor: Callable[[int], bool] = lambda sender: False  # may `sender` send us a stage?
+        messenger.handlers[Kind.WEIGHTS] = self._weights
+
+    # -- messages ---------------------------------------------------------------------------
+    def on_control(self, ctrl: Control, sender: int) -> None:
+        if isinstance(ctrl, RejoinRequest):
+            self.requests.add(sender)
+        elif isinstance(ctrl, RejoinAt):
+            self.revive_at.setdefault(ctrl.rejoin_at, set()).add(ctrl.node)
+        elif isinstance(ctrl, Welcome):
+            self._welcome(ctrl, sender)
+
+    def _welcome(self, ctrl: Welcome, sender: int) -> None:
+        rejoining = self.coming_back and self.welcome is None
+        if not (rejoining or self.move_sponsor(sender)):
+            log.warning("rejected: a welcome from node %d that this node did not ask for", sender)
+            self.m.events.write("welcome_rejected", sender=sender, dead=list(ctrl.dead))
+            return
+        self.welcome, self.sponsor = ctrl, sender
+        if rejoining:  # back from the dead, this node has no view of its own yet: the sponsor's
+            self.m.live.declare(set(ctrl.dead), f"reported by node {sender}, this node's sponsor")
+
+    def _weights(self, msg: Message) -> None:
+        self.state = msg.to_torch()
+
+    # -- the restarted node -----------------------------------------------------------------
+    async def come_back(self) -> int:
+        """Ask every peer, wait for the sponsor's welcome and our stage's state, load it.
+        Returns the iteration to start at."""
+        self.coming_back = True
+        for n in self.cfg.peers:
+            if n != self.m.id:
+                asyncio.create_task(self.m.tell_direct(n, RejoinRequest()))
+        deadline = time.monotonic() + self.cfg.connect_timeout_s + STALL_FACTOR * self.cfg.peer_timeout_s
+        w, state = await self.receive_state(deadline, "the rejoin")
+        self.coming_back = False
+        self.compute.load_state_vector(state, w.steps)
+        self.joined_at = w.welcome
+        self.m.events.write("rejoined", iteration=w.welcome, sponsor=self.sponsor)
+        return w.welcome
+
+    async def receive_state(self, deadline: float, what: str) -> tuple[Welcome, torch.Tensor]:
+        """The sponsor's Welcome and stage state, once both are in (by `deadline`,
+        time.monotonic; `what` names the wait in the error)."""
+        while self.welcome is None or self.state is None:
+            if time.monotonic() > deadline:
+                raise NodeFailure(f"no live peer of the stage sponsored {what} in time")
+            await self.m.wait(deadline - time.monotonic())
+        return self.welcome, self.state
+
+    # -- the sponsor and everyone else ------------------------------------------------------
+    def revived(self, it: int) -> set[int]:
+        """Peers planned in again from iteration `it` (alive from now on)."""
+        back = self.revive_at.pop(it, set())
+        for r in back:
+            self.m.live.revive(r)
+        return back
+
+    def after_step(self, it: int) -> None:
+        """After iteration `it`'s step: announce the joins this node sponsors, and send the
+        state to peers that join at the next iteration."""
+        live = self.m.live
+        for r in sorted(self.requests):
+            peers = [n for n in self.allocation[self.stage_of[r]] if n != r and n not in live.dead]
+            if peers and peers[0] == self.m.id:
+                join = it + JOIN_AHEAD
+                self.revive_at.setdefault(join, set()).add(r)
+                self.sponsoring.setdefault(join - 1, set()).add(r)
+                self.m.tell_live(RejoinAt(join, r), skip=frozenset({r}))
+                self.m.events.write("sponsor", peer=r, join_iteration=join)
+        self.requests.clear()
+        for r in self.sponsoring.pop(it, set()):
+            state, steps = self.compute.state_vector()
+            dead = tuple(sorted(live.dead - {r}))
+            asyncio.create_task(self._send_state(r, it + 1, dead, tuple(steps), state))
+
+    async def _send_state(self, r: int, join: int, dead: tuple[int, ...], steps: tuple[int, ...], state) -> None:
+        for notice in self.history():  # what the peer missed while it was away (moves)
+            await self.m.tell_direct(r, notice)
+        await self.m.tell_direct(r, Welcome(join, dead, steps))
+        await self.m.send_direct(r, Message.from_tensor(Kind.WEIGHTS, self.m.id, state, iteration=join))

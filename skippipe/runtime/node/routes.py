@@ -1,0 +1,134 @@
+"""One node's online routing in a run: routing.py's Router, fed with what this node measures and
+hears, and what travels in data messages for it.
+
+The measurement: every node keeps the moving average of its own forward durations (scenario
+seconds: wall time over the time scale, so a node slowed by failure injection reports slow) and
+puts it, with the number of operations waiting at it, into every data message it sends (the
+hop tag's bits above datamsg.HOP_BITS); receivers hand it to their routers. A peer's own op
+time isolates that peer's speed, where a round trip from a send to the next message back would
+fold in the whole rest of the path, and it costs no extra message. A swarm-skip microbatch's
+stage set rides in the same tag, so whichever node holds the microbatch routes it within the set
+its origin chose.
+
+The live nodes of every stage are read from liveness at each choice: a peer seen dead is never
+chosen (blacklisted) and comes back when it rejoins. An online microbatch that may have touched
+a dead peer is restarted by its origin (iteration.py: attempt + 1, routed afresh); ca-repair
+restarts on the plan's path with the dead hops replaced by a router draw. A ca-repair reroute
+around a slow planned hop tells that hop (Reroute) so it stops waiting for the microbatch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+from ...ops import Op, OpKind
+from ...routing import Report, Router, onward_of, origins_only, path_length, stage_budgets
+from ...scenario import Scenario
+from ...schedule import MicrobatchPath, VariantSchedule
+from .control import Reroute
+from .datamsg import HOP_BITS, TAG_HOP, onward
+from .emulation import Emulation
+from .messenger import Messenger
+from ...recovery import repair_path
+from ..net.wire import Message
+
+SET_BITS, QUEUE_BITS, MICROS_BITS = 16, 8, 31  # report layout above the hop: set, queue, µs
+
+
+class Routes:
+    """A node's routing across iterations; inert for a variant without routing."""
+
+    def __init__(self, node: int, variant: VariantSchedule, scenario: Scenario,
+                 allocation: tuple[tuple[int, ...], ...], messenger: Messenger, emulation: Emulation):
+        self.id, self.allocation, self.m, self.emulation = node, allocation, messenger, emulation
+        self.routing, self.loss_at = variant.routing, variant.loss_at
+        self.rule = None if variant.routing is None else variant.routing.rule
+        self.queue = 0  # operations waiting here (the iteration keeps it current)
+        if self.rule is None:
+            return
+        k = path_length(self.rule, scenario)
+        self.router = Router(node, variant.routing, scenario, k)
+        origins = Counter(p.origin for p in variant.paths)
+        self.budgets = stage_budgets(sorted(origins.items()), len(allocation), k)
+        self.own = origins.get(node, 0)
+        self.budget, self.left = Counter(), 0
+
+    @property
+    def online(self) -> bool:
+        """Routed from the origin on (no planned paths or action lists)."""
+        return self.routing is not None and self.routing.online
+
+    def begin_iteration(self, variant: VariantSchedule) -> VariantSchedule:
+        """The variant as this iteration starts it: online, only the origins are known."""
+        if self.rule is None:
+            return variant
+        self.router.begin_iteration()
+        self.budget, self.left = Counter(self.budgets.get(self.id, {})), self.own
+        if not self.online:
+            return variant
+        return origins_only(variant)
+
+    def live(self) -> list[list[int]]:
+        dead = self.m.live.dead
+        self.router.blacklist = set(dead)
+        return [[n for n in nodes if n not in dead] for nodes in self.allocation]
+
+    # -- measurements -------------------------------------------------------------------------
+    def report(self, microbatch: int) -> int:
+        """The routing bits of an outgoing data message (0 without routing)."""
+        if self.rule is None:
+            return 0
+        stages = self.router.stage_sets.get(microbatch, ())
+        mask = sum(1 << s for s in stages) & ((1 << SET_BITS) - 1)
+        micros = min(round(self.router.own_forward_s * 1e6), (1 << MICROS_BITS) - 1)
+        return mask | min(self.queue, (1 << QUEUE_BITS) - 1) << SET_BITS | micros << (SET_BITS + QUEUE_BITS)
+
+    def observe(self, msg: Message) -> None:
+        """A data message arrived: its sender's report, and its microbatch's stage set."""
+        bits = msg.tags[TAG_HOP] >> HOP_BITS
+        if self.rule is None or not bits:
+            return
+        mask = bits & ((1 << SET_BITS) - 1)
+        if mask:
+            self.router.stage_sets[msg.microbatch] = frozenset(s for s in range(SET_BITS) if mask >> s & 1)
+        queue = bits >> SET_BITS & ((1 << QUEUE_BITS) - 1)
+        self.router.observe(msg.sender, Report((bits >> (SET_BITS + QUEUE_BITS)) / 1e6, queue))
+
+    # -- choices ------------------------------------------------------------------------------
+    def onward(self, it: int, path: MicrobatchPath, op: Op, out, attempt: int, wall_s: float):
+        """datamsg.onward for `op`'s result (which ran `wall_s`), after routing: a forward's
+        next hop is chosen now, and the message carries this node's report."""
+        if self.rule is not None and op.kind is OpKind.F:
+            self.router.ran_forward(self.emulation.scenario_s(wall_s))
+            path = self.route(it, path, op)
+        return onward(self.id, it, path, op, out, attempt, self.report(path.microbatch), self.loss_at)
+
+    def route(self, it: int, path: MicrobatchPath, op: Op) -> MicrobatchPath:
+        """The path a forward's result travels on, with the next hop chosen now."""
+        mb, live, done = path.microbatch, self.live(), path.hops[:op.hop + 1]
+        if self.online:
+            if self.rule == "swarm-skip" and op.hop == 0 and mb not in self.router.stage_sets:
+                self.router.choose_stage_set(mb, self.budget, self.left, live)
+                self.left -= 1
+            nxt = self.router.next_hop(mb, done, live)
+            return dataclasses.replace(path, hops=done if nxt is None else done + (nxt,))
+        if op.hop + 1 >= len(path.hops):
+            return path
+        planned = path.hops[op.hop + 1]
+        nxt = self.router.next_hop(mb, done, live, planned, onward_of(path.hops, op.hop))
+        if nxt is None or nxt == planned:
+            return path
+        if planned.node in live[planned.stage]:
+            self.m.tell(planned.node, Reroute(mb, it))
+        self.m.events.write("microbatch_rerouted", iteration=it, microbatch=mb, hop=op.hop + 1,
+                            avoided=planned.node, to=nxt.node, why="online repair")
+        return dataclasses.replace(path, hops=done + (nxt,) + path.hops[op.hop + 2:])
+
+    def restart_path(self, path: MicrobatchPath, dead: set[int],
+                     allocation: tuple[tuple[int, ...], ...]) -> MicrobatchPath | None:
+        """A restarted attempt's path: online, its origin only (routed afresh); under repair, the
+        plan's with dead hops replaced by a router draw; otherwise recovery's repair."""
+        if self.online:
+            return dataclasses.replace(path, hops=path.hops[:1])
+        pick = None if self.rule is None else self.router.choose_node
+        return repair_path(path, dead, allocation, pick)
