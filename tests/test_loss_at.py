@@ -134,7 +134,7 @@ def test_a_bad_loss_placement_is_one_line_and_exit_2(capsys):
 
 def test_a_checkpoint_keeps_its_head_on_the_last_stage_and_inference_borrows_it(tmp_path, tiny_scenario):
     from skippipe.runtime.launch.infer import load_trained_stage
-    from skippipe.train.model import CheckpointInfo, load_checkpoint, save_checkpoint
+    from skippipe.train.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 
     cfg, n = tiny_scenario.model, tiny_scenario.pipeline.n_stages
     stages = build_stages(cfg, n, seed=5, device="cpu", loss_at="last")

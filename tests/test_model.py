@@ -9,10 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from skippipe.errors import SkipPipeError
-from skippipe.train.model import (PathError, CheckpointInfo, build_stage, build_stages, check_path,
-                            forward_path, initial_stage_state, initial_state, layer_range,
-                            load_checkpoint, load_stage_file, load_stage_state, path_token_nll,
-                            save_checkpoint)
+from skippipe.train.model import PathError, build_stage, build_stages, check_path, forward_path, initial_stage_state, initial_state, layer_range, load_stage_state, path_token_nll
+from skippipe.train.checkpoint import CheckpointInfo, load_checkpoint, load_stage_file, save_checkpoint
 from skippipe.scenario import ModelConfig
 
 torch.set_num_threads(1)

@@ -11,7 +11,8 @@ import torch
 
 from skippipe.train.data import TokenData, training_batches
 from skippipe.errors import SkipPipeError
-from skippipe.train.model import build_stages, forward_path, load_checkpoint
+from skippipe.train.model import build_stages, forward_path
+from skippipe.train.checkpoint import load_checkpoint
 from skippipe.scenario import ModelConfig, load_scenario
 from skippipe.planner.random_paths import random_stage_paths
 from skippipe.train.local import RunInfo, baseline_paths, local_paths, train, train_iteration

@@ -26,7 +26,8 @@ from ..scenario import load_scenario
 from ..train.data import prepare_data, training_batches, validation_batches
 from ..train.evaluate import omission_subsets, path_nll
 from ..train.local import train_iteration
-from ..train.model import CheckpointInfo, build_stages, load_checkpoint, save_checkpoint
+from ..train.model import build_stages
+from ..train.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from ..train.optim import learning_rate, make_optimizer
 from ..train.recipe import recipe_config
 from ..util.files import write_atomic

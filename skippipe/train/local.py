@@ -35,7 +35,8 @@ import torch
 
 from .data import TokenData, training_batches
 from ..errors import SkipPipeError
-from .model import CheckpointInfo, Stage, build_stages, check_path, forward_path, save_checkpoint
+from .model import Stage, build_stages, check_path, forward_path
+from .checkpoint import CheckpointInfo, save_checkpoint
 from .optim import TrainConfig, clip_stage, learning_rate, make_optimizer, set_learning_rate
 from ..scenario import ModelConfig, Scenario
 from ..util.rundir import keep_in

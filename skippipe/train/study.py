@@ -19,7 +19,7 @@ from .data import prepare_data, validation_batches
 from .evaluate import (Perplexity, omission_subsets, parse_stage_list, perplexity, plot_sweep,
                        summarize, sweep, sweep_table)
 from .local import CHECKPOINT_DIR, METRICS_FILE, MetricsWriter, RunInfo, resolve_paths, train
-from .model import CHECKPOINT_META, load_checkpoint
+from .checkpoint import CHECKPOINT_META, load_checkpoint
 from .recipe import EVAL_SAMPLES, recipe_config
 
 RESULTS_FILE = "perplexity.json"

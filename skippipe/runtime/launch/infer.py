@@ -24,8 +24,8 @@ import torch
 
 from ...train.data import prepare_data, validation_batches
 from ...errors import SkipPipeError
-from ...train.model import (STAGE_FILE, Stage, build_stage, load_stage_file, load_stage_state,
-                           read_checkpoint_info)
+from ...train.model import Stage, build_stage, load_stage_state
+from ...train.checkpoint import STAGE_FILE, load_stage_file, read_checkpoint_info
 from ...variants import V_PLACED
 from ...schedule import load_schedule
 from ...util.devices import device_for
@@ -254,7 +254,7 @@ def _removed_on_error(*paths: Path):
 def local_perplexity(run_dir: Path, omitted, max_batches: int, samples: int) -> float:
     """Single-process perplexity of the run's checkpoint with `omitted` stages left out."""
     from ...train.evaluate import perplexity
-    from ...train.model import load_checkpoint
+    from ...train.checkpoint import load_checkpoint
 
     info, stages = load_checkpoint(run_dir / "checkpoint", "cpu")
     data = prepare_data(None, info.model.vocab_size)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ...train.model import CheckpointInfo
+from ...train.checkpoint import CheckpointInfo
 from ...util.rundir import keep_in
 
 if TYPE_CHECKING:

@@ -30,7 +30,8 @@ from ...ops import Op, OpKind
 from ...scenario import ModelConfig, Scenario, load_scenario
 from ...train.data import prepare_data, training_batches
 from ...train.optim import TrainConfig, clip_stage, learning_rate, make_optimizer
-from ...train.model import CheckpointInfo, build_stage, save_checkpoint, save_stage
+from ...train.model import build_stage
+from ...train.checkpoint import CheckpointInfo, save_checkpoint, save_stage
 
 
 def stand_in(model: ModelConfig, settings: str) -> ModelConfig:
