@@ -92,7 +92,7 @@ def test_a_lost_quorum_cancels_the_run_and_ends_it_in_one_error():
 
 class _Messenger:
     def __init__(self):
-        self.id, self.handlers, self.events = 0, {}, _Events()
+        self.id, self.handlers, self.events, self.iteration_now = 0, {}, _Events(), 0
         self.live = _Liveness()
 
 
@@ -105,10 +105,11 @@ class _Liveness:
 
 
 def test_an_unsolicited_welcome_evicts_no_one():
+    from skippipe.runtime.node.membership import Membership
     from skippipe.runtime.node.rejoin import Rejoin
     m = _Messenger()
-    stage_of = {n: s for s, nodes in enumerate(TINY_ALLOCATION) for n in nodes}
-    rejoin = Rejoin(None, m, None, TINY_ALLOCATION, stage_of)
+    stages_of = {n: (s,) for s, nodes in enumerate(TINY_ALLOCATION) for n in nodes}
+    rejoin = Rejoin(None, m, lambda: None, Membership(0, TINY_ALLOCATION, stages_of, 0.0))
     rejoin.on_control(Welcome(50, (4,), ()), sender=3)  # a key holder's well-formed message
     assert m.live.dead == set() and rejoin.welcome is None
     assert m.events.written == [("welcome_rejected", {"sender": 3, "dead": [4]})]

@@ -130,8 +130,8 @@ def test_simulate_command_runs_a_session_and_shows_the_moves(tiny_schedule, caps
 def test_the_decider_tells_a_node_coming_back_of_a_move_directly():
     import asyncio
     from types import SimpleNamespace as NS
+    from skippipe.runtime.node.membership import Membership
     from skippipe.runtime.node.moves import Moves
-    from skippipe.schedule import Routing
 
     told, direct, written = [], [], []
 
@@ -141,9 +141,10 @@ def test_the_decider_tells_a_node_coming_back_of_a_move_directly():
     live = NS(dead={1})  # node 1 (stage 3) crashed and is planned in again from iteration 4
     m = NS(id=0, live=live, tell=lambda dst, c: None, tell_live=told.append, tell_direct=tell_direct,
            events=NS(write=lambda name, **kw: written.append(name)))
-    rejoin = NS(revive_at={4: {1}}, sponsoring={})
-    routes = NS(online=True, routing=Routing("swarm", rebalance=1.5), router=NS(own_forward_s=0.01))
-    moves = Moves(NS(iterations=10, peer_timeout_s=1.0), 0, ALLOC, {}, routes, m, rejoin)
+    members = Membership(0, ALLOC, {}, rebalance=1.5)
+    members.plan_join(1, at=4)
+    routes = NS(router=NS(own_forward_s=0.01))
+    moves = Moves(NS(iterations=10, peer_timeout_s=1.0), 0, members, routes, m, rejoin=None)
     moves.forward_s = {2: 0.01, 5: 0.01, 4: 0.03}
 
     async def decide():
@@ -151,4 +152,4 @@ def test_the_decider_tells_a_node_coming_back_of_a_move_directly():
         await asyncio.sleep(0)  # the direct notice is a task
     asyncio.run(decide())
     assert told == [MoveNotice(2, 2, 5)] and direct == [(1, MoveNotice(2, 2, 5))]
-    assert written == ["rebalance"] and moves.allocation_at(5)[2] == (4, 2)
+    assert written == ["rebalance"] and members.allocation_at(5)[2] == (4, 2)

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ...train.data import TokenData
     from .compute import StageCompute
     from .liveness import Liveness
-    from .moves import Moves
+    from .membership import Membership
     from .runconfig import RunConfig
 
 
@@ -27,7 +27,7 @@ class Saving(Protocol):
     model_cfg: ModelConfig
     n_microbatches: int
     data: TokenData | None
-    moves: Moves
+    members: Membership
     live: Liveness
     compute: StageCompute
 
@@ -36,7 +36,7 @@ def save_checkpoint(node: Saving, iterations: int) -> None:
     """Every node saves its stage; the lowest live node of each stage writes the stage file,
     and the first live data node the description too. `iterations`: the steps taken."""
     cfg = node.cfg
-    alloc = node.moves.allocation_at(max(iterations - 1, 0))
+    alloc = node.members.allocation_at(max(iterations - 1, 0))
     live = [n for n in alloc[node.stage] if n not in node.live.dead]
     writer = bool(live) and live[0] == node.id
     info, directory = None, Path(cfg.run_dir) / "checkpoint"

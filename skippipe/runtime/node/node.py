@@ -47,6 +47,7 @@ from .emulation import Emulation
 from .faults import PHASE_OF, FailureInjector
 from .gather import Gather
 from .liveness import Liveness
+from .membership import Membership, rebalance_factor
 from .moves import Moves
 from .messenger import STALL_FACTOR, Messenger, NodeFailure
 from .iteration import Iteration
@@ -88,9 +89,10 @@ class Node:
         self.messenger.on_control = self._control
         self.routes = Routes(node_id, self.variant, self.sc, self.schedule.allocation, self.messenger, self.emulation)
         self.messenger.handlers[Kind.DONE] = self._done
-        self.rejoin = Rejoin(cfg, self.messenger, self.compute, self.schedule.allocation, self.stage_of)
-        self.moves = Moves(cfg, node_id, self.schedule.allocation, self.stages_of, self.routes, self.messenger, self.rejoin)
-        self.quorum = Quorum(len(cfg.peers), self.messenger, self.moves.allocation_at)
+        self.members = Membership(node_id, self.schedule.allocation, self.stages_of, rebalance_factor(self.variant))
+        self.rejoin = Rejoin(cfg, self.messenger, lambda: self.compute, self.members)
+        self.moves = Moves(cfg, node_id, self.members, self.routes, self.messenger, self.rejoin)
+        self.quorum = Quorum(len(cfg.peers), self.messenger, self.members.allocation_at)
         self.gather = Gather(node_id, cfg.data_nodes, self.messenger)
         self.steps = 0  # iterations this node took its step for
         self.averager = StageAverager(self.stage, self.schedule.allocation[self.stage], self.compute.chunks,
@@ -134,7 +136,7 @@ class Node:
     def _place(self, stage: int) -> StageCompute:
         """Rebalancing moved this node to `stage`: a fresh module (the caller loads its state)."""
         self.stage, self.emulation.chunks = stage, (stage,)
-        self.compute = self.rejoin.compute = self._stage_compute(stage, (stage,))
+        self.compute = self._stage_compute(stage, (stage,))
         self.averager = StageAverager(stage, (), self.compute.chunks, self.messenger, self.emulation, self._serve_late)
         return self.compute
 
@@ -186,7 +188,8 @@ class Node:
     def _start_iteration(self, it: int, batches) -> Iteration:
         revived, dead = self.rejoin.revived(it), self.live.dead
         self.quorum.check(it)
-        alloc, stages_of = self.moves.begin(it)  # rebalancing may have moved nodes
+        alloc, stages_of = self.members.begin(it)  # rebalancing may have moved nodes
+        self.routes.allocation = alloc
         self.averager.stage_nodes = alloc[self.stage]
         # the iteration where a node comes back runs degraded: not everyone may know yet
         cur = Iteration(it, live_variant(self.variant, dead, alloc), self.variant.memory_slots(self.id, self.sc),
@@ -265,7 +268,7 @@ class Node:
         if not self.messenger.late:
             return False
         msg = self.messenger.late.pop(0)
-        path = path_of(msg, self.moves.stages_of(msg.iteration))
+        path = path_of(msg, self.members.stages_of(msg.iteration))
         op = op_of(msg, path)
         if not self.compute.serves(op, path.hops[op.hop].stage):  # a stage this node moved away from
             self.events.write("late_op_dropped", microbatch=op.microbatch, iteration=msg.iteration)

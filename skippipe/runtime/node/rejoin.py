@@ -24,6 +24,7 @@ import torch
 
 from .compute import StageCompute
 from .control import Control, RejoinAt, RejoinRequest, Welcome
+from .membership import Membership
 from .messenger import STALL_FACTOR, Messenger, NodeFailure
 from .runconfig import RunConfig
 from ..net.wire import Kind, Message
@@ -34,20 +35,16 @@ JOIN_AHEAD = 2  # iterations between the sponsor's announcement and the join
 
 
 class Rejoin:
-    def __init__(self, cfg: RunConfig, messenger: Messenger, compute: StageCompute,
-                 allocation: tuple[tuple[int, ...], ...], stage_of: dict[int, int]):
-        self.cfg, self.m, self.compute = cfg, messenger, compute
-        self.allocation, self.stage_of = allocation, stage_of
+    def __init__(self, cfg: RunConfig, messenger: Messenger, compute: Callable[[], StageCompute],
+                 membership: Membership):
+        self.cfg, self.m, self.members = cfg, messenger, membership
+        self.compute = compute  # the node's current stage compute (a move replaces it)
         self.requests: set[int] = set()  # restarted peers asking to come back
-        self.revive_at: dict[int, set[int]] = {}  # iteration -> peers planned in again from then
-        self.sponsoring: dict[int, set[int]] = {}  # after this iteration, send these peers our state
         self.welcome: Welcome | None = None  # rejoining: the sponsor's plan ...
         self.sponsor: int | None = None
         self.state: torch.Tensor | None = None  # ... and our stage's state
         self.joined_at: int | None = None  # the iteration this node came back at
-        self.history: Callable[[], list[Control]] = list  # notices a sponsored peer gets first
         self.coming_back = False  # waiting for the sponsor of this node's rejoin
-        self.move_sponsor: Callable[[int], bool] = lambda sender: False  # may `sender` send us a stage?
         messenger.handlers[Kind.WEIGHTS] = self._weights
 
     # -- messages ---------------------------------------------------------------------------
@@ -55,13 +52,13 @@ class Rejoin:
         if isinstance(ctrl, RejoinRequest):
             self.requests.add(sender)
         elif isinstance(ctrl, RejoinAt):
-            self.revive_at.setdefault(ctrl.rejoin_at, set()).add(ctrl.node)
+            self.members.plan_join(ctrl.node, ctrl.rejoin_at)
         elif isinstance(ctrl, Welcome):
             self._welcome(ctrl, sender)
 
     def _welcome(self, ctrl: Welcome, sender: int) -> None:
         rejoining = self.coming_back and self.welcome is None
-        if not (rejoining or self.move_sponsor(sender)):
+        if not (rejoining or self.members.serves_my_move(sender, self.m.iteration_now)):
             log.warning("rejected: a welcome from node %d that this node did not ask for", sender)
             self.m.events.write("welcome_rejected", sender=sender, dead=list(ctrl.dead))
             return
@@ -81,26 +78,29 @@ class Rejoin:
             if n != self.m.id:
                 asyncio.create_task(self.m.tell_direct(n, RejoinRequest()))
         deadline = time.monotonic() + self.cfg.connect_timeout_s + STALL_FACTOR * self.cfg.peer_timeout_s
-        w, state = await self.receive_state(deadline, "the rejoin")
+        w, state, _ = await self.take_state(deadline, "the rejoin")
         self.coming_back = False
-        self.compute.load_state_vector(state, w.steps)
+        self.compute().load_state_vector(state, w.steps)
         self.joined_at = w.welcome
         self.m.events.write("rejoined", iteration=w.welcome, sponsor=self.sponsor)
         return w.welcome
 
-    async def receive_state(self, deadline: float, what: str) -> tuple[Welcome, torch.Tensor]:
-        """The sponsor's Welcome and stage state, once both are in (by `deadline`,
-        time.monotonic; `what` names the wait in the error)."""
+    async def take_state(self, deadline: float, what: str) -> tuple[Welcome, torch.Tensor, int]:
+        """The sponsor's Welcome, stage state and node id, once both are in (by `deadline`,
+        time.monotonic; `what` names the wait in the error); the next sponsored state (a later
+        move's) is awaited afresh."""
         while self.welcome is None or self.state is None:
             if time.monotonic() > deadline:
                 raise NodeFailure(f"no live peer of the stage sponsored {what} in time")
             await self.m.wait(deadline - time.monotonic())
-        return self.welcome, self.state
+        taken = self.welcome, self.state, self.sponsor
+        self.welcome = self.state = None
+        return taken
 
     # -- the sponsor and everyone else ------------------------------------------------------
     def revived(self, it: int) -> set[int]:
         """Peers planned in again from iteration `it` (alive from now on)."""
-        back = self.revive_at.pop(it, set())
+        back = self.members.joining_at(it)
         for r in back:
             self.m.live.revive(r)
         return back
@@ -110,21 +110,22 @@ class Rejoin:
         state to peers that join at the next iteration."""
         live = self.m.live
         for r in sorted(self.requests):
-            peers = [n for n in self.allocation[self.stage_of[r]] if n != r and n not in live.dead]
+            alloc, stage_of = self.members.allocation, self.members.stage_of
+            peers = [n for n in alloc[stage_of[r]] if n != r and n not in live.dead]
             if peers and peers[0] == self.m.id:
                 join = it + JOIN_AHEAD
-                self.revive_at.setdefault(join, set()).add(r)
-                self.sponsoring.setdefault(join - 1, set()).add(r)
+                self.members.plan_join(r, join)
+                self.members.sponsor(r, after=join - 1)
                 self.m.tell_live(RejoinAt(join, r), skip=frozenset({r}))
                 self.m.events.write("sponsor", peer=r, join_iteration=join)
         self.requests.clear()
-        for r in self.sponsoring.pop(it, set()):
-            state, steps = self.compute.state_vector()
+        for r in self.members.sponsored_after(it):
+            state, steps = self.compute().state_vector()
             dead = tuple(sorted(live.dead - {r}))
             asyncio.create_task(self._send_state(r, it + 1, dead, tuple(steps), state))
 
     async def _send_state(self, r: int, join: int, dead: tuple[int, ...], steps: tuple[int, ...], state) -> None:
-        for notice in self.history():  # what the peer missed while it was away (moves)
+        for notice in self.members.notices():  # what the peer missed while it was away (moves)
             await self.m.tell_direct(r, notice)
         await self.m.tell_direct(r, Welcome(join, dead, steps))
         await self.m.send_direct(r, Message.from_tensor(Kind.WEIGHTS, self.m.id, state, iteration=join))
