@@ -21,13 +21,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from skippipe.planner import (allocate, allocation_score, random_allocation,  # noqa: E402
+from skippipe.planner import (allocate, allocation_score, random_allocation,
                               round_robin_allocation)
-from skippipe.planner.allocation import DEFAULT_TIME_BUDGET_S  # noqa: E402
-from skippipe.scenario import load_scenario  # noqa: E402
-from skippipe.util.tables import format_table  # noqa: E402
+from skippipe.planner.allocation import DEFAULT_TIME_BUDGET_S
+from skippipe.scenario import load_scenario
+from skippipe.util.tables import format_table
 
 DEFAULT_SETTINGS = ["settings/geo-distributed.toml", "settings/hetero-gpus.toml"]
 DEFAULT_SAMPLES = 100  # random allocations to compare with

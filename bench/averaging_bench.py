@@ -27,13 +27,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.runs import skippipe  # noqa: E402
-from skippipe.runtime.launch.report import averaging_by_stage, averaging_windows  # noqa: E402
-from skippipe.runtime.node.runconfig import load_config  # noqa: E402
-from skippipe.scenario import load_scenario  # noqa: E402
-from skippipe.util.ports import free_port_range  # noqa: E402
+from bench.runs import skippipe
+from skippipe.runtime.launch.report import averaging_by_stage, averaging_windows
+from skippipe.runtime.node.runconfig import load_config
+from skippipe.scenario import load_scenario
+from skippipe.util.ports import free_port_range
 
 CASES = {  # name: (settings, nodes, time scale, iterations, extra run arguments)
     "tiny": ("settings/tiny.toml", 6, 20.0, 4, []),

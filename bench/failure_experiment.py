@@ -15,20 +15,17 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from skippipe.runtime.launch.infer import distributed_perplexity, local_perplexity  # noqa: E402
-from skippipe.runtime.launch.prepare import ensure_schedule  # noqa: E402
-from skippipe.planning import DEFAULT_TIME_LIMIT_S  # noqa: E402
-from skippipe.scenario import load_scenario  # noqa: E402
-from skippipe.schedule import load_schedule  # noqa: E402
-from skippipe.timeline import read_jsonl  # noqa: E402
-from skippipe.util.ports import free_port_range  # noqa: E402
+from bench.runs import ROOT, skippipe
+from skippipe.runtime.launch.infer import distributed_perplexity, local_perplexity
+from skippipe.runtime.launch.prepare import ensure_schedule
+from skippipe.planning import DEFAULT_TIME_LIMIT_S
+from skippipe.scenario import load_scenario
+from skippipe.schedule import load_schedule
+from skippipe.timeline import read_jsonl
+from skippipe.util.ports import free_port_range
 
 FAILED_FRACTIONS = (0.0, 0.17, 0.34, 0.5)  # of all nodes, data nodes excepted where possible
 
@@ -46,16 +43,13 @@ def default_plan(allocation, iterations: int) -> list[str]:
 
 def train(out: Path, name: str, args, fails: list[str], port: int) -> Path:
     runs = out / name
-    cmd = [sys.executable, "-m", "skippipe", "run", "0", str(args.nodes), args.variant, "0",
-           "--scenario", args.scenario, "--iterations", str(args.iterations), "--time-scale", str(args.time_scale),
-           "--base-port", str(port), "--runs", str(runs), "--peer-timeout", str(args.peer_timeout), "--checkpoint"]
+    cmd = ["run", "0", str(args.nodes), args.variant, "0", "--scenario", args.scenario,
+           "--iterations", str(args.iterations), "--time-scale", str(args.time_scale), "--base-port", str(port),
+           "--runs", str(runs), "--peer-timeout", str(args.peer_timeout), "--checkpoint"]
     for f in fails:
         cmd += ["--fail", f]
-    print("$", " ".join(cmd[1:]), flush=True)
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = skippipe(cmd, f"the {name} run")
     print(r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:])
-    if r.returncode != 0:
-        raise SystemExit(f"{name} run failed:\n{r.stdout[-3000:]}")
     return next(runs.iterdir())
 
 

@@ -20,13 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from skippipe.errors import SkipPipeError  # noqa: E402
-from skippipe.planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule  # noqa: E402
-from skippipe.scenario import load_scenario  # noqa: E402
-from skippipe.sim.simulate import simulate  # noqa: E402
-from skippipe.timeline import gantt_png  # noqa: E402
+from skippipe.errors import SkipPipeError
+from skippipe.planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
+from skippipe.scenario import load_scenario
+from skippipe.sim.simulate import simulate
+from skippipe.timeline import gantt_png
 
 SETTINGS = Path(__file__).resolve().parents[1] / "settings"
 SCENARIOS = ("tiny", "geo-distributed", "hetero-gpus", "single-cluster")

@@ -32,20 +32,18 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from skippipe.planner.allocation import allocate  # noqa: E402
-from skippipe.planner.baselines import random_variant  # noqa: E402
-from skippipe.planner.cpsat import Rules  # noqa: E402
-from skippipe.planner.model_data import build_data, plan_values  # noqa: E402
-from skippipe.planner.greedy import GREEDY_VARIANTS, GreedyScheduler  # noqa: E402
-from skippipe.planner.partial import ca_partial_variant  # noqa: E402
-from skippipe.planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS  # noqa: E402
-from skippipe.planning import OBJECTIVES, PlanOptions, build_schedule  # noqa: E402
-from skippipe.scenario import load_scenario  # noqa: E402
-from skippipe.rules import validate  # noqa: E402
-from skippipe.schedule import Schedule  # noqa: E402
-from skippipe.sim.simulate import simulate  # noqa: E402
+from skippipe.planner.allocation import allocate
+from skippipe.planner.baselines import random_variant
+from skippipe.planner.cpsat import Rules
+from skippipe.planner.model_data import build_data, plan_values
+from skippipe.planner.greedy import GREEDY_VARIANTS, GreedyScheduler
+from skippipe.planner.partial import ca_partial_variant
+from skippipe.planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS
+from skippipe.planning import OBJECTIVES, PlanOptions, build_schedule
+from skippipe.scenario import load_scenario
+from skippipe.rules import validate
+from skippipe.schedule import Schedule
+from skippipe.sim.simulate import simulate
 
 SETTINGS = Path(__file__).resolve().parents[1] / "settings"
 LONG_TIME_LIMIT_S = 300.0  # the scaling table's second budget (--long)

@@ -2,7 +2,7 @@
 file while the bench watches the run), from the repository root with the repository on the
 Python path.
 
-    from bench.runs import skippipe               # with the repository root on sys.path
+    from bench.runs import skippipe               # benches run as `python -m bench.NAME`
     skippipe(["schedule", "settings/tiny.toml", "--out", "x.json"], "planning")
 """
 from __future__ import annotations

@@ -22,10 +22,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.runs import skippipe  # noqa: E402
-from skippipe.util.ports import free_port_range  # noqa: E402
+from bench.runs import skippipe
+from skippipe.util.ports import free_port_range
 
 CASES = {  # name: (settings, nodes, time scale, iterations, extra run arguments)
     "tiny": ("settings/tiny.toml", 6, 4.0, 6, []),

@@ -44,17 +44,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.runs import finish, skippipe, start  # noqa: E402
-from bench.swarm_report import common_iteration, losses, num, plot, row_of, spread, table, tally  # noqa: E402
-from skippipe.runtime.launch.supervisor import Progress  # noqa: E402
-from skippipe.runtime.node.runconfig import events_dir, load_config  # noqa: E402
-from skippipe.schedule import load_schedule  # noqa: E402
-from skippipe.timeline import read_jsonl  # noqa: E402
-from skippipe.util.ports import free_port_range  # noqa: E402
-from skippipe.util.procs import stop_sessions  # noqa: E402
-from skippipe.variants import VARIANTS as ALL_VARIANTS  # noqa: E402
+from bench.runs import finish, skippipe, start
+from bench.swarm_report import common_iteration, losses, num, plot, row_of, spread, table, tally
+from skippipe.runtime.launch.supervisor import Progress
+from skippipe.runtime.node.runconfig import events_dir, load_config
+from skippipe.schedule import load_schedule
+from skippipe.timeline import read_jsonl
+from skippipe.util.ports import free_port_range
+from skippipe.util.procs import stop_sessions
+from skippipe.variants import VARIANTS as ALL_VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,14 +29,12 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import deccom.nodes  # noqa: E402,F401  (loaded before the transport quiets DecCom's prints)
-from skippipe.runtime.net.auth import RunAuth  # noqa: E402
-from skippipe.runtime.net.deccom_adapter import node_key  # noqa: E402
-from skippipe.runtime.net.transport import Transport  # noqa: E402
-from skippipe.runtime.net.wire import Kind, Message  # noqa: E402
-from skippipe.util.tables import format_table  # noqa: E402
+from skippipe.runtime.net.auth import RunAuth
+from skippipe.runtime.net.deccom_adapter import node_key
+from skippipe.runtime.net.transport import Transport
+from skippipe.runtime.net.wire import Kind, Message
+from skippipe.util.tables import format_table
 
 HOST = "127.0.0.1"
 MIB = 1024**2

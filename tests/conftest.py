@@ -1,16 +1,14 @@
-"""Shared test set-up: the repository on sys.path, the tiny scenario and its schedules.
+"""Shared test set-up: the tiny scenario and its schedules (pytest puts the repository root on
+the path: pyproject.toml's `pythonpath`, for the benches the tests drive).
 
 Tests that start node processes are marked `swarm`, single-process tests that take seconds
 `slow` (see pyproject.toml); `pytest -m "not swarm and not slow"` is the fast loop."""
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ROOT / "settings"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture(scope="session")

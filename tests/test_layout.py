@@ -121,3 +121,17 @@ def test_only_ops_defines_the_op_chain():
         if name != "ops" and "reversed(range(" in text and ('"L"' in text or "OpKind.L" in text):
             spelled.append(name)
     assert not spelled, f"modules that build the op chain themselves: {spelled}"
+
+
+def test_benches_are_modules_that_leave_the_path_alone():
+    """Benches run as `python -m bench.NAME` from the repository root: none edits sys.path."""
+    edits = []
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            target = getattr(node, "func", None)
+            owner = getattr(target, "value", None)
+            if (isinstance(owner, ast.Attribute) and owner.attr == "path"
+                    and getattr(owner.value, "id", None) == "sys"):
+                edits.append(f"{path.name}:{node.lineno}")
+    assert (ROOT / "bench" / "__init__.py").exists()
+    assert not edits, f"sys.path edited in {edits}"
