@@ -71,9 +71,6 @@ class Dispatcher:
         """Operations not finished yet, the running one included."""
         return len(self._todo) + (self.running is not None)
 
-    def expects(self, op: Op) -> bool:
-        return op in self._todo and op not in self.arrived
-
     def arrive(self, op: Op, at_s: float) -> None:
         """`op`'s input is here (at time `at_s`); a repeated arrival keeps the first stamp."""
         if op not in self._todo:

@@ -164,7 +164,7 @@ _TRAINING = {"iterations": int, "learning_rate": float, "grad_clip": float,
              "weight_decay": float, "seed": int, "time_scale": float}
 _NODE_GEN = {"count": int, "locations": list, "compute_factors": list, "memory_slots": list}
 _NODE = {"location": str, "compute_factor": float, "memory_slots": int}
-_OPTIONAL_SECTIONS = {"faults", "runtime", "evaluation"}  # read by later modules
+_OPTIONAL_SECTIONS = {"faults"}  # read by the runtime (a failure plan)
 _SECTIONS = {"name", "description", "model", "pipeline", "costs", "training", "network",
              "nodes", "node_generator"} | _OPTIONAL_SECTIONS
 _ZERO_OK = {"per_hop_overhead_s", "weight_decay", "seed", "max_swaps", "max_swap_back_stages",

@@ -52,9 +52,6 @@ from ..util.devices import pick_device
 ROPE_BASE = 10000.0  # rotary embedding base frequency (LLaMA default)
 RMS_NORM_EPS = 1e-5  # added to the mean square before the reciprocal square root
 INIT_STD = 0.02  # standard deviation of the normal initialisation of embedding and linears
-EMBEDDING_KEY = "embedding.weight"
-FINAL_NORM_KEY = "final_norm.weight"
-LM_HEAD_KEY = "lm_head.weight"
 _RESIDUAL_OUTPUTS = ("attn.wo.weight", "mlp.w_down.weight")  # scaled by 1/sqrt(2 n_layers)
 
 

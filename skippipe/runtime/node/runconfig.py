@@ -35,7 +35,6 @@ class RunConfig:
     seed: int
     peer_timeout_s: float  # wall seconds without progress before a peer is declared dead
     connect_timeout_s: float  # wall seconds to wait for every peer at start-up
-    checkpoint_every: int = 0  # iterations between per-stage checkpoints (0: only at the end if asked)
     save_checkpoint: bool = False
     failures: tuple[FailureSpec, ...] = ()  # the failure plan (faults.py)
     dump_gradients: bool = False  # tests: write each stage's averaged gradients after iteration 0
