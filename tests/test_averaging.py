@@ -10,7 +10,8 @@ from skippipe.costs import Costs
 from skippipe.runtime.net.linkemu import LinkModel, LinkTimeline
 from skippipe.runtime.launch.report import averaging_by_stage, averaging_windows
 from skippipe.runtime.node.runconfig import RunConfig, events_dir, load_config
-from skippipe.scenario import GIB, load_scenario
+from skippipe.network import GIB
+from skippipe.scenario import load_scenario
 
 from conftest import SETTINGS
 from runtime_util import free_base_port, run_skippipe

@@ -16,8 +16,8 @@ from collections import Counter, defaultdict
 import pytest
 
 from skippipe.costs import Costs
-from skippipe.scenario import (CostConfig, Link, ModelConfig, Network, Node, PipelineConfig,
-                               Scenario, TrainingConfig, load_scenario)
+from skippipe.network import Link, Network, Node
+from skippipe.scenario import CostConfig, ModelConfig, PipelineConfig, Scenario, TrainingConfig, load_scenario
 from skippipe.rules import planned_makespan, validate
 from skippipe.schedule import Schedule
 from skippipe.sim.simulate import simulate

@@ -12,7 +12,7 @@ from skippipe.runtime.node.emulation import Emulation
 from skippipe.runtime.net.linkemu import LinkModel
 from skippipe.runtime.launch.report import measured_iteration
 from skippipe.runtime.node.runconfig import RunConfig, events_dir
-from skippipe.scenario import GIB
+from skippipe.network import GIB
 
 
 def _config(tmp_path, time_scale=2.0, compute=True, links=True) -> RunConfig:

@@ -166,6 +166,6 @@ def test_create_schedule_family_memory_flag(tmp_path, capsys):
 
 
 def test_the_scenario_key_takes_a_boolean_only(tmp_path):
-    from skippipe.scenario import ScenarioError
+    from skippipe.settings_checks import ScenarioError
     with pytest.raises(ScenarioError, match="pipeline.family_memory.*must be bool"):
         load_scenario(SETTINGS / "tiny.toml", {"pipeline.family_memory": "yes"})

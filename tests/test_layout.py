@@ -10,6 +10,8 @@ PACKAGE = ROOT / "skippipe"
 # Lower layers first; a module may import its own layer and the layers before it.
 LAYERS = [
     {"errors"},
+    {"settings_checks"},
+    {"network"},
     {"scenario", "ops"},
     {"costs", "dispatch", "timeline", "memory", "placement"},
     {"variants"},

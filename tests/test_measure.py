@@ -22,7 +22,9 @@ from skippipe.measure.protocol import MeasureNode
 from skippipe.measure.toml_writer import dump_toml
 from skippipe.measure.scenario_out import fit_pipeline, proportional, render_scenario, write_scenario
 from skippipe.cli import main
-from skippipe.scenario import GIB, ScenarioError, load_scenario
+from skippipe.network import GIB
+from skippipe.settings_checks import ScenarioError
+from skippipe.scenario import load_scenario
 
 FAST = ["--repeat", "2", "--warmup", "1", "--payload-mib", "0.25", "--timeout", "120"]
 

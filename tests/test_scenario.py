@@ -4,7 +4,8 @@ import sys
 import pytest
 
 from skippipe.costs import Costs
-from skippipe.scenario import ScenarioError, load_scenario
+from skippipe.settings_checks import ScenarioError
+from skippipe.scenario import load_scenario
 
 from conftest import ROOT, SETTINGS
 

@@ -9,8 +9,8 @@ import pytest
 
 from skippipe.cli import main
 from skippipe.costs import Costs
-from skippipe.scenario import (CostConfig, Link, ModelConfig, Network, Node, PipelineConfig,
-                               Scenario, TrainingConfig, load_scenario)
+from skippipe.network import Link, Network, Node
+from skippipe.scenario import CostConfig, ModelConfig, PipelineConfig, Scenario, TrainingConfig, load_scenario
 from skippipe.ops import Op
 from skippipe.rules import planned_makespan, violations
 from skippipe.schedule import Hop, MicrobatchPath, Schedule, VariantSchedule, save_schedule
