@@ -7,8 +7,9 @@ computes the loss and sends the gradient back along the reversed path; each back
 input gradient one hop back (datamsg.py). When all its operations are done, the node sums its
 stage's gradients with the live nodes of its stage (averaging.py) and takes exactly one AdamW
 step; no barrier spans all nodes. Messages go through messenger.py, times are emulated by
-emulation.py; online variants choose each next hop as they send (routes.py) and may move
-nodes between stages at iteration boundaries (moves.py: a moved node takes a new module).
+emulation.py, operations run through operations.py; online variants choose each next hop as
+they send (routes.py) and may move nodes between stages at iteration boundaries (moves.py: a
+moved node takes a new module; membership.py keeps who serves which stage).
 
 Failures (liveness.py, recovery.py): when a peer dies the iteration turns *degraded*: nodes run
 first come first served and end the iteration once every live data node has reported DONE;
@@ -26,14 +27,12 @@ import asyncio
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 from ...costs import Costs
 from ...errors import SkipPipeError
-from ...ops import Op
 from ...scenario import load_scenario
 from ...schedule import load_schedule
 from ...train.recipe import recipe_config
@@ -42,13 +41,13 @@ from .averaging import StageAverager
 from .checkpoint import save_checkpoint
 from .compute import StageCompute, batch_stream, stand_in
 from .control import Control, Dead, Hello, Reroute, Restart
-from .datamsg import attempt_of, op_of, path_of
 from .emulation import Emulation
 from .faults import PHASE_OF, FailureInjector
 from .gather import Gather
 from .liveness import Liveness
 from .membership import Membership, rebalance_factor
 from .moves import Moves
+from .operations import Operations
 from .messenger import STALL_FACTOR, Messenger, NodeFailure
 from .iteration import Iteration
 from .quorum import QUORUM_EXIT, Quorum, QuorumLost
@@ -79,7 +78,6 @@ class Node:
         self.my_microbatches = [p.microbatch for p in self.variant.paths if p.origin == node_id]
         self.model_cfg = stand_in(self.sc.model, cfg.stand_in_model)
         self.compute = self._stage_compute(self.stage, self.stages_of[node_id])
-        self.pool = ThreadPoolExecutor(max_workers=1)  # torch work off the event loop, in order
         self.transport = Transport(node_id, *cfg.peers[node_id], cfg.peers, Path(cfg.run_dir) / "transport",
                                    auth=cfg.auth(), on_disconnect=self._closed, config=TransportConfig.for_stage(
                                        self.model_cfg, self.sc.pipeline.samples_per_microbatch, self.compute.chunks))
@@ -90,13 +88,16 @@ class Node:
         self.routes = Routes(node_id, self.variant, self.sc, self.schedule.allocation, self.messenger, self.emulation)
         self.messenger.handlers[Kind.DONE] = self._done
         self.members = Membership(node_id, self.schedule.allocation, self.stages_of, rebalance_factor(self.variant))
+        self.ops = Operations(self.variant, self.costs.activation_bytes, self.routes, self.messenger, self.emulation,
+                              self.events, self.members)
+        self.ops.place(self.compute, self.stage)
         self.rejoin = Rejoin(cfg, self.messenger, lambda: self.compute, self.members)
         self.moves = Moves(cfg, node_id, self.members, self.routes, self.messenger, self.rejoin)
         self.quorum = Quorum(len(cfg.peers), self.messenger, self.members.allocation_at)
         self.gather = Gather(node_id, cfg.data_nodes, self.messenger)
         self.steps = 0  # iterations this node took its step for
         self.averager = StageAverager(self.stage, self.schedule.allocation[self.stage], self.compute.chunks,
-                                      self.messenger, self.emulation, self._serve_late)
+                                      self.messenger, self.emulation, self.ops.serve_late)
         self.faults = FailureInjector(cfg.failures, node_id, self.events, self.emulation, self._silence)
         self.receiver: asyncio.Task | None = None
         self.data = None  # a data node's corpus and tokenizer
@@ -110,12 +111,11 @@ class Node:
         await self.quorum.guarded(self._run())  # QuorumLost: this side may not train on
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         async with self.transport:
             self.receiver = asyncio.create_task(self.messenger.receive_forever())
             first = await (self.rejoin.come_back() if self.rejoining else
                            self.messenger.greet_all(self.cfg.peers, self.greeted, self.cfg.connect_timeout_s))
-            batches = await loop.run_in_executor(self.pool, self._batches, first)
+            batches = await self.ops.in_worker(self._batches, first)
             self.live.start()
             self.events.write("ready", pid=os.getpid(), stage=self.stage, first_iteration=first)
             for it in range(first, self.cfg.iterations):
@@ -137,7 +137,8 @@ class Node:
         """Rebalancing moved this node to `stage`: a fresh module (the caller loads its state)."""
         self.stage, self.emulation.chunks = stage, (stage,)
         self.compute = self._stage_compute(stage, (stage,))
-        self.averager = StageAverager(stage, (), self.compute.chunks, self.messenger, self.emulation, self._serve_late)
+        self.ops.place(self.compute, stage)
+        self.averager = StageAverager(stage, (), self.compute.chunks, self.messenger, self.emulation, self.ops.serve_late)
         return self.compute
 
     def _batches(self, first_iteration: int):
@@ -151,7 +152,7 @@ class Node:
         """Keep serving late operations until every live peer is done too (or silent for the
         peer timeout)."""
         while set(self.live.live_peers()) - self.live.finished:
-            if not await self._serve_late():
+            if not await self.ops.serve_late():
                 await self.messenger.wait(self.live.interval_s)
         await self.messenger.drain()
 
@@ -216,7 +217,7 @@ class Node:
                 self.news = False
                 cur.handle_deaths()
             cur.take_messages(self.restarts.pop(it, []))
-            if await self._serve_late():
+            if await self.ops.serve_late():
                 continue
             op = cur.disp.next_op()
             if op is None:
@@ -228,7 +229,7 @@ class Node:
             progress = time.monotonic()
             await self.faults.before(it, PHASE_OF[op.kind], done_ops)
             cur.disp.start(op)
-            await self._run_op(cur, op)
+            await self.ops.run(cur, op)
             cur.finished(op)
             done_ops += 1
         await self.faults.before(it, "averaging", 0)
@@ -246,42 +247,6 @@ class Node:
                           degraded=cur.degraded, peak_activations=cur.disp.peak)
         self.steps += 1
         self.gather.after_iteration(it, self.compute.loss_sum, self.compute.loss_count)
-
-    # -- operations -------------------------------------------------------------------------
-    async def _run_op(self, cur: Iteration, op: Op) -> None:
-        start, t_event = time.monotonic(), self.events.now()
-        path = cur.paths[op.microbatch]
-        out = await asyncio.get_running_loop().run_in_executor(self.pool, self.compute.run, op, path.hops[op.hop].stage)
-        await self.emulation.pad(start, self.emulation.op_s(op.kind, self.variant.split_backward))
-        self.events.write("op", t=t_event, kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
-                          stage=self.stage, dur=self.events.now() - t_event, iteration=cur.it)
-        self._send_on(cur.it, path, op, out, cur.attempt[op.microbatch], time.monotonic() - start)
-
-    def _send_on(self, it: int, path, op: Op, out, attempt: int, wall_s: float) -> None:
-        nxt = self.routes.onward(it, path, op, out, attempt, wall_s)  # online: next hop chosen now
-        if nxt is not None:
-            self.messenger.send(*nxt, nominal_bytes=self.costs.activation_bytes)
-
-    async def _serve_late(self) -> bool:
-        """Run one operation of an iteration this node already finished (a re-routed
-        microbatch). Returns whether it ran one."""
-        if not self.messenger.late:
-            return False
-        msg = self.messenger.late.pop(0)
-        path = path_of(msg, self.members.stages_of(msg.iteration))
-        op = op_of(msg, path)
-        if not self.compute.serves(op, path.hops[op.hop].stage):  # a stage this node moved away from
-            self.events.write("late_op_dropped", microbatch=op.microbatch, iteration=msg.iteration)
-            return True
-        start = time.monotonic()
-        out = await asyncio.get_running_loop().run_in_executor(
-            self.pool, lambda: self.compute.run_late(msg.iteration, op, msg.to_torch(), path.hops[op.hop].stage))
-        await self.emulation.pad(start, self.emulation.op_s(op.kind, self.variant.split_backward))
-        self.events.write("late_op", kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
-                          iteration=msg.iteration)
-        if out is not None:
-            self._send_on(msg.iteration, path, op, out, attempt_of(msg), time.monotonic() - start)
-        return True
 
 
 def main(config_path: str, node_id: int, rejoin: bool = False) -> int:
