@@ -8,9 +8,9 @@ PACKAGE = ROOT / "skippipe"
 # Lower layers first; a module may import its own layer and the layers before it.
 LAYERS = [
     {"errors"},
+    {"variants"},  # the variant registry: every fact about a variant, read by all above it
     {"scenario", "ops"},
     {"costs", "dispatch", "timeline", "memory", "placement"},
-    {"variants"},
     {"rules"},
     {"schedule"},
     {"util"},

@@ -10,7 +10,7 @@ import pytest
 
 from skippipe.cli import main
 from skippipe.planner.paths import PlanningError
-from skippipe.planning import PlanOptions, build_schedule, format_table, summary_rows
+from skippipe.planning import PlanOptions, build_schedule, format_summary, summary_rows
 from skippipe.scenario import load_scenario
 from skippipe.schedule import SCHEMA_VERSION, ScheduleError, from_dict, load_schedule, save_schedule, to_dict
 from skippipe.placement import fold
@@ -151,7 +151,7 @@ def test_the_non_ca_order_is_a_feasible_ca_plan_in_ticks(tiny, built):
 def test_table_reports_both_objectives_for_every_variant(built):
     rows = summary_rows(built)
     assert all(r["iteration_s"] and r["makespan_s"] for r in rows)
-    text = format_table(rows)
+    text = format_summary(rows)
     assert "iteration s" in text and "makespan s" in text and "mk/base" in text
 
 
