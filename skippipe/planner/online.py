@@ -31,7 +31,7 @@ def online_variant(name: str, scenario: Scenario, allocation, seed: int,
         if plan is None:
             raise PlanningError(f"{name} follows {spec.built_on}'s plan: plan {spec.built_on} too")
         return dataclasses.replace(plan, name=name, routing=routing, provenance=Provenance(
-            "ca-partial + online repair", seed, status=plan.provenance.status))
+            f"{spec.built_on} + online repair", seed, status=plan.provenance.status))
     origins = tuple(MicrobatchPath(mb, origin, (Hop(0, origin),))
                     for mb, origin in microbatch_ids(allocation, scenario))
     start = VariantSchedule(name, origins, dispatch="fcfs", allocation=tuple(allocation), routing=routing,
