@@ -30,6 +30,8 @@ RoundsHeld = Callable[[int, int], "int | None"]  # (stage i, stages p) -> consec
 
 @dataclass(frozen=True)
 class Variant:
+    """One schedule a scenario can be planned for, with every fact the code asks of it."""
+
     name: str
     planner: str  # how it is planned: a key of planning.PLANNERS
     full_pipeline: bool = False  # every path runs every stage in order (else paths skip, reorder)
