@@ -5,7 +5,7 @@ from pathlib import Path
 
 from skippipe.variants import VARIANTS
 
-from test_layout import PACKAGE, _modules
+from test_layout import _modules
 
 # (module, name): a registered name that is another thing's name too, or plain data, not a fact
 ALLOWED = {
