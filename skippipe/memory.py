@@ -29,6 +29,7 @@ from collections import Counter, defaultdict, deque
 from typing import Iterable, Sequence
 
 from .ops import Op, OpKind, PathLike, frees_slot, node_of, op_chain, takes_slot
+from .variants import variant
 
 
 def peak_along(ops: Iterable[Op], split: bool = False) -> int:
@@ -88,18 +89,11 @@ def _window(sizes: Sequence[int], width: int) -> int:
     return max(sum(sizes[i:i + width]) for i in range(len(sizes) - width + 1))
 
 
-def _rounds_of(stage: int, n_stages: int) -> dict[str, int | None]:
-    """Consecutive rounds each family may hold at `stage` (None: all of them)."""
-    return {"naive": 1, "gpipe": None, "1f1b": n_stages - stage, "zb-h1": n_stages,
-            "dualpipev": n_stages // 2}
-
-
-FAMILIES = ("naive", "gpipe", "1f1b", "zb-h1", "dualpipev")  # the classic schedule families, in table order
-
-
 def family_limits(family: str, paths: Sequence[PathLike], stage_of: dict[int, int],
                   n_stages: int) -> dict[int, int]:
-    """node -> the most activations `family`'s rule lets it hold (see the module table)."""
+    """node -> the most activations `family`'s rule lets it hold (see the module table; the
+    registry's `rounds_held`)."""
+    spec = variant(family)
     rnd = rounds(paths)
     n_rounds = max(rnd.values(), default=-1) + 1
     visits: dict[int, Counter] = defaultdict(Counter)
@@ -110,9 +104,9 @@ def family_limits(family: str, paths: Sequence[PathLike], stage_of: dict[int, in
     out = {}
     for node, per_round in visits.items():
         sizes = [per_round.get(r, 0) for r in range(n_rounds)]
-        width = _rounds_of(stage_of[node], n_stages)[family]
+        width = spec.rounds_held(stage_of[node], n_stages)
         out[node] = sum(sizes) if width is None else _window(sizes, width)
-        if family == "dualpipev":  # a round's sizes count both chunks: one more chunk's worth
+        if spec.v_placed:  # a round's sizes count both chunks: one more chunk's worth
             out[node] += -(-max(sizes) // 2)
     return out
 

@@ -1,12 +1,13 @@
 """Where the stages live: one stage per node, or DualPipeV's V placement (two per node).
 
 An allocation lists, per stage, the nodes that hold it. Ordinarily every node holds one stage.
-Under the *V placement* (DualPipeV, Qi et al.'s "cut in half" DualPipe; variants.V_PLACED) the
-model's S stages (S even, the layers unchanged) fold into P = S/2 groups: group g holds stage g
-and its mirror S-1-g, so allocation[g] == allocation[S-1-g], and every node holds two stage
-chunks. A full path goes down its column through the first half of the model and back up
-through the second: nodes n0, n1, ..., n(P-1), n(P-1), ..., n1, n0. The origin (group 0) holds
-stage 0 and the last stage, so the loss stays where the labels and the LM head are.
+Under the *V placement* (DualPipeV, Qi et al.'s "cut in half" DualPipe; variants whose registry
+entry is `v_placed`) the model's S stages (S even, the layers unchanged) fold into P = S/2
+groups: group g holds stage g and its mirror S-1-g, so allocation[g] == allocation[S-1-g], and
+every node holds two stage chunks. A full path goes down its column through the first half of
+the model and back up through the second: nodes n0, n1, ..., n(P-1), n(P-1), ..., n1, n0. The
+origin (group 0) holds stage 0 and the last stage, so the loss stays where the labels and the LM
+head are.
 
 A node's memory and parameters count both chunks: each chunk's forward takes an activation slot,
 and a group averages both stages' gradients over the same ring, one after the other.

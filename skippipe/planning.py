@@ -1,12 +1,13 @@
 """Build a whole schedule for a scenario: allocations, every requested variant, validation, and
 the simulator's predicted iteration time and makespan for each (the simulator judges them all).
 
-Allocations: the baseline and random (DT-FM with random skipping, network-blind) run on the
-full-pipeline allocation (`planner.allocation.allocate`, DT-FM's objective); the partial variants
-on one searched for their own objective (`planner.skip_allocation`), unless
-`shared_allocation` keeps the full-pipeline one for all, as the paper did; dualpipev on the
-full-pipeline one folded into a V (placement.fold: each node holds a stage and its mirror);
-ca-partial-zb on ca-partial's paths and allocation (planner/zb_fill.py).
+Allocations (the registry's `Variant.allocation`): the baseline and random (DT-FM with random
+skipping, network-blind) run on the full-pipeline allocation (`planner.allocation.allocate`,
+DT-FM's objective); the partial variants on one searched for their own objective
+(`planner.skip_allocation`), unless `shared_allocation` keeps the full-pipeline one for all, as
+the paper did; dualpipev on the full-pipeline one folded into a V (placement.fold: each node
+holds a stage and its mirror); ca-partial-zb on ca-partial's paths and allocation
+(planner/zb_fill.py). Each variant's planner: PLANNERS, keyed by `Variant.planner`.
 
 Budget: `effort` gives the whole build's work seconds (planner/effort.py: deterministic work,
 scaled to the problem's size), split into fixed shares (the skip-aware allocation search,
@@ -28,14 +29,14 @@ import time
 from typing import Callable, Iterator
 
 from .errors import SkipPipeError
-from .memory import FAMILIES, fullest
+from .memory import fullest
 from .planner.effort import (DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS, WallCap, default_cap_s,
                              problem_size, work_seconds)
 from .scenario import Scenario
 from .rules import validate
 from .schedule import Schedule, VariantSchedule
 from .ops import LOSS_AT
-from .variants import FULL_PIPELINE, ONLINE, V_PLACED, VARIANTS, ZERO_BUBBLE_OF, default_loss_at
+from .variants import REFERENCE, REGISTRY, VARIANTS, Variant
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ SEARCH_SHARE = 0.25  # of the work seconds for the skip-aware allocation search
 NON_CA_SHARE = 0.15  # for non-ca-partial
 CA_SHARE = 0.45  # for ca-partial (the rest: allocation, simulation, validation)
 MAX_LINE, MAX_STAGES_SHOWN = 300, 6  # progress lines stay short on huge scenarios
-PARTIAL = ("non-ca-partial", "ca-partial")  # the variants planned on the skip-aware allocation
-SKIP_ALLOCATION = (*PARTIAL, "swarm-skip", "ca-repair")  # the variants that run on it
 
 Progress = Callable[[str], None]
 
@@ -80,9 +79,11 @@ class PlanOptions:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise PlanningError(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
-        for name, source in ZERO_BUBBLE_OF.items():
-            if name in self.variants and source not in self.variants:
-                raise PlanningError(f"{name} is {source} with the backward split: plan {source} too")
+        for name in self.variants:
+            spec = REGISTRY[name]
+            if spec.planner == "backward-split" and spec.built_on not in self.variants:
+                raise PlanningError(f"{name} is {spec.built_on} with the backward split: "
+                                    f"plan {spec.built_on} too")
 
     @property
     def cap_s(self) -> float:
@@ -91,7 +92,28 @@ class PlanOptions:
     def loss_at_of(self, variant: str) -> str:
         """Where `variant`'s loss runs: the chosen placement for a full pipeline, else its default
         (a partial path may skip the last stage: its loss stays at the origin)."""
-        return self.loss_at if self.loss_at and variant in FULL_PIPELINE else default_loss_at(variant)
+        spec = REGISTRY[variant]
+        return self.loss_at if self.loss_at and spec.full_pipeline else spec.loss_at
+
+
+@dataclasses.dataclass
+class _Build:
+    """What planning one variant may use: the scenario, the options, the work seconds and the
+    wall-clock cap, and the variants planned (and simulated) before it."""
+    scenario: Scenario
+    opts: PlanOptions
+    work: float
+    cap: WallCap
+    line: Progress
+    variants: dict[str, VariantSchedule] = dataclasses.field(default_factory=dict)
+    sims: dict = dataclasses.field(default_factory=dict)
+    skipped: list[str] = dataclasses.field(default_factory=list)  # why, for each variant skipped
+
+    def skip(self, name: str, why: str, said: str | None = None) -> None:
+        """Leave `name` out without failing it (it cannot be made for this scenario): `why` for
+        the error when nothing is left, `said` (default: `why`) on its progress line."""
+        self.skipped.append(why)
+        self.line(f"{name} skipped: {said or why}")
 
 
 def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
@@ -99,9 +121,6 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     """Plan every variant in `opts.variants` and attach the simulator's prediction to each. A
     variant that fails to plan or to validate is left out with one progress line, and named in
     `failures` (variant -> why); the build fails only when no variant is left."""
-    from .planner import baselines, families, partial
-    from .planner.zb_fill import zero_bubble_fill
-    from .placement import fold
     from .planner.allocation import allocate
     from .planner.paths import PlanningError
     from .sim.simulate import simulate
@@ -124,7 +143,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     wanted = [v for v in VARIANTS if v in opts.variants]
     if cap.spent("the full-pipeline allocation") and not opts.shared_allocation:
         line("skip-aware allocation search skipped (past the wall-clock cap): the full-pipeline one")
-    elif not opts.shared_allocation and any(v in SKIP_ALLOCATION for v in wanted):
+    elif not opts.shared_allocation and any(REGISTRY[v].allocation == "skip" for v in wanted):
         from .planner.skip_allocation import skip_aware_allocation
         line(f"skip-aware allocation search for the {opts.objective} "
              f"({SEARCH_SHARE * work:.1f} work s) ...")
@@ -135,67 +154,36 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
             line(f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
                  f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): "
                  + _fmt_stages(skip_stages))
-    variants: dict[str, VariantSchedule] = {}
-    sims, skipped = {}, []
+    build = _Build(scenario, opts, work, cap, line)
+    variants, sims = build.variants, build.sims
     failed = {} if failures is None else failures
 
-    def plan(name: str) -> None:  # one variant into `variants` and `sims`
-        alloc = skip_stages if name in SKIP_ALLOCATION else full.stages
-        if name in V_PLACED:  # each node holds a stage and its mirror
-            try:
-                alloc = fold(full.stages)
-            except ValueError as e:  # e.g. an odd number of stages: the other variants go on
-                skipped.append(f"{name}: {e}")
-                line(f"{name} skipped: {e}")
-                return
+    def plan(spec: Variant) -> None:  # one variant into `variants` and `sims`
+        alloc = _allocation(spec, full.stages, skip_stages, build)
+        if alloc is None:
+            return
         t0 = time.monotonic()
-        if name in ONLINE:  # swarm, swarm-skip: the simulator's prediction; ca-repair: ca-partial's plan
-            from .planner.online import online_variant
-            v = online_variant(name, scenario, alloc, opts.seed, variants.get("ca-partial"),
-                               opts.loss_at_of(name))
-        elif name in FAMILIES:  # naive, gpipe, 1f1b, zb-h1, dualpipev: planned action lists
-            own = opts.family_memory or scenario.pipeline.family_memory
-            try:
-                v = families.family_variant(name, scenario, alloc, family_memory=own,
-                                             loss_at=opts.loss_at_of(name))
-            except PlanningError as e:  # no capped form fits the slots: the others go on
-                skipped.append(str(e))
-                line(f"{name} skipped: {e}")
-                return
-        elif name in ZERO_BUBBLE_OF:  # on its source's paths and allocation
-            source = variants[ZERO_BUBBLE_OF[name]]
-            alloc = source.allocation
-            v = zero_bubble_fill(name, source, scenario, alloc)
-        elif name == "baseline":
-            v = baselines.baseline_variant(scenario, alloc)
-            v = dataclasses.replace(v, loss_at=opts.loss_at_of(name))
-        elif name == "random":
-            v = baselines.random_variant(scenario, alloc, seed=opts.seed)
-        else:
-            budget = (NON_CA_SHARE if name == "non-ca-partial" else CA_SHARE) * work
-            line(f"planning {name} ({opts.objective}, {budget:.1f} work s) ...")
-            maker = partial.non_ca_partial_variant if name == "non-ca-partial" else partial.ca_partial_variant
-            extra = {}
-            if name == "ca-partial" and "non-ca-partial" in sims:
-                extra["candidates"] = [(variants["non-ca-partial"].paths, sims["non-ca-partial"].order)]
-            v = maker(scenario, alloc, work_s=budget, seed=opts.seed, workers=opts.workers,
-                      progress=line, objective=opts.objective, cap=cap, **extra)
+        v = PLANNERS[spec.planner](spec, alloc, build)
+        if v is None:
+            return
+        name = spec.name
         v = dataclasses.replace(v, allocation=tuple(alloc), provenance=_capped(dataclasses.replace(
             v.provenance, wall_s=round(time.monotonic() - t0, 3)), cap))
         variants[name] = v
         sims[name] = simulate(_one(scenario, full.stages, v), name, scenario)
-        if name == "ca-partial" and "non-ca-partial" in sims:
-            variants[name], sims[name] = _not_worse(scenario, full.stages, variants, sims, opts, line)
+        if spec.rival in sims:
+            variants[name], sims[name] = _not_worse(name, spec.rival, full.stages, build)
 
     for name in wanted:
+        spec = REGISTRY[name]
         with _dropped_on_failure(name, failed, line):
-            if ZERO_BUBBLE_OF.get(name) in failed:
-                raise SkipPipeError(f"it is {ZERO_BUBBLE_OF[name]} with the backward split, which failed")
-            plan(name)
-        if name in failed:  # failed after it was stored (e.g. in the comparison with non-ca-partial)
+            if spec.planner == "backward-split" and spec.built_on in failed:
+                raise SkipPipeError(f"it is {spec.built_on} with the backward split, which failed")
+            plan(spec)
+        if name in failed:  # failed after it was stored (e.g. in the comparison with its rival)
             variants.pop(name, None)
     if not variants:
-        raise PlanningError("; ".join(skipped + [f"{n}: {why}" for n, why in failed.items()])
+        raise PlanningError("; ".join(build.skipped + [f"{n}: {why}" for n, why in failed.items()])
                             or "no variant to plan")
     line("simulating and validating ...")
     for name, v in list(variants.items()):
@@ -223,6 +211,80 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     return sched
 
 
+def _allocation(spec: Variant, full, skip, build: _Build):
+    """The stages `spec` is planned on (None: skipped, it cannot be placed)."""
+    if spec.allocation == "skip":
+        return skip
+    if spec.allocation == "built_on":
+        return build.variants[spec.built_on].allocation
+    if spec.allocation == "v":  # each node holds a stage and its mirror
+        from .placement import fold
+        try:
+            return fold(full)
+        except ValueError as e:  # e.g. an odd number of stages: the other variants go on
+            build.skip(spec.name, f"{spec.name}: {e}", str(e))
+            return None
+    return full
+
+
+def _full_pipelines(spec: Variant, alloc, build: _Build) -> VariantSchedule:
+    from .planner.baselines import baseline_variant
+    v = baseline_variant(build.scenario, alloc)
+    return dataclasses.replace(v, loss_at=build.opts.loss_at_of(spec.name))
+
+
+def _random_skips(spec: Variant, alloc, build: _Build) -> VariantSchedule:
+    from .planner.baselines import random_variant
+    return random_variant(build.scenario, alloc, seed=build.opts.seed)
+
+
+def _cp_sat(spec: Variant, alloc, build: _Build) -> VariantSchedule:
+    """The partial planner (planner/partial.py); with a rival, its plan is a candidate too."""
+    from .planner import partial
+    opts = build.opts
+    budget = (CA_SHARE if spec.collision_aware else NON_CA_SHARE) * build.work
+    build.line(f"planning {spec.name} ({opts.objective}, {budget:.1f} work s) ...")
+    maker = partial.ca_partial_variant if spec.collision_aware else partial.non_ca_partial_variant
+    extra = {}
+    if spec.rival in build.sims:
+        extra["candidates"] = [(build.variants[spec.rival].paths, build.sims[spec.rival].order)]
+    return maker(build.scenario, alloc, work_s=budget, seed=opts.seed, workers=opts.workers,
+                 progress=build.line, objective=opts.objective, cap=build.cap, **extra)
+
+
+def _backward_split(spec: Variant, alloc, build: _Build) -> VariantSchedule:
+    """On the paths and allocation of the variant it is built on (planner/zb_fill.py)."""
+    from .planner.zb_fill import zero_bubble_fill
+    return zero_bubble_fill(spec.name, build.variants[spec.built_on], build.scenario, alloc)
+
+
+def _family(spec: Variant, alloc, build: _Build) -> VariantSchedule | None:
+    """Planned action lists (planner/families.py); skipped when no capped form fits the slots."""
+    from .planner import families
+    from .planner.paths import PlanningError
+    own = build.opts.family_memory or build.scenario.pipeline.family_memory
+    try:
+        return families.family_variant(spec.name, build.scenario, alloc, family_memory=own,
+                                       loss_at=build.opts.loss_at_of(spec.name))
+    except PlanningError as e:  # the others go on
+        build.skip(spec.name, str(e))
+        return None
+
+
+def _online(spec: Variant, alloc, build: _Build) -> VariantSchedule:
+    """The simulator's prediction of the routing rule; on the plan of the variant it is built on."""
+    from .planner.online import online_variant
+    return online_variant(spec.name, build.scenario, alloc, build.opts.seed,
+                          build.variants.get(spec.built_on), build.opts.loss_at_of(spec.name))
+
+
+# how each variant is planned: Variant.planner -> its planner
+PLANNERS: dict[str, Callable[[Variant, object, _Build], VariantSchedule | None]] = {
+    "full-pipelines": _full_pipelines, "random-skips": _random_skips, "cp-sat": _cp_sat,
+    "backward-split": _backward_split, "family": _family, "online": _online}
+assert {v.planner for v in REGISTRY.values()} <= set(PLANNERS)
+
+
 @contextlib.contextmanager
 def _dropped_on_failure(name: str, failed: dict[str, str], line: Progress) -> Iterator[None]:
     """Run one variant's planning or check; a planning error drops that variant only."""
@@ -248,20 +310,20 @@ def _objective(sim, objective: str) -> float:
     return sim.iteration_s if objective == "iteration" else sim.makespan_s
 
 
-def _not_worse(scenario: Scenario, full_stages, variants: dict, sims: dict, opts: PlanOptions,
-               line: Progress):
-    """ca-partial, or non-ca-partial's replay when the simulator prefers non-ca-partial."""
+def _not_worse(name: str, rival: str, full_stages, build: _Build):
+    """Variant `name` as planned, or its `rival`'s replay when the simulator prefers the rival."""
     from .planner.partial import replay_variant
     from .sim.simulate import simulate
-    ca, non_ca = variants["ca-partial"], variants["non-ca-partial"]
-    if _objective(sims["ca-partial"], opts.objective) <= _objective(sims["non-ca-partial"], opts.objective):
-        return ca, sims["ca-partial"]
-    line(f"ca-partial simulates worse than non-ca-partial ({opts.objective}): it takes non-ca-partial's "
-         f"paths in simulator order")
-    replay = replay_variant("ca-partial", non_ca, sims["non-ca-partial"].order, ca.provenance,
-                            opts.objective, _objective(sims["non-ca-partial"], opts.objective))
-    replay = dataclasses.replace(replay, allocation=non_ca.allocation)
-    return replay, simulate(_one(scenario, full_stages, replay), "ca-partial", scenario)
+    variants, sims, objective = build.variants, build.sims, build.opts.objective
+    mine, theirs = variants[name], variants[rival]
+    if _objective(sims[name], objective) <= _objective(sims[rival], objective):
+        return mine, sims[name]
+    build.line(f"{name} simulates worse than {rival} ({objective}): it takes {rival}'s "
+               f"paths in simulator order")
+    replay = replay_variant(name, theirs, sims[rival].order, mine.provenance,
+                            objective, _objective(sims[rival], objective))
+    replay = dataclasses.replace(replay, allocation=theirs.allocation)
+    return replay, simulate(_one(build.scenario, full_stages, replay), name, build.scenario)
 
 
 def _fmt_stages(stages) -> str:
@@ -280,7 +342,7 @@ def summary_rows(sched: Schedule, failures: dict[str, str] | None = None) -> lis
     """One row per variant: predicted iteration time and makespan, ratios to the baseline,
     solver bound (of the variant's objective), gap and time; a row marked FAILED for each of
     `failures` (variant -> why)."""
-    base = sched.variants.get("baseline")
+    base = sched.variants.get(REFERENCE)
     rows = []
     for name, v in sched.variants.items():
         it, mk = v.predicted.get("iteration_s"), v.predicted.get("makespan_s")
@@ -305,7 +367,8 @@ def _peak_slots(v: VariantSchedule) -> str:
     return f"{p['fullest_peak']:.0f}/{p['fullest_slots']:.0f}"
 
 
-def format_table(rows: list[dict]) -> str:
+def format_summary(rows: list[dict]) -> str:
+    """summary_rows as the fixed-width table create_schedule.py prints."""
     def f(x, spec):
         return format(x, spec) if x is not None else format("-", f">{spec.split('.')[0]}")
     blank = {**dict.fromkeys(("iteration_s", "makespan_s", "vs_baseline", "makespan_vs_baseline",

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Iterable
 
 from .costs import Costs
 from .errors import ScheduleError
-from .memory import FAMILIES, family_limits, peak_along
+from .memory import family_limits, peak_along
 from .ops import Op, OpKind, frees_slot, node_ops, op_chain, prev_op, takes_slot
 from .placement import v_path_problem, v_problems
 from .scenario import Scenario
-from .variants import FULL_PIPELINE, ONLINE, V_PLACED
+from .variants import variant
 
 if TYPE_CHECKING:
     from .schedule import MicrobatchPath, Schedule, VariantSchedule
@@ -60,7 +60,7 @@ def violations(s: Schedule, scenario: Scenario) -> list[Violation]:
         return out
     for v in s.variants.values():  # each variant is checked against the allocation it runs on
         bad = [] if v.allocation is None else list(_check_allocation(v.allocation, v.name, scenario,
-                                                                      v.name in V_PLACED))
+                                                                      variant(v.name).v_placed))
         out += bad or _check_variant(s.for_variant(v.name), v, scenario)
     return out
 
@@ -88,7 +88,7 @@ def _check_variant(s: Schedule, v: VariantSchedule, sc: Scenario) -> list[Violat
     if out:
         return out
     out += _check_load(v, sc)
-    if v.name in FULL_PIPELINE:
+    if variant(v.name).full_pipeline:
         out += _check_baseline(s, v)
     if v.order is not None:
         out += _check_order(v)
@@ -108,7 +108,7 @@ def _check_loss_at(v: VariantSchedule, n_stages: int) -> list[Violation]:
 
 
 def _check_routing(v: VariantSchedule) -> list[Violation]:
-    want = ONLINE.get(v.name)
+    want = variant(v.name).routing
     got = None if v.routing is None else v.routing.rule
     if got == want:
         return []
@@ -142,7 +142,7 @@ def _check_path(v: VariantSchedule, p: MicrobatchPath, stages_of: dict[int, tupl
             out.append(bad("ALLOC", i, f"node {h.node} does not hold stage {h.stage}"))
         if i > 0 and h.stage == 0:
             out.append(bad("CC1", i, "stage 0 is revisited"))
-    k = sc.pipeline.n_stages if v.name in FULL_PIPELINE else sc.pipeline.path_length
+    k = sc.pipeline.n_stages if variant(v.name).full_pipeline else sc.pipeline.path_length
     if len(p.hops) != k:
         out.append(bad("CC2", None, f"visits {len(p.hops)} stages, not {k}"))
     if len(set(p.stages)) != len(p.stages):
@@ -187,7 +187,7 @@ def stage_visit_cap(sc: Scenario, n_microbatches: int) -> int:
 
 
 def _check_load(v: VariantSchedule, sc: Scenario) -> list[Violation]:
-    if v.name in FULL_PIPELINE:
+    if variant(v.name).full_pipeline:
         return []
     visits = Counter(h.stage for p in v.paths for h in p.hops[1:])
     cap = stage_visit_cap(sc, len(v.paths))
@@ -202,9 +202,9 @@ def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
         if p.stages != tuple(range(len(s.allocation))):
             out.append(Violation("BASELINE", v.name, p.microbatch, None,
                                  f"a full-pipeline path runs every stage in order, got {list(p.stages)}"))
-        elif v.name in V_PLACED and (problem := v_path_problem(p.nodes)):
+        elif variant(v.name).v_placed and (problem := v_path_problem(p.nodes)):
             out.append(Violation("ALLOC", v.name, p.microbatch, None, problem))
-    if v.name in ONLINE:  # online routing balances by measurement, not by count
+    if variant(v.name).routing:  # online routing balances by measurement, not by count
         return out
     loads = Counter((h.stage, h.node) for p in v.paths for h in p.hops[1:])
     for stage, nodes in enumerate(s.allocation[1:], start=1):
@@ -231,7 +231,7 @@ def _check_activations(v: VariantSchedule, stage_of: dict[int, int], sc: Scenari
     """TC1 along each action list (memory.peak_along: timing-free), against the variant's limit;
     the limit is within the rule the variant was made for: the scenario's slots (the shared
     budget), or a schedule family's own rule (memory.family_limits), whose order keeps it too."""
-    if v.memory == "family" and v.name not in FAMILIES:
+    if v.memory == "family" and not variant(v.name).family:
         return [Violation("MEMORY", v.name, None, None, "only a schedule family has its own memory rule")]
     own_rule = v.memory == "family"
     rule = family_limits(v.name, v.paths, stage_of, sc.pipeline.n_stages) if own_rule else {}

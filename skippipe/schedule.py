@@ -23,11 +23,10 @@ from .ops import LOSS_AT, Op, OpKind, node_ops
 from .placement import stages_of
 from .rules import validate
 from .scenario import Scenario, load_scenario
-from .variants import MEMORY_RULES, VARIANTS, default_memory
+from .variants import MEMORY_RULES, ROUTING_RULES, VARIANTS, default_memory
 
 SCHEMA_VERSION = 2  # 2: an allocation per variant (1 had one allocation for all variants)
 DISPATCH_RULES = ("planned", "fcfs")  # see dispatch.py
-ROUTING_RULES = ("swarm", "swarm-skip", "repair")  # see routing.py
 # how a router picks among candidates (routing.py): SWARM's least accumulated expected time, or
 # a random draw weighted by 1 / expected wait (what schedules recorded before the choice was kept)
 ROUTING_CHOICES = ("least-time", "weighted")
@@ -76,7 +75,7 @@ class Provenance:
 class Routing:
     """How an online variant's nodes choose next hops at run time (routing.py)."""
 
-    rule: str  # "swarm", "swarm-skip" or "repair" (variants.ONLINE)
+    rule: str  # one of variants.ROUTING_RULES (what routing.py implements)
     seed: int = 0  # the routers' seed (each node derives its own from it)
     seeds: int = 5  # the prediction is the mean (and spread) over seeds seed .. seed+seeds-1
     ema: float = 0.3  # weight of a new measurement in a peer's moving average

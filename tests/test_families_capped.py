@@ -7,7 +7,7 @@ import json
 import pytest
 
 from skippipe.cli import main
-from skippipe.memory import FAMILIES, hold_within, peak_along, rounds_within
+from skippipe.memory import hold_within, peak_along, rounds_within
 from skippipe.ops import B, F, Op, OpKind, W
 from skippipe.planner.families import family_variant
 from skippipe.planner.paths import PlanningError
@@ -17,9 +17,12 @@ from skippipe.rules import violations
 from skippipe.scenario import load_scenario
 from skippipe.schedule import Schedule, from_dict, to_dict
 from skippipe.sim.simulate import simulate
+from skippipe.variants import REGISTRY
 
 from conftest import SETTINGS
 from test_simulate import allocation_of, make_scenario
+
+FAMILIES = tuple(v.name for v in REGISTRY.values() if v.family)  # in table order
 
 TINY_ALLOC = ((0, 1), (2, 3), (4,), (5,))
 CAPPED = ("naive", "gpipe", "1f1b", "zb-h1")  # dualpipev fits no 2 slots of tiny

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from skippipe.memory import FAMILIES, peak_along
+from skippipe.memory import peak_along
 from skippipe.scenario import load_scenario
 from skippipe.schedule import load_schedule
 from skippipe.timeline import read_jsonl
@@ -18,9 +18,12 @@ from skippipe.train.local import baseline_paths
 from skippipe.train.model import build_stages, forward_path
 from skippipe.train.optim import clip_stage, learning_rate, make_optimizer, set_learning_rate
 from skippipe.train.recipe import recipe_config
+from skippipe.variants import REGISTRY
 
 from conftest import SETTINGS
 from runtime_util import free_base_port, run_skippipe
+
+FAMILIES = tuple(v.name for v in REGISTRY.values() if v.family)  # in table order
 
 TINY = SETTINGS / "tiny.toml"
 ITERATIONS = 2

@@ -12,9 +12,9 @@ LAYERS = [
     {"errors"},
     {"settings_checks"},
     {"network"},
+    {"variants"},  # the variant registry: every fact about a variant, read by all above it
     {"scenario", "ops"},
     {"costs", "dispatch", "timeline", "memory", "placement"},
-    {"variants"},
     {"rules"},
     {"schedule"},
     {"util"},

@@ -10,11 +10,11 @@ import pytest
 
 from skippipe.cli import main
 from skippipe.planner.paths import PlanningError
-from skippipe.planning import PlanOptions, build_schedule, format_table, summary_rows
+from skippipe.planning import PlanOptions, build_schedule, format_summary, summary_rows
 from skippipe.scenario import load_scenario
 from skippipe.schedule import SCHEMA_VERSION, ScheduleError, from_dict, load_schedule, save_schedule, to_dict
 from skippipe.placement import fold
-from skippipe.variants import V_PLACED, VARIANTS
+from skippipe.variants import REGISTRY, VARIANTS
 from skippipe.sim.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,7 +109,7 @@ def test_partial_variants_get_their_own_allocation_and_baseline_the_full_pipelin
 def test_shared_allocation_keeps_one_for_all(tiny):
     sched = build_schedule(tiny, dataclasses.replace(QUICK, shared_allocation=True,
                                                      family_memory=True))  # dualpipev fits no 2 slots
-    assert {v.allocation for n, v in sched.variants.items() if n not in V_PLACED} == {sched.allocation}
+    assert {v.allocation for n, v in sched.variants.items() if not REGISTRY[n].v_placed} == {sched.allocation}
     assert sched.variants["dualpipev"].allocation == fold(sched.allocation)  # the same, as a V
 
 
@@ -151,7 +151,7 @@ def test_the_non_ca_order_is_a_feasible_ca_plan_in_ticks(tiny, built):
 def test_table_reports_both_objectives_for_every_variant(built):
     rows = summary_rows(built)
     assert all(r["iteration_s"] and r["makespan_s"] for r in rows)
-    text = format_table(rows)
+    text = format_summary(rows)
     assert "iteration s" in text and "makespan s" in text and "mk/base" in text
 
 

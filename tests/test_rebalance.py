@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from skippipe.rebalance import MIN_GAIN, Move, Rebalancer, decide, moved, throughputs
-from skippipe.runtime.node.control import Load, Move as MoveNotice, decode, encode
+from skippipe.runtime.node.control import Load, MoveNotice, decode, encode
 from skippipe.schedule import load_schedule
 from skippipe.sim.session import Condition, simulate_session
 

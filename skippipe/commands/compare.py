@@ -26,7 +26,7 @@ from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS
 from ..planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
 from ..scenario import Scenario, load_scenario
 from ..schedule import Schedule, load_schedule, save_schedule
-from ..variants import BUILT_ON, FULL_PIPELINE, VARIANTS
+from ..variants import REGISTRY, VARIANTS
 from ..util.files import write_atomic
 from ..util.rundir import can_create
 from ..util.tables import format_table
@@ -122,7 +122,8 @@ def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
                                 f"memory rule, not the shared slots: re-plan it, or pass --family-memory")
         return sched, names
     wanted = wanted or VARIANTS
-    needed = wanted + tuple(src for name, src in BUILT_ON.items() if name in wanted and src not in wanted)
+    built_on = (REGISTRY[name].built_on for name in wanted)
+    needed = wanted + tuple(dict.fromkeys(s for s in built_on if s and s not in wanted))
     opts = PlanOptions(variants=needed, seed=args.seed, time_limit_s=args.time_limit,
                        workers=args.workers, family_memory=args.family_memory, effort=args.effort)
     opts.check()
@@ -147,7 +148,7 @@ def compare_rows(sched: Schedule, scenario: Scenario, names: list[str]) -> list[
         work = sum(Fraction(len(p.hops), n_stages) for p in v.paths)  # full-model microbatches
         peak, at = fullest({s.node: s.peak_activations for s in sim.per_node}, slots)
         rows.append({"variant": name, "memory": v.memory, "loss": v.loss_at,
-                     "full_pipeline": name in FULL_PIPELINE, "iteration_s": iteration_s,
+                     "full_pipeline": REGISTRY[name].full_pipeline, "iteration_s": iteration_s,
                      "makespan_s": sim.makespan_s, "bubble": sim.bubble_share, "peak": peak,
                      "slots": at, "work": float(work), "microbatches": len(v.paths),
                      "stages_per_path": _stages_per_path(v), "n_stages": n_stages,

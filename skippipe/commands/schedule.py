@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..ops import LOSS_AT
 from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS, default_cap_s
-from ..planning import OBJECTIVES, PlanOptions, build_schedule, format_table, summary_rows
+from ..planning import OBJECTIVES, PlanOptions, build_schedule, format_summary, summary_rows
 from ..scenario import load_scenario
 from ..schedule import save_schedule
 from ..variants import VARIANTS
@@ -63,5 +63,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"scenario {scenario.name} ({len(scenario.nodes)} nodes, stages "
           f"{list(scenario.pipeline.stage_sizes)}, k={scenario.pipeline.path_length}, "
           f"objective {opts.objective}, effort {opts.effort}) -> {out}")
-    print(format_table(summary_rows(sched, failures)))
+    print(format_summary(summary_rows(sched, failures)))
     return 0

@@ -12,7 +12,7 @@ from ..runtime.node.faults import parse_failures
 from ..schedule import load_schedule
 from ..sim.session import Condition, simulate_session
 
-from ..variants import VARIANTS
+from ..variants import REFERENCE, VARIANTS
 from ..sim.online import predict
 from ..sim.simulate import SimResult, simulate
 from ..timeline import chrome_trace, gantt_png, write_jsonl
@@ -20,7 +20,6 @@ from ..util.rundir import writable_output
 from ..util.tables import format_table
 
 HELP = "simulate a schedule's variants: iteration time, busy/idle/waiting, Gantt and traces"
-BASELINE = "baseline"
 SUMMARY_HEADER = ("variant", "order", "iteration_s", "makespan_s", "predicted_s", "busy", "idle",
                   "waiting", "vs baseline")
 SESSION_HEADER = ("variant", "median_s", "min_s", "max_s", "per iteration (s)", "moves", "rerouted", "lost")
@@ -65,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
             parse_failures(args.fail, scenario), back))
     use_order = not args.fcfs
     results = {n: simulate(sched, n, scenario, use_order) for n in names}
-    base = results.get(BASELINE)
-    if base is None and BASELINE in sched.variants:
-        base = simulate(sched, BASELINE, scenario, use_order)
+    base = results.get(REFERENCE)
+    if base is None and REFERENCE in sched.variants:
+        base = simulate(sched, REFERENCE, scenario, use_order)
     mode = "first come first served" if args.fcfs else "planned order where present"
     print(f"schedule {args.schedule} (scenario {sched.scenario_name}, {mode})")
     predicted = {n: sched.variants[n].predicted for n in names}

@@ -5,10 +5,10 @@
 sequences and the microbatch numbering the path planners share.
 """
 from .allocation import (Allocation, allocate, allocation_score, check_allocation,
-                         random_allocation, round_robin_allocation, score_breakdown, stages_of)
+                         random_allocation, round_robin_allocation, score_breakdown, as_stages)
 from .baselines import baseline_variant, random_variant
 from .paths import PlanningError, microbatch_ids, stage_sequences
 
 __all__ = ["Allocation", "allocate", "allocation_score", "check_allocation", "random_allocation",
-           "round_robin_allocation", "score_breakdown", "stages_of", "baseline_variant",
+           "round_robin_allocation", "score_breakdown", "as_stages", "baseline_variant",
            "random_variant", "PlanningError", "microbatch_ids", "stage_sequences"]

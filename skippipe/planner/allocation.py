@@ -84,7 +84,7 @@ class Allocation:
     wall_s: float = 0.0
 
 
-def stages_of(allocation: Allocation | Sequence[Sequence[int]]) -> Stages:
+def as_stages(allocation: Allocation | Sequence[Sequence[int]]) -> Stages:
     """The stage -> node ids tuple of an Allocation or of a plain nested sequence."""
     raw = allocation.stages if isinstance(allocation, Allocation) else allocation
     return tuple(tuple(int(n) for n in nodes) for nodes in raw)
@@ -257,7 +257,7 @@ def _parts(scorer: _Scorer, groups: Sequence[Sequence[int]], old: _Parts | None 
 def score_breakdown(scenario: Scenario, stages: Sequence[Sequence[int]]) -> dict[str, float]:
     """The objective's parts for any valid allocation, seconds: averaging_s, pipeline_s,
     compute_s and their sum score_s (module docstring)."""
-    stages = stages_of(stages)
+    stages = as_stages(stages)
     check_allocation(scenario, stages)
     return _parts(_scorer_for(scenario), stages).breakdown()
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 from ..scenario import Scenario
 from ..schedule import Hop, MicrobatchPath, Provenance, VariantSchedule
-from .allocation import Allocation, check_allocation, stages_of
+from .allocation import Allocation, check_allocation, as_stages
 from .paths import microbatch_ids
 from .random_paths import random_stage_paths
 from ..variants import default_loss_at
@@ -75,7 +75,7 @@ def random_variant(scenario: Scenario, allocation: AllocationLike, seed: int) ->
 
 
 def _checked(scenario: Scenario, allocation: AllocationLike) -> tuple[tuple[int, ...], ...]:
-    stages = stages_of(allocation)
+    stages = as_stages(allocation)
     check_allocation(scenario, stages)
     return stages
 

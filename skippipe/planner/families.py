@@ -51,18 +51,15 @@ import time
 from collections import defaultdict
 from typing import Callable, Sequence
 
-from ..memory import FAMILIES, family_limits, hold_within, rounds, rounds_within
+from ..memory import family_limits, hold_within, rounds, rounds_within
 from ..ops import B, F, L, Op, OpKind, W, node_of
 from ..placement import stages_of
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, Provenance, Schedule, VariantSchedule
-from ..variants import V_PLACED, default_loss_at
+from ..variants import REGISTRY, variant
 from .baselines import AllocationLike, baseline_variant
 from .dualpipev import Wave, dualpipev, v_paths
 from .paths import PlanningError
-
-SPLIT_BACKWARD = ("zb-h1", "dualpipev")
-
 
 def _ops(kind: Callable[[int, int], Op], wave: Wave) -> list[Op]:
     return [kind(mb, hop) for mb, hop in wave]
@@ -113,42 +110,43 @@ def dualpipev_held(waves: Sequence[Wave], stage: int, n_stages: int, held: int |
 
 
 Pattern = Callable[[Sequence[Wave], int, int, "int | None"], list[Op]]
-PATTERNS: dict[str, Pattern] = {"naive": naive, "gpipe": gpipe, "1f1b": one_f_one_b, "zb-h1": zb_h1,
-                                "dualpipev": dualpipev_held}
-assert tuple(PATTERNS) == FAMILIES
+PATTERNS: dict[str, Pattern] = {f.__name__: f for f in (naive, gpipe, one_f_one_b, zb_h1, dualpipev_held)}
+assert {v.pattern for v in REGISTRY.values() if v.family} <= set(PATTERNS)  # each family's generator
 
 
 def family_variant(name: str, scenario: Scenario, allocation: AllocationLike,
                    family_memory: bool = False, loss_at: str | None = None) -> VariantSchedule:
-    """Variant `name` (one of memory.FAMILIES) on the baseline's paths, its order placed by a
+    """Variant `name` (a family of the registry) on the baseline's paths, its order placed by a
     dry run of the simulator (see the module docstring): in its capped form within the
     scenario's memory slots, or with `family_memory` under its family's own rule; its loss at
     `loss_at` (default: the family's). Raises PlanningError when no order of the family fits
     the slots or the dry run cannot finish."""
     from ..sim.simulate import SimulationError, simulate
 
-    if name not in PATTERNS:
-        raise PlanningError(f"unknown schedule family {name!r} (known: {', '.join(PATTERNS)})")
+    spec = REGISTRY.get(name)
+    if spec is None or not spec.family:
+        known = ", ".join(v.name for v in REGISTRY.values() if v.family)
+        raise PlanningError(f"unknown schedule family {name!r} (known: {known})")
     started = time.monotonic()
     stages = tuple(tuple(nodes) for nodes in allocation)
-    paths = v_paths(scenario, stages) if name in V_PLACED else baseline_variant(scenario, stages).paths
+    paths = v_paths(scenario, stages) if spec.v_placed else baseline_variant(scenario, stages).paths
     stage_of = {n: held[0] for n, held in stages_of(stages).items()}  # a V node: its lower stage
     n_stages, rnd = len(stages), rounds(paths)
     limits = family_limits(name, paths, stage_of, n_stages)
     if family_memory:
-        patterns = [{node: PATTERNS[name](w, stage_of[node], n_stages)
+        patterns = [{node: PATTERNS[spec.pattern](w, stage_of[node], n_stages)
                      for node, w in _waves(paths, rnd).items()}]
     else:
         limits = {n: min(own, scenario.nodes[n].memory_slots) for n, own in limits.items()}
         patterns = _capped_patterns(name, paths, stages, limits)
-    loss_at = loss_at or default_loss_at(name)
+    loss_at = loss_at or spec.loss_at
     best, why = None, ""
     for pattern in patterns:  # capped: one per round width that fits; the fastest is the family's
         for p in paths:  # the losses float in the dry run: where they sit here does not matter
             pattern[node_of(L(p.microbatch), p.nodes, loss_at)].append(L(p.microbatch))
         draft = VariantSchedule(name, paths, {n: tuple(ops) for n, ops in pattern.items()},
                                 dispatch="planned", activation_limits=limits,
-                                split_backward=name in SPLIT_BACKWARD,
+                                split_backward=spec.split_backward,
                                 memory="family" if family_memory else "slots", loss_at=loss_at)
         sched = Schedule(scenario.name, scenario.content_hash, scenario.source, stages, {name: draft})
         try:
@@ -203,20 +201,21 @@ def _capped(name: str, waves: dict[int, list[Wave]], stages: Sequence[Sequence[i
     """Each node's pattern in the family's capped form (module docstring), within `limits`."""
     stage_of = {n: held[0] for n, held in stages_of(stages).items()}
     held = _rounds_held(waves, stages, limits)
-    if name == "gpipe":  # one group width for all: a node filling more rounds would wait forever
+    pattern = PATTERNS[variant(name).pattern]
+    if pattern is gpipe:  # one group width for all: a node filling more rounds would wait forever
         held = dict.fromkeys(held, min(held.values()))
-    short = [n for n, r in held.items() if r < 1 and name != "dualpipev"]
+    short = [n for n, r in held.items() if r < 1 and pattern is not dualpipev_held]
     if short:
         n = short[0]
         raise PlanningError(f"{name}: one round of {max(map(len, waves[n]))} microbatches at node "
                             f"{n} does not fit its {limits[n]} memory slots")
     out = {}
     for node, w in waves.items():
-        ops = PATTERNS[name](w, stage_of[node], len(stages), held[node])
-        if name == "dualpipev":
+        ops = pattern(w, stage_of[node], len(stages), held[node])
+        if pattern is dualpipev_held:  # capped by activations, not rounds
             ops = hold_within(ops, limits[node], split=True)
             if ops is None:
-                raise PlanningError(f"dualpipev: its V order does not fit {limits[node]} memory slots "
+                raise PlanningError(f"{name}: its V order does not fit {limits[node]} memory slots "
                                     f"at node {node} (stage {stage_of[node]}); plan it with family memory")
         out[node] = ops
     return out

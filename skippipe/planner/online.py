@@ -14,7 +14,7 @@ import dataclasses
 from ..scenario import Scenario
 from ..schedule import Hop, MicrobatchPath, Provenance, Routing, Schedule, VariantSchedule
 from ..sim.online import predict
-from ..variants import ONLINE, default_loss_at
+from ..variants import variant
 from .paths import PlanningError, microbatch_ids
 
 REBALANCE_THRESHOLD = 1.5  # swarm rules: rebalance when stage throughputs differ 1.5 times
@@ -24,17 +24,18 @@ def online_variant(name: str, scenario: Scenario, allocation, seed: int,
                    plan: VariantSchedule | None = None, loss_at: str | None = None) -> VariantSchedule:
     """The schedule entry of online variant `name` on `allocation`; `plan`: ca-partial's, which
     ca-repair follows; `loss_at`: where the loss runs (default: the variant's)."""
-    rule = ONLINE[name]
+    spec = variant(name)
+    rule = spec.routing
     routing = Routing(rule, seed=seed, rebalance=0.0 if rule == "repair" else REBALANCE_THRESHOLD)
     if rule == "repair":
         if plan is None:
-            raise PlanningError(f"{name} follows ca-partial's plan: plan ca-partial too")
+            raise PlanningError(f"{name} follows {spec.built_on}'s plan: plan {spec.built_on} too")
         return dataclasses.replace(plan, name=name, routing=routing, provenance=Provenance(
-            "ca-partial + online repair", seed, status=plan.provenance.status))
+            f"{spec.built_on} + online repair", seed, status=plan.provenance.status))
     origins = tuple(MicrobatchPath(mb, origin, (Hop(0, origin),))
                     for mb, origin in microbatch_ids(allocation, scenario))
     start = VariantSchedule(name, origins, dispatch="fcfs", allocation=tuple(allocation), routing=routing,
-                            loss_at=loss_at or default_loss_at(name))
+                            loss_at=loss_at or spec.loss_at)
     schedule = Schedule(scenario.name, scenario.content_hash, scenario.source, tuple(allocation), {name: start})
     got = predict(schedule, name, scenario)
     return dataclasses.replace(

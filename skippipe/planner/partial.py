@@ -32,7 +32,7 @@ from ..costs import Costs
 from ..scenario import Scenario
 from ..rules import TIME_TOLERANCE_S, op_end_times, planned_makespan, validate
 from ..schedule import Hop, MicrobatchPath, Op, Provenance, Schedule, ScheduleError, VariantSchedule
-from .allocation import check_allocation, stages_of
+from .allocation import check_allocation, as_stages
 from .bounds import PathBounds
 from .cpsat import PathModel, Rules, SolveResult, solve
 from ..ops import chain
@@ -96,7 +96,7 @@ def non_ca_partial_variant(scenario: Scenario, allocation, work_s: float = DEFAU
 def _variant(name: str, scenario: Scenario, allocation, rules: Rules, work_s: float, seed: int,
              workers: int, progress: Progress | None, candidates, cap: WallCap | None) -> VariantSchedule:
     started = time.monotonic()
-    stages = stages_of(allocation)
+    stages = as_stages(allocation)
     check_allocation(scenario, stages)
     data = build_data(scenario, stages)
     starts = [timed_from_order(data, paths, order) for paths, order in candidates]

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from ..scenario import Scenario
-from .allocation import Stages, random_allocation, stages_of
+from .allocation import Stages, random_allocation, as_stages
 from .bounds import PathBounds
 from .cpsat import Rules
 from .greedy import PLACEMENTS_PER_S, GreedyScheduler, candidate_count, candidate_paths, path_limit
@@ -120,7 +120,7 @@ def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "i
     the evaluation count follows from them and the greedy's size, so a seed gives one
     allocation; `cap` (the build's wall-clock safety cap) only stops the search early."""
     started, cap = time.monotonic(), cap or unlimited()
-    start = stages_of(start)
+    start = as_stages(start)
     say = progress or (lambda line: None)
     scorer, rng = _Scorer(scenario, objective), random.Random(seed)
     cost_s = evaluation_cost_s(scenario, start)

@@ -40,6 +40,7 @@ from .checkpoint import CheckpointInfo, save_checkpoint
 from .optim import TrainConfig, clip_stage, learning_rate, make_optimizer, set_learning_rate
 from ..scenario import ModelConfig, Scenario
 from ..util.rundir import keep_in
+from ..variants import REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +199,10 @@ def _timed_iteration(stages, optimizer, paths, batches, cfg: TrainConfig, it: in
 # ----------------------------------------------------------------------------------------------
 # Where paths come from.
 
-LOCAL_VARIANTS = ("baseline", "random")  # variants available without a schedule file
+# the variants whose paths need no search (by their planner, variants.Variant.planner): drawn
+# here without a schedule file
+LOCAL_PLANNERS = ("full-pipelines", "random-skips")
+LOCAL_VARIANTS = tuple(v.name for v in REGISTRY.values() if v.planner in LOCAL_PLANNERS)
 
 
 def microbatches_per_iteration(scenario: Scenario) -> int:
@@ -210,9 +214,10 @@ def local_paths(scenario: Scenario, variant: str, seed: int) -> tuple[StagePath,
     """Paths of `baseline` (full pipelines) or `random` (the planner's random stage sequences,
     drawn from `seed`) without a schedule."""
     n = microbatches_per_iteration(scenario)
-    if variant == "baseline":
+    planner = REGISTRY[variant].planner if variant in REGISTRY else None
+    if planner == "full-pipelines":
         return baseline_paths(scenario.pipeline.n_stages, n)
-    if variant == "random":
+    if planner == "random-skips":
         from ..planner.random_paths import random_stage_paths
 
         return tuple(random_stage_paths(scenario, n, seed))

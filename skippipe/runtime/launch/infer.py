@@ -26,7 +26,7 @@ from ...train.data import prepare_data, validation_batches
 from ...errors import SkipPipeError
 from ...train.model import Stage, build_stage, load_stage_state
 from ...train.checkpoint import STAGE_FILE, load_stage_file, read_checkpoint_info
-from ...variants import V_PLACED
+from ...variants import variant
 from ...schedule import load_schedule
 from ...util.devices import device_for
 from ..node.datamsg import pack_path, unpack_path
@@ -209,7 +209,7 @@ def distributed_perplexity(run_dir: Path, failed: set[int], max_batches: int, sa
     cfg = load_config(run_dir / "config.json")
     if not (run_dir / "checkpoint" / "checkpoint.json").is_file():
         raise SkipPipeError(f"{run_dir}: no checkpoint (train with --checkpoint)")
-    if cfg.variant in V_PLACED:  # inference nodes serve one stage each
+    if variant(cfg.variant).v_placed:  # inference nodes serve one stage each
         raise SkipPipeError(f"{run_dir}: {cfg.variant} nodes hold two stages; evaluate its checkpoint "
                             f"in one process: python -m skippipe evaluate {run_dir / 'checkpoint'}")
     sched, sc = load_schedule(cfg.schedule_path)

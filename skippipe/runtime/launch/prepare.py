@@ -22,6 +22,7 @@ from ...util.peers import Peers, load_peers, local_peers
 from ...util.peers import PORT_MAX
 from ...util.ports import LOOPBACK, free_port, reserve_ports
 from ...util.rundir import can_create, new_run_dir, shown, writable_output
+from ...variants import REFERENCE
 from . import supervisor
 from ..net.auth import RunAuth
 from ..node.emulation import Emulation
@@ -296,7 +297,7 @@ def ensure_schedule(sc: Scenario, variant: str, path: str | None, plan_time_limi
     if cached.is_file():
         try:
             sched, _ = load_schedule(cached, sc)
-            if variant in sched.variants and "baseline" in sched.variants:
+            if variant in sched.variants and REFERENCE in sched.variants:
                 return cached
         except ScheduleError as e:
             say(f"re-planning: {e}")

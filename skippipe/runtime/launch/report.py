@@ -12,7 +12,7 @@ from ...scenario import Scenario
 from ...schedule import Schedule
 from ...sim.simulate import simulate
 from ...timeline import gantt_png, read_jsonl
-from ...variants import V_PLACED
+from ...variants import variant
 
 TIMED_EVENTS = ("op", "send")
 
@@ -58,6 +58,7 @@ def averaging_windows(cfg: RunConfig, sc: Scenario) -> list[dict]:
             groups.setdefault((e["iteration"], e["stage"]), []).append(e)
     to_scenario, costs = Emulation.from_config(cfg).scenario_s, Costs(sc)
     rows, n_stages = [], sc.pipeline.n_stages
+    v_placed = variant(cfg.variant).v_placed
     for (it, stage), evs in sorted(groups.items()):
         nodes = sorted(e["node"] for e in evs)
         if len(nodes) < 2:
@@ -68,7 +69,7 @@ def averaging_windows(cfg: RunConfig, sc: Scenario) -> list[dict]:
                      "earliest_s": to_scenario(min(ends) - start),
                      # a V-placed node averages its stage and the mirror one in turn
                      "modelled_s": sum(costs.averaging_s(s, nodes) for s in
-                                       ({stage, n_stages - 1 - stage} if cfg.variant in V_PLACED else {stage}))})
+                                       ({stage, n_stages - 1 - stage} if v_placed else {stage}))})
     return rows
 
 

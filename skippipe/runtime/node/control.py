@@ -12,7 +12,7 @@ it is follows from its keys (the wire format predates these types and stays as i
   {"rejoin_at": i, "node": n}                    RejoinAt       node n is planned in from iteration i
   {"welcome": i, "dead": [...], "steps": [...]}  Welcome        a sponsor's answer to a rejoining node
   {"load": i, "forward_us": f}                   Load           after iteration i: the sender's forward EMA
-  {"move": n, "stage": s, "at": i}               Move           rebalancing: node n serves stage s from i on
+  {"move": n, "stage": s, "at": i}               MoveNotice     rebalancing: node n serves stage s from i on
   {"report": i, "loss_sum": x, "loss_count": c}  Report         a node's iteration i, for the run's summary
 
 `decode` checks every field's type and range and raises ControlError for anything else: a
@@ -102,16 +102,17 @@ class Load:
 
 
 @dataclass(frozen=True)
-class Move:
+class MoveNotice:  # the announcement of a rebalance.Move
     key: ClassVar[str] = "move"
     move: int  # node
     stage: int  # the stage it serves from iteration `at` on
     at: int
 
 
-Control = Union[Hello, Finished, RejoinRequest, Dead, Restart, Reroute, RejoinAt, Welcome, Load, Move, Report]
+Control = Union[Hello, Finished, RejoinRequest, Dead, Restart, Reroute, RejoinAt, Welcome, Load, MoveNotice,
+                Report]
 # Welcome and Finished before Dead: they also carry a "dead" list
-_TYPES = (Welcome, Finished, Restart, Reroute, RejoinAt, Dead, Load, Move, Report, Hello, RejoinRequest)
+_TYPES = (Welcome, Finished, Restart, Reroute, RejoinAt, Dead, Load, MoveNotice, Report, Hello, RejoinRequest)
 _FLAGS = (Hello, RejoinRequest)  # no fields: the key's value is 1
 MAX_LOSS = 1e30  # a loss sum beyond this is no loss
 

@@ -9,7 +9,7 @@ sponsoring of a rejoin or of a move). Who is alive is Liveness's business, not t
 from __future__ import annotations
 
 from ...rebalance import Allocation, Move, Rebalancer
-from .control import Move as MoveNotice
+from .control import MoveNotice
 
 
 class Membership:

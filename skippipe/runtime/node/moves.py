@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from ...rebalance import Move, throughputs
-from .control import Load, Move as MoveNotice
+from .control import Load, MoveNotice
 from .membership import Membership
 from .messenger import STALL_FACTOR, Messenger
 from .rejoin import Rejoin
@@ -42,7 +42,7 @@ class Moves:
 
     # -- messages ---------------------------------------------------------------------------
     def on_control(self, ctrl, sender: int) -> bool:
-        """Take a Load or Move notice; False for any other message."""
+        """Take a Load or MoveNotice; False for any other message."""
         if isinstance(ctrl, Load):
             self.forward_s[sender] = ctrl.forward_us / 1e6
         elif isinstance(ctrl, MoveNotice):
