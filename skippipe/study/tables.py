@@ -102,8 +102,15 @@ def _curve_table(rep) -> list[str]:
             rows.append([v, str(it), f"{it * rep.flops(v) / 1e12:.2f}", _hours(rep, v, it),
                          fmt(ppl)])
     return _table(["variant", "iteration", "layer-TFLOPs",
-                   f"simulated h ({rep.study.inputs.wallclock_scenario})", "validation ppl"],
+                   f"simulated h ({rep.wallclock})", "validation ppl"],
                   rows, rep, "validation")
+
+
+def _times_line(rep) -> list[str]:
+    """The iteration times behind the speed-ups, one line."""
+    shown = [v for v in rep.study.variants if rep.iteration_s(v)]
+    return [("Simulated seconds per iteration: " +
+             ", ".join(f"{v} {rep.iteration_s(v):.4g}" for v in shown) + "."), ""] if shown else []
 
 
 def _speedup_table(rep) -> list[str]:
@@ -126,7 +133,6 @@ def markdown(rep) -> str:
     a = rep.study.args
     scored = "every window scored" if a.max_eval_windows is None else \
         f"the first {a.max_eval_windows} windows of each split only (a smoke test, not a result)"
-    wall = rep.study.inputs.wallclock_scenario
     lines = [f"# Sparse-pipeline study ({rep.scenario.name}, corpus {a.data}, preset {a.preset})",
              "", f"{a.iterations} iterations per run, seeds {', '.join(map(str, rep.study.seeds))}, "
              f"{a.threads} thread(s) per run on {a.device}, {scored}. Learning rates are chosen on "
@@ -140,7 +146,8 @@ def markdown(rep) -> str:
              "## Trained (reordered) path orders vs the same stages sorted", *_order_table(rep),
              "", "## Validation perplexity vs iteration, layer-FLOPs and simulated wall-clock",
              *_curve_table(rep), "",
-             f"## Speed-up to a target perplexity (simulated {wall} time of the baseline / the "
-             f"variant's; iteration times from the inputs file)", *_speedup_table(rep), "",
+             ("## Speed-up to a target perplexity (simulated time to the target of the full "
+              "pipeline / the variant's)"), "", f"Comparator: {rep.comparator}.", *_times_line(rep),
+             *_speedup_table(rep), "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items())]
     return "\n".join(lines) + "\n"
