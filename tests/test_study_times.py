@@ -92,8 +92,9 @@ def test_command_writes_times_the_report_reads(tmp_path, capsys):
 def test_bad_input_is_one_error_line(tmp_path, capsys):
     assert cli.main(["study-times", "--inputs", str(tmp_path / "none.json"), "--quiet"]) == 2
     assert cli.main(["study-times", "--settings", str(tmp_path / "none.toml"), "--quiet"]) == 2
+    assert cli.main(["study-times", "--results", "/proc/skippipe/x", "--quiet"]) == 2  # no planning
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
     with pytest.raises(times.SkipPipeError):
         times.write_times(tmp_path, {"iteration_s": {"baseline": float("nan")}})
 

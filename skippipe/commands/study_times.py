@@ -68,10 +68,12 @@ def run(args: argparse.Namespace) -> int:
     from ..study.cli import PRESETS, REPO_ROOT
     from ..study.inputs import load_inputs
     from ..study.times import comparator_label, write_times
+    from ..util.rundir import can_create
 
     settings = str(args.settings or PRESETS[args.preset].settings)
     results = Path(args.results or REPO_ROOT / "results" / "study" / args.preset)
     paths = load_inputs(Path(args.inputs)).paths
+    can_create(results, f"--results {results}")  # before the planning, not after
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     content = compute_times(settings, paths, args.effort, args.seed, progress)
     for variant, how in content["how"].items():
