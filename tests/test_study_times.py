@@ -49,7 +49,7 @@ def test_trained_sequences_keep_their_stages_on_the_fastest_nodes_found(planned)
     paths, best = times.fastest_nodes(sched, scenario, "random", trained)
     assert tuple(p.stages for p in paths) == trained  # only the nodes may change
     assert all(h.node in sched.allocation[h.stage] for p in paths for h in p.hops)
-    assert best <= dealt
+    assert best <= dealt and times.split_s(sched, scenario, paths) <= best
     again = simulate(times._with_paths(sched, "random", paths), "random", scenario)
     assert again.iteration_s == pytest.approx(best)
     with pytest.raises(times.SkipPipeError):
@@ -70,7 +70,8 @@ def test_layerdrop_time_is_between_no_stages_and_every_stage(planned, monkeypatc
 
 
 @pytest.mark.slow  # plans every full pipeline of the study scenario (quick effort)
-def test_command_writes_times_the_report_reads(tmp_path, capsys):
+def test_command_writes_times_the_report_reads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(times, "LAYERDROP_SAMPLES", 4)  # the mean of fewer draws: a faster test
     out = tmp_path / "results"
     assert cli.main(["study-times", "--preset", "quick", "--effort", "quick", "--results", str(out),
                      "--quiet"]) == 0
@@ -80,6 +81,8 @@ def test_command_writes_times_the_report_reads(tmp_path, capsys):
     assert s["baseline"] == min(stored["full_pipelines"].values())
     assert stored["full_pipelines"][stored["comparator"]] == s["baseline"]
     assert all(math.isfinite(t) and t > 0 for t in s.values())
+    split = stored["split_backward_s"]  # the same split on both sides: never slower than fused
+    assert set(split) == set(s) and all(split[v] <= s[v] for v in ("baseline", "ca-partial", "random"))
     assert "best full pipeline at equal memory" in capsys.readouterr().out
     paths = load_inputs().paths
     assert times.load_times(out, QUICK, paths) == stored
@@ -119,12 +122,13 @@ def test_report_takes_times_and_labels_the_comparator():
     assert old.speedup("ca-partial", 40) == pytest.approx(4.0) and old.iteration_s("layerdrop") is None
     assert "not a claim" in old.comparator and old.wallclock == "geo-distributed"
     stored = {"scenario": "study-6x1", "comparator": "zb-h1", "memory_slots": [3],
-              "iteration_s": {"baseline": 3.0, "ca-partial": 2.0, "layerdrop": 2.5}}
+              "iteration_s": {"baseline": 3.0, "ca-partial": 2.0, "layerdrop": 2.5},
+              "split_backward_s": {"baseline": 2.0, "ca-partial": 1.0, "layerdrop": 2.0}}
     rep = Report(study, [], {}, chosen, {}, REFS, [40], {}, stored)
     assert rep.speedup("ca-partial", 40) == pytest.approx(1.5)  # same curves: 3 s / 2 s
     assert rep.speedup("layerdrop", 40) == pytest.approx(1.2)
     assert rep.comparator == ("vs zb-h1 at 3 slots, the best full pipeline at equal memory "
                               "(study-6x1)") and rep.wallclock == "study-6x1"
-    assert "ca-partial 2" in _times_line(rep)[0]
+    assert "ca-partial 2" in _times_line(rep)[0] and "ca-partial 2.00×" in _times_line(rep)[0]
     table = "\n".join(_speedup_table(rep))
     assert "1.50×" in table and "1.20×" in table

@@ -50,18 +50,22 @@ def full_pipelines(scenario, effort: str, seed: int, progress):
 def compute_times(settings: str, paths: dict, effort: str, seed: int, progress=None) -> dict:
     """The times file's content for the study scenario `settings` and the trained `paths`."""
     from ..scenario import load_scenario
-    from ..study.times import fingerprint, skip_times
+    from ..study.times import fingerprint, skip_times, split_s
 
     scenario = load_scenario(settings)
     sched, rows = full_pipelines(scenario, effort, seed, progress)
     best = next(r for r in rows if r["variant"] == r["best_full"])
-    skip, how = skip_times(sched, scenario, paths, seed)
+    skip, how, split = skip_times(sched, scenario, paths, seed)
+    # the same split for the full pipelines: the best of compare's and the baseline's, split
+    base = sched.variants["baseline"]
+    full_split = min(best["iteration_s"], split_s(sched, scenario, base.paths, base.loss_at))
     return {"fingerprint": fingerprint(settings, paths, effort, seed),
             "scenario": scenario.name, "comparator": best["variant"],
             "memory_slots": sorted({n.memory_slots for n in scenario.nodes}),
             "iteration_s": {"baseline": best["iteration_s"], **skip},
             "full_pipelines": {r["variant"]: r["iteration_s"] for r in rows},
-            "how": {"baseline": f"{best['variant']}, the best full pipeline at equal memory", **how}}
+            "how": {"baseline": f"{best['variant']}, the best full pipeline at equal memory", **how},
+            "split_backward_s": {"baseline": full_split, **split}}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     content = compute_times(settings, paths, args.effort, args.seed, progress)
     for variant, how in content["how"].items():
         print(f"{variant:>11}: {content['iteration_s'][variant]:.4g} s per iteration ({how})")
+    split = content["split_backward_s"]
+    print("with the backward split on both sides (a sensitivity, not the curve): " +
+          ", ".join(f"{v} {t:.4g} s" for v, t in split.items()))
     print(f"speed-ups are {comparator_label(content)}")
     print(f"wrote {write_times(results, content)}")
     return 0

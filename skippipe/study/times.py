@@ -43,23 +43,44 @@ def fingerprint(settings: str, paths: dict, effort: str, seed: int) -> dict:
             "layerdrop_samples": LAYERDROP_SAMPLES}
 
 
-def _with_paths(sched, name: str, paths):
-    """`sched` holding one more variant `name`: `paths` dispatched first come first served."""
+def _with_paths(sched, name: str, paths, loss_at: str = "origin"):
+    """`sched` holding one more variant `name`: `paths` dispatched first come first served, the
+    loss at `loss_at` (a partial path may skip the last stage: at its origin)."""
     from ..schedule import VariantSchedule
 
-    variant = VariantSchedule(name, tuple(paths))
+    variant = VariantSchedule(name, tuple(paths), loss_at=loss_at)
     return dataclasses.replace(sched, variants={**sched.variants, name: variant})
 
 
-def _iteration_s(sched, name: str, paths, scenario) -> float:
-    """The simulated iteration time of `paths`; an error if they exceed the memory slots."""
+def _simulated(sched, name: str, paths, scenario, loss_at: str = "origin"):
+    """The simulation of `paths` (fcfs); an error if they exceed the memory slots."""
     from ..sim.simulate import simulate
 
-    sim = simulate(_with_paths(sched, name, paths), name, scenario)
+    sim = simulate(_with_paths(sched, name, paths, loss_at), name, scenario)
     over = [s.node for s in sim.per_node if s.peak_activations > scenario.nodes[s.node].memory_slots]
     if over:
         raise SkipPipeError(f"{name}: node {over[0]} holds more activations than its memory slots")
-    return sim.iteration_s
+    return sim
+
+
+def _iteration_s(sched, name: str, paths, scenario) -> float:
+    return _simulated(sched, name, paths, scenario).iteration_s
+
+
+def split_s(sched, scenario, paths, loss_at: str = "origin") -> float:
+    """The iteration time of `paths` with the backward split, as ca-partial-zb splits
+    ca-partial's (zb_fill.py: the fcfs order replayed, W ops moved into idle gaps), or the
+    fused one's when that is faster."""
+    from ..planner.zb_fill import zero_bubble_fill
+    from ..schedule import VariantSchedule
+    from ..sim.simulate import simulate
+
+    fused = _simulated(sched, "ca-partial", paths, scenario, loss_at)
+    source = VariantSchedule("ca-partial", tuple(paths), order=fused.order, dispatch="planned",
+                             loss_at=loss_at)
+    split = zero_bubble_fill("ca-partial-zb", source, scenario, sched.allocation)
+    filled = dataclasses.replace(sched, variants={**sched.variants, split.name: split})
+    return min(fused.iteration_s, simulate(filled, split.name, scenario).iteration_s)
 
 
 def _dealt(sched, scenario, sequences):
@@ -107,8 +128,9 @@ def fastest_nodes(sched, scenario, name: str, sequences) -> tuple[list, float]:
     return paths, best
 
 
-def layerdrop_s(sched, scenario, seed: int) -> float:
-    """Mean iteration time of the baseline's full pipelines thinned by LayerDrop's draws."""
+def layerdrop_s(sched, scenario, seed: int, split: bool = False) -> float:
+    """Mean iteration time of the baseline's full pipelines thinned by LayerDrop's draws (with
+    the backward split: split_s)."""
     from ..schedule import MicrobatchPath
 
     pipe = scenario.pipeline
@@ -119,22 +141,26 @@ def layerdrop_s(sched, scenario, seed: int) -> float:
         kept = layerdrop_paths(len(full), pipe.n_stages, keep, seed, iteration)
         thinned = [MicrobatchPath(p.microbatch, p.origin, tuple(h for h in p.hops if h.stage in ks))
                    for p, ks in zip(full, kept)]
-        times.append(_iteration_s(sched, "random", thinned, scenario))
+        times.append(split_s(sched, scenario, thinned) if split else
+                     _iteration_s(sched, "random", thinned, scenario))
     return statistics.fmean(times)
 
 
-def skip_times(sched, scenario, paths: dict, seed: int) -> tuple[dict, dict]:
-    """(variant -> simulated iteration time, variant -> how) of the skip variants' trained `paths`
-    and of LayerDrop, on `sched`'s full pipelines (their allocation, the baseline's paths)."""
-    times, how = {}, {}
+def skip_times(sched, scenario, paths: dict, seed: int) -> tuple[dict, dict, dict]:
+    """Of the skip variants' trained `paths` and of LayerDrop, on `sched`'s full pipelines
+    (their allocation, the baseline's paths): (variant -> simulated iteration time, fused
+    backward; variant -> how; variant -> the same with the backward split)."""
+    times, how, split = {}, {}, {}
     for name in SKIP_VARIANTS:
         if name in paths:
             # simulated under one partial variant's name: the name only selects the rules
-            _, times[name] = fastest_nodes(sched, scenario, "random", paths[name])
+            nodes, times[name] = fastest_nodes(sched, scenario, "random", paths[name])
+            split[name] = split_s(sched, scenario, nodes)
             how[name] = "trained stage sequences, fastest nodes found, fcfs"
     times[LAYERDROP] = layerdrop_s(sched, scenario, seed)
+    split[LAYERDROP] = layerdrop_s(sched, scenario, seed, split=True)
     how[LAYERDROP] = f"baseline full pipelines thinned, mean of {LAYERDROP_SAMPLES} iterations' draws"
-    return times, how
+    return times, how, split
 
 
 def comparator_label(times: dict) -> str:
