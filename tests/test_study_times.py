@@ -132,3 +132,15 @@ def test_report_takes_times_and_labels_the_comparator():
     assert "ca-partial 2" in _times_line(rep)[0] and "ca-partial 2.00×" in _times_line(rep)[0]
     table = "\n".join(_speedup_table(rep))
     assert "1.50×" in table and "1.20×" in table
+
+
+def test_targets_include_the_kneser_ney_lines():
+    from skippipe.study.report import default_targets, reference_targets
+    from skippipe.study.tables import _speedup_table
+
+    assert reference_targets({"kn3": 26.0, "kn5": 21.0, "bigram": 50.0}) == [26.0, 21.0]
+    chosen = {"baseline": [_run(0, [40, 21]), _run(1, [40, 23])]}
+    assert default_targets(chosen, 3) == pytest.approx([23, math.sqrt(21 * 23), 21])
+    study = SimpleNamespace(variants=("baseline",), args=SimpleNamespace(max_eval_windows=None))
+    rep = Report(study, [], {}, chosen, {}, REFS, [40, 21.0], {})
+    assert "| 21.00 (5-gram KN) | 20 (1/2 seeds) |" in "\n".join(_speedup_table(rep))

@@ -13,7 +13,8 @@ Quantities:
 - simulated wall-clock: iterations x the variant's iteration time: the study scenario's, against
   the best full pipeline at equal memory (times.py, `--times`), else the inputs file's;
 - time to target: the first crossing of a validation perplexity, linear in (iteration, log ppl)
-  between evaluations; speed-up = the baseline's simulated time / the variant's, per target.
+  between evaluations; speed-up = the baseline's simulated time / the variant's, per target;
+  targets: a range between the chosen runs' final perplexities and the Kneser-Ney lines.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from ..errors import SkipPipeError
 from . import runs
 from .layerdrop import VARIANT as LAYERDROP
+from .ngram import KN_ORDERS
 from .plan import best_learning_rates, stored, stored_sweep
 from .stats import mean_sd, paired_test
 from .times import comparator_label, load_times
@@ -229,14 +231,17 @@ def default_targets(chosen: dict[str, list[dict]], count: int = TARGETS) -> list
     return [math.exp(hi + (lo - hi) * i / max(1, count - 1)) for i in range(count)]
 
 
+def reference_targets(valid_refs: dict) -> list[float]:
+    """The Kneser-Ney validation perplexities: targets fixed before any run."""
+    return [valid_refs[f"kn{n}"] for n in KN_ORDERS if f"kn{n}" in valid_refs]
+
+
 def collect(study, compute_references: bool = False) -> Report:
     """The report of the stored results; a chosen run missing -> SkipPipeError."""
     swept = stored_sweep(study)
     if not swept:
         raise SkipPipeError(f"{study.results}: no stored runs for these settings; run the study "
                             "without --report-only")
-    from .plan import best_learning_rates
-
     best = best_learning_rates(swept)
     chosen, sweeps = {}, {}
     for v in study.variants:
@@ -248,10 +253,11 @@ def collect(study, compute_references: bool = False) -> Report:
         if missing:
             raise SkipPipeError(f"{study.results}: {v} at lr {best[v]:g}, seed {missing[0]}: no "
                                 "stored result for these settings; run the study to finish it")
-    targets = study.args.target_ppl or default_targets(chosen)
+    refs = references(study, compute_references)
+    targets = study.args.target_ppl or default_targets(chosen) + reference_targets(refs["validation"])
     times = load_times(study.results, study.args.settings, study.inputs.paths)
-    return Report(study, swept, best, chosen, sweeps, references(study, compute_references),
-                  sorted(targets, reverse=True), versions(Path(__file__).resolve().parents[2]), times)
+    return Report(study, swept, best, chosen, sweeps, refs, sorted(set(targets), reverse=True),
+                  versions(Path(__file__).resolve().parents[2]), times)
 
 
 def write_report(study, rep: Report) -> None:

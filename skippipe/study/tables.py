@@ -133,7 +133,9 @@ def _speedup_table(rep) -> list[str]:
         hits = rep.time_to_target("baseline", target)
         reached = [h for h in hits if h is not None]
         seeds = "" if len(reached) == len(hits) else f" ({len(reached)}/{len(hits)} seeds)"
-        rows.append([f"{target:.2f}", fmt(reached, 0) + seeds if reached else "not reached"] + cells)
+        name = next((f" ({n}-gram KN)" for n in KN_ORDERS if rep.valid_refs.get(f"kn{n}") == target), "")
+        rows.append([f"{target:.2f}{name}", fmt(reached, 0) + seeds if reached else "not reached"]
+                    + cells)
     return _table(["validation ppl target", "baseline iterations"] +
                   [f"{v} speed-up" for v in others], rows, rep, "validation")
 
