@@ -23,6 +23,7 @@ COMMANDS = {  # command -> module
     "evaluate": "skippipe.commands.evaluate",
     "measure": "skippipe.commands.measure",
     "compare": "skippipe.commands.compare",
+    "study-times": "skippipe.commands.study_times",
 }
 
 

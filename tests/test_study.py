@@ -241,6 +241,18 @@ def test_study_end_to_end_then_report_only(corpus, tmp_path, monkeypatch, capsys
         m.setattr("skippipe.train.data.prepare_data", lambda *a, **k: pytest.fail("data read"))
         assert cli.main(_args(corpus, tmp_path, "--report-only")) == 0
     assert calls == [] and (results / "report.md").read_text() == report
+    assert "not a claim" in report  # no times.json yet: the inputs file's other scenario
+    from skippipe.study import times  # times made for these settings and paths take over
+
+    study = plan.Study(cli.parse_args(_args(corpus, tmp_path)))
+    fair = {"fingerprint": times.fingerprint(study.args.settings, study.inputs.paths, "quick", 0),
+            "scenario": "study-6x2", "comparator": "zb-h1", "memory_slots": [3],
+            "iteration_s": {"baseline": 3.0, "ca-partial": 2.0, "layerdrop": 2.5}}
+    times.write_times(results, fair)
+    assert cli.main(_args(corpus, tmp_path, "--report-only")) == 0
+    redone = (results / "report.md").read_text()
+    assert "vs zb-h1 at 3 slots, the best full pipeline at equal memory" in redone
+    assert "not a claim" not in redone and "ca-partial 2, layerdrop 2.5" in redone
 
 
 def test_bad_arguments_are_one_line_errors(corpus, tmp_path, capsys):

@@ -3,6 +3,7 @@
     python -m skippipe.study --quick               # the whole pipeline at a small budget
     python -m skippipe.study --preset cpu          # the study (see docs/study.md)
     python -m skippipe.study --preset cpu --report-only   # tables and figures from the results
+    python -m skippipe study-times --preset cpu    # iteration times for the time to target
 
 Each finished run is a small JSON under --results (committed), its weights under --work (not);
 a rerun skips every run whose settings match.

