@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import SkipPipeError
 from ..memory import fullest
+from ..ops import LOSS_AT
 from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS
 from ..planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
 from ..scenario import Scenario, load_scenario
@@ -46,6 +47,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family-memory", action="store_true",
                    help="the classic families under their own published memory rules instead of "
                         "the scenario's memory_slots (the comparison is then not at equal memory)")
+    p.add_argument("--loss-at", choices=LOSS_AT, default=None,
+                   help="where the full pipelines run the LM head and loss (default: each "
+                        "variant's own, last for the full pipelines; also: pipeline.loss_at); "
+                        "SkipPipe's partial variants keep theirs at the origin")
     p.add_argument("--out", help="folder for compare.json, compare.png and the schedule "
                                  "(default: runs/compare-<scenario>)")
     p.add_argument("--effort", choices=EFFORTS, default=DEFAULT_EFFORT,
@@ -70,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         raise SkipPipeError(f"--emulate must be 0 or more and --time-scale positive, got "
                             f"{args.emulate} and {args.time_scale}")
     scenario = load_scenario(args.settings)
-    args.family_memory = args.family_memory or scenario.pipeline.family_memory  # the scenario's key
+    args.family_memory = args.family_memory or scenario.pipeline.family_memory  # the scenario's keys
+    args.loss_at = args.loss_at or scenario.pipeline.loss_at
     out = Path(args.out or f"runs/compare-{scenario.name}")
     can_create(out, f"--out {out}")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
@@ -86,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_rows(rows))
     print(text)
     _write_json(out / "compare.json", {"scenario": scenario.name, "settings": str(args.settings),
-                                       "family_memory": args.family_memory, "rows": rows,
+                                       "family_memory": args.family_memory,
+                                       "loss_at": args.loss_at, "rows": rows,
                                        "verdict": text})
     _write_text(out / "compare.md", markdown(rows, text, _command(args)))
     bar_chart(rows, out / "compare.png", f"{scenario.name}: {memory_text(scenario, args.family_memory)}")
@@ -104,6 +111,7 @@ def _command(args) -> str:
         words += ["--time-limit", f"{args.time_limit:g}"] if args.time_limit is not None else []
     words += ["--variants", *args.variants] if args.variants else []
     words += ["--family-memory"] if args.family_memory else []
+    words += ["--loss-at", args.loss_at] if args.loss_at else []
     words += ["--emulate", str(args.emulate), "--time-scale", f"{args.time_scale:g}"] if args.emulate else []
     return " ".join(words)
 
@@ -120,11 +128,17 @@ def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
         if own and not args.family_memory:
             raise SkipPipeError(f"{args.schedule}: {', '.join(own)} planned under its family's own "
                                 f"memory rule, not the shared slots: re-plan it, or pass --family-memory")
+        moved = [n for n in names if args.loss_at and n in FULL_PIPELINE
+                 and sched.variants[n].loss_at != args.loss_at]
+        if moved:
+            raise SkipPipeError(f"{args.schedule}: {', '.join(moved)} planned with the loss at "
+                                f"{sched.variants[moved[0]].loss_at}, not {args.loss_at}: re-plan it")
         return sched, names
     wanted = wanted or VARIANTS
     needed = wanted + tuple(src for name, src in BUILT_ON.items() if name in wanted and src not in wanted)
     opts = PlanOptions(variants=needed, seed=args.seed, time_limit_s=args.time_limit,
-                       workers=args.workers, family_memory=args.family_memory, effort=args.effort)
+                       workers=args.workers, family_memory=args.family_memory, loss_at=args.loss_at,
+                       effort=args.effort)
     opts.check()
     sched = build_schedule(scenario, opts, progress)
     return sched, [n for n in VARIANTS if n in sched.variants and n in wanted]
