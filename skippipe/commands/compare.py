@@ -31,6 +31,8 @@ from ..variants import BUILT_ON, FULL_PIPELINE, VARIANTS
 from ..util.files import write_atomic
 from ..util.rundir import can_create
 from ..util.tables import format_table
+from . import compare_conditions as conditions
+from .compare_conditions import CONDITIONS, DEFAULT_ITERATIONS
 
 HELP = "plan or load every variant at the same memory, simulate each, compare with the best full pipeline"
 HEADER = ("variant", "memory", "loss", "iteration s", "makespan s", "bubble", "peak/slots",
@@ -65,6 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--emulate", type=int, default=0, metavar="N",
                    help="also run each variant N iterations in node processes on this host and add "
                         "measured / predicted (median of iterations 1..N-1)")
+    p.add_argument("--condition", choices=CONDITIONS, default=None,
+                   help="simulate each variant over a session of --iterations under this condition "
+                        "(static, a straggler or churn: compare_conditions.py) instead of one iteration")
+    p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                   help="--condition: iterations per session, the first one warm-up (default %(default)s)")
     p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE,
                    help="--emulate: wall seconds per scenario second (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no planning progress lines")
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.emulate < 0 or args.time_scale <= 0:
         raise SkipPipeError(f"--emulate must be 0 or more and --time-scale positive, got "
                             f"{args.emulate} and {args.time_scale}")
+    conditions.check(args.condition, args.iterations, args.emulate)
     scenario = load_scenario(args.settings)
     args.family_memory = args.family_memory or scenario.pipeline.family_memory  # the scenario's keys
     args.loss_at = args.loss_at or scenario.pipeline.loss_at
@@ -84,19 +92,23 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     schedule_path = out / "schedule.json"
     save_schedule(sched, schedule_path)
-    rows = compare_rows(sched, scenario, names)
+    rows = compare_rows(sched, scenario, names, args.condition, args.iterations)
     if args.emulate:
         _emulate(rows, scenario, schedule_path, out, args.emulate, args.time_scale)
-    text = verdict(rows, memory_text(scenario, args.family_memory))
-    print(f"scenario {scenario.name}: {len(names)} variants, {memory_text(scenario, args.family_memory)}")
+    setting = memory_text(scenario, args.family_memory)
+    if args.condition:
+        setting += f"; {conditions.describe(args.condition, args.iterations)}"
+    text = verdict(rows, setting)
+    print(f"scenario {scenario.name}: {len(names)} variants, {setting}")
     print(format_rows(rows))
     print(text)
     _write_json(out / "compare.json", {"scenario": scenario.name, "settings": str(args.settings),
                                        "family_memory": args.family_memory,
-                                       "loss_at": args.loss_at, "rows": rows,
+                                       "loss_at": args.loss_at, "condition": args.condition,
+                                       "rows": rows,
                                        "verdict": text})
     _write_text(out / "compare.md", markdown(rows, text, _command(args)))
-    bar_chart(rows, out / "compare.png", f"{scenario.name}: {memory_text(scenario, args.family_memory)}")
+    bar_chart(rows, out / "compare.png", f"{scenario.name}: {setting}")
     print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'}, {schedule_path}")
     return 0
 
@@ -112,6 +124,7 @@ def _command(args) -> str:
     words += ["--variants", *args.variants] if args.variants else []
     words += ["--family-memory"] if args.family_memory else []
     words += ["--loss-at", args.loss_at] if args.loss_at else []
+    words += ["--condition", args.condition, "--iterations", str(args.iterations)] if args.condition else []
     words += ["--emulate", str(args.emulate), "--time-scale", f"{args.time_scale:g}"] if args.emulate else []
     return " ".join(words)
 
@@ -144,9 +157,11 @@ def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
     return sched, [n for n in VARIANTS if n in sched.variants and n in wanted]
 
 
-def compare_rows(sched: Schedule, scenario: Scenario, names: list[str]) -> list[dict]:
+def compare_rows(sched: Schedule, scenario: Scenario, names: list[str], condition: str | None = None,
+                 iterations: int = 1) -> list[dict]:
     """One row per variant: the simulator's times, memory, work and throughput, and the ratios
-    to the best full pipeline among `names` (none when no full pipeline is compared)."""
+    to the best full pipeline among `names` (none when no full pipeline is compared); with a
+    `condition`, iteration time and throughput are those of a session of `iterations`."""
     from ..sim.online import predict
     from ..sim.simulate import simulate
 
@@ -166,6 +181,8 @@ def compare_rows(sched: Schedule, scenario: Scenario, names: list[str]) -> list[
                      "slots": at, "work": float(work), "microbatches": len(v.paths),
                      "stages_per_path": _stages_per_path(v), "n_stages": n_stages,
                      "samples_per_s": float(work) * samples / iteration_s})
+        if condition:
+            conditions.apply(rows[-1], sched, scenario, condition, iterations)
     full = [r for r in rows if r["full_pipeline"]]
     best = max(full, key=lambda r: r["samples_per_s"], default=None)
     for r in rows:
@@ -213,6 +230,8 @@ def _cells(rows: list[dict]) -> tuple[tuple[str, ...], list[list[str]]]:
     """The table's header and cells (the measured columns when a row was emulated)."""
     def ratio(x):
         return "-" if x is None else f"{x:.2f}"
+    if any("condition" in r for r in rows):
+        return conditions.cells(rows, ratio)
     emulated = any("measured_s" in r for r in rows)
     table = []
     for r in rows:
