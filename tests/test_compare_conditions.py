@@ -74,3 +74,22 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert main(["compare", str(TINY), *argv, "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and not (tmp_path / "c").exists()
+
+
+def test_a_session_the_simulator_cannot_finish_is_left_out_with_its_reason(planned, tmp_path, monkeypatch):
+    import skippipe.sim.session as session
+    from skippipe.sim.simulate import SimulationError
+
+    real = session.simulate_session
+
+    def deadlocks_1f1b(sched, variant, *args, **kwargs):
+        if variant == "1f1b":
+            raise SimulationError("variant 1f1b (fcfs): deadlock at t=0.1s")
+        return real(sched, variant, *args, **kwargs)
+
+    monkeypatch.setattr(session, "simulate_session", deadlocks_1f1b)
+    rows, got, out = _under(planned, tmp_path, "churn")
+    assert "1f1b" not in rows and sorted(rows) == sorted(set(VARIANTS) - {"1f1b"})
+    node = fault_node(load_schedule(planned[0])[0].allocation_of("1f1b"))
+    assert got["left_out"] == {"1f1b": f"node {node}: variant 1f1b (fcfs): deadlock at t=0.1s"}
+    assert "left out: 1f1b (node" in (out / "compare.md").read_text()

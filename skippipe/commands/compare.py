@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     schedule_path = out / "schedule.json"
     save_schedule(sched, schedule_path)
-    rows = compare_rows(sched, scenario, names, args.condition, args.iterations)
+    left_out: dict[str, str] = {}  # --condition: variants whose session the simulator cannot finish
+    rows = compare_rows(sched, scenario, names, args.condition, args.iterations, left_out)
     if args.emulate:
         _emulate(rows, scenario, schedule_path, out, args.emulate, args.time_scale)
     setting = memory_text(scenario, args.family_memory)
@@ -102,12 +103,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"scenario {scenario.name}: {len(names)} variants, {setting}")
     print(format_rows(rows))
     print(text)
+    notes = [f"left out: {name} ({why})" for name, why in left_out.items()]
+    print("\n".join(notes), end="\n" if notes else "")
     _write_json(out / "compare.json", {"scenario": scenario.name, "settings": str(args.settings),
                                        "family_memory": args.family_memory,
                                        "loss_at": args.loss_at, "condition": args.condition,
-                                       "rows": rows,
+                                       "rows": rows, "left_out": left_out,
                                        "verdict": text})
-    _write_text(out / "compare.md", markdown(rows, text, _command(args)))
+    _write_text(out / "compare.md", markdown(rows, text, _command(args)) + "".join(f"\n{n}\n" for n in notes))
     bar_chart(rows, out / "compare.png", f"{scenario.name}: {setting}")
     print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'}, {schedule_path}")
     return 0
@@ -158,10 +161,11 @@ def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
 
 
 def compare_rows(sched: Schedule, scenario: Scenario, names: list[str], condition: str | None = None,
-                 iterations: int = 1) -> list[dict]:
+                 iterations: int = 1, left_out: dict[str, str] | None = None) -> list[dict]:
     """One row per variant: the simulator's times, memory, work and throughput, and the ratios
     to the best full pipeline among `names` (none when no full pipeline is compared); with a
-    `condition`, iteration time and throughput are those of a session of `iterations`."""
+    `condition`, iteration time and throughput are those of a session of `iterations`, and a
+    variant whose session the simulator cannot finish goes to `left_out` with the reason."""
     from ..sim.online import predict
     from ..sim.simulate import simulate
 
@@ -181,8 +185,11 @@ def compare_rows(sched: Schedule, scenario: Scenario, names: list[str], conditio
                      "slots": at, "work": float(work), "microbatches": len(v.paths),
                      "stages_per_path": _stages_per_path(v), "n_stages": n_stages,
                      "samples_per_s": float(work) * samples / iteration_s})
-        if condition:
-            conditions.apply(rows[-1], sched, scenario, condition, iterations)
+        why = condition and conditions.apply(rows[-1], sched, scenario, condition, iterations)
+        if why:
+            rows.pop()
+            if left_out is not None:
+                left_out[name] = why
     full = [r for r in rows if r["full_pipeline"]]
     best = max(full, key=lambda r: r["samples_per_s"], default=None)
     for r in rows:

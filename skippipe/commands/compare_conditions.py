@@ -31,6 +31,7 @@ CRASH_AT = 2
 DEFAULT_ITERATIONS = 8
 MIN_ITERATIONS = SLOW_FROM + 2  # a straggler's steady iterations after the warm-up and the fault
 SEEDS = range(5)  # router seeds of the routed variants
+MAX_REASON = 160  # characters of a simulator error kept as a left-out variant's reason
 HEADER = ("variant", "loss", "fault node", "iteration s", "worst s", "peak/slots", "work/it",
           "samples/s", "x best full", "it speedup", "rerouted", "moves")
 
@@ -67,17 +68,22 @@ def _condition(name: str, node: int | None):
     return Condition(crash={node: (CRASH_AT, CRASH_AT + 1)})
 
 
-def apply(row: dict, sched: Schedule, scenario: Scenario, condition: str, iterations: int) -> None:
-    """Replace `row`'s iteration time (and throughput) by its session's under `condition`."""
+def apply(row: dict, sched: Schedule, scenario: Scenario, condition: str, iterations: int) -> str | None:
+    """Replace `row`'s iteration time (and throughput) by its session's under `condition`; the
+    reason instead when the simulator cannot finish the session (a repaired order that deadlocks)."""
     from ..sim.session import simulate_session
+    from ..sim.simulate import SimulationError
 
     name = row["variant"]
     node = None if condition == "static" else fault_node(sched.allocation_of(name))
     if condition != "static" and node is None:
         raise SkipPipeError(f"{name}: no stage beyond the data nodes has two nodes to fault one of")
     routed = sched.variant(name).routing is not None
-    sessions = [simulate_session(sched, name, scenario, iterations, _condition(condition, node), seed=s)
-                for s in (SEEDS if routed else (None,))]
+    try:
+        sessions = [simulate_session(sched, name, scenario, iterations, _condition(condition, node), seed=s)
+                    for s in (SEEDS if routed else (None,))]
+    except SimulationError as e:
+        return f"node {node}: {str(e)[:MAX_REASON]}"
     stopped = next((s.stopped for s in sessions if s.stopped), None)
     if stopped:
         raise SkipPipeError(f"{name} under {condition}: the session stopped at {stopped}")
@@ -90,6 +96,7 @@ def apply(row: dict, sched: Schedule, scenario: Scenario, condition: str, iterat
                 "lost": lost, "moves": statistics.mean(len(s.moves) for s in sessions)})
     samples = row["work"] * (1 - lost) * scenario.pipeline.samples_per_microbatch
     row["samples_per_s"] = samples / row["iteration_s"]
+    return None
 
 
 def cells(rows: list[dict], ratio) -> tuple[tuple[str, ...], list[list[str]]]:
