@@ -83,7 +83,7 @@ def apply(row: dict, sched: Schedule, scenario: Scenario, condition: str, iterat
         sessions = [simulate_session(sched, name, scenario, iterations, _condition(condition, node), seed=s)
                     for s in (SEEDS if routed else (None,))]
     except SimulationError as e:
-        return f"node {node}: {str(e)[:MAX_REASON]}"
+        return ("" if node is None else f"node {node}: ") + str(e)[:MAX_REASON]
     stopped = next((s.stopped for s in sessions if s.stopped), None)
     if stopped:
         raise SkipPipeError(f"{name} under {condition}: the session stopped at {stopped}")
