@@ -93,3 +93,5 @@ def test_a_session_the_simulator_cannot_finish_is_left_out_with_its_reason(plann
     node = fault_node(load_schedule(planned[0])[0].allocation_of("1f1b"))
     assert got["left_out"] == {"1f1b": f"node {node}: variant 1f1b (fcfs): deadlock at t=0.1s"}
     assert "left out: 1f1b (node" in (out / "compare.md").read_text()
+    rows, got, _ = _under(planned, tmp_path, "static")
+    assert got["left_out"] == {"1f1b": "variant 1f1b (fcfs): deadlock at t=0.1s"}  # no fault node
