@@ -27,10 +27,10 @@ from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS
 from ..planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
 from ..scenario import Scenario, load_scenario
 from ..schedule import Schedule, load_schedule, save_schedule
-from ..variants import BUILT_ON, FULL_PIPELINE, VARIANTS
 from ..util.files import write_atomic
 from ..util.rundir import can_create
 from ..util.tables import format_table
+from ..variants import BUILT_ON, FULL_PIPELINE, VARIANTS
 from . import compare_conditions as conditions
 from .compare_conditions import CONDITIONS, DEFAULT_ITERATIONS
 
