@@ -70,7 +70,7 @@ def _condition(name: str, node: int | None):
 
 def apply(row: dict, sched: Schedule, scenario: Scenario, condition: str, iterations: int) -> str | None:
     """Replace `row`'s iteration time (and throughput) by its session's under `condition`; the
-    reason instead when the simulator cannot finish the session (a repaired order that deadlocks)."""
+    reason instead when the session cannot finish (a repaired order that deadlocks, a lost quorum)."""
     from ..sim.session import simulate_session
     from ..sim.simulate import SimulationError
 
@@ -85,8 +85,8 @@ def apply(row: dict, sched: Schedule, scenario: Scenario, condition: str, iterat
     except SimulationError as e:
         return ("" if node is None else f"node {node}: ") + str(e)[:MAX_REASON]
     stopped = next((s.stopped for s in sessions if s.stopped), None)
-    if stopped:
-        raise SkipPipeError(f"{name} under {condition}: the session stopped at {stopped}")
+    if stopped:  # the quorum rule ended it, as it would end a run
+        return f"the session stopped at {stopped}"
     steady = [s.iteration_s[1:] for s in sessions]
     lost = statistics.mean(s.lost for s in sessions) / (row["microbatches"] * iterations)
     row.update({"condition": condition, "iterations": iterations, "fault_node": node,
