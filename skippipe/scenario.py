@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .network import Link, Network, Node, check_size, load_network, load_nodes
+from .ops import LOSS_AT
 from .settings_checks import ScenarioError, fail, positive_list, read_toml, section
 
 
@@ -49,6 +50,8 @@ class PipelineConfig:
     max_forward_jump_stages: int  # CC3: largest step up from the previous stage
     # the classic families keep their own published memory rules instead of memory_slots
     family_memory: bool = False
+    # where the full pipelines run the LM head and loss (ops.LOSS_AT); None: each variant's default
+    loss_at: str | None = None
 
     @property
     def n_stages(self) -> int:
@@ -112,7 +115,7 @@ _MODEL = {"d_model": int, "n_heads": int, "n_layers": int, "ffn_hidden": int, "c
 _PIPELINE = {"stage_sizes": list, "path_length": int, "memory_slots": int,
              "microbatches_per_node": int, "samples_per_microbatch": int, "max_swaps": int,
              "max_swap_back_stages": int, "max_swap_distance": int,
-             "max_forward_jump_stages": int, "family_memory": bool}
+             "max_forward_jump_stages": int, "family_memory": bool, "loss_at": str}
 _COSTS = {"backward_factor": float, "loss_factor": float, "per_hop_overhead_s": float,
           "weight_grad_share": float}
 _TRAINING = {"iterations": int, "learning_rate": float, "grad_clip": float,
@@ -126,7 +129,8 @@ _DEFAULTS = {"max_swaps": 2, "max_swap_back_stages": 1, "max_swap_distance": 2,
              "max_forward_jump_stages": 4, "activation_dtype_bytes": 4, "param_dtype_bytes": 4,
              "backward_factor": 1.5, "loss_factor": 0.25, "weight_decay": 0.0, "seed": 0,
              "time_scale": 1.0, "iterations": 10, "grad_clip": 1.0, "learning_rate": 6e-4,
-             "weight_grad_share": CostConfig.weight_grad_share, "family_memory": False}
+             "weight_grad_share": CostConfig.weight_grad_share, "family_memory": False,
+             "loss_at": None}
 
 
 def _section(path, data: dict, name: str, schema: dict) -> dict:
@@ -158,6 +162,8 @@ def load_scenario(path: str | Path, overrides: dict | None = None) -> Scenario:
     model = ModelConfig(**_section(path, raw["model"], "model", _MODEL))
     p = _section(path, raw["pipeline"], "pipeline", _PIPELINE)
     p["stage_sizes"] = positive_list(path, "pipeline.stage_sizes", p["stage_sizes"], int)
+    if p["loss_at"] not in (None, *LOSS_AT):
+        raise fail(path, "pipeline.loss_at", f"must be one of {', '.join(LOSS_AT)}, got {p['loss_at']!r}")
     check_size(path, "pipeline.stage_sizes", sum(p["stage_sizes"]))
     pipeline = PipelineConfig(**p)
     costs = CostConfig(**_section(path, raw.get("costs", {}), "costs", _COSTS))
@@ -178,8 +184,9 @@ def _plan_hash(model: ModelConfig, pipeline: PipelineConfig, costs: CostConfig, 
                nodes: tuple[Node, ...]) -> str:
     """sha256 (16 hex digits) of what the planners read. [training] and the optional sections
     stay out: changing iterations, the learning rate or the time scale keeps a schedule valid."""
-    pipe = {k: v for k, v in asdict(pipeline).items() if k != "family_memory"}  # each variant
-    # records the memory rule it was made for, and the validator holds it to that
+    pipe = {k: v for k, v in asdict(pipeline).items() if k not in ("family_memory", "loss_at")}
+    # each variant records the memory rule (which the validator holds it to) and the loss
+    # placement it was made for
     content = {"model": asdict(model), "pipeline": pipe, "costs": _hashed_costs(costs),
                "network": asdict(network), "nodes": [asdict(n) for n in nodes]}
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -31,10 +31,10 @@ def planned():
 
 @pytest.mark.slow  # the fixture plans the full pipelines (seconds)
 def test_comparator_is_the_best_full_pipeline_compare_picks(planned):
-    from skippipe.variants import FULL_PIPELINE
+    from skippipe.variants import REGISTRY
 
     _, sched, rows = planned
-    assert {r["variant"] for r in rows} <= set(FULL_PIPELINE) and "baseline" in sched.variants
+    assert {r["variant"] for r in rows} <= {n for n, v in REGISTRY.items() if v.full_pipeline} and "baseline" in sched.variants
     best = min(rows, key=lambda r: r["iteration_s"])  # equal work per iteration: fastest = best
     assert all(r["best_full"] == best["variant"] for r in rows)
 

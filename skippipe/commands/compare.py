@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..errors import SkipPipeError
 from ..memory import fullest
+from ..ops import LOSS_AT
 from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS
 from ..planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
 from ..scenario import Scenario, load_scenario
@@ -30,6 +31,8 @@ from ..variants import REGISTRY, VARIANTS
 from ..util.files import write_atomic
 from ..util.rundir import can_create
 from ..util.tables import format_table
+from . import compare_conditions as conditions
+from .compare_conditions import CONDITIONS, DEFAULT_ITERATIONS
 
 HELP = "plan or load every variant at the same memory, simulate each, compare with the best full pipeline"
 HEADER = ("variant", "memory", "loss", "iteration s", "makespan s", "bubble", "peak/slots",
@@ -46,6 +49,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family-memory", action="store_true",
                    help="the classic families under their own published memory rules instead of "
                         "the scenario's memory_slots (the comparison is then not at equal memory)")
+    p.add_argument("--loss-at", choices=LOSS_AT, default=None,
+                   help="where the full pipelines run the LM head and loss (default: each "
+                        "variant's own, last for the full pipelines; also: pipeline.loss_at); "
+                        "SkipPipe's partial variants keep theirs at the origin")
     p.add_argument("--out", help="folder for compare.json, compare.png and the schedule "
                                  "(default: runs/compare-<scenario>)")
     p.add_argument("--effort", choices=EFFORTS, default=DEFAULT_EFFORT,
@@ -60,6 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--emulate", type=int, default=0, metavar="N",
                    help="also run each variant N iterations in node processes on this host and add "
                         "measured / predicted (median of iterations 1..N-1)")
+    p.add_argument("--condition", choices=CONDITIONS, default=None,
+                   help="simulate each variant over a session of --iterations under this condition "
+                        "(static, a straggler or churn: compare_conditions.py) instead of one iteration")
+    p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
+                   help="--condition: iterations per session, the first one warm-up (default %(default)s)")
     p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE,
                    help="--emulate: wall seconds per scenario second (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no planning progress lines")
@@ -69,8 +81,10 @@ def run(args: argparse.Namespace) -> int:
     if args.emulate < 0 or args.time_scale <= 0:
         raise SkipPipeError(f"--emulate must be 0 or more and --time-scale positive, got "
                             f"{args.emulate} and {args.time_scale}")
+    conditions.check(args.condition, args.iterations, args.emulate)
     scenario = load_scenario(args.settings)
-    args.family_memory = args.family_memory or scenario.pipeline.family_memory  # the scenario's key
+    args.family_memory = args.family_memory or scenario.pipeline.family_memory  # the scenario's keys
+    args.loss_at = args.loss_at or scenario.pipeline.loss_at
     out = Path(args.out or f"runs/compare-{scenario.name}")
     can_create(out, f"--out {out}")
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
@@ -78,18 +92,26 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     schedule_path = out / "schedule.json"
     save_schedule(sched, schedule_path)
-    rows = compare_rows(sched, scenario, names)
+    left_out: dict[str, str] = {}  # --condition: variants whose session the simulator cannot finish
+    rows = compare_rows(sched, scenario, names, args.condition, args.iterations, left_out)
     if args.emulate:
         _emulate(rows, scenario, schedule_path, out, args.emulate, args.time_scale)
-    text = verdict(rows, memory_text(scenario, args.family_memory))
-    print(f"scenario {scenario.name}: {len(names)} variants, {memory_text(scenario, args.family_memory)}")
+    setting = memory_text(scenario, args.family_memory)
+    if args.condition:
+        setting += f"; {conditions.describe(args.condition, args.iterations)}"
+    text = verdict(rows, setting)
+    print(f"scenario {scenario.name}: {len(names)} variants, {setting}")
     print(format_rows(rows))
     print(text)
+    notes = [f"left out: {name} ({why})" for name, why in left_out.items()]
+    print("\n".join(notes), end="\n" if notes else "")
     _write_json(out / "compare.json", {"scenario": scenario.name, "settings": str(args.settings),
-                                       "family_memory": args.family_memory, "rows": rows,
+                                       "family_memory": args.family_memory,
+                                       "loss_at": args.loss_at, "condition": args.condition,
+                                       "rows": rows, "left_out": left_out,
                                        "verdict": text})
-    _write_text(out / "compare.md", markdown(rows, text, _command(args)))
-    bar_chart(rows, out / "compare.png", f"{scenario.name}: {memory_text(scenario, args.family_memory)}")
+    _write_text(out / "compare.md", markdown(rows, text, _command(args)) + "".join(f"\n{n}\n" for n in notes))
+    bar_chart(rows, out / "compare.png", f"{scenario.name}: {setting}")
     print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'}, {schedule_path}")
     return 0
 
@@ -104,6 +126,8 @@ def _command(args) -> str:
         words += ["--time-limit", f"{args.time_limit:g}"] if args.time_limit is not None else []
     words += ["--variants", *args.variants] if args.variants else []
     words += ["--family-memory"] if args.family_memory else []
+    words += ["--loss-at", args.loss_at] if args.loss_at else []
+    words += ["--condition", args.condition, "--iterations", str(args.iterations)] if args.condition else []
     words += ["--emulate", str(args.emulate), "--time-scale", f"{args.time_scale:g}"] if args.emulate else []
     return " ".join(words)
 
@@ -120,20 +144,29 @@ def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
         if own and not args.family_memory:
             raise SkipPipeError(f"{args.schedule}: {', '.join(own)} planned under its family's own "
                                 f"memory rule, not the shared slots: re-plan it, or pass --family-memory")
+        moved = [n for n in names if args.loss_at and REGISTRY[n].full_pipeline
+                 and sched.variants[n].loss_at != args.loss_at]
+        if moved:
+            raise SkipPipeError(f"{args.schedule}: {', '.join(moved)} planned with the loss at "
+                                f"{sched.variants[moved[0]].loss_at}, not {args.loss_at}: re-plan it")
         return sched, names
     wanted = wanted or VARIANTS
     built_on = (REGISTRY[name].built_on for name in wanted)
     needed = wanted + tuple(dict.fromkeys(s for s in built_on if s and s not in wanted))
     opts = PlanOptions(variants=needed, seed=args.seed, time_limit_s=args.time_limit,
-                       workers=args.workers, family_memory=args.family_memory, effort=args.effort)
+                       workers=args.workers, family_memory=args.family_memory, loss_at=args.loss_at,
+                       effort=args.effort)
     opts.check()
     sched = build_schedule(scenario, opts, progress)
     return sched, [n for n in VARIANTS if n in sched.variants and n in wanted]
 
 
-def compare_rows(sched: Schedule, scenario: Scenario, names: list[str]) -> list[dict]:
+def compare_rows(sched: Schedule, scenario: Scenario, names: list[str], condition: str | None = None,
+                 iterations: int = 1, left_out: dict[str, str] | None = None) -> list[dict]:
     """One row per variant: the simulator's times, memory, work and throughput, and the ratios
-    to the best full pipeline among `names` (none when no full pipeline is compared)."""
+    to the best full pipeline among `names` (none when no full pipeline is compared); with a
+    `condition`, iteration time and throughput are those of a session of `iterations`, and a
+    variant whose session the simulator cannot finish goes to `left_out` with the reason."""
     from ..sim.online import predict
     from ..sim.simulate import simulate
 
@@ -153,6 +186,11 @@ def compare_rows(sched: Schedule, scenario: Scenario, names: list[str]) -> list[
                      "slots": at, "work": float(work), "microbatches": len(v.paths),
                      "stages_per_path": _stages_per_path(v), "n_stages": n_stages,
                      "samples_per_s": float(work) * samples / iteration_s})
+        why = condition and conditions.apply(rows[-1], sched, scenario, condition, iterations)
+        if why:
+            rows.pop()
+            if left_out is not None:
+                left_out[name] = why
     full = [r for r in rows if r["full_pipeline"]]
     best = max(full, key=lambda r: r["samples_per_s"], default=None)
     for r in rows:
@@ -200,6 +238,8 @@ def _cells(rows: list[dict]) -> tuple[tuple[str, ...], list[list[str]]]:
     """The table's header and cells (the measured columns when a row was emulated)."""
     def ratio(x):
         return "-" if x is None else f"{x:.2f}"
+    if any("condition" in r for r in rows):
+        return conditions.cells(rows, ratio)
     emulated = any("measured_s" in r for r in rows)
     table = []
     for r in rows:

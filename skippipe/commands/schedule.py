@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss-at", choices=LOSS_AT, default=None,
                    help="where the full pipelines run the LM head and loss: last (their papers' "
                         "placement, the default) or origin (SkipPipe's ring: the data node); the "
-                        "partial variants keep theirs at the origin")
+                        "partial variants keep theirs at the origin; also: pipeline.loss_at)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
                        loss_at=args.loss_at, effort=args.effort)
     opts.check()  # bad options: one line, exit 2, before the scenario is even read
     scenario = load_scenario(args.settings)
+    if args.loss_at is None and scenario.pipeline.loss_at is not None:  # the scenario's key
+        opts = dataclasses.replace(opts, loss_at=scenario.pipeline.loss_at)
     progress = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     failures: dict[str, str] = {}  # variants left out, and why (the table marks them)
     sched = build_schedule(scenario, opts, progress, failures)

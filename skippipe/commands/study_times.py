@@ -37,14 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def full_pipelines(scenario, effort: str, seed: int, progress):
     """The full-pipeline variants planned at the scenario's slots and compare's rows of them."""
     from ..planning import PlanOptions, build_schedule
-    from ..variants import FULL_PIPELINE
+    from ..variants import REGISTRY
+
+    full = tuple(n for n, v in REGISTRY.items() if v.full_pipeline)
     from .compare import compare_rows
 
-    opts = PlanOptions(variants=FULL_PIPELINE, seed=seed, workers=DEFAULT_WORKERS, effort=effort)
+    opts = PlanOptions(variants=full, seed=seed, workers=DEFAULT_WORKERS, effort=effort)
     sched = build_schedule(scenario, opts, progress)
     if "baseline" not in sched.variants:
         raise SkipPipeError(f"{scenario.name}: the baseline full pipeline could not be planned")
-    return sched, compare_rows(sched, scenario, [n for n in FULL_PIPELINE if n in sched.variants])
+    return sched, compare_rows(sched, scenario, [n for n in full if n in sched.variants])
 
 
 def compute_times(settings: str, paths: dict, effort: str, seed: int, progress=None) -> dict:
