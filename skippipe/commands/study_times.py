@@ -38,10 +38,9 @@ def full_pipelines(scenario, effort: str, seed: int, progress):
     """The full-pipeline variants planned at the scenario's slots and compare's rows of them."""
     from ..planning import PlanOptions, build_schedule
     from ..variants import REGISTRY
-
-    full = tuple(n for n, v in REGISTRY.items() if v.full_pipeline)
     from .compare import compare_rows
 
+    full = tuple(n for n, v in REGISTRY.items() if v.full_pipeline)
     opts = PlanOptions(variants=full, seed=seed, workers=DEFAULT_WORKERS, effort=effort)
     sched = build_schedule(scenario, opts, progress)
     if "baseline" not in sched.variants:
