@@ -7,8 +7,8 @@ import math
 import pytest
 
 from skippipe.planner.families import family_variant
-from skippipe.runtime.faults import (DEFAULT_SLOW_FACTOR, FailurePlanError, FailureSpec, parse_failures,
-                                     parse_spec, random_plan)
+from skippipe.failures import (DEFAULT_SLOW_FACTOR, FailurePlanError, FailureSpec, parse_failures,
+                               parse_spec, random_plan)
 from skippipe.runtime.runconfig import RunConfig, load_config, save_config
 from skippipe.schedule import VariantSchedule, save_schedule
 from skippipe.timeline import read_jsonl

@@ -9,7 +9,7 @@ PACKAGE = ROOT / "skippipe"
 LAYERS = [
     {"errors"},
     {"scenario", "ops"},
-    {"costs", "dispatch", "timeline", "memory", "placement"},
+    {"costs", "dispatch", "timeline", "memory", "placement", "failures"},
     {"variants"},
     {"rules"},
     {"schedule"},

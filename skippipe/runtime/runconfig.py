@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import SkipPipeError
 from .auth import RunAuth
-from .faults import FailureSpec
+from ..failures import FailureSpec
 
 CONFIG_MODE = 0o600  # the config holds the run key: readable by its owner only
 
@@ -37,7 +37,7 @@ class RunConfig:
     connect_timeout_s: float  # wall seconds to wait for every peer at start-up
     checkpoint_every: int = 0  # iterations between per-stage checkpoints (0: only at the end if asked)
     save_checkpoint: bool = False
-    failures: tuple[FailureSpec, ...] = ()  # the failure plan (faults.py)
+    failures: tuple[FailureSpec, ...] = ()  # the failure plan (failures.py)
     dump_gradients: bool = False  # tests: write each stage's averaged gradients after iteration 0
     stand_in_model: str = ""  # settings file whose [model] (but not n_layers) the nodes run,
     # while emulation keeps the scenario's compute times and message sizes
