@@ -8,13 +8,13 @@ PACKAGE = ROOT / "skippipe"
 # Lower layers first; a module may import its own layer and the layers before it.
 LAYERS = [
     {"errors"},
-    {"scenario", "ops"},
+    {"scenario", "ops", "events"},
     {"costs", "dispatch", "timeline", "memory", "placement", "failures"},
     {"variants"},
     {"rules"},
     {"schedule"},
     {"util"},
-    {"routing", "recovery", "rebalance"},  # online routing, repair, moves: used by the simulator and the runtime
+    {"routing", "routing_step", "recovery", "rebalance"},  # online routing, repair, moves: used by the simulator and the runtime
     {"sim"},
     {"planner", "planning"},
     {"train"},

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..events import Rerouted
 from ..failures import Condition
 from ..rebalance import Move, Rebalancer
 from ..recovery import live_variant, quorum_verdict
@@ -67,7 +68,7 @@ def simulate_session(schedule: Schedule, variant: str, scenario: Scenario, itera
         result = _iteration(sched, variant, scenario, it, down, condition.factors(it), routers, alloc, seed)
         out.results.append(result)
         out.iteration_s.append(result.iteration_s)
-        out.rerouted += sum(1 for e in result.events if e.get("event") == "rerouted")
+        out.rerouted += sum(1 for e in result.events if e.get("event") == Rerouted.name)
         if routers is not None:
             move = rebalancer.after_iteration(it, {n: r.own_forward_s for n, r in routers.items()}, down)
             if move is not None:
