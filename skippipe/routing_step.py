@@ -8,16 +8,21 @@ that decides a hop, so the simulator predicts the nodes' decisions by constructi
   budget, `Spending`), and the router chooses the next hop: online, it appends it to the path so
   far; under repair it keeps the planned next hop or splices a replacement in. The result is the
   path the forward's output travels on, the planned hop routed around (if any) and the events.
+- `restarted`: the path a microbatch's origin restarts it on after it may have crossed a dead
+  node: online, its origin only (routed afresh); under repair, the plan's with the dead hops
+  replaced by a router draw; without routing, recovery's repair.
 - `carried` / `received`: the routing part of a data message: the sender's report (its forward
   average and queue) and the microbatch's stage set, which thus travels with the microbatch.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
 from .events import Event, Rerouted, StageSetChosen
+from .recovery import repair_path
 from .routing import Live, Report, Router, onward_of, stage_budgets
 from .schedule import Hop, MicrobatchPath
 
@@ -92,3 +97,12 @@ def received(router: Router, sender: int, microbatch: int, report: Report,
     if stages:
         router.stage_sets[microbatch] = frozenset(stages)
     router.observe(sender, report)
+
+
+def restarted(router: Router | None, path: MicrobatchPath, dead: set[int],
+              allocation: Sequence[Sequence[int]]) -> MicrobatchPath | None:
+    """A restarted attempt's path (module docstring); `router`: None without routing. None when
+    no live node can replace a dead hop."""
+    if router is not None and router.params.online:
+        return dataclasses.replace(path, hops=path.hops[:1])
+    return repair_path(path, dead, allocation, None if router is None else router.choose_node)

@@ -23,14 +23,13 @@ from collections import Counter
 
 from ..ops import Op, OpKind
 from ..routing import Report, Router, origins_only, path_length
-from ..routing_step import Spending, carried, received, route_forward, spendings
+from ..routing_step import Spending, carried, received, restarted, route_forward, spendings
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, VariantSchedule
 from .control import Reroute
 from .datamsg import HOP_BITS, TAG_HOP, onward
 from .emulation import Emulation
 from .messenger import Messenger
-from ..recovery import repair_path
 from .wire import Message
 
 SET_BITS, QUEUE_BITS, MICROS_BITS = 16, 8, 31  # report layout above the hop: set, queue, µs
@@ -116,9 +115,5 @@ class Routes:
 
     def restart_path(self, path: MicrobatchPath, dead: set[int],
                      allocation: tuple[tuple[int, ...], ...]) -> MicrobatchPath | None:
-        """A restarted attempt's path: online, its origin only (routed afresh); under repair, the
-        plan's with dead hops replaced by a router draw; otherwise recovery's repair."""
-        if self.online:
-            return dataclasses.replace(path, hops=path.hops[:1])
-        pick = None if self.rule is None else self.router.choose_node
-        return repair_path(path, dead, allocation, pick)
+        """A restarted attempt's path (routing_step.restarted)."""
+        return restarted(None if self.rule is None else self.router, path, dead, allocation)
