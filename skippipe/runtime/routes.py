@@ -1,5 +1,6 @@
-"""One node's online routing in a run: routing.py's Router, fed with what this node measures and
-hears, and what travels in data messages for it.
+"""One node's online routing in a run: routing.py's Router, driven by the routing step
+(routing_step.py, which the simulator calls too) with what this node measures and hears, and
+what travels in data messages for it.
 
 The measurement: every node keeps the moving average of its own forward durations (scenario
 seconds: wall time over the time scale, so a node slowed by failure injection reports slow) and

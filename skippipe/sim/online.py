@@ -1,14 +1,14 @@
 """Simulating online routing: the simulator's event loop (simulate.py) with next hops chosen as
-it runs, by the same routers (routing.py) the node processes use.
+it runs, by the routing step (routing_step.py) the node processes call too.
 
 Every node has its own Router, seeded from the variant's Routing and the node id. When a forward
-ends, its node's router picks the next hop (swarm, swarm-skip) or keeps or repairs the planned
-one (repair); the next op joins that node's dispatcher when its input arrives (first come first
-served, as a node takes a message it was not planned for). A planned node a repair routes around
-forgets the microbatch, as in the runtime. Every data message carries its sender's Report (EMA
-of its forward time, its queue), which the receiver's router observes on arrival; a swarm-skip
-origin chooses each microbatch's stage set when its first forward ends, and the set travels
-with the microbatch. `slow` multiplies some nodes' operation times (a straggler), so what-if
+ends, the routing step at its node picks the next hop (swarm, swarm-skip) or keeps or repairs the
+planned one (repair); the next op joins that node's dispatcher when its input arrives (first come
+first served, as a node takes a message it was not planned for). A planned node a repair routes
+around forgets the microbatch, as in the runtime. Every data message carries what the routing
+step gives it (its sender's Report: EMA of its forward time, its queue; the microbatch's
+swarm-skip stage set), handed to the receiver's router on arrival. The events are the ones the
+nodes write (events.py). `slow` multiplies some nodes' operation times (a straggler), so what-if
 studies can see routing react.
 
 `predict` simulates seeds seed .. seed+seeds-1 of the variant's Routing: mean and spread of the
