@@ -59,5 +59,3 @@ class Routed(Event):
     attempt: int  # a restarted microbatch's attempt (0: its first)
     nodes: tuple[int, ...]
 
-
-ROUTING_EVENTS = (StageSetChosen, Rerouted, Routed)

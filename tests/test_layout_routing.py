@@ -10,7 +10,6 @@ sim/ or runtime/ may
   its own).
 """
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 

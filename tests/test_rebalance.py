@@ -76,10 +76,11 @@ def test_the_simulator_rebalances_swarm_under_a_straggler_and_not_on_a_static_ne
     alone = next(nodes[0] for nodes in sched.allocation_of("swarm")[1:] if len(nodes) == 1)
     static = _session(tiny_schedule, "swarm", Condition())
     assert static.moves == [] and len(static.iteration_s) == 8
-    slowed = _session(tiny_schedule, "swarm", Condition((FailureSpec(alone, 1, how="slow", factor=3.0),)))
+    straggler = Condition((FailureSpec(alone, 1, how="slow", factor=3.0),))
+    slowed = _session(tiny_schedule, "swarm", straggler)
     assert [m.target for m in slowed.moves][:1] == [sched.stage_of("swarm")[alone]]
-    assert slowed.moves[0].at >= 3 and slowed == _session(tiny_schedule, "swarm", Condition((FailureSpec(alone, 1, how="slow", factor=3.0),)))
-    planned = _session(tiny_schedule, "ca-partial", Condition((FailureSpec(alone, 1, how="slow", factor=3.0),)))
+    assert slowed.moves[0].at >= 3 and slowed == _session(tiny_schedule, "swarm", straggler)
+    planned = _session(tiny_schedule, "ca-partial", straggler)
     assert planned.moves == [] and planned.iteration_s[1] > planned.iteration_s[0]
 
 
