@@ -82,7 +82,7 @@ class _Online(_Simulation):
         self.slow = slow
         self.routers = routers if routers is not None else make_routers(params, scenario)
         self.live = self.schedule.allocation
-        self.carried: dict[tuple[int, Op], tuple] = {}  # (dst, op) -> (src, its report, the stage set)
+        self.in_flight: dict[tuple[int, Op], tuple] = {}  # (dst, op) -> (src, its report, stage set)
         self.spending = spendings(v.paths, len(self.live), path_length(self.rule, scenario))
 
     def _initial_ops(self, v) -> dict[int, list[Op]]:
@@ -111,7 +111,7 @@ class _Online(_Simulation):
 
     def _arrive(self, node: int, op: Op) -> None:
         self.state[node].disp.add([op], beyond_slots=not self.online)  # a node takes any op routed to it
-        sent = self.carried.pop((node, op), None)
+        sent = self.in_flight.pop((node, op), None)
         if sent is not None:
             src, report, stages = sent
             received(self.routers[node], src, op.microbatch, report, stages)
@@ -122,7 +122,7 @@ class _Online(_Simulation):
 
     def _send(self, src: int, dst: int, op: Op, handoff_s: float) -> None:
         queue = len(self.state[src].disp.arrived)
-        self.carried[(dst, op)] = (src, *carried(self.routers[src], op.microbatch, queue))
+        self.in_flight[(dst, op)] = (src, *carried(self.routers[src], op.microbatch, queue))
         super()._send(src, dst, op, handoff_s)
 
     def _route(self, node: int, op: Op) -> None:
