@@ -207,10 +207,11 @@ def simulated(schedule, variant: str, scenario, condition_name: str, node: int |
     0..4 (the median of the per-seed medians, spread min-max over seeds). ImportError while
     skippipe.sim.session is missing. Churn: the node is back from `back_at` (the iteration the
     run's restarted node rejoined at), else BACK_AT."""
-    from skippipe.sim.session import Condition, simulate_session
-    cond = {"static": Condition(slow={}, crash={}),
-            "straggler": Condition(slow={node: (SLOW_FACTOR, SLOW_FROM)}, crash={}),
-            "churn": Condition(slow={}, crash={node: (CRASH_AT, back_at or BACK_AT)})}[condition_name]
+    from skippipe.failures import Condition, FailureSpec
+    from skippipe.sim.session import simulate_session
+    cond = {"static": Condition(),
+            "straggler": Condition((FailureSpec(node, SLOW_FROM, how="slow", factor=SLOW_FACTOR),)),
+            "churn": Condition((FailureSpec(node, CRASH_AT),), {node: back_at or BACK_AT})}[condition_name]
     # every routed variant over seeds, ca-repair too: its replacement hops are drawn by the swarm rule
     online = schedule.variant(variant).routing is not None
     sessions = [simulate_session(schedule, variant, scenario, iterations, cond, seed=s)

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from skippipe.planner.families import family_variant
-from skippipe.runtime.node.faults import (DEFAULT_SLOW_FACTOR, FailurePlanError, FailureSpec, parse_failures,
-                                     parse_spec, random_plan)
+from skippipe.failures import (DEFAULT_SLOW_FACTOR, Condition, FailurePlanError, FailureSpec, parse_failures,
+                               parse_spec, random_plan)
 from skippipe.runtime.node.runconfig import RunConfig, load_config, save_config
 from skippipe.schedule import VariantSchedule, save_schedule
 from skippipe.timeline import read_jsonl
@@ -150,6 +150,17 @@ def test_failure_spec_fires_once_its_phase_and_ops_are_reached():
     start = FailureSpec(node=1, iteration=0, phase="start")
     assert start.fires(0, "forward", 0) and start.fires(0, "averaging", 0)
 
+
+
+def test_a_simulated_session_sees_the_same_specs_by_whole_iterations():
+    sc = tiny()
+    plan = parse_failures(["node=3,iteration=1,phase=backward,how=crash",
+                           "node=2,iteration=2,how=slow,factor=3", "node=5,how=hang"], sc)
+    cond = Condition(tuple(plan), back={3: 3})
+    assert [cond.down(it) for it in range(4)] == [{5}, {3, 5}, {3, 5}, {5}]
+    assert cond.factors(1) == {} and cond.factors(2) == cond.factors(9) == {2: 3.0}
+    with pytest.raises(FailurePlanError, match="node 2 has no crash or hang"):
+        Condition(tuple(plan), back={2: 3})
 
 def test_failure_plans_from_files_and_run_configs(tmp_path):
     sc = tiny()

@@ -13,12 +13,12 @@ LAYERS = [
     {"settings_checks"},
     {"network"},
     {"variants"},  # the variant registry: every fact about a variant, read by all above it
-    {"scenario", "ops"},
-    {"costs", "dispatch", "timeline", "memory", "placement"},
+    {"scenario", "ops", "events"},
+    {"costs", "dispatch", "timeline", "memory", "placement", "failures"},
     {"rules"},
     {"schedule"},
     {"util"},
-    {"routing", "recovery", "rebalance"},  # online routing, repair, moves: used by the simulator and the runtime
+    {"routing", "routing_step", "recovery", "rebalance"},  # online routing, repair, moves: used by the simulator and the runtime
     {"sim"},
     {"planner", "planning"},
     {"train"},

@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from skippipe.events import StageSetChosen
 from skippipe.rules import violations
 from skippipe.schedule import Hop, MicrobatchPath, load_schedule
 from skippipe.timeline import read_jsonl
@@ -42,6 +43,10 @@ def test_online_variants_train_along_paths_chosen_online(tmp_path, tiny_schedule
         assert [p.microbatch for p in paths] == list(range(len(v.paths)))
         checked = dataclasses.replace(sched, variants={variant: dataclasses.replace(v, paths=paths, order=None)})
         assert violations(checked, sc) == []  # CC1-CC3 and TC1 (swarm: the full pipeline)
+        chosen = {e["microbatch"]: e["stages"] for e in events
+                  if e["event"] == StageSetChosen.name and e["iteration"] == it}
+        sets = {p.microbatch: sorted(p.stages[1:]) for p in paths} if variant == "swarm-skip" else {}
+        assert chosen == sets  # the origins logged the stage sets the paths kept to
 
 
 @pytest.mark.swarm

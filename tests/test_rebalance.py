@@ -8,7 +8,8 @@ import torch
 from skippipe.rebalance import MIN_GAIN, Move, Rebalancer, decide, moved, throughputs
 from skippipe.runtime.node.control import Load, MoveNotice, decode, encode
 from skippipe.schedule import load_schedule
-from skippipe.sim.session import Condition, simulate_session
+from skippipe.failures import Condition, FailureSpec
+from skippipe.sim.session import simulate_session
 
 from test_online_runtime import _train
 from test_runtime import _run_dir
@@ -75,10 +76,11 @@ def test_the_simulator_rebalances_swarm_under_a_straggler_and_not_on_a_static_ne
     alone = next(nodes[0] for nodes in sched.allocation_of("swarm")[1:] if len(nodes) == 1)
     static = _session(tiny_schedule, "swarm", Condition())
     assert static.moves == [] and len(static.iteration_s) == 8
-    slowed = _session(tiny_schedule, "swarm", Condition(slow={alone: (3.0, 1)}))
+    straggler = Condition((FailureSpec(alone, 1, how="slow", factor=3.0),))
+    slowed = _session(tiny_schedule, "swarm", straggler)
     assert [m.target for m in slowed.moves][:1] == [sched.stage_of("swarm")[alone]]
-    assert slowed.moves[0].at >= 3 and slowed == _session(tiny_schedule, "swarm", Condition(slow={alone: (3.0, 1)}))
-    planned = _session(tiny_schedule, "ca-partial", Condition(slow={alone: (3.0, 1)}))
+    assert slowed.moves[0].at >= 3 and slowed == _session(tiny_schedule, "swarm", straggler)
+    planned = _session(tiny_schedule, "ca-partial", straggler)
     assert planned.moves == [] and planned.iteration_s[1] > planned.iteration_s[0]
 
 
@@ -86,10 +88,10 @@ def test_the_simulator_loses_a_down_origin_s_microbatches_and_repairs_planned_pa
     sched, _ = load_schedule(tiny_schedule)
     origin = sched.allocation_of("ca-partial")[0][0]
     own = sum(1 for p in sched.variants["ca-partial"].paths if p.origin == origin)
-    got = _session(tiny_schedule, "ca-partial", Condition(crash={origin: (2, 4)}))
+    got = _session(tiny_schedule, "ca-partial", Condition((FailureSpec(origin, 2),), back={origin: 4}))
     assert got.lost == 2 * own  # iterations 2 and 3
     relay = sched.allocation_of("ca-partial")[1][0]
-    down = _session(tiny_schedule, "ca-partial", Condition(crash={relay: (2, None)}))
+    down = _session(tiny_schedule, "ca-partial", Condition((FailureSpec(relay, 2),)))
     assert down.lost == 0 and len(down.iteration_s) == 8
 
 

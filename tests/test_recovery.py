@@ -36,14 +36,15 @@ def test_a_simulated_session_stops_where_the_quorum_rule_stops_the_nodes(tiny_sc
     """A crash that empties a stage stops the session before that iteration, as the nodes stop
     (runtime/node/quorum.py); a crash a stage survives does not."""
     from skippipe.schedule import load_schedule
-    from skippipe.sim.session import Condition, simulate_session
+    from skippipe.failures import Condition, FailureSpec
+    from skippipe.sim.session import simulate_session
     sched, sc = load_schedule(tiny_schedule)
     alloc = sched.allocation_of("ca-partial")
     alone = next(nodes[0] for nodes in alloc[1:] if len(nodes) == 1)
     shared = next(nodes[-1] for nodes in alloc[1:] if len(nodes) > 1)
-    survived = simulate_session(sched, "ca-partial", sc, 4, Condition(crash={shared: (1, None)}))
+    survived = simulate_session(sched, "ca-partial", sc, 4, Condition((FailureSpec(shared, 1),)))
     assert survived.stopped is None and len(survived.iteration_s) == 4
-    stopped = simulate_session(sched, "ca-partial", sc, 4, Condition(crash={alone: (2, None)}))
+    stopped = simulate_session(sched, "ca-partial", sc, 4, Condition((FailureSpec(alone, 2),)))
     stage = next(s for s, nodes in enumerate(alloc) if alone in nodes)
     assert stopped.stopped == f"iteration 2: stage {stage} has no live node"
     assert len(stopped.iteration_s) == 2

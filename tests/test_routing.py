@@ -173,9 +173,9 @@ def test_hybrid_routes_around_a_straggler_in_the_simulator():
     sched = _online(sc, "ca-repair", TINY_ALLOCATION, plan=plan)
     assert violations(sched, sc) == []
     calm, _ = simulate_online(sched, "ca-repair", sc)
-    assert not [e for e in calm.events if e["event"] == "rerouted"]
+    assert not [e for e in calm.events if e["event"] == "microbatch_rerouted"]
     slowed, paths = simulate_online(sched, "ca-repair", sc, slow={2: 10.0})
-    rerouted = [e for e in slowed.events if e["event"] == "rerouted"]
+    rerouted = [e for e in slowed.events if e["event"] == "microbatch_rerouted"]
     assert rerouted and all(e["avoided"] == 2 and e["to"] == 3 for e in rerouted)
     assert any(p.nodes != q.nodes for p, q in zip(paths, plan.paths))
 

@@ -3,6 +3,8 @@ events count, losses at equal iterations, the table; bad command lines exit 2 in
 No node process is started (the bench itself is run by hand)."""
 import pytest
 
+from skippipe.failures import Condition, FailureSpec
+
 from bench import swarm_bench as sb
 from bench import swarm_report as sr
 
@@ -118,7 +120,6 @@ def fake_session(monkeypatch):
     import types
     calls = []
     mod = types.ModuleType("skippipe.sim.session")
-    mod.Condition = lambda slow, crash: ("cond", slow, crash)
 
     def simulate_session(schedule, variant, scenario, iterations, condition, seed=0):
         calls.append((variant, iterations, condition, seed))
@@ -131,13 +132,13 @@ def fake_session(monkeypatch):
 
 def test_simulated_planned_once_online_over_five_router_seeds(fake_session):
     planned = sb.simulated(_Schedule(), "ca-partial", None, "straggler", 4, 4)
-    assert fake_session == [("ca-partial", 4, ("cond", {4: (3.0, 3)}, {}), 0)]
+    assert fake_session == [("ca-partial", 4, Condition((FailureSpec(4, 3, how="slow", factor=3.0),)), 0)]
     assert planned["sim_median_s"] == pytest.approx(1.01) and planned["sim_lo_s"] == 1.0
     assert planned["sim_hi_s"] == pytest.approx(1.02)  # min-max over iterations 1..3
     fake_session.clear()
     online = sb.simulated(_Schedule(), "swarm", None, "churn", 4, 4)
     assert [c[3] for c in fake_session] == [0, 1, 2, 3, 4]
-    assert fake_session[0][2] == ("cond", {}, {4: (sb.CRASH_AT, sb.BACK_AT)})
+    assert fake_session[0][2] == Condition((FailureSpec(4, sb.CRASH_AT),), {4: sb.BACK_AT})
     assert online["sim_median_s"] == pytest.approx(1.21) and online["sim_rerouted"] == 2  # medians over seeds
     assert (online["sim_lo_s"], online["sim_hi_s"]) == (pytest.approx(1.01), pytest.approx(1.41))
     assert online["sim_moves"] == 1

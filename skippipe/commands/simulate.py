@@ -8,9 +8,9 @@ import statistics
 from pathlib import Path
 
 from ..errors import SkipPipeError
-from ..runtime.node.faults import parse_failures
+from ..failures import Condition, parse_failures
 from ..schedule import load_schedule
-from ..sim.session import Condition, simulate_session
+from ..sim.session import simulate_session
 
 from ..variants import REFERENCE, VARIANTS
 from ..sim.online import predict
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         sched.variant(name)  # unknown variant -> ScheduleError
     if args.iterations != 1 or args.fail or args.rejoin:
-        return run_session(args, sched, scenario, names, session_condition(
-            parse_failures(args.fail, scenario), back))
+        condition = Condition(tuple(parse_failures(args.fail, scenario)), back)
+        return run_session(args, sched, scenario, names, condition)
     use_order = not args.fcfs
     results = {n: simulate(sched, n, scenario, use_order) for n in names}
     base = results.get(REFERENCE)
@@ -156,11 +156,3 @@ def rejoin_iterations(specs: list[str]) -> dict[int, int]:
         back[node] = it
     return back
 
-
-def session_condition(failures, back: dict[int, int]) -> Condition:
-    """--fail specs and --rejoin iterations as a session's condition."""
-    slow = {f.node: (f.factor, f.iteration) for f in failures if not f.stops}
-    crash = {f.node: (f.iteration, back.get(f.node)) for f in failures if f.stops}
-    if set(back) - set(crash):
-        raise SkipPipeError(f"--rejoin: node {sorted(set(back) - set(crash))[0]} has no crash or hang to come back from")
-    return Condition(slow, crash)

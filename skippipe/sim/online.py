@@ -1,14 +1,14 @@
 """Simulating online routing: the simulator's event loop (simulate.py) with next hops chosen as
-it runs, by the same routers (routing.py) the node processes use.
+it runs, by the routing step (routing_step.py) the node processes call too.
 
 Every node has its own Router, seeded from the variant's Routing and the node id. When a forward
-ends, its node's router picks the next hop (swarm, swarm-skip) or keeps or repairs the planned
-one (repair); the next op joins that node's dispatcher when its input arrives (first come first
-served, as a node takes a message it was not planned for). A planned node a repair routes around
-forgets the microbatch, as in the runtime. Every data message carries its sender's Report (EMA
-of its forward time, its queue), which the receiver's router observes on arrival; a swarm-skip
-origin chooses each microbatch's stage set when its first forward ends, and the set travels
-with the microbatch. `slow` multiplies some nodes' operation times (a straggler), so what-if
+ends, the routing step at its node picks the next hop (swarm, swarm-skip) or keeps or repairs the
+planned one (repair); the next op joins that node's dispatcher when its input arrives (first come
+first served, as a node takes a message it was not planned for). A planned node a repair routes
+around forgets the microbatch, as in the runtime. Every data message carries what the routing
+step gives it (its sender's Report: EMA of its forward time, its queue; the microbatch's
+swarm-skip stage set), handed to the receiver's router on arrival. The events are the ones the
+nodes write (events.py). `slow` multiplies some nodes' operation times (a straggler), so what-if
 studies can see routing react.
 
 `predict` simulates seeds seed .. seed+seeds-1 of the variant's Routing: mean and spread of the
@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections import Counter
 
 from ..ops import Op, OpKind, next_op, node_of
-from ..routing import Router, onward_of, origins_only, path_length, stage_budgets, routers as make_routers
+from ..events import Routed
+from ..routing import Router, origins_only, path_length, routers as make_routers
+from ..routing_step import carried, received, route_forward, spendings
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, Schedule
 from .simulate import SimResult, _Simulation
@@ -81,11 +82,8 @@ class _Online(_Simulation):
         self.slow = slow
         self.routers = routers if routers is not None else make_routers(params, scenario)
         self.live = self.schedule.allocation
-        self.reports: dict[tuple[int, Op], tuple[int, object]] = {}  # (dst, op) -> (src, report)
-        self.sets: dict[int, frozenset[int]] = {}  # swarm-skip: microbatch -> its stages
-        origins = Counter(p.origin for p in v.paths)
-        self.budgets = stage_budgets(sorted(origins.items()), len(self.live), path_length(self.rule, scenario))
-        self.left = dict(origins)  # origin -> microbatches without a stage set yet
+        self.in_flight: dict[tuple[int, Op], tuple] = {}  # (dst, op) -> (src, its report, stage set)
+        self.spending = spendings(v.paths, len(self.live), path_length(self.rule, scenario))
 
     def _initial_ops(self, v) -> dict[int, list[Op]]:
         """Online, a path is its origin at the start: a loss on the last hop joins the node
@@ -113,39 +111,26 @@ class _Online(_Simulation):
 
     def _arrive(self, node: int, op: Op) -> None:
         self.state[node].disp.add([op], beyond_slots=not self.online)  # a node takes any op routed to it
-        sender = self.reports.pop((node, op), None)
-        if sender is not None:
-            self.routers[node].observe(*sender)
+        sent = self.in_flight.pop((node, op), None)
+        if sent is not None:
+            src, report, stages = sent
+            received(self.routers[node], src, op.microbatch, report, stages)
+        if op.kind is OpKind.L:  # the realized path, for the record (as the nodes log it)
+            nodes = tuple(h.node for h in self.paths[op.microbatch])
+            self.events.append(Routed(self.iteration, op.microbatch, 0, nodes).record(self.now, node))
         super()._arrive(node, op)
 
     def _send(self, src: int, dst: int, op: Op, handoff_s: float) -> None:
         queue = len(self.state[src].disp.arrived)
-        self.reports[(dst, op)] = (src, self.routers[src].report(queue))
+        self.in_flight[(dst, op)] = (src, *carried(self.routers[src], op.microbatch, queue))
         super()._send(src, dst, op, handoff_s)
 
     def _route(self, node: int, op: Op) -> None:
-        """The forward `op` ended on `node`: its router decides the next hop."""
-        router, mb = self.routers[node], op.microbatch
-        router.ran_forward(self.op_s(op, node))
-        hops = self.paths[mb]
-        if self.rule == "swarm-skip":
-            if op.hop == 0:
-                left = self.left[node]  # this one included
-                self.left[node] -= 1
-                self.sets[mb] = router.choose_stage_set(mb, self.budgets[node], left, self.live)
-            router.stage_sets[mb] = self.sets[mb]
-        if self.online:
-            nxt = router.next_hop(mb, hops, self.live)
-            self.paths[mb] = hops if nxt is None else hops + (nxt,)
-            return
-        if op.hop + 1 >= len(hops):
-            return
-        planned = hops[op.hop + 1]
-        nxt = router.next_hop(mb, hops[:op.hop + 1], self.live, planned, onward_of(hops, op.hop))
-        if nxt is not None and nxt != planned:
-            self.state[planned.node].disp.forget(mb)  # routed around: it will not see mb
-            self.paths[mb] = hops[:op.hop + 1] + (nxt,) + hops[op.hop + 2:]
-            self.events.append({"t": self.now, "node": node, "event": "rerouted", "microbatch": mb,
-                                "hop": op.hop + 1, "avoided": planned.node, "to": nxt.node,
-                                "iteration": self.iteration})
-
+        """The forward `op` ended on `node`: the routing step (routing_step.py) decides the next hop."""
+        mb = op.microbatch
+        step = route_forward(self.routers[node], mb, op.hop, self.paths[mb], self.live, self.op_s(op, node),
+                             self.spending.get(node), self.iteration)
+        if step.avoided is not None:
+            self.state[step.avoided.node].disp.forget(mb)  # routed around: it will not see mb
+        self.paths[mb] = step.hops
+        self.events += [e.record(self.now, node) for e in step.events]

@@ -1,6 +1,7 @@
 """Simulating a run of several iterations under changing conditions: a straggler, a crash and a
 rejoin, and the online variants' adaptive rebalancing in between.
 
+What happens to the nodes is a `Condition` (failures.py: the failure plan by whole iterations).
 Each iteration is simulated on its own (simulate.py; sim/online.py for routed variants) with:
 - the nodes down in it left out: a routed variant routes around them; a planned one runs its
   paths repaired around them first come first served (recovery.py, as the nodes do once a
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Mapping
 
+from ..events import Rerouted
+from ..failures import Condition
 from ..rebalance import Move, Rebalancer
 from ..recovery import live_variant, quorum_verdict
 from ..routing import routers as make_routers
@@ -29,20 +31,6 @@ from ..scenario import Scenario
 from ..schedule import Schedule
 from .online import _Online
 from .simulate import SimResult, _Simulation
-
-
-@dataclass(frozen=True)
-class Condition:
-    """What happens to the nodes during a session."""
-
-    slow: Mapping[int, tuple[float, int]] = field(default_factory=dict)  # node -> (factor, from iteration)
-    crash: Mapping[int, tuple[int, int | None]] = field(default_factory=dict)  # node -> (down at, back at)
-
-    def down(self, it: int) -> frozenset[int]:
-        return frozenset(n for n, (at, back) in self.crash.items() if at <= it and (back is None or it < back))
-
-    def factors(self, it: int) -> dict[int, float]:
-        return {n: f for n, (f, start) in self.slow.items() if it >= start}
 
 
 @dataclass
@@ -80,7 +68,7 @@ def simulate_session(schedule: Schedule, variant: str, scenario: Scenario, itera
         result = _iteration(sched, variant, scenario, it, down, condition.factors(it), routers, alloc, seed)
         out.results.append(result)
         out.iteration_s.append(result.iteration_s)
-        out.rerouted += sum(1 for e in result.events if e.get("event") == "rerouted")
+        out.rerouted += sum(1 for e in result.events if e.get("event") == Rerouted.name)
         if routers is not None:
             move = rebalancer.after_iteration(it, {n: r.own_forward_s for n, r in routers.items()}, down)
             if move is not None:

@@ -54,7 +54,7 @@ class RunOptions:
     no_emulate_links: bool = False
     peers: str | None = None
     seed: int | None = None
-    fail: Sequence[str] = ()  # failure specs (faults.py)
+    fail: Sequence[str] = ()  # failure specs (failures.py)
     checkpoint: bool = False
     stand_in_model: str = ""
     gantt: str | None = None
@@ -113,7 +113,7 @@ def prepared(opts: RunOptions, say=print, run_name: str | None = None, scope: st
     the table and the schedule; `scope` keeps registrations apart in a store that outlives a
     run (torchrun's, rendezvous.py)."""
     from ...sim.simulate import simulate
-    from ..node.faults import parse_failures
+    from ...failures import parse_failures
 
     check_options(opts)
     auth = _auth(opts)  # a bad key fails before anything is made

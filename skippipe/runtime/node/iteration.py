@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 
 from ...dispatch import Dispatcher
+from ...events import Routed
 from ...ops import B, F, L, Op, OpKind, local_next
 from ...schedule import VariantSchedule
 from .compute import StageCompute
@@ -170,8 +171,8 @@ class Iteration:
         op = op_of(msg, path)
         self.routes.observe(msg)
         if op.kind is OpKind.L and self.routes.rule is not None:  # the realized path, for the record
-            self.m.events.write("routed", iteration=self.it, microbatch=mb, attempt=attempt,
-                                nodes=list(path.nodes))
+            routed = Routed(self.it, mb, attempt, tuple(path.nodes))
+            self.m.events.write(routed.name, **routed.fields())
         # a forward this node was not planned for brings its backward: the node waits for it
         self._add([op, B(mb, op.hop)] if op.kind is OpKind.F else [op])
         self.compute.give(op, msg.to_torch())

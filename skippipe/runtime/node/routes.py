@@ -1,5 +1,6 @@
-"""One node's online routing in a run: routing.py's Router, fed with what this node measures and
-hears, and what travels in data messages for it.
+"""One node's online routing in a run: routing.py's Router, driven by the routing step
+(routing_step.py, which the simulator calls too) with what this node measures and hears, and
+what travels in data messages for it.
 
 The measurement: every node keeps the moving average of its own forward durations (scenario
 seconds: wall time over the time scale, so a node slowed by failure injection reports slow) and
@@ -22,14 +23,14 @@ import dataclasses
 from collections import Counter
 
 from ...ops import Op, OpKind
-from ...routing import Report, Router, onward_of, origins_only, path_length, stage_budgets
+from ...routing import Report, Router, origins_only, path_length
+from ...routing_step import Spending, carried, received, restarted, route_forward, spendings
 from ...scenario import Scenario
 from ...schedule import MicrobatchPath, VariantSchedule
 from .control import Reroute
 from .datamsg import HOP_BITS, TAG_HOP, onward
 from .emulation import Emulation
 from .messenger import Messenger
-from ...recovery import repair_path
 from ..net.wire import Message
 
 SET_BITS, QUEUE_BITS, MICROS_BITS = 16, 8, 31  # report layout above the hop: set, queue, µs
@@ -48,10 +49,8 @@ class Routes:
             return
         k = path_length(self.rule, scenario)
         self.router = Router(node, variant.routing, scenario, k)
-        origins = Counter(p.origin for p in variant.paths)
-        self.budgets = stage_budgets(sorted(origins.items()), len(allocation), k)
-        self.own = origins.get(node, 0)
-        self.budget, self.left = Counter(), 0
+        self.own = spendings(variant.paths, len(allocation), k).get(node, Spending(Counter(), 0))
+        self.spending = Spending(Counter(), 0)  # this iteration's, when this node is an origin
 
     @property
     def online(self) -> bool:
@@ -63,7 +62,7 @@ class Routes:
         if self.rule is None:
             return variant
         self.router.begin_iteration()
-        self.budget, self.left = Counter(self.budgets.get(self.id, {})), self.own
+        self.spending = Spending(Counter(self.own.budget), self.own.left)
         if not self.online:
             return variant
         return origins_only(variant)
@@ -78,10 +77,11 @@ class Routes:
         """The routing bits of an outgoing data message (0 without routing)."""
         if self.rule is None:
             return 0
-        stages = self.router.stage_sets.get(microbatch, ())
+        report, stages = carried(self.router, microbatch, self.queue)
         mask = sum(1 << s for s in stages) & ((1 << SET_BITS) - 1)
-        micros = min(round(self.router.own_forward_s * 1e6), (1 << MICROS_BITS) - 1)
-        return mask | min(self.queue, (1 << QUEUE_BITS) - 1) << SET_BITS | micros << (SET_BITS + QUEUE_BITS)
+        micros = min(round(report.forward_s * 1e6), (1 << MICROS_BITS) - 1)
+        queue = min(report.queue, (1 << QUEUE_BITS) - 1)
+        return mask | queue << SET_BITS | micros << (SET_BITS + QUEUE_BITS)
 
     def observe(self, msg: Message) -> None:
         """A data message arrived: its sender's report, and its microbatch's stage set."""
@@ -89,46 +89,32 @@ class Routes:
         if self.rule is None or not bits:
             return
         mask = bits & ((1 << SET_BITS) - 1)
-        if mask:
-            self.router.stage_sets[msg.microbatch] = frozenset(s for s in range(SET_BITS) if mask >> s & 1)
+        stages = frozenset(s for s in range(SET_BITS) if mask >> s & 1)
         queue = bits >> SET_BITS & ((1 << QUEUE_BITS) - 1)
-        self.router.observe(msg.sender, Report((bits >> (SET_BITS + QUEUE_BITS)) / 1e6, queue))
+        report = Report((bits >> (SET_BITS + QUEUE_BITS)) / 1e6, queue)
+        received(self.router, msg.sender, msg.microbatch, report, stages)
 
     # -- choices ------------------------------------------------------------------------------
     def onward(self, it: int, path: MicrobatchPath, op: Op, out, attempt: int, wall_s: float):
         """datamsg.onward for `op`'s result (which ran `wall_s`), after routing: a forward's
         next hop is chosen now, and the message carries this node's report."""
         if self.rule is not None and op.kind is OpKind.F:
-            self.router.ran_forward(self.emulation.scenario_s(wall_s))
-            path = self.route(it, path, op)
+            path = self.route(it, path, op, self.emulation.scenario_s(wall_s))
         return onward(self.id, it, path, op, out, attempt, self.report(path.microbatch), self.loss_at)
 
-    def route(self, it: int, path: MicrobatchPath, op: Op) -> MicrobatchPath:
-        """The path a forward's result travels on, with the next hop chosen now."""
-        mb, live, done = path.microbatch, self.live(), path.hops[:op.hop + 1]
-        if self.online:
-            if self.rule == "swarm-skip" and op.hop == 0 and mb not in self.router.stage_sets:
-                self.router.choose_stage_set(mb, self.budget, self.left, live)
-                self.left -= 1
-            nxt = self.router.next_hop(mb, done, live)
-            return dataclasses.replace(path, hops=done if nxt is None else done + (nxt,))
-        if op.hop + 1 >= len(path.hops):
-            return path
-        planned = path.hops[op.hop + 1]
-        nxt = self.router.next_hop(mb, done, live, planned, onward_of(path.hops, op.hop))
-        if nxt is None or nxt == planned:
-            return path
-        if planned.node in live[planned.stage]:
-            self.m.tell(planned.node, Reroute(mb, it))
-        self.m.events.write("microbatch_rerouted", iteration=it, microbatch=mb, hop=op.hop + 1,
-                            avoided=planned.node, to=nxt.node, why="online repair")
-        return dataclasses.replace(path, hops=done + (nxt,) + path.hops[op.hop + 2:])
+    def route(self, it: int, path: MicrobatchPath, op: Op, forward_s: float) -> MicrobatchPath:
+        """The path a forward's result (it ran `forward_s` scenario seconds) travels on, with
+        the next hop chosen now (routing_step.py); a planned hop routed around is told so."""
+        live = self.live()
+        step = route_forward(self.router, path.microbatch, op.hop, path.hops, live, forward_s,
+                             self.spending, it)
+        if step.avoided is not None and step.avoided.node in live[step.avoided.stage]:
+            self.m.tell(step.avoided.node, Reroute(path.microbatch, it))
+        for event in step.events:
+            self.m.events.write(event.name, **event.fields())
+        return dataclasses.replace(path, hops=step.hops)
 
     def restart_path(self, path: MicrobatchPath, dead: set[int],
                      allocation: tuple[tuple[int, ...], ...]) -> MicrobatchPath | None:
-        """A restarted attempt's path: online, its origin only (routed afresh); under repair, the
-        plan's with dead hops replaced by a router draw; otherwise recovery's repair."""
-        if self.online:
-            return dataclasses.replace(path, hops=path.hops[:1])
-        pick = None if self.rule is None else self.router.choose_node
-        return repair_path(path, dead, allocation, pick)
+        """A restarted attempt's path (routing_step.restarted)."""
+        return restarted(None if self.rule is None else self.router, path, dead, allocation)

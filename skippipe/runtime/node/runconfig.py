@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from ...errors import SkipPipeError
+from ...failures import FailureSpec
 from ..net.auth import RunAuth
-from .faults import FailureSpec
 
 CONFIG_MODE = 0o600  # the config holds the run key: readable by its owner only
 
@@ -36,7 +36,7 @@ class RunConfig:
     peer_timeout_s: float  # wall seconds without progress before a peer is declared dead
     connect_timeout_s: float  # wall seconds to wait for every peer at start-up
     save_checkpoint: bool = False
-    failures: tuple[FailureSpec, ...] = ()  # the failure plan (faults.py)
+    failures: tuple[FailureSpec, ...] = ()  # the failure plan (failures.py)
     dump_gradients: bool = False  # tests: write each stage's averaged gradients after iteration 0
     stand_in_model: str = ""  # settings file whose [model] (but not n_layers) the nodes run,
     # while emulation keeps the scenario's compute times and message sizes
