@@ -11,7 +11,7 @@ from test_layout import _modules
 ALLOWED = {
     # routing rules (schedule.Routing.rule) that the swarm variants share their names with
     ("routing", "swarm"),
-    ("sim.online", "swarm-skip"), ("runtime.node.routes", "swarm-skip"),
+    ("routing_step", "swarm-skip"),
     # a generator names the variant it builds: the registry's "plus its generator"
     ("planner.baselines", "baseline"), ("planner.baselines", "random"),
     ("planner.partial", "ca-partial"), ("planner.partial", "non-ca-partial"),
@@ -23,6 +23,9 @@ ALLOWED = {
     ("study.cli", "baseline"), ("study.cli", "ca-partial"), ("study.cli", "random"),
     ("study.report", "baseline"), ("study.plots", "baseline"), ("study.tables", "baseline"),
     ("study.plan", "baseline"),
+    # the study's timing simulates the schedules its arms trained (and their backward split)
+    ("study.times", "baseline"), ("study.times", "ca-partial"), ("study.times", "random"),
+    ("study.times", "ca-partial-zb"), ("commands.study_times", "baseline"),
 }
 
 

@@ -60,12 +60,12 @@ def fault_node(allocation) -> int | None:
 
 
 def _condition(name: str, node: int | None):
-    from ..sim.session import Condition
+    from ..failures import Condition, FailureSpec
     if name == "static" or node is None:
         return Condition()
     if name == "straggler":
-        return Condition(slow={node: (SLOW_FACTOR, SLOW_FROM)})
-    return Condition(crash={node: (CRASH_AT, CRASH_AT + 1)})
+        return Condition((FailureSpec(node, SLOW_FROM, how="slow", factor=SLOW_FACTOR),))
+    return Condition((FailureSpec(node, CRASH_AT, how="crash"),), back={node: CRASH_AT + 1})
 
 
 def apply(row: dict, sched: Schedule, scenario: Scenario, condition: str, iterations: int) -> str | None:
