@@ -23,7 +23,7 @@ from skippipe.runtime.launch.infer import distributed_perplexity, local_perplexi
 from skippipe.runtime.launch.prepare import ensure_schedule
 from skippipe.planning import DEFAULT_TIME_LIMIT_S
 from skippipe.scenario import load_scenario
-from skippipe.schedule import load_schedule
+from skippipe.schedule_file import load_schedule
 from skippipe.timeline import read_jsonl
 from skippipe.util.ports import free_port_range
 

@@ -48,7 +48,7 @@ from bench.runs import finish, skippipe, start
 from bench.swarm_report import common_iteration, losses, num, plot, row_of, spread, table, tally
 from skippipe.runtime.launch.supervisor import Progress
 from skippipe.runtime.node.runconfig import events_dir, load_config
-from skippipe.schedule import load_schedule
+from skippipe.schedule_file import load_schedule
 from skippipe.timeline import read_jsonl
 from skippipe.util.ports import free_port_range
 from skippipe.util.procs import stop_sessions

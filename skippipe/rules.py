@@ -14,18 +14,16 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from .costs import Costs
 from .errors import ScheduleError
 from .memory import family_limits, peak_along
 from .ops import Op, OpKind, frees_slot, node_ops, op_chain, prev_op, takes_slot
 from .placement import v_path_problem, v_problems
+from .schedule import MicrobatchPath, Schedule, VariantSchedule
 from .scenario import Scenario
 from .variants import variant
-
-if TYPE_CHECKING:
-    from .schedule import MicrobatchPath, Schedule, VariantSchedule
 
 TIME_TOLERANCE_S = 1e-6  # float slack when comparing planned times
 

@@ -22,7 +22,7 @@ def tiny_scenario():
 def tiny_schedule(tmp_path_factory, tiny_scenario):
     """A planned schedule of the tiny scenario (every variant; one worker, 5 s), as a file."""
     from skippipe.planning import PlanOptions, build_schedule
-    from skippipe.schedule import save_schedule
+    from skippipe.schedule_file import save_schedule
     sched = build_schedule(tiny_scenario, PlanOptions(time_limit_s=5, workers=1))
     path = tmp_path_factory.mktemp("schedule") / "tiny.json"
     save_schedule(sched, path)

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, SETTINGS
 from schedules import make_paths, make_schedule, tiny as tiny_scenario
-from skippipe.schedule import to_dict
+from skippipe.schedule_file import to_dict
 from skippipe.cli import COMMANDS, main
 
 README = ROOT / "docs" / "running.md"  # the page with the bad-input table

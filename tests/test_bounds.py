@@ -8,7 +8,8 @@ import itertools
 import pytest
 
 from skippipe.planner.bounds import PathBounds, set_times
-from skippipe.planner.cpsat import PathModel, Rules, solve
+from skippipe.planner.cpsat import PathModel, solve
+from skippipe.planner.model_data import Rules
 from skippipe.planner.greedy import greedy_plan
 from skippipe.planner.model_data import all_sequences, plan_values
 

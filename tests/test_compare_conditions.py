@@ -6,7 +6,7 @@ import pytest
 
 from skippipe.cli import main
 from skippipe.commands.compare_conditions import SLOW_FACTOR, fault_node
-from skippipe.schedule import load_schedule
+from skippipe.schedule_file import load_schedule
 
 from conftest import SETTINGS
 

@@ -21,7 +21,8 @@ from skippipe.scenario import CostConfig, ModelConfig, PipelineConfig, Scenario,
 from skippipe.rules import planned_makespan, validate
 from skippipe.schedule import Schedule
 from skippipe.sim.simulate import simulate
-from skippipe.planner.cpsat import PathModel, Rules, solve
+from skippipe.planner.cpsat import PathModel, solve
+from skippipe.planner.model_data import Rules
 from skippipe.planner.model_data import (ModelData, all_sequences, build_data, chain, plan_values,
                                          stage_set_counts)
 from skippipe.planner.partial import ca_partial_variant, non_ca_partial_variant, planned_iteration_s

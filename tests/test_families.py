@@ -15,7 +15,8 @@ from skippipe.memory import family_limits, peak_along
 from skippipe.ops import Op
 from skippipe.planner.families import family_variant
 from skippipe.rules import planned_makespan, violations
-from skippipe.schedule import Schedule, from_dict, to_dict
+from skippipe.schedule import Schedule
+from skippipe.schedule_file import from_dict, to_dict
 from skippipe.costs import Costs
 from skippipe.sim.simulate import simulate
 

@@ -15,7 +15,8 @@ from skippipe.placement import fold
 from skippipe.planning import PlanOptions, build_schedule
 from skippipe.rules import violations
 from skippipe.scenario import load_scenario
-from skippipe.schedule import Schedule, from_dict, to_dict
+from skippipe.schedule import Schedule
+from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.simulate import simulate
 from skippipe.variants import REGISTRY
 

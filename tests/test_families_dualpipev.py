@@ -16,7 +16,8 @@ from skippipe.planner.families import family_variant
 from skippipe.planner.paths import PlanningError
 from skippipe.planning import PlanOptions, build_schedule
 from skippipe.rules import planned_makespan, violations
-from skippipe.schedule import Hop, Schedule, from_dict, to_dict
+from skippipe.schedule import Hop, Schedule
+from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.simulate import simulate
 
 from test_simulate import allocation_of, make_scenario

@@ -11,7 +11,7 @@ import torch
 
 from skippipe.memory import peak_along
 from skippipe.scenario import load_scenario
-from skippipe.schedule import load_schedule
+from skippipe.schedule_file import load_schedule
 from skippipe.timeline import read_jsonl
 from skippipe.train.data import prepare_data, training_batches
 from skippipe.train.local import baseline_paths
@@ -65,7 +65,7 @@ def single_process():
 def family_memory_schedule(tmp_path_factory):
     """dualpipev's V order fits no 2 slots of tiny: it runs under its own memory rule there."""
     from skippipe.planning import PlanOptions, build_schedule
-    from skippipe.schedule import save_schedule
+    from skippipe.schedule_file import save_schedule
     opts = PlanOptions(variants=("baseline", "dualpipev"), time_limit_s=2, workers=1, family_memory=True)
     path = tmp_path_factory.mktemp("family-memory") / "tiny.json"
     save_schedule(build_schedule(load_scenario(TINY), opts), path)

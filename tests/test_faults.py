@@ -10,7 +10,8 @@ from skippipe.planner.families import family_variant
 from skippipe.failures import (DEFAULT_SLOW_FACTOR, Condition, FailurePlanError, FailureSpec, parse_failures,
                                parse_spec, random_plan)
 from skippipe.runtime.node.runconfig import RunConfig, load_config, save_config
-from skippipe.schedule import VariantSchedule, save_schedule
+from skippipe.schedule import VariantSchedule
+from skippipe.schedule_file import save_schedule
 from skippipe.timeline import read_jsonl
 
 from conftest import SETTINGS

@@ -12,7 +12,8 @@ from skippipe.rules import validate
 from skippipe.schedule import Provenance, Schedule
 from skippipe.scenario import load_scenario
 from skippipe.planner import greedy
-from skippipe.planner.cpsat import PathModel, Rules
+from skippipe.planner.cpsat import PathModel
+from skippipe.planner.model_data import Rules
 from skippipe.planner.model_data import build_data, plan_values
 from skippipe.planner.greedy import candidate_paths, greedy_plan
 from skippipe.planner.partial import to_variant

@@ -16,7 +16,7 @@ from schedules import make_paths, make_schedule, tiny
 from skippipe.runtime.net.auth import RunAuth
 from skippipe.runtime.node.liveness import Liveness
 from skippipe.runtime.net.transport import Transport
-from skippipe.schedule import save_schedule
+from skippipe.schedule_file import save_schedule
 from skippipe.util.procs import signal_session, wait_until
 
 TINY = SETTINGS / "tiny.toml"

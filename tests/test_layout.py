@@ -15,8 +15,9 @@ LAYERS = [
     {"variants"},  # the variant registry: every fact about a variant, read by all above it
     {"scenario", "ops", "events"},
     {"costs", "dispatch", "timeline", "memory", "placement", "failures"},
-    {"rules"},
     {"schedule"},
+    {"rules"},
+    {"schedule_file"},
     {"util"},
     {"routing", "routing_step", "recovery", "rebalance"},  # online routing, repair, moves: used by the simulator and the runtime
     {"sim"},

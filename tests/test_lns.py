@@ -7,7 +7,7 @@ import random
 import pytest
 
 from skippipe.planner.bounds import PathBounds
-from skippipe.planner.cpsat import Rules
+from skippipe.planner.model_data import Rules
 from skippipe.planner.greedy import greedy_plan
 from skippipe.planner.lns import NEIGHBOURHOODS, _neighbourhood, improve_paths
 from skippipe.planner.model_data import build_data, plan_values

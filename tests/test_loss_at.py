@@ -12,7 +12,8 @@ from skippipe.costs import Costs
 from skippipe.planner.online import online_variant
 from skippipe.ops import L, Op, node_of, node_ops
 from skippipe.rules import violations
-from skippipe.schedule import Schedule, ScheduleError, from_dict, to_dict
+from skippipe.schedule import Schedule, ScheduleError
+from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.online import simulate_online
 from skippipe.sim.simulate import simulate
 from skippipe.train.model import build_stages, forward_path, head_of

@@ -6,7 +6,7 @@ import pytest
 
 from skippipe.cli import main
 from skippipe.scenario import ScenarioError, load_scenario
-from skippipe.schedule import load_schedule
+from skippipe.schedule_file import load_schedule
 
 from conftest import SETTINGS
 

@@ -20,7 +20,7 @@ import pytest
 from skippipe.recovery import quorum_verdict as verdict
 from skippipe.runtime.node.quorum import QUORUM_EXIT
 from skippipe.scenario import load_scenario
-from skippipe.schedule import load_schedule
+from skippipe.schedule_file import load_schedule
 from skippipe.timeline import read_jsonl
 from skippipe.util.procs import signal_session
 

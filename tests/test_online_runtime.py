@@ -9,7 +9,8 @@ import pytest
 
 from skippipe.events import StageSetChosen
 from skippipe.rules import violations
-from skippipe.schedule import Hop, MicrobatchPath, load_schedule
+from skippipe.schedule import Hop, MicrobatchPath
+from skippipe.schedule_file import load_schedule
 from skippipe.timeline import read_jsonl
 
 from runtime_util import run_skippipe

@@ -12,7 +12,8 @@ from skippipe.cli import main
 from skippipe.planner.paths import PlanningError
 from skippipe.planning import PlanOptions, build_schedule, format_summary, summary_rows
 from skippipe.scenario import load_scenario
-from skippipe.schedule import SCHEMA_VERSION, ScheduleError, from_dict, load_schedule, save_schedule, to_dict
+from skippipe.schedule import SCHEMA_VERSION, ScheduleError
+from skippipe.schedule_file import from_dict, load_schedule, save_schedule, to_dict
 from skippipe.placement import fold
 from skippipe.variants import REGISTRY, VARIANTS
 from skippipe.sim.simulate import simulate

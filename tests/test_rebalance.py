@@ -7,7 +7,7 @@ import torch
 
 from skippipe.rebalance import MIN_GAIN, Move, Rebalancer, decide, moved, throughputs
 from skippipe.runtime.node.control import Load, MoveNotice, decode, encode
-from skippipe.schedule import load_schedule
+from skippipe.schedule_file import load_schedule
 from skippipe.failures import Condition, FailureSpec
 from skippipe.sim.session import simulate_session
 

@@ -35,7 +35,7 @@ def test_paths_travel_in_wire_tags():
 def test_a_simulated_session_stops_where_the_quorum_rule_stops_the_nodes(tiny_schedule):
     """A crash that empties a stage stops the session before that iteration, as the nodes stop
     (runtime/node/quorum.py); a crash a stage survives does not."""
-    from skippipe.schedule import load_schedule
+    from skippipe.schedule_file import load_schedule
     from skippipe.failures import Condition, FailureSpec
     from skippipe.sim.session import simulate_session
     sched, sc = load_schedule(tiny_schedule)

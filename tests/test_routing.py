@@ -10,7 +10,8 @@ from skippipe.planner.online import REBALANCE_THRESHOLD, online_variant
 from skippipe.routing import Report, Router, stage_budgets
 from skippipe.rules import stage_visit_cap, violations
 from skippipe.scenario import load_scenario
-from skippipe.schedule import Hop, Routing, Schedule, from_dict, to_dict
+from skippipe.schedule import Hop, Routing, Schedule
+from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.online import predict, simulate_online
 
 from conftest import SETTINGS

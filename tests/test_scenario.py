@@ -118,7 +118,8 @@ def test_weight_grad_share_splits_the_backward():
 def test_content_hash_covers_only_what_planners_read(tmp_path):
     """Changing [training] (time scale, iterations, learning rate, ...) or the runtime's optional
     sections keeps a schedule valid; the planners' inputs do not."""
-    from skippipe.schedule import ScheduleError, load_schedule, save_schedule
+    from skippipe.schedule import ScheduleError
+    from skippipe.schedule_file import load_schedule, save_schedule
     from schedules import make_paths, make_schedule
 
     a = load_scenario(SETTINGS / "tiny.toml")

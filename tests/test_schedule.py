@@ -7,7 +7,8 @@ from skippipe.costs import Costs
 from skippipe.ops import B, F
 from skippipe.scenario import load_scenario
 from skippipe.rules import cc3_problem, planned_makespan, validate, violations
-from skippipe.schedule import Hop, ScheduleError, from_dict, load_schedule, save_schedule, to_dict
+from skippipe.schedule import Hop, ScheduleError
+from skippipe.schedule_file import from_dict, load_schedule, save_schedule, to_dict
 
 from conftest import SETTINGS
 from schedules import make_paths, make_schedule, replace_path, sequential_ops, timed_schedule, tiny

@@ -13,7 +13,8 @@ from skippipe.network import Link, Network, Node
 from skippipe.scenario import CostConfig, ModelConfig, PipelineConfig, Scenario, TrainingConfig, load_scenario
 from skippipe.ops import Op
 from skippipe.rules import planned_makespan, violations
-from skippipe.schedule import Hop, MicrobatchPath, Schedule, VariantSchedule, save_schedule
+from skippipe.schedule import Hop, MicrobatchPath, Schedule, VariantSchedule
+from skippipe.schedule_file import save_schedule
 from skippipe.sim.simulate import SimulationError, simulate
 
 from conftest import SETTINGS

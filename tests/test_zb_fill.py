@@ -7,7 +7,7 @@ from skippipe.planner.paths import PlanningError
 from skippipe.planner.zb_fill import no_later
 from skippipe.planning import PlanOptions, build_schedule
 from skippipe.rules import violations
-from skippipe.schedule import from_dict, to_dict
+from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.simulate import simulate
 
 

@@ -26,7 +26,8 @@ from ..ops import LOSS_AT
 from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS
 from ..planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
 from ..scenario import Scenario, load_scenario
-from ..schedule import Schedule, load_schedule, save_schedule
+from ..schedule import Schedule
+from ..schedule_file import load_schedule, save_schedule
 from ..variants import REGISTRY, VARIANTS
 from ..util.files import write_atomic
 from ..util.rundir import can_create

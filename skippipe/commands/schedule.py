@@ -10,7 +10,7 @@ from ..ops import LOSS_AT
 from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS, default_cap_s
 from ..planning import OBJECTIVES, PlanOptions, build_schedule, format_summary, summary_rows
 from ..scenario import load_scenario
-from ..schedule import save_schedule
+from ..schedule_file import save_schedule
 from ..variants import VARIANTS
 
 HELP = "plan a scenario: allocation + paths for each variant, simulated, written as JSON"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import SkipPipeError
 from ..failures import Condition, parse_failures
-from ..schedule import load_schedule
+from ..schedule_file import load_schedule
 from ..sim.session import simulate_session
 
 from ..variants import REFERENCE, VARIANTS

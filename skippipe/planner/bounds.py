@@ -13,16 +13,12 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ortools.sat.python import cp_model
 
 from ..ops import chain
 from .effort import WallCap, set_cpsat_limits, unlimited
-from .model_data import ROUNDING_SLACK, ModelData
-
-if TYPE_CHECKING:
-    from .cpsat import Rules
+from .model_data import ROUNDING_SLACK, ModelData, Rules
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from ortools.sat.python import cp_model
 from .bounds import PathBounds
 from ..ops import chain
 from .effort import WallCap, set_cpsat_limits, unlimited
-from .model_data import ROUNDING_SLACK, ModelData, TimedPlan, all_sequences, plan_values
+from .model_data import ROUNDING_SLACK, ModelData, Rules, TimedPlan, all_sequences, plan_values
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
@@ -44,21 +44,6 @@ log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------
 # The model
-
-@dataclass(frozen=True)
-class Rules:
-    """Which rule families the model holds (tests drop one to show that it binds) and what it
-    minimises: 'iteration' (the simulator's: max over stages of last op end + averaging) or
-    'makespan' (last B at hop 0)."""
-
-    cc3: bool = True
-    tc1_memory: bool = True
-    tc1_load: bool = True
-    tc2: bool = True
-    bounds: bool = True  # redundant constraints: never change the optimum
-    symmetry: bool = True  # a data node's microbatches start in id order
-    objective: str = "iteration"
-
 
 class PathModel:
     """The CP-SAT model of one planning problem; `upper_bound` (ticks of the objective, e.g. a

@@ -21,7 +21,8 @@ import time
 from typing import Callable
 
 from .bounds import PathBounds
-from .cpsat import PathModel, Rules, SolveResult, solve
+from .cpsat import PathModel, SolveResult, solve
+from .model_data import Rules
 from .effort import WallCap, unlimited
 from .model_data import ModelData, TimedPlan, plan_values
 from .paths import PlanningError

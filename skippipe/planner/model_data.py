@@ -3,7 +3,8 @@ microbatches (origin-major), its CC3-valid stage sequences, per origin and stage
 microbatch may use, op durations per node, idle-link times per node pair, averaging time per
 stage, memory slots and TC1's visit cap, all in integer ticks of `tick_s` seconds (durations
 and idle-link times rounded up, so a tick schedule is valid in seconds). Also a timed plan
-(`TimedPlan`) and its objective values (`plan_values`).
+(`TimedPlan`), its objective values (`plan_values`), and which rule families a model holds
+and what it minimises (`Rules`).
 
 When the full candidate set is too large (MAX_HOP_CHOICES), each origin may only use its
 best-ranked nodes per stage: proven bounds are then relative to that pruned set (logged, and
@@ -36,6 +37,21 @@ MAX_HOP_CHOICES = 8_000  # (microbatch, hop, node) choices before nodes are prun
 ROUNDING_SLACK = 1e-9  # float noise allowed before rounding a duration up to the next tick
 
 Stages = tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Which rule families the model holds (tests drop one to show that it binds) and what it
+    minimises: 'iteration' (the simulator's: max over stages of last op end + averaging) or
+    'makespan' (last B at hop 0)."""
+
+    cc3: bool = True
+    tc1_memory: bool = True
+    tc1_load: bool = True
+    tc2: bool = True
+    bounds: bool = True  # redundant constraints: never change the optimum
+    symmetry: bool = True  # a data node's microbatches start in id order
+    objective: str = "iteration"
 
 
 def _ticks(seconds: float, tick_s: float) -> int:

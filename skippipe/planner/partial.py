@@ -34,7 +34,8 @@ from ..rules import TIME_TOLERANCE_S, op_end_times, planned_makespan, validate
 from ..schedule import Hop, MicrobatchPath, Op, Provenance, Schedule, ScheduleError, VariantSchedule
 from .allocation import check_allocation, as_stages
 from .bounds import PathBounds
-from .cpsat import PathModel, Rules, SolveResult, solve
+from .cpsat import PathModel, SolveResult, solve
+from .model_data import Rules
 from ..ops import chain
 from .model_data import ModelData, TimedPlan, all_sequences, build_data, plan_values
 from .greedy import GREEDY_VARIANTS, greedy_plan, greedy_seconds, relabel_by_start

@@ -37,7 +37,7 @@ import numpy as np
 from ..scenario import Scenario
 from .allocation import Stages, random_allocation, as_stages
 from .bounds import PathBounds
-from .cpsat import Rules
+from .model_data import Rules
 from .greedy import PLACEMENTS_PER_S, GreedyScheduler, candidate_count, candidate_paths, path_limit
 from ..ops import chain
 from .effort import WallCap, unlimited

@@ -53,7 +53,7 @@ def _source(path: Path, schedule, scenario) -> dict:
 def build_inputs(paths_schedule: Path, times_schedule: Path) -> dict:
     """The inputs JSON from two schedule files (paths from the first, iteration times from the
     second)."""
-    from skippipe.schedule import load_schedule
+    from skippipe.schedule_file import load_schedule
 
     sched, scenario = load_schedule(paths_schedule)
     times, geo = load_schedule(times_schedule)

@@ -234,7 +234,7 @@ def resolve_paths(source: str | Path, variant: str,
     """
     source = Path(source)
     if source.suffix == ".json":
-        from ..schedule import load_schedule
+        from ..schedule_file import load_schedule
 
         schedule, scenario = load_schedule(source)
         v = schedule.variant(variant)

@@ -27,7 +27,7 @@ from ...errors import SkipPipeError
 from ...train.model import Stage, build_stage, load_stage_state
 from ...train.checkpoint import STAGE_FILE, load_stage_file, read_checkpoint_info
 from ...variants import variant
-from ...schedule import load_schedule
+from ...schedule_file import load_schedule
 from ...util.devices import device_for
 from ..node.datamsg import pack_path, unpack_path
 from ..node.messenger import NodeFailure

@@ -17,7 +17,8 @@ from pathlib import Path
 from ...errors import SkipPipeError
 from ...planning import PlanOptions, build_schedule
 from ...scenario import Scenario, load_scenario
-from ...schedule import Schedule, ScheduleError, VariantSchedule, load_schedule, save_schedule
+from ...schedule import Schedule, ScheduleError, VariantSchedule
+from ...schedule_file import load_schedule, save_schedule
 from ...util.peers import Peers, load_peers, local_peers
 from ...util.peers import PORT_MAX
 from ...util.ports import LOOPBACK, free_port, reserve_ports

@@ -34,7 +34,7 @@ import torch
 from ...costs import Costs
 from ...errors import SkipPipeError
 from ...scenario import load_scenario
-from ...schedule import load_schedule
+from ...schedule_file import load_schedule
 from ...train.recipe import recipe_config
 from ...util.devices import device_for
 from .averaging import StageAverager
