@@ -12,6 +12,7 @@ import torch
 from skippipe.events import Rerouted, StageSetChosen
 from skippipe.ops import Op
 from skippipe.runtime.node.datamsg import HOP_BITS
+from skippipe.runtime.node.membership import Membership
 from skippipe.runtime.node.routes import Routes
 from skippipe.runtime.net.wire import Kind, Message
 from skippipe.schedule import MicrobatchPath
@@ -44,7 +45,8 @@ def _runtime_routes(sched, variant, sc, seed):
         m = SimpleNamespace(live=SimpleNamespace(dead=set()), events=_Log(),
                             tell=lambda dst, notice, told=told: told.append((dst, notice)))
         emulation = SimpleNamespace(scenario_s=lambda s: s)
-        r = Routes(node, v, sc, sched.allocation, m, emulation)
+        members = Membership(node, sched.allocation, sched.stages_of(), rebalance=0.0)
+        r = Routes(node, v, sc, members, m, emulation)
         r.told = told
         out[node] = r
     return out

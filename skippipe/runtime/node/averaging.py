@@ -48,18 +48,16 @@ class StageAverager:
     """Averages one stage's gradients (`module`'s) with the stage's live peers, through the
     node's messenger; `serve_late` runs one late operation while it waits (False: none)."""
 
-    def __init__(self, stage: int, stage_nodes: tuple[int, ...], module: torch.nn.Module,
-                 messenger: Messenger, emulation: Emulation, serve_late: Callable[[], Awaitable[bool]]):
-        self.stage, self.stage_nodes, self.module = stage, tuple(stage_nodes), module
+    def __init__(self, stage: int, module: torch.nn.Module, messenger: Messenger, emulation: Emulation,
+                 serve_late: Callable[[], Awaitable[bool]]):
+        self.stage, self.module = stage, module
         self.messenger, self.emulation, self.serve_late = messenger, emulation, serve_late
 
-    def live_peers(self) -> list[int]:
+    async def average(self, it: int, stage_nodes: tuple[int, ...]) -> None:
+        """Average iteration `it`'s gradients with the live ones of `stage_nodes` (the stage's
+        nodes in this iteration's allocation)."""
         m = self.messenger
-        return [n for n in self.stage_nodes if n != m.id and n not in m.live.dead]
-
-    async def average(self, it: int) -> None:
-        m = self.messenger
-        peers = self.live_peers()
+        peers = [n for n in stage_nodes if n != m.id and n not in m.live.dead]
         t_event, ready = m.events.now(), time.monotonic()
         if peers:
             mine = flat_grads(self.module)

@@ -85,9 +85,9 @@ class Node:
         self.messenger = Messenger(node_id, self.transport, self.live, self.events, self.emulation,
                                    cfg.peer_timeout_s)
         self.messenger.on_control = self._control
-        self.routes = Routes(node_id, self.variant, self.sc, self.schedule.allocation, self.messenger, self.emulation)
-        self.messenger.handlers[Kind.DONE] = self._done
         self.members = Membership(node_id, self.schedule.allocation, self.stages_of, rebalance_factor(self.variant))
+        self.routes = Routes(node_id, self.variant, self.sc, self.members, self.messenger, self.emulation)
+        self.messenger.handlers[Kind.DONE] = self._done
         self.ops = Operations(self.variant, self.costs.activation_bytes, self.routes, self.messenger, self.emulation,
                               self.events, self.members)
         self.ops.place(self.compute, self.stage)
@@ -96,8 +96,8 @@ class Node:
         self.quorum = Quorum(len(cfg.peers), self.messenger, self.members.allocation_at)
         self.gather = Gather(node_id, cfg.data_nodes, self.messenger)
         self.steps = 0  # iterations this node took its step for
-        self.averager = StageAverager(self.stage, self.schedule.allocation[self.stage], self.compute.chunks,
-                                      self.messenger, self.emulation, self.ops.serve_late)
+        self.averager = StageAverager(self.stage, self.compute.chunks, self.messenger, self.emulation,
+                                      self.ops.serve_late)
         self.faults = FailureInjector(cfg.failures, node_id, self.events, self.emulation, self._silence)
         self.receiver: asyncio.Task | None = None
         self.data = None  # a data node's corpus and tokenizer
@@ -138,7 +138,7 @@ class Node:
         self.stage, self.emulation.chunks = stage, (stage,)
         self.compute = self._stage_compute(stage, (stage,))
         self.ops.place(self.compute, stage)
-        self.averager = StageAverager(stage, (), self.compute.chunks, self.messenger, self.emulation, self.ops.serve_late)
+        self.averager = StageAverager(stage, self.compute.chunks, self.messenger, self.emulation, self.ops.serve_late)
         return self.compute
 
     def _batches(self, first_iteration: int):
@@ -190,8 +190,6 @@ class Node:
         revived, dead = self.rejoin.revived(it), self.live.dead
         self.quorum.check(it)
         alloc, stages_of = self.members.begin(it)  # rebalancing may have moved nodes
-        self.routes.allocation = alloc
-        self.averager.stage_nodes = alloc[self.stage]
         # the iteration where a node comes back runs degraded: not everyone may know yet
         cur = Iteration(it, live_variant(self.variant, dead, alloc), self.variant.memory_slots(self.id, self.sc),
                         bool(dead) or bool(revived) or it == self.rejoin.joined_at, bool(self.my_microbatches),
@@ -233,7 +231,7 @@ class Node:
             cur.finished(op)
             done_ops += 1
         await self.faults.before(it, "averaging", 0)
-        await self.averager.average(it)
+        await self.averager.average(it, self.members.allocation[self.stage])
         if self.cfg.dump_gradients and it == 0:
             self.compute.save_gradients(Path(self.cfg.run_dir) / "grads" / f"node-{self.id}.pt")
         self.compute.step(it)

@@ -30,6 +30,7 @@ from ...schedule import MicrobatchPath, VariantSchedule
 from .control import Reroute
 from .datamsg import HOP_BITS, TAG_HOP, onward
 from .emulation import Emulation
+from .membership import Membership
 from .messenger import Messenger
 from ..net.wire import Message
 
@@ -39,9 +40,9 @@ SET_BITS, QUEUE_BITS, MICROS_BITS = 16, 8, 31  # report layout above the hop: se
 class Routes:
     """A node's routing across iterations; inert for a variant without routing."""
 
-    def __init__(self, node: int, variant: VariantSchedule, scenario: Scenario,
-                 allocation: tuple[tuple[int, ...], ...], messenger: Messenger, emulation: Emulation):
-        self.id, self.allocation, self.m, self.emulation = node, allocation, messenger, emulation
+    def __init__(self, node: int, variant: VariantSchedule, scenario: Scenario, members: Membership,
+                 messenger: Messenger, emulation: Emulation):
+        self.id, self.members, self.m, self.emulation = node, members, messenger, emulation
         self.routing, self.loss_at = variant.routing, variant.loss_at
         self.rule = None if variant.routing is None else variant.routing.rule
         self.queue = 0  # operations waiting here (the iteration keeps it current)
@@ -49,7 +50,7 @@ class Routes:
             return
         k = path_length(self.rule, scenario)
         self.router = Router(node, variant.routing, scenario, k)
-        self.own = spendings(variant.paths, len(allocation), k).get(node, Spending(Counter(), 0))
+        self.own = spendings(variant.paths, len(members.allocation), k).get(node, Spending(Counter(), 0))
         self.spending = Spending(Counter(), 0)  # this iteration's, when this node is an origin
 
     @property
@@ -70,7 +71,7 @@ class Routes:
     def live(self) -> list[list[int]]:
         dead = self.m.live.dead
         self.router.blacklist = set(dead)
-        return [[n for n in nodes if n not in dead] for nodes in self.allocation]
+        return [[n for n in nodes if n not in dead] for nodes in self.members.allocation]
 
     # -- measurements -------------------------------------------------------------------------
     def report(self, microbatch: int) -> int:
