@@ -86,8 +86,8 @@ def test_two_launchers_the_first_prints_the_whole_runs_loss(tmp_path, schedule_f
     procs = [start_skippipe(["run", first, last, *common], tmp_path, env)
              for first, last in (("0", "1"), ("1", "6"))]
     first, second = (finish(p, RUN_DEADLINE_S) for p in procs)
-    assert first.returncode == 0, first.stdout
-    assert second.returncode == 0, second.stdout
+    both = f"first launcher:\n{first.stdout}\nsecond launcher:\n{second.stdout}"
+    assert first.returncode == second.returncode == 0, both
     whole = _whole_run_losses(tmp_path / "runs")
     assert len(whole) == 2
     assert _printed_losses(first.stdout) == pytest.approx(whole, abs=1e-4)
