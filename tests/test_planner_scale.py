@@ -59,7 +59,7 @@ def test_progress_line_of_huge_allocations_stays_short():
 @pytest.mark.slow
 def test_a_2000_node_plan_past_its_cap_does_the_least_work(huge):
     """Past the wall-clock cap every phase of ca-partial does the least work: one path per
-    reference stage set, one placement per microbatch, no bounds or search (about 400 s before)."""
+    reference stage set, one placement per microbatch, no bounds or search (minutes each before)."""
     from skippipe.planner.effort import WallCap
     from skippipe.planner.partial import ca_partial_variant
     lines = []
