@@ -5,8 +5,8 @@ to bind PORT serves (a launcher or a node); every other process is its client. U
 its agent already serves a torch.distributed TCPStore on that address, to anyone and for the
 whole run (torchrun's own, which this package cannot close): the nodes put one signed entry
 there, the address of our store, which the first node to claim that entry serves on a free port;
-everything else goes through our store. Each registrant claims its node ids once (compare-and-set: a second claim of an id is an
-error), writes its nodes' reachable addresses with the run's setup, waits until every node of
+everything else goes through our store. Each registrant claims its node ids once
+(compare-and-set: a second claim of an id is an error), writes its nodes' reachable addresses with the run's setup, waits until every node of
 the scenario has registered, and reads the others'. The host of node 0 then publishes the
 schedule every node runs, so the hosts need not plan the same schedule themselves. Each
 registrant marks its nodes done once it has what it needs (`finish`); the serving process
@@ -14,8 +14,9 @@ stops serving when every node is done (or at the rendezvous deadline), before tr
 
 Our store answers only holders of the run key, and bounds what they can make it hold; a host
 with another key is told "the run keys differ" (under torchrun: it finds the store's address
-signed with another key). TCPStore has no authentication, so every value is also signed: `HMAC-SHA256(run key, "R" | key | payload)` in hex, a space, then the payload
-(JSON, or the schedule's bytes). A value is parsed only after its MAC checks, nothing is
+signed with another key). TCPStore has no authentication, so every value is also signed:
+`HMAC-SHA256(run key, "R" | key | payload)` in hex, a space, then the payload (JSON, or the
+schedule's bytes). A value is parsed only after its MAC checks, nothing is
 unpickled, and the keys live under the run id (derived from the key), so runs sharing a store
 never meet. A holder of no key can still delete or overwrite the entry in torchrun's TCPStore
 (the run then stops with one error line), but never place a node in the run.
