@@ -6,8 +6,9 @@ its agent already serves a torch.distributed TCPStore on that address, to anyone
 whole run (torchrun's own, which this package cannot close): the nodes put one signed entry
 there, the address of our store, which the first node to claim that entry serves on a free port;
 everything else goes through our store. Each registrant claims its node ids once
-(compare-and-set: a second claim of an id is an error), writes its nodes' reachable addresses with the run's setup, waits until every node of
-the scenario has registered, and reads the others'. The host of node 0 then publishes the
+(compare-and-set: a second claim of an id is an error), writes its nodes' reachable addresses
+with the run's setup, waits until every node of the scenario has registered, and reads the
+others'. The host of node 0 then publishes the
 schedule every node runs, so the hosts need not plan the same schedule themselves. Each
 registrant marks its nodes done once it has what it needs (`finish`); the serving process
 stops serving when every node is done (or at the rendezvous deadline), before training starts.
