@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from skippipe.runtime.launch.supervisor import Progress, summary
 from skippipe.runtime.node.runconfig import RunConfig
 from skippipe.timeline import read_jsonl
+from skippipe.util.procs import signal_session
 from skippipe.util.ports import free_port
 
 from conftest import ROOT, SETTINGS
@@ -85,9 +87,15 @@ def test_two_launchers_the_first_prints_the_whole_runs_loss(tmp_path, schedule_f
               "--runs", str(tmp_path / "runs")]
     procs = [start_skippipe(["run", first, last, *common], tmp_path, env)
              for first, last in (("0", "1"), ("1", "6"))]
-    first, second = (finish(p, RUN_DEADLINE_S) for p in procs)
-    assert first.returncode == 0, first.stdout
-    assert second.returncode == 0, second.stdout
+    try:
+        first, second = (finish(p, RUN_DEADLINE_S) for p in procs)
+    finally:  # the first timed out: the second must not outlive the test
+        for p in procs:
+            if p.poll() is None:
+                signal_session(p, signal.SIGKILL)
+                p.communicate()
+    both = f"first launcher:\n{first.stdout}\nsecond launcher:\n{second.stdout}"
+    assert first.returncode == second.returncode == 0, both
     whole = _whole_run_losses(tmp_path / "runs")
     assert len(whole) == 2
     assert _printed_losses(first.stdout) == pytest.approx(whole, abs=1e-4)

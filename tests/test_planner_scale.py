@@ -54,3 +54,18 @@ def test_progress_line_of_huge_allocations_stays_short():
     assert len(line) <= MAX_LINE and "150 nodes" in line and "more stages" in line
     short = "stage 0: [0, 3] | stage 1: [2, 5] | stage 2: [4] | stage 3: [1]"
     assert _fmt_stages(((0, 3), (2, 5), (4,), (1,))) == short
+
+
+@pytest.mark.slow
+def test_a_2000_node_plan_past_its_cap_does_the_least_work(huge):
+    """Past the wall-clock cap every phase of ca-partial does the least work: one path per
+    reference stage set, one placement per microbatch, no bounds or search (minutes each before)."""
+    from skippipe.planner.effort import WallCap
+    from skippipe.planner.partial import ca_partial_variant
+    lines = []
+    started = time.monotonic()
+    variant = ca_partial_variant(huge, round_robin_allocation(huge), cap=WallCap(1.0, lines.append))
+    assert time.monotonic() - started < 4 * BUILD_S  # setup, model data, validation: ~25 s idle
+    assert len(lines) == 1 and "cut in during the first greedy plan" in lines[0]
+    assert len(variant.paths) == 200 * 6 and variant.provenance.bound is None
+    assert "past the wall-clock cap" in variant.provenance.status

@@ -145,3 +145,22 @@ def test_a_lock_directory_others_may_use_is_refused(tmp_path, monkeypatch):
     with pytest.raises(SkipPipeError, match="is not a directory"):
         with reserve_ports(peers, [0]):
             pass
+
+
+def test_free_ports_pass_over_a_port_another_run_chose_and_has_not_bound(tmp_path, monkeypatch):
+    """Two launchers meeting at a rendezvous each choose free ports (--base-port 0): a port
+    another run has chosen and locked but not bound yet probes as free, and taking it failed the
+    second launcher before it registered. It is passed over now, and nothing is left locked."""
+    from skippipe.util import portlock, ports
+    locks = _own_lock_dir(tmp_path, monkeypatch)
+    taken, other = free_port(), free_port()
+    picks = iter([taken, other])
+    monkeypatch.setattr(ports, "free_port", lambda host: next(picks))
+    with ports.reserve_ports({9: (LOOPBACK, taken)}, [9]):  # the other run: locked, not bound
+        with pytest.raises(portlock.PortHeld):  # what the launcher used to do: pick, then lock
+            with ports.reserve_ports({1: (LOOPBACK, taken)}, [1]):
+                pass
+        with ports.reserve_free_ports(LOOPBACK, [1]) as peers:
+            assert peers == {1: (LOOPBACK, other)}
+            assert (locks / f"{LOOPBACK}-{other}.lock").exists()
+    assert list(locks.iterdir()) == []

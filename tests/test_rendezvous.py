@@ -263,3 +263,42 @@ def test_static_peers_still_join_two_launchers(tmp_path, tiny_schedule):
     ends = [e for d in (tmp_path / "runs").iterdir() for e in read_jsonl(d / "events")
             if e["event"] == "iteration_end"]
     assert sorted(e["node"] for e in ends) == list(range(6))
+
+
+@pytest.fixture
+def agent_store(monkeypatch):
+    """A TCPStore served as torchrun's agent serves it (to anyone, for the whole run)."""
+    from torch.distributed import TCPStore
+    port = free_port()
+    store = TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    yield ("127.0.0.1", port), store
+    del store
+
+
+def test_under_torchrun_its_store_holds_only_our_stores_signed_address(agent_store):
+    """The nodes meet in our keyed, bounded store; torchrun's holds one signed address, and our
+    store stops serving once every node is done."""
+    endpoint, store = agent_store
+    claims = [{0: ("10.0.0.1", 1)}, {1: ("10.0.0.2", 2)}]
+    first, second = (Rendezvous(endpoint, AUTH, 2, SHORT_S) for _ in claims)
+    assert first.serves and not second.serves
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        tables = list(pool.map(lambda rc: rc[0].register(rc[1], SETUP), zip((first, second), claims)))
+        list(pool.map(lambda rc: rc[0].finish(rc[1]), zip((first, second), claims)))
+    assert tables[0] == tables[1] == {0: ("10.0.0.1", 1), 1: ("10.0.0.2", 2)}
+    assert store.check(["skippipe//store"]) and not store.check([first.prefix + "node/0"])
+    ours = parse_endpoint(store.get("skippipe//store").decode().partition(" ")[2])
+    assert ours != endpoint
+    with pytest.raises(OSError):  # no longer served
+        socket.create_connection(ours, timeout=SHORT_S).close()
+
+
+def test_under_torchrun_another_key_or_a_forged_address_is_one_line(agent_store):
+    endpoint, store = agent_store
+    with Rendezvous(endpoint, AUTH, 2, SHORT_S):
+        with pytest.raises(RendezvousError, match="not signed with this run's key: the run keys differ"):
+            Rendezvous(endpoint, RunAuth(bytes(32)), 2, SHORT_S)
+    store.set("skippipe/other/store", "0" * 64 + " 127.0.0.1:1")  # written by a stranger
+    with pytest.raises(RendezvousError, match="the run keys differ, or a process without the key"):
+        Rendezvous(endpoint, AUTH, 2, SHORT_S, scope="other")

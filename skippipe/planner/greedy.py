@@ -18,6 +18,11 @@ paths within those limits go first. `greedy_plan` runs each setting of GREEDY_VA
 keeps the best plan; guided by the data-node relaxation (bounds.Relaxation) it runs once, each
 microbatch on its relaxed stage set, in the order of its relaxed start. Everything is in the
 model's ticks (model_data.ModelData), so the plan is a feasible CP-SAT hint as it is.
+
+Past the build's wall-clock cap (effort.WallCap) the greedy does the least work that still
+completes: origins not yet given candidates get one path per stage set of the TC1-feasible
+reference plan (`least_work_paths`), each microbatch takes the cheapest path the reference
+still allows (one placement), and no further setting runs. Before the cap nothing changes.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..ops import chain
+from .effort import WallCap, unlimited
 from .model_data import ModelData, TimedPlan, plan_values, stage_set_counts
 from .paths import PlanningError
 
@@ -49,6 +55,7 @@ PLACEMENT_BUDGET = 200_000  # op placements in all (~1 s of Python): fewer paths
 # when there are many microbatches and hops (each path costs 2k+1 timeline look-ups)
 
 StageSet = tuple[int, ...]
+PHASE = "the first greedy plan"  # named in the cap's one line when it cuts in here
 
 
 def path_limit(data: ModelData) -> int:
@@ -57,12 +64,16 @@ def path_limit(data: ModelData) -> int:
     return max(1, min(CANDIDATES_PER_ORIGIN, PLACEMENT_BUDGET // per_path))
 
 
-def candidate_paths(data: ModelData, origin: int, limit: int | None = None) -> list[tuple[int, ...]]:
+def candidate_paths(data: ModelData, origin: int, limit: int | None = None,
+                    cap: WallCap | None = None) -> list[tuple[int, ...]]:
     """Node paths (origin first) over every CC3-valid sequence and the origin's allowed nodes;
     when there are more than `path_limit`, a beam search per sequence (and one per node forced
     into its stage) and then the cheapest (idle round trip) of them, keeping the cheapest of
     every stage set and PATHS_PER_NODE through every allowed node. `limit` lowers path_limit
-    (the allocation search scores many allocations with a faster greedy)."""
+    (the allocation search scores many allocations with a faster greedy). Past `cap`: the
+    `least_work_paths` only."""
+    if cap is not None and cap.spent(PHASE):
+        return least_work_paths(data, origin)
     allowed = data.allowed[origin]
     total = sum(_product_size(allowed, seq) for seq in data.sequences)
     limit = path_limit(data) if limit is None else min(limit, path_limit(data))
@@ -88,6 +99,17 @@ def candidate_paths(data: ModelData, origin: int, limit: int | None = None) -> l
             break
         kept.add(p)
     return sorted(kept, key=lambda p: (cost[p], p))
+
+
+def least_work_paths(data: ModelData, origin: int) -> list[tuple[int, ...]]:
+    """One path per stage set of the reference plan (`data.visit_plan`, TC1-feasible): the
+    first sequence with that set, on its cheapest nodes. A microbatch can always take one."""
+    wanted, paths = {st for st, _ in data.visit_plan}, {}
+    for seq in data.sequences:
+        st = tuple(sorted(seq[1:]))
+        if st in wanted and st not in paths:
+            paths[st] = _beam(data, origin, seq, 1)[0]
+    return sorted(paths.values(), key=lambda p: (data.path_ticks(p), p))
 
 
 def candidate_count(data: ModelData, origin: int) -> int:
@@ -160,14 +182,15 @@ class GreedyScheduler:
     def __init__(self, data: ModelData, pacing: int | None = None,
                  fixed_paths: dict[int, tuple[int, ...]] | None = None, node_slack: int | None = None,
                  candidates: dict[int, list[tuple[int, ...]]] | None = None,
-                 guide: Relaxation | None = None):
+                 guide: Relaxation | None = None, cap: WallCap | None = None):
         self.data, self.ops, self.pacing = data, chain(data.k), pacing
+        self.cap = cap or unlimited()
         self.fixed = fixed_paths or {}
         self.guide = guide if guide is not None and guide.stage_set else None
         self.node_share = {} if node_slack is None else _node_shares(data, node_slack)
         self.node_visits: Counter = Counter()
         self.state = _State()
-        self.candidates = candidates or {o: candidate_paths(data, o) for o in data.origins()}
+        self.candidates = candidates or {o: candidate_paths(data, o, cap=self.cap) for o in data.origins()}
         self.round_trip = {p: data.path_ticks(p) for paths in self.candidates.values() for p in paths}
         self.round_trip.update({p: data.path_ticks(p) for p in self.fixed.values()})
         self.caps = {s: data.visit_cap for s in range(1, len(data.stages))}
@@ -190,7 +213,12 @@ class GreedyScheduler:
         """Place `mb` on its earliest-finishing path whose stage set keeps TC1 completable: the
         best one the reference plan allows directly, unless one of the few better ones passes
         the exact check."""
-        options = [self.fixed[mb]] if mb in self.fixed else self._guided(mb, self.candidates[origin])
+        if mb in self.fixed:
+            options = [self.fixed[mb]]
+        elif self.cap.spent(PHASE):
+            options = self._least_work(self.candidates[origin])
+        else:
+            options = self._guided(mb, self.candidates[origin])
         placed = sorted((self._place(p) + (p,) for p in options), key=lambda r: r[:2])
         paced = [r for r in placed if self._within_pace(_stage_set(self.data, r[3]))
                  and all(self.node_visits[n] < self.node_share.get(n, math.inf) for n in r[3][1:])]
@@ -205,6 +233,12 @@ class GreedyScheduler:
                 self._commit(mb, path, starts, rest)
                 return
         raise PlanningError(f"TC1: microbatch {mb} has no path within the stages' visit share")
+
+    def _least_work(self, paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+        """Past the cap: the cheapest path whose stage set the reference plan still holds (all
+        paths when none does)."""
+        allowed = [p for p in paths if self.reference.get(_stage_set(self.data, p), 0) > 0]
+        return [min(allowed, key=lambda p: (self.round_trip[p], p))] if allowed else paths
 
     def _guided(self, mb: int, paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         """With a guide: the paths of the stage set the relaxation gave `mb` (all when none)."""
@@ -340,17 +374,21 @@ def greedy_seconds(data: ModelData) -> float:
 
 def greedy_plan(data: ModelData, objective: str = "iteration",
                 fixed_paths: dict[int, tuple[int, ...]] | None = None,
-                guide: Relaxation | None = None, runs: int | None = None) -> TimedPlan:
+                guide: Relaxation | None = None, runs: int | None = None,
+                cap: WallCap | None = None) -> TimedPlan:
     """The best (by `objective`, see model_data.plan_values) of the greedy plans with each
     setting of GREEDY_VARIANTS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
     node per hop) only the timing is chosen. With `guide` (a solved bounds.Relaxation) each
     microbatch takes its stage set there, in the order of its relaxed start. `runs`: only the
-    first so many settings (a small budget; see `greedy_seconds`)."""
-    best, best_value = None, math.inf
-    candidates = {o: candidate_paths(data, o) for o in data.origins()}
+    first so many settings (a small budget; see `greedy_seconds`). Past `cap` the least work
+    (module docstring): the settings not yet run are skipped."""
+    best, best_value, cap = None, math.inf, cap or unlimited()
+    candidates = {o: candidate_paths(data, o, cap=cap) for o in data.origins()}
     settings = GREEDY_VARIANTS if not (fixed_paths or guide) else ((None, None),)
     for pacing, node_slack in settings[:max(1, len(settings) if runs is None else runs)]:
-        plan = GreedyScheduler(data, pacing, fixed_paths, node_slack, candidates, guide).run()
+        if best is not None and cap.spent(PHASE):
+            break
+        plan = GreedyScheduler(data, pacing, fixed_paths, node_slack, candidates, guide, cap).run()
         value = plan_values(data, plan)[objective]
         log.debug("greedy plan (pacing %s, node slack %s): %s %d ticks", pacing, node_slack,
                   objective, value)

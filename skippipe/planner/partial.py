@@ -124,7 +124,7 @@ def plan(data: ModelData, rules: Rules, work_s: float, seed: int, workers: int,
     cap = cap or unlimited()
     greedy_s = greedy_seconds(data)
     runs = max(1, min(len(GREEDY_VARIANTS), int(GREEDY_SHARE * work_s / greedy_s)))
-    first = greedy_plan(data, rules.objective, runs=runs)
+    first = greedy_plan(data, rules.objective, runs=runs, cap=cap)
     say = progress or (lambda line: None)
     say(f"greedy: first feasible plan, objective {_seconds(data, first, rules)}")
     for given in candidates:
@@ -135,11 +135,14 @@ def plan(data: ModelData, rules: Rules, work_s: float, seed: int, workers: int,
     relaxed = None if cap.spent("the relaxation") else lower.relax(rules, RELAX_SHARE * work_s, workers, cap)
     if relaxed is not None:
         say(f"relaxation: bound {relaxed.bound * data.tick_s:.2f} s ({relaxed.status})")
-        if relaxed.stage_set:
-            guided = greedy_plan(data, rules.objective, guide=relaxed)
+        if relaxed.stage_set and not cap.spent("the guided greedy plan"):
+            guided = greedy_plan(data, rules.objective, guide=relaxed, cap=cap)
             say(f"greedy guided by the relaxation: objective {_seconds(data, guided, rules)}")
             if plan_values(data, guided)[rules.objective] < plan_values(data, first)[rules.objective]:
                 first = guided
+    if cap.spent("path LNS"):  # its bounds alone take minutes at thousands of nodes
+        value = plan_values(data, first)[rules.objective]
+        return PlanResult(first, "FEASIBLE: the greedy plan, past the wall-clock cap", value, None)
     # the greedy's estimated (not measured) time, so the LNS steps and CP-SAT's work reproduce
     total = max(0.0, (1 - RELAX_SHARE) * work_s - (runs + 1) * greedy_s)
     lns_s, full_s = LNS_SHARE * total, (1 - LNS_SHARE) * total

@@ -24,6 +24,10 @@ LOCK_DIR = Path(tempfile.gettempdir()) / f"skippipe-ports-{os.getuid()}"
 OPEN_TRIES = 20  # a lock file removed by its last holder between our open and our lock: retry
 
 
+class PortHeld(SkipPipeError):
+    """Another run holds the port's lock (it chose the port and has not bound it yet, or runs on it)."""
+
+
 def lock_dir(path: Path | None = None) -> Path:
     """The user's lock directory, made when missing; one clear error when it is not safe."""
     path = path or LOCK_DIR
@@ -71,7 +75,7 @@ def _locked(path: Path, host: str, port: int, node: int) -> int:
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise SkipPipeError(f"port {host}:{port} for node {node} is held by another run "
+            raise PortHeld(f"port {host}:{port} for node {node} is held by another run "
                                 f"(launcher pid {owner}); wait for it or choose another "
                                 f"--base-port") from None
         try:

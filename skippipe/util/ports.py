@@ -89,6 +89,31 @@ def check_host(host: str) -> None:
 
 
 @contextlib.contextmanager
+def reserve_free_ports(host: str, nodes: Iterable[int]) -> Iterator[dict[int, tuple[str, int]]]:
+    """A free port on `host` for each of `nodes`, held as `reserve_ports` holds them: each one is
+    locked first and then checked, and one that another run holds (chosen by it but not bound
+    yet) or that is taken meanwhile is passed over for another, never an error."""
+    check_host(host)
+    directory = portlock.lock_dir()
+    with contextlib.ExitStack() as held:
+        yield {n: (host, _claim_free_port(held, directory, host, n)) for n in nodes}
+
+
+def _claim_free_port(held: contextlib.ExitStack, directory, host: str, node: int) -> int:
+    for _ in range(RANGE_TRIES):
+        port = free_port(host)
+        with contextlib.ExitStack() as attempt:
+            try:
+                attempt.enter_context(portlock.port_lock(directory, host, port, node))
+            except portlock.PortHeld:
+                continue
+            if port_free(host, port):
+                held.enter_context(attempt.pop_all())
+                return port
+    raise SkipPipeError(f"no free port found on {host} for node {node}")
+
+
+@contextlib.contextmanager
 def reserve_ports(peers: Mapping[int, tuple[str, int]], nodes: Iterable[int]) -> Iterator[None]:
     """Hold this host's ports of `nodes` for one run: lock each port's file (another run that
     holds one is named in the error), then check that each port is free."""

@@ -21,7 +21,7 @@ from ...schedule import Schedule, ScheduleError, VariantSchedule
 from ...schedule_file import load_schedule, save_schedule
 from ...util.peers import Peers, load_peers, local_peers
 from ...util.peers import PORT_MAX
-from ...util.ports import LOOPBACK, free_port, reserve_ports
+from ...util.ports import LOOPBACK, reserve_free_ports, reserve_ports
 from ...util.rundir import can_create, new_run_dir, shown, writable_output
 from ...variants import REFERENCE
 from . import supervisor
@@ -127,8 +127,7 @@ def prepared(opts: RunOptions, say=print, run_name: str | None = None, scope: st
         if opts.rendezvous:
             rdv = held.enter_context(Rendezvous(parse_endpoint(opts.rendezvous), auth, len(sc.nodes),
                                                 opts.rendezvous_timeout, scope))
-        peers = _peers(opts, len(sc.nodes), nodes, rdv)
-        held.enter_context(reserve_ports(peers, nodes))
+        peers = _peers(opts, len(sc.nodes), nodes, rdv, held)
         if rdv is not None:
             peers = _register(rdv, peers, wide, say)
         sched_path = _schedule(opts, sc, nodes, rdv, Path(held.enter_context(tempfile.TemporaryDirectory())), say)
@@ -222,16 +221,21 @@ def _auth(opts: RunOptions) -> RunAuth:
     return auth
 
 
-def _peers(opts: RunOptions, n_nodes: int, nodes: range, rdv: Rendezvous | None) -> Peers:
-    """Every node's address (static), or with a rendezvous this host's nodes' only."""
+def _peers(opts: RunOptions, n_nodes: int, nodes: range, rdv: Rendezvous | None,
+           held: contextlib.ExitStack) -> Peers:
+    """Every node's address (static), or with a rendezvous this host's nodes' only; this host's
+    ports reserved for the run (until `held` closes)."""
     if opts.peers:
-        return load_peers(opts.peers, n_nodes)
-    if rdv is None:
-        return _numbered(range(n_nodes), opts.host or LOOPBACK, opts.base_port)
-    host = opts.host or reachable_address(rdv.endpoint)
-    if not opts.base_port:
-        return {n: (host, free_port(host)) for n in nodes}
-    return _numbered(nodes, host, opts.base_port)
+        peers = load_peers(opts.peers, n_nodes)
+    elif rdv is None:
+        peers = _numbered(range(n_nodes), opts.host or LOOPBACK, opts.base_port)
+    else:
+        host = opts.host or reachable_address(rdv.endpoint)
+        if not opts.base_port:  # chosen under their locks: another run's chosen ports are passed over
+            return held.enter_context(reserve_free_ports(host, nodes))
+        peers = _numbered(nodes, host, opts.base_port)
+    held.enter_context(reserve_ports(peers, nodes))
+    return peers
 
 
 def _numbered(nodes: range, host: str, base_port: int) -> Peers:

@@ -2,7 +2,8 @@
 
 The rank is the node id and the world size must be the scenario's node count; the rendezvous
 is MASTER_ADDR:MASTER_PORT (under torchrun that address already serves torchrun's own store,
-which the node then joins; otherwise the first process on the master host serves it). torchrun
+which only tells the nodes where the first of them serves the run's keyed store, until every
+node is done: rendezvous.py; otherwise the first process on the master host serves it). torchrun
 sets RANK/WORLD_SIZE; srun sets SLURM_PROCID/SLURM_NTASKS and the job script exports the
 master address. The node then prepares its run as the launcher does (prepare.py: one run
 directory per node, `<time>-<variant>-node<rank>-<pid>`) and runs in this process. Rank 0 prints

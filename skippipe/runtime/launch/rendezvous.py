@@ -2,21 +2,25 @@
 
 The address book is a small store (keystore.py) that the first process on the rendezvous host
 to bind PORT serves (a launcher or a node); every other process is its client. Under torchrun
-its agent already serves a torch.distributed TCPStore on that address: the nodes then join that
-one. Each registrant claims its node ids once (compare-and-set: a second claim of an id is an
-error), writes its nodes' reachable addresses with the run's setup, waits until every node of
-the scenario has registered, and reads the others'. The host of node 0 then publishes the
+its agent already serves a torch.distributed TCPStore on that address, to anyone and for the
+whole run (torchrun's own, which this package cannot close): the nodes put one signed entry
+there, the address of our store, which the first node to claim that entry serves on a free port;
+everything else goes through our store. Each registrant claims its node ids once
+(compare-and-set: a second claim of an id is an error), writes its nodes' reachable addresses
+with the run's setup, waits until every node of the scenario has registered, and reads the
+others'. The host of node 0 then publishes the
 schedule every node runs, so the hosts need not plan the same schedule themselves. Each
 registrant marks its nodes done once it has what it needs (`finish`); the serving process
 stops serving when every node is done (or at the rendezvous deadline), before training starts.
 
 Our store answers only holders of the run key, and bounds what they can make it hold; a host
-with another key is told "the run keys differ". TCPStore has no authentication, so every value
-is also signed: `HMAC-SHA256(run key, "R" | key | payload)` in hex, a space, then the payload
-(JSON, or the schedule's bytes). A value is parsed only after its MAC checks, nothing is
+with another key is told "the run keys differ" (under torchrun: it finds the store's address
+signed with another key). TCPStore has no authentication, so every value is also signed:
+`HMAC-SHA256(run key, "R" | key | payload)` in hex, a space, then the payload (JSON, or the
+schedule's bytes). A value is parsed only after its MAC checks, nothing is
 unpickled, and the keys live under the run id (derived from the key), so runs sharing a store
-never meet. A holder of no key can still delete or overwrite TCPStore entries (the run then
-stops with one error line), but never place a node in the run.
+never meet. A holder of no key can still delete or overwrite the entry in torchrun's TCPStore
+(the run then stops with one error line), but never place a node in the run.
 """
 from __future__ import annotations
 
@@ -87,9 +91,10 @@ class Rendezvous:
         self.endpoint, self.auth, self.n_nodes, self.timeout_s = endpoint, auth, n_nodes, timeout_s
         # scope: a torchrun restart registers afresh in the agent's long-lived store
         self.prefix = f"skippipe/{auth.run_id.hex()}/{scope}/"
+        self.scope = scope
         self.where = f"rendezvous {_shown(endpoint)}"
         self.server: StoreServer | None = None  # the store, when this process serves it
-        self.store = None
+        self.store: StoreClient | None = None
         self.store = self._open(time.monotonic() + timeout_s)
 
     @property
@@ -99,7 +104,7 @@ class Rendezvous:
 
     def close(self) -> None:
         """Drop the connection to the store, and stop serving it when this process does."""
-        if isinstance(self.store, StoreClient):
+        if self.store is not None:
             self.store.close()
         self.store = None
         if self.server is not None:
@@ -150,16 +155,39 @@ class Rendezvous:
                                           f"({getattr(e, 'strerror', None) or e})") from None
                 time.sleep(CONNECT_RETRY_S)
 
-    def _open_agent_store(self, deadline: float):
-        """torchrun's own TCPStore (its agent serves it at the address)."""
+    def _open_agent_store(self, deadline: float) -> StoreClient:
+        """Under torchrun: our store, at the address that the first node to claim it put into
+        torchrun's TCPStore (signed, under a key of no run id, so that a node with another key
+        finds it and says the keys differ); the TCPStore is then left alone."""
         from torch.distributed import DistError, TCPStore
         self._await_listener(deadline)
         try:
-            return TCPStore(*self.endpoint, is_master=False,
-                            timeout=datetime.timedelta(seconds=self.timeout_s))
+            agent = TCPStore(*self.endpoint, is_master=False,
+                             timeout=datetime.timedelta(seconds=self.timeout_s))
         except DistError as e:  # its message carries a C++ stack trace: the first line only
             why = str(e).splitlines()[0]
             raise RendezvousError(f"{self.where}: no store answers there ({why})") from None
+        name = f"skippipe/{self.scope}/store"
+        server = StoreServer((reachable_address(self.endpoint), 0), self.auth, self.n_nodes)
+        offer = self._signed(name, "{}:{}".format(*server.sock.getsockname()[:2]).encode())
+        try:
+            held = agent.compare_set(name, "", offer)
+        except DistError as e:
+            server.close()
+            why = (str(e).splitlines() or [type(e).__name__])[0]
+            raise RendezvousError(f"{self.where}: the store failed while claiming it ({why})") from None
+        del agent  # torchrun's store is not used again
+        if held == offer:
+            self.server = server
+        else:
+            server.close()
+        address = self._checked(name, held, "the store's address in torchrun's store").decode()
+        try:
+            return StoreClient(parse_endpoint(address), self.auth, max(0.1, deadline - time.monotonic()))
+        except (StoreError, OSError) as e:
+            self.close()
+            raise RendezvousError(f"{self.where}: the store at {address} does not answer "
+                                  f"({getattr(e, 'strerror', None) or e})") from None
 
     def _await_listener(self, deadline: float) -> None:
         """Wait for something to listen at the endpoint with plain sockets: torch's own retries
@@ -175,13 +203,9 @@ class Rendezvous:
             time.sleep(CONNECT_RETRY_S)  # a connection refused returns at once: pace the retries
 
     def _call(self, what: str, fn, *args):
-        errors = (StoreError, OSError)
-        if not isinstance(self.store, StoreClient):
-            from torch.distributed import DistError
-            errors += (DistError,)
         try:
             return fn(*args)
-        except errors as e:  # a DistError's message carries a C++ stack trace: the first line only
+        except (StoreError, OSError) as e:
             why = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
             raise RendezvousError(f"{self.where}: the store failed while {what} ({why})") from None
 
@@ -206,11 +230,17 @@ class Rendezvous:
 
     # -- signed values ----------------------------------------------------------------------------
     def _sign(self, name: str, payload: bytes) -> bytes:
-        return self.auth.mac(ROLE, (self.prefix + name).encode() + b"\0" + payload).hex().encode() + b" " + payload
+        return self._signed(self.prefix + name, payload)
+
+    def _signed(self, key: str, payload: bytes) -> bytes:
+        return self.auth.mac(ROLE, key.encode() + b"\0" + payload).hex().encode() + b" " + payload
 
     def _verify(self, name: str, value: bytes, what: str) -> bytes:
+        return self._checked(self.prefix + name, value, what)
+
+    def _checked(self, key: str, value: bytes, what: str) -> bytes:
         mac, _, payload = bytes(value).partition(b" ")
-        if not hmac.compare_digest(mac, self._sign(name, payload).partition(b" ")[0]):
+        if not hmac.compare_digest(mac, self._signed(key, payload).partition(b" ")[0]):
             raise RendezvousError(f"{self.where}: {what} is not signed with this run's key: the run "
                                   f"keys differ, or a process without the key wrote it; refusing it")
         return payload
