@@ -9,7 +9,7 @@ With `--plan-samples K`, also the iteration time (seconds) the greedy ca-partial
 (`skippipe.planner.greedy`, SkipPipe's first feasible plan) achieves on the found allocation
 against K random ones: whether a better score gives a faster plan.
 
-    .venv/bin/python bench/allocation_bench.py [settings/geo-distributed.toml ...]
+    .venv/bin/python -m bench.allocation_bench [settings/geo-distributed.toml ...]
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ the emulation keeps the scenario's times and bytes. The runtime's real exchange 
 stand-in's gradients on loopback is not scaled, so it weighs 1 / time scale in scenario time:
 the time scales below keep it small against the modelled averaging.
 
-    .venv/bin/python bench/averaging_bench.py                # tiny and geo-distributed
-    .venv/bin/python bench/averaging_bench.py --only tiny --out /tmp/avg
+    .venv/bin/python -m bench.averaging_bench                # tiny and geo-distributed
+    .venv/bin/python -m bench.averaging_bench --only tiny --out /tmp/avg
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 microbatches were re-routed or lost, iteration times and losses side by side (with a plot), then
 perplexity through the live nodes with 0-50% of the nodes failed.
 
-    .venv/bin/python bench/failure_experiment.py                       # tiny, default plan (by role)
-    .venv/bin/python bench/failure_experiment.py --iterations 30 \\
+    .venv/bin/python -m bench.failure_experiment                       # tiny, default plan (by role)
+    .venv/bin/python -m bench.failure_experiment --iterations 30 \\
         --fail node=3,iteration=4,phase=backward,how=crash --fail node=5,iteration=8,how=hang
 
 Writes report.md, report.json and failures.png into --out (default runs/failure-experiment/).

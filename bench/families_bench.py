@@ -1,6 +1,6 @@
 """Schedule families beside SkipPipe: every variant planned on several scenarios, one table.
 
-    .venv/bin/python bench/families_bench.py [--time-limit 60] [--workers 2] [--seed 0]
+    .venv/bin/python -m bench.families_bench [--time-limit 60] [--workers 2] [--seed 0]
         [--scenarios tiny geo-distributed hetero-gpus single-cluster] [--json PATH]
         [--gantt docs/families-gantt.png] [--gantt-scenario tiny]
 

@@ -1,7 +1,7 @@
 """Planner benchmark: the targets table (whole command, both objectives, seeds 0, 1, 2) and
 planner scaling, at a named effort.
 
-    .venv/bin/python bench/planner_bench.py [--effort default] [--time-limit CAP] [--seeds 0 1 2]
+    .venv/bin/python -m bench.planner_bench [--effort default] [--time-limit CAP] [--seeds 0 1 2]
         [--scenarios geo-distributed hetero-gpus] [--scale] [--long] [--json runs/bench/x.json]
 
 Quality (per scenario in --scenarios, per seed, per objective): `planning.build_schedule`, the

@@ -8,9 +8,9 @@ simulator's prediction. geo-distributed's 500M model cannot run 20 times on a CP
 nodes run a stand-in model (settings/tiny.toml's dimensions, the scenario's 24 layers) while the
 emulation keeps the scenario's compute times and 32 MiB messages, time-scaled to fit.
 
-    .venv/bin/python bench/runtime_bench.py                 # tiny and geo-distributed
-    .venv/bin/python bench/runtime_bench.py --only tiny
-    .venv/bin/python bench/runtime_bench.py --only geo-distributed --variants 1f1b dualpipev
+    .venv/bin/python -m bench.runtime_bench                 # tiny and geo-distributed
+    .venv/bin/python -m bench.runtime_bench --only tiny
+    .venv/bin/python -m bench.runtime_bench --only geo-distributed --variants 1f1b dualpipev
 """
 from __future__ import annotations
 

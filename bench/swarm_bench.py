@@ -18,9 +18,9 @@ spread (min-max over the iterations), the mean training loss at the last iterati
 the scenario completed, microbatches re-sent (re-routed or restarted) and lost, rebalancing
 moves and the exit code; beside them the simulator's median (skippipe.sim.session) when present.
 
-    .venv/bin/python bench/swarm_bench.py --quick            # tiny only, 10 iterations
-    .venv/bin/python bench/swarm_bench.py --figures docs     # tiny, geo-distributed, hetero-gpus
-    .venv/bin/python bench/swarm_bench.py --scenarios geo-distributed --variants swarm ca-repair \\
+    .venv/bin/python -m bench.swarm_bench --quick            # tiny only, 10 iterations
+    .venv/bin/python -m bench.swarm_bench --figures docs     # tiny, geo-distributed, hetero-gpus
+    .venv/bin/python -m bench.swarm_bench --scenarios geo-distributed --variants swarm ca-repair \\
         --conditions static churn --iterations 6
 
 Wall time on this 2-core host: a tiny run 25-40 s (--quick: 15 runs, 9 min); a 20-node run of

@@ -1,7 +1,7 @@
 """Transport benchmark: SkipPipe transport vs a plain Python socket loop (and stock DecCom) on
 loopback.
 
-    .venv/bin/python bench/transport_bench.py [--runs 5] [--messages 8] [--round-trips 200]
+    .venv/bin/python -m bench.transport_bench [--runs 5] [--messages 8] [--round-trips 200]
 
 Measures, side by side and interleaved run by run (so machine noise hits every contender alike):
 - throughput: `--messages` messages of 16 MiB from node 0 to node 1, timed until the receiver
