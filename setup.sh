@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent setup: creates .venv with the pinned dependencies and installs skippipe editable.
 #   ./setup.sh           set up (a no-op when requirements.txt has not changed)
-#   ./setup.sh --test    set up, then run the whole test suite
+#   ./setup.sh --test    set up, then check the code's style (ruff) and run the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=.venv
@@ -26,5 +26,9 @@ fi
 
 if [ "${1:-}" = "--test" ]; then
   shift
+  if ! "$VENV/bin/ruff" check --quiet . || ! "$VENV/bin/ruff" format --check --quiet .; then
+    echo "setup: style check failed (fix with: .venv/bin/ruff format . && .venv/bin/ruff check --fix .)" >&2
+    exit 1
+  fi
   exec "$VENV/bin/python" -m pytest "$@"
 fi
