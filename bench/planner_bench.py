@@ -35,6 +35,7 @@ import os
 import statistics
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -203,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="work seconds of ca-partial in the scaling table (default: its share of --effort)")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="CP-SAT threads")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=1,
+                   help="builds side by side (the figures do not depend on it; wall and CPU s do a little)")
     p.add_argument("--objectives", nargs="+", choices=OBJECTIVES, default=list(OBJECTIVES))
     p.add_argument("--scenarios", nargs="*", default=["geo-distributed", "hetero-gpus", "tiny"])
     p.add_argument("--scale", action="store_true", help="also the scaling table")
@@ -225,15 +228,17 @@ def main(argv: list[str] | None = None) -> int:
                "load_average": os.getloadavg()[0], "quality": {}, "figures": {}, "scale": []}
     sections = [head]
     for name in args.scenarios:
-        runs = [run_build(name, objective, seed, args) for objective in args.objectives
-                for seed in args.seeds]
+        jobs = [(name, objective, seed, args) for objective in args.objectives for seed in args.seeds]
+        with ProcessPoolExecutor(args.jobs) as pool:  # each build alone in its process: its CPU s
+            runs = list(pool.map(run_build, *zip(*jobs)))
         results["quality"][name], results["figures"][name] = runs, figures(runs)
         sections.append(quality_table(name, runs))
         print(sections[-1] + "\n", flush=True)
     if args.scale:
         limits = [work] + ([LONG_TIME_LIMIT_S] if args.long else [])
-        results["scale"] = [run_scale(name, seed, limits, args) for name in args.scale_scenarios
-                            for seed in args.seeds]
+        jobs = [(name, seed, limits, args) for name in args.scale_scenarios for seed in args.seeds]
+        with ProcessPoolExecutor(args.jobs) as pool:
+            results["scale"] = list(pool.map(run_scale, *zip(*jobs)))
         sections.append("### scaling (allocation by `allocate`)\n\n" + scale_table(results["scale"]))
         print(sections[-1] + "\n", flush=True)
     results["load_average_end"] = os.getloadavg()[0]
