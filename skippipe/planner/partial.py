@@ -51,7 +51,6 @@ LNS_SHARE = 0.8  # of the solving work for path LNS; the rest for the full model
 FULL_MODEL_LNS_ONLY = True  # with several workers the full model only improves the plan (CP-SAT's
 # LNS on every worker): on geo-distributed median of 3 seeds 78.2 s against 79.3 s with its
 # default portfolio, whose search never raised the bound above the relaxation's
-MAKESPAN_SEED_SHARE = 0.0  # of the path LNS work first spent on the makespan (iteration objective)
 FCFS_REPLAY = True  # keep the better of the plan and its paths' FCFS replay (better_of_fcfs)
 MAKESPAN_TICKS_TOLERANCE = 1  # the last B's duration is rounded up by less than one tick
 ITERATION_TICKS_TOLERANCE = 2  # ... plus the stage's averaging time, rounded up as well
@@ -147,10 +146,6 @@ def plan(data: ModelData, rules: Rules, work_s: float, seed: int, workers: int,
     # the greedy's estimated (not measured) time, so the LNS steps and CP-SAT's work reproduce
     total = max(0.0, (1 - RELAX_SHARE) * work_s - (runs + 1) * greedy_s)
     lns_s, full_s = LNS_SHARE * total, (1 - LNS_SHARE) * total
-    if rules.objective == "iteration" and MAKESPAN_SEED_SHARE > 0:
-        first = _makespan_seed(data, rules, first, MAKESPAN_SEED_SHARE * lns_s, seed, workers, lower,
-                               say, cap)
-        lns_s *= 1 - MAKESPAN_SEED_SHARE
     best = improve_paths(data, rules, first, lns_s, seed, workers, lower, progress, cap)
     best_value = plan_values(data, best)[rules.objective]
     floor = lower.objective_floor(rules)
@@ -172,17 +167,6 @@ def plan(data: ModelData, rules: Rules, work_s: float, seed: int, workers: int,
               else f"FEASIBLE: the path-LNS plan, the full model ({solved.status}) found nothing better")
     log.info("%s", status)
     return PlanResult(best, status, best_value, bound)
-
-
-def _makespan_seed(data: ModelData, rules: Rules, first: TimedPlan, work_s: float, seed: int,
-                   workers: int, lower: PathBounds, say: Progress, cap: WallCap) -> TimedPlan:
-    """The path LNS for the makespan from `first`, for `work_s`: its plan when its iteration
-    time is better than `first`'s (a start for the iteration search), else `first`."""
-    shorter = improve_paths(data, dataclasses.replace(rules, objective="makespan"), first, work_s,
-                            seed, workers, lower, None, cap)
-    value = plan_values(data, shorter)["iteration"]
-    say(f"makespan path LNS as a seed: iteration {value * data.tick_s:.2f} s")
-    return shorter if value < plan_values(data, first)["iteration"] else first
 
 
 def better_of_fcfs(scenario: Scenario, data: ModelData, result: PlanResult, rules: Rules,
