@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from conftest import SETTINGS
+
 from skippipe.planner.cpsat import Rules
 from skippipe.planner.greedy import greedy_plan
 from skippipe.planner.model_data import build_data, plan_values
@@ -10,8 +12,6 @@ from skippipe.planner.partial import PlanResult, better_of_fcfs, check_plan, to_
 from skippipe.scenario import load_scenario
 from skippipe.schedule import Provenance, Schedule
 from skippipe.sim.simulate import simulate
-
-from conftest import SETTINGS
 
 TINY_ALLOCATION = ((0, 1), (2, 3), (4,), (5,))
 
