@@ -41,16 +41,20 @@ from .model_data import ModelData, TimedPlan, all_sequences, build_data, plan_va
 from .greedy import GREEDY_VARIANTS, greedy_plan, greedy_seconds, relabel_by_start
 from .lns import improve_paths
 from .effort import DEFAULT_WORKERS, WallCap, unlimited
+from ..sim.simulate import simulate
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORK_S = 20.0  # work seconds per variant (effort.py) when called on its own
 GREEDY_SHARE = 0.3  # of the work at most for the first greedy plans (each setting one run)
 RELAX_SHARE = 0.2  # of the work for the data-node relaxation (bound, greedy guide)
-LNS_SHARE = 0.8  # of the solving work for path LNS; the rest for the full model (polish)
+LNS_SHARE = 0.4  # of the solving work for path LNS; the rest for the full model, which kept
+# improving to the end of its 20% (geo-distributed, default effort, iteration, seeds 0, 1, 2:
+# 84.34 / 87.09 / 82.63 s with 0.4 against 85.68 / 88.55 / 85.04 s with 0.8)
 FULL_MODEL_LNS_ONLY = True  # with several workers the full model only improves the plan (CP-SAT's
 # LNS on every worker): on geo-distributed median of 3 seeds 78.2 s against 79.3 s with its
 # default portfolio, whose search never raised the bound above the relaxation's
+FCFS_REPLAY = True  # keep the better of the plan and its paths' FCFS replay (better_of_fcfs)
 MAKESPAN_TICKS_TOLERANCE = 1  # the last B's duration is rounded up by less than one tick
 ITERATION_TICKS_TOLERANCE = 2  # ... plus the stage's averaging time, rounded up as well
 
@@ -102,6 +106,8 @@ def _variant(name: str, scenario: Scenario, allocation, rules: Rules, work_s: fl
     data = build_data(scenario, stages)
     starts = [timed_from_order(data, paths, order) for paths, order in candidates]
     result = plan(data, rules, work_s, seed, workers, progress, cap, starts)
+    if rules.tc2 and FCFS_REPLAY:
+        result = better_of_fcfs(scenario, data, result, rules, progress)
     tick = data.tick_s
     prov = Provenance("cp-sat", seed, workers, work_s, result.status, result.objective * tick,
                       None if result.bound is None else result.bound * tick,
@@ -167,6 +173,27 @@ def plan(data: ModelData, rules: Rules, work_s: float, seed: int, workers: int,
               else f"FEASIBLE: the path-LNS plan, the full model ({solved.status}) found nothing better")
     log.info("%s", status)
     return PlanResult(best, status, best_value, bound)
+
+
+def better_of_fcfs(scenario: Scenario, data: ModelData, result: PlanResult, rules: Rules,
+                   progress: Progress | None = None) -> PlanResult:
+    """`result`, or its paths run first come first served (the simulator's order, timed as
+    planned) when that is better in the objective: the order the solver chose is not always
+    the best one for its paths, and a plan that is its own FCFS run loses nothing when a
+    message is late (one simulation, deterministic)."""
+    variant = to_variant("ca-partial", data, result.plan, Provenance("cp-sat", 0, 1, 0.0, ""), True)
+    sched = Schedule(scenario.name, scenario.content_hash, scenario.source, data.stages,
+                     {variant.name: variant})
+    order = simulate(sched, variant.name, scenario, use_order=False).order
+    replay = timed_from_order(data, variant.paths, order)
+    value = plan_values(data, replay)[rules.objective]
+    (progress or (lambda line: None))(f"first-come-first-served replay of the plan's paths: "
+                                      f"objective {value * data.tick_s:.2f} s")
+    if value >= result.objective:
+        return result
+    return PlanResult(replay, f"FCFS: the plan's paths first come first served, "
+                      f"{value * data.tick_s:.2f} s against {result.objective * data.tick_s:.2f} s "
+                      f"in the planned order ({result.status})", value, result.bound)
 
 
 def timed_from_order(data: ModelData, paths: Sequence[MicrobatchPath],
