@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from skippipe.planner.allocation import allocate
+from skippipe.planner.allocation_search import allocate
 from skippipe.planner.baselines import random_variant
 from skippipe.planner.cpsat import Rules
 from skippipe.planner.model_data import build_data, plan_values
