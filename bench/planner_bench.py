@@ -38,7 +38,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from skippipe.planner.allocation import allocate
+from skippipe.planner.allocation_search import allocate
 from skippipe.planner.baselines import random_variant
 from skippipe.planner.model_data import Rules
 from skippipe.planner.model_data import build_data, plan_values

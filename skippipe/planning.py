@@ -2,7 +2,7 @@
 the simulator's predicted iteration time and makespan for each (the simulator judges them all).
 
 Allocations (the registry's `Variant.allocation`): the baseline and random (DT-FM with random
-skipping, network-blind) run on the full-pipeline allocation (`planner.allocation.allocate`,
+skipping, network-blind) run on the full-pipeline allocation (`planner.allocation_search.allocate`,
 DT-FM's objective); the partial variants on one searched for their own objective
 (`planner.skip_allocation`), unless `shared_allocation` keeps the full-pipeline one for all, as
 the paper did; dualpipev on the full-pipeline one folded into a V (placement.fold: each node
@@ -121,7 +121,7 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     """Plan every variant in `opts.variants` and attach the simulator's prediction to each. A
     variant that fails to plan or to validate is left out with one progress line, and named in
     `failures` (variant -> why); the build fails only when no variant is left."""
-    from .planner.allocation import allocate
+    from .planner.allocation_search import allocate
     from .planner.paths import PlanningError
     from .sim.simulate import simulate
 

@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from skippipe.planner.allocation import allocate, round_robin_allocation
+from skippipe.planner.allocation import round_robin_allocation
+from skippipe.planner.allocation_search import allocate
 from skippipe.planner.model_data import build_data
 from skippipe.planning import MAX_LINE, _fmt_stages
 from skippipe.scenario import load_scenario

@@ -14,7 +14,8 @@ from ..sim.session import simulate_session
 
 from ..variants import REFERENCE, VARIANTS
 from ..sim.online import predict
-from ..sim.simulate import SimResult, simulate
+from ..sim.result import SimResult
+from ..sim.simulate import simulate
 from ..timeline import chrome_trace, gantt_png, write_jsonl
 from ..util.rundir import writable_output
 from ..util.tables import format_table

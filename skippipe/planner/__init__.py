@@ -4,8 +4,9 @@
 `random_variant` build the two reference variants on it; `paths` holds the CC3-valid stage
 sequences and the microbatch numbering the path planners share.
 """
-from .allocation import (Allocation, allocate, allocation_score, check_allocation,
-                         random_allocation, round_robin_allocation, score_breakdown, as_stages)
+from .allocation import (Allocation, allocation_score, check_allocation, random_allocation,
+                         round_robin_allocation, score_breakdown, as_stages)
+from .allocation_search import allocate
 from .baselines import baseline_variant, random_variant
 from .paths import PlanningError, microbatch_ids, stage_sequences
 

@@ -1,6 +1,6 @@
 """Skip-aware allocation: node -> stage allocations searched for the partial variants' own
 objective (the iteration time including every stage's averaging, or the makespan), where
-`allocation.allocate` minimises DT-FM's full-pipeline cost.
+`allocation_search.allocate` minimises DT-FM's full-pipeline cost.
 
 Why: on geo-distributed DT-FM's objective puts all five data nodes in Belgium, NL and London
 (cheap stage-0 averaging, short full-pipeline tour); every microbatch then competes for the same

@@ -26,7 +26,8 @@ from ..routing import Router, origins_only, path_length, routers as make_routers
 from ..routing_step import carried, received, route_forward, spendings
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, Schedule
-from .simulate import SimResult, _Simulation
+from .result import SimResult
+from .simulate import _Simulation
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,8 @@ from ..routing import routers as make_routers
 from ..scenario import Scenario
 from ..schedule import Schedule
 from .online import _Online
-from .simulate import SimResult, _Simulation
+from .result import SimResult
+from .simulate import _Simulation
 
 
 @dataclass
