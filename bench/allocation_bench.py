@@ -20,12 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 from skippipe.planner import (allocate, allocation_score, random_allocation,
                               round_robin_allocation)
 from skippipe.planner.allocation_search import DEFAULT_TIME_BUDGET_S
 from skippipe.scenario import load_scenario
 from skippipe.util.tables import format_table
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_SETTINGS = ["settings/geo-distributed.toml", "settings/hetero-gpus.toml"]
 DEFAULT_SAMPLES = 100  # random allocations to compare with

@@ -26,12 +26,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 from bench.runs import skippipe
 from skippipe.runtime.launch.report import averaging_by_stage, averaging_windows
 from skippipe.runtime.node.runconfig import load_config
 from skippipe.scenario import load_scenario
 from skippipe.util.ports import free_port_range
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {  # name: (settings, nodes, time scale, iterations, extra run arguments)
     "tiny": ("settings/tiny.toml", 6, 20.0, 4, []),

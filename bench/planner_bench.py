@@ -99,17 +99,26 @@ def figures(runs: list[dict]) -> dict:
         if not rs:
             continue
         key = "iteration_s" if objective == "iteration" else "makespan_s"
-        med = lambda f: statistics.median(f(r) for r in rs)  # noqa: E731
-        out[f"ca iteration s ({objective})"] = med(lambda r: r["iteration_s"]["ca-partial"])
-        out[f"ca makespan s ({objective})"] = med(lambda r: r["makespan_s"]["ca-partial"])
-        out[f"ca/baseline ({objective})"] = med(lambda r: r[key]["ca-partial"] / r[key]["baseline"])
-        out[f"ca/random ({objective})"] = med(lambda r: r[key]["ca-partial"] / r[key]["random"])
-        out[f"ca/non-ca ({objective})"] = med(lambda r: r[key]["ca-partial"] / r[key]["non-ca-partial"])
-        out[f"gap ({objective})"] = med(lambda r: r["gap"]["ca-partial"] or 0.0)
-        out[f"fcfs penalty s ({objective})"] = med(lambda r: r["ca_fcfs_s"][key] - r[key]["ca-partial"])
-        out[f"cpu s ({objective})"] = med(lambda r: r["cpu_s"])
+        out.update({f"{name} ({objective})": value for name, value in _medians(rs, key).items()})
         out[f"wall cap cut in ({objective})"] = float(any(r["capped"] for r in rs))
     return out
+
+
+def _medians(rs: list[dict], key: str) -> dict[str, float]:
+    """The medians over `rs` (one objective's runs; `key` its objective's field)."""
+    def med(f):
+        return statistics.median(f(r) for r in rs)
+
+    return {
+        "ca iteration s": med(lambda r: r["iteration_s"]["ca-partial"]),
+        "ca makespan s": med(lambda r: r["makespan_s"]["ca-partial"]),
+        "ca/baseline": med(lambda r: r[key]["ca-partial"] / r[key]["baseline"]),
+        "ca/random": med(lambda r: r[key]["ca-partial"] / r[key]["random"]),
+        "ca/non-ca": med(lambda r: r[key]["ca-partial"] / r[key]["non-ca-partial"]),
+        "gap": med(lambda r: r["gap"]["ca-partial"] or 0.0),
+        "fcfs penalty s": med(lambda r: r["ca_fcfs_s"][key] - r[key]["ca-partial"]),
+        "cpu s": med(lambda r: r["cpu_s"]),
+    }
 
 
 def quality_table(name: str, runs: list[dict]) -> str:

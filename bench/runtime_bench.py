@@ -21,9 +21,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 from bench.runs import skippipe
 from skippipe.util.ports import free_port_range
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {  # name: (settings, nodes, time scale, iterations, extra run arguments)
     "tiny": ("settings/tiny.toml", 6, 4.0, 6, []),

@@ -43,7 +43,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 from bench.runs import finish, skippipe, start
 from bench.swarm_report import common_iteration, losses, num, plot, row_of, spread, table, tally
 from skippipe.runtime.launch.supervisor import Progress
@@ -53,6 +52,8 @@ from skippipe.timeline import read_jsonl
 from skippipe.util.ports import free_port_range
 from skippipe.util.procs import stop_sessions
 from skippipe.variants import VARIANTS as ALL_VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)

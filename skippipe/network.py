@@ -45,7 +45,7 @@ class Network:
     def _index(self) -> dict[tuple[str, str], Link]:
         cached = self.__dict__.get("_cache")
         if cached is None:
-            cached = {(min(a, b), max(a, b)): l for a, b, l in self.links}
+            cached = {(min(a, b), max(a, b)): link for a, b, link in self.links}
             object.__setattr__(self, "_cache", cached)
         return cached
 
@@ -114,7 +114,7 @@ def _parse_table(path, t: dict, overrides: list, scenario_path) -> tuple[Network
             if (min(a, b), max(a, b)) not in links:
                 raise fail(path, "links", f"missing location pair {a}-{b}")
     net = Network(str(t.get("name", Path(path).stem)), locations, same,
-                  tuple((a, b, l) for (a, b), l in sorted(links.items())))
+                  tuple((a, b, link) for (a, b), link in sorted(links.items())))
     return net, compute
 
 

@@ -274,7 +274,7 @@ def _check_times(v: VariantSchedule, costs: Costs) -> list[Violation]:
     for node, ops in v.order.items():
         spans = sorted(((o.start_s, o.start_s + costs.op_s(o.kind, node, v.split_backward), o)
                         for o in ops), key=lambda span: span[:2])  # zero-cost ops may tie
-        for (s0, e0, a), (s1, _, b) in zip(spans, spans[1:]):
+        for (_, e0, a), (s1, _, b) in zip(spans, spans[1:]):
             if s1 < e0 - TIME_TOLERANCE_S:
                 out.append(Violation("TC2", v.name, b.microbatch, b.hop,
                                      f"{b.kind.value} on node {node} starts at {s1:.3f}s while "

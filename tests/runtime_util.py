@@ -26,7 +26,7 @@ def finish(proc: subprocess.Popen, timeout_s: float) -> subprocess.CompletedProc
     except subprocess.TimeoutExpired:
         signal_session(proc, signal.SIGKILL)
         out, _ = proc.communicate()
-        raise AssertionError(f"{' '.join(proc.args)} did not finish in {timeout_s} s:\n{out}")
+        raise AssertionError(f"{' '.join(proc.args)} did not finish in {timeout_s} s:\n{out}") from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 

@@ -213,7 +213,7 @@ FLOOD = 300  # refused connections in the flood test
 def test_a_flood_of_refused_connections_logs_a_summary_not_a_line_each(tmp_path, caplog):
     async def attack_on(a, b):
         start = asyncio.get_running_loop().time()
-        for i in range(FLOOD // 3):  # wrong magic, another run's hello, random bytes
+        for _ in range(FLOOD // 3):  # wrong magic, another run's hello, random bytes
             await send_and_see_closed(a, b"x" * HELLO_BYTES)
             await send_and_see_closed(a, RunAuth.generate().hello(node_key(1))[0])
             await send_and_see_closed(a, os.urandom(HELLO_BYTES))

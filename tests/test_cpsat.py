@@ -133,7 +133,7 @@ def _memory_ok(data, paths, orders) -> bool:
     ops = chain(data.k)
     for node, order in orders.items():
         held = 0
-        for mb, pos in order:
+        for _mb, pos in order:
             kind = ops[pos][0]
             if kind == "F":
                 if held >= data.slots[node]:

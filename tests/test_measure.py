@@ -210,9 +210,9 @@ async def _cluster(devices: list[str]):
 def test_protocol_in_one_process(torch_threads):
     meas = asyncio.run(_cluster(["cpu", "cpu"]))
     assert [f.node for f in meas.nodes] == [0, 1, 2]
-    assert [(l.a, l.b) for l in meas.links] == [(0, 1), (0, 2), (1, 2)]  # 1-2: between workers
-    assert all(len(l.rtt_s) == 2 and l.payload_bytes == 4096 and l.bandwidth_bytes_per_s > 0
-               for l in meas.links)
+    assert [(ln.a, ln.b) for ln in meas.links] == [(0, 1), (0, 2), (1, 2)]  # 1-2: between workers
+    assert all(len(ln.rtt_s) == 2 and ln.payload_bytes == 4096 and ln.bandwidth_bytes_per_s > 0
+               for ln in meas.links)
     assert all(len(f.forward_s) == 2 for f in meas.nodes)
     assert all(f.forward_median_s > 0 and f.backward_median_s > 0 and f.layers == 2
                for f in meas.nodes)

@@ -123,7 +123,7 @@ def _outputs(procs, deadline_s: float) -> list[tuple[int, str]]:
         except subprocess.TimeoutExpired:
             signal_session(p, signal.SIGKILL)
             out, _ = p.communicate()
-            raise AssertionError(f"{' '.join(p.args)} did not finish in {deadline_s} s:\n{out}")
+            raise AssertionError(f"{' '.join(p.args)} did not finish in {deadline_s} s:\n{out}") from None
         results.append((p.returncode, out))
     return results
 

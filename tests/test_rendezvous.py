@@ -162,7 +162,7 @@ def test_another_key_never_meets_this_run_and_both_sides_say_the_keys_differ():
 def test_a_host_with_another_key_stops_with_one_line(tmp_path):
     endpoint = _endpoint()
     with Rendezvous(endpoint, AUTH, 6, SHORT_S):
-        r = run_skippipe(["run", "3", "6", "ca-partial", "0", "--rendezvous", "%s:%d" % endpoint,
+        r = run_skippipe(["run", "3", "6", "ca-partial", "0", "--rendezvous", f"{endpoint[0]}:{endpoint[1]}",
                           "--runs", str(tmp_path / "runs")], cwd=ROOT, timeout_s=60,
                          env={"SKIPPIPE_RUN_KEY": "ab" * 32})
     assert r.returncode == 2 and r.stdout.count("\n") == 1, r.stdout

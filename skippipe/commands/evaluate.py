@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "validation perplexity of a checkpoint with stages omitted (full, --omit-stages, --sweep)"
 from ..train.recipe import EVAL_SAMPLES
+
+HELP = "validation perplexity of a checkpoint with stages omitted (full, --omit-stages, --sweep)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "train in one process: each microbatch runs the stages of its path, in path order"
 from ..train.recipe import EVAL_SAMPLES, WARMUP_FRACTION
+
+HELP = "train in one process: each microbatch runs the stages of its path, in path order"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

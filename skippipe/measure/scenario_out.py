@@ -70,8 +70,8 @@ def render_scenario(template, meas: Measurements, settings: Settings, name: str,
                                    n, stage_sizes)
     when = when or time.strftime("%Y-%m-%d %H:%M:%S %Z")
     locs = [location(f.node) for f in meas.nodes]
-    links = [{"a": location(l.a), "b": location(l.b), "latency_ms": significant(l.latency_s * 1e3),
-              "bandwidth_gib_s": significant(l.bandwidth_bytes_per_s / GIB)} for l in meas.links]
+    links = [{"a": location(ln.a), "b": location(ln.b), "latency_ms": significant(ln.latency_s * 1e3),
+              "bandwidth_gib_s": significant(ln.bandwidth_bytes_per_s / GIB)} for ln in meas.links]
     doc = {
         "name": name,
         "description": f"{n} nodes measured {when}; model and training from {template.name}",
@@ -84,8 +84,8 @@ def render_scenario(template, meas: Measurements, settings: Settings, name: str,
             "locations": locs,
             "compute_s_per_sample_per_layer": {loc: significant(f.forward_median_s)
                                                for loc, f in zip(locs, meas.nodes)},
-            "same_location_link": {"latency_ms": min(l["latency_ms"] for l in links),
-                                   "bandwidth_gib_s": max(l["bandwidth_gib_s"] for l in links)},
+            "same_location_link": {"latency_ms": min(ln["latency_ms"] for ln in links),
+                                   "bandwidth_gib_s": max(ln["bandwidth_gib_s"] for ln in links)},
             "links": links,
         },
         "nodes": [{"location": loc, "memory_slots": pipeline["memory_slots"]} for loc in locs],
@@ -128,8 +128,8 @@ def summary_lines(meas: Measurements, settings: Settings) -> list[str]:
                  f"(elapsed - RTT), median of {settings.repeat} transfers of "
                  f"{settings.payload_bytes / MIB:g} MiB; latency = RTT / 2")
     rows = [(f"{l.a}-{l.b}", l.rtt_median_s * 1e3, _spread(l.rtt_s, 1e3, ".3f"),
-             median(l.transfer_s) * 1e3, _spread(l.transfer_s, 1e3, ".3f"), l.latency_s * 1e3,
-             l.bandwidth_bytes_per_s / GIB) for l in meas.links]
+             median(ln.transfer_s) * 1e3, _spread(ln.transfer_s, 1e3, ".3f"), ln.latency_s * 1e3,
+             ln.bandwidth_bytes_per_s / GIB) for ln in meas.links]
     lines += format_table(LINK_HEADER, rows, ["", ".3f", "", ".3f", "", ".4f", ".3f"],
                           ">" * len(LINK_HEADER)).splitlines()
     return lines

@@ -299,22 +299,22 @@ class _RelaxationModel:
 
     def _microbatch(self, m, d: ModelData, mb: int, origin: int, z: dict, times: dict,
                     horizon: int, rules: Rules):
-        """One microbatch's F0 start s, L start l and B0 end e, its ops and its memory hold."""
+        """One microbatch's F0 start s, L start ls and B0 end e, its ops and its memory hold."""
         def of(field: str):  # the chosen stage set's time
             return sum(getattr(times[st], field) * v for st, v in z.items())
 
         f, l_, b = d.dur["F"][origin], d.dur["L"][origin], d.dur["B"][origin]
-        s, l, e = (m.NewIntVar(0, horizon, f"{x}_{mb}") for x in "sle")
-        m.Add(l >= s + of("fwd"))
-        m.Add(e >= l + l_ + of("bwd"))
+        s, ls, e = (m.NewIntVar(0, horizon, f"{x}_{mb}") for x in "sle")
+        m.Add(ls >= s + of("fwd"))
+        m.Add(e >= ls + l_ + of("bwd"))
         m.Add(e >= s + of("round_trip"))
         if rules.objective == "makespan":
             m.Add(self.objective >= e)
         else:
             m.Add(self.objective >= e + d.avg[0])
-            m.Add(self.objective >= l + l_ + of("tail"))
+            m.Add(self.objective >= ls + l_ + of("tail"))
         self.start[mb] = s
-        ops = [m.NewFixedSizeIntervalVar(s, f, f"F0_{mb}"), m.NewFixedSizeIntervalVar(l, l_, f"L_{mb}"),
+        ops = [m.NewFixedSizeIntervalVar(s, f, f"F0_{mb}"), m.NewFixedSizeIntervalVar(ls, l_, f"L_{mb}"),
                m.NewFixedSizeIntervalVar(e - b, b, f"B0_{mb}")]
         hold = m.NewIntervalVar(s, m.NewIntVar(0, horizon, f"hold_{mb}"), e, f"M_{mb}")
         return ops, hold

@@ -286,7 +286,7 @@ class PathModel:
     def add_hint(self, plan: TimedPlan) -> None:
         """Hint every variable with a feasible plan (the greedy's)."""
         d, m, values = self.data, self.model, plan_values(self.data, plan)
-        for mb, origin in d.microbatches:
+        for mb, _origin in d.microbatches:
             nodes = plan.nodes[mb]
             for h in range(1, d.k):
                 for n, v in self.x[mb, h].items():

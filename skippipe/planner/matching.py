@@ -45,11 +45,11 @@ class _Transport:
         back = list(zip(lefts[1:], rights))
         amount = min([self.supply[lefts[0]] - self.sent[lefts[0]],
                       self.capacity[rights[-1]] - self.taken[rights[-1]]]
-                     + [self.flow[l][r] for l, r in back])
-        for l, r in zip(lefts, rights):
-            self.flow[l][r] += amount
-        for l, r in back:
-            self.flow[l][r] -= amount
+                     + [self.flow[left][r] for left, r in back])
+        for left, r in zip(lefts, rights):
+            self.flow[left][r] += amount
+        for left, r in back:
+            self.flow[left][r] -= amount
         self.sent[lefts[0]] += amount
         self.taken[rights[-1]] += amount
 

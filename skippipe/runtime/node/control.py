@@ -21,7 +21,7 @@ malformed message is rejected by its receiver, never trusted.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, make_dataclass
-from typing import ClassVar, Union
+from typing import ClassVar
 
 from ...errors import SkipPipeError
 from ..net.wire import Kind, Message, WireError
@@ -109,8 +109,8 @@ class MoveNotice:  # the announcement of a rebalance.Move
     at: int
 
 
-Control = Union[Hello, Finished, RejoinRequest, Dead, Restart, Reroute, RejoinAt, Welcome, Load, MoveNotice,
-                Report]
+Control = (Hello | Finished | RejoinRequest | Dead | Restart | Reroute | RejoinAt | Welcome | Load | MoveNotice
+           | Report)
 # Welcome and Finished before Dead: they also carry a "dead" list
 _TYPES = (Welcome, Finished, Restart, Reroute, RejoinAt, Dead, Load, MoveNotice, Report, Hello, RejoinRequest)
 _FLAGS = (Hello, RejoinRequest)  # no fields: the key's value is 1
