@@ -127,7 +127,7 @@ def summary_lines(meas: Measurements, settings: Settings) -> list[str]:
     lines.append(f"Links: RTT = median of {settings.repeat} CONTROL ping-pongs; bandwidth = payload / "
                  f"(elapsed - RTT), median of {settings.repeat} transfers of "
                  f"{settings.payload_bytes / MIB:g} MiB; latency = RTT / 2")
-    rows = [(f"{l.a}-{l.b}", l.rtt_median_s * 1e3, _spread(l.rtt_s, 1e3, ".3f"),
+    rows = [(f"{ln.a}-{ln.b}", ln.rtt_median_s * 1e3, _spread(ln.rtt_s, 1e3, ".3f"),
              median(ln.transfer_s) * 1e3, _spread(ln.transfer_s, 1e3, ".3f"), ln.latency_s * 1e3,
              ln.bandwidth_bytes_per_s / GIB) for ln in meas.links]
     lines += format_table(LINK_HEADER, rows, ["", ".3f", "", ".3f", "", ".4f", ".3f"],
