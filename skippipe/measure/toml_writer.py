@@ -32,6 +32,8 @@ def _dict_list(v) -> bool:
 def _table_body(table: dict) -> list[str]:
     out = []
     for key, value in table.items():
+        if value is None:  # TOML has no null: an unset key is left out (its default applies)
+            continue
         if _dict_list(value):
             out += [f"{toml_key(key)} = [", *(f"  {toml_value(v)}," for v in value), "]"]
         else:
