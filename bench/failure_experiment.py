@@ -21,7 +21,7 @@ from pathlib import Path
 from bench.runs import ROOT, skippipe
 from skippipe.runtime.launch.infer import distributed_perplexity, local_perplexity
 from skippipe.runtime.launch.prepare import ensure_schedule
-from skippipe.planning import DEFAULT_TIME_LIMIT_S
+from skippipe.plan_options import DEFAULT_TIME_LIMIT_S
 from skippipe.scenario import load_scenario
 from skippipe.schedule_file import load_schedule
 from skippipe.timeline import read_jsonl

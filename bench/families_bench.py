@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from skippipe.errors import SkipPipeError
-from skippipe.planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
+from skippipe.plan_options import DEFAULT_TIME_LIMIT_S, PlanOptions
+from skippipe.planning import build_schedule
 from skippipe.scenario import load_scenario
 from skippipe.sim.simulate import simulate
 from skippipe.timeline import gantt_png

@@ -45,7 +45,8 @@ from skippipe.planner.model_data import build_data, plan_values
 from skippipe.planner.greedy import GREEDY_VARIANTS, GreedyScheduler
 from skippipe.planner.partial import ca_partial_variant
 from skippipe.planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS
-from skippipe.planning import CA_SHARE, OBJECTIVES, PlanOptions, build_schedule
+from skippipe.plan_options import OBJECTIVES, PlanOptions
+from skippipe.planning import CA_SHARE, build_schedule
 from skippipe.scenario import load_scenario
 from skippipe.rules import validate
 from skippipe.schedule import Schedule

@@ -7,7 +7,8 @@ DT-FM's objective); the partial variants on one searched for their own objective
 (`planner.skip_allocation`), unless `shared_allocation` keeps the full-pipeline one for all, as
 the paper did; dualpipev on the full-pipeline one folded into a V (placement.fold: each node
 holds a stage and its mirror); ca-partial-zb on ca-partial's paths and allocation
-(planner/zb_fill.py). Each variant's planner: PLANNERS, keyed by `Variant.planner`.
+(planner/zb_fill.py). Each variant's planner: PLANNERS, keyed by `Variant.planner`. The build's
+options: plan_options.PlanOptions; the table printed after it: schedule_summary.py.
 
 Budget: `effort` gives the whole build's work seconds (planner/effort.py: deterministic work,
 scaled to the problem's size), split into fixed shares (the skip-aware allocation search,
@@ -30,18 +31,15 @@ from typing import Callable, Iterator
 
 from .errors import SkipPipeError
 from .memory import fullest
-from .planner.effort import (DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS, WallCap, default_cap_s,
-                             problem_size, work_seconds)
+from .plan_options import PlanOptions
+from .planner.effort import WallCap, problem_size, work_seconds
 from .scenario import Scenario
 from .rules import validate
 from .schedule import Schedule, VariantSchedule
-from .ops import LOSS_AT
-from .variants import REFERENCE, REGISTRY, VARIANTS, Variant
+from .variants import REGISTRY, VARIANTS, Variant
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIME_LIMIT_S = default_cap_s(DEFAULT_EFFORT)  # wall-clock safety cap at the default effort
-OBJECTIVES = ("iteration", "makespan")  # simulator's iteration time (with averaging) / makespan
 FULL_ALLOCATION_RESTARTS, FULL_ALLOCATION_RESTARTS_FROM_S = 3, 30.0  # its annealing restarts
 # (geo-distributed: ~0.4 s each); one below this many work seconds
 SEARCH_SHARE = 0.25  # of the work seconds for the skip-aware allocation search
@@ -50,50 +48,6 @@ CA_SHARE = 0.45  # for ca-partial (the rest: allocation, simulation, validation)
 MAX_LINE, MAX_STAGES_SHOWN = 300, 6  # progress lines stay short on huge scenarios
 
 Progress = Callable[[str], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class PlanOptions:
-    variants: tuple[str, ...] = VARIANTS
-    seed: int = 0
-    time_limit_s: float | None = None  # wall-clock safety cap of the whole build (None: the effort's)
-    workers: int = DEFAULT_WORKERS  # CP-SAT threads: the schedule does not depend on them
-    objective: str = "iteration"  # what the partial variants and their allocation minimise
-    shared_allocation: bool = False  # one (full-pipeline) allocation for every variant
-    family_memory: bool = False  # the classic families under their own memory rules, not the slots
-    loss_at: str | None = None  # the full pipelines' loss placement (ops.LOSS_AT); None: each one's default
-    effort: str = DEFAULT_EFFORT  # planner/effort.py: quick, default or thorough
-
-    def check(self) -> None:
-        from .planner.paths import PlanningError
-        if self.objective not in OBJECTIVES:
-            raise PlanningError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
-        if self.effort not in EFFORTS:
-            raise PlanningError(f"effort {self.effort!r} is not one of {', '.join(EFFORTS)}")
-        if self.time_limit_s is not None and not 0 < self.time_limit_s < float("inf"):
-            raise PlanningError(f"time limit {self.time_limit_s} s must be positive and finite")
-        if self.workers < 1:
-            raise PlanningError(f"workers {self.workers} must be at least 1")
-        if self.loss_at not in (None, *LOSS_AT):
-            raise PlanningError(f"loss placement {self.loss_at!r} is not one of {', '.join(LOSS_AT)}")
-        unknown = [v for v in self.variants if v not in VARIANTS]
-        if unknown:
-            raise PlanningError(f"unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
-        for name in self.variants:
-            spec = REGISTRY[name]
-            if spec.planner == "backward-split" and spec.built_on not in self.variants:
-                raise PlanningError(f"{name} is {spec.built_on} with the backward split: "
-                                    f"plan {spec.built_on} too")
-
-    @property
-    def cap_s(self) -> float:
-        return default_cap_s(self.effort) if self.time_limit_s is None else self.time_limit_s
-
-    def loss_at_of(self, variant: str) -> str:
-        """Where `variant`'s loss runs: the chosen placement for a full pipeline, else its default
-        (a partial path may skip the last stage: its loss stays at the origin)."""
-        spec = REGISTRY[variant]
-        return self.loss_at if self.loss_at and spec.full_pipeline else spec.loss_at
 
 
 @dataclasses.dataclass
@@ -336,52 +290,3 @@ def _fmt_stages(stages) -> str:
              else f"stage {s}: {list(ns)}" for s, ns in enumerate(stages[:MAX_STAGES_SHOWN])]
     more = f" | {len(stages) - MAX_STAGES_SHOWN} more stages" if len(stages) > MAX_STAGES_SHOWN else ""
     return " | ".join(parts) + more
-
-
-def summary_rows(sched: Schedule, failures: dict[str, str] | None = None) -> list[dict]:
-    """One row per variant: predicted iteration time and makespan, ratios to the baseline,
-    solver bound (of the variant's objective), gap and time; a row marked FAILED for each of
-    `failures` (variant -> why)."""
-    base = sched.variants.get(REFERENCE)
-    rows = []
-    for name, v in sched.variants.items():
-        it, mk = v.predicted.get("iteration_s"), v.predicted.get("makespan_s")
-        p = v.provenance
-        rows.append({
-            "variant": name, "iteration_s": it, "makespan_s": mk,
-            "vs_baseline": it / base.predicted["iteration_s"] if base and it else None,
-            "makespan_vs_baseline": mk / base.predicted["makespan_s"] if base and mk else None,
-            "bound_s": p.bound, "gap": p.gap, "solve_s": p.wall_s, "limit_s": p.time_limit_s,
-            "bubble": v.predicted.get("bubble_share"), "peak": v.predicted.get("peak_activations"),
-            "peak_slots": _peak_slots(v), "memory": v.memory,
-            "status": p.status,
-        })
-    return rows + [{"variant": name, "status": f"FAILED: {why}"} for name, why in (failures or {}).items()]
-
-
-def _peak_slots(v: VariantSchedule) -> str:
-    """"peak/slots" at the variant's fullest node ("-" for a schedule planned before it was kept)."""
-    p = v.predicted
-    if "fullest_peak" not in p:
-        return "-"
-    return f"{p['fullest_peak']:.0f}/{p['fullest_slots']:.0f}"
-
-
-def format_summary(rows: list[dict]) -> str:
-    """summary_rows as the fixed-width table create_schedule.py prints."""
-    def f(x, spec):
-        return format(x, spec) if x is not None else format("-", f">{spec.split('.')[0]}")
-    blank = {**dict.fromkeys(("iteration_s", "makespan_s", "vs_baseline", "makespan_vs_baseline",
-                              "bound_s", "gap", "solve_s", "limit_s", "bubble", "peak")),
-             "peak_slots": "-", "memory": "-"}  # a failed variant's row has only its status
-    rows = [{**blank, **r} for r in rows]
-    lines = [f"{'variant':<15} {'iteration s':>11} {'makespan s':>10} {'it/base':>8} {'mk/base':>8} "
-             f"{'bound s':>8} {'gap':>6} {'solve s':>8} {'limit s':>8} {'bubble':>6} {'peak act':>8} "
-             f"{'peak/slots':>10} {'memory':>6}  status"]
-    for r in rows:
-        lines.append(f"{r['variant']:<15} {f(r['iteration_s'], '11.2f')} {f(r['makespan_s'], '10.2f')} "
-                     f"{f(r['vs_baseline'], '8.3f')} {f(r['makespan_vs_baseline'], '8.3f')} "
-                     f"{f(r['bound_s'], '8.2f')} {f(r['gap'], '6.1%')} {f(r['solve_s'], '8.1f')} "
-                     f"{f(r['limit_s'], '8.1f')} {f(r['bubble'], '6.1%')} {f(r['peak'], '8.0f')} "
-                     f"{r['peak_slots']:>10} {r['memory']:>6}  {r['status']}")
-    return "\n".join(lines)

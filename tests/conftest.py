@@ -21,7 +21,8 @@ def tiny_scenario():
 @pytest.fixture(scope="session")
 def tiny_schedule(tmp_path_factory, tiny_scenario):
     """A planned schedule of the tiny scenario (every variant; one worker, 5 s), as a file."""
-    from skippipe.planning import PlanOptions, build_schedule
+    from skippipe.plan_options import PlanOptions
+    from skippipe.planning import build_schedule
     from skippipe.schedule_file import save_schedule
     sched = build_schedule(tiny_scenario, PlanOptions(time_limit_s=5, workers=1))
     path = tmp_path_factory.mktemp("schedule") / "tiny.json"

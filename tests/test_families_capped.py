@@ -12,7 +12,8 @@ from skippipe.ops import B, F, Op, OpKind, W
 from skippipe.planner.families import family_variant
 from skippipe.planner.paths import PlanningError
 from skippipe.placement import fold
-from skippipe.planning import PlanOptions, build_schedule
+from skippipe.plan_options import PlanOptions
+from skippipe.planning import build_schedule
 from skippipe.rules import violations
 from skippipe.scenario import load_scenario
 from skippipe.schedule import Schedule

@@ -14,7 +14,8 @@ from skippipe.memory import family_limits
 from skippipe.placement import averaging_ends, fold, hop_stages, stages_of, v_problems
 from skippipe.planner.families import family_variant
 from skippipe.planner.paths import PlanningError
-from skippipe.planning import PlanOptions, build_schedule
+from skippipe.plan_options import PlanOptions
+from skippipe.planning import build_schedule
 from skippipe.rules import planned_makespan, violations
 from skippipe.schedule import Hop, Schedule
 from skippipe.schedule_file import from_dict, to_dict

@@ -64,7 +64,8 @@ def single_process():
 @pytest.fixture(scope="module")
 def family_memory_schedule(tmp_path_factory):
     """dualpipev's V order fits no 2 slots of tiny: it runs under its own memory rule there."""
-    from skippipe.planning import PlanOptions, build_schedule
+    from skippipe.plan_options import PlanOptions
+    from skippipe.planning import build_schedule
     from skippipe.schedule_file import save_schedule
     opts = PlanOptions(variants=("baseline", "dualpipev"), time_limit_s=2, workers=1, family_memory=True)
     path = tmp_path_factory.mktemp("family-memory") / "tiny.json"

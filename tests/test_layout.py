@@ -17,11 +17,11 @@ LAYERS = [
     {"costs", "dispatch", "timeline", "memory", "placement", "failures"},
     {"schedule"},
     {"rules"},
-    {"schedule_file"},
+    {"schedule_file", "schedule_summary"},  # a schedule read and written; its summary table
     {"util"},
     {"routing", "routing_step", "recovery", "rebalance"},  # online routing, repair, moves: used by the simulator and the runtime
     {"sim"},
-    {"planner", "planning"},
+    {"planner", "plan_options", "planning"},  # the planners; what a build is asked for; the build
     {"train"},
     {"study"},  # the sparse-pipeline study: trains in one process, reports from stored results
     {"runtime"},

@@ -115,7 +115,8 @@ def test_moving_the_untied_head_changes_where_it_sits_not_what_it_computes(tiny_
 
 
 def test_planning_places_the_full_pipelines_loss_as_asked(tiny_scenario):
-    from skippipe.planning import PlanOptions, build_schedule
+    from skippipe.plan_options import PlanOptions
+    from skippipe.planning import build_schedule
 
     wanted = ("baseline", "1f1b", "swarm", "random")
     for asked, full in ((None, "last"), ("origin", "origin"), ("last", "last")):

@@ -10,7 +10,9 @@ import pytest
 
 from skippipe.cli import main
 from skippipe.planner.paths import PlanningError
-from skippipe.planning import PlanOptions, build_schedule, format_summary, summary_rows
+from skippipe.plan_options import PlanOptions
+from skippipe.planning import build_schedule
+from skippipe.schedule_summary import format_summary, summary_rows
 from skippipe.scenario import load_scenario
 from skippipe.schedule import SCHEMA_VERSION, ScheduleError
 from skippipe.schedule_file import from_dict, load_schedule, save_schedule, to_dict

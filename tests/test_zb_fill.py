@@ -5,7 +5,8 @@ from skippipe.costs import Costs
 from skippipe.ops import OpKind
 from skippipe.planner.paths import PlanningError
 from skippipe.planner.zb_fill import no_later
-from skippipe.planning import PlanOptions, build_schedule
+from skippipe.plan_options import PlanOptions
+from skippipe.planning import build_schedule
 from skippipe.rules import violations
 from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.simulate import simulate

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from fractions import Fraction
@@ -23,22 +22,20 @@ from pathlib import Path
 from ..errors import SkipPipeError
 from ..memory import fullest
 from ..ops import LOSS_AT
+from ..plan_options import DEFAULT_TIME_LIMIT_S, PlanOptions
 from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS
-from ..planning import DEFAULT_TIME_LIMIT_S, PlanOptions, build_schedule
+from ..planning import build_schedule
 from ..scenario import Scenario, load_scenario
 from ..schedule import Schedule
 from ..schedule_file import load_schedule, save_schedule
 from ..variants import REGISTRY, VARIANTS
 from ..util.files import write_atomic
 from ..util.rundir import can_create
-from ..util.tables import format_table
 from . import compare_conditions as conditions
 from .compare_conditions import CONDITIONS, DEFAULT_ITERATIONS
+from .compare_report import bar_chart, format_rows, markdown, memory_text, verdict
 
 HELP = "plan or load every variant at the same memory, simulate each, compare with the best full pipeline"
-HEADER = ("variant", "memory", "loss", "iteration s", "makespan s", "bubble", "peak/slots",
-          "work/it", "samples/s", "x best full", "it speedup")
-EMULATE_HEADER = ("measured s", "measured/predicted")
 DEFAULT_TIME_SCALE = 4.0  # --emulate: wall seconds per scenario second (tiny's bench scale)
 
 
@@ -205,90 +202,6 @@ def _stages_per_path(v) -> str:
     """k of a variant's paths: one number, or the range when its paths differ."""
     ks = sorted({len(p.hops) for p in v.paths})
     return str(ks[0]) if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
-
-
-def memory_text(scenario: Scenario, family_memory: bool) -> str:
-    counts = sorted({n.memory_slots for n in scenario.nodes})
-    slots = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-    if family_memory:
-        return f"the classic families under their own memory rules, the rest at {slots} slots"
-    return f"every variant at the same memory: {slots} slots per node"
-
-
-def verdict(rows: list[dict], memory: str) -> str:
-    """One line: SkipPipe's best variant against the best full pipeline, throughput and time."""
-    best = next((r for r in rows if r["variant"] == (rows[0]["best_full"] if rows else None)), None)
-    if best is None:
-        return "no full-pipeline variant compared: no verdict"
-    others = [r for r in rows if not r["full_pipeline"]]
-    if not others:
-        return (f"the best full pipeline is {best['variant']} ({best['iteration_s']:.4g} s per "
-                f"iteration; {memory})")
-    r = max(others, key=lambda r: r["samples_per_s"])
-    per_mb = f"{r['stages_per_path']}/{r['n_stages']}"
-    return (f"{r['variant']} is {r['vs_best_full']:.2f}x the best full pipeline ({best['variant']}) "
-            f"in full-model samples per second ({memory}); its iterations are "
-            f"{r['it_speedup']:.2f}x as fast and it does {per_mb} of the work per microbatch")
-
-
-def format_rows(rows: list[dict]) -> str:
-    return format_table(*_cells(rows))
-
-
-def _cells(rows: list[dict]) -> tuple[tuple[str, ...], list[list[str]]]:
-    """The table's header and cells (the measured columns when a row was emulated)."""
-    def ratio(x):
-        return "-" if x is None else f"{x:.2f}"
-    if any("condition" in r for r in rows):
-        return conditions.cells(rows, ratio)
-    emulated = any("measured_s" in r for r in rows)
-    table = []
-    for r in rows:
-        line = [r["variant"], r["memory"], r["loss"], f"{r['iteration_s']:.4g}", f"{r['makespan_s']:.4g}",
-                f"{r['bubble']:.1%}", f"{r['peak']}/{r['slots']}",
-                f"{r['work']:.4g}/{r['microbatches']}", f"{r['samples_per_s']:.4g}",
-                ratio(r["vs_best_full"]), ratio(r["it_speedup"])]
-        if emulated:
-            m = r.get("measured_s")
-            line += ["-" if m is None else f"{m:.4g}", "-" if m is None else f"{m / r['iteration_s']:.2f}"]
-        table.append(line)
-    return HEADER + (EMULATE_HEADER if emulated else ()), table
-
-
-def markdown(rows: list[dict], verdict_line: str, command: str) -> str:
-    """The table as Markdown, the command that made it above and the verdict below."""
-    header, cells = _cells(rows)
-    out = [f"`{command}`", ""] if command else []
-    out += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(c) + " |" for c in cells]
-    return "\n".join(out + ["", verdict_line, ""])
-
-
-def bar_chart(rows: list[dict], path: Path, title: str) -> None:
-    """Throughput per variant, full pipelines in one colour, the best of them marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(rows) + 2), 4.0))
-    colours = ["tab:gray" if r["full_pipeline"] else "tab:blue" for r in rows]
-    bars = ax.bar([r["variant"] for r in rows], [r["samples_per_s"] for r in rows], color=colours)
-    for bar, r in zip(bars, rows):
-        label = "best full" if r["variant"] == r["best_full"] else ratio_label(r)
-        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                    va="bottom", fontsize=8)
-    ax.set_ylabel("full-model-equivalent samples / s")
-    ax.set_title(title, fontsize=10)
-    ax.tick_params(axis="x", labelrotation=45)
-    fig.tight_layout()
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def ratio_label(r: dict) -> str:
-    return "" if r["vs_best_full"] is None else f"{r['vs_best_full']:.2f}x"
 
 
 def _write_json(path: Path, data: dict) -> None:

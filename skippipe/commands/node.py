@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..planning import DEFAULT_TIME_LIMIT_S
+from ..plan_options import DEFAULT_TIME_LIMIT_S
 from ..variants import VARIANTS
 from ..util.rundir import RUNS_DIR
 from .run import DEFAULT_PEER_TIMEOUT_S, add_rendezvous_arguments

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..planning import DEFAULT_TIME_LIMIT_S
+from ..plan_options import DEFAULT_TIME_LIMIT_S
 from ..variants import VARIANTS
 from ..util.rundir import RUNS_DIR
 

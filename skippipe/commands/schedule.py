@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 from ..ops import LOSS_AT
+from ..plan_options import OBJECTIVES, PlanOptions
 from ..planner.effort import DEFAULT_EFFORT, DEFAULT_WORKERS, EFFORTS, default_cap_s
-from ..planning import OBJECTIVES, PlanOptions, build_schedule, format_summary, summary_rows
+from ..planning import build_schedule
 from ..scenario import load_scenario
 from ..schedule_file import save_schedule
+from ..schedule_summary import format_summary, summary_rows
 from ..variants import VARIANTS
 
 HELP = "plan a scenario: allocation + paths for each variant, simulated, written as JSON"

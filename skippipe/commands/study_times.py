@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def full_pipelines(scenario, effort: str, seed: int, progress):
     """The full-pipeline variants planned at the scenario's slots and compare's rows of them."""
-    from ..planning import PlanOptions, build_schedule
+    from ..plan_options import PlanOptions
+    from ..planning import build_schedule
     from ..variants import REGISTRY
     from .compare import compare_rows
 

@@ -15,7 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ...errors import SkipPipeError
-from ...planning import PlanOptions, build_schedule
+from ...plan_options import PlanOptions
+from ...planning import build_schedule
 from ...scenario import Scenario, load_scenario
 from ...schedule import Schedule, ScheduleError, VariantSchedule
 from ...schedule_file import load_schedule, save_schedule
