@@ -11,11 +11,12 @@ from skippipe.rules import validate
 
 from skippipe.schedule import Provenance, Schedule
 from skippipe.scenario import load_scenario
-from skippipe.planner import greedy
+from skippipe.planner import candidates
 from skippipe.planner.cpsat import PathModel
 from skippipe.planner.model_data import Rules
 from skippipe.planner.model_data import build_data, plan_values
-from skippipe.planner.greedy import candidate_paths, greedy_plan
+from skippipe.planner.candidates import candidate_paths
+from skippipe.planner.greedy import greedy_plan
 from skippipe.planner.partial import to_variant
 from skippipe.planner.paths import stage_sequences
 
@@ -86,7 +87,7 @@ def test_beam_keeps_cheapest_paths_when_too_many(monkeypatch):
     sc = make_scenario(stage_sizes=(1, 3, 3, 3), k=4, latency={(0, 1): NEAR_S})
     data = data_for(sc)
     full = candidate_paths(data, 0)
-    monkeypatch.setattr(greedy, "CANDIDATES_PER_ORIGIN", len(data.sequences) * 2)
+    monkeypatch.setattr(candidates, "CANDIDATES_PER_ORIGIN", len(data.sequences) * 2)
     beamed = candidate_paths(data, 0)
     assert len(beamed) < len(full) and set(beamed) <= set(full)
     assert min(map(data.path_ticks, beamed)) == min(map(data.path_ticks, full))

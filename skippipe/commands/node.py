@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.node_id is not None:
-        from ..runtime.node.node import main
+        from ..runtime.node.process import main
         return main(args.config, args.node_id, args.rejoin)
     from ..errors import SkipPipeError
     from ..runtime.launch.ranked import rank_from_environment, run_ranked

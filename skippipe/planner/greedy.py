@@ -1,12 +1,13 @@
 """Greedy list scheduler for ca-partial: a fast feasible timed plan, CP-SAT's hint and fallback.
 
 Microbatches are taken round-robin over the data nodes (each data node's in id order). Each one
-tries every candidate path of its origin (CC3-valid stage sequences x allowed nodes) and is
-inserted whole into the node timelines: every op at the earliest time its node is free for its
-duration and its input has arrived over an idle link (gaps between placed ops are used). Memory:
-when a hop's hold [F start, B end) would overflow its node's slots, that F is delayed until the
-saturation ends and the path is placed again (the upstream hops keep their times and hold their
-activations longer). The earliest finish wins (ties: the shorter idle round trip).
+tries every candidate path of its origin (candidates.py: CC3-valid stage sequences x allowed
+nodes) and is inserted whole into the node timelines: every op at the earliest time its node is
+free for its duration and its input has arrived over an idle link (gaps between placed ops are
+used). Memory: when a hop's hold [F start, B end) would overflow its node's slots, that F is
+delayed until the saturation ends and the path is placed again (the upstream hops keep their
+times and hold their activations longer). The earliest finish wins (ties: the shorter idle round
+trip).
 
 TC1's visit cap is kept by looking ahead: a microbatch may only take a stage set after which
 the remaining microbatches can still be given stage sets within every stage's share (the plan
@@ -21,13 +22,13 @@ model's ticks (model_data.ModelData), so the plan is a feasible CP-SAT hint as i
 
 Past the build's wall-clock cap (effort.WallCap) the greedy does the least work that still
 completes: origins not yet given candidates get one path per stage set of the TC1-feasible
-reference plan (`least_work_paths`), each microbatch takes the cheapest path the reference
-still allows (one placement), and no further setting runs. Before the cap nothing changes.
+reference plan (`candidates.least_work_paths`), each microbatch takes the cheapest path the
+reference still allows (one placement), and no further setting runs. Before the cap nothing
+changes.
 """
 from __future__ import annotations
 
 import bisect
-import heapq
 import itertools
 import logging
 import math
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..ops import chain
+from .candidates import PHASE, StageSet, candidate_paths, path_limit, stage_set
 from .effort import WallCap, unlimited
 from .model_data import ModelData, TimedPlan, plan_values, stage_set_counts
 from .paths import PlanningError
@@ -45,95 +47,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CANDIDATES_PER_ORIGIN = 600  # paths a microbatch tries: the paper's setting has 594 in all
-PATHS_PER_NODE = 3  # when paths are cut to the cheapest, each allowed node keeps this many
 GREEDY_VARIANTS = ((0, None), (0, 1), (None, None))  # (stage pacing, node slack) per greedy run:
 # visits a stage may run ahead of its paced share, a node beyond its share (None: unlimited)
 EXACT_CHECKS = 3  # stage sets per microbatch checked with the exact count model (a few ms each)
 PLACEMENTS_PER_S = 120_000  # op placements per second on the shared 2-core dev box (80k-350k)
-PLACEMENT_BUDGET = 200_000  # op placements in all (~1 s of Python): fewer paths per microbatch
-# when there are many microbatches and hops (each path costs 2k+1 timeline look-ups)
-
-StageSet = tuple[int, ...]
-PHASE = "the first greedy plan"  # named in the cap's one line when it cuts in here
-
-
-def path_limit(data: ModelData) -> int:
-    """Candidate paths per origin: CANDIDATES_PER_ORIGIN within the PLACEMENT_BUDGET."""
-    per_path = len(data.microbatches) * len(chain(data.k))
-    return max(1, min(CANDIDATES_PER_ORIGIN, PLACEMENT_BUDGET // per_path))
-
-
-def candidate_paths(data: ModelData, origin: int, limit: int | None = None,
-                    cap: WallCap | None = None) -> list[tuple[int, ...]]:
-    """Node paths (origin first) over every CC3-valid sequence and the origin's allowed nodes;
-    when there are more than `path_limit`, a beam search per sequence (and one per node forced
-    into its stage) and then the cheapest (idle round trip) of them, keeping the cheapest of
-    every stage set and PATHS_PER_NODE through every allowed node. `limit` lowers path_limit
-    (the allocation search scores many allocations with a faster greedy). Past `cap`: the
-    `least_work_paths` only."""
-    if cap is not None and cap.spent(PHASE):
-        return least_work_paths(data, origin)
-    allowed = data.allowed[origin]
-    total = sum(_product_size(allowed, seq) for seq in data.sequences)
-    limit = path_limit(data) if limit is None else min(limit, path_limit(data))
-    if total <= limit:
-        return [(origin,) + rest for seq in data.sequences
-                for rest in itertools.product(*(allowed[s] for s in seq[1:]))]
-    width = max(1, limit // len(data.sequences))
-    cost = {p: data.path_ticks(p) for seq in data.sequences for p in _beam(data, origin, seq, width)}
-    for stage, nodes in enumerate(allowed[1:], start=1):  # paths through every allowed node
-        for n in (nodes if len(nodes) > 1 else ()):
-            forced = allowed[:stage] + ((n,),) + allowed[stage + 1:]
-            cost.update({p: data.path_ticks(p) for seq in data.sequences if stage in seq
-                         for p in _beam(data, origin, seq, 1, forced)})
-    paths = sorted(cost, key=lambda p: (cost[p], p))
-    best_per_set, per_node = {}, Counter()
-    kept = set()
-    for p in paths:  # every stage set keeps its cheapest path (TC1's look-ahead), every node a few
-        if best_per_set.setdefault(_stage_set(data, p), p) == p or any(per_node[n] < PATHS_PER_NODE for n in p[1:]):
-            kept.add(p)
-            per_node.update(p[1:])
-    for p in paths:
-        if len(kept) >= limit:
-            break
-        kept.add(p)
-    return sorted(kept, key=lambda p: (cost[p], p))
-
-
-def least_work_paths(data: ModelData, origin: int) -> list[tuple[int, ...]]:
-    """One path per stage set of the reference plan (`data.visit_plan`, TC1-feasible): the
-    first sequence with that set, on its cheapest nodes. A microbatch can always take one."""
-    wanted, paths = {st for st, _ in data.visit_plan}, {}
-    for seq in data.sequences:
-        st = tuple(sorted(seq[1:]))
-        if st in wanted and st not in paths:
-            paths[st] = _beam(data, origin, seq, 1)[0]
-    return sorted(paths.values(), key=lambda p: (data.path_ticks(p), p))
-
-
-def candidate_count(data: ModelData, origin: int) -> int:
-    """How many paths the origin has before any limit (CC3-valid sequences x allowed nodes)."""
-    return sum(_product_size(data.allowed[origin], seq) for seq in data.sequences)
-
-
-def _product_size(allowed, seq) -> int:
-    size = 1
-    for s in seq[1:]:
-        size *= len(allowed[s])
-    return size
-
-
-def _beam(data: ModelData, origin: int, seq: tuple[int, ...], width: int,
-          allowed=None) -> list[tuple[int, ...]]:
-    """The `width` cheapest paths of `seq` by a beam search on the idle round trip."""
-    d, allowed = data, allowed or data.allowed[origin]
-    beam = [(d.dur["F"][origin] + d.dur["L"][origin] + d.dur["B"][origin], (origin,))]
-    for s in seq[1:]:
-        grown = [(cost + d.link[p[-1]][n] + d.link[n][p[-1]] + d.dur["F"][n] + d.dur["B"][n], p + (n,))
-                 for cost, p in beam for n in allowed[s]]
-        beam = heapq.nsmallest(width, grown)
-    return [p for _, p in beam]
 
 
 @dataclass
@@ -196,7 +113,7 @@ class GreedyScheduler:
         self.caps = {s: data.visit_cap for s in range(1, len(data.stages))}
         self.reference = Counter(dict(data.visit_plan) if self.guide is None  # a TC1-feasible
                                  else self.guide.stage_set.values())  # completion
-        self.all_sets = sorted({_stage_set(data, p) for paths in self.candidates.values() for p in paths})
+        self.all_sets = sorted({stage_set(data, p) for paths in self.candidates.values() for p in paths})
         self._completions: dict[tuple, Counter | None] = {}
         self.nodes: dict[int, tuple[int, ...]] = {}
         self.starts: dict[tuple[str, int, int], int] = {}
@@ -220,11 +137,11 @@ class GreedyScheduler:
         else:
             options = self._guided(mb, self.candidates[origin])
         placed = sorted((self._place(p) + (p,) for p in options), key=lambda r: r[:2])
-        paced = [r for r in placed if self._within_pace(_stage_set(self.data, r[3]))
+        paced = [r for r in placed if self._within_pace(stage_set(self.data, r[3]))
                  and all(self.node_visits[n] < self.node_share.get(n, math.inf) for n in r[3][1:])]
         exact_sets: set[StageSet] = set()
         for _, _, starts, path in paced + placed:
-            st = _stage_set(self.data, path)
+            st = stage_set(self.data, path)
             rest = self._rest_after(st)
             if rest is None and st not in exact_sets and len(exact_sets) < EXACT_CHECKS:
                 exact_sets.add(st)
@@ -237,7 +154,7 @@ class GreedyScheduler:
     def _least_work(self, paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
         """Past the cap: the cheapest path whose stage set the reference plan still holds (all
         paths when none does)."""
-        allowed = [p for p in paths if self.reference.get(_stage_set(self.data, p), 0) > 0]
+        allowed = [p for p in paths if self.reference.get(stage_set(self.data, p), 0) > 0]
         return [min(allowed, key=lambda p: (self.round_trip[p], p))] if allowed else paths
 
     def _guided(self, mb: int, paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
@@ -245,7 +162,7 @@ class GreedyScheduler:
         if self.guide is None:
             return paths
         want = self.guide.stage_set[mb]
-        return [p for p in paths if _stage_set(self.data, p) == want] or paths
+        return [p for p in paths if stage_set(self.data, p) == want] or paths
 
     def _within_pace(self, st: StageSet) -> bool:
         """TC1's even share spread over the microbatches in placement order: after j of N, a
@@ -336,10 +253,6 @@ def _node_shares(data: ModelData, slack: int) -> dict[int, int]:
         total = sum(speed.values())
         out.update({n: math.ceil(data.visit_cap * v / total) + slack for n, v in speed.items()})
     return out
-
-
-def _stage_set(data: ModelData, path: tuple[int, ...]) -> StageSet:
-    return tuple(sorted(data.stage_of[n] for n in path[1:]))
 
 
 def _round_robin(microbatches) -> list[tuple[int, int]]:

@@ -38,7 +38,8 @@ from ..scenario import Scenario
 from .allocation import Stages, random_allocation, as_stages
 from .bounds import PathBounds
 from .model_data import Rules
-from .greedy import PLACEMENTS_PER_S, GreedyScheduler, candidate_count, candidate_paths, path_limit
+from .candidates import candidate_count, candidate_paths, path_limit
+from .greedy import PLACEMENTS_PER_S, GreedyScheduler
 from ..ops import chain
 from .effort import WallCap, unlimited
 from .model_data import build_data, link_matrix, plan_values

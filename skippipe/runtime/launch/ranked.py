@@ -55,7 +55,7 @@ def rank_from_environment(env: Mapping[str, str], rendezvous: str | None = None)
 
 def run_ranked(opts: RunOptions, rank: Rank, say=print) -> int:
     """Rendezvous, prepare and run node `rank.rank` in this process; its exit code."""
-    from ..node.node import main
+    from ..node.process import main
     from ..node.runconfig import save_config
     n_nodes = len(scenario_for(opts.scenario, opts.mb or None).nodes)
     if rank.world != n_nodes:

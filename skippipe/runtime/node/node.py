@@ -20,19 +20,17 @@ contributions its failed attempt already made on later hops: a bias of at most o
 per affected stage, in the failure's iteration only. Restarted nodes come back via rejoin.py,
 planned failures come from faults.py. A node whose side of the run loses a stage or the majority
 stops (quorum.py); the run's first launcher hears of other hosts' nodes through gather.py.
+What peers tell the node waits in notices.py until the loop looks; process.py runs a node as its
+own process (config, logging, exit code).
 """
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from pathlib import Path
 
-import torch
-
 from ...costs import Costs
-from ...errors import SkipPipeError
 from ...scenario import load_scenario
 from ...schedule_file import load_schedule
 from ...train.recipe import recipe_config
@@ -40,7 +38,6 @@ from ...util.devices import device_for
 from .averaging import StageAverager
 from .checkpoint import save_checkpoint
 from .compute import StageCompute, batch_stream, stand_in
-from .control import Control, Dead, Hello, Reroute, Restart
 from .emulation import Emulation
 from .faults import PHASE_OF, FailureInjector
 from .gather import Gather
@@ -49,17 +46,15 @@ from .membership import Membership, rebalance_factor
 from .moves import Moves
 from .operations import Operations
 from .messenger import STALL_FACTOR, Messenger, NodeFailure
+from .notices import Notices
 from .iteration import Iteration
-from .quorum import QUORUM_EXIT, Quorum, QuorumLost
+from .quorum import Quorum
 from ...recovery import live_variant
 from .rejoin import Rejoin
 from .routes import Routes
 from .runconfig import EventWriter, RunConfig, events_dir
 from ..net.frames import TransportConfig
 from ..net.transport import Transport
-from ..net.wire import Kind, Message
-
-log = logging.getLogger(__name__)
 
 
 class Node:
@@ -84,10 +79,8 @@ class Node:
         self.live = Liveness(node_id, cfg.peers, self.transport, cfg.peer_timeout_s, self._on_dead)
         self.messenger = Messenger(node_id, self.transport, self.live, self.events, self.emulation,
                                    cfg.peer_timeout_s)
-        self.messenger.on_control = self._control
         self.members = Membership(node_id, self.schedule.allocation, self.stages_of, rebalance_factor(self.variant))
         self.routes = Routes(node_id, self.variant, self.sc, self.members, self.messenger, self.emulation)
-        self.messenger.handlers[Kind.DONE] = self._done
         self.ops = Operations(self.variant, self.costs.activation_bytes, self.routes, self.messenger, self.emulation,
                               self.events, self.members)
         self.ops.place(self.compute, self.stage)
@@ -95,15 +88,13 @@ class Node:
         self.moves = Moves(cfg, node_id, self.members, self.routes, self.messenger, self.rejoin)
         self.quorum = Quorum(len(cfg.peers), self.messenger, self.members.allocation_at)
         self.gather = Gather(node_id, cfg.data_nodes, self.messenger)
+        self.notices = Notices(self.messenger, self.live, self.gather, self.moves, self.rejoin)  # what peers tell
         self.steps = 0  # iterations this node took its step for
         self.averager = StageAverager(self.stage, self.compute.chunks, self.messenger, self.emulation,
                                       self.ops.serve_late)
         self.faults = FailureInjector(cfg.failures, node_id, self.events, self.emulation, self._silence)
         self.receiver: asyncio.Task | None = None
         self.data = None  # a data node's corpus and tokenizer
-        self.greeted: set[int] = set()  # peers whose start-up greeting arrived
-        self.done_from: dict[int, set[int]] = {}  # iteration -> data nodes that reported DONE
-        self.restarts: dict[int, list[Restart | Reroute]] = {}  # iteration -> notices not yet used
         self.news = False  # a peer died since the loop last looked
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -114,7 +105,7 @@ class Node:
         async with self.transport:
             self.receiver = asyncio.create_task(self.messenger.receive_forever())
             first = await (self.rejoin.come_back() if self.rejoining else
-                           self.messenger.greet_all(self.cfg.peers, self.greeted, self.cfg.connect_timeout_s))
+                           self.messenger.greet_all(self.cfg.peers, self.notices.greeted, self.cfg.connect_timeout_s))
             batches = await self.ops.in_worker(self._batches, first)
             self.live.start()
             self.events.write("ready", pid=os.getpid(), stage=self.stage, first_iteration=first)
@@ -172,19 +163,6 @@ class Node:
         self.messenger.wake()
         self.quorum.check(self.messenger.iteration_now)
 
-    def _control(self, ctrl: Control, sender: int) -> None:
-        if isinstance(ctrl, Hello):
-            self.greeted.add(sender)
-        elif isinstance(ctrl, Dead):
-            self.live.accuse(set(ctrl.dead), sender)  # believed only if they stay silent here
-        elif isinstance(ctrl, (Restart, Reroute)):
-            self.restarts.setdefault(ctrl.iteration, []).append(ctrl)
-        elif not (self.gather.on_control(ctrl, sender) or self.moves.on_control(ctrl, sender)):
-            self.rejoin.on_control(ctrl, sender)
-
-    def _done(self, msg: Message) -> None:
-        self.done_from.setdefault(msg.iteration, set()).add(msg.sender)
-
     # -- one iteration ----------------------------------------------------------------------
     def _start_iteration(self, it: int, batches) -> Iteration:
         revived, dead = self.rejoin.revived(it), self.live.dead
@@ -210,11 +188,11 @@ class Node:
         self.news = bool(self.live.dead)
         done_ops, progress = 0, time.monotonic()
         stall_s = STALL_FACTOR * self.cfg.peer_timeout_s
-        while not cur.over(self.done_from.get(it, set())):
+        while not cur.over(self.notices.done_from.get(it, set())):
             if self.news:
                 self.news = False
                 cur.handle_deaths()
-            cur.take_messages(self.restarts.pop(it, []))
+            cur.take_messages(self.notices.restarts.pop(it, []))
             if await self.ops.serve_late():
                 continue
             op = cur.disp.next_op()
@@ -239,29 +217,9 @@ class Node:
         self.moves.after_step(it)
         await self.moves.take_stage(it + 1, self._place)
         self.messenger.close_iteration(it)
-        self.restarts.pop(it, None)
+        self.notices.restarts.pop(it, None)
         self.events.write("iteration_end", iteration=it, loss_sum=self.compute.loss_sum,
                           loss_count=self.compute.loss_count, wall_s=time.monotonic() - t0,
                           degraded=cur.degraded, peak_activations=cur.disp.peak)
         self.steps += 1
         self.gather.after_iteration(it, self.compute.loss_sum, self.compute.loss_count)
-
-
-def main(config_path: str, node_id: int, rejoin: bool = False) -> int:
-    from .runconfig import load_config
-    cfg = load_config(config_path)
-    torch.set_num_threads(1)  # many node processes share the host's cores
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [node {node_id}] %(message)s")
-    node = Node(cfg, node_id, rejoin)
-    try:
-        asyncio.run(node.run())
-    except QuorumLost as e:
-        log.error("stopping: %s", e)
-        if cfg.save_checkpoint:  # the state after the last step this node took
-            save_checkpoint(node, node.steps)
-        return QUORUM_EXIT
-    except (NodeFailure, SkipPipeError) as e:
-        log.error("%s", e)
-        node.events.write("error", message=str(e))
-        return 1
-    return 0

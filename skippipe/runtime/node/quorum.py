@@ -16,7 +16,7 @@ must hold at every iteration:
 The verdict is taken whenever this node declares a death (so a side that lost stops when its
 silence deadline, one peer timeout, runs out) and before every iteration. A node that lost its
 quorum cancels its work, writes a `quorum_lost` event with the reason and exits QUORUM_EXIT
-(node.py saves its stage first when the run checkpoints); the launcher prints the reason in
+(process.py saves its stage first when the run checkpoints); the launcher prints the reason in
 one line and exits non-zero. Once a node ran its last iteration the verdict is moot.
 """
 from __future__ import annotations
