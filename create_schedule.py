@@ -2,6 +2,7 @@
 """Build a schedule: `python create_schedule.py settings/<scenario>.toml [--out PATH] [--seed N]`.
 
 Thin wrapper over `python -m skippipe schedule`; see --help."""
+
 import sys
 
 from skippipe.cli import main

@@ -18,6 +18,7 @@ the time scales below keep it small against the modelled averaging.
     .venv/bin/python -m bench.averaging_bench                # tiny and geo-distributed
     .venv/bin/python -m bench.averaging_bench --only tiny --out /tmp/avg
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {  # name: (settings, nodes, time scale, iterations, extra run arguments)
     "tiny": ("settings/tiny.toml", 6, 20.0, 4, []),
-    "geo-distributed": ("settings/geo-distributed.toml", 20, 0.2, 3, ["--stand-in-model", "settings/tiny.toml"]),
+    "geo-distributed": (
+        "settings/geo-distributed.toml",
+        20,
+        0.2,
+        3,
+        ["--stand-in-model", "settings/tiny.toml"],
+    ),
 }
 VARIANT = "ca-partial"
 PLAN_LIMIT_S = "10"
@@ -45,14 +52,54 @@ PLAN_LIMIT_S = "10"
 def run_case(name: str, out: Path) -> list[dict]:
     settings, n, scale, iterations, extra = CASES[name]
     sched_path, runs = out / f"{name}.json", out / name
-    skippipe(["schedule", settings, "--out", str(sched_path), "--variants", VARIANT, "--seed", "0",
-              "--time-limit", PLAN_LIMIT_S, "--workers", "1", "--quiet"], f"{name}: planning")
-    skippipe(["run", "0", str(n), VARIANT, "0", "--scenario", settings, "--schedule", str(sched_path),
-              "--iterations", str(iterations), "--time-scale", str(scale), "--runs", str(runs),
-              "--base-port", str(free_port_range(n)), "--peer-timeout", "60", *extra], f"{name}: the run")
+    skippipe(
+        [
+            "schedule",
+            settings,
+            "--out",
+            str(sched_path),
+            "--variants",
+            VARIANT,
+            "--seed",
+            "0",
+            "--time-limit",
+            PLAN_LIMIT_S,
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        f"{name}: planning",
+    )
+    skippipe(
+        [
+            "run",
+            "0",
+            str(n),
+            VARIANT,
+            "0",
+            "--scenario",
+            settings,
+            "--schedule",
+            str(sched_path),
+            "--iterations",
+            str(iterations),
+            "--time-scale",
+            str(scale),
+            "--runs",
+            str(runs),
+            "--base-port",
+            str(free_port_range(n)),
+            "--peer-timeout",
+            "60",
+            *extra,
+        ],
+        f"{name}: the run",
+    )
     cfg = load_config(next(runs.iterdir()) / "config.json")
-    return [dict(r, scenario=name, time_scale=scale)
-            for r in averaging_by_stage(averaging_windows(cfg, load_scenario(settings)))]
+    return [
+        dict(r, scenario=name, time_scale=scale)
+        for r in averaging_by_stage(averaging_windows(cfg, load_scenario(settings)))
+    ]
 
 
 def main() -> int:
@@ -66,12 +113,16 @@ def main() -> int:
     for name in args.only or list(CASES):
         rows += run_case(name, out)
         (out / "averaging_bench.json").write_text(json.dumps(rows, indent=1))  # kept if a later case fails
-    print("\n| scenario | time scale | stage | nodes | measured s | modelled s | measured / modelled "
-          "| first done / modelled |")
+    print(
+        "\n| scenario | time scale | stage | nodes | measured s | modelled s | measured / modelled "
+        "| first done / modelled |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['scenario']} | {r['time_scale']:g} | {r['stage']} | {r['nodes']} | {r['measured_s']:.3f} "
-              f"| {r['modelled_s']:.3f} | {r['ratio']:.2f} | {r['earliest_ratio']:.2f} |")
+        print(
+            f"| {r['scenario']} | {r['time_scale']:g} | {r['stage']} | {r['nodes']} | {r['measured_s']:.3f} "
+            f"| {r['modelled_s']:.3f} | {r['ratio']:.2f} | {r['earliest_ratio']:.2f} |"
+        )
     print(f"\nraw results: {out / 'averaging_bench.json'}")
     return 0
 

@@ -11,6 +11,7 @@ makespan, the bubble share, the peak activations any node holds and the most the
 memory slots allow a node. Writes the same rows as JSON. With --gantt it also draws one Gantt
 panel per variant in GANTT_VARIANTS on --gantt-scenario from the simulator's timeline events.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,20 +34,33 @@ REFERENCE = "1f1b"  # every iteration time is compared with this family's on its
 GANTT_VARIANTS = ("baseline", "naive", "gpipe", "1f1b", "zb-h1", "dualpipev", "ca-partial", "ca-partial-zb")
 GANTT_COLUMNS = 2
 DEFAULT_WORKERS = 2
-HEADER = ("scenario", "variant", "iteration s", f"vs {REFERENCE}", "makespan s", "bubble",
-          "peak act", "slots")
+HEADER = (
+    "scenario",
+    "variant",
+    "iteration s",
+    f"vs {REFERENCE}",
+    "makespan s",
+    "bubble",
+    "peak act",
+    "slots",
+)
 
 
 def plan(name: str, args) -> tuple[list[dict], object, object]:
     """Plan every variant on one scenario: its rows, the schedule and the scenario."""
     sc = load_scenario(SETTINGS / f"{name}.toml")
     started, cpu = time.monotonic(), time.process_time()  # CP-SAT's threads count in the CPU
-    sched = build_schedule(sc, PlanOptions(seed=args.seed, time_limit_s=args.time_limit,
-                                           workers=args.workers),
-                           lambda line: print(f"  [{name}] {line}", flush=True))
+    sched = build_schedule(
+        sc,
+        PlanOptions(seed=args.seed, time_limit_s=args.time_limit, workers=args.workers),
+        lambda line: print(f"  [{name}] {line}", flush=True),
+    )
     wall, cpu = time.monotonic() - started, time.process_time() - cpu
-    print(f"[{name}] planned {len(sched.variants)} variants in {wall:.1f} s wall, {cpu:.1f} s CPU "
-          f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+    print(
+        f"[{name}] planned {len(sched.variants)} variants in {wall:.1f} s wall, {cpu:.1f} s CPU "
+        f"(load average {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
     slots = max(n.memory_slots for n in sc.nodes)
     return rows_of(name, {n: v.predicted for n, v in sched.variants.items()}, slots), sched, sc
 
@@ -54,10 +68,19 @@ def plan(name: str, args) -> tuple[list[dict], object, object]:
 def rows_of(scenario: str, predicted: dict[str, dict], slots: int) -> list[dict]:
     """One row per variant from its `predicted` figures; the ratio to REFERENCE when planned."""
     ref = predicted.get(REFERENCE, {}).get("iteration_s")
-    return [{"scenario": scenario, "variant": name, "iteration_s": p["iteration_s"],
-             "vs_ref": p["iteration_s"] / ref if ref else None, "makespan_s": p["makespan_s"],
-             "bubble_share": p["bubble_share"], "peak_activations": p["peak_activations"],
-             "memory_slots": slots} for name, p in predicted.items()]
+    return [
+        {
+            "scenario": scenario,
+            "variant": name,
+            "iteration_s": p["iteration_s"],
+            "vs_ref": p["iteration_s"] / ref if ref else None,
+            "makespan_s": p["makespan_s"],
+            "bubble_share": p["bubble_share"],
+            "peak_activations": p["peak_activations"],
+            "memory_slots": slots,
+        }
+        for name, p in predicted.items()
+    ]
 
 
 def markdown(rows: list[dict]) -> str:
@@ -71,8 +94,16 @@ def markdown(rows: list[dict]) -> str:
         if r["iteration_s"] == best[r["scenario"]]:
             it = f"**{it}**"
         ratio = "-" if r["vs_ref"] is None else f"{r['vs_ref']:.3f}"
-        cells = (r["scenario"], r["variant"], it, ratio, f"{r['makespan_s']:.3f}",
-                 f"{r['bubble_share']:.1%}", str(r["peak_activations"]), str(r["memory_slots"]))
+        cells = (
+            r["scenario"],
+            r["variant"],
+            it,
+            ratio,
+            f"{r['makespan_s']:.3f}",
+            f"{r['bubble_share']:.1%}",
+            str(r["peak_activations"]),
+            str(r["memory_slots"]),
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -82,8 +113,7 @@ def draw_gantt(sched, sc, path: str) -> None:
     panels = []
     for name in (v for v in GANTT_VARIANTS if v in sched.variants):
         r = simulate(sched, name, sc)
-        panels.append((f"{name}: iteration {r.iteration_s:.3f} s, bubble {r.bubble_share:.0%}",
-                       r.events))
+        panels.append((f"{name}: iteration {r.iteration_s:.3f} s, bubble {r.bubble_share:.0%}", r.events))
     gantt_png(panels, path, columns=GANTT_COLUMNS)
     print(f"wrote {path}", flush=True)
 
@@ -91,8 +121,12 @@ def draw_gantt(sched, sc, path: str) -> None:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), metavar="NAME")
-    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT_S,
-                   help="seconds for each scenario's whole build (default %(default)s)")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=DEFAULT_TIME_LIMIT_S,
+        help="seconds for each scenario's whole build (default %(default)s)",
+    )
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="runs/bench/families.json", metavar="PATH")
@@ -120,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"time_limit_s": args.time_limit, "workers": args.workers,
-                               "seed": args.seed, "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps(
+            {"time_limit_s": args.time_limit, "workers": args.workers, "seed": args.seed, "rows": rows},
+            indent=1,
+        )
+    )
     print(f"wrote {out}\n")
     print(markdown(rows))
     return 0

@@ -5,6 +5,7 @@ Python path.
     from bench.runs import skippipe               # benches run as `python -m bench.NAME`
     skippipe(["schedule", "settings/tiny.toml", "--out", "x.json"], "planning")
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,15 @@ def start(args: Sequence[str], log: Path) -> subprocess.Popen:
     `finish` (or `stop_sessions`) ends it and every node it started."""
     print("$ python -m skippipe", " ".join(args), flush=True)
     with open(log, "wb") as out:  # the child holds its own copy
-        return subprocess.Popen(_argv(args), cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            _argv(args),
+            cwd=ROOT,
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def finish(proc: subprocess.Popen, timeout_s: float) -> int:

@@ -32,6 +32,7 @@ Each finished run leaves OUT/results/<scenario>-<variant>-<condition>-<N>it.json
 bench (after an interruption) skips those runs. Schedules are planned into OUT/schedules/ and
 the run directories and launcher logs land in OUT/runs/.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -115,8 +116,24 @@ def plan(name: str, out: Path, variants: list[str]) -> Path:
         return path
     wanted = [v for v in ALL_VARIANTS if v in set(VARIANTS) | set(variants)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    skippipe(["schedule", CASES[name].settings, "--out", str(path), "--variants", *wanted, "--seed", "0",
-              "--time-limit", f"{CASES[name].plan_s:g}", "--workers", "1", "--quiet"], f"{name}: planning")
+    skippipe(
+        [
+            "schedule",
+            CASES[name].settings,
+            "--out",
+            str(path),
+            "--variants",
+            *wanted,
+            "--seed",
+            "0",
+            "--time-limit",
+            f"{CASES[name].plan_s:g}",
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        f"{name}: planning",
+    )
     return path
 
 
@@ -141,8 +158,10 @@ def restart_when_down(main, runs: Path, node: int, variant: str, case: Case):
     run_dir = wait_for_event(runs, node, "fault", main, case.deadline_s)
     if run_dir is None:
         return None
-    return start(["run", str(node), str(node + 1), variant, "0", "--rejoin", str(run_dir)],
-                 runs.parent / f"{runs.name}-rejoin.log")
+    return start(
+        ["run", str(node), str(node + 1), variant, "0", "--rejoin", str(run_dir)],
+        runs.parent / f"{runs.name}-rejoin.log",
+    )
 
 
 def measure(run_dir: Path) -> dict:
@@ -152,20 +171,44 @@ def measure(run_dir: Path) -> dict:
     done = run_dir / "iterations.json"
     rows = json.loads(done.read_text()) if done.is_file() else Progress(cfg, float("nan")).update(final=True)
     events = read_jsonl(events_dir(cfg.run_dir))
-    return {"iteration_s": [r["measured_s"] for r in rows], "losses": losses(events, cfg.data_nodes),
-            "run_dir": str(run_dir), **tally(events)}
+    return {
+        "iteration_s": [r["measured_s"] for r in rows],
+        "losses": losses(events, cfg.data_nodes),
+        "run_dir": str(run_dir),
+        **tally(events),
+    }
 
 
-def run_one(name: str, variant: str, condition: str, node: int | None, sched: Path, out: Path,
-            iterations: int) -> dict:
+def run_one(
+    name: str, variant: str, condition: str, node: int | None, sched: Path, out: Path, iterations: int
+) -> dict:
     case, key = CASES[name], f"{name}-{variant}-{condition}"
     runs = out / "runs" / key
     shutil.rmtree(runs, ignore_errors=True)  # an interrupted attempt's leftovers: it left no result
     runs.mkdir(parents=True)
-    args = ["run", "0", str(case.nodes), variant, "0", "--scenario", case.settings, "--schedule", str(sched),
-            "--iterations", str(iterations), "--time-scale", f"{case.time_scale:g}", "--runs", str(runs),
-            "--base-port", str(free_port_range(case.nodes)), "--peer-timeout", f"{case.peer_timeout_s:g}",
-            *case.extra, *fail_args(condition, node)]
+    args = [
+        "run",
+        "0",
+        str(case.nodes),
+        variant,
+        "0",
+        "--scenario",
+        case.settings,
+        "--schedule",
+        str(sched),
+        "--iterations",
+        str(iterations),
+        "--time-scale",
+        f"{case.time_scale:g}",
+        "--runs",
+        str(runs),
+        "--base-port",
+        str(free_port_range(case.nodes)),
+        "--peer-timeout",
+        f"{case.peer_timeout_s:g}",
+        *case.extra,
+        *fail_args(condition, node),
+    ]
     t0 = time.monotonic()
     main, back, rejoin = start(args, runs.parent / f"{key}.log"), None, None
     try:
@@ -177,13 +220,30 @@ def run_one(name: str, variant: str, condition: str, node: int | None, sched: Pa
         stop_sessions([p for p in (main, back) if p is not None])  # interrupted: no node left behind
     run_dirs = [p for p in runs.iterdir() if (p / "config.json").is_file()]
     got = measure(run_dirs[0]) if run_dirs else {"iteration_s": [], "losses": [], **tally([])}
-    return {"scenario": name, "variant": variant, "condition": condition, "node": node, "iterations": iterations,
-            "time_scale": case.time_scale, "exit_code": code, "rejoin_exit_code": rejoin,
-            "wall_s": round(time.monotonic() - t0, 1), **got}
+    return {
+        "scenario": name,
+        "variant": variant,
+        "condition": condition,
+        "node": node,
+        "iterations": iterations,
+        "time_scale": case.time_scale,
+        "exit_code": code,
+        "rejoin_exit_code": rejoin,
+        "wall_s": round(time.monotonic() - t0, 1),
+        **got,
+    }
 
 
-def result_of(name: str, variant: str, condition: str, node: int | None, sched: Path, out: Path,
-              iterations: int, label: str) -> dict:
+def result_of(
+    name: str,
+    variant: str,
+    condition: str,
+    node: int | None,
+    sched: Path,
+    out: Path,
+    iterations: int,
+    label: str,
+) -> dict:
     """The run's result: from OUT/results when an earlier bench finished it, else run now."""
     path = out / "results" / f"{name}-{variant}-{condition}-{iterations}it.json"
     if path.is_file():
@@ -192,17 +252,27 @@ def result_of(name: str, variant: str, condition: str, node: int | None, sched: 
     print(f"{label}: started" + ("" if node is None else f" (node {node} {condition})"), flush=True)
     r = run_one(name, variant, condition, node, sched, out, iterations)
     s = spread(r["iteration_s"])
-    print(f"{label}: done in {r['wall_s']:.0f} s, exit {r['exit_code']}, median {num(s and s[0])} s/iter, "
-          f"{r['rerouted']} re-sent, {r['lost']} lost, {r['moves']} moves"
-          + (f", rejoined {r['rejoined']} (exit {r['rejoin_exit_code']})" if condition == "churn" else ""), flush=True)
+    print(
+        f"{label}: done in {r['wall_s']:.0f} s, exit {r['exit_code']}, median {num(s and s[0])} s/iter, "
+        f"{r['rerouted']} re-sent, {r['lost']} lost, {r['moves']} moves"
+        + (f", rejoined {r['rejoined']} (exit {r['rejoin_exit_code']})" if condition == "churn" else ""),
+        flush=True,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(r, indent=1))
     return r
 
 
 # -- simulation and report -----------------------------------------------------------------------
-def simulated(schedule, variant: str, scenario, condition_name: str, node: int | None, iterations: int,
-              back_at: int | None = None) -> dict:
+def simulated(
+    schedule,
+    variant: str,
+    scenario,
+    condition_name: str,
+    node: int | None,
+    iterations: int,
+    back_at: int | None = None,
+) -> dict:
     """The simulator's median iteration time (scenario s) for one row, iteration 0 excluded:
     planned variants once (spread min-max over iterations), routed variants over router seeds
     0..4 (the median of the per-seed medians, spread min-max over seeds). ImportError while
@@ -210,22 +280,31 @@ def simulated(schedule, variant: str, scenario, condition_name: str, node: int |
     run's restarted node rejoined at), else BACK_AT."""
     from skippipe.failures import Condition, FailureSpec
     from skippipe.sim.session import simulate_session
-    cond = {"static": Condition(),
-            "straggler": Condition((FailureSpec(node, SLOW_FROM, how="slow", factor=SLOW_FACTOR),)),
-            "churn": Condition((FailureSpec(node, CRASH_AT),), {node: back_at or BACK_AT})}[condition_name]
+
+    cond = {
+        "static": Condition(),
+        "straggler": Condition((FailureSpec(node, SLOW_FROM, how="slow", factor=SLOW_FACTOR),)),
+        "churn": Condition((FailureSpec(node, CRASH_AT),), {node: back_at or BACK_AT}),
+    }[condition_name]
     # every routed variant over seeds, ca-repair too: its replacement hops are drawn by the swarm rule
     online = schedule.variant(variant).routing is not None
-    sessions = [simulate_session(schedule, variant, scenario, iterations, cond, seed=s)
-                for s in (SIM_SEEDS if online else (0,))]
+    sessions = [
+        simulate_session(schedule, variant, scenario, iterations, cond, seed=s)
+        for s in (SIM_SEEDS if online else (0,))
+    ]
     if online:
         medians = [spread(s.iteration_s)[0] for s in sessions]
         med, lo, hi = statistics.median(medians), min(medians), max(medians)
     else:
         med, lo, hi = spread(sessions[0].iteration_s)
-    return {"sim_median_s": med, "sim_lo_s": lo, "sim_hi_s": hi,
-            "sim_rerouted": statistics.median(s.rerouted for s in sessions),
-            "sim_lost": statistics.median(s.lost for s in sessions),
-            "sim_moves": statistics.median(len(s.moves) for s in sessions)}
+    return {
+        "sim_median_s": med,
+        "sim_lo_s": lo,
+        "sim_hi_s": hi,
+        "sim_rerouted": statistics.median(s.rerouted for s in sessions),
+        "sim_lost": statistics.median(s.lost for s in sessions),
+        "sim_moves": statistics.median(len(s.moves) for s in sessions),
+    }
 
 
 def report_rows(results: list[dict], schedules: dict) -> list[dict]:
@@ -237,8 +316,15 @@ def report_rows(results: list[dict], schedules: dict) -> list[dict]:
             sim = None
             if simulate:
                 try:
-                    sim = simulated(sched, r["variant"], sc, r["condition"], r["node"], r["iterations"],
-                                    r.get("rejoined_at"))
+                    sim = simulated(
+                        sched,
+                        r["variant"],
+                        sc,
+                        r["condition"],
+                        r["node"],
+                        r["iterations"],
+                        r.get("rejoined_at"),
+                    )
                 except ImportError as e:
                     print(f"simulation rows skipped: {e}", flush=True)
                     simulate = False
@@ -247,17 +333,25 @@ def report_rows(results: list[dict], schedules: dict) -> list[dict]:
 
 
 def write_report(rows: list[dict], out: Path, figures: str | None) -> None:
-    parts = ["# Offline plan vs online routing (bench/swarm_bench.py)", "",
-             f"Median iteration time in scenario seconds over the iterations after the first; min-max "
-             f"over the same iterations. straggler: the node slowed x{SLOW_FACTOR:g} from iteration "
-             f"{SLOW_FROM}; churn: it crashes in iteration {CRASH_AT} and is restarted. loss: mean training "
-             f"loss at the last iteration every run of the scenario completed. re-sent: microbatches "
-             f"re-routed or restarted. simulated: skippipe.sim.session's median (router seeds 0-4 for "
-             f"online variants), '-' when it was not run."]
+    parts = [
+        "# Offline plan vs online routing (bench/swarm_bench.py)",
+        "",
+        f"Median iteration time in scenario seconds over the iterations after the first; min-max "
+        f"over the same iterations. straggler: the node slowed x{SLOW_FACTOR:g} from iteration "
+        f"{SLOW_FROM}; churn: it crashes in iteration {CRASH_AT} and is restarted. loss: mean training "
+        f"loss at the last iteration every run of the scenario completed. re-sent: microbatches "
+        f"re-routed or restarted. simulated: skippipe.sim.session's median (router seeds 0-4 for "
+        f"online variants), '-' when it was not run.",
+    ]
     for name in dict.fromkeys(r["scenario"] for r in rows):
         mine = [r for r in rows if r["scenario"] == name]
-        parts += ["", f"## {name} (time scale {mine[0]['time_scale']:g}, loss at iteration "
-                      f"{mine[0]['loss_iteration']})", "", table(mine)]
+        parts += [
+            "",
+            f"## {name} (time scale {mine[0]['time_scale']:g}, loss at iteration "
+            f"{mine[0]['loss_iteration']})",
+            "",
+            table(mine),
+        ]
     text = "\n".join(parts) + "\n"
     print("\n" + text)
     (out / "report.md").write_text(text)
@@ -274,29 +368,52 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    ap = Parser(description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenarios", nargs="+", default=list(CASES), metavar="S",
-                    help=f"scenarios (default: {' '.join(CASES)})")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), metavar="V",
-                    help=f"variants (default: {' '.join(VARIANTS)}; any of python -m skippipe schedule's)")
-    ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), metavar="C",
-                    help=f"conditions (default: {' '.join(CONDITIONS)})")
-    ap.add_argument("--iterations", type=int, help="iterations per run (default: tiny "
-                    f"{CASES['tiny'].iterations}, 20-node scenarios {CASES['geo-distributed'].iterations}, "
-                    f"--quick {QUICK_ITERATIONS})")
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--scenarios",
+        nargs="+",
+        default=list(CASES),
+        metavar="S",
+        help=f"scenarios (default: {' '.join(CASES)})",
+    )
+    ap.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        metavar="V",
+        help=f"variants (default: {' '.join(VARIANTS)}; any of python -m skippipe schedule's)",
+    )
+    ap.add_argument(
+        "--conditions",
+        nargs="+",
+        default=list(CONDITIONS),
+        metavar="C",
+        help=f"conditions (default: {' '.join(CONDITIONS)})",
+    )
+    ap.add_argument(
+        "--iterations",
+        type=int,
+        help="iterations per run (default: tiny "
+        f"{CASES['tiny'].iterations}, 20-node scenarios {CASES['geo-distributed'].iterations}, "
+        f"--quick {QUICK_ITERATIONS})",
+    )
     ap.add_argument("--out", default="runs/swarm-bench", help="output folder (default %(default)s)")
     ap.add_argument("--quick", action="store_true", help=f"tiny only, {QUICK_ITERATIONS} iterations")
     ap.add_argument("--figures", metavar="DIR", help="also write the plot as DIR/swarm-experiments.png")
     args = ap.parse_args(argv)
-    for what, given, known in (("scenario", args.scenarios, CASES), ("variant", args.variants, ALL_VARIANTS),
-                               ("condition", args.conditions, CONDITIONS)):
+    for what, given, known in (
+        ("scenario", args.scenarios, CASES),
+        ("variant", args.variants, ALL_VARIANTS),
+        ("condition", args.conditions, CONDITIONS),
+    ):
         bad = [x for x in given if x not in known]
         if bad:
             fail(f"unknown {what} {bad[0]!r} (choose from {', '.join(known)})")
     lowest = MIN_ITERATIONS if set(args.conditions) - {"static"} else 2
     if args.iterations is not None and args.iterations < lowest:
-        fail(f"--iterations must be at least {lowest} for {', '.join(args.conditions)}, got {args.iterations}")
+        fail(
+            f"--iterations must be at least {lowest} for {', '.join(args.conditions)}, got {args.iterations}"
+        )
     if args.figures and not Path(args.figures).is_dir():
         fail(f"--figures {args.figures}: no such folder")
     args.conditions = [c for c in CONDITIONS if c in args.conditions]  # the report's order, once each

@@ -17,6 +17,7 @@ Targets: throughput >= 50% of the raw socket loop (median of the runs' ratios); 
 <= 0.2 ms. Prints a table;
 exits 1 when a target is missed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,8 @@ import threading
 import time
 from pathlib import Path
 
-import deccom.nodes  # noqa: E402,F401  (loaded before the transport quiets DecCom's prints)
+import deccom.nodes  # noqa: F401  (loaded before the transport quiets DecCom's prints)
+
 from skippipe.runtime.net.auth import RunAuth
 from skippipe.runtime.net.deccom_adapter import node_key
 from skippipe.runtime.net.transport import Transport
@@ -69,15 +71,18 @@ class LoopThread:
 
 # ---- SkipPipe transport ---------------------------------------------------------------------
 
+
 class TransportPair:
     """Nodes 0 and 1 of one run, each on its own loop thread."""
+
     name = TRANSPORT
 
     def start(self, run_dir: Path) -> None:
         auth = RunAuth.generate()
         self.loops = [LoopThread(), LoopThread()]
-        self.t = [self.loops[i].run(Transport(i, HOST, 0, {}, run_dir / f"n{i}", auth=auth).start())
-                  for i in (0, 1)]
+        self.t = [
+            self.loops[i].run(Transport(i, HOST, 0, {}, run_dir / f"n{i}", auth=auth).start()) for i in (0, 1)
+        ]
         for i in (0, 1):
             self.t[i].add_peer(1 - i, *self.t[1 - i].address)
         self.big = Message(Kind.FORWARD, 0, shape=(BIG_BYTES,), payload=bytes(BIG_BYTES))
@@ -129,8 +134,10 @@ async def _take(get, count: int) -> None:
 
 # ---- raw sockets ----------------------------------------------------------------------------
 
+
 class RawPair:
     """Blocking sockets: `sendall` on one thread, `recv_into` a preallocated buffer on another."""
+
     name = RAW
 
     def start(self, run_dir: Path) -> None:
@@ -182,8 +189,10 @@ class RawPair:
 
 # ---- stock DecCom 0.1.0 (reference) ---------------------------------------------------------
 
+
 class StockDecComPair:
     """Stock DecCom on one loop thread (its coroutines wrapped by `run`)."""
+
     name = "stock deccom 0.1.0"
 
     def start(self, run_dir: Path) -> None:
@@ -213,8 +222,7 @@ class StockDecComPair:
             udp, streams = DefaultProtocol(), None
             discovery = FixedPeers([])
             discovery.set_lower(udp)
-            streams = StreamProtocol(False, stream_callback=lambda d, n, a, i=i:
-                                     self.inbox[i].put_nowait(d))
+            streams = StreamProtocol(False, stream_callback=lambda d, n, a, i=i: self.inbox[i].put_nowait(d))
             streams.set_lower(discovery)
             node = StreamNode(Peer(None, pub_key=str(i)), streams, ip_addr=HOST)
             await node.listen()
@@ -224,8 +232,7 @@ class StockDecComPair:
             other = self.nodes[1 - i]
             peer = Peer((HOST, other.port), pub_key=str(1 - i), tcp=other.tcp_port)
             self.streams[i].submodule.peers[peer.id_node] = peer
-        await self.streams[0].open_connection(HOST, self.nodes[1].tcp_port, node_key(1),
-                                              port_listen=0)
+        await self.streams[0].open_connection(HOST, self.nodes[1].tcp_port, node_key(1), port_listen=0)
         self.big, self.small = bytes(BIG_BYTES), bytes(SMALL_BYTES)
         await self._round_trips(1)
 
@@ -257,6 +264,7 @@ class StockDecComPair:
 
 # ---- driver ---------------------------------------------------------------------------------
 
+
 def measure(args) -> dict[str, dict[str, list[float]]]:
     contenders = [TransportPair(), RawPair()] + ([] if args.no_stock else [StockDecComPair()])
     results = {c.name: {"throughput": [], "rtt": []} for c in contenders}
@@ -281,23 +289,37 @@ def measure(args) -> dict[str, dict[str, list[float]]]:
 
 def report(results: dict, args) -> int:
     names = list(results)
-    print(f"loopback {HOST}, sender and receiver in two threads, {args.runs} interleaved runs; "
-          f"median over runs (each run: {args.messages} x 16 MiB, "
-          f"median of {args.round_trips} round trips)")
+    print(
+        f"loopback {HOST}, sender and receiver in two threads, {args.runs} interleaved runs; "
+        f"median over runs (each run: {args.messages} x 16 MiB, "
+        f"median of {args.round_trips} round trips)"
+    )
     tput = {n: statistics.median(r["throughput"]) for n, r in results.items()}
     rtt = {n: statistics.median(r["rtt"]) for n, r in results.items()}
     # one column per contender; each row has its own unit, so its cells come formatted
-    print(format_table(["", *names], [["throughput 16 MiB (MiB/s)", *(f"{tput[n]:.0f}" for n in names)],
-                                      ["round trip 64 B (ms)", *(f"{rtt[n]:.3f}" for n in names)]]))
+    print(
+        format_table(
+            ["", *names],
+            [
+                ["throughput 16 MiB (MiB/s)", *(f"{tput[n]:.0f}" for n in names)],
+                ["round trip 64 B (ms)", *(f"{rtt[n]:.3f}" for n in names)],
+            ],
+        )
+    )
     # each run's transport / raw socket, then the median: load that comes and goes between
     # runs cancels out (both columns of a run see the same load)
-    ratio = statistics.median(t / r for t, r in zip(results[TRANSPORT]["throughput"],
-                                                     results[RAW]["throughput"]))
+    ratio = statistics.median(
+        t / r for t, r in zip(results[TRANSPORT]["throughput"], results[RAW]["throughput"])
+    )
     ok_tput, ok_rtt = ratio >= THROUGHPUT_TARGET, rtt[TRANSPORT] <= RTT_TARGET_MS
-    print(f"throughput ratio transport / raw socket (median of the runs' ratios): {ratio:.0%} (target >= "
-          f"{THROUGHPUT_TARGET:.0%}) {'PASS' if ok_tput else 'FAIL'}")
-    print(f"transport 64 B round trip: {rtt[TRANSPORT]:.3f} ms "
-          f"(target <= {RTT_TARGET_MS} ms) {'PASS' if ok_rtt else 'FAIL'}")
+    print(
+        f"throughput ratio transport / raw socket (median of the runs' ratios): {ratio:.0%} (target >= "
+        f"{THROUGHPUT_TARGET:.0%}) {'PASS' if ok_tput else 'FAIL'}"
+    )
+    print(
+        f"transport 64 B round trip: {rtt[TRANSPORT]:.3f} ms "
+        f"(target <= {RTT_TARGET_MS} ms) {'PASS' if ok_rtt else 'FAIL'}"
+    )
     return 0 if ok_tput and ok_rtt else 1
 
 

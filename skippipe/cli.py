@@ -3,6 +3,7 @@
 A command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
 Modules are imported only when their command runs, so `--help` stays fast (torch is slow to load).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser(argv).parse_args(argv)  # defaults from the environment may be bad
-        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                            format="%(message)s", stream=sys.stderr)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stderr
+        )
         return int(args.func(args) or 0)
     except SkipPipeError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ averaging in stage  = ring all-reduce of its parameter bytes, the ring visiting 
 Messages on one directed link queue: the link is busy for `bytes / bandwidth` per message
 (`serialization_s`), and latency plus overhead are added after (`propagation_s`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,11 @@ class Costs:
 
     def forward_s(self, node: int) -> float:
         n = self.scenario.nodes[node]
-        return (n.compute_s_per_sample_per_layer * self.scenario.layers_per_stage
-                * self.scenario.pipeline.samples_per_microbatch)
+        return (
+            n.compute_s_per_sample_per_layer
+            * self.scenario.layers_per_stage
+            * self.scenario.pipeline.samples_per_microbatch
+        )
 
     def backward_s(self, node: int, split: bool = False) -> float:
         """The fused backward; `split`: its input-gradient part B only."""

@@ -25,10 +25,11 @@ The simulator stamps arrivals with simulated time, the runtime with its monotoni
 ask `next_op()` whenever the node is free, so a node given the same arrivals picks the same
 order in both (tests/test_dispatch.py).
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 from .ops import Op, OpKind, frees_slot, takes_slot
 
@@ -137,8 +138,9 @@ class Dispatcher:
     def add(self, ops: Iterable[Op], beyond_slots: bool = False) -> None:
         """New operations for this iteration (a restarted microbatch's attempt); ops still to
         run are not added twice. `beyond_slots`: their forwards take no slot."""
-        ops = [op for op in dict.fromkeys(Op(o.kind, o.microbatch, o.hop) for o in ops)
-               if op not in self._todo]
+        ops = [
+            op for op in dict.fromkeys(Op(o.kind, o.microbatch, o.hop) for o in ops) if op not in self._todo
+        ]
         if not ops:
             return
         self._todo |= set(ops)

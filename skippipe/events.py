@@ -6,6 +6,7 @@ time ("t", scenario seconds in the simulator, wall seconds in a run) and the nod
 ("node"). `record` gives the simulator's dict, `EventWriter.write(e.name, **e.fields())` the
 nodes' line: the same keys.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,4 +59,3 @@ class Routed(Event):
     microbatch: int
     attempt: int  # a restarted microbatch's attempt (0: its first)
     nodes: tuple[int, ...]
-

@@ -17,13 +17,14 @@ Plans come from `--fail node=3,iteration=1,phase=backward,how=crash`, a scenario
 section (`plan = [{node = 3, ...}]`, or `random_rate` + `seed` for a seeded random plan), or a
 JSON file of such objects.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from .errors import SkipPipeError
 from .scenario import Scenario
@@ -104,15 +105,31 @@ def parse_spec(spec: str, sc: Scenario) -> FailureSpec:
     return normalize({k.strip(): v.strip() for k, v in entry.items()}, sc, f"--fail {spec!r}")
 
 
-def random_plan(sc: Scenario, rate: float, iterations: int, seed: int,
-                how: str = "crash", protect: frozenset[int] = frozenset()) -> list[FailureSpec]:
+def random_plan(
+    sc: Scenario,
+    rate: float,
+    iterations: int,
+    seed: int,
+    how: str = "crash",
+    protect: frozenset[int] = frozenset(),
+) -> list[FailureSpec]:
     """Each node outside `protect` fails with probability `rate`, at a random iteration and phase."""
     rng = random.Random(seed)
     plan = []
     for n in sc.nodes:
         if n.id not in protect and rng.random() < rate:
-            plan.append(normalize({"node": n.id, "iteration": rng.randrange(iterations),
-                                   "phase": rng.choice(PHASES[1:]), "how": how}, sc, "random plan"))
+            plan.append(
+                normalize(
+                    {
+                        "node": n.id,
+                        "iteration": rng.randrange(iterations),
+                        "phase": rng.choice(PHASES[1:]),
+                        "how": how,
+                    },
+                    sc,
+                    "random plan",
+                )
+            )
     return plan
 
 
@@ -133,8 +150,9 @@ def parse_failures(specs: list[str], sc: Scenario) -> list[FailureSpec]:
     section = sc.extra.get("faults", {})
     plan += [normalize(e, sc, f"{sc.source}: faults.plan") for e in section.get("plan", [])]
     if section.get("random_rate"):
-        plan += random_plan(sc, float(section["random_rate"]), sc.training.iterations,
-                            int(section.get("seed", 0)))
+        plan += random_plan(
+            sc, float(section["random_rate"]), sc.training.iterations, int(section.get("seed", 0))
+        )
     return plan
 
 
@@ -151,13 +169,17 @@ class Condition:
     def __post_init__(self) -> None:
         stopped = {f.node for f in self.failures if f.stops}
         if set(self.back) - stopped:
-            raise FailurePlanError(f"--rejoin: node {sorted(set(self.back) - stopped)[0]} has no crash "
-                                   f"or hang to come back from")
+            raise FailurePlanError(
+                f"--rejoin: node {sorted(set(self.back) - stopped)[0]} has no crash or hang to come back from"
+            )
 
     def down(self, it: int) -> frozenset[int]:
         """The nodes out of iteration `it`."""
-        return frozenset(f.node for f in self.failures if f.stops and f.iteration <= it
-                         and (f.node not in self.back or it < self.back[f.node]))
+        return frozenset(
+            f.node
+            for f in self.failures
+            if f.stops and f.iteration <= it and (f.node not in self.back or it < self.back[f.node])
+        )
 
     def factors(self, it: int) -> dict[int, float]:
         """node -> the factor its operation times are multiplied by in iteration `it`."""

@@ -23,10 +23,11 @@ instead, the scenario's `memory_slots` per node, and the families run capped for
 (planner/families.py): `hold_within` defers the forwards that would exceed the cap, and
 `rounds_within` says how many consecutive rounds fit in it.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .ops import Op, OpKind, PathLike, frees_slot, node_of, op_chain, takes_slot
 from .variants import variant
@@ -86,11 +87,12 @@ def _needs(op: Op, split: bool) -> Op:
 def _window(sizes: Sequence[int], width: int) -> int:
     """The most microbatches in `width` consecutive rounds."""
     width = max(1, min(width, len(sizes)))
-    return max(sum(sizes[i:i + width]) for i in range(len(sizes) - width + 1))
+    return max(sum(sizes[i : i + width]) for i in range(len(sizes) - width + 1))
 
 
-def family_limits(family: str, paths: Sequence[PathLike], stage_of: dict[int, int],
-                  n_stages: int) -> dict[int, int]:
+def family_limits(
+    family: str, paths: Sequence[PathLike], stage_of: dict[int, int], n_stages: int
+) -> dict[int, int]:
     """node -> the most activations `family`'s rule lets it hold (see the module table; the
     registry's `rounds_held`)."""
     spec = variant(family)

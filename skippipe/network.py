@@ -1,6 +1,7 @@
 """The network of a scenario: locations, the links between them, and the nodes at them; and how a
 settings file describes them ([network]: a link table, inline or in its own file, with link
 overrides; [[nodes]] or a [node_generator])."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,8 +76,14 @@ def load_network(path: Path, data: dict) -> tuple[Network, dict[str, float]]:
 
 
 def _parse_table(path, t: dict, overrides: list, scenario_path) -> tuple[Network, dict]:
-    schema = {"name", "bandwidth_scale", "locations", "compute_s_per_sample_per_layer",
-              "same_location_link", "links"}
+    schema = {
+        "name",
+        "bandwidth_scale",
+        "locations",
+        "compute_s_per_sample_per_layer",
+        "same_location_link",
+        "links",
+    }
     unknown = sorted(set(t) - schema)
     if unknown:
         raise fail(path, unknown[0], f"unknown key (known: {', '.join(sorted(schema))})")
@@ -91,8 +98,13 @@ def _parse_table(path, t: dict, overrides: list, scenario_path) -> tuple[Network
     for loc in locations:
         if loc not in t["compute_s_per_sample_per_layer"]:
             raise fail(path, f"compute_s_per_sample_per_layer.{loc}", "missing")
-        compute[loc] = check_value(path, f"compute_s_per_sample_per_layer.{loc}",
-                                    t["compute_s_per_sample_per_layer"][loc], float, False)
+        compute[loc] = check_value(
+            path,
+            f"compute_s_per_sample_per_layer.{loc}",
+            t["compute_s_per_sample_per_layer"][loc],
+            float,
+            False,
+        )
     same = _link(path, "same_location_link", t["same_location_link"], scale)
     links = {}
     for i, entry in enumerate(list(t["links"]) + list(overrides)):
@@ -110,11 +122,15 @@ def _parse_table(path, t: dict, overrides: list, scenario_path) -> tuple[Network
             raise fail(src, where, f"location pair {a}-{b} is given twice with different values")
         links[pair] = link
     for i, a in enumerate(locations):
-        for b in locations[i + 1:]:
+        for b in locations[i + 1 :]:
             if (min(a, b), max(a, b)) not in links:
                 raise fail(path, "links", f"missing location pair {a}-{b}")
-    net = Network(str(t.get("name", Path(path).stem)), locations, same,
-                  tuple((a, b, link) for (a, b), link in sorted(links.items())))
+    net = Network(
+        str(t.get("name", Path(path).stem)),
+        locations,
+        same,
+        tuple((a, b, link) for (a, b), link in sorted(links.items())),
+    )
     return net, compute
 
 
@@ -128,27 +144,47 @@ def load_nodes(path, raw: dict, compute: dict[str, float], net: Network, slots: 
     if ("nodes" in raw) == ("node_generator" in raw):
         raise fail(path, "nodes", "give exactly one of [[nodes]] or [node_generator]")
     if "node_generator" in raw:
-        g = section(path, raw["node_generator"], "node_generator", _NODE_GEN,
-                     optional_keys=("locations", "compute_factors", "memory_slots"))
+        g = section(
+            path,
+            raw["node_generator"],
+            "node_generator",
+            _NODE_GEN,
+            optional_keys=("locations", "compute_factors", "memory_slots"),
+        )
         check_size(path, "node_generator.count", g["count"])
         locs = g.get("locations") or list(net.locations)
-        factors = positive_list(path, "node_generator.compute_factors",
-                                 g.get("compute_factors", [1.0]), float)
+        factors = positive_list(
+            path, "node_generator.compute_factors", g.get("compute_factors", [1.0]), float
+        )
         mems = positive_list(path, "node_generator.memory_slots", g.get("memory_slots", [slots]), int)
-        specs = [{"location": locs[i % len(locs)], "compute_factor": factors[i % len(factors)],
-                  "memory_slots": mems[i % len(mems)]} for i in range(g["count"])]
+        specs = [
+            {
+                "location": locs[i % len(locs)],
+                "compute_factor": factors[i % len(factors)],
+                "memory_slots": mems[i % len(mems)],
+            }
+            for i in range(g["count"])
+        ]
         key = "node_generator.locations"
     else:
         if not isinstance(raw["nodes"], list):
             raise fail(path, "nodes", "must be an array of tables [[nodes]]")
         check_size(path, "nodes", len(raw["nodes"]))
-        specs = [section(path, n, f"nodes[{i}]", _NODE, optional_keys=("compute_factor", "memory_slots"))
-                 for i, n in enumerate(raw["nodes"])]
+        specs = [
+            section(path, n, f"nodes[{i}]", _NODE, optional_keys=("compute_factor", "memory_slots"))
+            for i, n in enumerate(raw["nodes"])
+        ]
         key = "nodes.location"
     nodes = []
     for i, s in enumerate(specs):
         if s["location"] not in compute:
             raise fail(path, key, f"unknown location {s['location']!r}")
-        nodes.append(Node(i, s["location"], compute[s["location"]] * s.get("compute_factor", 1.0),
-                          s.get("memory_slots", slots)))
+        nodes.append(
+            Node(
+                i,
+                s["location"],
+                compute[s["location"]] * s.get("compute_factor", 1.0),
+                s.get("memory_slots", slots),
+            )
+        )
     return tuple(nodes)

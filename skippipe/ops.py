@@ -20,12 +20,14 @@ the layer inputs B kept).
 
 This is the only module that defines the chain; everything else asks it.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Iterable, Protocol, Sequence
+from typing import Protocol
 
 
 class OpKind(str, Enum):
@@ -116,8 +118,11 @@ class PathLike(Protocol):
 
 def chain(k: int) -> tuple[tuple[OpKind, int], ...]:
     """The (kind, hop) steps of a k-hop path in run order (microbatch-free, for planners)."""
-    return (tuple((OpKind.F, h) for h in range(k)) + ((OpKind.L, 0),)
-            + tuple((OpKind.B, h) for h in reversed(range(k))))
+    return (
+        tuple((OpKind.F, h) for h in range(k))
+        + ((OpKind.L, 0),)
+        + tuple((OpKind.B, h) for h in reversed(range(k)))
+    )
 
 
 def op_chain(microbatch: int, k: int, split: bool = False) -> tuple[Op, ...]:
@@ -166,8 +171,7 @@ def node_of(op: Op, nodes: Sequence[int], loss_at: str = "origin") -> int:
     return nodes[op.hop]
 
 
-def node_ops(paths: Iterable[PathLike], split: bool = False,
-             loss_at: str = "origin") -> dict[int, list[Op]]:
+def node_ops(paths: Iterable[PathLike], split: bool = False, loss_at: str = "origin") -> dict[int, list[Op]]:
     """Every op of every path, by the node that runs it, each node's in chain order per path."""
     out: dict[int, list[Op]] = {}
     for p in paths:

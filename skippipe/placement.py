@@ -15,9 +15,10 @@ and a group averages both stages' gradients over the same ring, one after the ot
 On a path a node's k-th visit is its k-th stage (`hop_stages`): true of the V (down, then up)
 and of every one-stage node, so messages need not name stages.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 Allocation = Sequence[Sequence[int]]
 
@@ -53,13 +54,14 @@ def fold(allocation: Allocation) -> tuple[tuple[int, ...], ...]:
     groups_left = n_stages // 2 - 1
     rest = [n for nodes in allocation[1:] for n in nodes]
     if len(rest) < groups_left:
-        raise ValueError(f"the V placement needs {groups_left} nodes besides the data nodes; "
-                         f"there are {len(rest)}")
+        raise ValueError(
+            f"the V placement needs {groups_left} nodes besides the data nodes; there are {len(rest)}"
+        )
     size, extra = divmod(len(rest), groups_left)
     groups, at = [tuple(allocation[0])], 0
     for g in range(groups_left):
         take = size + (1 if g < extra else 0)
-        groups.append(tuple(rest[at:at + take]))
+        groups.append(tuple(rest[at : at + take]))
         at += take
     return tuple(groups) + tuple(reversed(groups))
 
@@ -69,11 +71,16 @@ def v_problems(allocation: Allocation, stage_sizes: Sequence[int], n_nodes: int)
     in exactly one group, and as many data nodes as the scenario's stage 0."""
     n_stages = len(allocation)
     if n_stages != len(stage_sizes) or n_stages % 2:
-        return [f"a V placement folds the scenario's {len(stage_sizes)} stages in half; "
-                f"the allocation has {n_stages}"]
-    out = [f"stages {s} and {n_stages - 1 - s} must be held by the same nodes"
-           for s in range(n_stages // 2) if tuple(allocation[s]) != tuple(allocation[n_stages - 1 - s])]
-    groups = [n for nodes in allocation[:n_stages // 2] for n in nodes]
+        return [
+            f"a V placement folds the scenario's {len(stage_sizes)} stages in half; "
+            f"the allocation has {n_stages}"
+        ]
+    out = [
+        f"stages {s} and {n_stages - 1 - s} must be held by the same nodes"
+        for s in range(n_stages // 2)
+        if tuple(allocation[s]) != tuple(allocation[n_stages - 1 - s])
+    ]
+    groups = [n for nodes in allocation[: n_stages // 2] for n in nodes]
     if sorted(groups) != list(range(n_nodes)):
         out.append("a V placement must put every node in exactly one stage pair")
     if len(allocation[0]) != stage_sizes[0]:
@@ -88,8 +95,9 @@ def v_path_problem(nodes: Sequence[int]) -> str | None:
     return None
 
 
-def averaging_ends(done: Sequence[float], averaging: Sequence[float],
-                   allocation: Allocation) -> tuple[float, ...]:
+def averaging_ends(
+    done: Sequence[float], averaging: Sequence[float], allocation: Allocation
+) -> tuple[float, ...]:
     """When each stage's averaging ends: it starts once its nodes are done; stages held by the
     same nodes (a V group) average one after the other over the same ring, lower stage first."""
     ends = [0.0] * len(allocation)

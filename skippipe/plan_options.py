@@ -3,6 +3,7 @@ cap, CP-SAT workers and memory and loss choices, with the check of them all befo
 planning. Its own module because every command, the launcher and the benchmarks that plan a
 schedule make one, while only planning.py builds from it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ class PlanOptions:
 
     def check(self) -> None:
         from .planner.paths import PlanningError
+
         if self.objective not in OBJECTIVES:
             raise PlanningError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         if self.effort not in EFFORTS:
@@ -45,8 +47,9 @@ class PlanOptions:
         for name in self.variants:
             spec = REGISTRY[name]
             if spec.planner == "backward-split" and spec.built_on not in self.variants:
-                raise PlanningError(f"{name} is {spec.built_on} with the backward split: "
-                                    f"plan {spec.built_on} too")
+                raise PlanningError(
+                    f"{name} is {spec.built_on} with the backward split: plan {spec.built_on} too"
+                )
 
     @property
     def cap_s(self) -> float:

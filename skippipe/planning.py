@@ -21,20 +21,21 @@ ca-partial is never worse than non-ca-partial on the same allocation: non-ca-par
 the order the simulator ran them are a candidate plan of ca-partial's search, and if the
 simulator still prefers non-ca-partial, ca-partial becomes that replay (same paths, that order).
 """
+
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import logging
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import SkipPipeError
 from .memory import fullest
 from .plan_options import PlanOptions
 from .planner.effort import WallCap, problem_size, work_seconds
-from .scenario import Scenario
 from .rules import validate
+from .scenario import Scenario
 from .schedule import Schedule, VariantSchedule
 from .variants import REGISTRY, VARIANTS, Variant
 
@@ -54,6 +55,7 @@ Progress = Callable[[str], None]
 class _Build:
     """What planning one variant may use: the scenario, the options, the work seconds and the
     wall-clock cap, and the variants planned (and simulated) before it."""
+
     scenario: Scenario
     opts: PlanOptions
     work: float
@@ -70,8 +72,12 @@ class _Build:
         self.line(f"{name} skipped: {said or why}")
 
 
-def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
-                   progress: Progress | None = None, failures: dict[str, str] | None = None) -> Schedule:
+def build_schedule(
+    scenario: Scenario,
+    opts: PlanOptions = PlanOptions(),
+    progress: Progress | None = None,
+    failures: dict[str, str] | None = None,
+) -> Schedule:
     """Plan every variant in `opts.variants` and attach the simulator's prediction to each. A
     variant that fails to plan or to validate is left out with one progress line, and named in
     `failures` (variant -> why); the build fails only when no variant is left."""
@@ -90,8 +96,12 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
     work = work_seconds(opts.effort, problem_size(scenario))
     line(f"effort {opts.effort}: {work:.1f} work seconds, wall-clock cap {cap.limit_s:g} s")
     line("full-pipeline allocation (DT-FM's objective) ...")
-    full = allocate(scenario, seed=opts.seed, time_budget_s=cap.left(),
-                    restarts=FULL_ALLOCATION_RESTARTS if work >= FULL_ALLOCATION_RESTARTS_FROM_S else 1)
+    full = allocate(
+        scenario,
+        seed=opts.seed,
+        time_budget_s=cap.left(),
+        restarts=FULL_ALLOCATION_RESTARTS if work >= FULL_ALLOCATION_RESTARTS_FROM_S else 1,
+    )
     line(f"full-pipeline allocation (score {full.score_s:.1f} s): " + _fmt_stages(full.stages))
     skip_stages = full.stages
     wanted = [v for v in VARIANTS if v in opts.variants]
@@ -99,15 +109,18 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         line("skip-aware allocation search skipped (past the wall-clock cap): the full-pipeline one")
     elif not opts.shared_allocation and any(REGISTRY[v].allocation == "skip" for v in wanted):
         from .planner.skip_allocation import skip_aware_allocation
-        line(f"skip-aware allocation search for the {opts.objective} "
-             f"({SEARCH_SHARE * work:.1f} work s) ...")
-        found = skip_aware_allocation(scenario, full.stages, opts.objective, SEARCH_SHARE * work,
-                                      opts.seed, line, cap)
+
+        line(f"skip-aware allocation search for the {opts.objective} ({SEARCH_SHARE * work:.1f} work s) ...")
+        found = skip_aware_allocation(
+            scenario, full.stages, opts.objective, SEARCH_SHARE * work, opts.seed, line, cap
+        )
         skip_stages = found.stages
         if found.evaluations:
-            line(f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
-                 f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): "
-                 + _fmt_stages(skip_stages))
+            line(
+                f"skip-aware allocation (greedy {opts.objective} {found.score_s:.2f} s, full-pipeline "
+                f"one {found.start_score_s:.2f} s, {found.evaluations} evaluated): "
+                + _fmt_stages(skip_stages)
+            )
     build = _Build(scenario, opts, work, cap, line)
     variants, sims = build.variants, build.sims
     failed = {} if failures is None else failures
@@ -121,8 +134,13 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         if v is None:
             return
         name = spec.name
-        v = dataclasses.replace(v, allocation=tuple(alloc), provenance=_capped(dataclasses.replace(
-            v.provenance, wall_s=round(time.monotonic() - t0, 3)), cap))
+        v = dataclasses.replace(
+            v,
+            allocation=tuple(alloc),
+            provenance=_capped(
+                dataclasses.replace(v.provenance, wall_s=round(time.monotonic() - t0, 3)), cap
+            ),
+        )
         variants[name] = v
         sims[name] = simulate(_one(scenario, full.stages, v), name, scenario)
         if spec.rival in sims:
@@ -137,16 +155,21 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
         if name in failed:  # failed after it was stored (e.g. in the comparison with its rival)
             variants.pop(name, None)
     if not variants:
-        raise PlanningError("; ".join(build.skipped + [f"{n}: {why}" for n, why in failed.items()])
-                            or "no variant to plan")
+        raise PlanningError(
+            "; ".join(build.skipped + [f"{n}: {why}" for n, why in failed.items()]) or "no variant to plan"
+        )
     line("simulating and validating ...")
     for name, v in list(variants.items()):
         sim = sims[name]
         if v.order is None:  # every variant as per-node action lists: what its rule (fcfs) ran
             v = dataclasses.replace(v, order=sim.order, dispatch="fcfs")
-        predicted = {**v.predicted, "makespan_s": round(sim.makespan_s, 4), "iteration_s": round(sim.iteration_s, 4),
-                     "bubble_share": round(sim.bubble_share, 4),
-                     "peak_activations": max(s.peak_activations for s in sim.per_node)}
+        predicted = {
+            **v.predicted,
+            "makespan_s": round(sim.makespan_s, 4),
+            "iteration_s": round(sim.iteration_s, 4),
+            "bubble_share": round(sim.bubble_share, 4),
+            "peak_activations": max(s.peak_activations for s in sim.per_node),
+        }
         peaks = {s.node: s.peak_activations for s in sim.per_node}
         slots = {n.id: n.memory_slots for n in scenario.nodes}
         predicted["fullest_peak"], predicted["fullest_slots"] = fullest(peaks, slots)
@@ -159,8 +182,9 @@ def build_schedule(scenario: Scenario, opts: PlanOptions = PlanOptions(),
             del variants[name]
     if not variants:
         raise PlanningError("; ".join(f"{n}: {why}" for n, why in failed.items()))
-    sched = Schedule(scenario.name, scenario.content_hash, scenario.source, full.stages, variants,
-                     dict(scenario.overrides))
+    sched = Schedule(
+        scenario.name, scenario.content_hash, scenario.source, full.stages, variants, dict(scenario.overrides)
+    )
     line("done")
     return sched
 
@@ -173,6 +197,7 @@ def _allocation(spec: Variant, full, skip, build: _Build):
         return build.variants[spec.built_on].allocation
     if spec.allocation == "v":  # each node holds a stage and its mirror
         from .placement import fold
+
         try:
             return fold(full)
         except ValueError as e:  # e.g. an odd number of stages: the other variants go on
@@ -183,18 +208,21 @@ def _allocation(spec: Variant, full, skip, build: _Build):
 
 def _full_pipelines(spec: Variant, alloc, build: _Build) -> VariantSchedule:
     from .planner.baselines import baseline_variant
+
     v = baseline_variant(build.scenario, alloc)
     return dataclasses.replace(v, loss_at=build.opts.loss_at_of(spec.name))
 
 
 def _random_skips(spec: Variant, alloc, build: _Build) -> VariantSchedule:
     from .planner.baselines import random_variant
+
     return random_variant(build.scenario, alloc, seed=build.opts.seed)
 
 
 def _cp_sat(spec: Variant, alloc, build: _Build) -> VariantSchedule:
     """The partial planner (planner/partial.py); with a rival, its plan is a candidate too."""
     from .planner import partial
+
     opts = build.opts
     budget = (CA_SHARE if spec.collision_aware else NON_CA_SHARE) * build.work
     build.line(f"planning {spec.name} ({opts.objective}, {budget:.1f} work s) ...")
@@ -202,13 +230,23 @@ def _cp_sat(spec: Variant, alloc, build: _Build) -> VariantSchedule:
     extra = {}
     if spec.rival in build.sims:
         extra["candidates"] = [(build.variants[spec.rival].paths, build.sims[spec.rival].order)]
-    return maker(build.scenario, alloc, work_s=budget, seed=opts.seed, workers=opts.workers,
-                 progress=build.line, objective=opts.objective, cap=build.cap, **extra)
+    return maker(
+        build.scenario,
+        alloc,
+        work_s=budget,
+        seed=opts.seed,
+        workers=opts.workers,
+        progress=build.line,
+        objective=opts.objective,
+        cap=build.cap,
+        **extra,
+    )
 
 
 def _backward_split(spec: Variant, alloc, build: _Build) -> VariantSchedule:
     """On the paths and allocation of the variant it is built on (planner/zb_fill.py)."""
     from .planner.zb_fill import zero_bubble_fill
+
     return zero_bubble_fill(spec.name, build.variants[spec.built_on], build.scenario, alloc)
 
 
@@ -216,10 +254,12 @@ def _family(spec: Variant, alloc, build: _Build) -> VariantSchedule | None:
     """Planned action lists (planner/families.py); skipped when no capped form fits the slots."""
     from .planner import families
     from .planner.paths import PlanningError
+
     own = build.opts.family_memory or build.scenario.pipeline.family_memory
     try:
-        return families.family_variant(spec.name, build.scenario, alloc, family_memory=own,
-                                       loss_at=build.opts.loss_at_of(spec.name))
+        return families.family_variant(
+            spec.name, build.scenario, alloc, family_memory=own, loss_at=build.opts.loss_at_of(spec.name)
+        )
     except PlanningError as e:  # the others go on
         build.skip(spec.name, str(e))
         return None
@@ -228,14 +268,26 @@ def _family(spec: Variant, alloc, build: _Build) -> VariantSchedule | None:
 def _online(spec: Variant, alloc, build: _Build) -> VariantSchedule:
     """The simulator's prediction of the routing rule; on the plan of the variant it is built on."""
     from .planner.online import online_variant
-    return online_variant(spec.name, build.scenario, alloc, build.opts.seed,
-                          build.variants.get(spec.built_on), build.opts.loss_at_of(spec.name))
+
+    return online_variant(
+        spec.name,
+        build.scenario,
+        alloc,
+        build.opts.seed,
+        build.variants.get(spec.built_on),
+        build.opts.loss_at_of(spec.name),
+    )
 
 
 # how each variant is planned: Variant.planner -> its planner
 PLANNERS: dict[str, Callable[[Variant, object, _Build], VariantSchedule | None]] = {
-    "full-pipelines": _full_pipelines, "random-skips": _random_skips, "cp-sat": _cp_sat,
-    "backward-split": _backward_split, "family": _family, "online": _online}
+    "full-pipelines": _full_pipelines,
+    "random-skips": _random_skips,
+    "cp-sat": _cp_sat,
+    "backward-split": _backward_split,
+    "family": _family,
+    "online": _online,
+}
 assert {v.planner for v in REGISTRY.values()} <= set(PLANNERS)
 
 
@@ -268,14 +320,17 @@ def _not_worse(name: str, rival: str, full_stages, build: _Build):
     """Variant `name` as planned, or its `rival`'s replay when the simulator prefers the rival."""
     from .planner.partial import replay_variant
     from .sim.simulate import simulate
+
     variants, sims, objective = build.variants, build.sims, build.opts.objective
     mine, theirs = variants[name], variants[rival]
     if _objective(sims[name], objective) <= _objective(sims[rival], objective):
         return mine, sims[name]
-    build.line(f"{name} simulates worse than {rival} ({objective}): it takes {rival}'s "
-               f"paths in simulator order")
-    replay = replay_variant(name, theirs, sims[rival].order, mine.provenance,
-                            objective, _objective(sims[rival], objective))
+    build.line(
+        f"{name} simulates worse than {rival} ({objective}): it takes {rival}'s paths in simulator order"
+    )
+    replay = replay_variant(
+        name, theirs, sims[rival].order, mine.provenance, objective, _objective(sims[rival], objective)
+    )
     replay = dataclasses.replace(replay, allocation=theirs.allocation)
     return replay, simulate(_one(build.scenario, full_stages, replay), name, build.scenario)
 
@@ -286,7 +341,11 @@ def _fmt_stages(stages) -> str:
     full = " | ".join(f"stage {s}: {list(nodes)}" for s, nodes in enumerate(stages))
     if len(full) <= MAX_LINE:
         return full
-    parts = [f"stage {s}: {len(ns)} nodes [{', '.join(map(str, ns[:3]))}, ...]" if len(ns) > 3
-             else f"stage {s}: {list(ns)}" for s, ns in enumerate(stages[:MAX_STAGES_SHOWN])]
+    parts = [
+        f"stage {s}: {len(ns)} nodes [{', '.join(map(str, ns[:3]))}, ...]"
+        if len(ns) > 3
+        else f"stage {s}: {list(ns)}"
+        for s, ns in enumerate(stages[:MAX_STAGES_SHOWN])
+    ]
     more = f" | {len(stages) - MAX_STAGES_SHOWN} more stages" if len(stages) > MAX_STAGES_SHOWN else ""
     return " | ".join(parts) + more

@@ -22,10 +22,11 @@ The simulator (sim/session.py) and the node processes (runtime/node/moves.py) bo
 the moved node loads its new stage's weights and optimizer state from a live peer of that
 stage, as a rejoining node does.
 """
+
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Collection, Mapping
 
 Allocation = tuple[tuple[int, ...], ...]  # stage -> its nodes
 MOVE_AHEAD = 2  # iterations between a decision and the move (as rejoin's JOIN_AHEAD)
@@ -42,19 +43,27 @@ class Move:
     at: int
 
 
-def throughputs(allocation: Allocation, forward_s: Mapping[int, float],
-                dead: Collection[int] = ()) -> dict[int, float]:
+def throughputs(
+    allocation: Allocation, forward_s: Mapping[int, float], dead: Collection[int] = ()
+) -> dict[int, float]:
     """Stage (1..S-1) -> forwards per second its live nodes drain together."""
-    return {s: sum(1.0 / forward_s[n] for n in nodes if n not in dead)
-            for s, nodes in enumerate(allocation) if s > 0}
+    return {
+        s: sum(1.0 / forward_s[n] for n in nodes if n not in dead)
+        for s, nodes in enumerate(allocation)
+        if s > 0
+    }
 
 
-def decide(allocation: Allocation, forward_s: Mapping[int, float], threshold: float,
-           dead: Collection[int] = ()) -> tuple[int, int, int] | None:
+def decide(
+    allocation: Allocation, forward_s: Mapping[int, float], threshold: float, dead: Collection[int] = ()
+) -> tuple[int, int, int] | None:
     """(node, source stage, target stage) of the move the rule makes now, or None."""
     # a stage without a live node is skipped by routing, and no peer could hand a mover its state
-    rate = {s: r for s, r in throughputs(allocation, forward_s, dead).items()
-            if any(n not in dead for n in allocation[s])}
+    rate = {
+        s: r
+        for s, r in throughputs(allocation, forward_s, dead).items()
+        if any(n not in dead for n in allocation[s])
+    }
     if len(rate) < 2:
         return None
     slowest = min(rate, key=lambda s: (rate[s], s))
@@ -79,8 +88,10 @@ def decide(allocation: Allocation, forward_s: Mapping[int, float], threshold: fl
 
 def moved(allocation: Allocation, move: Move) -> Allocation:
     """The allocation after `move`."""
-    return tuple(tuple(n for n in nodes if n != move.node) + ((move.node,) if s == move.target else ())
-                 for s, nodes in enumerate(allocation))
+    return tuple(
+        tuple(n for n in nodes if n != move.node) + ((move.node,) if s == move.target else ())
+        for s, nodes in enumerate(allocation)
+    )
 
 
 class Rebalancer:
@@ -105,8 +116,9 @@ class Rebalancer:
     def stages_of(self, it: int) -> dict[int, tuple[int, ...]]:
         return {n: (s,) for s, nodes in enumerate(self.allocation_at(it)) for n in nodes}
 
-    def after_iteration(self, it: int, forward_s: Mapping[int, float],
-                        dead: Collection[int] = ()) -> Move | None:
+    def after_iteration(
+        self, it: int, forward_s: Mapping[int, float], dead: Collection[int] = ()
+    ) -> Move | None:
         """The move to make after iteration `it`, given every node's measured forward time
         (seconds), or None; a move made is recorded here."""
         if not self.enabled or (self.moves and self.moves[-1].at > it):

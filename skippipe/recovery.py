@@ -11,10 +11,11 @@ data node's failure loses only its own microbatches. The repaired paths run firs
 served (a planned order assumed the dead node's time slots). This is a quick, deterministic
 re-plan: every node computes the same paths from the same set of dead nodes, without a solver.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .schedule import Hop, MicrobatchPath, VariantSchedule
 
@@ -28,16 +29,21 @@ def quorum_verdict(n_nodes: int, dead: set[int], allocation: Sequence[Sequence[i
     missing = [s for s, nodes in enumerate(allocation) if not live & set(nodes)]
     why = []
     if missing:
-        why.append(f"stage{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
-                   f"{'have' if len(missing) > 1 else 'has'} no live node")
+        why.append(
+            f"stage{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+            f"{'have' if len(missing) > 1 else 'has'} no live node"
+        )
     if 2 * len(live) <= n_nodes:
         why.append(f"this side holds {len(live)} of {n_nodes} nodes, not a majority")
     return "; ".join(why) or None
 
 
-def repair_path(path: MicrobatchPath, dead: set[int] | frozenset[int],
-                allocation: tuple[tuple[int, ...], ...],
-                pick: Callable[[list[int]], int | None] | None = None) -> MicrobatchPath | None:
+def repair_path(
+    path: MicrobatchPath,
+    dead: set[int] | frozenset[int],
+    allocation: tuple[tuple[int, ...], ...],
+    pick: Callable[[list[int]], int | None] | None = None,
+) -> MicrobatchPath | None:
     """The path with dead nodes replaced or their stages skipped; None if it cannot run.
     `pick` chooses among a stage's live nodes instead of the round robin (online repair)."""
     if path.origin in dead:
@@ -57,8 +63,9 @@ def repair_path(path: MicrobatchPath, dead: set[int] | frozenset[int],
     return dataclasses.replace(path, hops=tuple(hops))
 
 
-def live_variant(variant: VariantSchedule, dead: set[int] | frozenset[int],
-                 allocation: tuple[tuple[int, ...], ...]) -> VariantSchedule:
+def live_variant(
+    variant: VariantSchedule, dead: set[int] | frozenset[int], allocation: tuple[tuple[int, ...], ...]
+) -> VariantSchedule:
     """The variant as it runs with `dead` nodes: repaired paths, lost ones left out, and no
     planned order once anything changed."""
     if not dead:

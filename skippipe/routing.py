@@ -35,14 +35,15 @@ The rules (`Routing.rule`):
 The router takes the live nodes of every stage with each call, so the set of nodes serving a
 stage may change between calls (failures, rejoins, rebalancing).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .costs import Costs
 from .rules import cc3_problem
@@ -57,8 +58,12 @@ Live = Sequence[Sequence[int]]  # stage -> its live nodes, now
 def origins_only(variant: VariantSchedule) -> VariantSchedule:
     """An unplanned online variant as an iteration starts it: each path its origin only, run
     first come first served."""
-    return dataclasses.replace(variant, order=None, dispatch="fcfs", paths=tuple(
-        dataclasses.replace(p, hops=p.hops[:1]) for p in variant.paths))
+    return dataclasses.replace(
+        variant,
+        order=None,
+        dispatch="fcfs",
+        paths=tuple(dataclasses.replace(p, hops=p.hops[:1]) for p in variant.paths),
+    )
 
 
 @dataclass(frozen=True)
@@ -157,8 +162,14 @@ class Router:
         self._join(pool)
         return min((self._node_s(n) for n in pool), default=float("inf"))
 
-    def next_hop(self, microbatch: int, hops: Sequence[Hop], live: Live,
-                 planned: Hop | None = None, onward: int | None = None) -> Hop | None:
+    def next_hop(
+        self,
+        microbatch: int,
+        hops: Sequence[Hop],
+        live: Live,
+        planned: Hop | None = None,
+        onward: int | None = None,
+    ) -> Hop | None:
         """Where the microbatch that has run the forwards at `hops` goes next under this
         router's rule; None: back to its origin for the loss (path complete, or no stage left
         with a live node). `planned`: the plan's next hop (repair), `onward`: the node the plan
@@ -201,8 +212,9 @@ class Router:
         return self._choose(stages, [self._stage_wait_s(s, live) for s in stages])
 
     # -- swarm-skip: which stages, in which order ---------------------------------------------
-    def choose_stage_set(self, microbatch: int, budget: Counter[int], left: int,
-                         live: Live) -> frozenset[int]:
+    def choose_stage_set(
+        self, microbatch: int, budget: Counter[int], left: int, live: Live
+    ) -> frozenset[int]:
         """At the origin, when it starts `microbatch`: the k-1 stages it will visit, spending
         `budget` (stage -> visits this origin still has to give, updated here) with `left` of its
         microbatches still to start, this one included."""
@@ -220,20 +232,27 @@ class Router:
             if not self._can_spend(_spent(budget, chosen, stages), left - 1, stages, need):
                 sets, chosen = [c for c in sets if c != chosen], None
         if chosen is None:  # no budget-respecting set can be ordered (nodes died): any orderable one
-            sets = [frozenset(c) for c in itertools.combinations(stages, need)
-                    if self._can_order((0,), frozenset(c))] or [frozenset()]
+            sets = [
+                frozenset(c)
+                for c in itertools.combinations(stages, need)
+                if self._can_order((0,), frozenset(c))
+            ] or [frozenset()]
             chosen = self._choose(sets, [sum(waits[s] for s in c) for c in sets])
         budget.subtract({s: 1 for s in chosen})
         self.stage_sets[microbatch] = chosen
         return chosen
 
-    def _spending_sets(self, budget: Counter[int], left: int, stages: list[int],
-                       need: int) -> list[frozenset[int]]:
+    def _spending_sets(
+        self, budget: Counter[int], left: int, stages: list[int], need: int
+    ) -> list[frozenset[int]]:
         """The orderable sets of `need` stages that spend `budget` (left microbatches) evenly."""
         forced = {s for s, b in budget.items() if b >= left}  # every later microbatch must visit it
         open_ = [s for s in stages if budget[s] > 0 or not budget]
-        return [frozenset(c) for c in itertools.combinations(open_, need)
-                if forced <= set(c) and self._can_order((0,), frozenset(c))]
+        return [
+            frozenset(c)
+            for c in itertools.combinations(open_, need)
+            if forced <= set(c) and self._can_order((0,), frozenset(c))
+        ]
 
     def _can_spend(self, budget: tuple[int, ...], left: int, stages: list[int], need: int) -> bool:
         """Can `left` microbatches spend `budget` (visits per stage of `stages`) exactly, each
@@ -242,14 +261,25 @@ class Router:
         if left == 0 or not any(budget):
             return not any(budget)
         p = self.scenario.pipeline
-        key = (p.max_forward_jump_stages, p.max_swap_back_stages, p.max_swaps, p.max_swap_distance,
-               tuple(stages), need, budget, left)
+        key = (
+            p.max_forward_jump_stages,
+            p.max_swap_back_stages,
+            p.max_swaps,
+            p.max_swap_distance,
+            tuple(stages),
+            need,
+            budget,
+            left,
+        )
         if key not in _SPENDABLE:
             counter = Counter(dict(zip(stages, budget)))
-            sets = sorted(self._spending_sets(counter, left, stages, need),
-                          key=lambda c: (-sum(counter[s] for s in c), sorted(c)))
+            sets = sorted(
+                self._spending_sets(counter, left, stages, need),
+                key=lambda c: (-sum(counter[s] for s in c), sorted(c)),
+            )
             _SPENDABLE[key] = max(budget) <= left and any(
-                self._can_spend(_spent(counter, c, stages), left - 1, stages, need) for c in sets)
+                self._can_spend(_spent(counter, c, stages), left - 1, stages, need) for c in sets
+            )
         return _SPENDABLE[key]
 
     def _next_stages(self, microbatch: int, hops: Sequence[Hop], live: Live) -> list[int]:
@@ -263,7 +293,8 @@ class Router:
         key = (prefix, rest)
         if key not in self._orderable:
             self._orderable[key] = cc3_problem(prefix, self.scenario) is None and (
-                not rest or any(self._can_order(prefix + (s,), rest - {s}) for s in sorted(rest)))
+                not rest or any(self._can_order(prefix + (s,), rest - {s}) for s in sorted(rest))
+            )
         return self._orderable[key]
 
 

@@ -14,12 +14,13 @@ that decides a hop, so the simulator predicts the nodes' decisions by constructi
 - `carried` / `received`: the routing part of a data message: the sender's report (its forward
   average and queue) and the microbatch's stage set, which thus travels with the microbatch.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .events import Event, Rerouted, StageSetChosen
 from .recovery import repair_path
@@ -52,13 +53,21 @@ class Step:
     events: tuple[Event, ...] = ()
 
 
-def route_forward(router: Router, microbatch: int, hop: int, hops: Sequence[Hop], live: Live,
-                  forward_s: float, spending: Spending | None, iteration: int) -> Step:
+def route_forward(
+    router: Router,
+    microbatch: int,
+    hop: int,
+    hops: Sequence[Hop],
+    live: Live,
+    forward_s: float,
+    spending: Spending | None,
+    iteration: int,
+) -> Step:
     """The forward of `microbatch` at `hop` of `hops` (the path as known here) ran `forward_s`
     scenario seconds on the router's node; `live`: the live nodes of every stage, now;
     `spending`: the node's own, if it is an origin."""
     router.ran_forward(forward_s)
-    done = tuple(hops[:hop + 1])
+    done = tuple(hops[: hop + 1])
     if router.params.online:
         events = _stage_set(router, microbatch, hop, live, spending, iteration)
         nxt = router.next_hop(microbatch, done, live)
@@ -70,11 +79,12 @@ def route_forward(router: Router, microbatch: int, hop: int, hops: Sequence[Hop]
     if nxt is None or nxt == planned:
         return Step(tuple(hops))
     event = Rerouted(iteration, microbatch, hop + 1, planned.node, nxt.node)
-    return Step(done + (nxt,) + tuple(hops[hop + 2:]), planned, (event,))
+    return Step(done + (nxt,) + tuple(hops[hop + 2 :]), planned, (event,))
 
 
-def _stage_set(router: Router, microbatch: int, hop: int, live: Live, spending: Spending | None,
-               iteration: int) -> tuple[Event, ...]:
+def _stage_set(
+    router: Router, microbatch: int, hop: int, live: Live, spending: Spending | None, iteration: int
+) -> tuple[Event, ...]:
     """swarm-skip, at the origin's first forward of a microbatch: its stage set (a restarted
     attempt keeps the one it has)."""
     if router.params.rule != "swarm-skip" or hop != 0 or microbatch in router.stage_sets:
@@ -91,16 +101,16 @@ def carried(router: Router, microbatch: int, queue: int) -> tuple[Report, frozen
     return router.report(queue), router.stage_sets.get(microbatch, frozenset())
 
 
-def received(router: Router, sender: int, microbatch: int, report: Report,
-             stages: frozenset[int]) -> None:
+def received(router: Router, sender: int, microbatch: int, report: Report, stages: frozenset[int]) -> None:
     """A data message from `sender` arrived with what `carried` gave it."""
     if stages:
         router.stage_sets[microbatch] = frozenset(stages)
     router.observe(sender, report)
 
 
-def restarted(router: Router | None, path: MicrobatchPath, dead: set[int],
-              allocation: Sequence[Sequence[int]]) -> MicrobatchPath | None:
+def restarted(
+    router: Router | None, path: MicrobatchPath, dead: set[int], allocation: Sequence[Sequence[int]]
+) -> MicrobatchPath | None:
     """A restarted attempt's path (module docstring); `router`: None without routing. None when
     no live node can replace a dead hop."""
     if router is not None and router.params.online:

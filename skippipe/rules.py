@@ -9,20 +9,21 @@ online variant stores the routing of its rule (its paths are the simulator's rea
 like any other). `violations()` returns them all; `validate()` raises the first as a
 ScheduleError naming variant, microbatch, hop and rule.
 """
+
 from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from .costs import Costs
 from .errors import ScheduleError
 from .memory import family_limits, peak_along
 from .ops import Op, OpKind, frees_slot, node_ops, op_chain, prev_op, takes_slot
 from .placement import v_path_problem, v_problems
-from .schedule import MicrobatchPath, Schedule, VariantSchedule
 from .scenario import Scenario
+from .schedule import MicrobatchPath, Schedule, VariantSchedule
 from .variants import variant
 
 TIME_TOLERANCE_S = 1e-6  # float slack when comparing planned times
@@ -57,22 +58,31 @@ def violations(s: Schedule, scenario: Scenario) -> list[Violation]:
     if out:
         return out
     for v in s.variants.values():  # each variant is checked against the allocation it runs on
-        bad = [] if v.allocation is None else list(_check_allocation(v.allocation, v.name, scenario,
-                                                                      variant(v.name).v_placed))
+        bad = (
+            []
+            if v.allocation is None
+            else list(_check_allocation(v.allocation, v.name, scenario, variant(v.name).v_placed))
+        )
         out += bad or _check_variant(s.for_variant(v.name), v, scenario)
     return out
 
 
-def _check_allocation(allocation, variant: str, scenario: Scenario,
-                      v_placed: bool = False) -> Iterable[Violation]:
+def _check_allocation(
+    allocation, variant: str, scenario: Scenario, v_placed: bool = False
+) -> Iterable[Violation]:
     if v_placed:  # each node holds a stage and its mirror
         for problem in v_problems(allocation, scenario.pipeline.stage_sizes, len(scenario.nodes)):
             yield Violation("ALLOC", variant, None, None, problem)
         return
     sizes = tuple(len(nodes) for nodes in allocation)
     if sizes != scenario.pipeline.stage_sizes:
-        yield Violation("ALLOC", variant, None, None,
-                        f"stage sizes {list(sizes)} differ from the scenario's {list(scenario.pipeline.stage_sizes)}")
+        yield Violation(
+            "ALLOC",
+            variant,
+            None,
+            None,
+            f"stage sizes {list(sizes)} differ from the scenario's {list(scenario.pipeline.stage_sizes)}",
+        )
     all_nodes = sorted(n for nodes in allocation for n in nodes)
     if all_nodes != list(range(len(scenario.nodes))):
         yield Violation("ALLOC", variant, None, None, "allocation must place every node exactly once")
@@ -100,9 +110,18 @@ def _check_loss_at(v: VariantSchedule, n_stages: int) -> list[Violation]:
     """With the loss on the last hop, that hop must hold the LM head: the last stage."""
     if v.loss_at != "last":
         return []
-    return [Violation("LOSS", v.name, p.microbatch, None, f"the loss runs on the last hop, which "
-                      f"holds stage {p.hops[-1].stage}, not the head's stage {n_stages - 1}")
-            for p in v.paths if p.hops and p.hops[-1].stage != n_stages - 1][:1]
+    return [
+        Violation(
+            "LOSS",
+            v.name,
+            p.microbatch,
+            None,
+            f"the loss runs on the last hop, which "
+            f"holds stage {p.hops[-1].stage}, not the head's stage {n_stages - 1}",
+        )
+        for p in v.paths
+        if p.hops and p.hops[-1].stage != n_stages - 1
+    ][:1]
 
 
 def _check_routing(v: VariantSchedule) -> list[Violation]:
@@ -121,12 +140,18 @@ def _check_counts(s: Schedule, v: VariantSchedule, sc: Scenario) -> Iterable[Vio
     want = sc.pipeline.microbatches_per_node
     for node in s.allocation[0]:
         if per_origin.get(node, 0) != want:
-            yield Violation("COUNT", v.name, None, None,
-                            f"data node {node} owns {per_origin.get(node, 0)} microbatches, not {want}")
+            yield Violation(
+                "COUNT",
+                v.name,
+                None,
+                None,
+                f"data node {node} owns {per_origin.get(node, 0)} microbatches, not {want}",
+            )
 
 
-def _check_path(v: VariantSchedule, p: MicrobatchPath, stages_of: dict[int, tuple[int, ...]],
-                sc: Scenario) -> list[Violation]:
+def _check_path(
+    v: VariantSchedule, p: MicrobatchPath, stages_of: dict[int, tuple[int, ...]], sc: Scenario
+) -> list[Violation]:
     def bad(rule, hop, msg):
         return Violation(rule, v.name, p.microbatch, hop, msg)
 
@@ -189,17 +214,28 @@ def _check_load(v: VariantSchedule, sc: Scenario) -> list[Violation]:
         return []
     visits = Counter(h.stage for p in v.paths for h in p.hops[1:])
     cap = stage_visit_cap(sc, len(v.paths))
-    return [Violation("TC1", v.name, None, None,
-                      f"stage {st} gets {n} forward visits, more than its even share {cap}")
-            for st, n in sorted(visits.items()) if n > cap]
+    return [
+        Violation(
+            "TC1", v.name, None, None, f"stage {st} gets {n} forward visits, more than its even share {cap}"
+        )
+        for st, n in sorted(visits.items())
+        if n > cap
+    ]
 
 
 def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
     out = []
     for p in v.paths:
         if p.stages != tuple(range(len(s.allocation))):
-            out.append(Violation("BASELINE", v.name, p.microbatch, None,
-                                 f"a full-pipeline path runs every stage in order, got {list(p.stages)}"))
+            out.append(
+                Violation(
+                    "BASELINE",
+                    v.name,
+                    p.microbatch,
+                    None,
+                    f"a full-pipeline path runs every stage in order, got {list(p.stages)}",
+                )
+            )
         elif variant(v.name).v_placed and (problem := v_path_problem(p.nodes)):
             out.append(Violation("ALLOC", v.name, p.microbatch, None, problem))
     if variant(v.name).routing:  # online routing balances by measurement, not by count
@@ -208,8 +244,11 @@ def _check_baseline(s: Schedule, v: VariantSchedule) -> list[Violation]:
     for stage, nodes in enumerate(s.allocation[1:], start=1):
         counts = [loads.get((stage, n), 0) for n in nodes]
         if max(counts) - min(counts) > 1:
-            out.append(Violation("BASELINE", v.name, None, None,
-                                 f"stage {stage} nodes carry uneven pipelines {counts}"))
+            out.append(
+                Violation(
+                    "BASELINE", v.name, None, None, f"stage {stage} nodes carry uneven pipelines {counts}"
+                )
+            )
     return out
 
 
@@ -220,8 +259,15 @@ def _check_order(v: VariantSchedule) -> list[Violation]:
         got = list(v.order.get(node, ()))
         if len(got) != len(set(got)) or set(got) != want.get(node, set()):
             missing = sorted(want.get(node, set()) - set(got), key=lambda op: op.sort_key)
-            out.append(Violation("ORDER", v.name, missing[0].microbatch if missing else None, None,
-                                 f"node {node}'s order must list each of its operations once"))
+            out.append(
+                Violation(
+                    "ORDER",
+                    v.name,
+                    missing[0].microbatch if missing else None,
+                    None,
+                    f"node {node}'s order must list each of its operations once",
+                )
+            )
     return out
 
 
@@ -237,17 +283,40 @@ def _check_activations(v: VariantSchedule, stage_of: dict[int, int], sc: Scenari
     for node, ops in sorted(v.order.items()):
         peak, limit = peak_along(ops, v.split_backward), v.memory_slots(node, sc)
         if limit is not None and peak > limit:
-            out.append(Violation("TC1", v.name, None, None, f"node {node}'s order holds {peak} "
-                                 f"activations at once (limit {limit})"))
+            out.append(
+                Violation(
+                    "TC1",
+                    v.name,
+                    None,
+                    None,
+                    f"node {node}'s order holds {peak} activations at once (limit {limit})",
+                )
+            )
         slots = sc.nodes[node].memory_slots
         if not own_rule and (limit is None or limit > slots):
-            out.append(Violation("MEMORY", v.name, None, None, f"node {node} was planned for the "
-                                 f"shared budget of {slots} memory slots; its limit is {limit}"))
+            out.append(
+                Violation(
+                    "MEMORY",
+                    v.name,
+                    None,
+                    None,
+                    f"node {node} was planned for the "
+                    f"shared budget of {slots} memory slots; its limit is {limit}",
+                )
+            )
         own = rule.get(node)
         if own is not None and (peak > own or limit is None or limit > own):
-            out.append(Violation("MEMORY", v.name, None, None, f"node {node} (stage "
-                                 f"{stage_of[node]}) may hold {own} activations under {v.name}'s "
-                                 f"rule; its order holds {peak}, its limit is {limit}"))
+            out.append(
+                Violation(
+                    "MEMORY",
+                    v.name,
+                    None,
+                    None,
+                    f"node {node} (stage "
+                    f"{stage_of[node]}) may hold {own} activations under {v.name}'s "
+                    f"rule; its order holds {peak}, its limit is {limit}",
+                )
+            )
     return out
 
 
@@ -272,13 +341,22 @@ def _check_times(v: VariantSchedule, costs: Costs) -> list[Violation]:
     times = op_end_times(v, costs)
     out = _check_precedence(v, costs, times)
     for node, ops in v.order.items():
-        spans = sorted(((o.start_s, o.start_s + costs.op_s(o.kind, node, v.split_backward), o)
-                        for o in ops), key=lambda span: span[:2])  # zero-cost ops may tie
+        spans = sorted(
+            ((o.start_s, o.start_s + costs.op_s(o.kind, node, v.split_backward), o) for o in ops),
+            key=lambda span: span[:2],
+        )  # zero-cost ops may tie
         for (_, e0, a), (s1, _, b) in zip(spans, spans[1:]):
             if s1 < e0 - TIME_TOLERANCE_S:
-                out.append(Violation("TC2", v.name, b.microbatch, b.hop,
-                                     f"{b.kind.value} on node {node} starts at {s1:.3f}s while "
-                                     f"{a.kind.value} of microbatch {a.microbatch} runs until {e0:.3f}s"))
+                out.append(
+                    Violation(
+                        "TC2",
+                        v.name,
+                        b.microbatch,
+                        b.hop,
+                        f"{b.kind.value} on node {node} starts at {s1:.3f}s while "
+                        f"{a.kind.value} of microbatch {a.microbatch} runs until {e0:.3f}s",
+                    )
+                )
         out += _check_memory(v, node, ops, times, v.memory_slots(node, costs.scenario))
     return out
 
@@ -295,9 +373,16 @@ def _check_precedence(v: VariantSchedule, costs: Costs, times) -> list[Violation
             _, end0, n0 = times[a]
             start1, _, n1 = times[b]
             if start1 < end0 + costs.link_s(n0, n1) - TIME_TOLERANCE_S:
-                out.append(Violation("TIMING", v.name, p.microbatch, b.hop,
-                                     f"{b.kind.value} starts at {start1:.3f}s before its input arrives "
-                                     f"({end0 + costs.link_s(n0, n1):.3f}s)"))
+                out.append(
+                    Violation(
+                        "TIMING",
+                        v.name,
+                        p.microbatch,
+                        b.hop,
+                        f"{b.kind.value} starts at {start1:.3f}s before its input arrives "
+                        f"({end0 + costs.link_s(n0, n1):.3f}s)",
+                    )
+                )
     return out
 
 
@@ -316,6 +401,13 @@ def _check_memory(v, node: int, ops, times, slots: int | None) -> list[Violation
     for t, delta, o in sorted(events, key=lambda e: (e[0], e[1])):
         held += delta
         if held > slots:
-            return [Violation("TC1", v.name, o.microbatch, o.hop,
-                              f"node {node} holds {held} activations at {t:.3f}s (memory slots {slots})")]
+            return [
+                Violation(
+                    "TC1",
+                    v.name,
+                    o.microbatch,
+                    o.hop,
+                    f"node {node} holds {held} activations at {t:.3f}s (memory slots {slots})",
+                )
+            ]
     return []

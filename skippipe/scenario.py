@@ -5,6 +5,7 @@ experiment: the model, the pipeline shape, training knobs, the network (location
 nodes. Every number lives here, never in code. Errors name the file and the key, and are raised as
 `ScenarioError` so commands can print one line and exit 2.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from .network import Link, Network, Node, check_size, load_network, load_nodes
 from .ops import LOSS_AT
-from .settings_checks import ScenarioError, fail, positive_list, read_toml, section
+from .settings_checks import fail, positive_list, read_toml, section
 
 
 @dataclass(frozen=True)
@@ -110,27 +111,83 @@ class Scenario:
 
 REQUIRED = object()
 
-_MODEL = {"d_model": int, "n_heads": int, "n_layers": int, "ffn_hidden": int, "ctx_tokens": int,
-          "vocab_size": int, "activation_dtype_bytes": int, "param_dtype_bytes": int}
-_PIPELINE = {"stage_sizes": list, "path_length": int, "memory_slots": int,
-             "microbatches_per_node": int, "samples_per_microbatch": int, "max_swaps": int,
-             "max_swap_back_stages": int, "max_swap_distance": int,
-             "max_forward_jump_stages": int, "family_memory": bool, "loss_at": str}
-_COSTS = {"backward_factor": float, "loss_factor": float, "per_hop_overhead_s": float,
-          "weight_grad_share": float}
-_TRAINING = {"iterations": int, "learning_rate": float, "grad_clip": float,
-             "weight_decay": float, "seed": int, "time_scale": float}
+_MODEL = {
+    "d_model": int,
+    "n_heads": int,
+    "n_layers": int,
+    "ffn_hidden": int,
+    "ctx_tokens": int,
+    "vocab_size": int,
+    "activation_dtype_bytes": int,
+    "param_dtype_bytes": int,
+}
+_PIPELINE = {
+    "stage_sizes": list,
+    "path_length": int,
+    "memory_slots": int,
+    "microbatches_per_node": int,
+    "samples_per_microbatch": int,
+    "max_swaps": int,
+    "max_swap_back_stages": int,
+    "max_swap_distance": int,
+    "max_forward_jump_stages": int,
+    "family_memory": bool,
+    "loss_at": str,
+}
+_COSTS = {
+    "backward_factor": float,
+    "loss_factor": float,
+    "per_hop_overhead_s": float,
+    "weight_grad_share": float,
+}
+_TRAINING = {
+    "iterations": int,
+    "learning_rate": float,
+    "grad_clip": float,
+    "weight_decay": float,
+    "seed": int,
+    "time_scale": float,
+}
 _OPTIONAL_SECTIONS = {"faults"}  # read by the runtime (a failure plan)
-_SECTIONS = {"name", "description", "model", "pipeline", "costs", "training", "network",
-             "nodes", "node_generator"} | _OPTIONAL_SECTIONS
-_ZERO_OK = {"per_hop_overhead_s", "weight_decay", "seed", "max_swaps", "max_swap_back_stages",
-            "max_swap_distance", "grad_clip"}
-_DEFAULTS = {"max_swaps": 2, "max_swap_back_stages": 1, "max_swap_distance": 2,
-             "max_forward_jump_stages": 4, "activation_dtype_bytes": 4, "param_dtype_bytes": 4,
-             "backward_factor": 1.5, "loss_factor": 0.25, "weight_decay": 0.0, "seed": 0,
-             "time_scale": 1.0, "iterations": 10, "grad_clip": 1.0, "learning_rate": 6e-4,
-             "weight_grad_share": CostConfig.weight_grad_share, "family_memory": False,
-             "loss_at": None}
+_SECTIONS = {
+    "name",
+    "description",
+    "model",
+    "pipeline",
+    "costs",
+    "training",
+    "network",
+    "nodes",
+    "node_generator",
+} | _OPTIONAL_SECTIONS
+_ZERO_OK = {
+    "per_hop_overhead_s",
+    "weight_decay",
+    "seed",
+    "max_swaps",
+    "max_swap_back_stages",
+    "max_swap_distance",
+    "grad_clip",
+}
+_DEFAULTS = {
+    "max_swaps": 2,
+    "max_swap_back_stages": 1,
+    "max_swap_distance": 2,
+    "max_forward_jump_stages": 4,
+    "activation_dtype_bytes": 4,
+    "param_dtype_bytes": 4,
+    "backward_factor": 1.5,
+    "loss_factor": 0.25,
+    "weight_decay": 0.0,
+    "seed": 0,
+    "time_scale": 1.0,
+    "iterations": 10,
+    "grad_clip": 1.0,
+    "learning_rate": 6e-4,
+    "weight_grad_share": CostConfig.weight_grad_share,
+    "family_memory": False,
+    "loss_at": None,
+}
 
 
 def _section(path, data: dict, name: str, schema: dict) -> dict:
@@ -168,27 +225,47 @@ def load_scenario(path: str | Path, overrides: dict | None = None) -> Scenario:
     pipeline = PipelineConfig(**p)
     costs = CostConfig(**_section(path, raw.get("costs", {}), "costs", _COSTS))
     if costs.weight_grad_share >= 1:
-        raise fail(path, "costs.weight_grad_share", f"must be below 1 (B keeps the rest of the "
-                    f"backward), got {costs.weight_grad_share}")
+        raise fail(
+            path,
+            "costs.weight_grad_share",
+            f"must be below 1 (B keeps the rest of the backward), got {costs.weight_grad_share}",
+        )
     training = TrainingConfig(**_section(path, raw.get("training", {}), "training", _TRAINING))
     network, compute = load_network(path, raw["network"])
     nodes = load_nodes(path, raw, compute, network, pipeline.memory_slots)
     _check_consistency(path, model, pipeline, nodes)
     extra = {k: raw[k] for k in _OPTIONAL_SECTIONS if k in raw}
     name = raw.get("name", path.stem)
-    return Scenario(name, str(path), _plan_hash(model, pipeline, costs, network, nodes), model,
-                    pipeline, costs, training, network, nodes, extra, overrides)
+    return Scenario(
+        name,
+        str(path),
+        _plan_hash(model, pipeline, costs, network, nodes),
+        model,
+        pipeline,
+        costs,
+        training,
+        network,
+        nodes,
+        extra,
+        overrides,
+    )
 
 
-def _plan_hash(model: ModelConfig, pipeline: PipelineConfig, costs: CostConfig, network: Network,
-               nodes: tuple[Node, ...]) -> str:
+def _plan_hash(
+    model: ModelConfig, pipeline: PipelineConfig, costs: CostConfig, network: Network, nodes: tuple[Node, ...]
+) -> str:
     """sha256 (16 hex digits) of what the planners read. [training] and the optional sections
     stay out: changing iterations, the learning rate or the time scale keeps a schedule valid."""
     pipe = {k: v for k, v in asdict(pipeline).items() if k not in ("family_memory", "loss_at")}
     # each variant records the memory rule (which the validator holds it to) and the loss
     # placement it was made for
-    content = {"model": asdict(model), "pipeline": pipe, "costs": _hashed_costs(costs),
-               "network": asdict(network), "nodes": [asdict(n) for n in nodes]}
+    content = {
+        "model": asdict(model),
+        "pipeline": pipe,
+        "costs": _hashed_costs(costs),
+        "network": asdict(network),
+        "nodes": [asdict(n) for n in nodes],
+    }
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -213,7 +290,10 @@ def _check_consistency(path, model: ModelConfig, p: PipelineConfig, nodes) -> No
     if (model.d_model // model.n_heads) % 2:
         raise fail(path, "model.n_heads", "head width must be even (rotary embeddings)")
     if sum(p.stage_sizes) != len(nodes):
-        raise fail(path, "pipeline.stage_sizes",
-                    f"sum {sum(p.stage_sizes)} differs from the number of nodes {len(nodes)}")
+        raise fail(
+            path,
+            "pipeline.stage_sizes",
+            f"sum {sum(p.stage_sizes)} differs from the number of nodes {len(nodes)}",
+        )
     if not 2 <= p.path_length <= s:
         raise fail(path, "pipeline.path_length", f"must be between 2 and the {s} stages, got {p.path_length}")

@@ -10,6 +10,7 @@ simulator), the predicted iteration time and the solver's provenance.
 Its JSON form is schedule_file.py's (which checks what it reads with the one validator,
 rules.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -89,13 +90,17 @@ class Routing:
         if self.rule not in ROUTING_RULES:
             raise ScheduleError(f"routing rule {self.rule!r} is not one of {', '.join(ROUTING_RULES)}")
         if not (0 < self.ema <= 1 and self.slow_factor >= 1 and self.seeds >= 1):
-            raise ScheduleError(f"routing: ema must be in (0, 1], slow_factor at least 1, seeds "
-                                f"at least 1; got {self.ema}, {self.slow_factor}, {self.seeds}")
+            raise ScheduleError(
+                f"routing: ema must be in (0, 1], slow_factor at least 1, seeds "
+                f"at least 1; got {self.ema}, {self.slow_factor}, {self.seeds}"
+            )
         if self.choice not in ROUTING_CHOICES:
             raise ScheduleError(f"routing choice {self.choice!r} is not one of {', '.join(ROUTING_CHOICES)}")
         if self.rebalance and (self.rebalance <= 1 or not self.online):
-            raise ScheduleError(f"routing: rebalance must be 0 or above 1, and 0 for the repair rule; "
-                                f"got {self.rebalance} for {self.rule}")
+            raise ScheduleError(
+                f"routing: rebalance must be 0 or above 1, and 0 for the repair rule; "
+                f"got {self.rebalance} for {self.rule}"
+            )
 
 
 @dataclass(frozen=True)
@@ -118,16 +123,19 @@ class VariantSchedule:
         if not self.memory:
             object.__setattr__(self, "memory", default_memory(self.name))
         if self.memory not in MEMORY_RULES:
-            raise ScheduleError(f"variant {self.name}: memory {self.memory!r} is not one of "
-                                f"{', '.join(MEMORY_RULES)}")
+            raise ScheduleError(
+                f"variant {self.name}: memory {self.memory!r} is not one of {', '.join(MEMORY_RULES)}"
+            )
         if self.loss_at not in LOSS_AT:
-            raise ScheduleError(f"variant {self.name}: loss_at {self.loss_at!r} is not one of "
-                                f"{', '.join(LOSS_AT)}")
+            raise ScheduleError(
+                f"variant {self.name}: loss_at {self.loss_at!r} is not one of {', '.join(LOSS_AT)}"
+            )
         if not self.dispatch:
             object.__setattr__(self, "dispatch", "fcfs" if self.order is None else "planned")
         if self.dispatch not in DISPATCH_RULES:
-            raise ScheduleError(f"variant {self.name}: dispatch {self.dispatch!r} is not one of "
-                                f"{', '.join(DISPATCH_RULES)}")
+            raise ScheduleError(
+                f"variant {self.name}: dispatch {self.dispatch!r} is not one of {', '.join(DISPATCH_RULES)}"
+            )
 
     def actions(self, node: int) -> list[Op]:
         """`node`'s action list: its planned order where there is one, else its ops path by
@@ -159,8 +167,7 @@ class VariantSchedule:
 
     @property
     def has_start_times(self) -> bool:
-        return bool(self.order) and all(op.start_s is not None
-                                        for ops in self.order.values() for op in ops)
+        return bool(self.order) and all(op.start_s is not None for ops in self.order.values() for op in ops)
 
 
 @dataclass(frozen=True)

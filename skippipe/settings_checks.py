@@ -1,6 +1,7 @@
 """The checks every settings file goes through: TOML that parses, tables with known keys of the
 right types and positive values. A failed check raises ScenarioError naming the file and the key,
 so commands print one line and exit 2."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,15 @@ def fail(path: Path | str, key: str, why: str) -> ScenarioError:
     return ScenarioError(f"{path}: {key}: {why}")
 
 
-def section(path, data: dict, name: str, schema: dict, optional_keys=(), defaults: dict | None = None,
-            zero_ok: frozenset[str] | set[str] = frozenset()) -> dict:
+def section(
+    path,
+    data: dict,
+    name: str,
+    schema: dict,
+    optional_keys=(),
+    defaults: dict | None = None,
+    zero_ok: frozenset[str] | set[str] = frozenset(),
+) -> dict:
     """Check one table against its schema: no unknown keys, right types, positive numbers (zero
     too for the keys in `zero_ok`); a missing key takes its value from `defaults`, or is left out
     when it is one of `optional_keys`."""

@@ -13,12 +13,13 @@ accept other event kinds and extra keys. Each node of the runtime writes its own
 `read_jsonl` merges several. Renderings: Chrome trace (chrome://tracing, Perfetto) and a Gantt PNG
 that draws several timelines (e.g. predicted and measured) one above the other.
 """
+
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from .errors import SkipPipeError
 
@@ -102,6 +103,7 @@ def _read_one(path: Path) -> list[dict]:
 # ----------------------------------------------------------------------------------------------
 # Chrome trace
 
+
 def chrome_trace(events: Iterable[dict], path: str | Path) -> Path:
     """Write a Chrome trace (JSON object format): one process per node, ops on thread
     'compute', each outgoing link on its own thread 'send->dst' (hand-off to arrival)."""
@@ -119,45 +121,74 @@ def _trace_event(e: dict) -> dict:
         name = e["kind"] if e.get("microbatch") is None else f"{e['kind']} mb{e['microbatch']}"
         if e.get("hop") is not None:
             name += f" h{e['hop']}"
-        return {"name": name, "cat": e["kind"], "ph": "X", "ts": e["t"] * US_PER_S,
-                "dur": e["dur"] * US_PER_S, "pid": e["node"], "tid": "compute", "args": e}
-    return {"name": f"mb{e['microbatch']} -> {e['dst']}", "cat": "send", "ph": "X",
-            "ts": e["t"] * US_PER_S, "dur": max(0.0, e["arrive"] - e["t"]) * US_PER_S,
-            "pid": e["node"], "tid": f"send->{e['dst']}", "args": e}
+        return {
+            "name": name,
+            "cat": e["kind"],
+            "ph": "X",
+            "ts": e["t"] * US_PER_S,
+            "dur": e["dur"] * US_PER_S,
+            "pid": e["node"],
+            "tid": "compute",
+            "args": e,
+        }
+    return {
+        "name": f"mb{e['microbatch']} -> {e['dst']}",
+        "cat": "send",
+        "ph": "X",
+        "ts": e["t"] * US_PER_S,
+        "dur": max(0.0, e["arrive"] - e["t"]) * US_PER_S,
+        "pid": e["node"],
+        "tid": f"send->{e['dst']}",
+        "args": e,
+    }
 
 
 def _process_names(events: list[dict]) -> list[dict]:
     stages = _stages(events)
-    return [{"name": "process_name", "ph": "M", "pid": n, "tid": "compute",
-             "args": {"name": _row_label(n, stages.get(n))}} for n in sorted(_nodes(events))]
+    return [
+        {
+            "name": "process_name",
+            "ph": "M",
+            "pid": n,
+            "tid": "compute",
+            "args": {"name": _row_label(n, stages.get(n))},
+        }
+        for n in sorted(_nodes(events))
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
 # Gantt
 
-def gantt_png(timelines: Sequence[tuple[str, Iterable[dict]]], path: str | Path,
-              columns: int = 1) -> Path:
+
+def gantt_png(timelines: Sequence[tuple[str, Iterable[dict]]], path: str | Path, columns: int = 1) -> Path:
     """One subplot per (title, events), `columns` side by side (filled row by row), all sharing
     the x axis (seconds) so their lengths compare; rows are nodes labelled with id and stage,
     bars coloured by kind (F, L, B, W, AVG), microbatch ids in wide bars."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    timelines = [(title, [e for e in events if e.get("event") == "op"])
-                 for title, events in timelines]
+    timelines = [(title, [e for e in events if e.get("event") == "op"]) for title, events in timelines]
     if not timelines:
         raise TimelineError("gantt_png needs at least one timeline")
     if columns < 1:
         raise TimelineError(f"gantt_png needs at least one column, not {columns}")
     columns = min(columns, len(timelines))
-    grid = [timelines[i:i + columns] for i in range(0, len(timelines), columns)]
-    heights = [max(MIN_PLOT_HEIGHT_IN, ROW_HEIGHT_IN * (max(len(_nodes(ev)) for _, ev in row) + 1))
-               for row in grid]
-    fig, axes = plt.subplots(len(grid), columns, sharex=True, squeeze=False,
-                             figsize=(FIG_WIDTH_IN, sum(heights)),
-                             gridspec_kw={"height_ratios": heights})
+    grid = [timelines[i : i + columns] for i in range(0, len(timelines), columns)]
+    heights = [
+        max(MIN_PLOT_HEIGHT_IN, ROW_HEIGHT_IN * (max(len(_nodes(ev)) for _, ev in row) + 1)) for row in grid
+    ]
+    fig, axes = plt.subplots(
+        len(grid),
+        columns,
+        sharex=True,
+        squeeze=False,
+        figsize=(FIG_WIDTH_IN, sum(heights)),
+        gridspec_kw={"height_ratios": heights},
+    )
     span = max((e["t"] + e["dur"] for _, ev in timelines for e in ev), default=1.0) or 1.0
     for i, ax in enumerate(axes.flat):
         if i < len(timelines):
@@ -171,8 +202,7 @@ def gantt_png(timelines: Sequence[tuple[str, Iterable[dict]]], path: str | Path,
     handles = [Patch(color=c, label=k) for k, c in KIND_COLORS.items()]
     height = sum(heights) + LEGEND_HEIGHT_IN  # the legend gets its own strip above the panels
     fig.set_figheight(height)
-    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize="small",
-               frameon=False)
+    fig.legend(handles=handles, loc="upper right", ncol=len(handles), fontsize="small", frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - LEGEND_HEIGHT_IN / height))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,11 +218,17 @@ def _draw(ax, title: str, ops: list[dict], span_s: float) -> None:
     for e in ops:
         y = row[e["node"]]
         color = KIND_COLORS.get(e["kind"], OTHER_COLOR)
-        ax.barh(y, e["dur"], left=e["t"], height=BAR_HEIGHT, color=color, edgecolor="white",
-                linewidth=0.3)
+        ax.barh(y, e["dur"], left=e["t"], height=BAR_HEIGHT, color=color, edgecolor="white", linewidth=0.3)
         if e.get("microbatch") is not None and e["dur"] >= LABEL_MIN_FRACTION * span_s:
-            ax.text(e["t"] + e["dur"] / 2, y, str(e["microbatch"]), ha="center", va="center",
-                    fontsize=LABEL_FONT_PT, color="white")
+            ax.text(
+                e["t"] + e["dur"] / 2,
+                y,
+                str(e["microbatch"]),
+                ha="center",
+                va="center",
+                fontsize=LABEL_FONT_PT,
+                color="white",
+            )
     ax.set_yticks(range(len(nodes)), [_row_label(n, stages.get(n)) for n in nodes])
     ax.set_ylim(len(nodes) - 0.5 + (1 - BAR_HEIGHT), -0.5 - (1 - BAR_HEIGHT))
     ax.set_xlim(0, span_s)

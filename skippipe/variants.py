@@ -13,10 +13,11 @@ Memory: every variant is made for a memory rule (schedule.VariantSchedule.memory
 the scenario's `memory_slots` per node, a budget all variants share (the default), or "family",
 a classic family's own published rule (memory.family_limits; families only).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import SkipPipeError
 
@@ -74,17 +75,30 @@ _ENTRIES = (
     Variant("random", "random-skips"),
     Variant("non-ca-partial", "cp-sat", allocation="skip"),
     Variant("ca-partial", "cp-sat", allocation="skip", collision_aware=True, rival="non-ca-partial"),
-    Variant("ca-partial-zb", "backward-split", allocation="built_on", built_on="ca-partial",
-            split_backward=True),  # W in idle gaps (planner/zb_fill.py)
+    Variant(
+        "ca-partial-zb", "backward-split", allocation="built_on", built_on="ca-partial", split_backward=True
+    ),  # W in idle gaps (planner/zb_fill.py)
     # the classic families, in memory.py's table order
     Variant("naive", "family", full_pipeline=True, pattern="naive", rounds_held=lambda i, p: 1),
     Variant("gpipe", "family", full_pipeline=True, pattern="gpipe", rounds_held=lambda i, p: None),
-    Variant("1f1b", "family", full_pipeline=True, pattern="one_f_one_b",
-            rounds_held=lambda i, p: p - i),
-    Variant("zb-h1", "family", full_pipeline=True, pattern="zb_h1", split_backward=True,
-            rounds_held=lambda i, p: p),
-    Variant("dualpipev", "family", full_pipeline=True, allocation="v", pattern="dualpipev_held",
-            split_backward=True, rounds_held=lambda i, p: p // 2),
+    Variant("1f1b", "family", full_pipeline=True, pattern="one_f_one_b", rounds_held=lambda i, p: p - i),
+    Variant(
+        "zb-h1",
+        "family",
+        full_pipeline=True,
+        pattern="zb_h1",
+        split_backward=True,
+        rounds_held=lambda i, p: p,
+    ),
+    Variant(
+        "dualpipev",
+        "family",
+        full_pipeline=True,
+        allocation="v",
+        pattern="dualpipev_held",
+        split_backward=True,
+        rounds_held=lambda i, p: p // 2,
+    ),
     # online: next hops chosen at run time
     Variant("swarm", "online", full_pipeline=True, routing="swarm"),
     Variant("swarm-skip", "online", allocation="skip", routing="swarm-skip"),

@@ -3,6 +3,7 @@ the path: pyproject.toml's `pythonpath`, for the benches the tests drive).
 
 Tests that start node processes are marked `swarm`, single-process tests that take seconds
 `slow` (see pyproject.toml); `pytest -m "not swarm and not slow"` is the fast loop."""
+
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ SETTINGS = ROOT / "settings"
 def tiny_scenario():
     """settings/tiny.toml, loaded once."""
     from skippipe.scenario import load_scenario
+
     return load_scenario(SETTINGS / "tiny.toml")
 
 
@@ -24,6 +26,7 @@ def tiny_schedule(tmp_path_factory, tiny_scenario):
     from skippipe.plan_options import PlanOptions
     from skippipe.planning import build_schedule
     from skippipe.schedule_file import save_schedule
+
     sched = build_schedule(tiny_scenario, PlanOptions(time_limit_s=5, workers=1))
     path = tmp_path_factory.mktemp("schedule") / "tiny.json"
     save_schedule(sched, path)

@@ -1,4 +1,5 @@
 """Loopback transports and hand-made peers for the transport and attack tests."""
+
 import asyncio
 
 from skippipe.runtime.net.auth import CHALLENGE_BYTES, RunAuth

@@ -1,4 +1,5 @@
 """Helpers for tests that start node processes on loopback."""
+
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
+
 from skippipe.util.ports import free_port_range as free_base_port  # noqa: F401 (tests import it here)
 from skippipe.util.procs import signal_session
 
@@ -14,9 +16,15 @@ from skippipe.util.procs import signal_session
 def start_skippipe(args: list[str], cwd, env: dict | None = None) -> subprocess.Popen:
     """`python -m skippipe ARGS` in `cwd`, in its own session (so a test can end all of it)."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "skippipe", *args], cwd=cwd, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "skippipe", *args],
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout_s: float) -> subprocess.CompletedProcess:
@@ -30,7 +38,9 @@ def finish(proc: subprocess.Popen, timeout_s: float) -> subprocess.CompletedProc
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 
-def run_skippipe(args: list[str], cwd, timeout_s: float, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_skippipe(
+    args: list[str], cwd, timeout_s: float, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """`python -m skippipe ARGS` in `cwd`, killed (with its session) at the deadline."""
     return finish(start_skippipe(args, cwd, env), timeout_s)
 

@@ -1,20 +1,25 @@
 """Hand-built schedules on settings/tiny.toml for the validator tests."""
+
 from __future__ import annotations
 
 import dataclasses
 
-from skippipe.costs import Costs
-from skippipe.scenario import load_scenario
-from skippipe.ops import Op, node_of, op_chain, prev_op
-from skippipe.schedule import Hop, MicrobatchPath, Schedule, VariantSchedule
-
 from conftest import SETTINGS
+
+from skippipe.costs import Costs
+from skippipe.ops import Op, node_of, op_chain, prev_op
+from skippipe.scenario import load_scenario
+from skippipe.schedule import Hop, MicrobatchPath, Schedule, VariantSchedule
 
 TINY_ALLOCATION = ((0, 1), (2, 3), (4,), (5,))
 # k = 3 of S = 4: every non-first stage gets exactly 4 of the 12 forward visits
 TINY_PATHS = [  # (origin, [(stage, node), ...])
-    (0, [(1, 2), (2, 4)]), (0, [(2, 4), (3, 5)]), (0, [(1, 3), (3, 5)]),
-    (1, [(2, 4), (1, 2)]), (1, [(3, 5), (2, 4)]), (1, [(1, 3), (3, 5)]),
+    (0, [(1, 2), (2, 4)]),
+    (0, [(2, 4), (3, 5)]),
+    (0, [(1, 3), (3, 5)]),
+    (1, [(2, 4), (1, 2)]),
+    (1, [(3, 5), (2, 4)]),
+    (1, [(1, 3), (3, 5)]),
 ]
 
 
@@ -23,8 +28,10 @@ def tiny():
 
 
 def make_paths(spec=TINY_PATHS) -> tuple[MicrobatchPath, ...]:
-    return tuple(MicrobatchPath(mb, o, (Hop(0, o),) + tuple(Hop(s, n) for s, n in hops))
-                 for mb, (o, hops) in enumerate(spec))
+    return tuple(
+        MicrobatchPath(mb, o, (Hop(0, o),) + tuple(Hop(s, n) for s, n in hops))
+        for mb, (o, hops) in enumerate(spec)
+    )
 
 
 def make_schedule(sc, paths, name="random", order=None, allocation=TINY_ALLOCATION) -> Schedule:

@@ -1,4 +1,5 @@
 """Allocation: objective, search and the shared path helpers (skippipe/planner)."""
+
 from __future__ import annotations
 
 import itertools
@@ -9,12 +10,19 @@ from pathlib import Path
 import pytest
 
 from skippipe.costs import Costs
-from skippipe.planner import (PlanningError, allocate, allocation_score, microbatch_ids,
-                              random_allocation, round_robin_allocation, score_breakdown,
-                              stage_sequences)
+from skippipe.planner import (
+    PlanningError,
+    allocate,
+    allocation_score,
+    microbatch_ids,
+    random_allocation,
+    round_robin_allocation,
+    score_breakdown,
+    stage_sequences,
+)
 from skippipe.planner.matching import bottleneck_s
-from skippipe.scenario import load_scenario
 from skippipe.rules import cc3_problem, stage_visit_cap
+from skippipe.scenario import load_scenario
 
 SETTINGS = Path(__file__).resolve().parent.parent / "settings"
 QUICK = {"restarts": 2, "moves": 400, "time_budget_s": math.inf}  # small, deterministic search
@@ -52,7 +60,10 @@ def _write(tmp_path: Path, body: str) -> Path:
 def two_clusters(tmp_path):
     """8 nodes, round-robin over locations a (even ids) and b (odd ids); a fast local link and
     a slow a-b link. Parameters (~0.2-0.5 MB a stage) dwarf activations (2 KiB)."""
-    body = SMALL_MODEL.format(layers=2) + PIPELINE.format(sizes=[4, 4]) + """
+    body = (
+        SMALL_MODEL.format(layers=2)
+        + PIPELINE.format(sizes=[4, 4])
+        + """
 [network]
 name = "two-clusters"
 locations = ["a", "b"]
@@ -63,22 +74,29 @@ links = [{ a = "a", b = "b", latency_ms = 100, bandwidth_gib_s = 0.001 }]
 [node_generator]
 count = 8
 """
+    )
     return load_scenario(_write(tmp_path, body))
 
 
 @pytest.fixture
 def one_slow_node(tmp_path):
     """6 nodes in one location; node 0 computes 4x slower than the others."""
-    nodes = "".join(f'\n[[nodes]]\nlocation = "x"\ncompute_factor = {4.0 if i == 0 else 1.0}\n'
-                    for i in range(6))
-    body = SMALL_MODEL.format(layers=3) + PIPELINE.format(sizes=[2, 2, 2]) + """
+    nodes = "".join(
+        f'\n[[nodes]]\nlocation = "x"\ncompute_factor = {4.0 if i == 0 else 1.0}\n' for i in range(6)
+    )
+    body = (
+        SMALL_MODEL.format(layers=3)
+        + PIPELINE.format(sizes=[2, 2, 2])
+        + """
 [network]
 name = "one-place"
 locations = ["x"]
 compute_s_per_sample_per_layer = { x = 0.01 }
 same_location_link = { latency_ms = 1, bandwidth_gib_s = 1.0 }
 links = []
-""" + nodes
+"""
+        + nodes
+    )
     return load_scenario(_write(tmp_path, body))
 
 
@@ -104,6 +122,7 @@ def _brute_best(scenario) -> float:
 
 # ------------------------------------------------------------------------------------------
 # Objective
+
 
 def test_bottleneck_matches_brute_force():
     rng = random.Random(0)
@@ -132,13 +151,13 @@ def test_score_parts_by_hand(two_clusters):
     pure = ((0, 2, 4, 6), (1, 3, 5, 7))
     parts = score_breakdown(two_clusters, pure)
     assert parts["pipeline_s"] == pytest.approx(2 * 2 * costs.link_s(0, 1))
-    assert parts["averaging_s"] == pytest.approx(max(costs.averaging_s(0, pure[0]),
-                                                     costs.averaging_s(1, pure[1])))
+    assert parts["averaging_s"] == pytest.approx(
+        max(costs.averaging_s(0, pure[0]), costs.averaging_s(1, pure[1]))
+    )
     # stage 1 takes all 8 microbatches (k = 2), spread over its 4 equal nodes
     assert parts["compute_s"] == pytest.approx(8 * (costs.forward_s(1) + costs.backward_s(1)) / 4)
     mixed = ((0, 1, 2, 3), (4, 5, 6, 7))
-    assert score_breakdown(two_clusters, mixed)["pipeline_s"] == pytest.approx(
-        2 * 2 * costs.link_s(0, 2))
+    assert score_breakdown(two_clusters, mixed)["pipeline_s"] == pytest.approx(2 * 2 * costs.link_s(0, 2))
     assert allocation_score(two_clusters, pure) < allocation_score(two_clusters, mixed)
 
 
@@ -151,6 +170,7 @@ def test_score_rejects_bad_allocations(two_clusters):
 
 # ------------------------------------------------------------------------------------------
 # Search
+
 
 def test_clusters_share_a_stage_and_search_finds_the_optimum(two_clusters):
     found = allocate(two_clusters, seed=0, **QUICK)
@@ -166,7 +186,8 @@ def test_slow_node_goes_to_stage_zero(one_slow_node):
     assert 0 in found.stages[0]
     with_slow_later = ((1, 2), (0, 3), (4, 5))
     assert allocation_score(one_slow_node, with_slow_later) - found.score_s == pytest.approx(
-        score_breakdown(one_slow_node, with_slow_later)["compute_s"] * (1 - 1.25 / 2))
+        score_breakdown(one_slow_node, with_slow_later)["compute_s"] * (1 - 1.25 / 2)
+    )
     assert found.score_s == pytest.approx(_brute_best(one_slow_node))
 
 
@@ -201,13 +222,16 @@ def test_random_allocation_is_valid_and_seeded():
 # ------------------------------------------------------------------------------------------
 # Shared path helpers
 
+
 @pytest.mark.parametrize("name", ["geo-distributed", "aws-geo-distributed", "tiny"])
 def test_stage_sequences_are_exactly_the_cc3_valid_ones(name):
     scenario = load_scenario(SETTINGS / f"{name}.toml")
     p = scenario.pipeline
-    expected = sorted((0,) + rest for rest in itertools.permutations(range(1, p.n_stages),
-                                                                     p.path_length - 1)
-                      if cc3_problem((0,) + rest, scenario) is None)
+    expected = sorted(
+        (0,) + rest
+        for rest in itertools.permutations(range(1, p.n_stages), p.path_length - 1)
+        if cc3_problem((0,) + rest, scenario) is None
+    )
     assert stage_sequences(scenario) == expected
 
 
@@ -216,7 +240,8 @@ def test_microbatch_ids_are_origin_major():
     stages = ((4, 1), (0, 3), (2,), (5,))
     per_node = scenario.pipeline.microbatches_per_node
     assert microbatch_ids(stages, scenario) == (
-        [(j, 4) for j in range(per_node)] + [(per_node + j, 1) for j in range(per_node)])
+        [(j, 4) for j in range(per_node)] + [(per_node + j, 1) for j in range(per_node)]
+    )
 
 
 @pytest.mark.parametrize("name", ["geo-distributed", "hetero-gpus", "aws-geo-distributed"])
@@ -224,8 +249,9 @@ def test_score_equals_a_node_by_node_recomputation(name):
     """The scorer works on per-location counts and caches; recompute on plain node ids."""
     scenario = load_scenario(SETTINGS / f"{name}.toml")
     costs = Costs(scenario)
-    cap = stage_visit_cap(scenario, scenario.pipeline.stage_sizes[0]
-                          * scenario.pipeline.microbatches_per_node)
+    cap = stage_visit_cap(
+        scenario, scenario.pipeline.stage_sizes[0] * scenario.pipeline.microbatches_per_node
+    )
     rng = random.Random(4)
     for _ in range(5):
         stages = random_allocation(scenario, rng)
@@ -235,21 +261,25 @@ def test_score_equals_a_node_by_node_recomputation(name):
             a, b = stages[s], stages[(s + 1) % n]
             big, small = (a, b) if len(a) >= len(b) else (b, a)
             pairs.append(bottleneck_s([[costs.link_s(i, j) for j in small] for i in big]))
-        visits = max(cap / sum(1 / (costs.forward_s(i) + costs.backward_s(i)) for i in nodes)
-                     for nodes in stages[1:])
-        expected = (max(costs.averaging_s(s, nodes) for s, nodes in enumerate(stages))
-                    + 2 * sum(pairs) + visits)
+        visits = max(
+            cap / sum(1 / (costs.forward_s(i) + costs.backward_s(i)) for i in nodes) for nodes in stages[1:]
+        )
+        expected = (
+            max(costs.averaging_s(s, nodes) for s, nodes in enumerate(stages)) + 2 * sum(pairs) + visits
+        )
         assert allocation_score(scenario, stages) == pytest.approx(expected)
 
 
 # ----------------------------------------------------------------------------------------------
 # Skip-aware allocation (planner/skip_allocation.py)
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["iteration", "makespan"])
 def test_skip_aware_allocation_is_valid_reproducible_and_never_worse_than_its_start(objective):
     from skippipe.planner.allocation import check_allocation
     from skippipe.planner.skip_allocation import _Scorer, skip_aware_allocation
+
     sc = load_scenario(SETTINGS / "tiny.toml")
     start = allocate(sc, seed=0, **QUICK).stages
     found = skip_aware_allocation(sc, start, objective, budget_s=0.3, seed=1)
@@ -262,6 +292,7 @@ def test_skip_aware_allocation_is_valid_reproducible_and_never_worse_than_its_st
 
 def test_skip_aware_neighbour_keeps_stage_sizes():
     from skippipe.planner.skip_allocation import _neighbour
+
     rng = random.Random(0)
     stages = ((0, 1, 2), (3, 4), (5, 6), (7,))
     for critical in (None, 0, 3):

@@ -4,6 +4,7 @@ authenticated peers keep exchanging messages throughout.
 
 Every test runs its own event loop under a deadline and waits on events, never on sleeps.
 """
+
 import asyncio
 import json
 import logging
@@ -14,16 +15,15 @@ import socket
 import threading
 
 import pytest
+from netutil import AUTH, framed, node, raw_connect
+from runtime_util import run_skippipe
+from test_runtime import RUN_DEADLINE_S, _run, _wait_ready
 
 from skippipe.runtime.net.auth import CHALLENGE_BYTES, HELLO_BYTES, AuthError, RunAuth
 from skippipe.runtime.net.connection import LENGTH_BYTES
 from skippipe.runtime.net.deccom_adapter import node_key
 from skippipe.runtime.net.frames import TransportConfig
 from skippipe.runtime.net.wire import Kind, Message, encode
-
-from netutil import AUTH, framed, node, raw_connect
-from test_runtime import RUN_DEADLINE_S, _run, _wait_ready
-from runtime_util import run_skippipe
 
 HOST = "127.0.0.1"
 TEST_DEADLINE_S = 30.0
@@ -62,6 +62,7 @@ async def still_talking(a, b, tag: int = 0) -> None:
 def attack(tmp_path, attack_on, config: TransportConfig = LIMITS) -> None:
     """Nodes 0 and 1 of a run; `attack_on(a, b)` attacks node 0 `a`; then both still talk, and
     nothing of the attacker's waits in node 0's inbox."""
+
     async def main():
         a, b = await pair(tmp_path, config)
         async with a, b:
@@ -293,6 +294,7 @@ def test_a_reflected_challenge_is_no_proof_and_nonces_are_fresh():
 
 # ---- a training swarm under attack ------------------------------------------------------------
 
+
 def _attack(tmp_path, base: int, nodes: int, done: threading.Event) -> None:
     """Without the key: hold 200 idle connections, pose as every real node (run id sniffed off
     the wire: here derived from the config), send huge length headers with and without a
@@ -301,8 +303,9 @@ def _attack(tmp_path, base: int, nodes: int, done: threading.Event) -> None:
         return
     cfg = json.loads(next((tmp_path / "runs").glob("*/config.json")).read_text())
     run_id = RunAuth.from_hex(cfg["run_key"], "config").run_id
-    idle = [socket.create_connection((HOST, base + i % nodes), timeout=WAIT_S)
-            for i in range(IDLE_CONNECTIONS)]
+    idle = [
+        socket.create_connection((HOST, base + i % nodes), timeout=WAIT_S) for i in range(IDLE_CONNECTIONS)
+    ]
     try:
         _pose_and_flood(base, nodes, run_id)
     finally:

@@ -1,6 +1,7 @@
 """Every bad input is one line on stderr, exit code 2, and leaves nothing behind (no run
 directory, no result file). The same cases make the table of bad inputs in docs/running.md: a
 test checks that the table is what these commands print today (UPDATE_README=1 rewrites it)."""
+
 import json
 import os
 import re
@@ -8,11 +9,12 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, SETTINGS
-from schedules import make_paths, make_schedule, tiny as tiny_scenario
-from skippipe.schedule_file import to_dict
+
+from schedules import make_paths, make_schedule
+from schedules import tiny as tiny_scenario
 from skippipe.cli import COMMANDS, main
+from skippipe.schedule_file import to_dict
 
 README = ROOT / "docs" / "running.md"  # the page with the bad-input table
 TABLE_START, TABLE_END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
@@ -61,13 +63,17 @@ CASES = [
 def _inputs(tmp_path) -> dict[str, str]:
     """The files the cases name, made in `tmp_path`."""
     tiny = (SETTINGS / "tiny.toml").read_text()
-    duplicate = tiny.replace('links = [\n', 'links = [\n  { a = "east", b = "west", latency_ms = 1, '
-                                           'bandwidth_gib_s = 1 },\n', 1)
+    duplicate = tiny.replace(
+        "links = [\n", 'links = [\n  { a = "east", b = "west", latency_ms = 1, bandwidth_gib_s = 1 },\n', 1
+    )
     assert duplicate != tiny
-    files = {"latin1.toml": b"\xff\xfe[model]\n", "latin1.json": b"\xff\xfe{}",
-             "dup-link.toml": duplicate.encode(), "peers-bad-port.json":
-             b'{"0": "127.0.0.1:70000", "1": "127.0.0.1:1", "2": "127.0.0.1:2", "3": "127.0.0.1:3", '
-             b'"4": "127.0.0.1:4", "5": "127.0.0.1:5"}'}
+    files = {
+        "latin1.toml": b"\xff\xfe[model]\n",
+        "latin1.json": b"\xff\xfe{}",
+        "dup-link.toml": duplicate.encode(),
+        "peers-bad-port.json": b'{"0": "127.0.0.1:70000", "1": "127.0.0.1:1", "2": "127.0.0.1:2", "3": "127.0.0.1:3", '
+        b'"4": "127.0.0.1:4", "5": "127.0.0.1:5"}',
+    }
     files["huge.toml"] = re.sub(r"count = \d+", "count = 10000000", tiny, count=1).encode()
     plan = to_dict(make_schedule(tiny_scenario(), make_paths()))
     files["no-variants.json"] = json.dumps({**plan, "variants": {}}).encode()
@@ -119,7 +125,7 @@ def test_readme_table_of_bad_inputs_is_current(tmp_path, capsys, monkeypatch):
     assert current is not None, f"{README.name} lacks the {TABLE_START} ... {TABLE_END} section"
     fresh = table(tmp_path, capsys) + "\n"
     if os.environ.get("UPDATE_README"):
-        README.write_text(text[:current.start(1)] + fresh + text[current.end(1):])
+        README.write_text(text[: current.start(1)] + fresh + text[current.end(1) :])
     else:
         stale = f"{README.name}: the bad-input table is stale; rerun with UPDATE_README=1"
         assert current.group(1) == fresh, stale
@@ -127,6 +133,7 @@ def test_readme_table_of_bad_inputs_is_current(tmp_path, capsys, monkeypatch):
 
 def test_a_failed_inference_leaves_no_plan_or_result(tmp_path):
     from skippipe.runtime.launch.infer import _removed_on_error
+
     plan, result = tmp_path / "infer-failed-4.json", tmp_path / "infer-failed-4.result.json"
     with pytest.raises(RuntimeError):
         with _removed_on_error(plan, result):
@@ -139,11 +146,14 @@ def test_a_failed_inference_leaves_no_plan_or_result(tmp_path):
     assert plan.exists()  # a command that succeeds keeps its record
 
 
-@pytest.mark.parametrize("name,value,expected", [
-    ("SKIPPIPE_BASE_PORT", "abc", "SKIPPIPE_BASE_PORT='abc' is not an integer"),
-    ("SKIPPIPE_ITERATIONS", "two", "SKIPPIPE_ITERATIONS='two' is not an integer"),
-    ("SKIPPIPE_TIME_SCALE", "fast", "SKIPPIPE_TIME_SCALE='fast' is not a number"),
-])
+@pytest.mark.parametrize(
+    "name,value,expected",
+    [
+        ("SKIPPIPE_BASE_PORT", "abc", "SKIPPIPE_BASE_PORT='abc' is not an integer"),
+        ("SKIPPIPE_ITERATIONS", "two", "SKIPPIPE_ITERATIONS='two' is not an integer"),
+        ("SKIPPIPE_TIME_SCALE", "fast", "SKIPPIPE_TIME_SCALE='fast' is not a number"),
+    ],
+)
 def test_a_bad_environment_variable_is_one_line(name, value, expected, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(name, value)
     code, out, err = _run(RUN, tmp_path, capsys)
@@ -151,8 +161,10 @@ def test_a_bad_environment_variable_is_one_line(name, value, expected, tmp_path,
 
 
 HELP_COMMANDS = [[sys.executable, "-m", "skippipe", name, "--help"] for name in COMMANDS] + [
-    [sys.executable, "-m", "skippipe", "--help"], [sys.executable, "create_schedule.py", "--help"],
-    ["./run.sh", "0", "1", "ca-partial", "0", "--help"]]
+    [sys.executable, "-m", "skippipe", "--help"],
+    [sys.executable, "create_schedule.py", "--help"],
+    ["./run.sh", "0", "1", "ca-partial", "0", "--help"],
+]
 
 
 @pytest.mark.slow
@@ -172,6 +184,7 @@ def _failing_random(monkeypatch, how: str) -> None:
 
     def fail(*args, **kwargs):
         raise PlanningError("no paths today")
+
     if how == "plan":
         monkeypatch.setattr(baselines, "random_variant", fail)
     else:
@@ -181,6 +194,7 @@ def _failing_random(monkeypatch, how: str) -> None:
             if "random" in sched.variants:
                 raise ScheduleError("variant random: TC1: stage 3 gets 82 forward visits")
             real(sched, scenario, where)
+
         monkeypatch.setattr(planning, "validate", validate)
 
 
@@ -188,12 +202,26 @@ def _failing_random(monkeypatch, how: str) -> None:
 def test_a_variant_that_fails_is_left_out_and_the_others_are_written(how, tmp_path, capsys, monkeypatch):
     _failing_random(monkeypatch, how)
     out = tmp_path / "tiny.json"
-    code = main(["schedule", str(SETTINGS / "tiny.toml"), "--out", str(out), "--variants", "baseline",
-                 "random", "--time-limit", "2", "--workers", "1"])
+    code = main(
+        [
+            "schedule",
+            str(SETTINGS / "tiny.toml"),
+            "--out",
+            str(out),
+            "--variants",
+            "baseline",
+            "random",
+            "--time-limit",
+            "2",
+            "--workers",
+            "1",
+        ]
+    )
     stdout, stderr = capsys.readouterr()
     assert code == 0, stderr
     assert [line for line in stderr.splitlines() if "failed" in line] == [
-        next(line for line in stderr.splitlines() if "random failed, left out: " in line)]
+        next(line for line in stderr.splitlines() if "random failed, left out: " in line)
+    ]
     assert re.search(r"^random .* FAILED: .*(no paths today|82 forward visits)$", stdout, re.M), stdout
     written = json.loads(out.read_text())["variants"]
     assert list(written) == ["baseline"]
@@ -202,8 +230,21 @@ def test_a_variant_that_fails_is_left_out_and_the_others_are_written(how, tmp_pa
 def test_a_build_where_every_variant_fails_is_one_line(tmp_path, capsys, monkeypatch):
     _failing_random(monkeypatch, "plan")
     out = tmp_path / "tiny.json"
-    code = main(["schedule", str(SETTINGS / "tiny.toml"), "--out", str(out), "--variants", "random",
-                 "--time-limit", "2", "--workers", "1", "--quiet"])
+    code = main(
+        [
+            "schedule",
+            str(SETTINGS / "tiny.toml"),
+            "--out",
+            str(out),
+            "--variants",
+            "random",
+            "--time-limit",
+            "2",
+            "--workers",
+            "1",
+            "--quiet",
+        ]
+    )
     _, stderr = capsys.readouterr()
     assert code == 2 and stderr.splitlines()[-1] == "error: random: no paths today", stderr
     assert not out.exists()
@@ -211,6 +252,7 @@ def test_a_build_where_every_variant_fails_is_one_line(tmp_path, capsys, monkeyp
 
 def test_a_private_key_file_is_read(tmp_path):
     from skippipe.runtime.net.auth import RunAuth
+
     key = tmp_path / "run.key"
     key.write_text("cd" * 32 + "\n")
     os.chmod(key, 0o600)
@@ -220,6 +262,7 @@ def test_a_private_key_file_is_read(tmp_path):
 def test_a_failed_inference_keeps_only_the_failed_nodes_logs_and_names_them(tmp_path):
     from skippipe.errors import SkipPipeError
     from skippipe.runtime.launch.infer import _tidy_logs
+
     for n in range(5):
         (tmp_path / f"node-{n}-infer-node.log").write_text("...")
     expected = f"inference node\\(s\\) 3 failed; see {tmp_path}/node-3-infer-node.log$"

@@ -1,4 +1,5 @@
 """The baseline (full pipeline) and random (network-blind skipping) variants."""
+
 from __future__ import annotations
 
 import math
@@ -7,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from skippipe.planner import (allocate, baseline_variant, random_variant,
-                              round_robin_allocation)
-from skippipe.scenario import load_scenario
+from skippipe.planner import allocate, baseline_variant, random_variant, round_robin_allocation
 from skippipe.rules import stage_visit_cap, violations
+from skippipe.scenario import load_scenario
 from skippipe.schedule import Schedule
 
 SETTINGS = Path(__file__).resolve().parent.parent / "settings"
@@ -18,8 +18,9 @@ SETTING_FILES = sorted(SETTINGS.glob("*.toml"))
 
 
 def _schedule(scenario, allocation, variants) -> Schedule:
-    return Schedule(scenario.name, scenario.content_hash, scenario.source, allocation,
-                    {v.name: v for v in variants})
+    return Schedule(
+        scenario.name, scenario.content_hash, scenario.source, allocation, {v.name: v for v in variants}
+    )
 
 
 @pytest.mark.parametrize("path", SETTING_FILES, ids=lambda p: p.stem)

@@ -1,19 +1,18 @@
 """Lower bounds (skippipe/planner/bounds.py): the stage-set times equal an enumeration of every
 path, and the data-node relaxation never exceeds the brute-force optimum (under every rule set
 the tests switch), while it is tight where the visit share forces slow stage sets."""
+
 from __future__ import annotations
 
 import itertools
 
 import pytest
+from test_cpsat import CASES, RULE_CASES, SOLVE_S, brute_force, data_for, make_scenario
 
 from skippipe.planner.bounds import PathBounds, set_times
 from skippipe.planner.cpsat import PathModel, solve
-from skippipe.planner.model_data import Rules
 from skippipe.planner.greedy import greedy_plan
-from skippipe.planner.model_data import all_sequences, plan_values
-
-from test_cpsat import CASES, RULE_CASES, SOLVE_S, brute_force, data_for, make_scenario
+from skippipe.planner.model_data import Rules, all_sequences, plan_values
 
 RELAX_S = 5.0  # tiny relaxations are proven optimal in milliseconds
 RULE_SETS = {
@@ -51,8 +50,10 @@ def enumerate_times(data, origin, sequences):
             old[0], old[1], old[2] = min(old[0], fwd), min(old[1], bwd), min(old[2], data.path_ticks(p))
             for s, v in tails.items():
                 old[3][s] = min(old[3][s], v)
-    return {st: (f, b, rt, max(v + data.avg[s] for s, v in tails.items()))
-            for st, (f, b, rt, tails) in out.items()}
+    return {
+        st: (f, b, rt, max(v + data.avg[s] for s, v in tails.items()))
+        for st, (f, b, rt, tails) in out.items()
+    }
 
 
 @pytest.mark.parametrize("case", ["reorder", "slow-node", "rule-cc3"])
@@ -94,8 +95,9 @@ def test_model_with_the_relaxation_bound_keeps_the_optimum():
 
 
 def test_guided_greedy_follows_the_relaxed_stage_sets():
-    spec = dict(stage_sizes=(2, 1, 1, 1), k=3, mb_per_node=2, default_s=1.0,
-                latency={(0, 2): 0.25, (1, 3): 0.25})
+    spec = dict(
+        stage_sizes=(2, 1, 1, 1), k=3, mb_per_node=2, default_s=1.0, latency={(0, 2): 0.25, (1, 3): 0.25}
+    )
     data, rules = data_for(make_scenario(**spec)), Rules()
     relaxed = PathBounds(data, data.sequences).relax(rules, RELAX_S)
     plan = greedy_plan(data, guide=relaxed)

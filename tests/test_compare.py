@@ -1,12 +1,12 @@
 """`python -m skippipe compare`: every variant at the same memory, the table, the verdict against
 the best full pipeline, its files, and its errors."""
+
 import json
 
 import pytest
+from conftest import SETTINGS
 
 from skippipe.cli import main
-
-from conftest import SETTINGS
 
 TINY = SETTINGS / "tiny.toml"
 QUICK = ["--effort", "quick", "--quiet"]
@@ -49,8 +49,7 @@ def test_work_counts_k_of_s_per_path_and_throughput_follows(compared):
 def test_a_loaded_schedule_gives_the_same_table(compared, tmp_path, capsys):
     out, got = compared
     capsys.readouterr()
-    assert main(["compare", str(TINY), "--schedule", str(out / "schedule.json"), "--out",
-                 str(tmp_path)]) == 0
+    assert main(["compare", str(TINY), "--schedule", str(out / "schedule.json"), "--out", str(tmp_path)]) == 0
     again = json.loads((tmp_path / "compare.json").read_text())
     assert again["rows"] == got["rows"] and again["verdict"] == got["verdict"]
     assert got["verdict"] in capsys.readouterr().out
@@ -58,21 +57,40 @@ def test_a_loaded_schedule_gives_the_same_table(compared, tmp_path, capsys):
 
 def test_a_schedule_of_family_memory_is_refused_unless_asked(tmp_path, capsys):
     plan = tmp_path / "own.json"
-    assert main(["schedule", str(TINY), "--variants", "baseline", "1f1b", "--family-memory",
-                 "--out", str(plan), *QUICK]) == 0
+    assert (
+        main(
+            [
+                "schedule",
+                str(TINY),
+                "--variants",
+                "baseline",
+                "1f1b",
+                "--family-memory",
+                "--out",
+                str(plan),
+                *QUICK,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["compare", str(TINY), "--schedule", str(plan), "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
     assert "1f1b planned under its family's own memory rule" in err and "\n" not in err
-    assert main(["compare", str(TINY), "--schedule", str(plan), "--family-memory",
-                 "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(["compare", str(TINY), "--schedule", str(plan), "--family-memory", "--out", str(tmp_path / "c")])
+        == 0
+    )
     assert "own memory rules" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--emulate", "-1"], "--emulate must be 0 or more"),
-    (["--schedule", "/nonexistent/s.json"], "cannot read"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--emulate", "-1"], "--emulate must be 0 or more"),
+        (["--schedule", "/nonexistent/s.json"], "cannot read"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert main(["compare", str(TINY), *argv, "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()
@@ -89,8 +107,23 @@ def test_a_missing_scenario_is_one_line(tmp_path, capsys):
 def test_emulate_adds_measured_beside_predicted(compared, tmp_path, capsys):
     out, _ = compared
     capsys.readouterr()
-    assert main(["compare", str(TINY), "--schedule", str(out / "schedule.json"), "--variants",
-                 "baseline", "--emulate", "2", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(TINY),
+                "--schedule",
+                str(out / "schedule.json"),
+                "--variants",
+                "baseline",
+                "--emulate",
+                "2",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     (row,) = json.loads((tmp_path / "compare.json").read_text())["rows"]
     assert row["measured_s"] > 0 and "measured/predicted" in capsys.readouterr().out
 

@@ -1,14 +1,14 @@
 """`compare --condition`: each variant over a simulated session under a static network, a
 straggler or churn, at the same memory, against the best full pipeline under the same condition."""
+
 import json
 
 import pytest
+from conftest import SETTINGS
 
 from skippipe.cli import main
 from skippipe.commands.compare_conditions import SLOW_FACTOR, fault_node
 from skippipe.schedule_file import load_schedule
-
-from conftest import SETTINGS
 
 TINY = SETTINGS / "tiny.toml"
 VARIANTS = ["baseline", "1f1b", "ca-partial", "swarm"]
@@ -17,8 +17,12 @@ VARIANTS = ["baseline", "1f1b", "ca-partial", "swarm"]
 @pytest.fixture(scope="module")
 def planned(tmp_path_factory):
     out = tmp_path_factory.mktemp("plain")
-    assert main(["compare", str(TINY), "--variants", *VARIANTS, "--out", str(out), "--effort", "quick",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            ["compare", str(TINY), "--variants", *VARIANTS, "--out", str(out), "--effort", "quick", "--quiet"]
+        )
+        == 0
+    )
     rows = json.loads((out / "compare.json").read_text())["rows"]
     return out / "schedule.json", {r["variant"]: r for r in rows}
 
@@ -26,8 +30,22 @@ def planned(tmp_path_factory):
 def _under(planned, tmp_path, condition, *extra):
     schedule, _ = planned
     out = tmp_path / condition
-    assert main(["compare", str(TINY), "--schedule", str(schedule), "--condition", condition,
-                 "--out", str(out), *extra]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(TINY),
+                "--schedule",
+                str(schedule),
+                "--condition",
+                condition,
+                "--out",
+                str(out),
+                *extra,
+            ]
+        )
+        == 0
+    )
     got = json.loads((out / "compare.json").read_text())
     return {r["variant"]: r for r in got["rows"]}, got, out
 
@@ -66,10 +84,13 @@ def test_churn_loses_no_microbatch_and_reports_its_worst_iteration(planned, tmp_
         assert r["lost"] == 0 and r["fault_node"] is not None and r["worst_s"] >= r["iteration_s"]
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--condition", "straggler", "--iterations", "4"], "--iterations must be at least 5"),
-    (["--condition", "churn", "--emulate", "2"], "--emulate measures the static network only"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--condition", "straggler", "--iterations", "4"], "--iterations must be at least 5"),
+        (["--condition", "churn", "--emulate", "2"], "--emulate measures the static network only"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert main(["compare", str(TINY), *argv, "--out", str(tmp_path / "c")]) == 2
     err = capsys.readouterr().err.strip()

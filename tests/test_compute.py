@@ -1,5 +1,6 @@
 """The split backward is the fused backward in two parts: B (input gradient, sent on at once)
 then W (weight gradients from the graph B retained) give exactly the fused gradients."""
+
 import pytest
 import torch
 
@@ -9,8 +10,15 @@ from skippipe.train.optim import TrainConfig
 
 
 def _stage(sc, stage: int, split: bool) -> StageCompute:
-    return StageCompute(sc, sc.model, stage, torch.device("cpu"), TrainConfig.from_scenario(sc, seed=0),
-                        n_microbatches=2, split=split)
+    return StageCompute(
+        sc,
+        sc.model,
+        stage,
+        torch.device("cpu"),
+        TrainConfig.from_scenario(sc, seed=0),
+        n_microbatches=2,
+        split=split,
+    )
 
 
 def _backward(sc, stage: int, hop: int, split: bool):
@@ -53,8 +61,11 @@ def test_split_backward_equals_fused(tiny_scenario, stage, hop):
 
 def test_forgetting_a_microbatch_drops_what_w_needs(tiny_scenario):
     c = _stage(tiny_scenario, 1, split=True)
-    shape = (tiny_scenario.pipeline.samples_per_microbatch, tiny_scenario.model.ctx_tokens,
-             tiny_scenario.model.d_model)
+    shape = (
+        tiny_scenario.pipeline.samples_per_microbatch,
+        tiny_scenario.model.ctx_tokens,
+        tiny_scenario.model.d_model,
+    )
     c.give(F(0, 1), torch.randn(shape))
     c.run(F(0, 1))
     c.give(B(0, 1), torch.randn(shape))

@@ -1,31 +1,60 @@
 """Typed control messages: each round-trips through the wire; a malformed one is rejected and
 logged by the receiver, which goes on with the next message."""
+
 import asyncio
 import logging
 
 import pytest
 
+from skippipe.runtime.net import wire
+from skippipe.runtime.net.wire import DType, Kind, Message
 from skippipe.runtime.node import control
-from skippipe.runtime.node.control import (ControlError, Dead, Finished, Hello, RejoinAt, RejoinRequest,
-                                      Report, Restart, Welcome, decode, encode)
+from skippipe.runtime.node.control import (
+    ControlError,
+    Dead,
+    Finished,
+    Hello,
+    RejoinAt,
+    RejoinRequest,
+    Report,
+    Restart,
+    Welcome,
+    decode,
+    encode,
+)
 from skippipe.runtime.node.emulation import Emulation
 from skippipe.runtime.node.liveness import Liveness
 from skippipe.runtime.node.messenger import Messenger
 from skippipe.runtime.node.runconfig import EventWriter
-from skippipe.runtime.net.wire import DType, Kind, Message
-from skippipe.runtime.net import wire
 
 TEST_DEADLINE_S = 10.0
-ALL = [Hello(), Finished(3, (4,)), RejoinRequest(), Dead((3, 5)), Restart(4, 2, 7), RejoinAt(9, 3),
-       Welcome(9, (1,), (0, 4, 4)), Report(2, 12.5, 6)]
+ALL = [
+    Hello(),
+    Finished(3, (4,)),
+    RejoinRequest(),
+    Dead((3, 5)),
+    Restart(4, 2, 7),
+    RejoinAt(9, 3),
+    Welcome(9, (1,), (0, 4, 4)),
+    Report(2, 12.5, 6),
+]
 MALFORMED = [
     {"dead": [[1]]},  # once killed the receiving task
-    {"dead": "3"}, {"dead": [-1]}, {"dead": [True]}, {"dead": [2**40]},
-    {"restart": 1}, {"restart": "1", "attempt": 1, "iteration": 0},
+    {"dead": "3"},
+    {"dead": [-1]},
+    {"dead": [True]},
+    {"dead": [2**40]},
+    {"restart": 1},
+    {"restart": "1", "attempt": 1, "iteration": 0},
     {"restart": 1, "attempt": 1, "iteration": 0, "colour": 2},
-    {"rejoin_at": 3}, {"welcome": 1, "dead": [], "steps": {}},
-    {"hello": 1, "finished": 1}, {}, {"colour": 1}, {"finished": 1},
-    {"report": 1, "loss_sum": "6.1", "loss_count": 2}, {"report": 1, "loss_sum": 1e300, "loss_count": 2},
+    {"rejoin_at": 3},
+    {"welcome": 1, "dead": [], "steps": {}},
+    {"hello": 1, "finished": 1},
+    {},
+    {"colour": 1},
+    {"finished": 1},
+    {"report": 1, "loss_sum": "6.1", "loss_count": 2},
+    {"report": 1, "loss_sum": 1e300, "loss_count": 2},
     {"report": 1, "loss_sum": True, "loss_count": 2},
 ]
 
@@ -85,11 +114,22 @@ def test_receiver_logs_a_malformed_message_and_keeps_working(tmp_path, caplog):
     got = []
 
     async def main():
-        msgs = [_wire({"dead": [[1]]}), _wire({"restart": "x"}), _wire({"dead": [99]}),
-                _wire({"dead": [4]}, sender=1), Message(Kind.DONE, 5, iteration=2)]
+        msgs = [
+            _wire({"dead": [[1]]}),
+            _wire({"restart": "x"}),
+            _wire({"dead": [99]}),
+            _wire({"dead": [4]}, sender=1),
+            Message(Kind.DONE, 5, iteration=2),
+        ]
         live = Liveness(0, list(range(6)), None, 1.0, lambda peers, why: None)
-        m = Messenger(0, FakeTransport(msgs), live, EventWriter(tmp_path / "events.jsonl", 0, 0.0),
-                      Emulation(1.0, links=False), peer_timeout_s=1.0)
+        m = Messenger(
+            0,
+            FakeTransport(msgs),
+            live,
+            EventWriter(tmp_path / "events.jsonl", 0, 0.0),
+            Emulation(1.0, links=False),
+            peer_timeout_s=1.0,
+        )
         m.on_control = lambda ctrl, sender: got.append((ctrl, sender))
         done = asyncio.Event()
         m.handlers[Kind.DONE] = lambda msg: done.set()

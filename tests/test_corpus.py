@@ -1,5 +1,6 @@
 """The World English Bible corpus (offline, from the installed package), repeat removal, overlap
 groups, and a split that keeps validation out of training."""
+
 from __future__ import annotations
 
 import socket
@@ -10,8 +11,7 @@ import numpy as np
 import pytest
 
 from skippipe.train import bible
-from skippipe.train.corpus import (Document, drop_repeats, group_overlapping, make_corpus,
-                                   shared_span_share)
+from skippipe.train.corpus import Document, drop_repeats, group_overlapping, make_corpus, shared_span_share
 from skippipe.train.data import load_corpus, prepare_data
 
 VOCAB = 1024
@@ -38,14 +38,20 @@ def _no_network(*args, **kwargs):
 def test_drop_repeats_keeps_first_long_unit_and_every_short_one():
     long = "one golden spoon of ten shekels full of incense"
     docs = [["Then Job answered,", long], ["Then Job answered,", long, "a new verse"]]
-    assert drop_repeats(docs, min_words=8) == [["Then Job answered,", long],
-                                               ["Then Job answered,", "a new verse"]]
+    assert drop_repeats(docs, min_words=8) == [
+        ["Then Job answered,", long],
+        ["Then Job answered,", "a new verse"],
+    ]
 
 
 def test_group_overlapping_joins_documents_sharing_a_passage():
     shared = " ".join(f"w{i}" for i in range(20))
-    docs = [Document("a", f"start {shared} end"), Document("b", "nothing in common here"),
-            Document("c", f"other words {shared}"), Document("d", f"{shared[:30]} short")]
+    docs = [
+        Document("a", f"start {shared} end"),
+        Document("b", "nothing in common here"),
+        Document("c", f"other words {shared}"),
+        Document("d", f"{shared[:30]} short"),
+    ]
     grouped = group_overlapping(docs, span_words=16)
     assert [d.group for d in grouped] == ["a", "", "a", ""]
     corpus = make_corpus("x", grouped)
@@ -78,8 +84,9 @@ def test_web_corpus_is_chapters_of_clean_prose(web):
 
 def test_web_corpus_has_no_repeated_long_verses(web):
     corpus, _, _ = web
-    lines = [v for d in corpus.documents for v in d.text.splitlines()
-             if len(v.split()) >= bible.REPEAT_MIN_WORDS]
+    lines = [
+        v for d in corpus.documents for v in d.text.splitlines() if len(v.split()) >= bible.REPEAT_MIN_WORDS
+    ]
     assert max(Counter(lines).values()) == 1
 
 

@@ -7,6 +7,7 @@ allow: optimal for a given order because the objective only grows with op ends),
 checked on the order (an F needs a free slot from earlier ops on its node). Times are the model's
 ticks (model_data.ModelData), so optima must match exactly.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -14,21 +15,26 @@ import math
 from collections import Counter, defaultdict
 
 import pytest
+from conftest import SETTINGS
 
 from skippipe.costs import Costs
 from skippipe.network import Link, Network, Node
-from skippipe.scenario import CostConfig, ModelConfig, PipelineConfig, Scenario, TrainingConfig, load_scenario
-from skippipe.rules import planned_makespan, validate
-from skippipe.schedule import Schedule
-from skippipe.sim.simulate import simulate
 from skippipe.planner.cpsat import PathModel, solve
-from skippipe.planner.model_data import Rules
-from skippipe.planner.model_data import (ModelData, all_sequences, build_data, chain, plan_values,
-                                         stage_set_counts)
+from skippipe.planner.model_data import (
+    ModelData,
+    Rules,
+    all_sequences,
+    build_data,
+    chain,
+    plan_values,
+    stage_set_counts,
+)
 from skippipe.planner.partial import ca_partial_variant, non_ca_partial_variant, planned_iteration_s
 from skippipe.planner.paths import PlanningError
-
-from conftest import SETTINGS
+from skippipe.rules import planned_makespan, validate
+from skippipe.scenario import CostConfig, ModelConfig, PipelineConfig, Scenario, TrainingConfig, load_scenario
+from skippipe.schedule import Schedule
+from skippipe.sim.simulate import simulate
 
 F_S = 1.0  # forward seconds of every node unless overridden
 FAR_S = 4.0  # latency of a link the optimum should avoid
@@ -36,27 +42,53 @@ NEAR_S = 0.25
 SOLVE_S = 10.0  # CP-SAT limit per tiny solve (they prove optimality in well under a second)
 
 
-def make_scenario(stage_sizes, *, k, mb_per_node=1, slots=2, latency=None, default_s=1.0,
-                  node_f_s=None, node_slots=None, max_swaps=2, max_jump=4) -> Scenario:
+def make_scenario(
+    stage_sizes,
+    *,
+    k,
+    mb_per_node=1,
+    slots=2,
+    latency=None,
+    default_s=1.0,
+    node_f_s=None,
+    node_slots=None,
+    max_swaps=2,
+    max_jump=4,
+) -> Scenario:
     """Nodes numbered stage by stage, each in its own location; links have only latency
     (`latency[(i, j)]`, symmetric, else `default_s`), infinite bandwidth. One layer per stage and
     one sample per microbatch, so forward = F_S (or node_f_s[node]), backward 2x, loss 0.5x."""
     n = sum(stage_sizes)
     locs = tuple(f"n{i}" for i in range(n))
     lat = {tuple(sorted(pair)): s for pair, s in (latency or {}).items()}
-    links = tuple((locs[i], locs[j], Link(lat.get((i, j), default_s), math.inf))
-                  for i in range(n) for j in range(i + 1, n))
+    links = tuple(
+        (locs[i], locs[j], Link(lat.get((i, j), default_s), math.inf))
+        for i in range(n)
+        for j in range(i + 1, n)
+    )
     s = len(stage_sizes)
     return Scenario(
-        name="t", source="", content_hash="h",
-        model=ModelConfig(d_model=8, n_heads=2, n_layers=s, ffn_hidden=16, ctx_tokens=1,
-                          vocab_size=16, activation_dtype_bytes=1, param_dtype_bytes=1),
+        name="t",
+        source="",
+        content_hash="h",
+        model=ModelConfig(
+            d_model=8,
+            n_heads=2,
+            n_layers=s,
+            ffn_hidden=16,
+            ctx_tokens=1,
+            vocab_size=16,
+            activation_dtype_bytes=1,
+            param_dtype_bytes=1,
+        ),
         pipeline=PipelineConfig(tuple(stage_sizes), k, slots, mb_per_node, 1, max_swaps, 1, 2, max_jump),
         costs=CostConfig(2.0, 0.5, 0.0),
         training=TrainingConfig(1, 1e-3, 1.0, 0.0, 0, 1.0),
         network=Network("t", locs, Link(0.0, math.inf), links),
-        nodes=tuple(Node(i, locs[i], (node_f_s or {}).get(i, F_S), (node_slots or {}).get(i, slots))
-                    for i in range(n)))
+        nodes=tuple(
+            Node(i, locs[i], (node_f_s or {}).get(i, F_S), (node_slots or {}).get(i, slots)) for i in range(n)
+        ),
+    )
 
 
 def allocation_of(stage_sizes) -> tuple[tuple[int, ...], ...]:
@@ -80,12 +112,14 @@ def solve_optimum(data: ModelData, rules: Rules) -> int:
 # ---------------------------------------------------------------------------------------------
 # Brute force
 
+
 def brute_force(data: ModelData, rules: Rules) -> int:
     """Best objective (ticks) over every path assignment and every per-node op order."""
     seqs = data.sequences if rules.cc3 else all_sequences(data)
-    paths = {o: [(o,) + rest for seq in seqs
-                 for rest in itertools.product(*(data.allowed[o][s] for s in seq[1:]))]
-             for o in data.origins()}
+    paths = {
+        o: [(o,) + rest for seq in seqs for rest in itertools.product(*(data.allowed[o][s] for s in seq[1:]))]
+        for o in data.origins()
+    }
     best = math.inf
     for choice in itertools.product(*(paths[o] for _, o in data.microbatches)):
         visits = Counter(data.stage_of[n] for p in choice for n in p[1:])
@@ -106,8 +140,9 @@ def _best_timing(data: ModelData, paths: dict, rules: Rules) -> float:
         assert not rules.tc1_memory, "brute force without TC2 ignores memory"
         return _objective(data, paths, _asap(data, paths, {}), rules)
     nodes = sorted(per_node)
-    choices = [list(_interleavings([[(mb, pos) for pos in seq] for mb, seq in per_node[n].items()]))
-               for n in nodes]
+    choices = [
+        list(_interleavings([[(mb, pos) for pos in seq] for mb, seq in per_node[n].items()])) for n in nodes
+    ]
     best = math.inf
     for combo in itertools.product(*choices):
         orders = dict(zip(nodes, combo))
@@ -125,7 +160,7 @@ def _interleavings(seqs):
         yield ()
         return
     for i, s in enumerate(seqs):
-        for rest in _interleavings(seqs[:i] + [s[1:]] + seqs[i + 1:]):
+        for rest in _interleavings(seqs[:i] + [s[1:]] + seqs[i + 1 :]):
             yield (s[0],) + rest
 
 
@@ -188,12 +223,15 @@ def _objective(data, paths, starts, rules) -> int:
 # Optimum
 
 CASES = {
-    "two-stage-choice": dict(stage_sizes=(1, 2, 1), k=2, mb_per_node=2,
-                             latency={(0, 1): NEAR_S, (0, 2): 0.6, (0, 3): 0.3}),
-    "reorder": dict(stage_sizes=(2, 1, 1, 1), k=3, latency={(0, 4): NEAR_S, (1, 2): 0.3,
-                                                            (2, 4): 0.3, (3, 4): NEAR_S}),
-    "slow-node": dict(stage_sizes=(1, 2, 2), k=3, node_f_s={1: 3.0, 4: 2.0},
-                      latency={(0, 1): NEAR_S, (0, 3): 0.5}),
+    "two-stage-choice": dict(
+        stage_sizes=(1, 2, 1), k=2, mb_per_node=2, latency={(0, 1): NEAR_S, (0, 2): 0.6, (0, 3): 0.3}
+    ),
+    "reorder": dict(
+        stage_sizes=(2, 1, 1, 1), k=3, latency={(0, 4): NEAR_S, (1, 2): 0.3, (2, 4): 0.3, (3, 4): NEAR_S}
+    ),
+    "slow-node": dict(
+        stage_sizes=(1, 2, 2), k=3, node_f_s={1: 3.0, 4: 2.0}, latency={(0, 1): NEAR_S, (0, 3): 0.5}
+    ),
     "one-slot": dict(stage_sizes=(1, 1, 1), k=3, mb_per_node=2, slots=1, default_s=0.5),
 }
 
@@ -219,18 +257,31 @@ ALL = Rules(objective="makespan")
 NO_MEMORY = Rules(tc1_memory=False, objective="makespan")  # brute force without TC2 needs it off
 RULE_CASES = {  # rule -> (instance, rules with it, rules without it)
     # the best order 0 -> 2 -> 1 -> 3 needs a swap; with none allowed only 0 -> 1 -> 2 -> 3
-    "cc3": (dict(stage_sizes=(1, 1, 1, 1), k=4, max_swaps=0, default_s=FAR_S,
-                 latency={(0, 2): NEAR_S, (1, 2): NEAR_S, (1, 3): NEAR_S, (0, 3): NEAR_S}),
-            ALL, Rules(cc3=False, objective="makespan")),
+    "cc3": (
+        dict(
+            stage_sizes=(1, 1, 1, 1),
+            k=4,
+            max_swaps=0,
+            default_s=FAR_S,
+            latency={(0, 2): NEAR_S, (1, 2): NEAR_S, (1, 3): NEAR_S, (0, 3): NEAR_S},
+        ),
+        ALL,
+        Rules(cc3=False, objective="makespan"),
+    ),
     # one slot at the data node: its two microbatches cannot overlap
-    "tc1_memory": (dict(stage_sizes=(1, 1), k=2, mb_per_node=2, slots=1, default_s=NEAR_S),
-                   ALL, NO_MEMORY),
+    "tc1_memory": (dict(stage_sizes=(1, 1), k=2, mb_per_node=2, slots=1, default_s=NEAR_S), ALL, NO_MEMORY),
     # each of the two non-first stages gets one visit: one microbatch must take the far stage
-    "tc1_load": (dict(stage_sizes=(1, 1, 1), k=2, mb_per_node=2, default_s=FAR_S,
-                      latency={(0, 1): NEAR_S}), ALL, Rules(tc1_load=False, objective="makespan")),
+    "tc1_load": (
+        dict(stage_sizes=(1, 1, 1), k=2, mb_per_node=2, default_s=FAR_S, latency={(0, 1): NEAR_S}),
+        ALL,
+        Rules(tc1_load=False, objective="makespan"),
+    ),
     # two microbatches on one path: their ops may not overlap on a node
-    "tc2": (dict(stage_sizes=(1, 1), k=2, mb_per_node=2, default_s=NEAR_S),
-            NO_MEMORY, Rules(tc2=False, tc1_memory=False, objective="makespan")),
+    "tc2": (
+        dict(stage_sizes=(1, 1), k=2, mb_per_node=2, default_s=NEAR_S),
+        NO_MEMORY,
+        Rules(tc2=False, tc1_memory=False, objective="makespan"),
+    ),
 }
 
 
@@ -246,6 +297,7 @@ def test_rule_binds(rule):
 
 # ---------------------------------------------------------------------------------------------
 # Variants end to end, reproducibility
+
 
 def tiny():
     return load_scenario(SETTINGS / "tiny.toml")
@@ -283,8 +335,7 @@ def test_same_seed_is_reproducible(workers):
     latency = {(a, b): 0.1 + ((a * 7 + b * 3) % 5) / 4 for a in range(11) for b in range(a + 1, 11)}
     sc = make_scenario(sizes, k=3, mb_per_node=4, slots=2, latency=latency)
     alloc = allocation_of(sizes)
-    a, b = (ca_partial_variant(sc, alloc, work_s=REPRO_WORK_S, seed=3, workers=workers)
-            for _ in range(2))
+    a, b = (ca_partial_variant(sc, alloc, work_s=REPRO_WORK_S, seed=3, workers=workers) for _ in range(2))
     assert a.paths == b.paths and a.order == b.order
     assert a.provenance.objective == b.provenance.objective
 
@@ -300,12 +351,16 @@ def test_non_ca_variant_has_no_order_and_validates():
 # ---------------------------------------------------------------------------------------------
 # Infeasible inputs: one line naming the rule
 
-@pytest.mark.parametrize("spec, stages, rule", [
-    (dict(stage_sizes=(1, 1), k=3), None, "CC2"),
-    (dict(stage_sizes=(1, 1, 1, 1, 1), k=3, mb_per_node=3, max_swaps=0, max_jump=1), None, "TC1"),
-    (dict(stage_sizes=(1, 1, 1), k=2, node_slots={1: 0}), None, "TC1"),
-    (dict(stage_sizes=(1, 1, 1), k=2), ((0,), (1, 2), ()), "stage 2 has no nodes"),
-])
+
+@pytest.mark.parametrize(
+    "spec, stages, rule",
+    [
+        (dict(stage_sizes=(1, 1), k=3), None, "CC2"),
+        (dict(stage_sizes=(1, 1, 1, 1, 1), k=3, mb_per_node=3, max_swaps=0, max_jump=1), None, "TC1"),
+        (dict(stage_sizes=(1, 1, 1), k=2, node_slots={1: 0}), None, "TC1"),
+        (dict(stage_sizes=(1, 1, 1), k=2), ((0,), (1, 2), ()), "stage 2 has no nodes"),
+    ],
+)
 def test_infeasible_inputs_raise_planning_error(spec, stages, rule):
     sc = make_scenario(**spec)
     with pytest.raises(PlanningError, match=rule) as err:

@@ -1,4 +1,5 @@
 """Corpus split, tokenizer caching and determinism, batch iterators."""
+
 from __future__ import annotations
 
 import random
@@ -10,22 +11,34 @@ import torch
 
 import skippipe.train.tokenizer as tokenizer_module
 from skippipe.train.corpus import is_validation
-from skippipe.train.data import (DataError, Document, builtin_corpus, hf_corpus, local_corpus,
-                                 make_corpus, module_text, prepare_data, training_batches,
-                                 validation_batches)
+from skippipe.train.data import (
+    DataError,
+    Document,
+    builtin_corpus,
+    hf_corpus,
+    local_corpus,
+    make_corpus,
+    module_text,
+    prepare_data,
+    training_batches,
+    validation_batches,
+)
 from skippipe.train.tokenizer import TokenizerError, load_tokenizer, train_tokenizer
 
 VOCAB = 64
-WORDS = ("the stage node path pipeline skips layers while training converges on a network of "
-         "heterogeneous links with latency and bandwidth between locations").split()
+WORDS = (
+    "the stage node path pipeline skips layers while training converges on a network of "
+    "heterogeneous links with latency and bandwidth between locations"
+).split()
 
 
 def _write_corpus(directory, n_files=3, paragraphs=40, seed=0):
     rng = random.Random(seed)
     directory.mkdir(parents=True, exist_ok=True)
     for f in range(n_files):
-        paras = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))) + "."
-                 for _ in range(paragraphs)]
+        paras = [
+            " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))) + "." for _ in range(paragraphs)
+        ]
         (directory / f"part{f}.txt").write_text("\n\n".join(paras))
     return directory
 
@@ -68,8 +81,7 @@ def test_tokenizer_is_cached_and_not_retrained(tmp_path, cache, monkeypatch):
     source = _write_corpus(tmp_path / "text")
     calls = []
     real = tokenizer_module.train_tokenizer
-    monkeypatch.setattr(tokenizer_module, "train_tokenizer",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(tokenizer_module, "train_tokenizer", lambda *a, **k: calls.append(1) or real(*a, **k))
     first = prepare_data(source, VOCAB)
     second = prepare_data(source, VOCAB)
     assert len(calls) == 1

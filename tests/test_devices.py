@@ -1,4 +1,5 @@
 """util/devices.py: CUDA round-robin by node id, else the CPU; named devices checked."""
+
 from __future__ import annotations
 
 import pytest

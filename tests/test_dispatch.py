@@ -1,11 +1,11 @@
 """The one dispatch rule: unit cases, and the simulator and a runtime-style loop agreeing."""
-from skippipe.costs import Costs
-from skippipe.dispatch import Dispatcher
-from skippipe.ops import B, F, L, W, OpKind, next_op, node_of
-from skippipe.schedule import VariantSchedule
-from skippipe.sim.simulate import simulate
 
 from schedules import make_paths, make_schedule, tiny
+from skippipe.costs import Costs
+from skippipe.dispatch import Dispatcher
+from skippipe.ops import B, F, L, OpKind, W, next_op, node_of
+from skippipe.schedule import VariantSchedule
+from skippipe.sim.simulate import simulate
 
 
 def test_fcfs_takes_the_earliest_arrival_then_backward_first():
@@ -128,8 +128,7 @@ def test_simulator_and_runtime_loop_pick_the_same_order():
                 continue
             src, dst = node_of(op, p.nodes), node_of(nxt, p.nodes)
             arrivals.setdefault(dst, []).append((op.start_s + costs.op_s(op.kind, src), nxt))
-    sends = {(e["dst"], e["microbatch"], e["t"]): e["arrive"] for e in result.events
-             if e["event"] == "send"}
+    sends = {(e["dst"], e["microbatch"], e["t"]): e["arrive"] for e in result.events if e["event"] == "send"}
     for dst, items in arrivals.items():  # messages arrive after link time (queued per link)
         items[:] = [(sends.get((dst, op.microbatch, t), t), op) for t, op in items]
     for p in v.paths:
@@ -144,8 +143,7 @@ def test_simulator_and_runtime_loop_pick_the_same_order():
 
 
 def test_split_backward_frees_the_slot_at_w_and_limits_may_be_lifted():
-    d = Dispatcher([F(0, 1), F(1, 1), B(0, 1), W(0, 1), B(1, 1), W(1, 1)], slots=1,
-                   planned=False, split=True)
+    d = Dispatcher([F(0, 1), F(1, 1), B(0, 1), W(0, 1), B(1, 1), W(1, 1)], slots=1, planned=False, split=True)
     for op in (F(0, 1), F(1, 1)):
         d.arrive(op, 0.0)
     d.start(F(0, 1))
@@ -167,8 +165,7 @@ def test_split_backward_frees_the_slot_at_w_and_limits_may_be_lifted():
 
 
 def test_floating_kinds_run_ahead_of_the_planned_list():
-    d = Dispatcher([F(0, 0), F(1, 0), L(0), B(0, 0)], slots=2, planned=True,
-                   floating=frozenset({OpKind.L}))
+    d = Dispatcher([F(0, 0), F(1, 0), L(0), B(0, 0)], slots=2, planned=True, floating=frozenset({OpKind.L}))
     d.arrive(F(0, 0), 0.0)
     d.arrive(F(1, 0), 0.0)
     d.start(F(0, 0))

@@ -1,10 +1,10 @@
 """Every relative link in the README and docs/ resolves: the file exists, and a #fragment names
 a heading of that file (GitHub's anchor rule). Links in code blocks and inline code are text."""
+
 import re
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -61,10 +61,15 @@ def test_every_relative_link_resolves(page):
 def test_the_check_finds_a_broken_file_and_a_broken_anchor(tmp_path):
     (tmp_path / "b.md").write_text("# Some Title (`x`)\n")
     page = tmp_path / "a.md"
-    page.write_text("[ok](b.md#some-title-x) [gone](c.md) [bad](b.md#other) `[code](d.md)`\n"
-                    "```\n[fenced](e.md)\n```\n![img](f.png) [web](https://example.org/x)\n")
-    assert broken(page) == ["c.md: no such file", "b.md#other: no heading #other in b.md",
-                            "f.png: no such file"]
+    page.write_text(
+        "[ok](b.md#some-title-x) [gone](c.md) [bad](b.md#other) `[code](d.md)`\n"
+        "```\n[fenced](e.md)\n```\n![img](f.png) [web](https://example.org/x)\n"
+    )
+    assert broken(page) == [
+        "c.md: no such file",
+        "b.md#other: no heading #other in b.md",
+        "f.png: no such file",
+    ]
 
 
 def test_the_readme_stays_short():

@@ -1,5 +1,6 @@
 """The one emulation object: scenario seconds x time_scale (x the slow factor) for links, compute
 and averaging, and divided out again for reports."""
+
 import asyncio
 import json
 import time
@@ -7,19 +8,33 @@ import time
 import pytest
 
 from skippipe.costs import Costs
-from skippipe.ops import OpKind
-from skippipe.runtime.node.emulation import Emulation
-from skippipe.runtime.net.linkemu import LinkModel
-from skippipe.runtime.launch.report import measured_iteration
-from skippipe.runtime.node.runconfig import RunConfig, events_dir
 from skippipe.network import GIB
+from skippipe.ops import OpKind
+from skippipe.runtime.launch.report import measured_iteration
+from skippipe.runtime.net.linkemu import LinkModel
+from skippipe.runtime.node.emulation import Emulation
+from skippipe.runtime.node.runconfig import RunConfig, events_dir
 
 
 def _config(tmp_path, time_scale=2.0, compute=True, links=True) -> RunConfig:
-    return RunConfig(run_dir=str(tmp_path), scenario_path="", scenario_overrides={}, schedule_path="",
-                     variant="random", iterations=1, time_scale=time_scale, emulate_compute=compute,
-                     emulate_links=links, peers={}, local_nodes=(), data_nodes=(), epoch=0.0, seed=0,
-                     peer_timeout_s=1.0, connect_timeout_s=1.0)
+    return RunConfig(
+        run_dir=str(tmp_path),
+        scenario_path="",
+        scenario_overrides={},
+        schedule_path="",
+        variant="random",
+        iterations=1,
+        time_scale=time_scale,
+        emulate_compute=compute,
+        emulate_links=links,
+        peers={},
+        local_nodes=(),
+        data_nodes=(),
+        epoch=0.0,
+        seed=0,
+        peer_timeout_s=1.0,
+        connect_timeout_s=1.0,
+    )
 
 
 def test_links_are_scaled_per_destination(tmp_path, tiny_scenario):
@@ -31,7 +46,9 @@ def test_links_are_scaled_per_destination(tmp_path, tiny_scenario):
     assert links.model(1).delay_s(1000) == pytest.approx(2.0 * (0.020 + 1000 / (0.01 * GIB) + 0.002))
     with pytest.raises(KeyError):
         links.model(0)  # no link to itself
-    assert Emulation.from_config(_config(tmp_path, links=False), Costs(tiny_scenario), 0).link_emulator() is None
+    assert (
+        Emulation.from_config(_config(tmp_path, links=False), Costs(tiny_scenario), 0).link_emulator() is None
+    )
 
 
 def test_compute_and_averaging_are_scaled(tmp_path, tiny_scenario):
@@ -60,8 +77,10 @@ def test_reports_divide_the_time_scale_out(tmp_path):
     cfg = _config(tmp_path, 4.0)
     assert Emulation.from_config(cfg).scenario_s(2.0) == 0.5
     events_dir(tmp_path).mkdir()
-    lines = [{"t": 10.0, "node": 0, "event": "op", "dur": 2.0, "iteration": 0},
-             {"t": 14.0, "node": 0, "event": "send", "arrive": 18.0, "iteration": 0}]
+    lines = [
+        {"t": 10.0, "node": 0, "event": "op", "dur": 2.0, "iteration": 0},
+        {"t": 14.0, "node": 0, "event": "send", "arrive": 18.0, "iteration": 0},
+    ]
     (events_dir(tmp_path) / "node-0.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
     op, send = sorted(measured_iteration(cfg, 0), key=lambda e: e["t"])
     assert (op["t"], op["dur"]) == (0.0, 0.5)

@@ -1,4 +1,5 @@
 """Perplexity = exp(mean token NLL) on hand-checked cases; omission paths; sweeps; plots."""
+
 from __future__ import annotations
 
 import math
@@ -7,10 +8,19 @@ import pytest
 import torch
 
 from skippipe.errors import SkipPipeError
-from skippipe.train.evaluate import (omission_path, omission_subsets, parse_stage_list, path_nll,
-                                     perplexity, plot_sweep, summarize, sweep, sweep_table)
-from skippipe.train.model import build_stages
 from skippipe.scenario import ModelConfig
+from skippipe.train.evaluate import (
+    omission_path,
+    omission_subsets,
+    parse_stage_list,
+    path_nll,
+    perplexity,
+    plot_sweep,
+    summarize,
+    sweep,
+    sweep_table,
+)
+from skippipe.train.model import build_stages
 
 torch.set_num_threads(1)
 
@@ -19,8 +29,16 @@ EPS = 1e-5  # the model's RMSNorm epsilon
 
 def _identity_stages(vocab: int, n_stages: int = 3):
     """Stages whose layers are the identity (zero output projections); d_model 4, one head."""
-    cfg = ModelConfig(d_model=4, n_heads=1, n_layers=n_stages, ffn_hidden=4, ctx_tokens=4,
-                      vocab_size=vocab, activation_dtype_bytes=4, param_dtype_bytes=4)
+    cfg = ModelConfig(
+        d_model=4,
+        n_heads=1,
+        n_layers=n_stages,
+        ffn_hidden=4,
+        ctx_tokens=4,
+        vocab_size=vocab,
+        activation_dtype_bytes=4,
+        param_dtype_bytes=4,
+    )
     stages = build_stages(cfg, n_stages, seed=0, device="cpu")
     with torch.no_grad():
         for s in stages:
@@ -51,8 +69,7 @@ def test_perplexity_is_exp_of_mean_token_nll_hand_checked():
     p0_after_0 = 1 / (1 + math.exp(-math.log(3) * scale))  # ~3/4
     p0_after_1 = 1 / (1 + math.exp(math.log(3) * scale))  # ~1/4
     # sequence 0 0 1 0 0: predictions 0|0, 1|0, 0|1, 0|0
-    nlls = [-math.log(p0_after_0), -math.log(1 - p0_after_0), -math.log(p0_after_1),
-            -math.log(p0_after_0)]
+    nlls = [-math.log(p0_after_0), -math.log(1 - p0_after_0), -math.log(p0_after_1), -math.log(p0_after_0)]
     result = perplexity(stages, [torch.tensor([[0, 0, 1, 0, 0]])])
     assert result.tokens == 4
     assert result.mean_nll == pytest.approx(sum(nlls) / 4, rel=1e-6)
@@ -118,6 +135,7 @@ def test_sweep_summary_table_and_plot(tmp_path):
 
 def test_scoring_reports_progress_so_a_long_evaluation_is_not_silent(monkeypatch):
     from skippipe.train import evaluate
+
     monkeypatch.setattr(evaluate, "PROGRESS_EVERY_S", -1.0)  # a line after every batch
     stages = _identity_stages(vocab=16)
     lines = []

@@ -7,20 +7,20 @@ placement), zero-latency links, one node per stage (p stages, m microbatches), o
 identical columns. The classic formulas fold the LM head into the last stage's forward; here it
 is its own op there, so that stage is LOSS_S slower per microbatch and every schedule takes its
 formula plus m LOSS_S."""
+
 import dataclasses
 
 import pytest
+from test_simulate import allocation_of, make_scenario
 
+from skippipe.costs import Costs
 from skippipe.memory import family_limits, peak_along
 from skippipe.ops import Op
 from skippipe.planner.families import family_variant
 from skippipe.rules import planned_makespan, violations
 from skippipe.schedule import Schedule
 from skippipe.schedule_file import from_dict, to_dict
-from skippipe.costs import Costs
 from skippipe.sim.simulate import simulate
-
-from test_simulate import allocation_of, make_scenario
 
 LOSS_S = 0.05  # the loss op's cost (forward 1 s): positive, as in every settings file
 
@@ -28,8 +28,16 @@ LOSS_S = 0.05  # the loss op's cost (forward 1 s): positive, as in every setting
 def uniform(p, m, backward_factor, width=1):
     """(scenario, allocation): forward 1 s, backward `backward_factor` s, loss LOSS_S, no links."""
     sizes = [width] * p
-    sc = make_scenario(sizes, slots=1, mb_per_node=m, f_s=1.0, backward_factor=backward_factor,
-                       loss_factor=LOSS_S, ser_s=0.0, prop_s=0.0)
+    sc = make_scenario(
+        sizes,
+        slots=1,
+        mb_per_node=m,
+        f_s=1.0,
+        backward_factor=backward_factor,
+        loss_factor=LOSS_S,
+        ser_s=0.0,
+        prop_s=0.0,
+    )
     return sc, allocation_of(sizes)
 
 
@@ -121,9 +129,11 @@ def test_validator_holds_a_family_to_its_own_rule(tiny_scenario):
     node = 5  # stage 3 of 4: one round (two microbatches) at a time
     gpipe_like = tuple(sorted(v.order[node], key=lambda op: op.kind.value != "F"))
     assert peak_along(gpipe_like) == 6
-    looser = dataclasses.replace(v, order={**v.order, node: tuple(Op(o.kind, o.microbatch, o.hop)
-                                                                   for o in gpipe_like)},
-                                 activation_limits={**v.activation_limits, node: None})
+    looser = dataclasses.replace(
+        v,
+        order={**v.order, node: tuple(Op(o.kind, o.microbatch, o.hop) for o in gpipe_like)},
+        activation_limits={**v.activation_limits, node: None},
+    )
     found = violations(Schedule(sc.name, sc.content_hash, sc.source, alloc, {"1f1b": looser}), sc)
     assert [x.rule for x in found] == ["MEMORY"] and "may hold 2" in str(found[0])
     tight = dataclasses.replace(v, activation_limits={**v.activation_limits, node: 1})
@@ -133,6 +143,7 @@ def test_validator_holds_a_family_to_its_own_rule(tiny_scenario):
 
 def test_malformed_memory_and_backward_fields_are_one_error(tiny_scenario):
     from skippipe.schedule import ScheduleError
+
     sc = tiny_scenario
     alloc = ((0, 1), (2, 3), (4,), (5,))
     v = family_variant("zb-h1", sc, alloc)

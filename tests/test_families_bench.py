@@ -1,4 +1,5 @@
 """bench/families_bench.py: its rows and markdown table (no planning: predicted figures given)."""
+
 import importlib.util
 from pathlib import Path
 
@@ -16,8 +17,12 @@ def bench():
 
 
 def _predicted(iteration_s, peak):
-    return {"iteration_s": iteration_s, "makespan_s": iteration_s - 0.5, "bubble_share": 0.25,
-            "peak_activations": peak}
+    return {
+        "iteration_s": iteration_s,
+        "makespan_s": iteration_s - 0.5,
+        "bubble_share": 0.25,
+        "peak_activations": peak,
+    }
 
 
 def test_rows_compare_every_variant_with_1f1b(bench):
@@ -31,8 +36,9 @@ def test_rows_without_1f1b_have_no_ratio(bench):
 
 
 def test_markdown_table_marks_each_scenarios_fastest_variant(bench):
-    rows = (bench.rows_of("a", {"gpipe": _predicted(2.0, 6), "1f1b": _predicted(4.0, 4)}, 2)
-            + bench.rows_of("b", {"1f1b": _predicted(3.0, 4)}, 2))
+    rows = bench.rows_of("a", {"gpipe": _predicted(2.0, 6), "1f1b": _predicted(4.0, 4)}, 2) + bench.rows_of(
+        "b", {"1f1b": _predicted(3.0, 4)}, 2
+    )
     lines = bench.markdown(rows).splitlines()
     assert lines[0] == "| " + " | ".join(bench.HEADER) + " |"
     assert lines[1] == "|---|---|---|---|---|---|---|---|"

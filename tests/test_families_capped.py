@@ -1,18 +1,21 @@
 """The shared memory budget: the classic families in their capped forms within the scenario's
 memory slots (the default), the schedule's record of the rule each variant was made for, and
 the validator holding a variant to it. Their own rules: test_families.py."""
+
 import dataclasses
 import json
 
 import pytest
+from conftest import SETTINGS
+from test_simulate import allocation_of, make_scenario
 
 from skippipe.cli import main
 from skippipe.memory import hold_within, peak_along, rounds_within
 from skippipe.ops import B, F, Op, OpKind, W
-from skippipe.planner.families import family_variant
-from skippipe.planner.paths import PlanningError
 from skippipe.placement import fold
 from skippipe.plan_options import PlanOptions
+from skippipe.planner.families import family_variant
+from skippipe.planner.paths import PlanningError
 from skippipe.planning import build_schedule
 from skippipe.rules import violations
 from skippipe.scenario import load_scenario
@@ -20,9 +23,6 @@ from skippipe.schedule import Schedule
 from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.simulate import simulate
 from skippipe.variants import REGISTRY
-
-from conftest import SETTINGS
-from test_simulate import allocation_of, make_scenario
 
 FAMILIES = tuple(v.name for v in REGISTRY.values() if v.family)  # in table order
 
@@ -39,8 +39,16 @@ def run(name, sc, alloc, schedule_alloc=None, **kw):
 
 def uniform(p, m, slots, width=1):
     sizes = [width] * p
-    sc = make_scenario(sizes, slots=slots, mb_per_node=m, f_s=1.0, backward_factor=2.0,
-                       loss_factor=0.0, ser_s=0.0, prop_s=0.0)
+    sc = make_scenario(
+        sizes,
+        slots=slots,
+        mb_per_node=m,
+        f_s=1.0,
+        backward_factor=2.0,
+        loss_factor=0.0,
+        ser_s=0.0,
+        prop_s=0.0,
+    )
     return sc, allocation_of(sizes)
 
 
@@ -64,8 +72,9 @@ def test_1f1b_and_zb_h1_hold_at_most_slots_with_a_shorter_warm_up(p, m, slots):
     for name in ("1f1b", "zb-h1"):
         r, v, _ = run(name, *uniform(p, m, slots))
         assert v.memory == "slots"
-        assert [s.peak_activations for s in r.per_node] == [min(slots, p - i if name == "1f1b" else p, m)
-                                                           for i in range(p)], name
+        assert [s.peak_activations for s in r.per_node] == [
+            min(slots, p - i if name == "1f1b" else p, m) for i in range(p)
+        ], name
         warm = min(p, slots) - 1  # stage 0's forwards before its first backward
         assert kinds(v.order[0]).index("B") == warm + 1, name
     own, _, _ = run("1f1b", *uniform(p, m, slots), family_memory=True)
@@ -103,8 +112,9 @@ def test_dualpipev_is_refused_in_one_line_where_its_v_order_fits_no_slots(tiny_s
 def test_dualpipev_capped_keeps_its_v_and_the_slots():
     p = 3  # 2p stages, 3 V columns of p nodes (as test_families_dualpipev.py)
     sizes = [3, p - 1] + [1] * (2 * p - 2)
-    sc = make_scenario(sizes, slots=5, mb_per_node=8, f_s=1.0, backward_factor=2.0,
-                       loss_factor=0.0, ser_s=0.0, prop_s=0.0)
+    sc = make_scenario(
+        sizes, slots=5, mb_per_node=8, f_s=1.0, backward_factor=2.0, loss_factor=0.0, ser_s=0.0, prop_s=0.0
+    )
     alloc = allocation_of(sizes)
     r, v, _ = run("dualpipev", sc, fold(alloc), schedule_alloc=alloc)
     own, _, _ = run("dualpipev", sc, fold(alloc), schedule_alloc=alloc, family_memory=True)
@@ -120,8 +130,9 @@ def test_validator_rejects_a_schedule_that_breaks_the_cap_it_was_made_for(tiny_s
     found = violations(Schedule(sc.name, sc.content_hash, sc.source, TINY_ALLOC, {"1f1b": loose}), sc)
     assert [x.rule for x in found] == ["MEMORY"] and "shared budget of 2 memory slots" in str(found[0])
     node = 5
-    gpipe_like = tuple(Op(o.kind, o.microbatch, o.hop)
-                       for o in sorted(v.order[node], key=lambda op: op.kind.value != "F"))
+    gpipe_like = tuple(
+        Op(o.kind, o.microbatch, o.hop) for o in sorted(v.order[node], key=lambda op: op.kind.value != "F")
+    )
     over = dataclasses.replace(v, order={**v.order, node: gpipe_like})
     found = violations(Schedule(sc.name, sc.content_hash, sc.source, TINY_ALLOC, {"1f1b": over}), sc)
     assert {x.rule for x in found} == {"TC1"}
@@ -162,9 +173,26 @@ def test_build_uses_the_shared_budget_unless_told_otherwise(tiny_scenario):
 
 def test_create_schedule_family_memory_flag(tmp_path, capsys):
     out = tmp_path / "s.json"
-    assert main(["schedule", str(SETTINGS / "tiny.toml"), "--variants", "baseline", "1f1b",
-                 "--time-limit", "2", "--workers", "1", "--quiet", "--out", str(out),
-                 "--family-memory"]) == 0
+    assert (
+        main(
+            [
+                "schedule",
+                str(SETTINGS / "tiny.toml"),
+                "--variants",
+                "baseline",
+                "1f1b",
+                "--time-limit",
+                "2",
+                "--workers",
+                "1",
+                "--quiet",
+                "--out",
+                str(out),
+                "--family-memory",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "peak/slots" in table and " family " in table
     assert json.loads(out.read_text())["variants"]["1f1b"]["memory"] == "family"
@@ -172,5 +200,6 @@ def test_create_schedule_family_memory_flag(tmp_path, capsys):
 
 def test_the_scenario_key_takes_a_boolean_only(tmp_path):
     from skippipe.settings_checks import ScenarioError
+
     with pytest.raises(ScenarioError, match="pipeline.family_memory.*must be bool"):
         load_scenario(SETTINGS / "tiny.toml", {"pipeline.family_memory": "yes"})

@@ -5,23 +5,23 @@ Uniform scenario: F = B = W = 1 s (fused backward 2 s), a loss of LOSS_S on the 
 (whose node under the V also holds stage 0), zero-cost links. A V column
 of P nodes needs 2P stages; the scenario's stage 0 has 3 data nodes, so the V holds three
 identical columns side by side (the other families' test shows identical columns run as one)."""
+
 import dataclasses
 
 import pytest
+from test_simulate import allocation_of, make_scenario
 
 from skippipe.costs import Costs
 from skippipe.memory import family_limits
 from skippipe.placement import averaging_ends, fold, hop_stages, stages_of, v_problems
+from skippipe.plan_options import PlanOptions
 from skippipe.planner.families import family_variant
 from skippipe.planner.paths import PlanningError
-from skippipe.plan_options import PlanOptions
 from skippipe.planning import build_schedule
 from skippipe.rules import planned_makespan, violations
 from skippipe.schedule import Hop, Schedule
 from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.simulate import simulate
-
-from test_simulate import allocation_of, make_scenario
 
 F_S, B_S, W_S = 1.0, 1.0, 1.0  # forward, input gradient, weight gradient
 LOSS_S = 0.05
@@ -30,8 +30,16 @@ LOSS_S = 0.05
 def v_uniform(p, m):
     """(scenario, full allocation, V allocation): 2p stages, 3 V columns of p nodes."""
     sizes = [3, p - 1] + [1] * (2 * p - 2)
-    sc = make_scenario(sizes, slots=1, mb_per_node=m, f_s=F_S, backward_factor=(B_S + W_S) / F_S,
-                       loss_factor=LOSS_S / F_S, ser_s=0.0, prop_s=0.0)
+    sc = make_scenario(
+        sizes,
+        slots=1,
+        mb_per_node=m,
+        f_s=F_S,
+        backward_factor=(B_S + W_S) / F_S,
+        loss_factor=LOSS_S / F_S,
+        ser_s=0.0,
+        prop_s=0.0,
+    )
     alloc = allocation_of(sizes)
     return sc, alloc, fold(alloc)
 
@@ -93,18 +101,45 @@ def test_validator_holds_the_v_placement_to_its_rule():
     assert v_problems(v_alloc, sc.pipeline.stage_sizes, len(sc.nodes)) == []
     _, v, _ = run_v(sc, alloc, v_alloc)
     crossed = (v_alloc[0], v_alloc[1], (5, 4, 3), v_alloc[3])
-    found = violations(Schedule(sc.name, sc.content_hash, sc.source, alloc,
-                                {"dualpipev": dataclasses.replace(v, allocation=crossed)}), sc)
+    found = violations(
+        Schedule(
+            sc.name,
+            sc.content_hash,
+            sc.source,
+            alloc,
+            {"dualpipev": dataclasses.replace(v, allocation=crossed)},
+        ),
+        sc,
+    )
     assert found and found[0].rule == "ALLOC" and "stages 1 and 2" in found[0].message
     # a path that comes back up through another node of the group is no V
     p0 = v.paths[0]
     other = tuple(n for n in v_alloc[1] if n != p0.nodes[1])[0]
     bent = dataclasses.replace(p0, hops=p0.hops[:2] + (Hop(2, other),) + p0.hops[3:])
-    found = violations(Schedule(sc.name, sc.content_hash, sc.source, alloc, {"dualpipev": dataclasses.replace(
-        v, paths=(bent,) + v.paths[1:], order=None)}), sc)
+    found = violations(
+        Schedule(
+            sc.name,
+            sc.content_hash,
+            sc.source,
+            alloc,
+            {"dualpipev": dataclasses.replace(v, paths=(bent,) + v.paths[1:], order=None)},
+        ),
+        sc,
+    )
     assert "returns through the nodes" in str(found[0])
-    assert "ALLOC" in {x.rule for x in violations(Schedule(sc.name, sc.content_hash, sc.source, alloc, {
-        "baseline": dataclasses.replace(v, name="baseline", order=None, activation_limits={})}), sc)}
+    assert "ALLOC" in {
+        x.rule
+        for x in violations(
+            Schedule(
+                sc.name,
+                sc.content_hash,
+                sc.source,
+                alloc,
+                {"baseline": dataclasses.replace(v, name="baseline", order=None, activation_limits={})},
+            ),
+            sc,
+        )
+    }
 
 
 def test_a_v_group_averages_its_two_stages_one_after_the_other():
@@ -115,8 +150,12 @@ def test_a_v_group_averages_its_two_stages_one_after_the_other():
 
 def test_dualpipev_on_tiny_plans_validates_replays_and_round_trips(tiny_scenario):
     sc = tiny_scenario
-    sched = build_schedule(sc, PlanOptions(variants=("baseline", "1f1b", "dualpipev"), time_limit_s=5,
-                                           workers=1, family_memory=True))
+    sched = build_schedule(
+        sc,
+        PlanOptions(
+            variants=("baseline", "1f1b", "dualpipev"), time_limit_s=5, workers=1, family_memory=True
+        ),
+    )
     v = sched.variant("dualpipev")
     assert v.allocation[0] == sched.allocation[0] and v.allocation[1] == v.allocation[2]
     assert sorted(n for g in v.allocation[:2] for n in g) == list(range(6))
@@ -131,8 +170,9 @@ def test_dualpipev_on_tiny_plans_validates_replays_and_round_trips(tiny_scenario
 def test_a_scenario_without_a_v_skips_dualpipev_or_is_one_planning_error():
     sc = make_scenario([1, 1, 1], mb_per_node=2)
     lines = []
-    sched = build_schedule(sc, PlanOptions(variants=("1f1b", "dualpipev"), time_limit_s=2, workers=1),
-                           lines.append)
+    sched = build_schedule(
+        sc, PlanOptions(variants=("1f1b", "dualpipev"), time_limit_s=2, workers=1), lines.append
+    )
     assert list(sched.variants) == ["1f1b"] and any("dualpipev skipped" in x for x in lines)
     with pytest.raises(PlanningError, match="even number of stages"):
         build_schedule(sc, PlanOptions(variants=("dualpipev",), time_limit_s=2, workers=1))

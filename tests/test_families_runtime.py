@@ -4,10 +4,13 @@ runs the same microbatches from the same data nodes through every stage in order
 holding two of them (V placement). Each puts the LM head and the loss on the last stage. So a
 distributed run of each trains exactly like single-process training with the head there (float
 tolerance)."""
+
 import json
 
 import pytest
 import torch
+from conftest import SETTINGS
+from runtime_util import free_base_port, run_skippipe
 
 from skippipe.memory import peak_along
 from skippipe.scenario import load_scenario
@@ -19,9 +22,6 @@ from skippipe.train.model import build_stages, forward_path
 from skippipe.train.optim import clip_stage, learning_rate, make_optimizer, set_learning_rate
 from skippipe.train.recipe import recipe_config
 from skippipe.variants import REGISTRY
-
-from conftest import SETTINGS
-from runtime_util import free_base_port, run_skippipe
 
 FAMILIES = tuple(v.name for v in REGISTRY.values() if v.family)  # in table order
 
@@ -40,8 +40,9 @@ def single_process():
     cfg = recipe_config(sc, iterations=ITERATIONS, seed=sc.training.seed)  # the runtime's recipe
     optimizer = make_optimizer(stages, cfg)
     data = prepare_data(None, sc.model.vocab_size)
-    batches = training_batches(data.train, sc.pipeline.samples_per_microbatch, sc.model.ctx_tokens,
-                               sc.training.seed)
+    batches = training_batches(
+        data.train, sc.pipeline.samples_per_microbatch, sc.model.ctx_tokens, sc.training.seed
+    )
     paths = baseline_paths(sc.pipeline.n_stages, 6)
     losses, grads = [], None
     for it in range(ITERATIONS):  # as train_iteration, keeping iteration 0's raw gradients
@@ -67,6 +68,7 @@ def family_memory_schedule(tmp_path_factory):
     from skippipe.plan_options import PlanOptions
     from skippipe.planning import build_schedule
     from skippipe.schedule_file import save_schedule
+
     opts = PlanOptions(variants=("baseline", "dualpipev"), time_limit_s=2, workers=1, family_memory=True)
     path = tmp_path_factory.mktemp("family-memory") / "tiny.json"
     save_schedule(build_schedule(load_scenario(TINY), opts), path)
@@ -77,13 +79,36 @@ def family_memory_schedule(tmp_path_factory):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_trains_like_single_process(tmp_path, request, single_process, family):
     """Capped forms within tiny's slots (the default), dualpipev under its own rule."""
-    tiny_schedule = request.getfixturevalue("family_memory_schedule" if family == "dualpipev"
-                                            else "tiny_schedule")
+    tiny_schedule = request.getfixturevalue(
+        "family_memory_schedule" if family == "dualpipev" else "tiny_schedule"
+    )
     base = free_base_port(6, seed=hash(family) % 1000)
-    r = run_skippipe(["run", "0", "6", family, "0", "--scenario", str(TINY), "--schedule", str(tiny_schedule),
-                      "--iterations", str(ITERATIONS), "--base-port", str(base), "--runs", str(tmp_path / "runs"),
-                      "--peer-timeout", "30", "--no-emulate-compute", "--no-emulate-links", "--dump-gradients"],
-                     cwd=tmp_path, timeout_s=RUN_DEADLINE_S)
+    r = run_skippipe(
+        [
+            "run",
+            "0",
+            "6",
+            family,
+            "0",
+            "--scenario",
+            str(TINY),
+            "--schedule",
+            str(tiny_schedule),
+            "--iterations",
+            str(ITERATIONS),
+            "--base-port",
+            str(base),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--peer-timeout",
+            "30",
+            "--no-emulate-compute",
+            "--no-emulate-links",
+            "--dump-gradients",
+        ],
+        cwd=tmp_path,
+        timeout_s=RUN_DEADLINE_S,
+    )
     assert r.returncode == 0, r.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
     events = read_jsonl(run_dir / "events")

@@ -1,4 +1,5 @@
 """ca-partial keeps the better of its plan and that plan's paths run first come first served."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -33,7 +34,7 @@ def test_a_plan_no_worse_than_its_fcfs_replay_is_kept():
 
 def test_a_worse_plan_gives_way_to_its_fcfs_replay_which_runs_as_planned():
     sc, data, result = _greedy("makespan")
-    worse = dataclasses.replace(result, objective=10 ** 9)  # claims to be far worse than it is
+    worse = dataclasses.replace(result, objective=10**9)  # claims to be far worse than it is
     lines: list[str] = []
     best = better_of_fcfs(sc, data, worse, Rules(objective="makespan"), lines.append)
     assert best.status.startswith("FCFS") and best.objective < worse.objective

@@ -1,6 +1,7 @@
 """A multi-host run's output (runtime/node/gather.py): node 0's host prints every data node's loss
 per iteration and the summary, another host says its lines hold its own data nodes only; under
 torchrun rank 0 prints the same and writes iterations.json."""
+
 import json
 import os
 import re
@@ -11,26 +12,39 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SETTINGS
+from runtime_util import finish, start_skippipe
+from test_faults import schedule_file  # noqa: F401 (the hand-built tiny schedule, a fixture)
 
 from skippipe.runtime.launch.supervisor import Progress, summary
 from skippipe.runtime.node.runconfig import RunConfig
 from skippipe.timeline import read_jsonl
-from skippipe.util.procs import signal_session
 from skippipe.util.ports import free_port
-
-from conftest import ROOT, SETTINGS
-from runtime_util import finish, start_skippipe
-from test_faults import schedule_file  # noqa: F401 (the hand-built tiny schedule, a fixture)
+from skippipe.util.procs import signal_session
 
 RUN_DEADLINE_S = 240
 DATA_NODES = (0, 1)  # of the hand-built schedule (tests/schedules.py)
 
 
 def _cfg(tmp_path, local_nodes) -> RunConfig:
-    return RunConfig(run_dir=str(tmp_path), scenario_path="", scenario_overrides={}, schedule_path="",
-                     variant="random", iterations=2, time_scale=1.0, emulate_compute=True, emulate_links=True,
-                     peers={n: ("127.0.0.1", 1 + n) for n in range(6)}, local_nodes=local_nodes,
-                     data_nodes=(0, 3), epoch=0.0, seed=0, peer_timeout_s=1.0, connect_timeout_s=1.0)
+    return RunConfig(
+        run_dir=str(tmp_path),
+        scenario_path="",
+        scenario_overrides={},
+        schedule_path="",
+        variant="random",
+        iterations=2,
+        time_scale=1.0,
+        emulate_compute=True,
+        emulate_links=True,
+        peers={n: ("127.0.0.1", 1 + n) for n in range(6)},
+        local_nodes=local_nodes,
+        data_nodes=(0, 3),
+        epoch=0.0,
+        seed=0,
+        peer_timeout_s=1.0,
+        connect_timeout_s=1.0,
+    )
 
 
 def _events(tmp_path, events: list[dict]) -> None:
@@ -60,15 +74,19 @@ def test_another_host_says_its_losses_are_its_own(tmp_path):
     [row] = progress.update()
     assert row["loss"] == 3.0
     assert summary(progress.rows, progress.cfg).endswith(
-        "; losses of this host's data nodes [3] only (node 0's host prints the whole run's)")
+        "; losses of this host's data nodes [3] only (node 0's host prints the whole run's)"
+    )
 
 
 def _whole_run_losses(runs: Path) -> list[float]:
     """Per iteration, the loss over every data node's iteration_end, from all run directories."""
     ends = [e for d in runs.iterdir() for e in read_jsonl(d / "events") if e["event"] == "iteration_end"]
     its = sorted({e["iteration"] for e in ends})
-    return [sum(e["loss_sum"] for e in ends if e["iteration"] == i)
-            / sum(e["loss_count"] for e in ends if e["iteration"] == i) for i in its]
+    return [
+        sum(e["loss_sum"] for e in ends if e["iteration"] == i)
+        / sum(e["loss_count"] for e in ends if e["iteration"] == i)
+        for i in its
+    ]
 
 
 def _printed_losses(text: str) -> list[float]:
@@ -82,11 +100,26 @@ def test_two_launchers_the_first_prints_the_whole_runs_loss(tmp_path, schedule_f
     nodes 1..5, so each holds one data node. The first prints the loss over both."""
     port = free_port()
     env = {"SKIPPIPE_RUN_KEY": "7c" * 32}
-    common = ["random", "0", "--scenario", str(SETTINGS / "tiny.toml"), "--schedule", str(schedule_file),
-              "--rendezvous", f"127.0.0.1:{port}", "--base-port", "0", "--iterations", "2",
-              "--runs", str(tmp_path / "runs")]
-    procs = [start_skippipe(["run", first, last, *common], tmp_path, env)
-             for first, last in (("0", "1"), ("1", "6"))]
+    common = [
+        "random",
+        "0",
+        "--scenario",
+        str(SETTINGS / "tiny.toml"),
+        "--schedule",
+        str(schedule_file),
+        "--rendezvous",
+        f"127.0.0.1:{port}",
+        "--base-port",
+        "0",
+        "--iterations",
+        "2",
+        "--runs",
+        str(tmp_path / "runs"),
+    ]
+    procs = [
+        start_skippipe(["run", first, last, *common], tmp_path, env)
+        for first, last in (("0", "1"), ("1", "6"))
+    ]
     try:
         first, second = (finish(p, RUN_DEADLINE_S) for p in procs)
     finally:  # the first timed out: the second must not outlive the test
@@ -110,13 +143,43 @@ def test_under_torchrun_rank_0_prints_the_whole_run(tmp_path, schedule_file):  #
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists() and not shutil.which("torchrun"):
         pytest.skip("torchrun is not installed next to this Python")
-    args = [str(torchrun), "--nnodes", "1", "--nproc-per-node", "6", "--master-addr", "127.0.0.1",
-            "--master-port", str(free_port()), "--tee", "3", "--local-ranks-filter", "0",
-            "-m", "skippipe", "node", str(SETTINGS / "tiny.toml"), "--variant", "random",
-            "--schedule", str(schedule_file), "--iterations", "2", "--runs", str(tmp_path / "runs")]
+    args = [
+        str(torchrun),
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "6",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(free_port()),
+        "--tee",
+        "3",
+        "--local-ranks-filter",
+        "0",
+        "-m",
+        "skippipe",
+        "node",
+        str(SETTINGS / "tiny.toml"),
+        "--variant",
+        "random",
+        "--schedule",
+        str(schedule_file),
+        "--iterations",
+        "2",
+        "--runs",
+        str(tmp_path / "runs"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SKIPPIPE_RUN_KEY": "cd" * 32}
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     r = finish(proc, RUN_DEADLINE_S)
     assert r.returncode == 0, r.stdout
     whole = _whole_run_losses(tmp_path / "runs")

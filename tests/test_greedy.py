@@ -1,27 +1,25 @@
 """Greedy list scheduler: its plans obey every rule, are complete feasible CP-SAT hints, keep
 TC1's visit share by looking ahead, and are deterministic."""
+
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
+from conftest import SETTINGS
 from ortools.sat.python import cp_model
+from test_cpsat import FAR_S, NEAR_S, data_for, make_scenario
 
-from skippipe.rules import validate
-
-from skippipe.schedule import Provenance, Schedule
-from skippipe.scenario import load_scenario
 from skippipe.planner import candidates
-from skippipe.planner.cpsat import PathModel
-from skippipe.planner.model_data import Rules
-from skippipe.planner.model_data import build_data, plan_values
 from skippipe.planner.candidates import candidate_paths
+from skippipe.planner.cpsat import PathModel
 from skippipe.planner.greedy import greedy_plan
+from skippipe.planner.model_data import Rules, build_data, plan_values
 from skippipe.planner.partial import to_variant
 from skippipe.planner.paths import stage_sequences
-
-from conftest import SETTINGS
-from test_cpsat import FAR_S, NEAR_S, data_for, make_scenario
+from skippipe.rules import validate
+from skippipe.scenario import load_scenario
+from skippipe.schedule import Provenance, Schedule
 
 GEO_ALLOCATION = ((1, 3, 11, 13, 15), (7, 14, 16), (2, 4, 19), (0, 9, 12), (5, 10, 17), (6, 8, 18))
 
@@ -32,11 +30,14 @@ def check_valid(sc, data, plan):
     return v
 
 
-@pytest.mark.parametrize("spec", [
-    dict(stage_sizes=(2, 2, 1, 1), k=3, mb_per_node=3, slots=2, default_s=0.5),
-    dict(stage_sizes=(1, 2, 2), k=3, mb_per_node=4, slots=1, node_f_s={2: 3.0}),
-    dict(stage_sizes=(2, 1, 1, 1, 1), k=4, mb_per_node=2, slots=2, latency={(0, 2): FAR_S}),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        dict(stage_sizes=(2, 2, 1, 1), k=3, mb_per_node=3, slots=2, default_s=0.5),
+        dict(stage_sizes=(1, 2, 2), k=3, mb_per_node=4, slots=1, node_f_s={2: 3.0}),
+        dict(stage_sizes=(2, 1, 1, 1, 1), k=4, mb_per_node=2, slots=2, latency={(0, 2): FAR_S}),
+    ],
+)
 def test_greedy_plan_obeys_every_rule(spec):
     sc = make_scenario(**spec)
     data = data_for(sc)
@@ -59,8 +60,14 @@ def test_greedy_plan_is_a_complete_feasible_hint():
 def test_greedy_keeps_the_visit_share_by_looking_ahead():
     # stages 1 and 2 are near, 3 is far: a myopic choice sends every microbatch to {1, 2}, but
     # with 3 microbatches each stage may take only 2 visits, so the last one would be stuck
-    sc = make_scenario(stage_sizes=(1, 1, 1, 1), k=3, mb_per_node=3, slots=3, default_s=NEAR_S,
-                       latency={(0, 3): FAR_S, (1, 3): FAR_S, (2, 3): FAR_S})
+    sc = make_scenario(
+        stage_sizes=(1, 1, 1, 1),
+        k=3,
+        mb_per_node=3,
+        slots=3,
+        default_s=NEAR_S,
+        latency={(0, 3): FAR_S, (1, 3): FAR_S, (2, 3): FAR_S},
+    )
     data = data_for(sc)
     plan = greedy_plan(data)
     visits = Counter(data.stage_of[n] for nodes in plan.nodes.values() for n in nodes[1:])

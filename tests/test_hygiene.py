@@ -2,6 +2,7 @@
 process; runs back to back on the same ports both succeed; a concurrent run on held ports gets
 one clear error; a dropped connection between live nodes evicts nobody; a false death report is
 cleared by the accused's heartbeat."""
+
 import asyncio
 import json
 import os
@@ -9,13 +10,13 @@ import signal
 import time
 
 import pytest
-
 from conftest import SETTINGS
 from runtime_util import alive, finish, free_base_port, run_skippipe, start_skippipe
+
 from schedules import make_paths, make_schedule, tiny
 from skippipe.runtime.net.auth import RunAuth
-from skippipe.runtime.node.liveness import Liveness
 from skippipe.runtime.net.transport import Transport
+from skippipe.runtime.node.liveness import Liveness
 from skippipe.schedule_file import save_schedule
 from skippipe.util.procs import signal_session, wait_until
 
@@ -35,9 +36,25 @@ def schedule_file(tmp_path_factory):
 
 
 def _args(tmp_path, schedule, base: int, iterations: str, runs: str = "runs") -> list[str]:
-    return ["run", "0", "6", "random", "0", "--scenario", str(TINY), "--schedule", str(schedule),
-            "--base-port", str(base), "--runs", str(tmp_path / runs), "--iterations", iterations,
-            "--peer-timeout", "30"]
+    return [
+        "run",
+        "0",
+        "6",
+        "random",
+        "0",
+        "--scenario",
+        str(TINY),
+        "--schedule",
+        str(schedule),
+        "--base-port",
+        str(base),
+        "--runs",
+        str(tmp_path / runs),
+        "--iterations",
+        iterations,
+        "--peer-timeout",
+        "30",
+    ]
 
 
 def _node_pids(tmp_path, runs: str = "runs") -> dict[int, int]:
@@ -51,8 +68,9 @@ def _node_pids(tmp_path, runs: str = "runs") -> dict[int, int]:
 
 
 def _wait_for_nodes(tmp_path, launcher) -> dict[int, int]:
-    ok = wait_until(lambda: len(_node_pids(tmp_path)) == 6 or launcher.poll() is not None,
-                    READY_DEADLINE_S, poll_s=0.1)
+    ok = wait_until(
+        lambda: len(_node_pids(tmp_path)) == 6 or launcher.poll() is not None, READY_DEADLINE_S, poll_s=0.1
+    )
     assert ok and launcher.poll() is None, "the nodes did not come up"
     return _node_pids(tmp_path)
 
@@ -74,8 +92,9 @@ def test_sigterm_stops_every_node_and_a_concurrent_run_is_refused(tmp_path, sche
     pids = {}
     try:
         pids = _wait_for_nodes(tmp_path, launcher)
-        second = run_skippipe(_args(tmp_path, schedule_file, base, "1", runs="runs2"), cwd=tmp_path,
-                              timeout_s=RUN_DEADLINE_S)
+        second = run_skippipe(
+            _args(tmp_path, schedule_file, base, "1", runs="runs2"), cwd=tmp_path, timeout_s=RUN_DEADLINE_S
+        )
         assert second.returncode == 2, second.stdout
         assert second.stdout.strip().count("\n") == 0 and "held by another run" in second.stdout
         assert not (tmp_path / "runs2").exists()
@@ -91,8 +110,9 @@ def test_sigterm_stops_every_node_and_a_concurrent_run_is_refused(tmp_path, sche
 
 @pytest.mark.swarm
 def test_sigkill_of_the_launcher_leaves_no_node(tmp_path, schedule_file):
-    launcher = start_skippipe(_args(tmp_path, schedule_file, free_base_port(6, seed=14), LONG_RUN),
-                              cwd=tmp_path)
+    launcher = start_skippipe(
+        _args(tmp_path, schedule_file, free_base_port(6, seed=14), LONG_RUN), cwd=tmp_path
+    )
     pids = {}
     try:
         pids = _wait_for_nodes(tmp_path, launcher)
@@ -108,13 +128,15 @@ def test_sigkill_of_the_launcher_leaves_no_node(tmp_path, schedule_file):
 def test_two_runs_back_to_back_on_the_same_ports_both_succeed(tmp_path, schedule_file):
     base = free_base_port(6, seed=15)
     for runs in ("runs", "runs2"):
-        r = run_skippipe(_args(tmp_path, schedule_file, base, "1", runs=runs), cwd=tmp_path,
-                         timeout_s=RUN_DEADLINE_S)
+        r = run_skippipe(
+            _args(tmp_path, schedule_file, base, "1", runs=runs), cwd=tmp_path, timeout_s=RUN_DEADLINE_S
+        )
         assert r.returncode == 0, r.stdout
         assert "summary: 1 iterations" in r.stdout
 
 
 # -- membership: in-process nodes on loopback --------------------------------------------------
+
 
 async def _pair(tmp_path):
     """Two transports with heartbeating Liveness; returns them and a list of deaths declared."""
@@ -123,9 +145,11 @@ async def _pair(tmp_path):
     deaths, closes, nodes = [], [], []
     auth = RunAuth.generate()  # both nodes of one run
     for n in (0, 1):
+
         def closed(peer, n=n):
             closes.append((n, peer))
             nodes[n][1].closed(peer)
+
         t = Transport(n, *peers[n], peers, tmp_path / f"t{n}", on_disconnect=closed, auth=auth)
         live = Liveness(n, peers, t, PEER_TIMEOUT_S, lambda dead, why, n=n: deaths.append((n, dead, why)))
         nodes.append((t, live))
@@ -157,6 +181,7 @@ def _membership(tmp_path, scenario) -> tuple[list, list]:
                 live.stop()
                 await t.stop()
         return deaths, closes
+
     return asyncio.run(main())
 
 
@@ -203,20 +228,36 @@ def test_an_accused_peer_that_stays_silent_is_dead():
         live.seen(2)
         live.check()
         return deaths, live.dead
+
     deaths, dead = asyncio.run(main())
     assert deaths == [{1}] and dead == {1}
 
 
-
 # -- the launcher's verdict ----------------------------------------------------------------------
+
 
 def _progress_with(tmp_path, events: list[dict]):
     from skippipe.runtime.launch.supervisor import Progress
     from skippipe.runtime.node.runconfig import RunConfig
-    cfg = RunConfig(run_dir=str(tmp_path), scenario_path="", scenario_overrides={}, schedule_path="",
-                    variant="random", iterations=1, time_scale=1.0, emulate_compute=True, emulate_links=True,
-                    peers={n: ("127.0.0.1", 1 + n) for n in range(4)}, local_nodes=(0, 1, 2, 3),
-                    data_nodes=(0, 1), epoch=0.0, seed=0, peer_timeout_s=1.0, connect_timeout_s=1.0)
+
+    cfg = RunConfig(
+        run_dir=str(tmp_path),
+        scenario_path="",
+        scenario_overrides={},
+        schedule_path="",
+        variant="random",
+        iterations=1,
+        time_scale=1.0,
+        emulate_compute=True,
+        emulate_links=True,
+        peers={n: ("127.0.0.1", 1 + n) for n in range(4)},
+        local_nodes=(0, 1, 2, 3),
+        data_nodes=(0, 1),
+        epoch=0.0,
+        seed=0,
+        peer_timeout_s=1.0,
+        connect_timeout_s=1.0,
+    )
     (tmp_path / "events").mkdir(parents=True)
     for n in range(4):
         lines = [json.dumps({"t": 1.0, "node": n, **e}) for e in events if e.get("node", n) == n]
@@ -232,9 +273,14 @@ def _end(loss_count=1):
 
 def test_a_split_run_exits_non_zero_with_one_line(tmp_path):
     from skippipe.runtime.launch.supervisor import verdict
-    events = [{"event": "ready"}, _end(), {"event": "finished", "dead": [], "node": 0},
-              {"event": "finished", "dead": [3], "node": 1},
-              {"event": "peer_dead", "peers": [3], "why": "silent", "iteration": 0, "node": 1}]
+
+    events = [
+        {"event": "ready"},
+        _end(),
+        {"event": "finished", "dead": [], "node": 0},
+        {"event": "finished", "dead": [3], "node": 1},
+        {"event": "peer_dead", "peers": [3], "why": "silent", "iteration": 0, "node": 1},
+    ]
     progress = _progress_with(tmp_path, events)
     said = []
     assert verdict(0, progress, said.append) == 1
@@ -243,22 +289,37 @@ def test_a_split_run_exits_non_zero_with_one_line(tmp_path):
 
 
 def test_console_news_tells_each_death_rejoin_and_move_once(tmp_path):
-    events = [{"event": "ready"}, _end(),
-              {"event": "peer_dead", "peers": [3], "why": "silent", "iteration": 0, "node": 1, "t": 1.0},
-              {"event": "rejoined", "iteration": 2, "node": 3, "t": 2.0},
-              {"event": "rebalance", "iteration": 1, "moved": 2, "source": 1, "target": 2, "at": 3,
-               "throughputs": {"1": 200, "2": 40}, "node": 0, "t": 3.0}]
+    events = [
+        {"event": "ready"},
+        _end(),
+        {"event": "peer_dead", "peers": [3], "why": "silent", "iteration": 0, "node": 1, "t": 1.0},
+        {"event": "rejoined", "iteration": 2, "node": 3, "t": 2.0},
+        {
+            "event": "rebalance",
+            "iteration": 1,
+            "moved": 2,
+            "source": 1,
+            "target": 2,
+            "at": 3,
+            "throughputs": {"1": 200, "2": 40},
+            "node": 0,
+            "t": 3.0,
+        },
+    ]
     progress = _progress_with(tmp_path, events)
-    assert progress.news() == ["node 3 declared dead by node 1 in iteration 0: silent",
-                               "node 3 rejoined at iteration 2",
-                               "rebalancing: node 2 moves from stage 1 to stage 2 at iteration 3 "
-                               "(stage throughputs, forwards/s: 1: 200, 2: 40)"]
+    assert progress.news() == [
+        "node 3 declared dead by node 1 in iteration 0: silent",
+        "node 3 rejoined at iteration 2",
+        "rebalancing: node 2 moves from stage 1 to stage 2 at iteration 3 "
+        "(stage throughputs, forwards/s: 1: 200, 2: 40)",
+    ]
     progress.update()
     assert progress.news() == []  # read again, the same events are not news
 
 
 def test_a_run_without_iterations_exits_non_zero_and_agreement_exits_zero(tmp_path):
     from skippipe.runtime.launch.supervisor import verdict
+
     said = []
     assert verdict(0, _progress_with(tmp_path / "a", [{"event": "ready"}]), said.append) == 1
     assert said == ["error: no iteration finished"]

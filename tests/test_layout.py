@@ -1,9 +1,9 @@
 """The package's shape: imports only go down the layers, no import cycles, modules stay small."""
+
 import ast
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 PACKAGE = ROOT / "skippipe"
@@ -19,7 +19,12 @@ LAYERS = [
     {"rules"},
     {"schedule_file", "schedule_summary"},  # a schedule read and written; its summary table
     {"util"},
-    {"routing", "routing_step", "recovery", "rebalance"},  # online routing, repair, moves: used by the simulator and the runtime
+    {
+        "routing",
+        "routing_step",
+        "recovery",
+        "rebalance",
+    },  # online routing, repair, moves: used by the simulator and the runtime
     {"sim"},
     {"planner", "plan_options", "planning"},  # the planners; what a build is asked for; the build
     {"train"},
@@ -49,15 +54,19 @@ def _imports(name: str, path: Path, known: set[str], typing: bool = False) -> se
     package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
     found = set()
     tree = ast.parse(path.read_text())
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                   and getattr(block.test, "id", None) == "TYPE_CHECKING"
-                   for stmt in block.body for n in ast.walk(stmt)}
+    typing_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
     for node in ast.walk(tree):
         if id(node) in typing_only and not typing:  # annotations only: no import at run time
             continue
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
             elif node.module and node.module.startswith("skippipe"):
                 target = node.module.removeprefix("skippipe").lstrip(".")
@@ -67,8 +76,7 @@ def _imports(name: str, path: Path, known: set[str], typing: bool = False) -> se
                 sub = f"{target}.{alias.name}" if target else alias.name
                 found.add(sub if sub in known else target)
         elif isinstance(node, ast.Import):
-            found |= {a.name.removeprefix("skippipe.") for a in node.names
-                      if a.name.startswith("skippipe.")}
+            found |= {a.name.removeprefix("skippipe.") for a in node.names if a.name.startswith("skippipe.")}
     return {m for m in found if m in known and m != name}
 
 
@@ -99,7 +107,7 @@ def test_no_import_cycles(typing):
         state[m] = 1
         for n in graph[m]:
             if state.get(n) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(n):] + [n]))
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(n) :] + [n]))
             if n not in state:
                 visit(n, trail + [n])
         state[m] = 2
@@ -133,8 +141,11 @@ def test_benches_are_modules_that_leave_the_path_alone():
         for node in ast.walk(ast.parse(path.read_text())):
             target = getattr(node, "func", None)
             owner = getattr(target, "value", None)
-            if (isinstance(owner, ast.Attribute) and owner.attr == "path"
-                    and getattr(owner.value, "id", None) == "sys"):
+            if (
+                isinstance(owner, ast.Attribute)
+                and owner.attr == "path"
+                and getattr(owner.value, "id", None) == "sys"
+            ):
                 edits.append(f"{path.name}:{node.lineno}")
     assert (ROOT / "bench" / "__init__.py").exists()
     assert not edits, f"sys.path edited in {edits}"

@@ -9,13 +9,24 @@ sim/ or runtime/ may
   a router's `stage_sets` (swarm-skip's chosen sets), nor import `random` (a routing draw of
   its own).
 """
+
 import ast
 
 from conftest import ROOT
 
 PACKAGE = ROOT / "skippipe"
-ALLOWED = {"Router", "Report", "Live", "routers", "origins_only", "path_length",  # set-up
-           "begin_iteration", "report", "observe", "__init__"}  # per-iteration reset, measurements
+ALLOWED = {
+    "Router",
+    "Report",
+    "Live",
+    "routers",
+    "origins_only",
+    "path_length",  # set-up
+    "begin_iteration",
+    "report",
+    "observe",
+    "__init__",
+}  # per-iteration reset, measurements
 STATE = {"stage_sets"}  # decision state only the routing core writes or reads
 
 
@@ -69,5 +80,8 @@ def _route(self, node, op):
 """
     got = violations(old, "old", decision_names())
     assert sorted(g.split(" ", 1)[1] for g in got) == [
-        "calls next_hop", "imports onward_of from routing", "imports stage_budgets from routing",
-        "touches stage_sets"]
+        "calls next_hop",
+        "imports onward_of from routing",
+        "imports stage_budgets from routing",
+        "touches stage_sets",
+    ]

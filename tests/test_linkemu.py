@@ -1,4 +1,5 @@
 """Link emulation timing (pure, injected clock)."""
+
 import asyncio
 import time
 
@@ -14,8 +15,7 @@ def run(coro):
 
 
 def test_one_message_timing_is_scaled():
-    model = LinkModel(latency_s=0.01, bandwidth_bytes_per_s=1e6, per_hop_overhead_s=0.002,
-                      time_scale=2.0)
+    model = LinkModel(latency_s=0.01, bandwidth_bytes_per_s=1e6, per_hop_overhead_s=0.002, time_scale=2.0)
     res = LinkTimeline(model).reserve(500_000, now_s=10.0)
     assert res.start_s == 10.0
     assert res.link_free_s == pytest.approx(10.0 + 0.5 * 2)
@@ -128,8 +128,7 @@ def test_cancelled_message_does_not_block_the_link():
 
 
 def test_real_clock_never_releases_early():
-    model = LinkModel(latency_s=0.03, bandwidth_bytes_per_s=1e6, per_hop_overhead_s=0.01,
-                      time_scale=1.0)
+    model = LinkModel(latency_s=0.03, bandwidth_bytes_per_s=1e6, per_hop_overhead_s=0.01, time_scale=1.0)
     emu = LinkEmulator(0, {1: model})
 
     async def main():

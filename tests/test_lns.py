@@ -1,20 +1,19 @@
 """The path LNS (skippipe/planner/lns.py): every neighbourhood frees distinct microbatches of
 the plan, and a search never returns a worse plan than it started from, always a valid one."""
+
 from __future__ import annotations
 
 import random
 
 import pytest
-
-from skippipe.planner.bounds import PathBounds
-from skippipe.planner.model_data import Rules
-from skippipe.planner.greedy import greedy_plan
-from skippipe.planner.lns import NEIGHBOURHOODS, _neighbourhood, improve_paths
-from skippipe.planner.model_data import build_data, plan_values
-from skippipe.scenario import load_scenario
-
 from conftest import SETTINGS
 from test_greedy import GEO_ALLOCATION, check_valid
+
+from skippipe.planner.bounds import PathBounds
+from skippipe.planner.greedy import greedy_plan
+from skippipe.planner.lns import NEIGHBOURHOODS, _neighbourhood, improve_paths
+from skippipe.planner.model_data import Rules, build_data, plan_values
+from skippipe.scenario import load_scenario
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,8 @@ def test_neighbourhoods_free_distinct_microbatches(geo, kind):
 def test_search_improves_or_keeps_the_start_and_stays_valid(geo):
     sc, data, plan = geo
     rules = Rules()
-    best = improve_paths(data, rules, plan, budget_s=4.0, seed=0, workers=1,
-                         lower=PathBounds(data, data.sequences))
+    best = improve_paths(
+        data, rules, plan, budget_s=4.0, seed=0, workers=1, lower=PathBounds(data, data.sequences)
+    )
     assert plan_values(data, best)["iteration"] <= plan_values(data, plan)["iteration"]
     check_valid(sc, data, best)

@@ -2,15 +2,18 @@
 LM head) or on the last hop (the classic pipelines: the last stage holds it). The op chain, the
 schedule field and its default, the validator, hand-computed simulator timings for both, online
 routing, and the model: moving the untied head changes where it sits, not what it computes."""
+
 import dataclasses
 import json
 
 import pytest
 import torch
+from test_simulate import B_S, F_S, HOP_S, L_S, make_scenario, make_schedule, op_events, start_of
 
+from schedules import TINY_ALLOCATION
 from skippipe.costs import Costs
-from skippipe.planner.online import online_variant
 from skippipe.ops import L, Op, node_of, node_ops
+from skippipe.planner.online import online_variant
 from skippipe.rules import violations
 from skippipe.schedule import Schedule, ScheduleError
 from skippipe.schedule_file import from_dict, to_dict
@@ -18,9 +21,6 @@ from skippipe.sim.online import simulate_online
 from skippipe.sim.simulate import simulate
 from skippipe.train.model import build_stages, forward_path, head_of
 from skippipe.variants import VARIANTS, default_loss_at
-
-from schedules import TINY_ALLOCATION
-from test_simulate import HOP_S, B_S, F_S, L_S, make_scenario, make_schedule, op_events, start_of
 
 
 def with_loss_at(sched, name, loss_at):
@@ -161,8 +161,15 @@ def test_the_last_stage_scores_a_late_loss_with_its_iterations_labels(tiny_scena
 
     sc = tiny_scenario
     last = sc.pipeline.n_stages - 1
-    c = StageCompute(sc, sc.model, last, torch.device("cpu"), TrainConfig.from_scenario(sc, seed=0),
-                     n_microbatches=2, loss_at="last")
+    c = StageCompute(
+        sc,
+        sc.model,
+        last,
+        torch.device("cpu"),
+        TrainConfig.from_scenario(sc, seed=0),
+        n_microbatches=2,
+        loss_at="last",
+    )
     assert c.serves(L(0), 0)  # the loss runs on the head, whatever stage its hop names
     assert c.serves(Op.parse("F0.3"), last) and not c.serves(Op.parse("F0.0"), 0)
     gen = torch.Generator().manual_seed(3)

@@ -1,5 +1,6 @@
 """`python -m skippipe measure`: aggregation, pipeline fitting, the TOML writer, the scenario it
 writes, the node protocol in one process, and local measurement processes end to end."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,23 +14,35 @@ import time
 import tomllib
 
 import pytest
-
 from conftest import ROOT, SETTINGS
 from runtime_util import alive, free_base_port, run_skippipe
-from skippipe.measure.figures import (MIB, TRANSFER_FLOOR_FRACTION, ComputeTask, LinkFigures, MeasureError,
-                                      Measurements, NodeFigures, Settings, bandwidth, median, significant)
-from skippipe.measure.protocol import MeasureNode
-from skippipe.measure.toml_writer import dump_toml
-from skippipe.measure.scenario_out import fit_pipeline, proportional, render_scenario, write_scenario
+
 from skippipe.cli import main
+from skippipe.measure.figures import (
+    MIB,
+    TRANSFER_FLOOR_FRACTION,
+    ComputeTask,
+    LinkFigures,
+    MeasureError,
+    Measurements,
+    NodeFigures,
+    Settings,
+    bandwidth,
+    median,
+    significant,
+)
+from skippipe.measure.protocol import MeasureNode
+from skippipe.measure.scenario_out import fit_pipeline, proportional, render_scenario, write_scenario
+from skippipe.measure.toml_writer import dump_toml
 from skippipe.network import GIB
-from skippipe.settings_checks import ScenarioError
 from skippipe.scenario import load_scenario
+from skippipe.settings_checks import ScenarioError
 
 FAST = ["--repeat", "2", "--warmup", "1", "--payload-mib", "0.25", "--timeout", "120"]
 
 
 # -- aggregation ---------------------------------------------------------------------------------
+
 
 def test_median_and_bandwidth():
     assert median([3.0, 1.0, 2.0]) == 2.0
@@ -57,8 +70,11 @@ def test_significant_keeps_positive_values():
 
 # -- pipeline fitting ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("nodes, sizes, k", [(6, [2, 2, 1, 1], 3), (4, [1, 1, 1, 1], 3),
-                                             (3, [2, 1], 2), (2, [1, 1], 2), (8, [3, 3, 1, 1], 3)])
+
+@pytest.mark.parametrize(
+    "nodes, sizes, k",
+    [(6, [2, 2, 1, 1], 3), (4, [1, 1, 1, 1], 3), (3, [2, 1], 2), (2, [1, 1], 2), (8, [3, 3, 1, 1], 3)],
+)
 def test_fit_pipeline_to_node_count(nodes, sizes, k):
     tiny = {"stage_sizes": [2, 2, 1, 1], "path_length": 3, "memory_slots": 2}
     out, notes = fit_pipeline(tiny, 4, nodes)
@@ -77,12 +93,23 @@ def test_fit_pipeline_explicit_sizes_and_impossible_counts():
 
 # -- TOML writer ---------------------------------------------------------------------------------
 
+
 def test_toml_writer_round_trip():
     doc = {
         "name": 'he said "hi" \\ tab\t nl\n bell\x07 ünï',
-        "ratio": 1e-05, "big": 1.5e16, "n": -3, "flag": True, "empty": [],
-        "section": {"a": 1, "node-0": 0.25, "odd key": "x", "nested": {"b": [1, 2], "c": {}},
-                    "rows": [{"a": "x", "v": 1.0}, {"a": "y", "v": 2.5}], "mixed": [1.0, 2.0]},
+        "ratio": 1e-05,
+        "big": 1.5e16,
+        "n": -3,
+        "flag": True,
+        "empty": [],
+        "section": {
+            "a": 1,
+            "node-0": 0.25,
+            "odd key": "x",
+            "nested": {"b": [1, 2], "c": {}},
+            "rows": [{"a": "x", "v": 1.0}, {"a": "y", "v": 2.5}],
+            "mixed": [1.0, 2.0],
+        },
         "items": [{"location": "node-0", "slots": 2}, {"location": "node-1", "slots": 3}],
     }
     text = dump_toml(doc, ["a comment", "", "another"])
@@ -98,19 +125,23 @@ def test_toml_writer_rejects_unknown_types():
 
 # -- the written scenario ------------------------------------------------------------------------
 
+
 def _node(i, forward=(0.002, 0.001, 0.003), backward=(0.004, 0.003, 0.005)):
-    return NodeFigures(i, "host", "cpu", "test cpu", 2, 1, forward, backward, 10 * MIB,
-                         "peak RSS growth", MIB, 64 * GIB)
+    return NodeFigures(
+        i, "host", "cpu", "test cpu", 2, 1, forward, backward, 10 * MIB, "peak RSS growth", MIB, 64 * GIB
+    )
 
 
 def _measurements(n: int) -> Measurements:
-    links = tuple(LinkFigures(a, b, (0.002 * (a + b),) * 3, (0.002 * (a + b) + 0.004,) * 3, MIB)
-                  for a in range(n) for b in range(a + 1, n))
+    links = tuple(
+        LinkFigures(a, b, (0.002 * (a + b),) * 3, (0.002 * (a + b) + 0.004,) * 3, MIB)
+        for a in range(n)
+        for b in range(a + 1, n)
+    )
     return Measurements(tuple(_node(i) for i in range(n)), links, 1.5)
 
 
-@pytest.mark.parametrize("template, n", [("tiny.toml", 3), ("tiny.toml", 6),
-                                         ("geo-distributed.toml", 5)])
+@pytest.mark.parametrize("template, n", [("tiny.toml", 3), ("tiny.toml", 6), ("geo-distributed.toml", 5)])
 def test_rendered_scenario_loads(tmp_path, template, n):
     tpl = load_scenario(SETTINGS / template)
     meas = _measurements(n)
@@ -140,14 +171,18 @@ def test_write_scenario_keeps_the_old_file_when_invalid(tmp_path):
 
 # -- the command's input checks (one line, exit 2) -----------------------------------------------
 
-@pytest.mark.parametrize("args, message", [
-    (["measure", "--node-id", "0"], "give --local N"),
-    (["measure", "--local", "1"], "at least 2 nodes"),
-    (["measure", "--node-id", "5", "--nodes", "0..2"], "not one of the nodes"),
-    (["measure", "--node-id", "0", "--nodes", "1..3"], "0..N-1"),
-    (["measure", "--node-id", "0", "--nodes", "a..b"], "FIRST..LAST"),
-    (["measure", "--local", "2", "--stage-sizes", "1,2"], "holding all 2 nodes"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["measure", "--node-id", "0"], "give --local N"),
+        (["measure", "--local", "1"], "at least 2 nodes"),
+        (["measure", "--node-id", "5", "--nodes", "0..2"], "not one of the nodes"),
+        (["measure", "--node-id", "0", "--nodes", "1..3"], "0..N-1"),
+        (["measure", "--node-id", "0", "--nodes", "a..b"], "FIRST..LAST"),
+        (["measure", "--local", "2", "--stage-sizes", "1,2"], "holding all 2 nodes"),
+    ],
+)
 def test_bad_input_is_one_line(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err
@@ -158,6 +193,7 @@ def test_peer_table(tmp_path):
     import argparse
 
     from skippipe.measure.peers import parse_nodes, peer_table
+
     assert parse_nodes("0..3") == [0, 1, 2, 3] and parse_nodes("0,1") == [0, 1]
     peers = tmp_path / "peers.json"
     peers.write_text(json.dumps({"1": "10.0.0.2:7001", "0": "10.0.0.1:7000"}))
@@ -176,8 +212,10 @@ def test_peer_file(tmp_path, capsys):
 
 # -- the protocol, in one process ----------------------------------------------------------------
 
+
 def _tiny_task() -> ComputeTask:
     import dataclasses
+
     tpl = load_scenario(SETTINGS / "tiny.toml")
     return ComputeTask(dataclasses.asdict(tpl.model), 2, 1, 0)
 
@@ -186,6 +224,7 @@ def _tiny_task() -> ComputeTask:
 def torch_threads():
     """MeasureNode sets torch's CPU threads (1, as node processes run): restore them after."""
     import torch
+
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
@@ -199,8 +238,10 @@ async def _cluster(devices: list[str]):
     settings = Settings(repeat=2, warmup=1, payload_bytes=4096, timeout_s=60)
     coord = MeasureNode(0, peers, settings, device="cpu", threads=1)
     own = Settings(repeat=7, warmup=0, payload_bytes=1, timeout_s=60)  # node 0's settings win
-    workers = [asyncio.create_task(MeasureNode(i + 1, peers, own, device=d, threads=1).run())
-               for i, d in enumerate(devices)]
+    workers = [
+        asyncio.create_task(MeasureNode(i + 1, peers, own, device=d, threads=1).run())
+        for i, d in enumerate(devices)
+    ]
     try:
         return await coord.run(_tiny_task())
     finally:
@@ -211,11 +252,11 @@ def test_protocol_in_one_process(torch_threads):
     meas = asyncio.run(_cluster(["cpu", "cpu"]))
     assert [f.node for f in meas.nodes] == [0, 1, 2]
     assert [(ln.a, ln.b) for ln in meas.links] == [(0, 1), (0, 2), (1, 2)]  # 1-2: between workers
-    assert all(len(ln.rtt_s) == 2 and ln.payload_bytes == 4096 and ln.bandwidth_bytes_per_s > 0
-               for ln in meas.links)
+    assert all(
+        len(ln.rtt_s) == 2 and ln.payload_bytes == 4096 and ln.bandwidth_bytes_per_s > 0 for ln in meas.links
+    )
     assert all(len(f.forward_s) == 2 for f in meas.nodes)
-    assert all(f.forward_median_s > 0 and f.backward_median_s > 0 and f.layers == 2
-               for f in meas.nodes)
+    assert all(f.forward_median_s > 0 and f.backward_median_s > 0 and f.layers == 2 for f in meas.nodes)
     assert all(f.activation_bytes > 0 for f in meas.nodes)
 
 
@@ -227,6 +268,7 @@ def test_a_failing_node_fails_the_measurement(torch_threads):
 
 # -- local processes end to end ------------------------------------------------------------------
 
+
 def _pids(tmp_path) -> list[int]:
     files = list((tmp_path / "runs").glob("*-measure-*/processes.json"))
     assert len(files) == 1
@@ -236,8 +278,11 @@ def _pids(tmp_path) -> list[int]:
 @pytest.mark.swarm
 def test_local_measurement_writes_a_loadable_scenario(tmp_path):
     out = tmp_path / "measured.toml"
-    res = run_skippipe(["measure", "--local", "2", "--template", str(SETTINGS / "tiny.toml"),
-                        "--out", str(out), *FAST], tmp_path, timeout_s=240)
+    res = run_skippipe(
+        ["measure", "--local", "2", "--template", str(SETTINGS / "tiny.toml"), "--out", str(out), *FAST],
+        tmp_path,
+        timeout_s=240,
+    )
     assert res.returncode == 0, res.stdout
     assert f"wrote {out}" in res.stdout
     sc = load_scenario(out)
@@ -253,11 +298,27 @@ def test_local_measurement_writes_a_loadable_scenario(tmp_path):
 @pytest.mark.swarm
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_interrupt_stops_every_local_process(tmp_path, sig, code):
-    proc = subprocess.Popen([sys.executable, "-m", "skippipe", "measure", "--local", "2",
-                             "--template", str(SETTINGS / "tiny.toml"), "--out", "m.toml", *FAST],
-                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "skippipe",
+            "measure",
+            "--local",
+            "2",
+            "--template",
+            str(SETTINGS / "tiny.toml"),
+            "--out",
+            "m.toml",
+            *FAST,
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list((tmp_path / "runs").glob("*-measure-*/processes.json")):
@@ -284,8 +345,7 @@ def test_a_node_that_goes_away_fails_fast(torch_threads):
     async def scenario():
         base = free_base_port(2, 12)
         peers = {0: ("127.0.0.1", base), 1: ("127.0.0.1", base + 1)}
-        coord = MeasureNode(0, peers, Settings(repeat=2, timeout_s=60), device="cpu",
-                              threads=1)
+        coord = MeasureNode(0, peers, Settings(repeat=2, timeout_s=60), device="cpu", threads=1)
 
         async def crashing_worker():  # answers hello, then its process "dies"
             async with Transport(1, *peers[1], peers, auth=RunAuth.public()) as t:

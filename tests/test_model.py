@@ -1,4 +1,5 @@
 """Stage split vs an independent single-module reference; state keys; paths; checkpoints."""
+
 from __future__ import annotations
 
 import math
@@ -9,20 +10,40 @@ import torch
 import torch.nn.functional as F
 
 from skippipe.errors import SkipPipeError
-from skippipe.train.model import PathError, build_stage, build_stages, check_path, forward_path, initial_stage_state, initial_state, layer_range, load_stage_state, path_token_nll
-from skippipe.train.checkpoint import CheckpointInfo, load_checkpoint, load_stage_file, save_checkpoint
 from skippipe.scenario import ModelConfig
+from skippipe.train.checkpoint import CheckpointInfo, load_checkpoint, load_stage_file, save_checkpoint
+from skippipe.train.model import (
+    PathError,
+    build_stage,
+    build_stages,
+    check_path,
+    forward_path,
+    initial_stage_state,
+    initial_state,
+    layer_range,
+    load_stage_state,
+    path_token_nll,
+)
 
 torch.set_num_threads(1)
 
-CFG = ModelConfig(d_model=16, n_heads=2, n_layers=4, ffn_hidden=24, ctx_tokens=8, vocab_size=32,
-                  activation_dtype_bytes=4, param_dtype_bytes=4)
+CFG = ModelConfig(
+    d_model=16,
+    n_heads=2,
+    n_layers=4,
+    ffn_hidden=24,
+    ctx_tokens=8,
+    vocab_size=32,
+    activation_dtype_bytes=4,
+    param_dtype_bytes=4,
+)
 N_STAGES = 4
 EPS = 1e-5
 
 
 # An independent reference: one function over the full state dict, explicit mask and softmax,
 # rotary embeddings through complex multiplication.
+
 
 def _rms(x, w):
     return x / torch.sqrt((x * x).mean(-1, keepdim=True) + EPS) * w
@@ -32,7 +53,7 @@ def _rotary(x):  # x [B, H, T, hd]
     t, hd = x.shape[-2], x.shape[-1]
     freqs = 10000.0 ** (-torch.arange(0, hd, 2).float() / hd)
     angles = torch.arange(t).float()[:, None] * freqs[None, :]
-    z = torch.complex(x[..., : hd // 2], x[..., hd // 2:])  # feature i pairs with i + hd/2
+    z = torch.complex(x[..., : hd // 2], x[..., hd // 2 :])  # feature i pairs with i + hd/2
     r = z * torch.polar(torch.ones_like(angles), angles)
     return torch.cat((r.real, r.imag), dim=-1)
 
@@ -111,8 +132,11 @@ def test_state_keys_are_global_and_stage_state_is_a_slice_of_the_full_state():
     assert list(layer_range(CFG, 2, N_STAGES)) == [2]
     for k, v in stage2.state_dict().items():
         torch.testing.assert_close(v, full[k])
-    assert set(initial_stage_state(CFG, 0, N_STAGES, 7)) >= {"embedding.weight", "lm_head.weight",
-                                                             "final_norm.weight"}
+    assert set(initial_stage_state(CFG, 0, N_STAGES, 7)) >= {
+        "embedding.weight",
+        "lm_head.weight",
+        "final_norm.weight",
+    }
     assert set(full) == set().union(*(initial_stage_state(CFG, s, N_STAGES, 7) for s in range(N_STAGES)))
     other = initial_state(CFG, N_STAGES, seed=8)
     assert not torch.equal(full["layers.1.attn.wq.weight"], other["layers.1.attn.wq.weight"])
@@ -154,7 +178,9 @@ def test_checkpoint_roundtrip(tmp_path):
     got, loaded = load_checkpoint(tmp_path, "cpu")
     assert got == info
     tokens = _tokens(4)
-    assert forward_path(loaded, tokens, [0, 1, 2, 3]).item() == forward_path(stages, tokens, [0, 1, 2, 3]).item()
+    assert (
+        forward_path(loaded, tokens, [0, 1, 2, 3]).item() == forward_path(stages, tokens, [0, 1, 2, 3]).item()
+    )
     torch.save({"x": [1, 2]}, tmp_path / "bad.pt")
     with pytest.raises(SkipPipeError):
         load_stage_file(tmp_path / "bad.pt")

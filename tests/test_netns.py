@@ -6,6 +6,7 @@ majority trains on.
 
 Root only (skipped with the reason where namespaces cannot be made). Everything made here
 (namespaces, links, processes) is removed at the end, also on failure."""
+
 import json
 import os
 import secrets
@@ -16,6 +17,7 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT, SETTINGS
 
 from skippipe.recovery import quorum_verdict as verdict
 from skippipe.runtime.node.quorum import QUORUM_EXIT
@@ -23,8 +25,6 @@ from skippipe.scenario import load_scenario
 from skippipe.schedule_file import load_schedule
 from skippipe.timeline import read_jsonl
 from skippipe.util.procs import signal_session
-
-from conftest import ROOT, SETTINGS
 
 # private test subnet, host i at SUBNET.(i+1)/24; per pid: ports are locked per address (util/ports.py)
 SUBNET = f"10.231.{os.getpid() % 250}"
@@ -61,7 +61,9 @@ class Hosts:
         self._must("-n", self.bridge, "link", "set", "br0", "up")
         for i, (ns, port) in enumerate(zip(self.names, self.ports)):
             self._must("netns", "add", ns)
-            self._must("link", "add", port, "netns", self.bridge, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self._must(
+                "link", "add", port, "netns", self.bridge, "type", "veth", "peer", "name", "eth0", "netns", ns
+            )
             self._must("-n", self.bridge, "link", "set", port, "master", "br0", "up")
             self._must("-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
             self._must("-n", ns, "link", "set", "eth0", "up")
@@ -74,10 +76,15 @@ class Hosts:
     def start(self, host: int | None, args: list[str], cwd, env: dict | None = None) -> subprocess.Popen:
         """`python -m skippipe ARGS` in host's namespace (None: this one), in its own session."""
         where = [] if host is None else ["ip", "netns", "exec", self.names[host]]
-        proc = subprocess.Popen([*where, sys.executable, "-m", "skippipe", *args], cwd=cwd,
-                                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [*where, sys.executable, "-m", "skippipe", *args],
+            cwd=cwd,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.procs.append(proc)
         return proc
 
@@ -134,14 +141,41 @@ def _node_of(host: int, k: int) -> int:
 
 def _measure(hosts: Hosts, work) -> str:
     """`measure` across the hosts: the scenario file node 0 writes."""
-    peers = {_node_of(h, k): f"{hosts.address(h)}:{BASE_PORT + k}" for h in range(HOSTS) for k in range(PER_HOST)}
+    peers = {
+        _node_of(h, k): f"{hosts.address(h)}:{BASE_PORT + k}" for h in range(HOSTS) for k in range(PER_HOST)
+    }
     (work / "peers.json").write_text(json.dumps(peers))
     out = work / "measured.toml"
-    coordinator = ["--template", str(SETTINGS / "tiny.toml"), "--out", str(out), "--repeat", "1",
-                   "--warmup", "0", "--payload-mib", "0.25"]
-    procs = [hosts.start(h, ["measure", "--node-id", str(_node_of(h, k)), "--peers", "peers.json",
-                             "--timeout", str(STEP_DEADLINE_S), *(coordinator if h == k == 0 else [])], work)
-             for h in range(HOSTS) for k in range(PER_HOST)]
+    coordinator = [
+        "--template",
+        str(SETTINGS / "tiny.toml"),
+        "--out",
+        str(out),
+        "--repeat",
+        "1",
+        "--warmup",
+        "0",
+        "--payload-mib",
+        "0.25",
+    ]
+    procs = [
+        hosts.start(
+            h,
+            [
+                "measure",
+                "--node-id",
+                str(_node_of(h, k)),
+                "--peers",
+                "peers.json",
+                "--timeout",
+                str(STEP_DEADLINE_S),
+                *(coordinator if h == k == 0 else []),
+            ],
+            work,
+        )
+        for h in range(HOSTS)
+        for k in range(PER_HOST)
+    ]
     for code, text in _outputs(procs, STEP_DEADLINE_S):
         assert code == 0, text
     return str(out)
@@ -149,34 +183,83 @@ def _measure(hosts: Hosts, work) -> str:
 
 def _plan(scenario: str, work) -> str:
     out = work / "measured.json"
-    r = subprocess.run([sys.executable, str(ROOT / "create_schedule.py"), scenario, "--out", str(out),
-                        "--time-limit", str(PLAN_S), "--workers", "1", "--quiet"], cwd=work,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-                       timeout=STEP_DEADLINE_S)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "create_schedule.py"),
+            scenario,
+            "--out",
+            str(out),
+            "--time-limit",
+            str(PLAN_S),
+            "--workers",
+            "1",
+            "--quiet",
+        ],
+        cwd=work,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=STEP_DEADLINE_S,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     return str(out)
 
 
 def _run_args(first: int, last: int, scenario: str, schedule: str, runs: str, *extra: str) -> list[str]:
-    return ["run", str(first), str(last), "ca-partial", "0", "--scenario", scenario, "--schedule", schedule,
-            "--runs", runs, "--iterations", "2", *extra]
+    return [
+        "run",
+        str(first),
+        str(last),
+        "ca-partial",
+        "0",
+        "--scenario",
+        scenario,
+        "--schedule",
+        schedule,
+        "--runs",
+        runs,
+        "--iterations",
+        "2",
+        *extra,
+    ]
 
 
 def _losses(runs) -> list[float]:
     """Each iteration's loss over every data node of the run, from all its run directories."""
     ends = [e for d in runs.iterdir() for e in read_jsonl(d / "events") if e["event"] == "iteration_end"]
     its = sorted({e["iteration"] for e in ends})
-    return [sum(e["loss_sum"] for e in ends if e["iteration"] == i)
-            / sum(e["loss_count"] for e in ends if e["iteration"] == i) for i in its]
+    return [
+        sum(e["loss_sum"] for e in ends if e["iteration"] == i)
+        / sum(e["loss_count"] for e in ends if e["iteration"] == i)
+        for i in its
+    ]
 
 
 def _train_across(hosts: Hosts, work, scenario: str, schedule: str, runs: str, *extra: str):
     """Start one launcher per host, nodes 2h and 2h+1, meeting at host 0's rendezvous."""
     env = {"SKIPPIPE_RUN_KEY": secrets.token_hex(32)}
     rendezvous = f"{hosts.address(0)}:{RENDEZVOUS_PORT}"
-    return [hosts.start(h, _run_args(_node_of(h, 0), _node_of(h, PER_HOST), scenario, schedule, runs,
-                                     "--rendezvous", rendezvous, "--base-port", str(BASE_PORT), *extra), work, env)
-            for h in range(HOSTS)]
+    return [
+        hosts.start(
+            h,
+            _run_args(
+                _node_of(h, 0),
+                _node_of(h, PER_HOST),
+                scenario,
+                schedule,
+                runs,
+                "--rendezvous",
+                rendezvous,
+                "--base-port",
+                str(BASE_PORT),
+                *extra,
+            ),
+            work,
+            env,
+        )
+        for h in range(HOSTS)
+    ]
 
 
 def test_measure_plan_train_across_namespaces_equals_loopback(hosts, tmp_path):
@@ -190,8 +273,12 @@ def test_measure_plan_train_across_namespaces_equals_loopback(hosts, tmp_path):
     assert "(served here)" in results[0][1]
 
     from skippipe.util.ports import free_port_range
-    loopback = hosts.start(None, _run_args(0, 6, scenario, schedule, "runs-loopback", "--base-port",
-                                           str(free_port_range(6))), tmp_path)
+
+    loopback = hosts.start(
+        None,
+        _run_args(0, 6, scenario, schedule, "runs-loopback", "--base-port", str(free_port_range(6))),
+        tmp_path,
+    )
     [(code, text)] = _outputs([loopback], STEP_DEADLINE_S)
     assert code == 0, text
     across, local = _losses(tmp_path / "runs-hosts"), _losses(tmp_path / "runs-loopback")
@@ -211,10 +298,16 @@ def _events(runs) -> list[dict]:
 
 def _reachable(hosts: Hosts, src: int, dst: int) -> bool:
     """Whether a TCP connection from host src reaches host dst (a refused port answers too)."""
-    probe = (f"import socket\ntry: socket.create_connection(({hosts.address(dst)!r}, 9), timeout=2)\n"
-             f"except ConnectionRefusedError: pass\nexcept OSError: raise SystemExit(1)")
-    return subprocess.run(["ip", "netns", "exec", hosts.names[src], sys.executable, "-c", probe],
-                          timeout=30).returncode == 0
+    probe = (
+        f"import socket\ntry: socket.create_connection(({hosts.address(dst)!r}, 9), timeout=2)\n"
+        f"except ConnectionRefusedError: pass\nexcept OSError: raise SystemExit(1)"
+    )
+    return (
+        subprocess.run(
+            ["ip", "netns", "exec", hosts.names[src], sys.executable, "-c", probe], timeout=30
+        ).returncode
+        == 0
+    )
 
 
 def _cut_host(schedule) -> int:
@@ -222,8 +315,11 @@ def _cut_host(schedule) -> int:
     ca-partial's allocation (the planned allocation depends on machine speed)."""
     sched, _ = load_schedule(schedule, load_scenario(SETTINGS / "tiny.toml"))
     allocation = sched.allocation_of("ca-partial")
-    ok = [h for h in range(HOSTS - 1, 0, -1)
-          if verdict(HOSTS * PER_HOST, {_node_of(h, k) for k in range(PER_HOST)}, allocation) is None]
+    ok = [
+        h
+        for h in range(HOSTS - 1, 0, -1)
+        if verdict(HOSTS * PER_HOST, {_node_of(h, k) for k in range(PER_HOST)}, allocation) is None
+    ]
     if not ok:
         pytest.skip(f"allocation {allocation}: every host's loss takes a whole stage")
     return ok[0]
@@ -237,13 +333,25 @@ def test_a_partition_stops_the_minority_and_the_majority_finishes(hosts, tmp_pat
     all 8 iterations, agree on who is dead, and exit 0. No split brain."""
     runs = tmp_path / "runs"
     cut = _cut_host(tiny_schedule)
-    launchers = _train_across(hosts, tmp_path, str(SETTINGS / "tiny.toml"), str(tiny_schedule), "runs",
-                              "--iterations", "8", "--peer-timeout", "5")
+    launchers = _train_across(
+        hosts,
+        tmp_path,
+        str(SETTINGS / "tiny.toml"),
+        str(tiny_schedule),
+        "runs",
+        "--iterations",
+        "8",
+        "--peer-timeout",
+        "5",
+    )
     minority = {_node_of(cut, k) for k in range(PER_HOST)}
     majority = set(range(HOSTS * PER_HOST)) - minority
     try:
-        _wait_for(lambda: any(e["event"] == "iteration_end" and e["iteration"] == 1 for e in _events(runs)),
-                  STEP_DEADLINE_S, "iteration 1")
+        _wait_for(
+            lambda: any(e["event"] == "iteration_end" and e["iteration"] == 1 for e in _events(runs)),
+            STEP_DEADLINE_S,
+            "iteration 1",
+        )
         hosts.link(cut, "down")
         assert not _reachable(hosts, cut, 0)
         results = _outputs(launchers, STEP_DEADLINE_S)
@@ -257,7 +365,9 @@ def test_a_partition_stops_the_minority_and_the_majority_finishes(hosts, tmp_pat
             errors = [line for line in text.splitlines() if line.startswith("error:")]
             stopped = ", ".join(map(str, sorted(minority)))
             assert len(errors) == 1, text
-            assert errors[0].startswith(f"error: the run lost its quorum and node(s) {stopped} stopped: "), text
+            assert errors[0].startswith(f"error: the run lost its quorum and node(s) {stopped} stopped: "), (
+                text
+            )
             # which reason each cut node saw first depends on the order of its verdicts (a
             # stage whose node sits across the cut, or the majority): either names what is lost
             assert "no live node" in errors[0] or "not a majority" in errors[0], text
@@ -270,7 +380,10 @@ def test_a_partition_stops_the_minority_and_the_majority_finishes(hosts, tmp_pat
     declared = [e for e in events if e["event"] == "peer_dead"]
     # across the cut only silence is evidence; a cut node that stopped first closes its port,
     # which its host peer rightly takes as a death
-    assert all(e["why"].startswith("silent for more than 5 s") for e in declared
-               if any((e["node"] in minority) != (p in minority) for p in e["peers"]))
+    assert all(
+        e["why"].startswith("silent for more than 5 s")
+        for e in declared
+        if any((e["node"] in minority) != (p in minority) for p in e["peers"])
+    )
     last = {e["node"] for e in events if e["event"] == "iteration_end" and e["iteration"] == 7}
     assert last == majority  # only the majority trained on

@@ -1,9 +1,23 @@
 import pytest
 
-from skippipe.ops import (B, F, L, W, Op, OpKind, chain, frees_slot, local_next, next_op, node_of, node_ops,
-                          op_chain, prev_op, takes_slot)
-
 from schedules import make_paths
+from skippipe.ops import (
+    B,
+    F,
+    L,
+    Op,
+    OpKind,
+    W,
+    chain,
+    frees_slot,
+    local_next,
+    next_op,
+    node_of,
+    node_ops,
+    op_chain,
+    prev_op,
+    takes_slot,
+)
 
 
 def test_op_prints_and_parses():

@@ -1,17 +1,17 @@
 """Huge scenarios (2,000 nodes): the model data is built in seconds (link times per location
 pair, the pruned candidate set chosen once), the allocation search stops at its wall-clock cap,
 and progress lines stay short."""
+
 import time
 
 import pytest
+from conftest import ROOT
 
 from skippipe.planner.allocation import round_robin_allocation
 from skippipe.planner.allocation_search import allocate
 from skippipe.planner.model_data import build_data
 from skippipe.planning import MAX_LINE, _fmt_stages
 from skippipe.scenario import load_scenario
-
-from conftest import ROOT
 
 STAGES = [200] + [150] * 12  # 2,000 nodes, 13 stages
 BUILD_S = 30.0  # generous for a loaded 2-core machine (about 2 s idle)
@@ -24,8 +24,13 @@ def huge(tmp_path_factory):
     lines = []
     for line in text.splitlines():
         key = line.split("=")[0].strip()
-        line = {"name": 'name = "scale-2000"', "n_layers": "n_layers = 52", "count": "count = 2000",
-                "stage_sizes": f"stage_sizes = {STAGES}", "table": f'table = "{table}"'}.get(key, line)
+        line = {
+            "name": 'name = "scale-2000"',
+            "n_layers": "n_layers = 52",
+            "count": "count = 2000",
+            "stage_sizes": f"stage_sizes = {STAGES}",
+            "table": f'table = "{table}"',
+        }.get(key, line)
         lines.append(line)
     path = tmp_path_factory.mktemp("huge") / "scale-2000.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -63,6 +68,7 @@ def test_a_2000_node_plan_past_its_cap_does_the_least_work(huge):
     reference stage set, one placement per microbatch, no bounds or search (minutes each before)."""
     from skippipe.planner.effort import WallCap
     from skippipe.planner.partial import ca_partial_variant
+
     lines = []
     started = time.monotonic()
     variant = ca_partial_variant(huge, round_robin_allocation(huge), cap=WallCap(1.0, lines.append))

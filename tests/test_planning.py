@@ -1,6 +1,7 @@
 """The whole build (planning.build_schedule): per-variant allocations, effort and the wall-clock
 cap, the two objectives, ca-partial never worse than non-ca-partial, the same schedule under
 load, the CLI's errors."""
+
 import dataclasses
 import json
 import threading
@@ -9,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from skippipe.cli import main
-from skippipe.planner.paths import PlanningError
+from skippipe.placement import fold
 from skippipe.plan_options import PlanOptions
+from skippipe.planner.paths import PlanningError
 from skippipe.planning import build_schedule
-from skippipe.schedule_summary import format_summary, summary_rows
 from skippipe.scenario import load_scenario
 from skippipe.schedule import SCHEMA_VERSION, ScheduleError
 from skippipe.schedule_file import from_dict, load_schedule, save_schedule, to_dict
-from skippipe.placement import fold
-from skippipe.variants import REGISTRY, VARIANTS
+from skippipe.schedule_summary import format_summary, summary_rows
 from skippipe.sim.simulate import simulate
+from skippipe.variants import REGISTRY, VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "settings" / "tiny.toml"
@@ -38,6 +39,7 @@ def built(tiny):
 def test_partial_variants_get_their_share_of_the_effort(tiny, built):
     from skippipe.planner.effort import problem_size, work_seconds
     from skippipe.planning import CA_SHARE, NON_CA_SHARE
+
     work = work_seconds("quick", problem_size(tiny))
     assert work < work_seconds("default", problem_size(tiny)) < work_seconds("thorough", problem_size(tiny))
     for name, share in (("non-ca-partial", NON_CA_SHARE), ("ca-partial", CA_SHARE)):
@@ -80,9 +82,11 @@ def test_same_schedule_under_load(tiny, effort):
 
 def test_wall_clock_cap_cuts_in_with_one_line_and_says_so_in_provenance(tiny):
     lines = []
-    sched = build_schedule(tiny, PlanOptions(effort="quick", time_limit_s=0.05,
-                                             variants=("baseline", "non-ca-partial", "ca-partial")),
-                           progress=lines.append)
+    sched = build_schedule(
+        tiny,
+        PlanOptions(effort="quick", time_limit_s=0.05, variants=("baseline", "non-ca-partial", "ca-partial")),
+        progress=lines.append,
+    )
     cut = [line for line in lines if "cut in" in line]
     assert len(cut) == 1 and "cut in during" in cut[0]
     assert "[wall-clock cap cut in during" in sched.variants["ca-partial"].provenance.status
@@ -110,8 +114,9 @@ def test_partial_variants_get_their_own_allocation_and_baseline_the_full_pipelin
 
 
 def test_shared_allocation_keeps_one_for_all(tiny):
-    sched = build_schedule(tiny, dataclasses.replace(QUICK, shared_allocation=True,
-                                                     family_memory=True))  # dualpipev fits no 2 slots
+    sched = build_schedule(
+        tiny, dataclasses.replace(QUICK, shared_allocation=True, family_memory=True)
+    )  # dualpipev fits no 2 slots
     assert {v.allocation for n, v in sched.variants.items() if not REGISTRY[n].v_placed} == {sched.allocation}
     assert sched.variants["dualpipev"].allocation == fold(sched.allocation)  # the same, as a V
 
@@ -129,6 +134,7 @@ def test_ca_partial_is_never_worse_than_non_ca_partial(tiny, objective):
 def test_replay_of_the_non_ca_order_simulates_to_the_non_ca_result(tiny, built):
     from skippipe.planner.partial import replay_variant
     from skippipe.schedule import Schedule
+
     non_ca = built.variants["non-ca-partial"]
     sim = simulate(built, "non-ca-partial", tiny)
     replay = replay_variant("ca-partial", non_ca, sim.order, non_ca.provenance, "iteration", sim.iteration_s)
@@ -141,8 +147,9 @@ def test_replay_of_the_non_ca_order_simulates_to_the_non_ca_result(tiny, built):
 
 def test_the_non_ca_order_is_a_feasible_ca_plan_in_ticks(tiny, built):
     from skippipe.planner.model_data import build_data, plan_values
-    from skippipe.planner.partial import timed_from_order, to_variant, check_plan
+    from skippipe.planner.partial import check_plan, timed_from_order, to_variant
     from skippipe.schedule import Provenance
+
     non_ca = built.variants["non-ca-partial"]
     data = build_data(tiny, non_ca.allocation)
     timed = timed_from_order(data, non_ca.paths, simulate(built, "non-ca-partial", tiny).order)
@@ -176,6 +183,7 @@ def test_old_schedule_fails_with_one_clear_line(built):
 
 def test_variant_checked_against_its_own_allocation(tiny, built):
     from skippipe.rules import validate
+
     ca = built.variants["ca-partial"]
     wrong = dataclasses.replace(ca, allocation=tuple(reversed(ca.allocation)))
     bad = dataclasses.replace(built, variants={**built.variants, "ca-partial": wrong})
@@ -198,8 +206,24 @@ def test_bad_options_are_one_line_and_exit_2(capsys, tmp_path):
 
 def test_cli_writes_a_schedule_with_both_columns(capsys, tmp_path):
     out = tmp_path / "tiny.json"
-    assert main(["schedule", str(TINY), "--effort", "quick", "--workers", "1", "--quiet",
-                 "--objective", "makespan", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "schedule",
+                str(TINY),
+                "--effort",
+                "quick",
+                "--workers",
+                "1",
+                "--quiet",
+                "--objective",
+                "makespan",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "objective makespan" in text and "makespan s" in text
     sched, _ = load_schedule(out)

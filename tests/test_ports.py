@@ -1,4 +1,5 @@
 """util/ports.py: free ports, free ranges, and the pre-flight check of a node table."""
+
 from __future__ import annotations
 
 import os
@@ -72,10 +73,14 @@ def test_free_range_is_free_and_differs_between_calls():
 
 def test_reserved_ports_refuse_a_second_run_and_are_free_again_after(tmp_path):
     from skippipe.util.ports import reserve_ports
+
     peers = {0: (LOOPBACK, free_port()), 1: (LOOPBACK, free_port())}
     with reserve_ports(peers, [0, 1]):
-        with pytest.raises(SkipPipeError, match=f"port {LOOPBACK}:{peers[1][1]} for node 1 is held by "
-                                                f"another run \\(launcher pid {os.getpid()}\\)"):
+        with pytest.raises(
+            SkipPipeError,
+            match=f"port {LOOPBACK}:{peers[1][1]} for node 1 is held by "
+            f"another run \\(launcher pid {os.getpid()}\\)",
+        ):
             with reserve_ports({1: peers[1]}, [1]):
                 pass
     with reserve_ports(peers, [0, 1]):  # released on leaving
@@ -84,6 +89,7 @@ def test_reserved_ports_refuse_a_second_run_and_are_free_again_after(tmp_path):
 
 def test_a_host_that_is_not_this_machine_is_one_clear_error():
     from skippipe.util.ports import check_host
+
     with pytest.raises(SkipPipeError, match="does not resolve"):
         check_host("no-such-host.invalid")
     with pytest.raises(SkipPipeError, match="not an address of this machine"):
@@ -93,6 +99,7 @@ def test_a_host_that_is_not_this_machine_is_one_clear_error():
 def _own_lock_dir(tmp_path, monkeypatch):
     """reserve_ports with its lock directory in `tmp_path` (not the user's real one)."""
     from skippipe.util import portlock
+
     path = tmp_path / "locks"
     monkeypatch.setattr(portlock, "LOCK_DIR", path)
     return path
@@ -100,6 +107,7 @@ def _own_lock_dir(tmp_path, monkeypatch):
 
 def test_lock_files_are_private_and_removed_at_the_end(tmp_path, monkeypatch):
     from skippipe.util.ports import reserve_ports
+
     locks = _own_lock_dir(tmp_path, monkeypatch)
     peers = {0: (LOOPBACK, free_port()), 1: (LOOPBACK, free_port())}
     with reserve_ports(peers, [0, 1]):
@@ -111,6 +119,7 @@ def test_lock_files_are_private_and_removed_at_the_end(tmp_path, monkeypatch):
 
 def test_a_link_planted_in_the_lock_directory_is_not_followed(tmp_path, monkeypatch):
     from skippipe.util.ports import reserve_ports
+
     locks = _own_lock_dir(tmp_path, monkeypatch)
     locks.mkdir(mode=0o700)
     victim = tmp_path / "victim"
@@ -126,6 +135,7 @@ def test_a_link_planted_in_the_lock_directory_is_not_followed(tmp_path, monkeypa
 def test_a_lock_directory_others_may_use_is_refused(tmp_path, monkeypatch):
     from skippipe.util import portlock
     from skippipe.util.ports import reserve_ports
+
     locks = _own_lock_dir(tmp_path, monkeypatch)
     peers = {0: (LOOPBACK, free_port())}
     locks.mkdir()
@@ -152,6 +162,7 @@ def test_free_ports_pass_over_a_port_another_run_chose_and_has_not_bound(tmp_pat
     another run has chosen and locked but not bound yet probes as free, and taking it failed the
     second launcher before it registered. It is passed over now, and nothing is left locked."""
     from skippipe.util import portlock, ports
+
     locks = _own_lock_dir(tmp_path, monkeypatch)
     taken, other = free_port(), free_port()
     picks = iter([taken, other])

@@ -1,5 +1,6 @@
 """util/procs.py: children in their own sessions, polled, stopped by PID (SIGTERM, then SIGKILL),
 stopped however a supervised command ends."""
+
 from __future__ import annotations
 
 import json
@@ -13,10 +14,14 @@ from skippipe.util.procs import Children, Terminated, interrupted_exit_code, sup
 
 DEADLINE_S = 20.0
 SLEEPER = "import time; print('ready', flush=True); time.sleep(60)"
-STUBBORN = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "print('ready', flush=True); time.sleep(60)")
-PARENT = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
-          "'import time; time.sleep(60)']); print('ready', c.pid, flush=True); time.sleep(60)")
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+PARENT = (
+    "import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', "
+    "'import time; time.sleep(60)']); print('ready', c.pid, flush=True); time.sleep(60)"
+)
 
 
 def _ready(log) -> bool:
@@ -76,8 +81,12 @@ def test_failed_children_and_the_poll_deadline(tmp_path):
 def test_keep_stdout_logs_only_stderr_and_pids_are_written(tmp_path, capfd):
     kids = Children()
     try:
-        kids.start(0, [sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"],
-                   tmp_path / "0.log", keep_stdout=True)
+        kids.start(
+            0,
+            [sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"],
+            tmp_path / "0.log",
+            keep_stdout=True,
+        )
         assert wait_until(lambda: not kids.running(), DEADLINE_S, 0.01)
         kids.write_pids(tmp_path / "processes.json")
     finally:

@@ -1,16 +1,17 @@
 """The one random path generator: the planner's `random` variant and the single-process
 trainer's `random` paths draw the same stage sequences, under CC1-CC3 and TC1."""
+
 from __future__ import annotations
 
 from collections import Counter
 
 import pytest
-
 from conftest import SETTINGS
+
 from skippipe.planner import allocate, random_variant
 from skippipe.planner.random_paths import random_stage_paths
-from skippipe.scenario import load_scenario
 from skippipe.rules import cc3_problem, stage_visit_cap
+from skippipe.scenario import load_scenario
 from skippipe.train.local import local_paths, microbatches_per_iteration
 
 
@@ -33,8 +34,10 @@ def test_paths_obey_cc1_to_cc3_and_tc1(settings, count):
 def test_same_seed_same_paths(tiny_scenario):
     n = 12
     assert random_stage_paths(tiny_scenario, n, 5) == random_stage_paths(tiny_scenario, n, 5)
-    assert any(random_stage_paths(tiny_scenario, n, 5) != random_stage_paths(tiny_scenario, n, s)
-               for s in range(6, 10))
+    assert any(
+        random_stage_paths(tiny_scenario, n, 5) != random_stage_paths(tiny_scenario, n, s)
+        for s in range(6, 10)
+    )
 
 
 def test_planner_and_single_process_trainer_draw_the_same_paths():

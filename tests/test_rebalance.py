@@ -1,18 +1,18 @@
 """Adaptive rebalancing: the rule (rebalance.py), the simulator's sessions (sim/session.py) and a
 run in node processes where a node moves and ends with its new stage peers' weights."""
+
 import glob
 
 import pytest
 import torch
+from test_online_runtime import _train
+from test_runtime import _run_dir
 
+from skippipe.failures import Condition, FailureSpec
 from skippipe.rebalance import MIN_GAIN, Move, Rebalancer, decide, moved, throughputs
 from skippipe.runtime.node.control import Load, MoveNotice, decode, encode
 from skippipe.schedule_file import load_schedule
-from skippipe.failures import Condition, FailureSpec
 from skippipe.sim.session import simulate_session
-
-from test_online_runtime import _train
-from test_runtime import _run_dir
 
 ALLOC = ((0, 3), (2, 5), (4,), (1,))  # tiny's swarm allocation
 EVEN = {n: 0.01 for n in range(6)}  # every node 100 forwards per second
@@ -100,8 +100,18 @@ def test_a_moved_node_ends_with_its_new_stage_peers_weights(tmp_path, tiny_sched
     sched, _ = load_schedule(tiny_schedule)
     stage_of = sched.stage_of("swarm")
     alone = next(nodes[0] for nodes in sched.allocation_of("swarm")[1:] if len(nodes) == 1)
-    rows, events = _train(tmp_path, tiny_schedule, "swarm", "--iterations", "5", "--time-scale", "4",
-                          "--checkpoint", "--fail", f"node={alone},iteration=1,phase=start,how=slow,factor=3")
+    rows, events = _train(
+        tmp_path,
+        tiny_schedule,
+        "swarm",
+        "--iterations",
+        "5",
+        "--time-scale",
+        "4",
+        "--checkpoint",
+        "--fail",
+        f"node={alone},iteration=1,phase=start,how=slow,factor=3",
+    )
     assert len(rows) == 5
     moved_ = [e for e in events if e["event"] == "moved"]
     decided = [e for e in events if e["event"] == "rebalance"]
@@ -117,10 +127,21 @@ def test_a_moved_node_ends_with_its_new_stage_peers_weights(tmp_path, tiny_sched
 
 def test_simulate_command_runs_a_session_and_shows_the_moves(tiny_schedule, capsys):
     from skippipe.cli import main
+
     sched, _ = load_schedule(tiny_schedule)
     alone = next(nodes[0] for nodes in sched.allocation_of("swarm")[1:] if len(nodes) == 1)
-    argv = ["simulate", str(tiny_schedule), "--variant", "swarm", "--variant", "ca-partial", "--iterations", "6",
-            "--fail", f"node={alone},iteration=1,how=slow,factor=3"]
+    argv = [
+        "simulate",
+        str(tiny_schedule),
+        "--variant",
+        "swarm",
+        "--variant",
+        "ca-partial",
+        "--iterations",
+        "6",
+        "--fail",
+        f"node={alone},iteration=1,how=slow,factor=3",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "swarm: rebalancing moves node" in out and "6 iterations" in out
@@ -132,6 +153,7 @@ def test_simulate_command_runs_a_session_and_shows_the_moves(tiny_schedule, caps
 def test_the_decider_tells_a_node_coming_back_of_a_move_directly():
     import asyncio
     from types import SimpleNamespace as NS
+
     from skippipe.runtime.node.membership import Membership
     from skippipe.runtime.node.moves import Moves
 
@@ -141,8 +163,14 @@ def test_the_decider_tells_a_node_coming_back_of_a_move_directly():
         direct.append((dst, ctrl))
 
     live = NS(dead={1})  # node 1 (stage 3) crashed and is planned in again from iteration 4
-    m = NS(id=0, live=live, tell=lambda dst, c: None, tell_live=told.append, tell_direct=tell_direct,
-           events=NS(write=lambda name, **kw: written.append(name)))
+    m = NS(
+        id=0,
+        live=live,
+        tell=lambda dst, c: None,
+        tell_live=told.append,
+        tell_direct=tell_direct,
+        events=NS(write=lambda name, **kw: written.append(name)),
+    )
     members = Membership(0, ALLOC, {}, rebalance=1.5)
     members.plan_join(1, at=4)
     routes = NS(router=NS(own_forward_s=0.01))
@@ -152,6 +180,7 @@ def test_the_decider_tells_a_node_coming_back_of_a_move_directly():
     async def decide():
         moves.after_step(3)
         await asyncio.sleep(0)  # the direct notice is a task
+
     asyncio.run(decide())
     assert told == [MoveNotice(2, 2, 5)] and direct == [(1, MoveNotice(2, 2, 5))]
     assert written == ["rebalance"] and members.allocation_at(5)[2] == (4, 2)

@@ -1,8 +1,7 @@
-from skippipe.runtime.node.datamsg import pack_path, unpack_path
-from skippipe.recovery import live_variant, repair_path
-from skippipe.schedule import Hop
-
 from schedules import TINY_ALLOCATION, make_paths, timed_schedule, tiny
+from skippipe.recovery import live_variant, repair_path
+from skippipe.runtime.node.datamsg import pack_path, unpack_path
+from skippipe.schedule import Hop
 
 
 def test_dead_node_is_replaced_by_a_live_stage_peer():
@@ -35,9 +34,10 @@ def test_paths_travel_in_wire_tags():
 def test_a_simulated_session_stops_where_the_quorum_rule_stops_the_nodes(tiny_schedule):
     """A crash that empties a stage stops the session before that iteration, as the nodes stop
     (runtime/node/quorum.py); a crash a stage survives does not."""
-    from skippipe.schedule_file import load_schedule
     from skippipe.failures import Condition, FailureSpec
+    from skippipe.schedule_file import load_schedule
     from skippipe.sim.session import simulate_session
+
     sched, sc = load_schedule(tiny_schedule)
     alloc = sched.allocation_of("ca-partial")
     alone = next(nodes[0] for nodes in alloc[1:] if len(nodes) == 1)

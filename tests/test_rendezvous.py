@@ -2,6 +2,7 @@
 hosts meet at one address, only holders of the run key can place a node, a node id is claimed
 once, hosts must agree on the run; bad input is one line. The swarm test starts six nodes under
 torchrun itself."""
+
 import concurrent.futures
 import json
 import os
@@ -12,18 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SETTINGS
+from runtime_util import finish, run_skippipe, start_skippipe
 
 from skippipe.errors import SkipPipeError
 from skippipe.runtime.launch import keystore
-from skippipe.runtime.net.auth import RunAuth
 from skippipe.runtime.launch.keystore import StoreClient, StoreError
 from skippipe.runtime.launch.ranked import rank_from_environment
 from skippipe.runtime.launch.rendezvous import SCHEDULE, Rendezvous, RendezvousError, parse_endpoint
+from skippipe.runtime.net.auth import RunAuth
 from skippipe.timeline import read_jsonl
 from skippipe.util.ports import free_port
-
-from conftest import ROOT, SETTINGS
-from runtime_util import finish, run_skippipe, start_skippipe
 
 AUTH = RunAuth(bytes(range(32)))
 SETUP = {"variant": "ca-partial", "iterations": 2}
@@ -41,8 +41,10 @@ def _register_all(endpoint, claims, timeout_s=30.0, auth=AUTH, setups=None):
     first = Rendezvous(endpoint, auth, n, timeout_s)  # serves the store for the others
     others = [Rendezvous(endpoint, auth, n, timeout_s) for _ in claims[1:]]
     with concurrent.futures.ThreadPoolExecutor(len(claims)) as pool:
-        futures = [pool.submit(r.register, c, (setups or [SETUP] * len(claims))[i])
-                   for i, (r, c) in enumerate(zip([first, *others], claims))]
+        futures = [
+            pool.submit(r.register, c, (setups or [SETUP] * len(claims))[i])
+            for i, (r, c) in enumerate(zip([first, *others], claims))
+        ]
         results = [f.exception() or f.result() for f in futures]
     assert first.serves and not any(o.serves for o in others)
     for r in [first, *others]:
@@ -64,8 +66,9 @@ def test_node_0_publishes_the_schedule_for_the_others():
 
 
 def test_a_node_claimed_twice_is_refused():
-    results = _register_all(_endpoint(), [{0: ("10.0.0.1", 1), 1: ("10.0.0.1", 2)}, {1: ("10.0.0.2", 1)}],
-                            timeout_s=SHORT_S)
+    results = _register_all(
+        _endpoint(), [{0: ("10.0.0.1", 1), 1: ("10.0.0.1", 2)}, {1: ("10.0.0.2", 1)}], timeout_s=SHORT_S
+    )
     errors = [str(r) for r in results if isinstance(r, RendezvousError)]
     assert len(errors) == 1 and "node 1 is claimed twice" in errors[0], results
     winner = next(r for r in results if isinstance(r, dict))  # whoever claimed node 1 first
@@ -85,8 +88,9 @@ def test_an_entry_without_the_key_is_refused():
         forger = StoreClient(endpoint, AUTH, SHORT_S)  # our own store admits key holders only
         entry = json.dumps({"node": 1, "host": "6.6.6.6", "port": 1, "by": "x", "setup": SETUP})
         forger.set(rdv.prefix + "node/1", ("0" * 64 + " " + entry).encode())
-        with pytest.raises(RendezvousError, match="node 1's entry is not signed with this run's key: "
-                                                  "the run keys differ"):
+        with pytest.raises(
+            RendezvousError, match="node 1's entry is not signed with this run's key: the run keys differ"
+        ):
             rdv.register({0: ("10.0.0.1", 1)}, SETUP)
         forger.set(rdv.prefix + SCHEDULE, b"not signed")
         with pytest.raises(RendezvousError, match="the schedule is not signed"):
@@ -136,8 +140,13 @@ def test_the_store_is_served_only_until_every_node_is_done():
     endpoint = _endpoint()
     first, other = Rendezvous(endpoint, AUTH, 2, SHORT_S), Rendezvous(endpoint, AUTH, 2, SHORT_S)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        tables = list(pool.map(lambda r, c: r.register(c, SETUP), [first, other],
-                               [{0: ("10.0.0.1", 1)}, {1: ("10.0.0.2", 1)}]))
+        tables = list(
+            pool.map(
+                lambda r, c: r.register(c, SETUP),
+                [first, other],
+                [{0: ("10.0.0.1", 1)}, {1: ("10.0.0.2", 1)}],
+            )
+        )
         assert tables[0] == tables[1]
         first.publish(SCHEDULE, b"{}")
         serving = pool.submit(first.finish, [0])  # waits for node 1
@@ -162,9 +171,22 @@ def test_another_key_never_meets_this_run_and_both_sides_say_the_keys_differ():
 def test_a_host_with_another_key_stops_with_one_line(tmp_path):
     endpoint = _endpoint()
     with Rendezvous(endpoint, AUTH, 6, SHORT_S):
-        r = run_skippipe(["run", "3", "6", "ca-partial", "0", "--rendezvous", f"{endpoint[0]}:{endpoint[1]}",
-                          "--runs", str(tmp_path / "runs")], cwd=ROOT, timeout_s=60,
-                         env={"SKIPPIPE_RUN_KEY": "ab" * 32})
+        r = run_skippipe(
+            [
+                "run",
+                "3",
+                "6",
+                "ca-partial",
+                "0",
+                "--rendezvous",
+                f"{endpoint[0]}:{endpoint[1]}",
+                "--runs",
+                str(tmp_path / "runs"),
+            ],
+            cwd=ROOT,
+            timeout_s=60,
+            env={"SKIPPIPE_RUN_KEY": "ab" * 32},
+        )
     assert r.returncode == 2 and r.stdout.count("\n") == 1, r.stdout
     assert r.stdout.startswith(f"error: rendezvous {endpoint[0]}:{endpoint[1]}: the run keys differ")
 
@@ -181,8 +203,15 @@ def test_a_malformed_endpoint_is_one_error(text):
 
 
 def test_ranks_come_from_torchrun_or_slurm():
-    torchrun = {"RANK": "3", "WORLD_SIZE": "6", "MASTER_ADDR": "h0", "MASTER_PORT": "29400",
-                "TORCHELASTIC_RESTART_COUNT": "1", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}
+    torchrun = {
+        "RANK": "3",
+        "WORLD_SIZE": "6",
+        "MASTER_ADDR": "h0",
+        "MASTER_PORT": "29400",
+        "TORCHELASTIC_RESTART_COUNT": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "1",
+    }
     r = rank_from_environment(torchrun)
     assert (r.rank, r.world, r.rendezvous, r.scope) == (3, 6, "h0:29400", "restart-1")
     slurm = {"SLURM_PROCID": "5", "SLURM_NTASKS": "6", "MASTER_ADDR": "h0", "MASTER_PORT": "29400"}
@@ -190,34 +219,78 @@ def test_ranks_come_from_torchrun_or_slurm():
     assert rank_from_environment({"SLURM_PROCID": "5", "SLURM_NTASKS": "6"}, "h1:1").rendezvous == "h1:1"
 
 
-@pytest.mark.parametrize("env, message", [
-    ({}, "no rank in the environment"),
-    ({"RANK": "6", "WORLD_SIZE": "6", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK=6 is outside 0..5"),
-    ({"RANK": "x", "WORLD_SIZE": "6"}, "not whole numbers"),
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "6"}, "MASTER_ADDR/MASTER_PORT are not"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({}, "no rank in the environment"),
+        ({"RANK": "6", "WORLD_SIZE": "6", "MASTER_ADDR": "h", "MASTER_PORT": "1"}, "RANK=6 is outside 0..5"),
+        ({"RANK": "x", "WORLD_SIZE": "6"}, "not whole numbers"),
+        ({"SLURM_PROCID": "0", "SLURM_NTASKS": "6"}, "MASTER_ADDR/MASTER_PORT are not"),
+    ],
+)
 def test_a_missing_or_bad_rank_is_one_error(env, message):
     with pytest.raises(SkipPipeError, match=message):
         rank_from_environment(env)
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["run", "0", "3", "ca-partial", "0", "--rendezvous", "nohost"], {}, "error: --rendezvous 'nohost': not HOST:PORT"),
-    (["run", "0", "3", "ca-partial", "0", "--rendezvous", "127.0.0.1:1", "--peers", "p.json"], {},
-     "error: give --peers (a static table) or --rendezvous, not both"),
-    (["run", "0", "3", "ca-partial", "0", "--rendezvous", "127.0.0.1:1"], {"SKIPPIPE_RUN_KEY": ""},
-     "error: --rendezvous needs the run's key on every host"),
-    (["run", "0", "3", "ca-partial", "0", "--rendezvous", "192.0.2.1:29400", "--rendezvous-timeout", "1"],
-     {"SKIPPIPE_RUN_KEY": "ab" * 32}, "error: rendezvous 192.0.2.1:29400: unreachable within 1 s"),
-    (["node", "settings/tiny.toml", "--variant", "ca-partial"], {"RANK": "", "SLURM_PROCID": ""},
-     "error: no rank in the environment"),
-    (["node", "settings/tiny.toml", "--variant", "ca-partial"],
-     {"RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "SKIPPIPE_RUN_KEY": "ab" * 32},
-     "error: world size 4, but settings/tiny.toml has 6 nodes"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (
+            ["run", "0", "3", "ca-partial", "0", "--rendezvous", "nohost"],
+            {},
+            "error: --rendezvous 'nohost': not HOST:PORT",
+        ),
+        (
+            ["run", "0", "3", "ca-partial", "0", "--rendezvous", "127.0.0.1:1", "--peers", "p.json"],
+            {},
+            "error: give --peers (a static table) or --rendezvous, not both",
+        ),
+        (
+            ["run", "0", "3", "ca-partial", "0", "--rendezvous", "127.0.0.1:1"],
+            {"SKIPPIPE_RUN_KEY": ""},
+            "error: --rendezvous needs the run's key on every host",
+        ),
+        (
+            [
+                "run",
+                "0",
+                "3",
+                "ca-partial",
+                "0",
+                "--rendezvous",
+                "192.0.2.1:29400",
+                "--rendezvous-timeout",
+                "1",
+            ],
+            {"SKIPPIPE_RUN_KEY": "ab" * 32},
+            "error: rendezvous 192.0.2.1:29400: unreachable within 1 s",
+        ),
+        (
+            ["node", "settings/tiny.toml", "--variant", "ca-partial"],
+            {"RANK": "", "SLURM_PROCID": ""},
+            "error: no rank in the environment",
+        ),
+        (
+            ["node", "settings/tiny.toml", "--variant", "ca-partial"],
+            {
+                "RANK": "0",
+                "WORLD_SIZE": "4",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": "1",
+                "SKIPPIPE_RUN_KEY": "ab" * 32,
+            },
+            "error: world size 4, but settings/tiny.toml has 6 nodes",
+        ),
+    ],
+)
 def test_bad_multi_host_input_is_one_line(tmp_path, args, env, message):
-    r = run_skippipe(args + (["--runs", str(tmp_path / "runs")] if args[0] == "run" else []), cwd=ROOT,
-                     timeout_s=60, env=env)
+    r = run_skippipe(
+        args + (["--runs", str(tmp_path / "runs")] if args[0] == "run" else []),
+        cwd=ROOT,
+        timeout_s=60,
+        env=env,
+    )
     assert r.returncode == 2, r.stdout
     assert r.stdout.strip().splitlines() == [r.stdout.strip().splitlines()[0]]
     assert r.stdout.startswith(message), r.stdout
@@ -231,18 +304,48 @@ def test_six_nodes_under_torchrun(tmp_path, tiny_schedule):
     if not torchrun.exists() and not shutil.which("torchrun"):
         pytest.skip("torchrun is not installed next to this Python")
     port = free_port()
-    args = [str(torchrun), "--nnodes", "1", "--nproc-per-node", "6", "--master-addr", "127.0.0.1",
-            "--master-port", str(port), "-m", "skippipe", "node", str(SETTINGS / "tiny.toml"),
-            "--variant", "ca-partial", "--schedule", str(tiny_schedule), "--iterations", "1",
-            "--runs", str(tmp_path / "runs")]
+    args = [
+        str(torchrun),
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        "6",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(port),
+        "-m",
+        "skippipe",
+        "node",
+        str(SETTINGS / "tiny.toml"),
+        "--variant",
+        "ca-partial",
+        "--schedule",
+        str(tiny_schedule),
+        "--iterations",
+        "1",
+        "--runs",
+        str(tmp_path / "runs"),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SKIPPIPE_RUN_KEY": "cd" * 32}
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     r = finish(proc, 240)
     assert r.returncode == 0, r.stdout
     assert r.stdout.count("all 6 nodes registered") == 6
-    ends = [e for d in (tmp_path / "runs").iterdir() for e in read_jsonl(d / "events")
-            if e["event"] == "iteration_end"]
+    ends = [
+        e
+        for d in (tmp_path / "runs").iterdir()
+        for e in read_jsonl(d / "events")
+        if e["event"] == "iteration_end"
+    ]
     assert sorted(e["node"] for e in ends) == list(range(6))
 
 
@@ -250,18 +353,43 @@ def test_six_nodes_under_torchrun(tmp_path, tiny_schedule):
 def test_static_peers_still_join_two_launchers(tmp_path, tiny_schedule):
     """`--peers` (no rendezvous): two launchers, one table, one key."""
     from skippipe.util.ports import free_port_range
+
     base = free_port_range(6)
     (tmp_path / "peers.json").write_text(json.dumps({n: f"127.0.0.1:{base + n}" for n in range(6)}))
     env = {"SKIPPIPE_RUN_KEY": "ef" * 32}
-    launchers = [start_skippipe(["run", first, last, "ca-partial", "0", "--scenario", str(SETTINGS / "tiny.toml"),
-                                 "--schedule", str(tiny_schedule), "--peers", "peers.json", "--iterations", "1",
-                                 "--runs", str(tmp_path / "runs")], cwd=tmp_path, env=env)
-                 for first, last in (("0", "3"), ("3", "6"))]
+    launchers = [
+        start_skippipe(
+            [
+                "run",
+                first,
+                last,
+                "ca-partial",
+                "0",
+                "--scenario",
+                str(SETTINGS / "tiny.toml"),
+                "--schedule",
+                str(tiny_schedule),
+                "--peers",
+                "peers.json",
+                "--iterations",
+                "1",
+                "--runs",
+                str(tmp_path / "runs"),
+            ],
+            cwd=tmp_path,
+            env=env,
+        )
+        for first, last in (("0", "3"), ("3", "6"))
+    ]
     for proc in launchers:
         r = finish(proc, 240)
         assert r.returncode == 0, r.stdout
-    ends = [e for d in (tmp_path / "runs").iterdir() for e in read_jsonl(d / "events")
-            if e["event"] == "iteration_end"]
+    ends = [
+        e
+        for d in (tmp_path / "runs").iterdir()
+        for e in read_jsonl(d / "events")
+        if e["event"] == "iteration_end"
+    ]
     assert sorted(e["node"] for e in ends) == list(range(6))
 
 
@@ -269,6 +397,7 @@ def test_static_peers_still_join_two_launchers(tmp_path, tiny_schedule):
 def agent_store(monkeypatch):
     """A TCPStore served as torchrun's agent serves it (to anyone, for the whole run)."""
     from torch.distributed import TCPStore
+
     port = free_port()
     store = TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")

@@ -3,23 +3,23 @@
 iteration, and at each of its steps the runtime's own objects are fed what a node would see then
 (the forward's duration, the data messages with their encoded reports and stage sets, the live
 nodes); their chosen paths and routing events must equal the simulator's."""
+
 import dataclasses
 from types import SimpleNamespace
 
 import pytest
 import torch
+from test_routing import _online
 
+from schedules import TINY_ALLOCATION, timed_schedule, tiny
 from skippipe.events import Rerouted, StageSetChosen
 from skippipe.ops import Op
+from skippipe.runtime.net.wire import Kind, Message
 from skippipe.runtime.node.datamsg import HOP_BITS
 from skippipe.runtime.node.membership import Membership
 from skippipe.runtime.node.routes import Routes
-from skippipe.runtime.net.wire import Kind, Message
 from skippipe.schedule import MicrobatchPath
 from skippipe.sim.online import _Online
-
-from schedules import TINY_ALLOCATION, timed_schedule, tiny
-from test_routing import _online
 
 COMPARED = (StageSetChosen.name, Rerouted.name)  # the events routes.py writes itself
 
@@ -42,8 +42,11 @@ def _runtime_routes(sched, variant, sc, seed):
     out = {}
     for node in range(len(sc.nodes)):
         told = []
-        m = SimpleNamespace(live=SimpleNamespace(dead=set()), events=_Log(),
-                            tell=lambda dst, notice, told=told: told.append((dst, notice)))
+        m = SimpleNamespace(
+            live=SimpleNamespace(dead=set()),
+            events=_Log(),
+            tell=lambda dst, notice, told=told: told.append((dst, notice)),
+        )
         emulation = SimpleNamespace(scenario_s=lambda s: s)
         members = Membership(node, sched.allocation, sched.stages_of(), rebalance=0.0)
         r = Routes(node, v, sc, members, m, emulation)
@@ -74,8 +77,11 @@ class _Mirrored(_Online):
     def check_logs(self) -> list[dict]:
         """Every node's routing events equal the simulator's for it; returns them."""
         for node, r in self.routes.items():
-            sim = [{k: v for k, v in e.items() if k not in ("t", "node")}
-                   for e in self.events if e["event"] in COMPARED and e["node"] == node]
+            sim = [
+                {k: v for k, v in e.items() if k not in ("t", "node")}
+                for e in self.events
+                if e["event"] in COMPARED and e["node"] == node
+            ]
             assert r.m.events.lines == sim, f"node {node}"
         return [line for r in self.routes.values() for line in r.m.events.lines]
 
@@ -85,8 +91,13 @@ class _Mirrored(_Online):
         bits = self.routes[src].report(op.microbatch)
         kind = Kind.BACKWARD if op.kind.value == "B" else Kind.FORWARD
         self.messages[(dst, op)] = Message.from_tensor(
-            kind, src, torch.zeros(1), iteration=self.iteration, microbatch=op.microbatch,
-            tags=(op.hop | bits << HOP_BITS, 0, 0, 0))
+            kind,
+            src,
+            torch.zeros(1),
+            iteration=self.iteration,
+            microbatch=op.microbatch,
+            tags=(op.hop | bits << HOP_BITS, 0, 0, 0),
+        )
         super()._send(src, dst, op, handoff_s)
 
     def _arrive(self, node, op):

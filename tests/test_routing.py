@@ -1,11 +1,15 @@
 """Online routing (routing.py) and its simulation (sim/online.py): seeded determinism, the
 expected-wait preference, swarm-skip paths that keep CC1-CC3 and TC1, the simulator's
 prediction over seeds, the schedule entry, and the hybrid repairing around a straggler."""
+
 import dataclasses
 from collections import Counter
 
 import pytest
+from conftest import SETTINGS
+from test_simulate import make_scenario
 
+from schedules import TINY_ALLOCATION, timed_schedule, tiny
 from skippipe.planner.online import REBALANCE_THRESHOLD, online_variant
 from skippipe.routing import Report, Router, stage_budgets
 from skippipe.rules import stage_visit_cap, violations
@@ -13,10 +17,6 @@ from skippipe.scenario import load_scenario
 from skippipe.schedule import Hop, Routing, Schedule
 from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.online import predict, simulate_online
-
-from conftest import SETTINGS
-from schedules import TINY_ALLOCATION, timed_schedule, tiny
-from test_simulate import make_scenario
 
 
 def _router(sc, seed=0, node=0, rule="swarm", k=None, choice="least-time"):
@@ -54,9 +54,11 @@ def test_least_time_takes_the_least_accumulated_expected_time():
     r = Router(0, Routing("swarm"), sc, 3)
     picks = [r.choose_node(peers) for _ in range(30)]
     for i in range(0, 30, 3):
-        assert sorted(picks[i:i + 3]) == peers  # a tie each round: every peer once
-    orders = {tuple(Router(0, Routing("swarm", seed=s), sc, 3).choose_node(peers) for _ in range(3))
-              for s in range(8)}
+        assert sorted(picks[i : i + 3]) == peers  # a tie each round: every peer once
+    orders = {
+        tuple(Router(0, Routing("swarm", seed=s), sc, 3).choose_node(peers) for _ in range(3))
+        for s in range(8)
+    }
     assert len(orders) > 1  # randomness breaks the ties, nothing else
     r = Router(0, Routing("swarm"), sc, 3)
     r.observe(3, Report(4 * r.costs.forward_s(3), 0))
@@ -91,6 +93,7 @@ def test_routing_choice_round_trips_and_old_schedules_keep_the_weighted_draw(tin
     del d["variants"]["swarm"]["routing"]["choice"]  # written before the choice was kept
     assert from_dict(d).variants["swarm"].routing.choice == "weighted"
     from skippipe.schedule import ScheduleError
+
     with pytest.raises(ScheduleError, match="routing choice 'best'"):
         Routing("swarm", choice="best")
 

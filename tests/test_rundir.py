@@ -1,4 +1,5 @@
 """util/rundir.py: fresh, uniquely named run directories; util/peers.py: peer tables."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,11 @@ def test_shown_is_relative_below_the_working_directory(tmp_path, monkeypatch):
 
 
 def test_peer_tables(tmp_path):
-    assert local_peers(range(3), "127.0.0.1", 29500) == {0: ("127.0.0.1", 29500), 1: ("127.0.0.1", 29501),
-                                                          2: ("127.0.0.1", 29502)}
+    assert local_peers(range(3), "127.0.0.1", 29500) == {
+        0: ("127.0.0.1", 29500),
+        1: ("127.0.0.1", 29501),
+        2: ("127.0.0.1", 29502),
+    }
     path = tmp_path / "peers.json"
     path.write_text(json.dumps({"0": "10.0.0.1:29500", "1": "[::1]:29501"}))
     assert load_peers(path, 2) == {0: ("10.0.0.1", 29500), 1: ("[::1]", 29501)}
@@ -47,6 +51,7 @@ def test_peer_tables(tmp_path):
 
 def test_kept_files_are_recorded_by_a_relative_name_that_survives_a_move(tmp_path):
     from skippipe.util.rundir import keep_in, resolve_in
+
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "tok.model").write_bytes(b"model")
     name = keep_in(tmp_path / "run" / "checkpoint", tmp_path / "cache" / "tok.model")
@@ -59,6 +64,7 @@ def test_kept_files_are_recorded_by_a_relative_name_that_survives_a_move(tmp_pat
 
 def test_outputs_are_checked_before_any_work_and_nothing_is_created(tmp_path):
     from skippipe.util.rundir import can_create, writable_output
+
     assert writable_output(tmp_path / "a" / "b" / "g.png", "--gantt") == tmp_path / "a" / "b" / "g.png"
     assert not (tmp_path / "a").exists()
     (tmp_path / "file").write_text("")

@@ -2,12 +2,11 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, SETTINGS
 
 from skippipe.costs import Costs
-from skippipe.settings_checks import ScenarioError
 from skippipe.scenario import load_scenario
-
-from conftest import ROOT, SETTINGS
+from skippipe.settings_checks import ScenarioError
 
 ALL = sorted(SETTINGS.glob("*.toml"))
 
@@ -60,19 +59,29 @@ def _tiny_text(**replace) -> str:
     return text
 
 
-@pytest.mark.parametrize("old,new,key", [
-    ("d_model = 64", "d_model = 64\ncolour = 3", "model.colour"),
-    ("path_length = 3", "path_length = 0", "pipeline.path_length"),
-    ("memory_slots = 2", "memory_slots = -1", "pipeline.memory_slots"),
-    ("per_hop_overhead_s = 0.002", "per_hop_overhead_s = -1.0", "costs.per_hop_overhead_s"),
-    ('  { a = "west", b = "north", latency_ms = 12, bandwidth_gib_s = 0.02 },\n', "", "missing location pair west-north"),
-    ('{ a = "east", b = "west", latency_ms = 20, bandwidth_gib_s = 0.01 }',
-     '{ a = "east", b = "west", latency_ms = 20, bandwidth_gib_s = 0.0 }', "bandwidth_gib_s"),
-    ("[training]", "[trainin]", "trainin"),
-    ("stage_sizes = [2, 2, 1, 1]", "stage_sizes = [2, 2, 1, 2]", "pipeline.stage_sizes"),
-    ("path_length = 3", "path_length = 5", "pipeline.path_length"),
-    ("n_layers = 4 ", "n_layers = 6 ", "model.n_layers"),
-])
+@pytest.mark.parametrize(
+    "old,new,key",
+    [
+        ("d_model = 64", "d_model = 64\ncolour = 3", "model.colour"),
+        ("path_length = 3", "path_length = 0", "pipeline.path_length"),
+        ("memory_slots = 2", "memory_slots = -1", "pipeline.memory_slots"),
+        ("per_hop_overhead_s = 0.002", "per_hop_overhead_s = -1.0", "costs.per_hop_overhead_s"),
+        (
+            '  { a = "west", b = "north", latency_ms = 12, bandwidth_gib_s = 0.02 },\n',
+            "",
+            "missing location pair west-north",
+        ),
+        (
+            '{ a = "east", b = "west", latency_ms = 20, bandwidth_gib_s = 0.01 }',
+            '{ a = "east", b = "west", latency_ms = 20, bandwidth_gib_s = 0.0 }',
+            "bandwidth_gib_s",
+        ),
+        ("[training]", "[trainin]", "trainin"),
+        ("stage_sizes = [2, 2, 1, 1]", "stage_sizes = [2, 2, 1, 2]", "pipeline.stage_sizes"),
+        ("path_length = 3", "path_length = 5", "pipeline.path_length"),
+        ("n_layers = 4 ", "n_layers = 6 ", "model.n_layers"),
+    ],
+)
 def test_bad_settings_name_file_and_key(tmp_path, old, new, key):
     p = _write(tmp_path, _tiny_text(**{old: new}))
     with pytest.raises(ScenarioError) as e:
@@ -87,8 +96,9 @@ def test_not_toml(tmp_path):
 
 def test_command_reports_one_line_and_exit_2(tmp_path):
     p = _write(tmp_path, _tiny_text(**{"d_model = 64": "d_model = 64\ncolour = 3"}))
-    r = subprocess.run([sys.executable, "create_schedule.py", str(p)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "create_schedule.py", str(p)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "model.colour" in r.stderr
 
@@ -118,23 +128,39 @@ def test_weight_grad_share_splits_the_backward():
 def test_content_hash_covers_only_what_planners_read(tmp_path):
     """Changing [training] (time scale, iterations, learning rate, ...) or the runtime's optional
     sections keeps a schedule valid; the planners' inputs do not."""
+    from schedules import make_paths, make_schedule
     from skippipe.schedule import ScheduleError
     from skippipe.schedule_file import load_schedule, save_schedule
-    from schedules import make_paths, make_schedule
 
     a = load_scenario(SETTINGS / "tiny.toml")
-    training = load_scenario(_write(tmp_path, _tiny_text(**{
-        "time_scale = 1.0": "time_scale = 8.0", "iterations = 3": "iterations = 40",
-        "learning_rate = 3e-3": "learning_rate = 1e-4", "seed = 0": "seed = 7"})))
+    training = load_scenario(
+        _write(
+            tmp_path,
+            _tiny_text(
+                **{
+                    "time_scale = 1.0": "time_scale = 8.0",
+                    "iterations = 3": "iterations = 40",
+                    "learning_rate = 3e-3": "learning_rate = 1e-4",
+                    "seed = 0": "seed = 7",
+                }
+            ),
+        )
+    )
     assert training.training != a.training and training.content_hash == a.content_hash
     faults = load_scenario(_write(tmp_path, _tiny_text() + "\n[faults]\nrandom_rate = 0.5\n"))
     assert faults.content_hash == a.content_hash
-    for change in ({"loss_factor = 0.25": "loss_factor = 0.5"}, {"d_model = 64": "d_model = 128"},
-                   {"latency_ms = 20": "latency_ms = 21"}, {"count = 6 ": "count = 6\ncompute_factors = [1, 2]"}):
+    for change in (
+        {"loss_factor = 0.25": "loss_factor = 0.5"},
+        {"d_model = 64": "d_model = 128"},
+        {"latency_ms = 20": "latency_ms = 21"},
+        {"count = 6 ": "count = 6\ncompute_factors = [1, 2]"},
+    ):
         assert load_scenario(_write(tmp_path, _tiny_text(**change))).content_hash != a.content_hash, change
 
     path = tmp_path / "tiny.json"
     save_schedule(make_schedule(a, make_paths()), path)
     load_schedule(path, training)  # still valid: no re-plan
     with pytest.raises(ScheduleError, match="re-plan"):
-        load_schedule(path, load_scenario(_write(tmp_path, _tiny_text(**{"memory_slots = 2": "memory_slots = 3"}))))
+        load_schedule(
+            path, load_scenario(_write(tmp_path, _tiny_text(**{"memory_slots = 2": "memory_slots = 3"})))
+        )

@@ -2,16 +2,15 @@ import dataclasses
 import json
 
 import pytest
+from conftest import SETTINGS
 
+from schedules import make_paths, make_schedule, replace_path, sequential_ops, timed_schedule, tiny
 from skippipe.costs import Costs
 from skippipe.ops import B, F
-from skippipe.scenario import load_scenario
 from skippipe.rules import cc3_problem, planned_makespan, validate, violations
+from skippipe.scenario import load_scenario
 from skippipe.schedule import Hop, ScheduleError
 from skippipe.schedule_file import from_dict, load_schedule, save_schedule, to_dict
-
-from conftest import SETTINGS
-from schedules import make_paths, make_schedule, replace_path, sequential_ops, timed_schedule, tiny
 
 
 def rules(sched, sc):
@@ -90,8 +89,10 @@ def test_tc2_no_overlap_on_a_node():
     v = s.variants["ca-partial"]
     t0 = {o: o.start_s for ops in v.order.values() for o in ops}
     shift = t0[F(1, 0)] - t0[F(0, 0)] - 0.001  # microbatch 1 runs 1 ms after microbatch 0
-    order = {n: tuple(dataclasses.replace(o, start_s=o.start_s - shift) if o.microbatch == 1 else o
-                      for o in ops) for n, ops in v.order.items()}
+    order = {
+        n: tuple(dataclasses.replace(o, start_s=o.start_s - shift) if o.microbatch == 1 else o for o in ops)
+        for n, ops in v.order.items()
+    }
     found = violations(make_schedule(sc, v.paths, "ca-partial", order), sc)
     assert found and found[0].rule == "TC2" and found[0].microbatch in (0, 1)
 
@@ -99,8 +100,10 @@ def test_tc2_no_overlap_on_a_node():
 def test_timing_respects_link_time():
     sc = tiny()
     v = timed_schedule(sc).variants["ca-partial"]
-    order = {n: tuple(dataclasses.replace(o, start_s=o.start_s - 0.5) if o == B(5, 0) else o
-                      for o in ops) for n, ops in v.order.items()}
+    order = {
+        n: tuple(dataclasses.replace(o, start_s=o.start_s - 0.5) if o == B(5, 0) else o for o in ops)
+        for n, ops in v.order.items()
+    }
     assert "TIMING" in rules(make_schedule(sc, v.paths, "ca-partial", order), sc)
 
 

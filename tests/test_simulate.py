@@ -2,22 +2,22 @@
 
 Costs are chosen as exact binary fractions (1, 2, 0.5, 0.25, 0.125 s) so sums are exact.
 """
+
 import math
 import re
 
 import pytest
+from conftest import SETTINGS
 
 from skippipe.cli import main
 from skippipe.costs import Costs
 from skippipe.network import Link, Network, Node
-from skippipe.scenario import CostConfig, ModelConfig, PipelineConfig, Scenario, TrainingConfig, load_scenario
 from skippipe.ops import Op
 from skippipe.rules import planned_makespan, violations
+from skippipe.scenario import CostConfig, ModelConfig, PipelineConfig, Scenario, TrainingConfig, load_scenario
 from skippipe.schedule import Hop, MicrobatchPath, Schedule, VariantSchedule
 from skippipe.schedule_file import save_schedule
 from skippipe.sim.simulate import SimulationError, simulate
-
-from conftest import SETTINGS
 
 ACT_BYTES = 8  # activation_dtype_bytes 1 x d_model 8 x ctx 1 x 1 sample
 F_S, B_S, L_S = 1.0, 2.0, 0.5  # forward, backward (factor 2), loss (factor 0.5)
@@ -25,10 +25,21 @@ SER_S, PROP_S = 0.25, 0.125  # default link: serialization and latency
 HOP_S = SER_S + PROP_S  # one message on an idle link
 
 
-def make_scenario(stage_sizes, *, locations=None, slots=2, mb_per_node=1, f_s=F_S,
-                  backward_factor=B_S / F_S, loss_factor=L_S / F_S, ser_s=SER_S, prop_s=PROP_S,
-                  same_location=Link(0.0, math.inf), path_length=None,
-                  node_f_s=None) -> Scenario:
+def make_scenario(
+    stage_sizes,
+    *,
+    locations=None,
+    slots=2,
+    mb_per_node=1,
+    f_s=F_S,
+    backward_factor=B_S / F_S,
+    loss_factor=L_S / F_S,
+    ser_s=SER_S,
+    prop_s=PROP_S,
+    same_location=Link(0.0, math.inf),
+    path_length=None,
+    node_f_s=None,
+) -> Scenario:
     """Nodes numbered stage by stage; each node in its own location unless `locations` given.
     One layer per stage, one sample per microbatch, so forward = f_s (node_f_s: per-node
     overrides)."""
@@ -36,18 +47,28 @@ def make_scenario(stage_sizes, *, locations=None, slots=2, mb_per_node=1, f_s=F_
     locations = locations or [f"loc{i}" for i in range(n)]
     locs = tuple(dict.fromkeys(locations))
     bandwidth = ACT_BYTES / ser_s if ser_s > 0 else math.inf
-    links = tuple((a, b, Link(prop_s, bandwidth)) for i, a in enumerate(locs) for b in locs[i + 1:])
+    links = tuple((a, b, Link(prop_s, bandwidth)) for i, a in enumerate(locs) for b in locs[i + 1 :])
     s = len(stage_sizes)
     return Scenario(
-        name="t", source="", content_hash="h",
-        model=ModelConfig(d_model=8, n_heads=2, n_layers=s, ffn_hidden=16, ctx_tokens=1,
-                          vocab_size=16, activation_dtype_bytes=1, param_dtype_bytes=1),
-        pipeline=PipelineConfig(tuple(stage_sizes), path_length or s, slots, mb_per_node, 1,
-                                2, 1, 2, 4),
+        name="t",
+        source="",
+        content_hash="h",
+        model=ModelConfig(
+            d_model=8,
+            n_heads=2,
+            n_layers=s,
+            ffn_hidden=16,
+            ctx_tokens=1,
+            vocab_size=16,
+            activation_dtype_bytes=1,
+            param_dtype_bytes=1,
+        ),
+        pipeline=PipelineConfig(tuple(stage_sizes), path_length or s, slots, mb_per_node, 1, 2, 1, 2, 4),
         costs=CostConfig(backward_factor, loss_factor, 0.0),
         training=TrainingConfig(1, 1e-3, 1.0, 0.0, 0, 1.0),
         network=Network("t", locs, same_location, links),
-        nodes=tuple(Node(i, locations[i], (node_f_s or {}).get(i, f_s), slots) for i in range(n)))
+        nodes=tuple(Node(i, locations[i], (node_f_s or {}).get(i, f_s), slots) for i in range(n)),
+    )
 
 
 def allocation_of(stage_sizes):
@@ -62,8 +83,10 @@ def make_schedule(stage_sizes, node_paths, order=None, variant="ca-partial") -> 
     """node_paths[mb] = node ids visited (origin first); stages come from the allocation."""
     alloc = allocation_of(stage_sizes)
     stage_of = {n: s for s, nodes in enumerate(alloc) for n in nodes}
-    paths = tuple(MicrobatchPath(mb, nodes[0], tuple(Hop(stage_of[x], x) for x in nodes))
-                  for mb, nodes in enumerate(node_paths))
+    paths = tuple(
+        MicrobatchPath(mb, nodes[0], tuple(Hop(stage_of[x], x) for x in nodes))
+        for mb, nodes in enumerate(node_paths)
+    )
     v = VariantSchedule(variant, paths, order)
     return Schedule("t", "h", "", alloc, {variant: v})
 
@@ -74,17 +97,20 @@ def ops(*spec):
 
 
 def op_events(result, node=None):
-    return [e for e in result.events if e["event"] == "op" and e["kind"] != "AVG"
-            and (node is None or e["node"] == node)]
+    return [
+        e
+        for e in result.events
+        if e["event"] == "op" and e["kind"] != "AVG" and (node is None or e["node"] == node)
+    ]
 
 
 def start_of(result, kind, mb, hop):
-    (e,) = [e for e in op_events(result)
-            if (e["kind"], e["microbatch"], e["hop"]) == (kind, mb, hop)]
+    (e,) = [e for e in op_events(result) if (e["kind"], e["microbatch"], e["hop"]) == (kind, mb, hop)]
     return e["t"]
 
 
 # ----------------------------------------------------------------------------------------------
+
 
 def test_one_path_alone_is_the_sum_of_ops_and_links():
     sc = make_scenario([1, 1, 1])
@@ -139,8 +165,7 @@ def test_two_messages_on_one_link_queue():
 
 def test_forward_waits_for_a_memory_slot():
     sizes = [1, 1]
-    r = simulate(make_schedule(sizes, [[0, 1], [0, 1]]), "ca-partial",
-                 make_scenario(sizes, slots=1))
+    r = simulate(make_schedule(sizes, [[0, 1], [0, 1]]), "ca-partial", make_scenario(sizes, slots=1))
     alone = 2 * F_S + L_S + 2 * B_S + 4 * HOP_S  # 8.0
     # the data node's one slot is held by mb0 from its F start to its B end at hop 0
     assert start_of(r, "F", 1, 0) == alone
@@ -162,11 +187,13 @@ def test_gpipe_bubble_fraction(p, m):
     each node is (2(M+p-1) - 2M) / 2(M+p-1) = (p-1)/(M+p-1). A single node per stage: no
     averaging, so iteration = makespan."""
     sizes = [1] * p
-    sc = make_scenario(sizes, slots=m, mb_per_node=m, backward_factor=1.0, loss_factor=0.0,
-                       ser_s=0.0, prop_s=0.0)
+    sc = make_scenario(
+        sizes, slots=m, mb_per_node=m, backward_factor=1.0, loss_factor=0.0, ser_s=0.0, prop_s=0.0
+    )
     paths = [list(range(p))] * m
-    order = {0: ops(*[f"F{j}.0" for j in range(m)], *[f"L{j}" for j in range(m)],
-                    *[f"B{j}.0" for j in range(m)])}
+    order = {
+        0: ops(*[f"F{j}.0" for j in range(m)], *[f"L{j}" for j in range(m)], *[f"B{j}.0" for j in range(m)])
+    }
     for i in range(1, p):
         order[i] = ops(*[f"F{j}.{i}" for j in range(m)], *[f"B{j}.{i}" for j in range(m)])
     r = simulate(make_schedule(sizes, paths, order, variant="baseline"), "baseline", sc)
@@ -178,8 +205,11 @@ def test_gpipe_bubble_fraction(p, m):
 
 
 def _collision_order(first_mb: int, second_mb: int) -> dict:
-    return {0: ops("F0.0", "L0", "B0.0"), 1: ops("F1.0", "L1", "B1.0"),
-            2: ops(f"F{first_mb}.1", f"B{first_mb}.1", f"F{second_mb}.1", f"B{second_mb}.1")}
+    return {
+        0: ops("F0.0", "L0", "B0.0"),
+        1: ops("F1.0", "L1", "B1.0"),
+        2: ops(f"F{first_mb}.1", f"B{first_mb}.1", f"F{second_mb}.1", f"B{second_mb}.1"),
+    }
 
 
 def test_planned_order_is_respected():
@@ -199,8 +229,7 @@ def test_planned_order_is_respected():
 
 def test_averaging_starts_per_stage_without_a_global_barrier():
     sizes = [1, 2]  # nodes 1 and 2 share a location whose local link has 0.25 s latency
-    sc = make_scenario(sizes, locations=["west", "east", "east"],
-                       same_location=Link(0.25, math.inf))
+    sc = make_scenario(sizes, locations=["west", "east", "east"], same_location=Link(0.25, math.inf))
     r = simulate(make_schedule(sizes, [[0, 1], [0, 2]]), "ca-partial", sc)
     assert r.averaging_s == (0.0, 2 * 0.25)  # ring of 2: 2 steps of latency (no bytes cost)
     # stage 1: mb0's B at node 1 ends 5.625, mb1's B at node 2 runs [4.625, 6.625)
@@ -242,18 +271,21 @@ def test_incomplete_planned_order_is_rejected():
 # ----------------------------------------------------------------------------------------------
 # Consistency on a real settings file
 
+
 def _baseline_schedule(sc: Scenario) -> Schedule:
     """Full pipelines, microbatches dealt round robin over each stage's nodes (balanced)."""
     alloc = allocation_of(sc.pipeline.stage_sizes)
     paths, mb = [], 0
     for origin in alloc[0]:
         for _ in range(sc.pipeline.microbatches_per_node):
-            hops = (Hop(0, origin),) + tuple(Hop(s, nodes[mb % len(nodes)])
-                                             for s, nodes in enumerate(alloc) if s > 0)
+            hops = (Hop(0, origin),) + tuple(
+                Hop(s, nodes[mb % len(nodes)]) for s, nodes in enumerate(alloc) if s > 0
+            )
             paths.append(MicrobatchPath(mb, origin, hops))
             mb += 1
-    return Schedule(sc.name, sc.content_hash, sc.source, alloc,
-                    {"baseline": VariantSchedule("baseline", tuple(paths))})
+    return Schedule(
+        sc.name, sc.content_hash, sc.source, alloc, {"baseline": VariantSchedule("baseline", tuple(paths))}
+    )
 
 
 def test_fcfs_run_passes_the_validator_and_replays_exactly():
@@ -263,16 +295,14 @@ def test_fcfs_run_passes_the_validator_and_replays_exactly():
     fcfs = simulate(sched, "baseline", sc)  # no order in the schedule: fcfs
     assert not fcfs.used_order
     v = VariantSchedule("baseline", sched.variants["baseline"].paths, fcfs.order)
-    planned = Schedule(sched.scenario_name, sched.scenario_hash, "", sched.allocation,
-                       {"baseline": v})
+    planned = Schedule(sched.scenario_name, sched.scenario_hash, "", sched.allocation, {"baseline": v})
     # the simulated start times obey TC1 (memory), TC2 (no overlap) and link precedence
     assert violations(planned, sc) == []
     assert planned_makespan(v, Costs(sc)) == pytest.approx(fcfs.makespan_s)
     replay = simulate(planned, "baseline", sc)
     assert replay.used_order
     assert replay.makespan_s == fcfs.makespan_s and replay.iteration_s == fcfs.iteration_s
-    assert sum(s.waiting_s for s in replay.per_node) == pytest.approx(
-        sum(s.waiting_s for s in fcfs.per_node))
+    assert sum(s.waiting_s for s in replay.per_node) == pytest.approx(sum(s.waiting_s for s in fcfs.per_node))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -309,12 +339,16 @@ def _command_schedule(tmp_path):
     settings = tmp_path / "cmd.toml"
     settings.write_text(TINY_TOML)
     sc = load_scenario(settings)
-    base = VariantSchedule("baseline", tuple(
-        MicrobatchPath(mb, 0, (Hop(0, 0), Hop(1, 1), Hop(2, 2))) for mb in range(2)))
-    partial = VariantSchedule("ca-partial", (MicrobatchPath(0, 0, (Hop(0, 0), Hop(1, 1))),
-                                             MicrobatchPath(1, 0, (Hop(0, 0), Hop(2, 2)))))
-    sched = Schedule(sc.name, sc.content_hash, str(settings), ((0,), (1,), (2,)),
-                     {"baseline": base, "ca-partial": partial})
+    base = VariantSchedule(
+        "baseline", tuple(MicrobatchPath(mb, 0, (Hop(0, 0), Hop(1, 1), Hop(2, 2))) for mb in range(2))
+    )
+    partial = VariantSchedule(
+        "ca-partial",
+        (MicrobatchPath(0, 0, (Hop(0, 0), Hop(1, 1))), MicrobatchPath(1, 0, (Hop(0, 0), Hop(2, 2)))),
+    )
+    sched = Schedule(
+        sc.name, sc.content_hash, str(settings), ((0,), (1,), (2,)), {"baseline": base, "ca-partial": partial}
+    )
     path = tmp_path / "sched.json"
     save_schedule(sched, path)
     return path
@@ -323,8 +357,19 @@ def _command_schedule(tmp_path):
 def test_command_prints_a_table_and_writes_outputs(tmp_path, capsys):
     path = _command_schedule(tmp_path)
     png, jsonl, trace = tmp_path / "g.png", tmp_path / "t.jsonl", tmp_path / "t.json"
-    rc = main(["simulate", str(path), "--gantt", str(png), "--timeline", str(jsonl),
-               "--trace", str(trace), "--per-node"])
+    rc = main(
+        [
+            "simulate",
+            str(path),
+            "--gantt",
+            str(png),
+            "--timeline",
+            str(jsonl),
+            "--trace",
+            str(trace),
+            "--per-node",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
@@ -336,8 +381,20 @@ def test_command_prints_a_table_and_writes_outputs(tmp_path, capsys):
 
 def test_command_single_variant_fcfs(tmp_path, capsys):
     path = _command_schedule(tmp_path)
-    assert main(["simulate", str(path), "--variant", "ca-partial", "--fcfs",
-                 "--timeline", str(tmp_path / "one.jsonl")]) == 0
+    assert (
+        main(
+            [
+                "simulate",
+                str(path),
+                "--variant",
+                "ca-partial",
+                "--fcfs",
+                "--timeline",
+                str(tmp_path / "one.jsonl"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert re.search(r"^ca-partial\s+fcfs", out, re.M) and not re.search(r"^baseline", out, re.M)
     assert (tmp_path / "one.jsonl").is_file()
@@ -354,6 +411,7 @@ def test_command_bad_schedule_is_one_line_exit_2(tmp_path, capsys):
 def test_split_backward_runs_w_after_b_on_the_same_node():
     """weight_grad_share 0.5 of a 2 s backward: B 1 s (sent on at once), then W 1 s."""
     import dataclasses
+
     sizes = [1, 1]
     sched = make_schedule(sizes, [[0, 1]])
     v = dataclasses.replace(sched.variants["ca-partial"], split_backward=True)

@@ -1,6 +1,7 @@
 """The sparse-pipeline study (skippipe.study): n-gram references, statistics, the plan's pure
 helpers, LayerDrop paths, the test split, resuming, and a tiny end-to-end run with
 --report-only."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,10 @@ from skippipe.study import cli, layerdrop, ngram, plan, runs, stats
 from skippipe.study.inputs import load_inputs, reordered_paths
 from skippipe.study.report import crossing, default_targets, layer_flops_per_iteration
 
-WORDS = ("the stage node path pipeline skips layers while training converges on a network of "
-         "heterogeneous links with latency and bandwidth between locations").split()
+WORDS = (
+    "the stage node path pipeline skips layers while training converges on a network of "
+    "heterogeneous links with latency and bandwidth between locations"
+).split()
 
 
 def test_add_k_references_by_hand():
@@ -26,8 +29,7 @@ def test_add_k_references_by_hand():
     uni = math.exp(-(math.log(2.1 / 5.3) + math.log(1.1 / 5.3)) / 2)
     assert ngram.unigram_perplexity(train, contexts, targets, 3) == pytest.approx(uni)
     # bigram: c(0,1)=2 of c(0)=2, c(1,2)=1 of c(1)=2
-    assert ngram.bigram_perplexity(train, contexts, targets, 3) == pytest.approx(
-        2.3 / math.sqrt(2.1 * 1.1))
+    assert ngram.bigram_perplexity(train, contexts, targets, 3) == pytest.approx(2.3 / math.sqrt(2.1 * 1.1))
     with pytest.raises(ValueError):
         ngram.bigram_perplexity(train, contexts, np.array([1, 3]), 3)
 
@@ -40,8 +42,7 @@ def test_kneser_ney_bigram_by_hand():
     model = ngram.KneserNey(np.array([0, 1, 0, 2, 0, 1]), 2, 3)
     p1 = {0: (2 - 0.5 + 0.5) / 4, 1: (1 - 0.5 + 0.5) / 4, 2: (1 - 0.5 + 0.5) / 4}
     # after 0: c(0.)=3, (0,1)=2, (0,2)=1, backoff mass 0.6*2 = 1.2
-    expect = {0: (0 + 1.2 * p1[0]) / 3, 1: (2 - 0.6 + 1.2 * p1[1]) / 3,
-              2: (1 - 0.6 + 1.2 * p1[2]) / 3}
+    expect = {0: (0 + 1.2 * p1[0]) / 3, 1: (2 - 0.6 + 1.2 * p1[1]) / 3, 2: (1 - 0.6 + 1.2 * p1[2]) / 3}
     got = model.probabilities(np.zeros((3, 1), dtype=np.int64), np.arange(3))
     assert got == pytest.approx([expect[w] for w in range(3)])
     unseen = model.probabilities(np.full((3, 1), -1), np.arange(3))  # no history: order 1
@@ -98,8 +99,10 @@ def test_plan_helpers():
     assert crossing(curve, 200) == 10 and crossing(curve, 5) is None
     assert plan.eval_points(800, 10) == tuple(range(80, 801, 80))
     assert plan.eval_points(3, 10) == (1, 2, 3)
-    results = [{"variant": "a", "learning_rate": lr, "curve": [{"mean_nll": nll}]}
-               for lr, nll in ((1e-3, 3.0), (2e-3, 2.5), (3e-3, 2.5))]
+    results = [
+        {"variant": "a", "learning_rate": lr, "curve": [{"mean_nll": nll}]}
+        for lr, nll in ((1e-3, 3.0), (2e-3, 2.5), (3e-3, 2.5))
+    ]
     assert plan.best_learning_rates(results) == {"a": 2e-3}
     assert plan.next_rate([1e-3, 2e-3, 4e-3], 4e-3) == 8e-3
     assert plan.next_rate([1e-3, 2e-3, 4e-3], 1e-3) == 5e-4
@@ -146,8 +149,7 @@ def corpus(tmp_path, monkeypatch):
     root = tmp_path / "text"
     root.mkdir()
     for f in range(3):
-        paras = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) + "."
-                 for _ in range(80)]
+        paras = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) + "." for _ in range(80)]
         (root / f"part{f}.txt").write_text("\n\n".join(paras))
     return str(root)
 
@@ -162,8 +164,14 @@ def test_test_split_is_held_out_and_training_unchanged(corpus):
     assert len(split.validation) + len(split.test) == len(plain.validation)
 
 
-TINY_MODEL = {"d_model": "32", "n_heads": "1", "n_layers": "6", "ffn_hidden": "96",
-              "ctx_tokens": "32", "samples_per_microbatch": "2"}
+TINY_MODEL = {
+    "d_model": "32",
+    "n_heads": "1",
+    "n_layers": "6",
+    "ffn_hidden": "96",
+    "ctx_tokens": "32",
+    "samples_per_microbatch": "2",
+}
 
 
 def tiny_settings(tmp_path) -> str:
@@ -178,11 +186,35 @@ def tiny_settings(tmp_path) -> str:
 
 
 def _args(corpus, tmp_path, *extra):
-    return ["--preset", "quick", "--settings", tiny_settings(tmp_path), "--data", corpus,
-            "--results", str(tmp_path / "results"),
-            "--work", str(tmp_path / "work"), "--iterations", "2", "--evals", "1",
-            "--variants", "baseline,ca-partial,layerdrop", "--lrs", "1e-3,3e-3", "--seeds", "0,1",
-            "--max-eval-windows", "16", "--max-lr-extensions", "0", "--jobs", "1", *extra]
+    return [
+        "--preset",
+        "quick",
+        "--settings",
+        tiny_settings(tmp_path),
+        "--data",
+        corpus,
+        "--results",
+        str(tmp_path / "results"),
+        "--work",
+        str(tmp_path / "work"),
+        "--iterations",
+        "2",
+        "--evals",
+        "1",
+        "--variants",
+        "baseline,ca-partial,layerdrop",
+        "--lrs",
+        "1e-3,3e-3",
+        "--seeds",
+        "0,1",
+        "--max-eval-windows",
+        "16",
+        "--max-lr-extensions",
+        "0",
+        "--jobs",
+        "1",
+        *extra,
+    ]
 
 
 def _count_iterations(monkeypatch) -> list:
@@ -201,7 +233,7 @@ def test_runs_resume_and_settings_changes_rerun(corpus, tmp_path, monkeypatch):
     assert len(calls) == 2 and len(first["curve"]) == 1 and first["test"]["tokens"] > 0
     assert runs.train_run(spec, study.results, study.work) == first and len(calls) == 2  # reused
     sweep = runs.sweep_run(spec, study.results, study.work, ((0, 2, 1, 3),))
-    assert len(sweep["paths"]) == 2 ** 5 + 1
+    assert len(sweep["paths"]) == 2**5 + 1
     with monkeypatch.context() as m:
         m.setattr(runs, "path_nll", lambda *a: pytest.fail("sweep not reused"))
         assert runs.sweep_run(spec, study.results, study.work, ((0, 2, 1, 3),)) == sweep
@@ -226,8 +258,18 @@ def test_study_end_to_end_then_report_only(corpus, tmp_path, monkeypatch, capsys
     assert cli.main(_args(corpus, tmp_path)) == 0
     results = tmp_path / "results"
     report = (results / "report.md").read_text()
-    for heading in ("Learning-rate sweep", "paired by seed", "stages kept", "reordered",
-                    "Speed-up", "5-gram", "layerdrop", "validation tokens", "test tokens", "Versions"):
+    for heading in (
+        "Learning-rate sweep",
+        "paired by seed",
+        "stages kept",
+        "reordered",
+        "Speed-up",
+        "5-gram",
+        "layerdrop",
+        "validation tokens",
+        "test tokens",
+        "Versions",
+    ):
         assert heading in report
     for png in ("study-stages-kept", "study-curves", "study-speedup"):
         assert (tmp_path / "work" / f"{png}.png").stat().st_size > 0
@@ -245,9 +287,13 @@ def test_study_end_to_end_then_report_only(corpus, tmp_path, monkeypatch, capsys
     from skippipe.study import times  # times made for these settings and paths take over
 
     study = plan.Study(cli.parse_args(_args(corpus, tmp_path)))
-    fair = {"fingerprint": times.fingerprint(study.args.settings, study.inputs.paths, "quick", 0),
-            "scenario": "study-6x2", "comparator": "zb-h1", "memory_slots": [3],
-            "iteration_s": {"baseline": 3.0, "ca-partial": 2.0, "layerdrop": 2.5}}
+    fair = {
+        "fingerprint": times.fingerprint(study.args.settings, study.inputs.paths, "quick", 0),
+        "scenario": "study-6x2",
+        "comparator": "zb-h1",
+        "memory_slots": [3],
+        "iteration_s": {"baseline": 3.0, "ca-partial": 2.0, "layerdrop": 2.5},
+    }
     times.write_times(results, fair)
     assert cli.main(_args(corpus, tmp_path, "--report-only")) == 0
     redone = (results / "report.md").read_text()
@@ -283,8 +329,12 @@ def test_throughput_measure_prints_one_line_per_size_and_path_length(tmp_path, c
     from skippipe.study.throughput import Size
 
     assert Size.parse("64x12x128x4") == Size(64, 12, 128, 4)
-    assert cli.main(["--settings", tiny_settings(tmp_path), "--measure", "32x6x16x2",
-                     "--measure-iterations", "1"]) == 0
+    assert (
+        cli.main(
+            ["--settings", tiny_settings(tmp_path), "--measure", "32x6x16x2", "--measure-iterations", "1"]
+        )
+        == 0
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["path_length"] for x in lines] == [6, 4]
     assert all(x["tokens"] == 32 and x["tokens_per_cpu_s"] > 0 for x in lines)
@@ -298,13 +348,18 @@ def test_speedup_divides_simulated_times_to_each_target():
     from skippipe.study.report import Report
 
     def run(seed, nlls):
-        return {"seed": seed, "curve": [{"iteration": 10 * (i + 1), "mean_nll": math.log(p)}
-                                        for i, p in enumerate(nlls)], "test": {"mean_nll": 0.0}}
+        return {
+            "seed": seed,
+            "curve": [{"iteration": 10 * (i + 1), "mean_nll": math.log(p)} for i, p in enumerate(nlls)],
+            "test": {"mean_nll": 0.0},
+        }
 
     inputs = SimpleNamespace(iteration_s={"baseline": 3.0, "ca-partial": 1.0})
     study = SimpleNamespace(inputs=inputs)
-    chosen = {"baseline": [run(0, [40, 20]), run(1, [40, 20])],
-              "ca-partial": [run(0, [40, 30]), run(1, [30, 25])]}
+    chosen = {
+        "baseline": [run(0, [40, 20]), run(1, [40, 20])],
+        "ca-partial": [run(0, [40, 30]), run(1, [30, 25])],
+    }
     rep = Report(study, [], {}, chosen, {}, {}, [40, 30], {})
     # 40: both at iteration 10 -> 30 s vs 10 s; 30: baseline 15 (log-linear), ca-partial 20 and 10
     assert rep.speedup("ca-partial", 40) == pytest.approx(3.0)

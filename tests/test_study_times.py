@@ -1,6 +1,7 @@
 """The study's iteration times for its time to target (skippipe/study/times.py and
 `python -m skippipe study-times`): the trained paths on the study scenario against the best
 full pipeline at equal memory, and the report reading them."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,9 @@ def test_comparator_is_the_best_full_pipeline_compare_picks(planned):
     from skippipe.variants import REGISTRY
 
     _, sched, rows = planned
-    assert {r["variant"] for r in rows} <= {n for n, v in REGISTRY.items() if v.full_pipeline} and "baseline" in sched.variants
+    assert {r["variant"] for r in rows} <= {
+        n for n, v in REGISTRY.items() if v.full_pipeline
+    } and "baseline" in sched.variants
     best = min(rows, key=lambda r: r["iteration_s"])  # equal work per iteration: fastest = best
     assert all(r["best_full"] == best["variant"] for r in rows)
 
@@ -73,8 +76,10 @@ def test_layerdrop_time_is_between_no_stages_and_every_stage(planned, monkeypatc
 def test_command_writes_times_the_report_reads(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(times, "LAYERDROP_SAMPLES", 4)  # the mean of fewer draws: a faster test
     out = tmp_path / "results"
-    assert cli.main(["study-times", "--preset", "quick", "--effort", "quick", "--results", str(out),
-                     "--quiet"]) == 0
+    assert (
+        cli.main(["study-times", "--preset", "quick", "--effort", "quick", "--results", str(out), "--quiet"])
+        == 0
+    )
     stored = json.loads((out / times.TIMES_FILE).read_text())
     s = stored["iteration_s"]
     assert set(s) == {"baseline", "ca-partial", "random", "layerdrop"}
@@ -103,8 +108,11 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
 
 
 def _run(seed, nlls):
-    return {"seed": seed, "curve": [{"iteration": 10 * (i + 1), "mean_nll": math.log(p)}
-                                    for i, p in enumerate(nlls)], "test": {"mean_nll": 0.0}}
+    return {
+        "seed": seed,
+        "curve": [{"iteration": 10 * (i + 1), "mean_nll": math.log(p)} for i, p in enumerate(nlls)],
+        "test": {"mean_nll": 0.0},
+    }
 
 
 REFS = {"validation": {"tokens": 100, "unigram": 90.0, "bigram": 50.0, "add_k": 0.1, "kn5": 21.0}}
@@ -113,22 +121,32 @@ REFS = {"validation": {"tokens": 100, "unigram": 90.0, "bigram": 50.0, "add_k": 
 def test_report_takes_times_and_labels_the_comparator():
     from skippipe.study.tables import _speedup_table, _times_line
 
-    inputs = SimpleNamespace(iteration_s={"baseline": 4.0, "ca-partial": 1.0},
-                             wallclock_scenario="geo-distributed")
-    study = SimpleNamespace(inputs=inputs, variants=("baseline", "ca-partial", "layerdrop"),
-                            args=SimpleNamespace(max_eval_windows=None))
+    inputs = SimpleNamespace(
+        iteration_s={"baseline": 4.0, "ca-partial": 1.0}, wallclock_scenario="geo-distributed"
+    )
+    study = SimpleNamespace(
+        inputs=inputs,
+        variants=("baseline", "ca-partial", "layerdrop"),
+        args=SimpleNamespace(max_eval_windows=None),
+    )
     chosen = {v: [_run(0, [40, 20]), _run(1, [40, 20])] for v in study.variants}
     old = Report(study, [], {}, chosen, {}, REFS, [40], {})
     assert old.speedup("ca-partial", 40) == pytest.approx(4.0) and old.iteration_s("layerdrop") is None
     assert "not a claim" in old.comparator and old.wallclock == "geo-distributed"
-    stored = {"scenario": "study-6x1", "comparator": "zb-h1", "memory_slots": [3],
-              "iteration_s": {"baseline": 3.0, "ca-partial": 2.0, "layerdrop": 2.5},
-              "split_backward_s": {"baseline": 2.0, "ca-partial": 1.0, "layerdrop": 2.0}}
+    stored = {
+        "scenario": "study-6x1",
+        "comparator": "zb-h1",
+        "memory_slots": [3],
+        "iteration_s": {"baseline": 3.0, "ca-partial": 2.0, "layerdrop": 2.5},
+        "split_backward_s": {"baseline": 2.0, "ca-partial": 1.0, "layerdrop": 2.0},
+    }
     rep = Report(study, [], {}, chosen, {}, REFS, [40], {}, stored)
     assert rep.speedup("ca-partial", 40) == pytest.approx(1.5)  # same curves: 3 s / 2 s
     assert rep.speedup("layerdrop", 40) == pytest.approx(1.2)
-    assert rep.comparator == ("vs zb-h1 at 3 slots, the best full pipeline at equal memory "
-                              "(study-6x1)") and rep.wallclock == "study-6x1"
+    assert (
+        rep.comparator == ("vs zb-h1 at 3 slots, the best full pipeline at equal memory (study-6x1)")
+        and rep.wallclock == "study-6x1"
+    )
     assert "ca-partial 2" in _times_line(rep)[0] and "ca-partial 2.00×" in _times_line(rep)[0]
     table = "\n".join(_speedup_table(rep))
     assert "1.50×" in table and "1.20×" in table

@@ -1,12 +1,12 @@
 """bench/swarm_bench.py's and bench/swarm_report.py's pure helpers: the fault node by role, the --fail options, what a run's
 events count, losses at equal iterations, the table; bad command lines exit 2 in one line.
 No node process is started (the bench itself is run by hand)."""
-import pytest
 
-from skippipe.failures import Condition, FailureSpec
+import pytest
 
 from bench import swarm_bench as sb
 from bench import swarm_report as sr
+from skippipe.failures import Condition, FailureSpec
 
 
 def test_fault_node_is_the_last_node_of_the_first_non_data_stage_with_a_peer():
@@ -22,30 +22,64 @@ def test_fail_args_per_condition():
 
 
 def _end(node, it, loss_sum=0.0, count=0, degraded=False):
-    return {"event": "iteration_end", "node": node, "iteration": it, "t": 1.0 + it, "wall_s": 0.5,
-            "loss_sum": loss_sum, "loss_count": count, "degraded": degraded}
+    return {
+        "event": "iteration_end",
+        "node": node,
+        "iteration": it,
+        "t": 1.0 + it,
+        "wall_s": 0.5,
+        "loss_sum": loss_sum,
+        "loss_count": count,
+        "degraded": degraded,
+    }
 
 
 EVENTS = [
-    _end(0, 0, 12.0, 2), _end(1, 0, 10.0, 2), _end(2, 0),
+    _end(0, 0, 12.0, 2),
+    _end(1, 0, 10.0, 2),
+    _end(2, 0),
     {"event": "fault", "node": 2, "iteration": 1, "how": "crash", "t": 2.0},
     {"event": "microbatch_rerouted", "node": 0, "iteration": 1, "microbatch": 3, "attempt": 1, "t": 2.1},
     {"event": "microbatch_rerouted", "node": 3, "iteration": 1, "microbatch": 4, "hop": 2, "t": 2.2},
     {"event": "microbatch_lost", "node": 0, "iteration": 1, "microbatch": 5, "t": 2.3},
-    _end(0, 1, 9.0, 3, degraded=True), _end(1, 1, 6.0, 1, degraded=True),
+    _end(0, 1, 9.0, 3, degraded=True),
+    _end(1, 1, 6.0, 1, degraded=True),
     {"event": "rejoined", "node": 2, "iteration": 2, "sponsor": 3, "t": 3.0},
     # one move: the decider's rebalance event and the mover's moved event
-    {"event": "rebalance", "node": 0, "iteration": 2, "moved": 2, "source": 1, "target": 2, "at": 4,
-     "throughputs": {"1": 200.0, "2": 40.0}, "t": 3.1},
+    {
+        "event": "rebalance",
+        "node": 0,
+        "iteration": 2,
+        "moved": 2,
+        "source": 1,
+        "target": 2,
+        "at": 4,
+        "throughputs": {"1": 200.0, "2": 40.0},
+        "t": 3.1,
+    },
     {"event": "moved", "node": 2, "iteration": 4, "source": 1, "target": 2, "sponsor": 3, "t": 3.4},
 ]
 
 
 def test_tally_counts_resent_lost_moves_once_each():
-    assert sr.tally(EVENTS) == {"rerouted": 2, "lost": 1, "moves": 1, "faults": 1, "rejoined": 1,
-                                "rejoined_at": 2, "degraded_iterations": 1}
-    assert sr.tally([]) == {"rerouted": 0, "lost": 0, "moves": 0, "faults": 0, "rejoined": 0,
-                            "rejoined_at": None, "degraded_iterations": 0}
+    assert sr.tally(EVENTS) == {
+        "rerouted": 2,
+        "lost": 1,
+        "moves": 1,
+        "faults": 1,
+        "rejoined": 1,
+        "rejoined_at": 2,
+        "degraded_iterations": 1,
+    }
+    assert sr.tally([]) == {
+        "rerouted": 0,
+        "lost": 0,
+        "moves": 0,
+        "faults": 0,
+        "rejoined": 0,
+        "rejoined_at": None,
+        "degraded_iterations": 0,
+    }
 
 
 def test_losses_are_over_the_data_nodes_only():
@@ -54,9 +88,21 @@ def test_losses_are_over_the_data_nodes_only():
 
 
 def _result(variant, condition, times, losses, code=0):
-    return {"scenario": "tiny", "variant": variant, "condition": condition, "node": 4, "time_scale": 4.0,
-            "exit_code": code, "rerouted": 1, "lost": 0, "moves": 0, "wall_s": 20.0, "iterations": len(times),
-            "iteration_s": times, "losses": losses}
+    return {
+        "scenario": "tiny",
+        "variant": variant,
+        "condition": condition,
+        "node": 4,
+        "time_scale": 4.0,
+        "exit_code": code,
+        "rerouted": 1,
+        "lost": 0,
+        "moves": 0,
+        "wall_s": 20.0,
+        "iterations": len(times),
+        "iteration_s": times,
+        "losses": losses,
+    }
 
 
 def test_rows_compare_losses_at_the_last_iteration_every_run_completed():
@@ -72,20 +118,27 @@ def test_rows_compare_losses_at_the_last_iteration_every_run_completed():
 
 
 def test_table_has_one_line_per_row_and_dashes_for_missing_numbers():
-    rows = [sr.row_of(_result("1f1b", "static", [9.0, 0.4, 0.2], [[0, 6.0], [2, 4.0]]), 2),
-            sr.row_of(_result("swarm", "churn", [9.0], [], code=1), 2, {"sim_median_s": 0.31})]
+    rows = [
+        sr.row_of(_result("1f1b", "static", [9.0, 0.4, 0.2], [[0, 6.0], [2, 4.0]]), 2),
+        sr.row_of(_result("swarm", "churn", [9.0], [], code=1), 2, {"sim_median_s": 0.31}),
+    ]
     lines = sr.table(rows).splitlines()
     assert len(lines) == 4 and lines[0].startswith("| variant | condition |")
     assert lines[2] == "| 1f1b | static | 4 | 0.30 | 0.20-0.40 | - | 4.0000 | 1 | 0 | 0 | 0 |"
     assert lines[3] == "| swarm | churn | 4 | - | - | 0.31 | - | 1 | 0 | 0 | 1 |"
 
 
-@pytest.mark.parametrize("argv,says", [(["--variants", "swarm", "warp"], "unknown variant 'warp'"),
-                                       (["--scenarios", "mars"], "unknown scenario 'mars'"),
-                                       (["--conditions", "rain"], "unknown condition 'rain'"),
-                                       (["--iterations", "3"], "--iterations must be at least 5"),
-                                       (["--iterations", "x"], "invalid int value"),
-                                       (["--figures", "no/such/dir"], "no such folder")])
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["--variants", "swarm", "warp"], "unknown variant 'warp'"),
+        (["--scenarios", "mars"], "unknown scenario 'mars'"),
+        (["--conditions", "rain"], "unknown condition 'rain'"),
+        (["--iterations", "3"], "--iterations must be at least 5"),
+        (["--iterations", "x"], "invalid int value"),
+        (["--figures", "no/such/dir"], "no such folder"),
+    ],
+)
 def test_bad_command_lines_exit_2_with_one_line(capsys, argv, says):
     with pytest.raises(SystemExit) as e:
         sb.parse(argv)
@@ -118,12 +171,15 @@ def fake_session(monkeypatch):
     """skippipe.sim.session as the interface says (it may not exist yet): records its calls."""
     import sys
     import types
+
     calls = []
     mod = types.ModuleType("skippipe.sim.session")
 
     def simulate_session(schedule, variant, scenario, iterations, condition, seed=0):
         calls.append((variant, iterations, condition, seed))
-        return _Session([9.0] + [1.0 + seed / 10 + i / 100 for i in range(iterations - 1)], rerouted=seed, moves=[1])
+        return _Session(
+            [9.0] + [1.0 + seed / 10 + i / 100 for i in range(iterations - 1)], rerouted=seed, moves=[1]
+        )
 
     mod.simulate_session = simulate_session
     monkeypatch.setitem(sys.modules, "skippipe.sim.session", mod)
@@ -145,9 +201,14 @@ def test_simulated_planned_once_online_over_five_router_seeds(fake_session):
 
 
 def test_plot_writes_a_png_with_and_without_simulated_medians(tmp_path):
-    rows = [sr.row_of(_result("1f1b", "static", [9.0, 0.4, 0.2], [[2, 4.0]]), 2,
-                      {"sim_median_s": 0.3, "sim_lo_s": 0.3, "sim_hi_s": 0.3}),
-            sr.row_of(_result("swarm", "churn", [9.0, 0.5], [[2, 4.1]]), 2),
-            sr.row_of(_result("swarm", "static", [9.0], []), 2)]  # no steady iteration: no bar
+    rows = [
+        sr.row_of(
+            _result("1f1b", "static", [9.0, 0.4, 0.2], [[2, 4.0]]),
+            2,
+            {"sim_median_s": 0.3, "sim_lo_s": 0.3, "sim_hi_s": 0.3},
+        ),
+        sr.row_of(_result("swarm", "churn", [9.0, 0.5], [[2, 4.1]]), 2),
+        sr.row_of(_result("swarm", "static", [9.0], []), 2),
+    ]  # no steady iteration: no bar
     sr.plot(rows, [tmp_path / "a.png", tmp_path / "b.png"])
     assert (tmp_path / "a.png").stat().st_size > 1000 and (tmp_path / "b.png").is_file()

@@ -1,17 +1,26 @@
 """Timeline: JSONL round trip (one file or one per node), Chrome trace, Gantt PNG."""
+
 import json
 
 import pytest
 
-from skippipe.timeline import (TimelineError, chrome_trace, gantt_png, read_jsonl,
-                               write_jsonl)
+from skippipe.timeline import TimelineError, chrome_trace, gantt_png, read_jsonl, write_jsonl
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _op(t, node, kind, mb, hop, stage, dur, iteration=0):
-    return {"t": t, "node": node, "event": "op", "kind": kind, "microbatch": mb, "hop": hop,
-            "stage": stage, "dur": dur, "iteration": iteration}
+    return {
+        "t": t,
+        "node": node,
+        "event": "op",
+        "kind": kind,
+        "microbatch": mb,
+        "hop": hop,
+        "stage": stage,
+        "dur": dur,
+        "iteration": iteration,
+    }
 
 
 EVENTS = [

@@ -1,4 +1,5 @@
 """Path training in one process: path order, gradient averaging, one step per iteration."""
+
 from __future__ import annotations
 
 import json
@@ -9,23 +10,32 @@ import numpy as np
 import pytest
 import torch
 
-from skippipe.train.data import TokenData, training_batches
 from skippipe.errors import SkipPipeError
-from skippipe.train.model import build_stages, forward_path
-from skippipe.train.checkpoint import load_checkpoint
-from skippipe.scenario import ModelConfig, load_scenario
 from skippipe.planner.random_paths import random_stage_paths
+from skippipe.scenario import ModelConfig, load_scenario
+from skippipe.train.checkpoint import load_checkpoint
+from skippipe.train.data import TokenData, training_batches
 from skippipe.train.local import RunInfo, baseline_paths, local_paths, train, train_iteration
+from skippipe.train.model import build_stages, forward_path
 from skippipe.train.optim import TrainConfig, learning_rate, make_optimizer
 
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = ModelConfig(d_model=16, n_heads=2, n_layers=4, ffn_hidden=24, ctx_tokens=8, vocab_size=32,
-                  activation_dtype_bytes=4, param_dtype_bytes=4)
+CFG = ModelConfig(
+    d_model=16,
+    n_heads=2,
+    n_layers=4,
+    ffn_hidden=24,
+    ctx_tokens=8,
+    vocab_size=32,
+    activation_dtype_bytes=4,
+    param_dtype_bytes=4,
+)
 N_STAGES = 4
-TRAIN = TrainConfig(iterations=3, samples_per_microbatch=2, learning_rate=1e-2, weight_decay=0.0,
-                    grad_clip=1.0, seed=0)
+TRAIN = TrainConfig(
+    iterations=3, samples_per_microbatch=2, learning_rate=1e-2, weight_decay=0.0, grad_clip=1.0, seed=0
+)
 
 
 def _data() -> TokenData:
@@ -48,8 +58,12 @@ def test_train_iteration_runs_each_microbatch_along_its_path_in_order():
     fresh = build_stages(CFG, N_STAGES, seed=0, device="cpu")
     batch = _batches()
     first, second = next(batch), next(batch)
-    expected = (forward_path(fresh, first, paths[0]).item() + forward_path(fresh, second, paths[1]).item()) / 2
-    in_order = (forward_path(fresh, first, [0, 1, 2, 3]).item() + forward_path(fresh, second, [0, 1, 3]).item()) / 2
+    expected = (
+        forward_path(fresh, first, paths[0]).item() + forward_path(fresh, second, paths[1]).item()
+    ) / 2
+    in_order = (
+        forward_path(fresh, first, [0, 1, 2, 3]).item() + forward_path(fresh, second, [0, 1, 3]).item()
+    ) / 2
     loss, _ = train_iteration(stages, make_optimizer(stages, TRAIN), paths, _batches(), TRAIN.grad_clip)
     assert loss == pytest.approx(expected, rel=1e-6)
     assert abs(loss - in_order) > 1e-5
@@ -83,23 +97,33 @@ def test_unvisited_stage_is_not_updated(tmp_path):
     untouched = build_stages(CFG, N_STAGES, seed=0, device="cpu")[3]
     for key, value in untouched.state_dict().items():
         assert torch.equal(result.stages[3].state_dict()[key], value), key
-    assert not torch.equal(result.stages[1].layers["1"].attn.wq.weight,
-                           build_stages(CFG, N_STAGES, seed=0, device="cpu")[1].layers["1"].attn.wq.weight)
+    assert not torch.equal(
+        result.stages[1].layers["1"].attn.wq.weight,
+        build_stages(CFG, N_STAGES, seed=0, device="cpu")[1].layers["1"].attn.wq.weight,
+    )
 
 
 def test_train_writes_metrics_and_loadable_checkpoints(tmp_path):
     result = _run(tmp_path, baseline_paths(N_STAGES, 2))
     events = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [e["event"] for e in events] == ["start", "iteration", "iteration", "iteration",
-                                           "checkpoint", "end"]
+    assert [e["event"] for e in events] == [
+        "start",
+        "iteration",
+        "iteration",
+        "iteration",
+        "checkpoint",
+        "end",
+    ]
     assert all({"t", "node", "event"} <= set(e) for e in events)
     assert [e["iteration"] for e in events if e["event"] == "iteration"] == [1, 2, 3]
     assert result.tokens_seen == 3 * 2 * TRAIN.samples_per_microbatch * CFG.ctx_tokens
     info, stages = load_checkpoint(result.checkpoint_dir, "cpu")
     assert info.iteration == 3 and info.n_stages == N_STAGES
     tokens = next(_batches(5))
-    assert forward_path(stages, tokens, [0, 1, 2, 3]).item() == \
-        forward_path(result.stages, tokens, [0, 1, 2, 3]).item()
+    assert (
+        forward_path(stages, tokens, [0, 1, 2, 3]).item()
+        == forward_path(result.stages, tokens, [0, 1, 2, 3]).item()
+    )
 
 
 def test_training_is_deterministic(tmp_path):
@@ -138,14 +162,23 @@ def test_paths_come_from_a_schedule_file_in_microbatch_order(tmp_path):
     stage_nodes = [[0, 1], [2, 3], [4], [5]]  # tiny: stage_sizes [2, 2, 1, 1]
     n_mb = 2 * scenario.pipeline.microbatches_per_node
     stage_paths = tuple(random_stage_paths(scenario, n_mb, 1))
-    entries = [{"microbatch": mb, "origin": mb % 2,
-                "hops": [{"stage": s, "node": mb % 2 if s == 0 else stage_nodes[s][mb % len(stage_nodes[s])]}
-                         for s in path]}
-               for mb, path in enumerate(stage_paths)]
-    doc = {"schema_version": 2,  # schedule.SCHEMA_VERSION
-           "scenario": {"name": scenario.name, "hash": scenario.content_hash, "path": str(settings)},
-           "allocation": {"stages": stage_nodes},
-           "variants": {"random": {"paths": entries[::-1]}}}  # stored out of order
+    entries = [
+        {
+            "microbatch": mb,
+            "origin": mb % 2,
+            "hops": [
+                {"stage": s, "node": mb % 2 if s == 0 else stage_nodes[s][mb % len(stage_nodes[s])]}
+                for s in path
+            ],
+        }
+        for mb, path in enumerate(stage_paths)
+    ]
+    doc = {
+        "schema_version": 2,  # schedule.SCHEMA_VERSION
+        "scenario": {"name": scenario.name, "hash": scenario.content_hash, "path": str(settings)},
+        "allocation": {"stages": stage_nodes},
+        "variants": {"random": {"paths": entries[::-1]}},
+    }  # stored out of order
     path = tmp_path / "tiny.json"
     path.write_text(json.dumps(doc))
     got_scenario, paths, loss_at = resolve_paths(path, "random")

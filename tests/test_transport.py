@@ -5,6 +5,7 @@ Every test runs its own event loop under a deadline and waits on events, never o
 Ports are picked by the OS (port 0) or found free (util.ports), so tests do not collide with
 other processes.
 """
+
 import asyncio
 import logging
 import socket
@@ -12,16 +13,14 @@ import time
 
 import numpy as np
 import pytest
+from netutil import framed, node, raw_connect
 
 from skippipe.runtime.net.connection import LENGTH_BYTES
-from skippipe.runtime.net.linkemu import LinkEmulator, LinkModel
 from skippipe.runtime.net.frames import TransportConfig
-from skippipe.runtime.net.transport import (SEED, PortInUse, SendTimeout,
-                                        TransportError, UnknownPeer)
+from skippipe.runtime.net.linkemu import LinkEmulator, LinkModel
+from skippipe.runtime.net.transport import SEED, PortInUse, SendTimeout, TransportError, UnknownPeer
 from skippipe.runtime.net.wire import Kind, Message, encode
 from skippipe.util.ports import free_port
-
-from netutil import framed, node, raw_connect
 
 HOST = "127.0.0.1"
 TEST_DEADLINE_S = 20.0  # an async test that takes longer than this has hung
@@ -55,8 +54,9 @@ def test_exchange_both_ways_in_order(tmp_path):
             # concurrent sends while the connection is still being opened keep their order
             await asyncio.gather(*(a.send(1, heartbeat(0, i)) for i in range(20)))
             assert [(await b.recv(WAIT_S)).microbatch for _ in range(20)] == list(range(20))
-            await a.send(1, Message.from_tensor(Kind.FORWARD, 0, tensor, iteration=3,
-                                                microbatch=5, tags=(2, 1)))
+            await a.send(
+                1, Message.from_tensor(Kind.FORWARD, 0, tensor, iteration=3, microbatch=5, tags=(2, 1))
+            )
             got = await b.recv(WAIT_S)
             assert (got.kind, got.sender, got.iteration, got.microbatch) == (Kind.FORWARD, 0, 3, 5)
             np.testing.assert_array_equal(got.to_numpy(), tensor)
@@ -211,8 +211,7 @@ def test_peer_restart_is_noticed_and_reconnected(tmp_path):
 
 def test_link_emulation_delays_and_queues_sends(tmp_path):
     # 40 ms latency, 1 MB/s: a 10 kB frame is serialized in ~10 ms
-    model = LinkModel(latency_s=0.04, bandwidth_bytes_per_s=1e6, per_hop_overhead_s=0.0,
-                      time_scale=1.0)
+    model = LinkModel(latency_s=0.04, bandwidth_bytes_per_s=1e6, per_hop_overhead_s=0.0, time_scale=1.0)
 
     async def main():
         a, b = await pair(tmp_path, emulator=LinkEmulator(0, {1: model}))
@@ -227,8 +226,7 @@ def test_link_emulation_delays_and_queues_sends(tmp_path):
             return arrivals
 
     first, second = run(main())
-    ser = model.serialization_s(Message(Kind.FORWARD, 0, shape=(10_000,),
-                                        payload=bytes(10_000)).nbytes)
+    ser = model.serialization_s(Message(Kind.FORWARD, 0, shape=(10_000,), payload=bytes(10_000)).nbytes)
     assert first >= 0.04 + ser
     assert second >= 0.04 + 2 * ser
 

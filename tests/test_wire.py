@@ -1,17 +1,36 @@
 """Wire format: round trips for every dtype and kind, and WireError on malformed buffers."""
+
 import struct
 
 import numpy as np
 import pytest
 import torch
 
-from skippipe.runtime.net.wire import (HEADER_MIN_BYTES, MAGIC, MAX_NDIM, NUM_TAGS, WIRE_VERSION, DType,
-                           Kind, Message, WireError, decode, encode)
+from skippipe.runtime.net.wire import (
+    HEADER_MIN_BYTES,
+    MAGIC,
+    MAX_NDIM,
+    NUM_TAGS,
+    WIRE_VERSION,
+    DType,
+    Kind,
+    Message,
+    WireError,
+    decode,
+    encode,
+)
 
-TORCH_DTYPES = {DType.FLOAT32: torch.float32, DType.FLOAT16: torch.float16,
-                DType.BFLOAT16: torch.bfloat16, DType.INT64: torch.int64,
-                DType.INT32: torch.int32, DType.FLOAT64: torch.float64, DType.INT8: torch.int8,
-                DType.BOOL: torch.bool, DType.BYTES: torch.uint8}
+TORCH_DTYPES = {
+    DType.FLOAT32: torch.float32,
+    DType.FLOAT16: torch.float16,
+    DType.BFLOAT16: torch.bfloat16,
+    DType.INT64: torch.int64,
+    DType.INT32: torch.int32,
+    DType.FLOAT64: torch.float64,
+    DType.INT8: torch.int8,
+    DType.BOOL: torch.bool,
+    DType.BYTES: torch.uint8,
+}
 
 
 def _tensor(dtype: torch.dtype, shape=(2, 3, 4)) -> torch.Tensor:
@@ -33,8 +52,7 @@ def test_torch_round_trip_every_dtype(code):
     assert not torch.equal(tensor, back) or not tensor.any()
 
 
-@pytest.mark.parametrize("name", ["float32", "float16", "int64", "int32", "float64", "int8",
-                                  "uint8", "bool"])
+@pytest.mark.parametrize("name", ["float32", "float16", "int64", "int32", "float64", "int8", "uint8", "bool"])
 def test_numpy_round_trip(name):
     array = (np.arange(24).reshape(4, 6) % 5).astype(name)
     out = decode(encode(Message.from_tensor(Kind.BACKWARD, 1, array)))
@@ -43,8 +61,9 @@ def test_numpy_round_trip(name):
 
 def test_numpy_big_endian_input_is_sent_native():
     array = np.arange(6, dtype=">f4")
-    np.testing.assert_array_equal(decode(encode(Message.from_tensor(Kind.FORWARD, 0, array)))
-                                  .to_numpy(), array)
+    np.testing.assert_array_equal(
+        decode(encode(Message.from_tensor(Kind.FORWARD, 0, array))).to_numpy(), array
+    )
 
 
 @pytest.mark.parametrize("kind", list(Kind))
@@ -58,9 +77,11 @@ def test_every_kind_round_trips(kind):
 
 
 def test_signal_scalar_and_empty_tensors():
-    for msg in (Message(Kind.HEARTBEAT, 4),
-                Message.from_tensor(Kind.AVERAGE, 1, torch.tensor(2.5)),
-                Message.from_tensor(Kind.WEIGHTS, 1, torch.zeros(0, 5))):
+    for msg in (
+        Message(Kind.HEARTBEAT, 4),
+        Message.from_tensor(Kind.AVERAGE, 1, torch.tensor(2.5)),
+        Message.from_tensor(Kind.WEIGHTS, 1, torch.zeros(0, 5)),
+    ):
         buf = encode(msg)
         assert len(buf) == msg.nbytes and decode(buf) == msg
     assert Message.from_tensor(Kind.AVERAGE, 1, torch.tensor(2.5)).to_torch().item() == 2.5
@@ -81,9 +102,9 @@ def test_bfloat16_has_no_numpy_view():
 
 # ---- malformed input ------------------------------------------------------------------------
 
+
 def _valid() -> bytes:
-    return encode(Message.from_tensor(Kind.FORWARD, 2, np.arange(6, dtype=np.float32)
-                                      .reshape(2, 3)))
+    return encode(Message.from_tensor(Kind.FORWARD, 2, np.arange(6, dtype=np.float32).reshape(2, 3)))
 
 
 def _patch(buf: bytes, offset: int, fmt: str, value) -> bytes:
@@ -92,19 +113,22 @@ def _patch(buf: bytes, offset: int, fmt: str, value) -> bytes:
     return bytes(out)
 
 
-@pytest.mark.parametrize("buf, match", [
-    (b"", "truncated header"),
-    (_valid()[:HEADER_MIN_BYTES - 1], "truncated header"),
-    (b"XX" + _valid()[2:], "bad magic"),
-    (_patch(_valid(), 2, "!B", WIRE_VERSION + 1), "version"),
-    (_patch(_valid(), 3, "!B", 200), "unknown kind"),
-    (_patch(_valid(), 14, "!B", 99), "unknown dtype"),
-    (_patch(_valid(), 15, "!B", MAX_NDIM + 1), "ndim"),
-    (_patch(_valid(), 15, "!B", 5), "truncated shape|payload length"),
-    (_valid()[:-1], "payload length"),
-    (_valid() + b"\0", "payload length"),
-    (_patch(_valid(), HEADER_MIN_BYTES, "!Q", 3), "needs 36 bytes"),
-])
+@pytest.mark.parametrize(
+    "buf, match",
+    [
+        (b"", "truncated header"),
+        (_valid()[: HEADER_MIN_BYTES - 1], "truncated header"),
+        (b"XX" + _valid()[2:], "bad magic"),
+        (_patch(_valid(), 2, "!B", WIRE_VERSION + 1), "version"),
+        (_patch(_valid(), 3, "!B", 200), "unknown kind"),
+        (_patch(_valid(), 14, "!B", 99), "unknown dtype"),
+        (_patch(_valid(), 15, "!B", MAX_NDIM + 1), "ndim"),
+        (_patch(_valid(), 15, "!B", 5), "truncated shape|payload length"),
+        (_valid()[:-1], "payload length"),
+        (_valid() + b"\0", "payload length"),
+        (_patch(_valid(), HEADER_MIN_BYTES, "!Q", 3), "needs 36 bytes"),
+    ],
+)
 def test_malformed_buffers_raise_wire_error(buf, match):
     with pytest.raises(WireError, match=match):
         decode(buf)
@@ -130,14 +154,17 @@ def test_decode_never_unpickles():
         decode(pickle.dumps({"a": 1}))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"sender": 2**16}, "sender"),
-    ({"sender": -1}, "sender"),
-    ({"iteration": -1}, "iteration"),
-    ({"tags": (0,) * (NUM_TAGS + 1)}, "tags"),
-    ({"shape": (3,), "payload": b"ab"}, "needs 3 bytes"),
-    ({"kind": 42}, "unknown kind"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sender": 2**16}, "sender"),
+        ({"sender": -1}, "sender"),
+        ({"iteration": -1}, "iteration"),
+        ({"tags": (0,) * (NUM_TAGS + 1)}, "tags"),
+        ({"shape": (3,), "payload": b"ab"}, "needs 3 bytes"),
+        ({"kind": 42}, "unknown kind"),
+    ],
+)
 def test_invalid_messages_are_refused(kwargs, match):
     base = {"kind": Kind.HEARTBEAT, "sender": 0}
     with pytest.raises(WireError, match=match):

@@ -1,11 +1,12 @@
 """ca-partial-zb: ca-partial's plan with the backward split and its W ops in idle gaps."""
+
 import pytest
 
 from skippipe.costs import Costs
 from skippipe.ops import OpKind
+from skippipe.plan_options import PlanOptions
 from skippipe.planner.paths import PlanningError
 from skippipe.planner.zb_fill import no_later
-from skippipe.plan_options import PlanOptions
 from skippipe.planning import build_schedule
 from skippipe.rules import violations
 from skippipe.schedule_file import from_dict, to_dict
@@ -14,8 +15,9 @@ from skippipe.sim.simulate import simulate
 
 @pytest.fixture(scope="module")
 def planned(tiny_scenario):
-    return build_schedule(tiny_scenario, PlanOptions(variants=("ca-partial", "ca-partial-zb"),
-                                                     time_limit_s=5, workers=1))
+    return build_schedule(
+        tiny_scenario, PlanOptions(variants=("ca-partial", "ca-partial-zb"), time_limit_s=5, workers=1)
+    )
 
 
 def test_zb_keeps_ca_partials_paths_and_delays_no_forward_or_backward(planned, tiny_scenario):

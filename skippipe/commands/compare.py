@@ -10,6 +10,7 @@ The reference is the full-pipeline variant (baseline, a classic family or swarm)
 throughput at the same memory, not DT-FM's baseline alone. An online variant's iteration time is
 the mean over its router's seeds; its makespan, bubble and peak are its first seed's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,9 @@ from ..planning import build_schedule
 from ..scenario import Scenario, load_scenario
 from ..schedule import Schedule
 from ..schedule_file import load_schedule, save_schedule
-from ..variants import REGISTRY, VARIANTS
 from ..util.files import write_atomic
 from ..util.rundir import can_create
+from ..variants import REGISTRY, VARIANTS
 from . import compare_conditions as conditions
 from .compare_conditions import CONDITIONS, DEFAULT_ITERATIONS
 from .compare_report import bar_chart, format_rows, markdown, memory_text, verdict
@@ -42,43 +43,87 @@ DEFAULT_TIME_SCALE = 4.0  # --emulate: wall seconds per scenario second (tiny's 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("settings", help="scenario file, e.g. settings/geo-distributed.toml")
     p.add_argument("--schedule", help="compare this schedule's variants instead of planning them")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, metavar="VARIANT",
-                   help="variants to compare (default: every variant; with --schedule, every one in it)")
-    p.add_argument("--family-memory", action="store_true",
-                   help="the classic families under their own published memory rules instead of "
-                        "the scenario's memory_slots (the comparison is then not at equal memory)")
-    p.add_argument("--loss-at", choices=LOSS_AT, default=None,
-                   help="where the full pipelines run the LM head and loss (default: each "
-                        "variant's own, last for the full pipelines; also: pipeline.loss_at); "
-                        "SkipPipe's partial variants keep theirs at the origin")
-    p.add_argument("--out", help="folder for compare.json, compare.png and the schedule "
-                                 "(default: runs/compare-<scenario>)")
-    p.add_argument("--effort", choices=EFFORTS, default=DEFAULT_EFFORT,
-                   help="planning effort in deterministic work (default %(default)s): the same "
-                        "scenario, seed and effort give the same comparison on any machine")
-    p.add_argument("--time-limit", type=float, default=None,
-                   help="planning: wall-clock safety cap of the whole build in seconds (default: "
-                        "the effort's; when it cuts in, the plan depends on the machine and it says so)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        metavar="VARIANT",
+        help="variants to compare (default: every variant; with --schedule, every one in it)",
+    )
+    p.add_argument(
+        "--family-memory",
+        action="store_true",
+        help="the classic families under their own published memory rules instead of "
+        "the scenario's memory_slots (the comparison is then not at equal memory)",
+    )
+    p.add_argument(
+        "--loss-at",
+        choices=LOSS_AT,
+        default=None,
+        help="where the full pipelines run the LM head and loss (default: each "
+        "variant's own, last for the full pipelines; also: pipeline.loss_at); "
+        "SkipPipe's partial variants keep theirs at the origin",
+    )
+    p.add_argument(
+        "--out",
+        help="folder for compare.json, compare.png and the schedule (default: runs/compare-<scenario>)",
+    )
+    p.add_argument(
+        "--effort",
+        choices=EFFORTS,
+        default=DEFAULT_EFFORT,
+        help="planning effort in deterministic work (default %(default)s): the same "
+        "scenario, seed and effort give the same comparison on any machine",
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="planning: wall-clock safety cap of the whole build in seconds (default: "
+        "the effort's; when it cuts in, the plan depends on the machine and it says so)",
+    )
     p.add_argument("--seed", type=int, default=0, help="planning seed (default %(default)s)")
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
-                   help="CP-SAT workers (default %(default)s; the plan does not depend on them)")
-    p.add_argument("--emulate", type=int, default=0, metavar="N",
-                   help="also run each variant N iterations in node processes on this host and add "
-                        "measured / predicted (median of iterations 1..N-1)")
-    p.add_argument("--condition", choices=CONDITIONS, default=None,
-                   help="simulate each variant over a session of --iterations under this condition "
-                        "(static, a straggler or churn: compare_conditions.py) instead of one iteration")
-    p.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
-                   help="--condition: iterations per session, the first one warm-up (default %(default)s)")
-    p.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE,
-                   help="--emulate: wall seconds per scenario second (default %(default)s)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help="CP-SAT workers (default %(default)s; the plan does not depend on them)",
+    )
+    p.add_argument(
+        "--emulate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run each variant N iterations in node processes on this host and add "
+        "measured / predicted (median of iterations 1..N-1)",
+    )
+    p.add_argument(
+        "--condition",
+        choices=CONDITIONS,
+        default=None,
+        help="simulate each variant over a session of --iterations under this condition "
+        "(static, a straggler or churn: compare_conditions.py) instead of one iteration",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=DEFAULT_ITERATIONS,
+        help="--condition: iterations per session, the first one warm-up (default %(default)s)",
+    )
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=DEFAULT_TIME_SCALE,
+        help="--emulate: wall seconds per scenario second (default %(default)s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no planning progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.emulate < 0 or args.time_scale <= 0:
-        raise SkipPipeError(f"--emulate must be 0 or more and --time-scale positive, got "
-                            f"{args.emulate} and {args.time_scale}")
+        raise SkipPipeError(
+            f"--emulate must be 0 or more and --time-scale positive, got {args.emulate} and {args.time_scale}"
+        )
     conditions.check(args.condition, args.iterations, args.emulate)
     scenario = load_scenario(args.settings)
     args.family_memory = args.family_memory or scenario.pipeline.family_memory  # the scenario's keys
@@ -103,11 +148,19 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     notes = [f"left out: {name} ({why})" for name, why in left_out.items()]
     print("\n".join(notes), end="\n" if notes else "")
-    _write_json(out / "compare.json", {"scenario": scenario.name, "settings": str(args.settings),
-                                       "family_memory": args.family_memory,
-                                       "loss_at": args.loss_at, "condition": args.condition,
-                                       "rows": rows, "left_out": left_out,
-                                       "verdict": text})
+    _write_json(
+        out / "compare.json",
+        {
+            "scenario": scenario.name,
+            "settings": str(args.settings),
+            "family_memory": args.family_memory,
+            "loss_at": args.loss_at,
+            "condition": args.condition,
+            "rows": rows,
+            "left_out": left_out,
+            "verdict": text,
+        },
+    )
     _write_text(out / "compare.md", markdown(rows, text, _command(args)) + "".join(f"\n{n}\n" for n in notes))
     bar_chart(rows, out / "compare.png", f"{scenario.name}: {setting}")
     print(f"wrote {out / 'compare.json'}, {out / 'compare.md'}, {out / 'compare.png'}, {schedule_path}")
@@ -140,27 +193,46 @@ def _schedule(args, scenario: Scenario, progress) -> tuple[Schedule, list[str]]:
             sched.variant(name)  # one error line naming the variant missing
         own = [n for n in names if sched.variants[n].memory == "family"]
         if own and not args.family_memory:
-            raise SkipPipeError(f"{args.schedule}: {', '.join(own)} planned under its family's own "
-                                f"memory rule, not the shared slots: re-plan it, or pass --family-memory")
-        moved = [n for n in names if args.loss_at and REGISTRY[n].full_pipeline
-                 and sched.variants[n].loss_at != args.loss_at]
+            raise SkipPipeError(
+                f"{args.schedule}: {', '.join(own)} planned under its family's own "
+                f"memory rule, not the shared slots: re-plan it, or pass --family-memory"
+            )
+        moved = [
+            n
+            for n in names
+            if args.loss_at and REGISTRY[n].full_pipeline and sched.variants[n].loss_at != args.loss_at
+        ]
         if moved:
-            raise SkipPipeError(f"{args.schedule}: {', '.join(moved)} planned with the loss at "
-                                f"{sched.variants[moved[0]].loss_at}, not {args.loss_at}: re-plan it")
+            raise SkipPipeError(
+                f"{args.schedule}: {', '.join(moved)} planned with the loss at "
+                f"{sched.variants[moved[0]].loss_at}, not {args.loss_at}: re-plan it"
+            )
         return sched, names
     wanted = wanted or VARIANTS
     built_on = (REGISTRY[name].built_on for name in wanted)
     needed = wanted + tuple(dict.fromkeys(s for s in built_on if s and s not in wanted))
-    opts = PlanOptions(variants=needed, seed=args.seed, time_limit_s=args.time_limit,
-                       workers=args.workers, family_memory=args.family_memory, loss_at=args.loss_at,
-                       effort=args.effort)
+    opts = PlanOptions(
+        variants=needed,
+        seed=args.seed,
+        time_limit_s=args.time_limit,
+        workers=args.workers,
+        family_memory=args.family_memory,
+        loss_at=args.loss_at,
+        effort=args.effort,
+    )
     opts.check()
     sched = build_schedule(scenario, opts, progress)
     return sched, [n for n in VARIANTS if n in sched.variants and n in wanted]
 
 
-def compare_rows(sched: Schedule, scenario: Scenario, names: list[str], condition: str | None = None,
-                 iterations: int = 1, left_out: dict[str, str] | None = None) -> list[dict]:
+def compare_rows(
+    sched: Schedule,
+    scenario: Scenario,
+    names: list[str],
+    condition: str | None = None,
+    iterations: int = 1,
+    left_out: dict[str, str] | None = None,
+) -> list[dict]:
     """One row per variant: the simulator's times, memory, work and throughput, and the ratios
     to the best full pipeline among `names` (none when no full pipeline is compared); with a
     `condition`, iteration time and throughput are those of a session of `iterations`, and a
@@ -178,12 +250,24 @@ def compare_rows(sched: Schedule, scenario: Scenario, names: list[str], conditio
         iteration_s = predict(sched, name, scenario).mean_s if online else sim.iteration_s
         work = sum(Fraction(len(p.hops), n_stages) for p in v.paths)  # full-model microbatches
         peak, at = fullest({s.node: s.peak_activations for s in sim.per_node}, slots)
-        rows.append({"variant": name, "memory": v.memory, "loss": v.loss_at,
-                     "full_pipeline": REGISTRY[name].full_pipeline, "iteration_s": iteration_s,
-                     "makespan_s": sim.makespan_s, "bubble": sim.bubble_share, "peak": peak,
-                     "slots": at, "work": float(work), "microbatches": len(v.paths),
-                     "stages_per_path": _stages_per_path(v), "n_stages": n_stages,
-                     "samples_per_s": float(work) * samples / iteration_s})
+        rows.append(
+            {
+                "variant": name,
+                "memory": v.memory,
+                "loss": v.loss_at,
+                "full_pipeline": REGISTRY[name].full_pipeline,
+                "iteration_s": iteration_s,
+                "makespan_s": sim.makespan_s,
+                "bubble": sim.bubble_share,
+                "peak": peak,
+                "slots": at,
+                "work": float(work),
+                "microbatches": len(v.paths),
+                "stages_per_path": _stages_per_path(v),
+                "n_stages": n_stages,
+                "samples_per_s": float(work) * samples / iteration_s,
+            }
+        )
         why = condition and conditions.apply(rows[-1], sched, scenario, condition, iterations)
         if why:
             rows.pop()
@@ -212,8 +296,9 @@ def _write_text(path: Path, text: str) -> None:
     write_atomic(path, text.encode())
 
 
-def _emulate(rows: list[dict], scenario: Scenario, schedule_path: Path, out: Path, iterations: int,
-             time_scale: float) -> None:
+def _emulate(
+    rows: list[dict], scenario: Scenario, schedule_path: Path, out: Path, iterations: int, time_scale: float
+) -> None:
     """Run each variant `iterations` iterations in node processes on this host (emulated compute
     and links) and add its median measured iteration time, scenario seconds, iteration 0 left
     out as warm-up when there are more."""
@@ -222,10 +307,21 @@ def _emulate(rows: list[dict], scenario: Scenario, schedule_path: Path, out: Pat
 
     for r in rows:
         runs = out / "runs" / r["variant"]
-        opts = RunOptions(0, len(scenario.nodes), r["variant"], 0, scenario.source, None,
-                          free_port_range(len(scenario.nodes)), str(runs), DEFAULT_TIME_LIMIT_S,
-                          60.0, schedule=str(schedule_path), iterations=iterations,
-                          time_scale=time_scale)
+        opts = RunOptions(
+            0,
+            len(scenario.nodes),
+            r["variant"],
+            0,
+            scenario.source,
+            None,
+            free_port_range(len(scenario.nodes)),
+            str(runs),
+            DEFAULT_TIME_LIMIT_S,
+            60.0,
+            schedule=str(schedule_path),
+            iterations=iterations,
+            time_scale=time_scale,
+        )
         print(f"emulating {r['variant']}: {iterations} iterations ...", file=sys.stderr, flush=True)
         if run_command(opts, lambda line: None) != 0:
             raise SkipPipeError(f"--emulate: {r['variant']} failed; its run is in {runs}")
@@ -233,4 +329,3 @@ def _emulate(rows: list[dict], scenario: Scenario, schedule_path: Path, out: Pat
         measured = json.loads((done / "iterations.json").read_text())
         steady = measured[1:] or measured
         r["measured_s"] = statistics.median(x["measured_s"] for x in steady)
-

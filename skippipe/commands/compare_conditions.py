@@ -17,6 +17,7 @@ warm-up), which is what throughput pays for, and its worst iteration beside it; 
 leaves out what only a run has: failure detection and the crashed node's restart (the node
 processes' figures are in docs/benchmarks.md with their date and load).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -32,26 +33,43 @@ DEFAULT_ITERATIONS = 8
 MIN_ITERATIONS = SLOW_FROM + 2  # a straggler's steady iterations after the warm-up and the fault
 SEEDS = range(5)  # router seeds of the routed variants
 MAX_REASON = 160  # characters of a simulator error kept as a left-out variant's reason
-HEADER = ("variant", "loss", "fault node", "iteration s", "worst s", "peak/slots", "work/it",
-          "samples/s", "x best full", "it speedup", "rerouted", "moves")
+HEADER = (
+    "variant",
+    "loss",
+    "fault node",
+    "iteration s",
+    "worst s",
+    "peak/slots",
+    "work/it",
+    "samples/s",
+    "x best full",
+    "it speedup",
+    "rerouted",
+    "moves",
+)
 
 
 def check(condition: str | None, iterations: int, emulate: int) -> None:
     if condition is None:
         return
     if iterations < MIN_ITERATIONS:
-        raise SkipPipeError(f"--iterations must be at least {MIN_ITERATIONS} with --condition (the "
-                            f"straggler starts at iteration {SLOW_FROM}), got {iterations}")
+        raise SkipPipeError(
+            f"--iterations must be at least {MIN_ITERATIONS} with --condition (the "
+            f"straggler starts at iteration {SLOW_FROM}), got {iterations}"
+        )
     if emulate:
-        raise SkipPipeError("--condition simulates sessions; --emulate measures the static network "
-                            "only: run them separately")
+        raise SkipPipeError(
+            "--condition simulates sessions; --emulate measures the static network only: run them separately"
+        )
 
 
 def describe(condition: str, iterations: int) -> str:
     """The condition in words, for the verdict and the chart's title."""
-    return {"static": f"static network, {iterations} iterations",
-            "straggler": f"one node {SLOW_FACTOR:g}x slower from iteration {SLOW_FROM} of {iterations}",
-            "churn": f"one node down in iteration {CRASH_AT} of {iterations}, back in the next"}[condition]
+    return {
+        "static": f"static network, {iterations} iterations",
+        "straggler": f"one node {SLOW_FACTOR:g}x slower from iteration {SLOW_FROM} of {iterations}",
+        "churn": f"one node down in iteration {CRASH_AT} of {iterations}, back in the next",
+    }[condition]
 
 
 def fault_node(allocation) -> int | None:
@@ -61,6 +79,7 @@ def fault_node(allocation) -> int | None:
 
 def _condition(name: str, node: int | None):
     from ..failures import Condition, FailureSpec
+
     if name == "static" or node is None:
         return Condition()
     if name == "straggler":
@@ -80,8 +99,10 @@ def apply(row: dict, sched: Schedule, scenario: Scenario, condition: str, iterat
         raise SkipPipeError(f"{name}: no stage beyond the data nodes has two nodes to fault one of")
     routed = sched.variant(name).routing is not None
     try:
-        sessions = [simulate_session(sched, name, scenario, iterations, _condition(condition, node), seed=s)
-                    for s in (SEEDS if routed else (None,))]
+        sessions = [
+            simulate_session(sched, name, scenario, iterations, _condition(condition, node), seed=s)
+            for s in (SEEDS if routed else (None,))
+        ]
     except SimulationError as e:
         return ("" if node is None else f"node {node}: ") + str(e)[:MAX_REASON]
     stopped = next((s.stopped for s in sessions if s.stopped), None)
@@ -89,11 +110,18 @@ def apply(row: dict, sched: Schedule, scenario: Scenario, condition: str, iterat
         return f"the session stopped at {stopped}"
     steady = [s.iteration_s[1:] for s in sessions]
     lost = statistics.mean(s.lost for s in sessions) / (row["microbatches"] * iterations)
-    row.update({"condition": condition, "iterations": iterations, "fault_node": node,
-                "iteration_s": statistics.mean(statistics.mean(t) for t in steady),
-                "worst_s": max(max(t) for t in steady),
-                "rerouted": statistics.mean(s.rerouted for s in sessions),
-                "lost": lost, "moves": statistics.mean(len(s.moves) for s in sessions)})
+    row.update(
+        {
+            "condition": condition,
+            "iterations": iterations,
+            "fault_node": node,
+            "iteration_s": statistics.mean(statistics.mean(t) for t in steady),
+            "worst_s": max(max(t) for t in steady),
+            "rerouted": statistics.mean(s.rerouted for s in sessions),
+            "lost": lost,
+            "moves": statistics.mean(len(s.moves) for s in sessions),
+        }
+    )
     samples = row["work"] * (1 - lost) * scenario.pipeline.samples_per_microbatch
     row["samples_per_s"] = samples / row["iteration_s"]
     return None
@@ -101,11 +129,25 @@ def apply(row: dict, sched: Schedule, scenario: Scenario, condition: str, iterat
 
 def cells(rows: list[dict], ratio) -> tuple[tuple[str, ...], list[list[str]]]:
     """The condition table's header and cells."""
+
     def count(x):
         return f"{x:.3g}"
-    table = [[r["variant"], r["loss"], "-" if r["fault_node"] is None else str(r["fault_node"]),
-              f"{r['iteration_s']:.4g}", f"{r['worst_s']:.4g}", f"{r['peak']}/{r['slots']}",
-              f"{r['work']:.4g}/{r['microbatches']}", f"{r['samples_per_s']:.4g}",
-              ratio(r["vs_best_full"]), ratio(r["it_speedup"]), count(r["rerouted"]), count(r["moves"])]
-             for r in rows]
+
+    table = [
+        [
+            r["variant"],
+            r["loss"],
+            "-" if r["fault_node"] is None else str(r["fault_node"]),
+            f"{r['iteration_s']:.4g}",
+            f"{r['worst_s']:.4g}",
+            f"{r['peak']}/{r['slots']}",
+            f"{r['work']:.4g}/{r['microbatches']}",
+            f"{r['samples_per_s']:.4g}",
+            ratio(r["vs_best_full"]),
+            ratio(r["it_speedup"]),
+            count(r["rerouted"]),
+            count(r["moves"]),
+        ]
+        for r in rows
+    ]
     return HEADER, table

@@ -4,6 +4,7 @@ compare.py, which plans or loads the variants and simulates them into rows, so t
 the command's steps and this one everything it prints and draws (a --condition session's table
 cells come from compare_conditions.cells).
 """
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,19 @@ from ..scenario import Scenario
 from ..util.tables import format_table
 from . import compare_conditions as conditions
 
-HEADER = ("variant", "memory", "loss", "iteration s", "makespan s", "bubble", "peak/slots",
-          "work/it", "samples/s", "x best full", "it speedup")
+HEADER = (
+    "variant",
+    "memory",
+    "loss",
+    "iteration s",
+    "makespan s",
+    "bubble",
+    "peak/slots",
+    "work/it",
+    "samples/s",
+    "x best full",
+    "it speedup",
+)
 EMULATE_HEADER = ("measured s", "measured/predicted")
 
 
@@ -33,13 +45,17 @@ def verdict(rows: list[dict], memory: str) -> str:
         return "no full-pipeline variant compared: no verdict"
     others = [r for r in rows if not r["full_pipeline"]]
     if not others:
-        return (f"the best full pipeline is {best['variant']} ({best['iteration_s']:.4g} s per "
-                f"iteration; {memory})")
+        return (
+            f"the best full pipeline is {best['variant']} ({best['iteration_s']:.4g} s per "
+            f"iteration; {memory})"
+        )
     r = max(others, key=lambda r: r["samples_per_s"])
     per_mb = f"{r['stages_per_path']}/{r['n_stages']}"
-    return (f"{r['variant']} is {r['vs_best_full']:.2f}x the best full pipeline ({best['variant']}) "
-            f"in full-model samples per second ({memory}); its iterations are "
-            f"{r['it_speedup']:.2f}x as fast and it does {per_mb} of the work per microbatch")
+    return (
+        f"{r['variant']} is {r['vs_best_full']:.2f}x the best full pipeline ({best['variant']}) "
+        f"in full-model samples per second ({memory}); its iterations are "
+        f"{r['it_speedup']:.2f}x as fast and it does {per_mb} of the work per microbatch"
+    )
 
 
 def format_rows(rows: list[dict]) -> str:
@@ -48,17 +64,28 @@ def format_rows(rows: list[dict]) -> str:
 
 def _cells(rows: list[dict]) -> tuple[tuple[str, ...], list[list[str]]]:
     """The table's header and cells (the measured columns when a row was emulated)."""
+
     def ratio(x):
         return "-" if x is None else f"{x:.2f}"
+
     if any("condition" in r for r in rows):
         return conditions.cells(rows, ratio)
     emulated = any("measured_s" in r for r in rows)
     table = []
     for r in rows:
-        line = [r["variant"], r["memory"], r["loss"], f"{r['iteration_s']:.4g}", f"{r['makespan_s']:.4g}",
-                f"{r['bubble']:.1%}", f"{r['peak']}/{r['slots']}",
-                f"{r['work']:.4g}/{r['microbatches']}", f"{r['samples_per_s']:.4g}",
-                ratio(r["vs_best_full"]), ratio(r["it_speedup"])]
+        line = [
+            r["variant"],
+            r["memory"],
+            r["loss"],
+            f"{r['iteration_s']:.4g}",
+            f"{r['makespan_s']:.4g}",
+            f"{r['bubble']:.1%}",
+            f"{r['peak']}/{r['slots']}",
+            f"{r['work']:.4g}/{r['microbatches']}",
+            f"{r['samples_per_s']:.4g}",
+            ratio(r["vs_best_full"]),
+            ratio(r["it_speedup"]),
+        ]
         if emulated:
             m = r.get("measured_s")
             line += ["-" if m is None else f"{m:.4g}", "-" if m is None else f"{m / r['iteration_s']:.2f}"]
@@ -78,6 +105,7 @@ def markdown(rows: list[dict], verdict_line: str, command: str) -> str:
 def bar_chart(rows: list[dict], path: Path, title: str) -> None:
     """Throughput per variant, full pipelines in one colour, the best of them marked."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -86,8 +114,9 @@ def bar_chart(rows: list[dict], path: Path, title: str) -> None:
     bars = ax.bar([r["variant"] for r in rows], [r["samples_per_s"] for r in rows], color=colours)
     for bar, r in zip(bars, rows):
         label = "best full" if r["variant"] == r["best_full"] else ratio_label(r)
-        ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                    va="bottom", fontsize=8)
+        ax.annotate(
+            label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8
+        )
     ax.set_ylabel("full-model-equivalent samples / s")
     ax.set_title(title, fontsize=10)
     ax.tick_params(axis="x", labelrotation=45)

@@ -1,4 +1,5 @@
 """Perplexity of a trained checkpoint: full model, given stages omitted, or a sweep."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,11 +12,16 @@ HELP = "validation perplexity of a checkpoint with stages omitted (full, --omit-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory (or the run directory holding checkpoint/)")
     p.add_argument("--omit-stages", help="comma-separated non-first stages to omit, e.g. 2,4")
-    p.add_argument("--sweep", action="store_true",
-                   help="every subset of non-first stages (seeded sample when S > 8), table + PNG")
-    p.add_argument("--max-batches", type=int,
-                   help="validation batches of --samples sequences per path (default: every "
-                        "validation token)")
+    p.add_argument(
+        "--sweep",
+        action="store_true",
+        help="every subset of non-first stages (seeded sample when S > 8), table + PNG",
+    )
+    p.add_argument(
+        "--max-batches",
+        type=int,
+        help="validation batches of --samples sequences per path (default: every validation token)",
+    )
     p.add_argument("--samples", type=int, default=EVAL_SAMPLES, help="sequences per batch")
     p.add_argument("--seed", type=int, default=0, help="subset sample seed when S > 8")
     p.add_argument("--data", help="data source (default: the one the checkpoint was trained on)")

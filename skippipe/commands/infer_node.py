@@ -1,4 +1,5 @@
 """One inference node (started by `python -m skippipe infer`, not by hand)."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,4 +15,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..runtime.launch.infer import node_main
+
     return node_main(args.config, args.node_id, args.plan)

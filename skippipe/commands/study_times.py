@@ -6,6 +6,7 @@ fastest is the comparator of the skip variants, whose trained paths are simulate
 allocation. The result is RESULTS/times.json, which `python -m skippipe.study --report-only`
 reads for its speed-up curve.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,15 +23,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..study.cli import PRESETS
     from ..study.inputs import INPUTS_FILE
 
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                   help="the study preset whose scenario and results folder to use (default cpu)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu",
+        help="the study preset whose scenario and results folder to use (default cpu)",
+    )
     p.add_argument("--settings", help="study scenario (default: the preset's)")
     p.add_argument("--results", help="folder for times.json (default results/study/PRESET)")
     p.add_argument("--inputs", default=str(INPUTS_FILE), help="the study's trained paths JSON")
-    p.add_argument("--effort", choices=EFFORTS, default=DEFAULT_EFFORT,
-                   help="planning effort of the full pipelines (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="planning seed and LayerDrop's draws (default %(default)s)")
+    p.add_argument(
+        "--effort",
+        choices=EFFORTS,
+        default=DEFAULT_EFFORT,
+        help="planning effort of the full pipelines (default %(default)s)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="planning seed and LayerDrop's draws (default %(default)s)"
+    )
     p.add_argument("--quiet", action="store_true", help="no planning progress lines")
 
 
@@ -61,13 +71,16 @@ def compute_times(settings: str, paths: dict, effort: str, seed: int, progress=N
     # the same split for the full pipelines: the best of compare's and the baseline's, split
     base = sched.variants["baseline"]
     full_split = min(best["iteration_s"], split_s(sched, scenario, base.paths, base.loss_at))
-    return {"fingerprint": fingerprint(settings, paths, effort, seed),
-            "scenario": scenario.name, "comparator": best["variant"],
-            "memory_slots": sorted({n.memory_slots for n in scenario.nodes}),
-            "iteration_s": {"baseline": best["iteration_s"], **skip},
-            "full_pipelines": {r["variant"]: r["iteration_s"] for r in rows},
-            "how": {"baseline": f"{best['variant']}, the best full pipeline at equal memory", **how},
-            "split_backward_s": {"baseline": full_split, **split}}
+    return {
+        "fingerprint": fingerprint(settings, paths, effort, seed),
+        "scenario": scenario.name,
+        "comparator": best["variant"],
+        "memory_slots": sorted({n.memory_slots for n in scenario.nodes}),
+        "iteration_s": {"baseline": best["iteration_s"], **skip},
+        "full_pipelines": {r["variant"]: r["iteration_s"] for r in rows},
+        "how": {"baseline": f"{best['variant']}, the best full pipeline at equal memory", **how},
+        "split_backward_s": {"baseline": full_split, **split},
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
     for variant, how in content["how"].items():
         print(f"{variant:>11}: {content['iteration_s'][variant]:.4g} s per iteration ({how})")
     split = content["split_backward_s"]
-    print("with the backward split on both sides (a sensitivity, not the curve): " +
-          ", ".join(f"{v} {t:.4g} s" for v, t in split.items()))
+    print(
+        "with the backward split on both sides (a sensitivity, not the curve): "
+        + ", ".join(f"{v} {t:.4g} s" for v, t in split.items())
+    )
     print(f"speed-ups are {comparator_label(content)}")
     print(f"wrote {write_times(results, content)}")
     return 0

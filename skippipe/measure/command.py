@@ -1,5 +1,6 @@
 """The `measure` command's work (its options are parsed by skippipe.commands.measure): one node's
 measurement process, whose node 0 renders and writes the scenario, or `--local N` processes."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,17 @@ def run_node(args: argparse.Namespace) -> int:
     task = template = None
     if args.node_id == COORDINATOR:
         template, task, sizes = plan(args, len(peers))
-    meas = measure(args.node_id, peers, settings, task, device=args.device,
-                   threads=args.threads or None, run_dir=args.run_dir,
-                   listen_host=args.listen, say=say)
+    meas = measure(
+        args.node_id,
+        peers,
+        settings,
+        task,
+        device=args.device,
+        threads=args.threads or None,
+        run_dir=args.run_dir,
+        listen_host=args.listen,
+        say=say,
+    )
     if meas is None:
         return 0
     command = args.recorded_command or recorded_command()
@@ -44,8 +53,9 @@ def run_node(args: argparse.Namespace) -> int:
     sc = write_scenario(text, args.out)
     for line in summary_lines(meas, settings) + memory_warnings(meas, sc.pipeline.memory_slots):
         say(line)
-    say(f"wrote {args.out}: scenario {sc.name}, {len(sc.nodes)} nodes, stages "
-        f"{list(sc.pipeline.stage_sizes)}, k={sc.pipeline.path_length}; measured in {meas.wall_s:.1f} s")
+    say(
+        f"wrote {args.out}: scenario {sc.name}, {len(sc.nodes)} nodes, stages "
+        f"{list(sc.pipeline.stage_sizes)}, k={sc.pipeline.path_length}; measured in {meas.wall_s:.1f} s"
+    )
     say(f"plan it: python create_schedule.py {args.out}")
     return 0
-

@@ -1,6 +1,7 @@
 """Compute measurement: time one pipeline stage of the model on this process's device (forward
 and backward seconds per sample per layer), its peak memory, the activation bytes one
 microbatch keeps for its backward, and the host facts written next to them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,8 @@ def measure_compute(task: ComputeTask, repeat: int, warmup: int, device, node: i
     sequences; seconds per sample per layer for each timed repetition."""
     import torch
 
-    from ..train.model import build_stage
     from ..scenario import ModelConfig
+    from ..train.model import build_stage
 
     cfg = ModelConfig(**task.model)
     cuda = device.type == "cuda"
@@ -58,9 +59,21 @@ def measure_compute(task: ComputeTask, repeat: int, warmup: int, device, node: i
         name = torch.cuda.get_device_name(device)
     else:
         (peak, kind), capacity, name = rss.growth(), _host_memory_bytes(), _cpu_name()
-    return NodeFigures(node, socket.gethostname(), str(device), name, task.samples, layers,
-                       tuple(forward), tuple(backward), peak, kind, act, capacity,
-                       torch.get_num_threads())
+    return NodeFigures(
+        node,
+        socket.gethostname(),
+        str(device),
+        name,
+        task.samples,
+        layers,
+        tuple(forward),
+        tuple(backward),
+        peak,
+        kind,
+        act,
+        capacity,
+        torch.get_num_threads(),
+    )
 
 
 def _warm_up_libraries(cfg, device) -> None:
@@ -71,8 +84,9 @@ def _warm_up_libraries(cfg, device) -> None:
 
     from ..train.model import build_stage
 
-    mini = dataclasses.replace(cfg, d_model=8, n_heads=2, n_layers=2, ffn_hidden=8, ctx_tokens=4,
-                               vocab_size=16)
+    mini = dataclasses.replace(
+        cfg, d_model=8, n_heads=2, n_layers=2, ffn_hidden=8, ctx_tokens=4, vocab_size=16
+    )
     stage = build_stage(mini, 1, 2, device, 0)
     x = torch.zeros(1, mini.ctx_tokens, mini.d_model, device=device, requires_grad=True)
     stage.run_layers(x).sum().backward()

@@ -1,11 +1,12 @@
 """What a measurement produces: settings, the compute task, per-node and per-link figures, and
 the statistics that turn repetitions into one figure (median, bandwidth, significant digits)."""
+
 from __future__ import annotations
 
 import dataclasses
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..errors import SkipPipeError
 
@@ -102,8 +103,13 @@ class Measurements:
 
 def link_from_dict(d: dict) -> LinkFigures:
     """LinkFigures from their JSON form (dataclasses.asdict sent over the wire)."""
-    return LinkFigures(int(d["a"]), int(d["b"]), tuple(map(float, d["rtt_s"])),
-                       tuple(map(float, d["transfer_s"])), int(d["payload_bytes"]))
+    return LinkFigures(
+        int(d["a"]),
+        int(d["b"]),
+        tuple(map(float, d["rtt_s"])),
+        tuple(map(float, d["transfer_s"])),
+        int(d["payload_bytes"]),
+    )
 
 
 def node_from_dict(d: dict) -> NodeFigures:
@@ -115,6 +121,7 @@ def node_from_dict(d: dict) -> NodeFigures:
 
 # ----------------------------------------------------------------------------------------------
 # Aggregation.
+
 
 def median(values: Sequence[float]) -> float:
     """Median of a non-empty sequence."""

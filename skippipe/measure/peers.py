@@ -1,6 +1,7 @@
 """The peer table of a measurement: every node id (0..N-1) -> (host, port), from a JSON file
 {id: "host:port"} or from a node range with one host and consecutive ports (util.peers reads
 and builds both; here: the `measure` options and the rule that the nodes are 0..N-1, N >= 2)."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,9 @@ def peer_table(args: argparse.Namespace) -> Peers:
             raise SkipPipeError(f"--nodes {args.nodes} differs from the nodes of {args.peers}")
     else:
         if not args.nodes:
-            raise SkipPipeError("give --local N, or --nodes 0..N-1 (with --host/--base-port), or --peers FILE")
+            raise SkipPipeError(
+                "give --local N, or --nodes 0..N-1 (with --host/--base-port), or --peers FILE"
+            )
         base = DEFAULT_BASE_PORT if args.base_port is None else args.base_port
         peers = local_peers(parse_nodes(args.nodes), args.host, base)
     if sorted(peers) != list(range(len(peers))) or len(peers) < 2:

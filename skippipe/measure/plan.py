@@ -1,5 +1,6 @@
 """Node 0's inputs, checked before anything is measured: the template scenario, the compute task
 every node times, the stage sizes, and the command line recorded in the scenario file."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,15 +30,15 @@ def plan(args: argparse.Namespace, n_nodes: int):
             sizes = [int(x) for x in args.stage_sizes.split(",")]
         except ValueError:
             raise SkipPipeError(f"--stage-sizes {args.stage_sizes!r}: expected e.g. 2,1,1") from None
-    pipeline, _ = fit_pipeline(dataclasses.asdict(template.pipeline), template.model.n_layers,
-                               n_nodes, sizes)
+    pipeline, _ = fit_pipeline(dataclasses.asdict(template.pipeline), template.model.n_layers, n_nodes, sizes)
     if len(pipeline["stage_sizes"]) < 2 or sum(pipeline["stage_sizes"]) != n_nodes:
-        raise SkipPipeError(f"--stage-sizes {pipeline['stage_sizes']} must name >= 2 stages "
-                            f"holding all {n_nodes} nodes")
+        raise SkipPipeError(
+            f"--stage-sizes {pipeline['stage_sizes']} must name >= 2 stages holding all {n_nodes} nodes"
+        )
     samples = args.samples or template.pipeline.samples_per_microbatch
     if samples < 1:
         raise SkipPipeError("--samples must be >= 1")
-    task = ComputeTask(dataclasses.asdict(template.model), len(pipeline["stage_sizes"]), samples,
-                       template.training.seed)
+    task = ComputeTask(
+        dataclasses.asdict(template.model), len(pipeline["stage_sizes"]), samples, template.training.seed
+    )
     return template, task, sizes
-

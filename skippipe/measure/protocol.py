@@ -13,6 +13,7 @@ warmup, payload_bytes}, compute {model, n_stages, samples, repeat, warmup, seed}
 node -> coordinator: ready {pid, host}, probe_result / compute_result {result} or {error};
 prober -> peer: ping {seq} -> pong {seq}; a WEIGHTS message tagged BULK_TAG -> got {seq, bytes}.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,8 +23,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -33,8 +34,17 @@ from ..runtime.net.frames import TransportConfig, frame_limit
 from ..runtime.net.transport import Transport, TransportError
 from ..runtime.net.wire import Kind, Message
 from .compute import measure_compute
-from .figures import (GIB, ComputeTask, LinkFigures, MeasureError, Measurements, NodeFigures,
-                      Settings, link_from_dict, node_from_dict)
+from .figures import (
+    GIB,
+    ComputeTask,
+    LinkFigures,
+    MeasureError,
+    Measurements,
+    NodeFigures,
+    Settings,
+    link_from_dict,
+    node_from_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +69,17 @@ class MeasureNode:
     """One node's measurement process: serves probes and compute requests; node 0 also
     coordinates (`coordinate`). `peers` maps every node id (0..N-1) to (host, port)."""
 
-    def __init__(self, node_id: int, peers: Mapping[int, tuple[str, int]], settings: Settings,
-                 device: str = "auto", threads: int | None = 1, run_dir: str | Path | None = None,
-                 listen_host: str | None = None, say: Callable[[str], None] = lambda line: None):
+    def __init__(
+        self,
+        node_id: int,
+        peers: Mapping[int, tuple[str, int]],
+        settings: Settings,
+        device: str = "auto",
+        threads: int | None = 1,
+        run_dir: str | Path | None = None,
+        listen_host: str | None = None,
+        say: Callable[[str], None] = lambda line: None,
+    ):
         if sorted(peers) != list(range(len(peers))) or node_id not in peers:
             raise MeasureError(f"node ids must be 0..N-1 and include {node_id}, got {sorted(peers)}")
         if len(peers) < 2:
@@ -72,10 +90,16 @@ class MeasureNode:
         host, port = self.peers[node_id]
         # probes carry no secrets: the run key if one is given, else the public key (auth.py)
         auth = RunAuth.load(fresh=False) or RunAuth.public()
-        self.transport = Transport(node_id, listen_host or host, port, self.peers,
-                                   Path(run_dir) / "transport" if run_dir else None, auth=auth,
-                                   config=TransportConfig(max_frame_bytes=frame_limit(settings.payload_bytes)),
-                                   on_disconnect=self._closed)
+        self.transport = Transport(
+            node_id,
+            listen_host or host,
+            port,
+            self.peers,
+            Path(run_dir) / "transport" if run_dir else None,
+            auth=auth,
+            config=TransportConfig(max_frame_bytes=frame_limit(settings.payload_bytes)),
+            on_disconnect=self._closed,
+        )
         self.deadline = time.monotonic() + settings.timeout_s
         self.replies: dict[tuple[int, str], asyncio.Queue] = collections.defaultdict(asyncio.Queue)
         self.tasks: set[asyncio.Task] = set()
@@ -85,14 +109,16 @@ class MeasureNode:
     def remaining(self) -> float:
         left = self.deadline - time.monotonic()
         if left <= 0:
-            raise MeasureError(f"[node {self.id}] measurement did not finish within "
-                               f"{self.settings.timeout_s:g} s")
+            raise MeasureError(
+                f"[node {self.id}] measurement did not finish within {self.settings.timeout_s:g} s"
+            )
         return left
 
     async def run(self, task: ComputeTask | None = None) -> Measurements | None:
         """Serve until the coordinator says bye; node 0 coordinates with `task` and returns
         the measurements."""
         import torch  # loaded here, before anything is timed, not by the --local launcher
+
         if self.threads:
             torch.set_num_threads(self.threads)  # node processes run with one (see node.py)
         self.done = asyncio.Event()
@@ -119,8 +145,7 @@ class MeasureNode:
         want = asyncio.ensure_future(aw)
         lost = asyncio.ensure_future(self._lost(peer).wait())
         try:
-            await asyncio.wait({want, lost}, timeout=self.remaining(),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({want, lost}, timeout=self.remaining(), return_when=asyncio.FIRST_COMPLETED)
         finally:
             for f in (want, lost):
                 f.cancel()
@@ -128,8 +153,9 @@ class MeasureNode:
             return want.result()
         if lost.done() and not lost.cancelled():
             return None
-        raise MeasureError(f"[node {self.id}] {what}: the measurement did not finish within "
-                           f"{self.settings.timeout_s:g} s")
+        raise MeasureError(
+            f"[node {self.id}] {what}: the measurement did not finish within {self.settings.timeout_s:g} s"
+        )
 
     def _lost(self, peer: int) -> asyncio.Event:
         return self.lost.setdefault(peer, asyncio.Event())
@@ -162,8 +188,9 @@ class MeasureNode:
         if op == "ping":
             await self.send(msg.sender, _ctrl(self.id, {"op": "pong", "seq": body.get("seq")}))
         elif op == "hello":
-            await self.send(msg.sender, _ctrl(self.id, {"op": "ready", "pid": os.getpid(),
-                                                        "host": socket.gethostname()}))
+            await self.send(
+                msg.sender, _ctrl(self.id, {"op": "ready", "pid": os.getpid(), "host": socket.gethostname()})
+            )
         elif op in ("probe", "compute"):
             self._spawn(self._answer(msg.sender, op, body))
         elif op == "bye":
@@ -178,13 +205,18 @@ class MeasureNode:
 
     async def _answer(self, requester: int, op: str, body: dict) -> None:
         try:
-            how = Settings(int(body["repeat"]), int(body["warmup"]),
-                           int(body.get("payload_bytes", 1)), self.settings.timeout_s)
+            how = Settings(
+                int(body["repeat"]),
+                int(body["warmup"]),
+                int(body.get("payload_bytes", 1)),
+                self.settings.timeout_s,
+            )
             if op == "probe":
                 result = await self.probe(int(body["peer"]), how)
             else:
-                task = ComputeTask(body["model"], int(body["n_stages"]), int(body["samples"]),
-                                   int(body["seed"]))
+                task = ComputeTask(
+                    body["model"], int(body["n_stages"]), int(body["samples"]), int(body["seed"])
+                )
                 result = await self.compute(task, how)
             reply = {"op": f"{op}_result", "result": dataclasses.asdict(result)}
         except Exception as e:  # noqa: BLE001 - reported to the coordinator, which fails
@@ -194,6 +226,7 @@ class MeasureNode:
 
     async def send(self, peer: int, msg: Message) -> None:
         """Send within the deadline; MeasureError as soon as `peer`'s connection closes."""
+
         async def sent() -> bool:
             await self.transport.send(peer, msg, self.remaining())
             return True
@@ -204,8 +237,9 @@ class MeasureNode:
     async def reply(self, sender: int, op: str) -> dict:
         """The next `op` message from `sender`; MeasureError when it goes away or at the
         deadline."""
-        body = await self._first(self.replies[(sender, op)].get(), sender,
-                                 f"waiting for {op} from node {sender}")
+        body = await self._first(
+            self.replies[(sender, op)].get(), sender, f"waiting for {op} from node {sender}"
+        )
         if body is None:
             raise MeasureError(f"[node {self.id}] node {sender} went away (waiting for {op})")
         return body
@@ -223,8 +257,9 @@ class MeasureNode:
                 rtts.append(time.perf_counter() - t0)
             if got.get("seq") != i:
                 raise MeasureError(f"node {peer} answered ping {i} with {got.get('seq')}")
-        bulk = Message.from_tensor(Kind.WEIGHTS, self.id, np.zeros(s.payload_bytes, np.uint8),
-                                   tags=(BULK_TAG,))
+        bulk = Message.from_tensor(
+            Kind.WEIGHTS, self.id, np.zeros(s.payload_bytes, np.uint8), tags=(BULK_TAG,)
+        )
         for i in range(s.warmup + s.repeat):
             msg = dataclasses.replace(bulk, microbatch=i)
             t0 = time.perf_counter()
@@ -240,6 +275,7 @@ class MeasureNode:
         """Time `task` on this node's device: a device it lacks is an error for the
         coordinator to report, like any other failure here."""
         from ..util.devices import resolve_device  # imports torch: not at the launcher's import
+
         device = resolve_device(self.device_name)
         return await asyncio.to_thread(measure_compute, task, s.repeat, s.warmup, device, self.id)
 
@@ -270,8 +306,10 @@ class MeasureNode:
                         body = {"op": "probe", "peer": b, **how}
                         link = link_from_dict(await self.ask(a, body, "probe_result"))
                     links.append(link)
-                    self.say(f"link {a}-{b}: rtt {link.rtt_median_s * 1e3:.3f} ms, bandwidth "
-                             f"{link.bandwidth_bytes_per_s / GIB:.3f} GiB/s")
+                    self.say(
+                        f"link {a}-{b}: rtt {link.rtt_median_s * 1e3:.3f} ms, bandwidth "
+                        f"{link.bandwidth_bytes_per_s / GIB:.3f} GiB/s"
+                    )
             nodes = []
             for node in range(n):
                 if node == self.id:
@@ -280,19 +318,25 @@ class MeasureNode:
                     body = {"op": "compute", **how, **dataclasses.asdict(task)}
                     fig = node_from_dict(await self.ask(node, body, "compute_result"))
                 nodes.append(fig)
-                self.say(f"node {node}: forward {fig.forward_median_s:.3g} s, backward "
-                         f"{fig.backward_median_s:.3g} s per sample per layer on {fig.device}")
+                self.say(
+                    f"node {node}: forward {fig.forward_median_s:.3g} s, backward "
+                    f"{fig.backward_median_s:.3g} s per sample per layer on {fig.device}"
+                )
         finally:
             for node in range(1, n):
                 try:
-                    await self.transport.send(node, _ctrl(self.id, {"op": "bye"}),
-                                              timeout_s=BYE_TIMEOUT_S)
+                    await self.transport.send(node, _ctrl(self.id, {"op": "bye"}), timeout_s=BYE_TIMEOUT_S)
                 except TransportError:
                     pass
         return Measurements(tuple(nodes), tuple(links), time.monotonic() - start)
 
 
-def measure(node_id: int, peers: Mapping[int, tuple[str, int]], settings: Settings,
-            task: ComputeTask | None = None, **kwargs) -> Measurements | None:
+def measure(
+    node_id: int,
+    peers: Mapping[int, tuple[str, int]],
+    settings: Settings,
+    task: ComputeTask | None = None,
+    **kwargs,
+) -> Measurements | None:
     """Run one node's measurement process to the end (blocking)."""
     return asyncio.run(MeasureNode(node_id, peers, settings, **kwargs).run(task))

@@ -1,7 +1,8 @@
 """A small TOML writer (tomllib only reads): enough for scenario files."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 _BARE_KEY = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
@@ -47,8 +48,13 @@ def toml_key(key: str) -> str:
 
 
 def toml_string(s: str) -> str:
-    return '"' + "".join(_ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F
-                                              else c) for c in s) + '"'
+    return (
+        '"'
+        + "".join(
+            _ESCAPES.get(c) or (f"\\u{ord(c):04x}" if ord(c) < 0x20 or ord(c) == 0x7F else c) for c in s
+        )
+        + '"'
+    )
 
 
 def toml_value(v) -> str:
@@ -63,6 +69,7 @@ def toml_value(v) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }" \
-            if v else "{}"
+        return (
+            "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }" if v else "{}"
+        )
     raise TypeError(f"no TOML form for {type(v).__name__}")

@@ -27,21 +27,22 @@ node's own work (that variant keeps slow nodes out of stage 0, which does not pa
 Not modelled: memory slots, link queueing between microbatches, links between non-adjacent
 stages that skipping paths use (the CP-SAT planner sees all of those).
 """
+
 from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Sequence
 
 import numpy as np
 
 from ..costs import Costs
-from .model_data import link_matrix
-from ..scenario import Scenario
 from ..rules import stage_visit_cap
+from ..scenario import Scenario
 from .matching import bottleneck_s
+from .model_data import link_matrix
 from .paths import PlanningError
 
 Stages = tuple[tuple[int, ...], ...]
@@ -74,8 +75,10 @@ def check_allocation(scenario: Scenario, stages: Stages) -> None:
     """Raise PlanningError unless stage sizes match the scenario and each node appears once."""
     sizes = tuple(len(nodes) for nodes in stages)
     if sizes != scenario.pipeline.stage_sizes:
-        raise PlanningError(f"{scenario.source}: allocation stage sizes {list(sizes)} differ "
-                            f"from pipeline.stage_sizes {list(scenario.pipeline.stage_sizes)}")
+        raise PlanningError(
+            f"{scenario.source}: allocation stage sizes {list(sizes)} differ "
+            f"from pipeline.stage_sizes {list(scenario.pipeline.stage_sizes)}"
+        )
     if sorted(n for nodes in stages for n in nodes) != list(range(len(scenario.nodes))):
         raise PlanningError(f"{scenario.source}: allocation must place every node exactly once")
 
@@ -90,7 +93,7 @@ def random_allocation(scenario: Scenario, rng: random.Random) -> Stages:
     rng.shuffle(nodes)
     out, start = [], 0
     for size in scenario.pipeline.stage_sizes:
-        out.append(nodes[start:start + size])
+        out.append(nodes[start : start + size])
         start += size
     return normalise(out)
 
@@ -110,6 +113,7 @@ def round_robin_allocation(scenario: Scenario) -> Stages:
 
 # ----------------------------------------------------------------------------------------------
 # Scoring
+
 
 class Scorer:
     """Per-stage and per-boundary costs of one scenario. Link costs depend only on how many
@@ -145,13 +149,14 @@ class Scorer:
 
     def _counts(self, signature: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
         """(location, nodes there) pairs of a signature."""
-        return self._cached(("counts", signature),
-                            lambda: tuple(sorted(Counter(signature).items())))
+        return self._cached(("counts", signature), lambda: tuple(sorted(Counter(signature).items())))
 
     def averaging(self, stage: int, nodes: Sequence[int], signature: tuple[int, ...]) -> float:
         """Gradient all-reduce time of the stage, s. It depends only on the stage's locations
         (Costs.averaging_s), so equal signatures share an entry."""
-        return self._cached(("avg", stage == 0, signature), lambda: self.costs.averaging_s(stage, tuple(nodes)))
+        return self._cached(
+            ("avg", stage == 0, signature), lambda: self.costs.averaging_s(stage, tuple(nodes))
+        )
 
     def compute(self, stage: int, nodes: Sequence[int]) -> float:
         """Busy time of a non-first stage's compute in one iteration, s; 0 for stage 0
@@ -164,9 +169,17 @@ class Scorer:
         """Mean link time between two nodes of the stage, s (a guide term only)."""
         n = len(signature)
         counts = self._counts(signature)
-        return 0.0 if n < 2 else self._cached(("spread", signature), lambda: sum(
-            ma * (mb - (a == b)) * self.place_link[a][b] for a, ma in counts for b, mb in counts)
-            / (n * (n - 1)))
+        return (
+            0.0
+            if n < 2
+            else self._cached(
+                ("spread", signature),
+                lambda: (
+                    sum(ma * (mb - (a == b)) * self.place_link[a][b] for a, ma in counts for b, mb in counts)
+                    / (n * (n - 1))
+                ),
+            )
+        )
 
     def pair(self, a: tuple[int, ...], b: tuple[int, ...]) -> float:
         """Bottleneck balanced matching between two stages given by their signatures, s."""
@@ -176,7 +189,10 @@ class Scorer:
             big_counts, small_counts = self._counts(big), self._counts(small)
             return bottleneck_s(
                 [[self.place_link[p][q] for q, _ in small_counts] for p, _ in big_counts],
-                [m for _, m in big_counts], [m for _, m in small_counts])
+                [m for _, m in big_counts],
+                [m for _, m in small_counts],
+            )
+
         return self._cached(("pair", big, small), matching)
 
 
@@ -208,21 +224,35 @@ class Parts:
     @property
     def guide(self) -> float:
         """What the search minimises (allocation_search.py's module docstring)."""
-        return (self.score + TIE_BREAK_WEIGHT * (sum(self.avg) + sum(self.comp))
-                + SPREAD_WEIGHT * sum(self.spread) / len(self.spread))
+        return (
+            self.score
+            + TIE_BREAK_WEIGHT * (sum(self.avg) + sum(self.comp))
+            + SPREAD_WEIGHT * sum(self.spread) / len(self.spread)
+        )
 
     def breakdown(self) -> dict[str, float]:
-        return {"averaging_s": max(self.avg), "pipeline_s": PIPELINE_DIRECTIONS * sum(self.pairs),
-                "compute_s": max(self.comp), "score_s": self.score}
+        return {
+            "averaging_s": max(self.avg),
+            "pipeline_s": PIPELINE_DIRECTIONS * sum(self.pairs),
+            "compute_s": max(self.comp),
+            "score_s": self.score,
+        }
 
 
-def parts_of(scorer: Scorer, groups: Sequence[Sequence[int]], old: Parts | None = None,
-           changed: Sequence[int] | None = None) -> Parts:
+def parts_of(
+    scorer: Scorer,
+    groups: Sequence[Sequence[int]],
+    old: Parts | None = None,
+    changed: Sequence[int] | None = None,
+) -> Parts:
     """Costs of `groups`; with `old`, only the `changed` stages and their boundaries are redone."""
     n = len(groups)
     changed = range(n) if old is None else changed
-    avg, comp, spread = ([0.0] * n, [0.0] * n, [0.0] * n) if old is None else (
-        list(old.avg), list(old.comp), list(old.spread))
+    avg, comp, spread = (
+        ([0.0] * n, [0.0] * n, [0.0] * n)
+        if old is None
+        else (list(old.avg), list(old.comp), list(old.spread))
+    )
     pairs = [0.0] * n if old is None else list(old.pairs)
     boundaries = {q for s in changed for q in ((s - 1) % n, s)}
     sig = {s: scorer.signature(groups[s]) for s in boundaries | {(p + 1) % n for p in boundaries}}

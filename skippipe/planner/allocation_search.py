@@ -12,6 +12,7 @@ the score plus small pulls towards cheaper non-worst stages and towards stages w
 on fast links to each other; the best allocation is chosen by the score itself. Deterministic
 given the seed unless the wall-clock cap `time_budget_s` is reached (logged as a warning).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,18 @@ import time
 from dataclasses import dataclass
 
 from ..scenario import Scenario
-from .allocation import (Allocation, Parts, Scorer, Stages, normalise, parts_of, random_allocation,
-                         round_robin_allocation, score_breakdown, scorer_for)
+from .allocation import (
+    Allocation,
+    Parts,
+    Scorer,
+    Stages,
+    normalise,
+    parts_of,
+    random_allocation,
+    round_robin_allocation,
+    score_breakdown,
+    scorer_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +64,16 @@ class _State:
         self.stage_of = {node: s for s, g in enumerate(self.groups) for node in g}
         self.parts = parts_of(scorer, self.groups)
         n = len(self.groups)
-        self.stage_pairs = [(a, b) for a in range(n) for b in range(a + 1, n)
-                            if len(self.groups[a]) == len(self.groups[b])]
+        self.stage_pairs = [
+            (a, b) for a in range(n) for b in range(a + 1, n) if len(self.groups[a]) == len(self.groups[b])
+        ]
 
     def swap_nodes(self, x: int, y: int) -> _Move:
         """Swap nodes x and y (of different stages); not applied."""
         a, b = self.stage_of[x], self.stage_of[y]
-        return self._propose({a: [y if n == x else n for n in self.groups[a]],
-                              b: [x if n == y else n for n in self.groups[b]]})
+        return self._propose(
+            {a: [y if n == x else n for n in self.groups[a]], b: [x if n == y else n for n in self.groups[b]]}
+        )
 
     def swap_stages(self, a: int, b: int) -> _Move:
         """Exchange the node sets of two equal-size stages; not applied."""
@@ -151,8 +164,13 @@ def _descend(state: _State, search: _Search) -> None:
     search.offer(state)
 
 
-def allocate(scenario: Scenario, seed: int = 0, time_budget_s: float = DEFAULT_TIME_BUDGET_S,
-             restarts: int = DEFAULT_RESTARTS, moves: int = DEFAULT_MOVES) -> Allocation:
+def allocate(
+    scenario: Scenario,
+    seed: int = 0,
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S,
+    restarts: int = DEFAULT_RESTARTS,
+    moves: int = DEFAULT_MOVES,
+) -> Allocation:
     """Search a node -> stage allocation minimising `allocation_score` (module docstring).
 
     `restarts` runs of `moves` annealing moves then a descent to a local optimum; run 0 starts
@@ -163,21 +181,32 @@ def allocate(scenario: Scenario, seed: int = 0, time_budget_s: float = DEFAULT_T
     scorer = scorer_for(scenario)
     search = _Search(random.Random(seed), started + time_budget_s)
     for run in range(max(1, restarts)):
-        start = (round_robin_allocation(scenario) if run == 0
-                 else random_allocation(scenario, search.rng))
+        start = round_robin_allocation(scenario) if run == 0 else random_allocation(scenario, search.rng)
         state = _State(scorer, start)
         search.offer(state)
         _anneal(state, search, moves)
         _descend(state, search)
         log.debug("allocation run %d: score %.3f s", run, state.parts.score)
         if search.expired:
-            log.debug("allocation search hit its %.1f s wall-clock cap in run %d of %d; "  # the
-                      "result depends on machine speed", time_budget_s, run + 1, restarts)  # caller says so
+            log.debug(
+                "allocation search hit its %.1f s wall-clock cap in run %d of %d; "  # the
+                "result depends on machine speed",
+                time_budget_s,
+                run + 1,
+                restarts,
+            )  # caller says so
             break
     breakdown = score_breakdown(scenario, search.best)
     wall = time.monotonic() - started
-    log.info("allocation for %s: score %.3f s (averaging %.3f, pipeline %.3f, compute %.3f) "
-             "after %d moves in %.2f s", scenario.name, breakdown["score_s"],
-             breakdown["averaging_s"], breakdown["pipeline_s"], breakdown["compute_s"],
-             search.evaluations, wall)
+    log.info(
+        "allocation for %s: score %.3f s (averaging %.3f, pipeline %.3f, compute %.3f) "
+        "after %d moves in %.2f s",
+        scenario.name,
+        breakdown["score_s"],
+        breakdown["averaging_s"],
+        breakdown["pipeline_s"],
+        breakdown["compute_s"],
+        search.evaluations,
+        wall,
+    )
     return Allocation(search.best, breakdown["score_s"], breakdown, seed, search.evaluations, wall)

@@ -8,20 +8,21 @@
 
 Neither gives a per-node order: the simulator runs them first-come first-served.
 """
+
 from __future__ import annotations
 
 import logging
 import random
 import time
 from collections import Counter
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..scenario import Scenario
 from ..schedule import Hop, MicrobatchPath, Provenance, VariantSchedule
-from .allocation import Allocation, check_allocation, as_stages
+from ..variants import default_loss_at
+from .allocation import Allocation, as_stages, check_allocation
 from .paths import microbatch_ids
 from .random_paths import random_stage_paths
-from ..variants import default_loss_at
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ def baseline_variant(scenario: Scenario, allocation: AllocationLike) -> VariantS
         paths.append(MicrobatchPath(microbatch, origin, tuple(hops)))
     provenance = Provenance("baseline", status="n/a", wall_s=time.monotonic() - started)
     log.debug("baseline for %s: %d full pipelines", scenario.name, len(paths))
-    return VariantSchedule("baseline", tuple(paths), None, {}, provenance,
-                           loss_at=default_loss_at("baseline"))
+    return VariantSchedule(
+        "baseline", tuple(paths), None, {}, provenance, loss_at=default_loss_at("baseline")
+    )
 
 
 def random_variant(scenario: Scenario, allocation: AllocationLike, seed: int) -> VariantSchedule:
@@ -69,8 +71,9 @@ def random_variant(scenario: Scenario, allocation: AllocationLike, seed: int) ->
         hops = (Hop(0, origin),) + tuple(Hop(stage, deal[stage].pop()) for stage in seq[1:])
         paths.append(MicrobatchPath(microbatch, origin, hops))
     provenance = Provenance("random", seed=seed, status="n/a", wall_s=time.monotonic() - started)
-    log.debug("random for %s: %d paths, stage visits %s", scenario.name, len(paths),
-              dict(sorted(visits.items())))
+    log.debug(
+        "random for %s: %d paths, stage visits %s", scenario.name, len(paths), dict(sorted(visits.items()))
+    )
     return VariantSchedule("random", tuple(paths), None, {}, provenance)
 
 

@@ -7,6 +7,7 @@ model that keeps every rule at the data nodes and TC1's visit share but replaces
 each path by the least no-wait times of its stage set (`SetTimes`). It is solved to optimality
 in seconds on the paper's setting, and its stage sets guide a second greedy plan.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -44,8 +45,14 @@ class PathBounds:
         if origin not in self._steps:
             d, out = self.data, []
             for (k0, h0), (k1, h1) in zip(self.ops, self.ops[1:]):
-                out.append(min(d.dur[k0][a] + d.link[a][b] for a in self._nodes(origin, k0, h0)
-                               for b in self._nodes(origin, k1, h1) if d.stage_of[a] != d.stage_of[b]))
+                out.append(
+                    min(
+                        d.dur[k0][a] + d.link[a][b]
+                        for a in self._nodes(origin, k0, h0)
+                        for b in self._nodes(origin, k1, h1)
+                        if d.stage_of[a] != d.stage_of[b]
+                    )
+                )
             self._steps[origin] = tuple(out)
         return self._steps[origin]
 
@@ -56,7 +63,7 @@ class PathBounds:
     def hold(self, origin: int, hop: int) -> int:
         """Least ticks from F start to B start at `hop` (the memory hold minus the B)."""
         pos = {op: p for p, op in enumerate(self.ops)}
-        return sum(self.steps(origin)[pos["F", hop]:pos["B", hop]])
+        return sum(self.steps(origin)[pos["F", hop] : pos["B", hop]])
 
     def round_trip(self, origin: int) -> int:
         """Exact least round trip (ticks, F start at hop 0 to B end at hop 0)."""
@@ -134,18 +141,22 @@ class PathBounds:
         if rules.objective == "makespan":
             return makespan
         done = self.done_floors(rules)
-        return max([makespan + d.avg[0], self.relaxed_floor(rules)]
-                   + [done.get(s, 0) + d.avg[s] for s in range(1, len(d.stages))])
+        return max(
+            [makespan + d.avg[0], self.relaxed_floor(rules)]
+            + [done.get(s, 0) + d.avg[s] for s in range(1, len(d.stages))]
+        )
 
-    def relax(self, rules: Rules, work_s: float, workers: int = 1,
-              cap: WallCap | None = None) -> Relaxation | None:
+    def relax(
+        self, rules: Rules, work_s: float, workers: int = 1, cap: WallCap | None = None
+    ) -> Relaxation | None:
         """Solve the data-node relaxation (see `Relaxation`) for `work_s` work seconds of
         deterministic time (effort.py: a seed reproduces; `cap` only stops it early); cached
         per rule set. None when the model is too large (RELAX_MAX_CHOICES)."""
         key = _rules_key(rules)
         if key not in self._relaxed:
-            self._relaxed[key] = Relaxation.solve(self.data, self.sequences, rules, work_s, workers,
-                                                  cap or unlimited())
+            self._relaxed[key] = Relaxation.solve(
+                self.data, self.sequences, rules, work_s, workers, cap or unlimited()
+            )
         return self._relaxed[key]
 
     def relaxed_floor(self, rules: Rules) -> int:
@@ -191,8 +202,10 @@ def set_times(data: ModelData, origin: int, sequences) -> dict[StageSet, SetTime
         old[0], old[1], old[2] = min(old[0], fwd), min(old[1], bwd), min(old[2], rt)
         for s, t in tails.items():
             old[3][s] = min(old[3][s], t)
-    return {st: SetTimes(f, b, rt, max(t + d.avg[s] for s, t in tails.items()))
-            for st, (f, b, rt, tails) in parts.items()}
+    return {
+        st: SetTimes(f, b, rt, max(t + d.avg[s] for s, t in tails.items()))
+        for st, (f, b, rt, tails) in parts.items()
+    }
 
 
 def _sequence_times(d: ModelData, origin: int, seq) -> tuple[int, int, dict[int, int]]:
@@ -227,8 +240,9 @@ class Relaxation:
     start: dict[int, int]  # microbatch -> F0 start tick there
 
     @staticmethod
-    def solve(data: ModelData, sequences, rules: Rules, work_s: float, workers: int,
-              cap: WallCap) -> Relaxation | None:
+    def solve(
+        data: ModelData, sequences, rules: Rules, work_s: float, workers: int, cap: WallCap
+    ) -> Relaxation | None:
         if len(data.microbatches) * len({frozenset(seq) for seq in sequences}) > RELAX_MAX_CHOICES:
             return None
         times = {o: set_times(data, o, sequences) for o in data.origins()}
@@ -284,22 +298,29 @@ class _RelaxationModel:
         self._order_twins(m, d, times, by_origin)
         m.Minimize(self.objective)
 
-    def _order_twins(self, m: cp_model.CpModel, d: ModelData, times: dict,
-                     by_origin: dict[int, list[int]]) -> None:
+    def _order_twins(
+        self, m: cp_model.CpModel, d: ModelData, times: dict, by_origin: dict[int, list[int]]
+    ) -> None:
         """Data nodes that are interchangeable here (same times, durations, slots, number of
         microbatches: two nodes of one location) start their first microbatch in node order."""
         twins: dict[tuple, list[int]] = {}
         for origin, mbs in by_origin.items():
-            key = (tuple(sorted(times[origin].items())), d.slots[origin],
-                   tuple(d.dur[kind][origin] for kind in "FLB"), len(mbs))
+            key = (
+                tuple(sorted(times[origin].items())),
+                d.slots[origin],
+                tuple(d.dur[kind][origin] for kind in "FLB"),
+                len(mbs),
+            )
             twins.setdefault(key, []).append(mbs[0])
         for firsts in twins.values():
             for a, b in zip(firsts, firsts[1:]):
                 m.Add(self.start[a] <= self.start[b])
 
-    def _microbatch(self, m, d: ModelData, mb: int, origin: int, z: dict, times: dict,
-                    horizon: int, rules: Rules):
+    def _microbatch(
+        self, m, d: ModelData, mb: int, origin: int, z: dict, times: dict, horizon: int, rules: Rules
+    ):
         """One microbatch's F0 start s, L start ls and B0 end e, its ops and its memory hold."""
+
         def of(field: str):  # the chosen stage set's time
             return sum(getattr(times[st], field) * v for st, v in z.items())
 
@@ -314,7 +335,10 @@ class _RelaxationModel:
             m.Add(self.objective >= e + d.avg[0])
             m.Add(self.objective >= ls + l_ + of("tail"))
         self.start[mb] = s
-        ops = [m.NewFixedSizeIntervalVar(s, f, f"F0_{mb}"), m.NewFixedSizeIntervalVar(ls, l_, f"L_{mb}"),
-               m.NewFixedSizeIntervalVar(e - b, b, f"B0_{mb}")]
+        ops = [
+            m.NewFixedSizeIntervalVar(s, f, f"F0_{mb}"),
+            m.NewFixedSizeIntervalVar(ls, l_, f"L_{mb}"),
+            m.NewFixedSizeIntervalVar(e - b, b, f"B0_{mb}"),
+        ]
         hold = m.NewIntervalVar(s, m.NewIntVar(0, horizon, f"hold_{mb}"), e, f"M_{mb}")
         return ops, hold

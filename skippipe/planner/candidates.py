@@ -8,6 +8,7 @@ round trip of a path) and cuts their product to a size the greedy can place with
 the build's wall-clock cap (effort.WallCap) it gives the least work: one path per stage set of
 the TC1-feasible reference plan.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -33,8 +34,9 @@ def path_limit(data: ModelData) -> int:
     return max(1, min(CANDIDATES_PER_ORIGIN, PLACEMENT_BUDGET // per_path))
 
 
-def candidate_paths(data: ModelData, origin: int, limit: int | None = None,
-                    cap: WallCap | None = None) -> list[tuple[int, ...]]:
+def candidate_paths(
+    data: ModelData, origin: int, limit: int | None = None, cap: WallCap | None = None
+) -> list[tuple[int, ...]]:
     """Node paths (origin first) over every CC3-valid sequence and the origin's allowed nodes;
     when there are more than `path_limit`, a beam search per sequence (and one per node forced
     into its stage) and then the cheapest (idle round trip) of them, keeping the cheapest of
@@ -47,20 +49,31 @@ def candidate_paths(data: ModelData, origin: int, limit: int | None = None,
     total = sum(_product_size(allowed, seq) for seq in data.sequences)
     limit = path_limit(data) if limit is None else min(limit, path_limit(data))
     if total <= limit:
-        return [(origin,) + rest for seq in data.sequences
-                for rest in itertools.product(*(allowed[s] for s in seq[1:]))]
+        return [
+            (origin,) + rest
+            for seq in data.sequences
+            for rest in itertools.product(*(allowed[s] for s in seq[1:]))
+        ]
     width = max(1, limit // len(data.sequences))
     cost = {p: data.path_ticks(p) for seq in data.sequences for p in _beam(data, origin, seq, width)}
     for stage, nodes in enumerate(allowed[1:], start=1):  # paths through every allowed node
-        for n in (nodes if len(nodes) > 1 else ()):
-            forced = allowed[:stage] + ((n,),) + allowed[stage + 1:]
-            cost.update({p: data.path_ticks(p) for seq in data.sequences if stage in seq
-                         for p in _beam(data, origin, seq, 1, forced)})
+        for n in nodes if len(nodes) > 1 else ():
+            forced = allowed[:stage] + ((n,),) + allowed[stage + 1 :]
+            cost.update(
+                {
+                    p: data.path_ticks(p)
+                    for seq in data.sequences
+                    if stage in seq
+                    for p in _beam(data, origin, seq, 1, forced)
+                }
+            )
     paths = sorted(cost, key=lambda p: (cost[p], p))
     best_per_set, per_node = {}, Counter()
     kept = set()
     for p in paths:  # every stage set keeps its cheapest path (TC1's look-ahead), every node a few
-        if best_per_set.setdefault(stage_set(data, p), p) == p or any(per_node[n] < PATHS_PER_NODE for n in p[1:]):
+        if best_per_set.setdefault(stage_set(data, p), p) == p or any(
+            per_node[n] < PATHS_PER_NODE for n in p[1:]
+        ):
             kept.add(p)
             per_node.update(p[1:])
     for p in paths:
@@ -93,14 +106,18 @@ def _product_size(allowed, seq) -> int:
     return size
 
 
-def _beam(data: ModelData, origin: int, seq: tuple[int, ...], width: int,
-          allowed=None) -> list[tuple[int, ...]]:
+def _beam(
+    data: ModelData, origin: int, seq: tuple[int, ...], width: int, allowed=None
+) -> list[tuple[int, ...]]:
     """The `width` cheapest paths of `seq` by a beam search on the idle round trip."""
     d, allowed = data, allowed or data.allowed[origin]
     beam = [(d.dur["F"][origin] + d.dur["L"][origin] + d.dur["B"][origin], (origin,))]
     for s in seq[1:]:
-        grown = [(cost + d.link[p[-1]][n] + d.link[n][p[-1]] + d.dur["F"][n] + d.dur["B"][n], p + (n,))
-                 for cost, p in beam for n in allowed[s]]
+        grown = [
+            (cost + d.link[p[-1]][n] + d.link[n][p[-1]] + d.dur["F"][n] + d.dur["B"][n], p + (n,))
+            for cost, p in beam
+            for n in allowed[s]
+        ]
         beam = heapq.nsmallest(width, grown)
     return [p for _, p in beam]
 

@@ -24,17 +24,18 @@ Sub-models (lns.py, the path LNS): `fixed_paths` pins some microbatches' nodes
 Approximated: links are idle in the model (the simulator's FIFO queueing on a directed link is
 not modelled); durations are rounded up to ticks.
 """
+
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from ortools.sat.python import cp_model
 
-from .bounds import PathBounds
 from ..ops import chain
+from .bounds import PathBounds
 from .effort import WallCap, set_cpsat_limits, unlimited
 from .model_data import ROUNDING_SLACK, ModelData, Rules, TimedPlan, all_sequences, plan_values
 from .paths import PlanningError
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------------------------
 # The model
 
+
 class PathModel:
     """The CP-SAT model of one planning problem; `upper_bound` (ticks of the objective, e.g. a
     greedy plan's) bounds every start time, else a serial schedule's length does. With
@@ -52,9 +54,15 @@ class PathModel:
     their timing is free (sequencing subproblems); with `fixed_order` their ops also keep that
     plan's order on each node; `lower` shares bounds already computed."""
 
-    def __init__(self, data: ModelData, rules: Rules = Rules(), upper_bound: int | None = None,
-                 fixed_paths: dict[int, tuple[int, ...]] | None = None,
-                 lower: PathBounds | None = None, fixed_order: TimedPlan | None = None):
+    def __init__(
+        self,
+        data: ModelData,
+        rules: Rules = Rules(),
+        upper_bound: int | None = None,
+        fixed_paths: dict[int, tuple[int, ...]] | None = None,
+        lower: PathBounds | None = None,
+        fixed_order: TimedPlan | None = None,
+    ):
         self.data, self.rules, self.fixed = data, rules, fixed_paths or {}
         self.model = cp_model.CpModel()
         self.sequences = data.sequences if rules.cc3 else all_sequences(data)
@@ -95,11 +103,11 @@ class PathModel:
         self.st, self.start, self.span = {}, {}, {}
         for mb, origin in d.microbatches:
             for h in range(1, d.k):
-                nodes = ((self.fixed[mb][h],) if mb in self.fixed
-                         else d.hop_nodes(origin, h, self.sequences))
+                nodes = (self.fixed[mb][h],) if mb in self.fixed else d.hop_nodes(origin, h, self.sequences)
                 self.x[mb, h] = {n: m.NewBoolVar(f"x_{mb}_{h}_{n}") for n in nodes}
                 self.st[mb, h] = m.NewIntVarFromDomain(
-                    cp_model.Domain.FromValues(sorted({d.stage_of[n] for n in nodes})), f"st_{mb}_{h}")
+                    cp_model.Domain.FromValues(sorted({d.stage_of[n] for n in nodes})), f"st_{mb}_{h}"
+                )
             est = self.lower.earliest(origin)
             for p in range(len(self.ops)):
                 self.start[mb, p] = m.NewIntVar(est[p], max(est[p], hz), f"s_{mb}_{p}")
@@ -147,8 +155,9 @@ class PathModel:
                 (k0, h0), (k1, h1) = self.ops[p], self.ops[p + 1]
                 first, second = self.nodes_at(mb, origin, k0, h0), self.nodes_at(mb, origin, k1, h1)
                 gap = self.start[mb, p + 1] - self.start[mb, p]
-                steps = [d.dur[k0][a] + d.link[a][b] for a in first for b in second
-                         if self._linked(h0, a, h1, b)]
+                steps = [
+                    d.dur[k0][a] + d.link[a][b] for a in first for b in second if self._linked(h0, a, h1, b)
+                ]
                 self.model.Add(gap >= min(steps))
                 for a in first:  # the op's own node known: the next node's choice adds its link
                     after = {b: d.dur[k0][a] + d.link[a][b] for b in second if self._linked(h0, a, h1, b)}
@@ -172,8 +181,7 @@ class PathModel:
                 self.model.Add(enforce == 0)
             return
         least = min(step_of.values())
-        extra = sum((t - least) * self.lit(mb, hop, n) for n, t in step_of.items()
-                    if t > least) if hop else 0
+        extra = sum((t - least) * self.lit(mb, hop, n) for n, t in step_of.items() if t > least) if hop else 0
         ct = self.model.Add(gap >= least + extra)
         if enforce is not None:
             ct.OnlyEnforceIf(enforce)
@@ -268,8 +276,9 @@ class PathModel:
             ops.sort()
             for (_, k0, m0, h0), (_, k1, m1, h1) in zip(ops, ops[1:]):
                 node = d.op_node(self.fixed[m0], k0, h0)
-                self.model.Add(self.start[m1, self.pos[k1, h1]] >=
-                               self.start[m0, self.pos[k0, h0]] + d.dur[k0][node])
+                self.model.Add(
+                    self.start[m1, self.pos[k1, h1]] >= self.start[m0, self.pos[k0, h0]] + d.dur[k0][node]
+                )
 
     def add_symmetry_breaking(self) -> None:
         """A data node's microbatches are identical: their F at hop 0 run in id order (among
@@ -304,8 +313,9 @@ class PathModel:
     def extract(self, solver: cp_model.CpSolver) -> TimedPlan:
         d, nodes, starts = self.data, {}, {}
         for mb, origin in d.microbatches:
-            nodes[mb] = (origin,) + tuple(next(n for n, v in self.x[mb, h].items() if solver.Value(v))
-                                          for h in range(1, d.k))
+            nodes[mb] = (origin,) + tuple(
+                next(n for n, v in self.x[mb, h].items() if solver.Value(v)) for h in range(1, d.k)
+            )
             for p, (kind, hop) in enumerate(self.ops):
                 starts[kind, mb, hop] = solver.Value(self.start[mb, p])
         return TimedPlan(nodes, starts)
@@ -313,6 +323,7 @@ class PathModel:
 
 # ----------------------------------------------------------------------------------------------
 # Solve
+
 
 @dataclass(frozen=True)
 class SolveResult:
@@ -328,8 +339,9 @@ class SolveResult:
 def progress_line(elapsed_s: float, best_s: float, bound_s: float) -> str:
     """One anytime-progress line: elapsed, best objective, proven bound (seconds) and gap."""
     gap = (best_s - bound_s) / best_s if best_s > 0 else 0.0
-    return (f"cp-sat {elapsed_s:7.1f} s  best {best_s:9.2f} s  bound {bound_s:9.2f} s  "
-            f"gap {max(gap, 0.0):6.1%}")
+    return (
+        f"cp-sat {elapsed_s:7.1f} s  best {best_s:9.2f} s  bound {bound_s:9.2f} s  gap {max(gap, 0.0):6.1%}"
+    )
 
 
 class _Progress(cp_model.CpSolverSolutionCallback):
@@ -340,16 +352,23 @@ class _Progress(cp_model.CpSolverSolutionCallback):
         self.tick_s, self.report = tick_s, report
 
     def on_solution_callback(self) -> None:
-        line = progress_line(self.WallTime(), self.ObjectiveValue() * self.tick_s,
-                             self.BestObjectiveBound() * self.tick_s)
+        line = progress_line(
+            self.WallTime(), self.ObjectiveValue() * self.tick_s, self.BestObjectiveBound() * self.tick_s
+        )
         log.debug("%s", line)
         if self.report is not None:
             self.report(line)
 
 
-def solve(pm: PathModel, work_s: float, seed: int, workers: int,
-          progress: Callable[[str], None] | None = None, cap: WallCap | None = None,
-          lns_only: bool = False) -> SolveResult:
+def solve(
+    pm: PathModel,
+    work_s: float,
+    seed: int,
+    workers: int,
+    progress: Callable[[str], None] | None = None,
+    cap: WallCap | None = None,
+    lns_only: bool = False,
+) -> SolveResult:
     """Run CP-SAT on the model for `work_s` work seconds of deterministic time (effort.py), so
     that a seed gives the same result on any machine; `cap` (the build's wall-clock safety cap)
     only stops it early. `lns_only`: every worker improves the hint by CP-SAT's own
@@ -362,16 +381,22 @@ def solve(pm: PathModel, work_s: float, seed: int, workers: int,
     status = solver.Solve(pm.model, _Progress(pm.data.tick_s, progress))
     name = solver.StatusName(status)
     if status == cp_model.INFEASIBLE:
-        raise PlanningError("CP-SAT proved the rules infeasible for this allocation "
-                            "(CC3 paths under TC1's even visit share; see check_feasible)")
+        raise PlanningError(
+            "CP-SAT proved the rules infeasible for this allocation "
+            "(CC3 paths under TC1's even visit share; see check_feasible)"
+        )
     if status == cp_model.MODEL_INVALID:
         raise PlanningError(f"CP-SAT rejected the model: {pm.model.Validate()}")
     found = status in (cp_model.OPTIMAL, cp_model.FEASIBLE)
     plan = pm.extract(solver) if found else None
     objective = solver.Value(pm.objective_var()) if found else None
     bound = math.ceil(solver.BestObjectiveBound() - ROUNDING_SLACK)
-    log.debug("cp-sat %s after %.1f s: objective %s, bound %d ticks of %g s", name, solver.WallTime(),
-              objective, bound, pm.data.tick_s)
+    log.debug(
+        "cp-sat %s after %.1f s: objective %s, bound %d ticks of %g s",
+        name,
+        solver.WallTime(),
+        objective,
+        bound,
+        pm.data.tick_s,
+    )
     return SolveResult(name, plan, objective, bound, solver.WallTime())
-
-

@@ -21,10 +21,11 @@ simulator and the runtime alike, so an F&B pair is its F, then its B: F&B = F + 
 than 2P - 1 rounds the counts of steps 1-7 are cut where the microbatches run out (the
 authors' code needs at least 2P); the planner's dry run checks the result runs.
 """
+
 from __future__ import annotations
 
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..ops import B, F, Op, W
 from ..scenario import Scenario
@@ -42,8 +43,10 @@ def v_paths(scenario: Scenario, allocation: Sequence[Sequence[int]]) -> tuple[Mi
     out = []
     for microbatch, origin in microbatch_ids(allocation, scenario):
         column = allocation[0].index(origin)
-        down = [group[column] if len(group) == width else group[microbatch % len(group)]
-                for group in allocation[:n_stages // 2]]
+        down = [
+            group[column] if len(group) == width else group[microbatch % len(group)]
+            for group in allocation[: n_stages // 2]
+        ]
         nodes = down + down[::-1]  # a V by construction (rules.py checks it)
         out.append(MicrobatchPath(microbatch, origin, tuple(Hop(s, n) for s, n in enumerate(nodes))))
     return tuple(out)
@@ -105,6 +108,8 @@ def dualpipev(waves: Sequence[Wave], stage: int, n_stages: int) -> list[Op]:
     while c.deferred:
         c.weight()
     if c.n_f != [c.m, c.m] or c.n_b != [c.m, c.m]:
-        raise PlanningError(f"dualpipev: rank {r} of {p} lists {c.n_f} forwards and {c.n_b} "
-                            f"backwards of {c.m} rounds per chunk")
+        raise PlanningError(
+            f"dualpipev: rank {r} of {p} lists {c.n_f} forwards and {c.n_b} "
+            f"backwards of {c.m} rounds per chunk"
+        )
     return c.out

@@ -12,11 +12,12 @@ The wall clock (`WallCap`) is the safety cap of a whole build: phases stop early
 passed, the build says so in one line and records it in the provenance of the variants planned
 from then on (their plans then depend on the machine's speed).
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,10 @@ class WallCap:
             return False
         if self.cut is None:
             self.cut = phase
-            self.say(f"wall-clock cap of {self.limit_s:g} s cut in during {phase}: what follows "
-                     f"does the least work, and the schedule depends on this machine's speed")
+            self.say(
+                f"wall-clock cap of {self.limit_s:g} s cut in during {phase}: what follows "
+                f"does the least work, and the schedule depends on this machine's speed"
+            )
         return True
 
 

@@ -44,12 +44,13 @@ rounds ahead than the stage before it lets it, else the two would wait on each o
 - A node serving many columns may not hold one whole round: each form is also tried on
   sub-rounds of g columns (g = every width down to 1) and the fastest in the dry run is kept.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
 from collections import defaultdict
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ..memory import family_limits, hold_within, rounds, rounds_within
 from ..ops import B, F, L, Op, OpKind, W, node_of
@@ -60,6 +61,7 @@ from ..variants import REGISTRY, variant
 from .baselines import AllocationLike, baseline_variant
 from .dualpipev import Wave, dualpipev, v_paths
 from .paths import PlanningError
+
 
 def _ops(kind: Callable[[int, int], Op], wave: Wave) -> list[Op]:
     return [kind(mb, hop) for mb, hop in wave]
@@ -72,16 +74,18 @@ def naive(waves: Sequence[Wave], stage: int, n_stages: int, held: int | None = N
 def gpipe(waves: Sequence[Wave], stage: int, n_stages: int, held: int | None = None) -> list[Op]:
     """Fill, then drain; with `held`, in groups of that many rounds."""
     width = held or len(waves) or 1
-    return [op for g in range(0, len(waves), width) for op in _fill_drain(waves[g:g + width])]
+    return [op for g in range(0, len(waves), width) for op in _fill_drain(waves[g : g + width])]
 
 
 def _fill_drain(waves: Sequence[Wave]) -> list[Op]:
-    return ([op for wave in waves for op in _ops(F, wave)]
-            + [op for wave in reversed(waves) for op in reversed(_ops(B, wave))])
+    return [op for wave in waves for op in _ops(F, wave)] + [
+        op for wave in reversed(waves) for op in reversed(_ops(B, wave))
+    ]
 
 
-def one_f_one_b(waves: Sequence[Wave], stage: int, n_stages: int, held: int | None = None,
-                w_lag: int | None = None) -> list[Op]:
+def one_f_one_b(
+    waves: Sequence[Wave], stage: int, n_stages: int, held: int | None = None, w_lag: int | None = None
+) -> list[Op]:
     """1F1B, at most `held` rounds in flight (None: p - stage); with `w_lag`, the split
     backward's W of round k - w_lag follows B of round k."""
     n, warm = len(waves), n_stages - stage - 1 if held is None else min(n_stages - stage, held) - 1
@@ -93,7 +97,7 @@ def one_f_one_b(waves: Sequence[Wave], stage: int, n_stages: int, held: int | No
         if w_lag is not None and k >= w_lag:
             out += _ops(W, waves[k - w_lag])
     if w_lag is not None:
-        out += [op for wave in waves[max(0, n - w_lag):] for op in _ops(W, wave)]
+        out += [op for wave in waves[max(0, n - w_lag) :] for op in _ops(W, wave)]
     return out
 
 
@@ -114,8 +118,13 @@ PATTERNS: dict[str, Pattern] = {f.__name__: f for f in (naive, gpipe, one_f_one_
 assert {v.pattern for v in REGISTRY.values() if v.family} <= set(PATTERNS)  # each family's generator
 
 
-def family_variant(name: str, scenario: Scenario, allocation: AllocationLike,
-                   family_memory: bool = False, loss_at: str | None = None) -> VariantSchedule:
+def family_variant(
+    name: str,
+    scenario: Scenario,
+    allocation: AllocationLike,
+    family_memory: bool = False,
+    loss_at: str | None = None,
+) -> VariantSchedule:
     """Variant `name` (a family of the registry) on the baseline's paths, its order placed by a
     dry run of the simulator (see the module docstring): in its capped form within the
     scenario's memory slots, or with `family_memory` under its family's own rule; its loss at
@@ -134,8 +143,12 @@ def family_variant(name: str, scenario: Scenario, allocation: AllocationLike,
     n_stages, rnd = len(stages), rounds(paths)
     limits = family_limits(name, paths, stage_of, n_stages)
     if family_memory:
-        patterns = [{node: PATTERNS[spec.pattern](w, stage_of[node], n_stages)
-                     for node, w in _waves(paths, rnd).items()}]
+        patterns = [
+            {
+                node: PATTERNS[spec.pattern](w, stage_of[node], n_stages)
+                for node, w in _waves(paths, rnd).items()
+            }
+        ]
     else:
         limits = {n: min(own, scenario.nodes[n].memory_slots) for n, own in limits.items()}
         patterns = _capped_patterns(name, paths, stages, limits)
@@ -144,10 +157,16 @@ def family_variant(name: str, scenario: Scenario, allocation: AllocationLike,
     for pattern in patterns:  # capped: one per round width that fits; the fastest is the family's
         for p in paths:  # the losses float in the dry run: where they sit here does not matter
             pattern[node_of(L(p.microbatch), p.nodes, loss_at)].append(L(p.microbatch))
-        draft = VariantSchedule(name, paths, {n: tuple(ops) for n, ops in pattern.items()},
-                                dispatch="planned", activation_limits=limits,
-                                split_backward=spec.split_backward,
-                                memory="family" if family_memory else "slots", loss_at=loss_at)
+        draft = VariantSchedule(
+            name,
+            paths,
+            {n: tuple(ops) for n, ops in pattern.items()},
+            dispatch="planned",
+            activation_limits=limits,
+            split_backward=spec.split_backward,
+            memory="family" if family_memory else "slots",
+            loss_at=loss_at,
+        )
         sched = Schedule(scenario.name, scenario.content_hash, scenario.source, stages, {name: draft})
         try:
             run = simulate(sched, name, scenario, floating=frozenset({OpKind.L}))
@@ -160,8 +179,9 @@ def family_variant(name: str, scenario: Scenario, allocation: AllocationLike,
         within = "" if family_memory else f" within the memory slots ({_slots_text(limits)})"
         raise PlanningError(f"{name}: no pattern runs{within}: {why}")
     draft, run = best
-    provenance = Provenance(name, status="n/a", objective=round(run.iteration_s, 6),
-                            wall_s=time.monotonic() - started)
+    provenance = Provenance(
+        name, status="n/a", objective=round(run.iteration_s, 6), wall_s=time.monotonic() - started
+    )
     return dataclasses.replace(draft, order=run.order, provenance=provenance)
 
 
@@ -176,8 +196,9 @@ def _waves(paths: Sequence[MicrobatchPath], rnd: dict[int, int]) -> dict[int, li
     return dict(out)
 
 
-def _capped_patterns(name: str, paths: Sequence[MicrobatchPath], stages: Sequence[Sequence[int]],
-                     limits: dict[int, int]) -> list[dict[int, list[Op]]]:
+def _capped_patterns(
+    name: str, paths: Sequence[MicrobatchPath], stages: Sequence[Sequence[int]], limits: dict[int, int]
+) -> list[dict[int, list[Op]]]:
     """The family's capped forms within `limits`, one per sub-round width that fits (widest
     first). A sub-round is `g` columns of one round: a node serving many columns may not hold a
     whole round in its slots. Raises PlanningError when no width fits."""
@@ -185,8 +206,7 @@ def _capped_patterns(name: str, paths: Sequence[MicrobatchPath], stages: Sequenc
     n_groups = {g: -(-len(columns) // g) for g in range(1, len(columns) + 1)}
     out, why = [], ""
     for g in sorted(n_groups, reverse=True):
-        sub = {p.microbatch: rnd[p.microbatch] * n_groups[g] + columns.index(p.origin) // g
-               for p in paths}
+        sub = {p.microbatch: rnd[p.microbatch] * n_groups[g] + columns.index(p.origin) // g for p in paths}
         try:
             out.append(_capped(name, _waves(paths, sub), stages, limits))
         except PlanningError as e:
@@ -196,8 +216,9 @@ def _capped_patterns(name: str, paths: Sequence[MicrobatchPath], stages: Sequenc
     return out
 
 
-def _capped(name: str, waves: dict[int, list[Wave]], stages: Sequence[Sequence[int]],
-            limits: dict[int, int]) -> dict[int, list[Op]]:
+def _capped(
+    name: str, waves: dict[int, list[Wave]], stages: Sequence[Sequence[int]], limits: dict[int, int]
+) -> dict[int, list[Op]]:
     """Each node's pattern in the family's capped form (module docstring), within `limits`."""
     stage_of = {n: held[0] for n, held in stages_of(stages).items()}
     held = _rounds_held(waves, stages, limits)
@@ -207,22 +228,27 @@ def _capped(name: str, waves: dict[int, list[Wave]], stages: Sequence[Sequence[i
     short = [n for n, r in held.items() if r < 1 and pattern is not dualpipev_held]
     if short:
         n = short[0]
-        raise PlanningError(f"{name}: one round of {max(map(len, waves[n]))} microbatches at node "
-                            f"{n} does not fit its {limits[n]} memory slots")
+        raise PlanningError(
+            f"{name}: one round of {max(map(len, waves[n]))} microbatches at node "
+            f"{n} does not fit its {limits[n]} memory slots"
+        )
     out = {}
     for node, w in waves.items():
         ops = pattern(w, stage_of[node], len(stages), held[node])
         if pattern is dualpipev_held:  # capped by activations, not rounds
             ops = hold_within(ops, limits[node], split=True)
             if ops is None:
-                raise PlanningError(f"{name}: its V order does not fit {limits[node]} memory slots "
-                                    f"at node {node} (stage {stage_of[node]}); plan it with family memory")
+                raise PlanningError(
+                    f"{name}: its V order does not fit {limits[node]} memory slots "
+                    f"at node {node} (stage {stage_of[node]}); plan it with family memory"
+                )
         out[node] = ops
     return out
 
 
-def _rounds_held(waves: dict[int, list[Wave]], stages: Sequence[Sequence[int]],
-                 limits: dict[int, int]) -> dict[int, int]:
+def _rounds_held(
+    waves: dict[int, list[Wave]], stages: Sequence[Sequence[int]], limits: dict[int, int]
+) -> dict[int, int]:
     """node -> the rounds it may hold: what its slots fit, and never more than the stage before
     it lets it (a later stage running further ahead would wait on it for ever)."""
     out, before = {}, None

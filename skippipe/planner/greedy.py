@@ -26,6 +26,7 @@ reference plan (`candidates.least_work_paths`), each microbatch takes the cheape
 reference still allows (one placement), and no further setting runs. Before the cap nothing
 changes.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -96,10 +97,16 @@ class _State:
 class GreedyScheduler:
     """Builds one TimedPlan for the model data (see the module docstring)."""
 
-    def __init__(self, data: ModelData, pacing: int | None = None,
-                 fixed_paths: dict[int, tuple[int, ...]] | None = None, node_slack: int | None = None,
-                 candidates: dict[int, list[tuple[int, ...]]] | None = None,
-                 guide: Relaxation | None = None, cap: WallCap | None = None):
+    def __init__(
+        self,
+        data: ModelData,
+        pacing: int | None = None,
+        fixed_paths: dict[int, tuple[int, ...]] | None = None,
+        node_slack: int | None = None,
+        candidates: dict[int, list[tuple[int, ...]]] | None = None,
+        guide: Relaxation | None = None,
+        cap: WallCap | None = None,
+    ):
         self.data, self.ops, self.pacing = data, chain(data.k), pacing
         self.cap = cap or unlimited()
         self.fixed = fixed_paths or {}
@@ -111,8 +118,11 @@ class GreedyScheduler:
         self.round_trip = {p: data.path_ticks(p) for paths in self.candidates.values() for p in paths}
         self.round_trip.update({p: data.path_ticks(p) for p in self.fixed.values()})
         self.caps = {s: data.visit_cap for s in range(1, len(data.stages))}
-        self.reference = Counter(dict(data.visit_plan) if self.guide is None  # a TC1-feasible
-                                 else self.guide.stage_set.values())  # completion
+        self.reference = Counter(
+            dict(data.visit_plan)
+            if self.guide is None  # a TC1-feasible
+            else self.guide.stage_set.values()
+        )  # completion
         self.all_sets = sorted({stage_set(data, p) for paths in self.candidates.values() for p in paths})
         self._completions: dict[tuple, Counter | None] = {}
         self.nodes: dict[int, tuple[int, ...]] = {}
@@ -137,8 +147,12 @@ class GreedyScheduler:
         else:
             options = self._guided(mb, self.candidates[origin])
         placed = sorted((self._place(p) + (p,) for p in options), key=lambda r: r[:2])
-        paced = [r for r in placed if self._within_pace(stage_set(self.data, r[3]))
-                 and all(self.node_visits[n] < self.node_share.get(n, math.inf) for n in r[3][1:])]
+        paced = [
+            r
+            for r in placed
+            if self._within_pace(stage_set(self.data, r[3]))
+            and all(self.node_visits[n] < self.node_share.get(n, math.inf) for n in r[3][1:])
+        ]
         exact_sets: set[StageSet] = set()
         for _, _, starts, path in paced + placed:
             st = stage_set(self.data, path)
@@ -285,10 +299,14 @@ def greedy_seconds(data: ModelData) -> float:
     return per_path * path_limit(data) / PLACEMENTS_PER_S
 
 
-def greedy_plan(data: ModelData, objective: str = "iteration",
-                fixed_paths: dict[int, tuple[int, ...]] | None = None,
-                guide: Relaxation | None = None, runs: int | None = None,
-                cap: WallCap | None = None) -> TimedPlan:
+def greedy_plan(
+    data: ModelData,
+    objective: str = "iteration",
+    fixed_paths: dict[int, tuple[int, ...]] | None = None,
+    guide: Relaxation | None = None,
+    runs: int | None = None,
+    cap: WallCap | None = None,
+) -> TimedPlan:
     """The best (by `objective`, see model_data.plan_values) of the greedy plans with each
     setting of GREEDY_VARIANTS: feasible for every rule of the model. With `fixed_paths` (microbatch ->
     node per hop) only the timing is chosen. With `guide` (a solved bounds.Relaxation) each
@@ -298,13 +316,12 @@ def greedy_plan(data: ModelData, objective: str = "iteration",
     best, best_value, cap = None, math.inf, cap or unlimited()
     candidates = {o: candidate_paths(data, o, cap=cap) for o in data.origins()}
     settings = GREEDY_VARIANTS if not (fixed_paths or guide) else ((None, None),)
-    for pacing, node_slack in settings[:max(1, len(settings) if runs is None else runs)]:
+    for pacing, node_slack in settings[: max(1, len(settings) if runs is None else runs)]:
         if best is not None and cap.spent(PHASE):
             break
         plan = GreedyScheduler(data, pacing, fixed_paths, node_slack, candidates, guide, cap).run()
         value = plan_values(data, plan)[objective]
-        log.debug("greedy plan (pacing %s, node slack %s): %s %d ticks", pacing, node_slack,
-                  objective, value)
+        log.debug("greedy plan (pacing %s, node slack %s): %s %d ticks", pacing, node_slack, objective, value)
         if value < best_value:
             best, best_value = plan, value
     return best

@@ -12,19 +12,19 @@ Steps run one after another, each with every CP-SAT worker (measured on geo-dist
 steps side by side in threads, one worker each, did worse than one step with two workers).
 Their number is fixed by the budget, so a seed reproduces.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .bounds import PathBounds
 from .cpsat import PathModel, SolveResult, solve
-from .model_data import Rules
 from .effort import WallCap, unlimited
-from .model_data import ModelData, TimedPlan, plan_values
+from .model_data import ModelData, Rules, TimedPlan, plan_values
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,15 @@ Progress = Callable[[str], None]
 class PathSearch:
     """The search state: best plan, its value, the neighbourhood size, steps taken."""
 
-    def __init__(self, data: ModelData, rules: Rules, start: TimedPlan, lower: PathBounds,
-                 seed: int, progress: Progress | None):
+    def __init__(
+        self,
+        data: ModelData,
+        rules: Rules,
+        start: TimedPlan,
+        lower: PathBounds,
+        seed: int,
+        progress: Progress | None,
+    ):
         self.data, self.lower, self.seed, self.progress = data, lower, seed, progress
         self.sub_rules = dataclasses.replace(rules, symmetry=False)  # fixed paths break the symmetry
         self.best, self.value = start, plan_values(data, start)[rules.objective]
@@ -55,11 +62,18 @@ class PathSearch:
         """Build one sub-model from the best plan, solve it, record the outcome."""
         step, best, value = self.steps, self.best, self.value
         self.steps += 1
-        free = _neighbourhood(self.data, best, self.size, NEIGHBOURHOODS[step % len(NEIGHBOURHOODS)],
-                              self.rng)
+        free = _neighbourhood(
+            self.data, best, self.size, NEIGHBOURHOODS[step % len(NEIGHBOURHOODS)], self.rng
+        )
         fixed = {mb: nodes for mb, nodes in best.nodes.items() if mb not in free}
-        model = PathModel(self.data, self.sub_rules, upper_bound=value, fixed_paths=fixed,
-                          lower=self.lower, fixed_order=best if step % RESEQUENCE_EVERY else None)
+        model = PathModel(
+            self.data,
+            self.sub_rules,
+            upper_bound=value,
+            fixed_paths=fixed,
+            lower=self.lower,
+            fixed_order=best if step % RESEQUENCE_EVERY else None,
+        )
         model.add_hint(best)
         try:
             result = solve(model, LNS_STEP_S, self.seed + step, workers, cap=cap)
@@ -71,9 +85,11 @@ class PathSearch:
         if result is not None and result.plan is not None and result.objective < self.value:
             self.best, self.value = result.plan, result.objective
             if self.progress is not None:
-                self.progress(f"lns    {time.monotonic() - self.started:7.1f} s  best "
-                              f"{self.value * self.data.tick_s:9.2f} s  (step {step + 1}, "
-                              f"{len(free)} microbatches freed)")
+                self.progress(
+                    f"lns    {time.monotonic() - self.started:7.1f} s  best "
+                    f"{self.value * self.data.tick_s:9.2f} s  (step {step + 1}, "
+                    f"{len(free)} microbatches freed)"
+                )
         solved = result is not None and result.status == "OPTIMAL"
         n = len(self.data.microbatches)
         if solved and len(free) == n or self.value <= self.floor:
@@ -81,9 +97,17 @@ class PathSearch:
         self.size = min(n, self.size + 1) if solved else max(LNS_MIN_FREE, self.size - 1)
 
 
-def improve_paths(data: ModelData, rules: Rules, start: TimedPlan, budget_s: float, seed: int,
-                  workers: int, lower: PathBounds, progress: Progress | None = None,
-                  cap: WallCap | None = None) -> TimedPlan:
+def improve_paths(
+    data: ModelData,
+    rules: Rules,
+    start: TimedPlan,
+    budget_s: float,
+    seed: int,
+    workers: int,
+    lower: PathBounds,
+    progress: Progress | None = None,
+    cap: WallCap | None = None,
+) -> TimedPlan:
     """The best plan the path LNS finds from `start` in `budget_s` work seconds: that many
     steps of LNS_STEP_S each (deterministic, effort.py); `cap` (the build's wall-clock safety
     cap) only stops it early."""
@@ -95,13 +119,12 @@ def improve_paths(data: ModelData, rules: Rules, start: TimedPlan, budget_s: flo
     return search.best
 
 
-def _neighbourhood(data: ModelData, plan_: TimedPlan, size: int, kind: str,
-                   rng: random.Random) -> set[int]:
+def _neighbourhood(data: ModelData, plan_: TimedPlan, size: int, kind: str, rng: random.Random) -> set[int]:
     """`size` microbatches whose paths a step frees."""
     mbs = [mb for mb, _ in data.microbatches]
     size = min(size, len(mbs))
     if kind == "critical":  # the last to finish, and random others
-        last = sorted(mbs, key=lambda mb: -plan_.starts["B", mb, 0])[:max(1, size // 2)]
+        last = sorted(mbs, key=lambda mb: -plan_.starts["B", mb, 0])[: max(1, size // 2)]
         return set(last) | set(rng.sample([mb for mb in mbs if mb not in last], size - len(last)))
     if kind == "origin":  # a data node's microbatches (re-pair its slot chains), a late one likely
         pivot = max(rng.sample(mbs, min(len(mbs), size)), key=lambda mb: plan_.starts["B", mb, 0])

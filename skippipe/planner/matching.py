@@ -3,10 +3,11 @@ objective): the least link time t at which every node of the larger stage can be
 node of the smaller one, computed exactly as a transport problem on node classes (nodes that
 share every link), with the allowed pairs grown through the sorted link times.
 """
+
 from __future__ import annotations
 
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class _Transport:
@@ -43,9 +44,10 @@ class _Transport:
     def _push(self, lefts: list[int], rights: list[int]) -> None:
         """Send flow up along (lefts[i], rights[i]) and back down along (lefts[i+1], rights[i])."""
         back = list(zip(lefts[1:], rights))
-        amount = min([self.supply[lefts[0]] - self.sent[lefts[0]],
-                      self.capacity[rights[-1]] - self.taken[rights[-1]]]
-                     + [self.flow[left][r] for left, r in back])
+        amount = min(
+            [self.supply[lefts[0]] - self.sent[lefts[0]], self.capacity[rights[-1]] - self.taken[rights[-1]]]
+            + [self.flow[left][r] for left, r in back]
+        )
         for left, r in zip(lefts, rights):
             self.flow[left][r] += amount
         for left, r in back:
@@ -82,8 +84,9 @@ def _trace(right: int | None, left_from: dict, right_from: dict) -> list[int]:
     return path[::-1]
 
 
-def _smallest_limit(supply: list[int], capacity: list[int], link: list[list[float]],
-                    limits: list[float]) -> float:
+def _smallest_limit(
+    supply: list[int], capacity: list[int], link: list[list[float]], limits: list[float]
+) -> float:
     """The first of the ascending `limits` at which links <= limit carry all of `supply`."""
     transport = _Transport(supply, capacity)
     for limit in limits:
@@ -92,8 +95,9 @@ def _smallest_limit(supply: list[int], capacity: list[int], link: list[list[floa
     raise AssertionError("unreachable: the largest limit allows every link")
 
 
-def bottleneck_s(link: Sequence[Sequence[float]], big: Sequence[int] | None = None,
-                 small: Sequence[int] | None = None) -> float:
+def bottleneck_s(
+    link: Sequence[Sequence[float]], big: Sequence[int] | None = None, small: Sequence[int] | None = None
+) -> float:
     """Bottleneck balanced matching between two stages, s: the smallest t such that every node
     of the larger stage can be paired with a node of the smaller one over a link <= t, the
     smaller stage's nodes taking q or q+1 each (q = larger size // smaller size).
@@ -107,9 +111,13 @@ def bottleneck_s(link: Sequence[Sequence[float]], big: Sequence[int] | None = No
     small = list(small or [1] * len(link[0]))
     link = [list(row) for row in link]
     q, r = divmod(sum(big), sum(small))
-    lower = max(max(min(row) for row in link),  # each larger-stage node needs one link,
-                max(_kth_smallest(col, big, q * m)  # each smaller-stage node q of them
-                    for col, m in zip(zip(*link), small)))
+    lower = max(
+        max(min(row) for row in link),  # each larger-stage node needs one link,
+        max(
+            _kth_smallest(col, big, q * m)  # each smaller-stage node q of them
+            for col, m in zip(zip(*link), small)
+        ),
+    )
     limits = sorted({t for row in link for t in row if t >= lower})
     t_a = _smallest_limit(big, [(q + (1 if r else 0)) * m for m in small], link, limits)
     if r == 0:

@@ -10,6 +10,7 @@ When the full candidate set is too large (MAX_HOP_CHOICES), each origin may only
 best-ranked nodes per stage: proven bounds are then relative to that pruned set (logged, and
 `ModelData.pruned` says so). Inputs no schedule can satisfy raise PlanningError naming the rule.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,8 @@ from ortools.sat.python import cp_model
 
 from ..costs import Costs
 from ..ops import chain
-from ..scenario import Scenario
 from ..rules import stage_visit_cap
+from ..scenario import Scenario
 from .paths import PlanningError, microbatch_ids, stage_sequences
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,17 @@ def check_feasible(scenario: Scenario, stages: Stages, sequences) -> None:
     if no_memory:
         raise PlanningError(f"TC1: node {no_memory[0]} has no memory slot, it can hold no activation")
     if not sequences:
-        raise PlanningError(f"CC3: no sequence of k={p.path_length} distinct stages of {n_stages} "
-                            "satisfies the reorder limits")
+        raise PlanningError(
+            f"CC3: no sequence of k={p.path_length} distinct stages of {n_stages} "
+            "satisfies the reorder limits"
+        )
     n_mb = len(stages[0]) * p.microbatches_per_node
     cap, used = stage_visit_cap(scenario, n_mb), {s for seq in sequences for s in seq[1:]}
     if cap * len(used) < n_mb * (p.path_length - 1):
-        raise PlanningError(f"TC1: {n_mb * (p.path_length - 1)} forward visits do not fit the even "
-                            f"share {cap} on the {len(used)} stages CC3 paths can reach")
+        raise PlanningError(
+            f"TC1: {n_mb * (p.path_length - 1)} forward visits do not fit the even "
+            f"share {cap} on the {len(used)} stages CC3 paths can reach"
+        )
 
 
 def build_data(scenario: Scenario, stages: Stages, tick_s: float | None = None) -> ModelData:
@@ -171,10 +176,20 @@ def build_data(scenario: Scenario, stages: Stages, tick_s: float | None = None) 
             stage_of[a] = s
     mbs = tuple(microbatch_ids(stages, scenario))
     data = ModelData(
-        tick, scenario.pipeline.path_length, mbs, stages, tuple(stage_of), sequences,
-        {o: stages for o in stages[0]}, dur, link,
+        tick,
+        scenario.pipeline.path_length,
+        mbs,
+        stages,
+        tuple(stage_of),
+        sequences,
+        {o: stages for o in stages[0]},
+        dur,
+        link,
         tuple(_ticks(costs.averaging_s(s, nodes), tick) for s, nodes in enumerate(stages)),
-        tuple(nd.memory_slots for nd in scenario.nodes), stage_visit_cap(scenario, len(mbs)), False)
+        tuple(nd.memory_slots for nd in scenario.nodes),
+        stage_visit_cap(scenario, len(mbs)),
+        False,
+    )
     return dataclasses.replace(_prune(data), visit_plan=visit_plan(data))
 
 
@@ -185,9 +200,11 @@ def visit_plan(data: ModelData) -> tuple[tuple[tuple[int, ...], int], ...]:
     caps = {s: data.visit_cap for s in range(1, len(data.stages))}
     counts = stage_set_counts(sets, caps, len(data.microbatches))
     if counts is None:
-        raise PlanningError(f"TC1: no choice of CC3-valid paths for {len(data.microbatches)} "
-                            f"microbatches keeps every stage within its even share of "
-                            f"{data.visit_cap} forward visits")
+        raise PlanningError(
+            f"TC1: no choice of CC3-valid paths for {len(data.microbatches)} "
+            f"microbatches keeps every stage within its even share of "
+            f"{data.visit_cap} forward visits"
+        )
     return tuple(sorted(counts.items()))
 
 
@@ -237,8 +254,9 @@ def _tick_for(costs: Costs, n: int, link_s: np.ndarray) -> float:
 def hop_choices(data: ModelData, sequences) -> int:
     """How many (microbatch, hop, node) choices the model holds: its size (each has an F, a B
     and a memory interval and a link constraint)."""
-    return sum(len(data.hop_nodes(origin, h, sequences))
-               for _, origin in data.microbatches for h in range(1, data.k))
+    return sum(
+        len(data.hop_nodes(origin, h, sequences)) for _, origin in data.microbatches for h in range(1, data.k)
+    )
 
 
 def _prune(data: ModelData) -> ModelData:
@@ -247,15 +265,20 @@ def _prune(data: ModelData) -> ModelData:
     if _choices_keeping(data, widest) <= MAX_HOP_CHOICES:  # hop_choices of the whole set
         return data
     keep = next((k for k in range(widest - 1, 1, -1) if _choices_keeping(data, k) <= MAX_HOP_CHOICES), 1)
-    log.warning("model pruned: each origin may use %d nodes per stage (of up to %d); the bound is "
-                "relative to that candidate set", keep, widest)
+    log.warning(
+        "model pruned: each origin may use %d nodes per stage (of up to %d); the bound is "
+        "relative to that candidate set",
+        keep,
+        widest,
+    )
     return dataclasses.replace(data, allowed=_spread(data, keep), pruned=True)
 
 
 def _choices_keeping(data: ModelData, keep: int) -> int:
     """hop_choices when each origin keeps `keep` nodes of every stage (the same for all origins)."""
-    per_microbatch = sum(min(keep, len(data.stages[s]))
-                         for h in range(1, data.k) for s in {seq[h] for seq in data.sequences})
+    per_microbatch = sum(
+        min(keep, len(data.stages[s])) for h in range(1, data.k) for s in {seq[h] for seq in data.sequences}
+    )
     return len(data.microbatches) * per_microbatch
 
 
@@ -284,8 +307,7 @@ def _spread(data: ModelData, keep: int) -> dict[int, Stages]:
 def _rank(data: ModelData, origin: int, node: int) -> int:
     """Pruning rank of `node` for `origin` (lower is better): its compute plus the idle links to
     and from the origin (first and last hops talk to it; far nodes make long round trips)."""
-    return (data.dur["F"][node] + data.dur["B"][node] + data.link[origin][node]
-            + data.link[node][origin])
+    return data.dur["F"][node] + data.dur["B"][node] + data.link[origin][node] + data.link[node][origin]
 
 
 def plan_values(data: ModelData, plan: TimedPlan) -> dict:
@@ -297,4 +319,3 @@ def plan_values(data: ModelData, plan: TimedPlan) -> dict:
             done[s] = max(done[s], plan.starts["B", mb, h] + data.dur["B"][n])
     iteration = max(done[s] + data.avg[s] for s in done)
     return {"makespan": done[0], "done": done, "iteration": iteration}
-

@@ -20,28 +20,28 @@ Every plan is checked before it is returned: `rules.validate` on the variant, an
 independent recomputations (`rules.planned_makespan`, `planned_iteration_s`) must agree with
 the model's values within its rounding (one tick per rounded-up duration on the critical end).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from ..costs import Costs
-from ..scenario import Scenario
+from ..ops import chain
 from ..rules import TIME_TOLERANCE_S, op_end_times, planned_makespan, validate
+from ..scenario import Scenario
 from ..schedule import Hop, MicrobatchPath, Op, Provenance, Schedule, ScheduleError, VariantSchedule
-from .allocation import check_allocation, as_stages
+from ..sim.simulate import simulate
+from .allocation import as_stages, check_allocation
 from .bounds import PathBounds
 from .cpsat import PathModel, SolveResult, solve
-from .model_data import Rules
-from ..ops import chain
-from .model_data import ModelData, TimedPlan, all_sequences, build_data, plan_values
+from .effort import DEFAULT_WORKERS, WallCap, unlimited
 from .greedy import GREEDY_VARIANTS, greedy_plan, greedy_seconds, relabel_by_start
 from .lns import improve_paths
-from .effort import DEFAULT_WORKERS, WallCap, unlimited
-from ..sim.simulate import simulate
+from .model_data import ModelData, Rules, TimedPlan, all_sequences, build_data, plan_values
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,17 @@ class PlanResult:
     bound: int | None
 
 
-def ca_partial_variant(scenario: Scenario, allocation, work_s: float = DEFAULT_WORK_S, seed: int = 0,
-                       workers: int = DEFAULT_WORKERS, progress: Progress | None = None,
-                       objective: str = "iteration",
-                       candidates: Sequence[tuple[Sequence[MicrobatchPath], dict]] = (),
-                       cap: WallCap | None = None) -> VariantSchedule:
+def ca_partial_variant(
+    scenario: Scenario,
+    allocation,
+    work_s: float = DEFAULT_WORK_S,
+    seed: int = 0,
+    workers: int = DEFAULT_WORKERS,
+    progress: Progress | None = None,
+    objective: str = "iteration",
+    candidates: Sequence[tuple[Sequence[MicrobatchPath], dict]] = (),
+    cap: WallCap | None = None,
+) -> VariantSchedule:
     """SkipPipe's collision-aware partial pipeline: paths, per-node order and start times (s).
 
     `allocation`: an allocation.Allocation or stage -> node ids; `work_s`: the work seconds of
@@ -84,22 +90,58 @@ def ca_partial_variant(scenario: Scenario, allocation, work_s: float = DEFAULT_W
     solution; `objective`: 'iteration' or 'makespan'; `candidates`: (paths, node -> ops in run
     order) plans to start from, e.g. non-ca-partial's paths in the order the simulator ran them;
     `cap`: the build's wall-clock safety cap. Raises PlanningError for infeasible inputs."""
-    return _variant("ca-partial", scenario, allocation, Rules(objective=objective), work_s,
-                    seed, workers, progress, candidates, cap)
+    return _variant(
+        "ca-partial",
+        scenario,
+        allocation,
+        Rules(objective=objective),
+        work_s,
+        seed,
+        workers,
+        progress,
+        candidates,
+        cap,
+    )
 
 
-def non_ca_partial_variant(scenario: Scenario, allocation, work_s: float = DEFAULT_WORK_S,
-                           seed: int = 0, workers: int = DEFAULT_WORKERS,
-                           progress: Progress | None = None, objective: str = "iteration",
-                           cap: WallCap | None = None) -> VariantSchedule:
+def non_ca_partial_variant(
+    scenario: Scenario,
+    allocation,
+    work_s: float = DEFAULT_WORK_S,
+    seed: int = 0,
+    workers: int = DEFAULT_WORKERS,
+    progress: Progress | None = None,
+    objective: str = "iteration",
+    cap: WallCap | None = None,
+) -> VariantSchedule:
     """SkipPipe without TC2: paths chosen collision-blind, no per-node order (the simulator runs
     them first come first served). Arguments as for `ca_partial_variant`."""
-    return _variant("non-ca-partial", scenario, allocation, Rules(tc2=False, objective=objective),
-                    work_s, seed, workers, progress, (), cap)
+    return _variant(
+        "non-ca-partial",
+        scenario,
+        allocation,
+        Rules(tc2=False, objective=objective),
+        work_s,
+        seed,
+        workers,
+        progress,
+        (),
+        cap,
+    )
 
 
-def _variant(name: str, scenario: Scenario, allocation, rules: Rules, work_s: float, seed: int,
-             workers: int, progress: Progress | None, candidates, cap: WallCap | None) -> VariantSchedule:
+def _variant(
+    name: str,
+    scenario: Scenario,
+    allocation,
+    rules: Rules,
+    work_s: float,
+    seed: int,
+    workers: int,
+    progress: Progress | None,
+    candidates,
+    cap: WallCap | None,
+) -> VariantSchedule:
     started = time.monotonic()
     stages = as_stages(allocation)
     check_allocation(scenario, stages)
@@ -109,17 +151,31 @@ def _variant(name: str, scenario: Scenario, allocation, rules: Rules, work_s: fl
     if rules.tc2 and FCFS_REPLAY:
         result = better_of_fcfs(scenario, data, result, rules, progress)
     tick = data.tick_s
-    prov = Provenance("cp-sat", seed, workers, work_s, result.status, result.objective * tick,
-                      None if result.bound is None else result.bound * tick,
-                      round(time.monotonic() - started, 3))
+    prov = Provenance(
+        "cp-sat",
+        seed,
+        workers,
+        work_s,
+        result.status,
+        result.objective * tick,
+        None if result.bound is None else result.bound * tick,
+        round(time.monotonic() - started, 3),
+    )
     variant = to_variant(name, data, result.plan, prov, ordered=rules.tc2)
     check_plan(scenario, data, variant, result.plan)
     return variant
 
 
-def plan(data: ModelData, rules: Rules, work_s: float, seed: int, workers: int,
-         progress: Progress | None = None, cap: WallCap | None = None,
-         candidates: Sequence[TimedPlan] = ()) -> PlanResult:
+def plan(
+    data: ModelData,
+    rules: Rules,
+    work_s: float,
+    seed: int,
+    workers: int,
+    progress: Progress | None = None,
+    cap: WallCap | None = None,
+    candidates: Sequence[TimedPlan] = (),
+) -> PlanResult:
     """Greedy first; the data-node relaxation (bounds.Relaxation: a proven bound, and a guide
     for a second greedy plan) for RELAX_SHARE of `work_s`; then path LNS (CP-SAT on sub-models)
     for LNS_SHARE of the rest; then the full model, hinted with the best plan, for what is left.
@@ -161,43 +217,56 @@ def plan(data: ModelData, rules: Rules, work_s: float, seed: int, workers: int,
         return PlanResult(best, "FEASIBLE: no work left for the full model", best_value, floor)
     model = PathModel(data, rules, upper_bound=best_value, lower=lower)
     model.add_hint(relabel_by_start(data, best))
-    solved: SolveResult = solve(model, full_s, seed, workers, progress, cap,
-                                lns_only=workers > 1 and FULL_MODEL_LNS_ONLY)
+    solved: SolveResult = solve(
+        model, full_s, seed, workers, progress, cap, lns_only=workers > 1 and FULL_MODEL_LNS_ONLY
+    )
     cap.spent("the full model")
     bound = max(floor, solved.bound)
     if solved.plan is not None and solved.objective < best_value:
         return PlanResult(solved.plan, solved.status, solved.objective, bound)
     if solved.status == "OPTIMAL":
         return PlanResult(best, "OPTIMAL", best_value, bound)
-    status = ("GREEDY: CP-SAT found nothing better than the greedy plan" if best is first
-              else f"FEASIBLE: the path-LNS plan, the full model ({solved.status}) found nothing better")
+    status = (
+        "GREEDY: CP-SAT found nothing better than the greedy plan"
+        if best is first
+        else f"FEASIBLE: the path-LNS plan, the full model ({solved.status}) found nothing better"
+    )
     log.info("%s", status)
     return PlanResult(best, status, best_value, bound)
 
 
-def better_of_fcfs(scenario: Scenario, data: ModelData, result: PlanResult, rules: Rules,
-                   progress: Progress | None = None) -> PlanResult:
+def better_of_fcfs(
+    scenario: Scenario, data: ModelData, result: PlanResult, rules: Rules, progress: Progress | None = None
+) -> PlanResult:
     """`result`, or its paths run first come first served (the simulator's order, timed as
     planned) when that is better in the objective: the order the solver chose is not always
     the best one for its paths, and a plan that is its own FCFS run loses nothing when a
     message is late (one simulation, deterministic)."""
     variant = to_variant("ca-partial", data, result.plan, Provenance("cp-sat", 0, 1, 0.0, ""), True)
-    sched = Schedule(scenario.name, scenario.content_hash, scenario.source, data.stages,
-                     {variant.name: variant})
+    sched = Schedule(
+        scenario.name, scenario.content_hash, scenario.source, data.stages, {variant.name: variant}
+    )
     order = simulate(sched, variant.name, scenario, use_order=False).order
     replay = timed_from_order(data, variant.paths, order)
     value = plan_values(data, replay)[rules.objective]
-    (progress or (lambda line: None))(f"first-come-first-served replay of the plan's paths: "
-                                      f"objective {value * data.tick_s:.2f} s")
+    (progress or (lambda line: None))(
+        f"first-come-first-served replay of the plan's paths: objective {value * data.tick_s:.2f} s"
+    )
     if value >= result.objective:
         return result
-    return PlanResult(replay, f"FCFS: the plan's paths first come first served, "
-                      f"{value * data.tick_s:.2f} s against {result.objective * data.tick_s:.2f} s "
-                      f"in the planned order ({result.status})", value, result.bound)
+    return PlanResult(
+        replay,
+        f"FCFS: the plan's paths first come first served, "
+        f"{value * data.tick_s:.2f} s against {result.objective * data.tick_s:.2f} s "
+        f"in the planned order ({result.status})",
+        value,
+        result.bound,
+    )
 
 
-def timed_from_order(data: ModelData, paths: Sequence[MicrobatchPath],
-                     order: dict[int, Sequence[Op]]) -> TimedPlan:
+def timed_from_order(
+    data: ModelData, paths: Sequence[MicrobatchPath], order: dict[int, Sequence[Op]]
+) -> TimedPlan:
     """The plan that runs `paths` with every node's ops in `order` (e.g. the order the simulator
     ran a collision-blind variant in), each op as early as its node and its input allow over
     idle links (ticks). It keeps TC2 (one op at a time), TC1 memory (a node's holds open and
@@ -229,37 +298,50 @@ def timed_from_order(data: ModelData, paths: Sequence[MicrobatchPath],
     return relabel_by_start(data, TimedPlan(nodes, starts))
 
 
-def replay_variant(name: str, source: VariantSchedule, order: dict[int, Sequence[Op]],
-                   provenance: Provenance, objective: str, value_s: float) -> VariantSchedule:
+def replay_variant(
+    name: str,
+    source: VariantSchedule,
+    order: dict[int, Sequence[Op]],
+    provenance: Provenance,
+    objective: str,
+    value_s: float,
+) -> VariantSchedule:
     """`source`'s paths with `order` (the simulator's run of them, start times set) as a timed
     variant, which the simulator replays exactly; `value_s`: its simulated `objective`."""
-    status = (f"NON-CA ORDER: non-ca-partial's paths in simulator order (the solver's plan "
-              f"simulated worse in {objective})")
+    status = (
+        f"NON-CA ORDER: non-ca-partial's paths in simulator order (the solver's plan "
+        f"simulated worse in {objective})"
+    )
     prov = dataclasses.replace(provenance, status=status, objective=value_s)
-    return VariantSchedule(name, source.paths, {n: tuple(ops) for n, ops in sorted(order.items())},
-                           {}, prov)
+    return VariantSchedule(name, source.paths, {n: tuple(ops) for n, ops in sorted(order.items())}, {}, prov)
 
 
 def _seconds(data: ModelData, plan_: TimedPlan, rules: Rules) -> str:
     return f"{plan_values(data, plan_)[rules.objective] * data.tick_s:.2f} s"
 
 
-def to_variant(name: str, data: ModelData, plan_: TimedPlan, provenance: Provenance,
-               ordered: bool) -> VariantSchedule:
+def to_variant(
+    name: str, data: ModelData, plan_: TimedPlan, provenance: Provenance, ordered: bool
+) -> VariantSchedule:
     """The plan as a VariantSchedule (seconds); `ordered`: with per-node order and start times."""
-    paths = tuple(MicrobatchPath(mb, origin, tuple(Hop(data.stage_of[n], n) for n in plan_.nodes[mb]))
-                  for mb, origin in sorted(data.microbatches))
+    paths = tuple(
+        MicrobatchPath(mb, origin, tuple(Hop(data.stage_of[n], n) for n in plan_.nodes[mb]))
+        for mb, origin in sorted(data.microbatches)
+    )
     if not ordered:  # collision-blind times mean nothing: the simulator predicts this variant
         return VariantSchedule(name, paths, None, {}, provenance)
     values = plan_values(data, plan_)
-    predicted = {"planned_makespan_s": values["makespan"] * data.tick_s,
-                 "planned_iteration_s": values["iteration"] * data.tick_s}
+    predicted = {
+        "planned_makespan_s": values["makespan"] * data.tick_s,
+        "planned_iteration_s": values["iteration"] * data.tick_s,
+    }
     by_node: dict[int, list[tuple[int, Op]]] = {}
     for (kind, mb, hop), t in plan_.starts.items():
         node = data.op_node(plan_.nodes[mb], kind, hop)
         by_node.setdefault(node, []).append((t, Op(kind, mb, hop, t * data.tick_s)))
-    order = {n: tuple(op for _, op in sorted(ops, key=lambda item: item[0]))
-             for n, ops in sorted(by_node.items())}
+    order = {
+        n: tuple(op for _, op in sorted(ops, key=lambda item: item[0])) for n, ops in sorted(by_node.items())
+    }
     return VariantSchedule(name, paths, order, predicted, provenance)
 
 
@@ -270,23 +352,30 @@ def planned_iteration_s(variant: VariantSchedule, costs: Costs, stages: Sequence
     last: dict[int, float] = {}
     for _, end, node in ends.values():
         last[node] = max(last.get(node, 0.0), end)
-    return max(max((last.get(n, 0.0) for n in nodes), default=0.0) + costs.averaging_s(s, nodes)
-               for s, nodes in enumerate(stages))
+    return max(
+        max((last.get(n, 0.0) for n in nodes), default=0.0) + costs.averaging_s(s, nodes)
+        for s, nodes in enumerate(stages)
+    )
 
 
 def check_plan(scenario: Scenario, data: ModelData, variant: VariantSchedule, plan_: TimedPlan) -> None:
     """Validate the variant with the shared validator and, when it is timed, recompute its
     makespan and iteration time independently; disagreement beyond rounding is a bug."""
-    sched = Schedule(scenario.name, scenario.content_hash, scenario.source, data.stages,
-                     {variant.name: variant})
+    sched = Schedule(
+        scenario.name, scenario.content_hash, scenario.source, data.stages, {variant.name: variant}
+    )
     validate(sched, scenario, where=f"planned {variant.name}")
     if variant.order is None:
         return
     costs, tick, values = Costs(scenario), data.tick_s, plan_values(data, plan_)
-    checks = (("makespan", planned_makespan(variant, costs), MAKESPAN_TICKS_TOLERANCE),
-              ("iteration", planned_iteration_s(variant, costs, data.stages), ITERATION_TICKS_TOLERANCE))
+    checks = (
+        ("makespan", planned_makespan(variant, costs), MAKESPAN_TICKS_TOLERANCE),
+        ("iteration", planned_iteration_s(variant, costs, data.stages), ITERATION_TICKS_TOLERANCE),
+    )
     for what, recomputed, tolerance in checks:
         model_s = values[what] * tick
         if not model_s - tolerance * tick <= recomputed <= model_s + TIME_TOLERANCE_S:
-            raise ScheduleError(f"{variant.name}: recomputed {what} {recomputed:.4f} s disagrees "
-                                 f"with the model's {model_s:.4f} s (tick {tick} s)")
+            raise ScheduleError(
+                f"{variant.name}: recomputed {what} {recomputed:.4f} s disagrees "
+                f"with the model's {model_s:.4f} s (tick {tick} s)"
+            )

@@ -3,11 +3,12 @@
 A stage sequence is the order of stages one microbatch visits, stage 0 (its data node) first;
 the return to stage 0 for the loss is implicit, as in `schedule.MicrobatchPath`.
 """
+
 from __future__ import annotations
 
 from ..errors import SkipPipeError
-from ..scenario import Scenario
 from ..rules import cc3_problem
+from ..scenario import Scenario
 
 
 class PlanningError(SkipPipeError):
@@ -35,12 +36,12 @@ def stage_sequences(scenario: Scenario) -> list[tuple[int, ...]]:
     return out
 
 
-def microbatch_ids(allocation: tuple[tuple[int, ...], ...] | list,
-                   scenario: Scenario) -> list[tuple[int, int]]:
+def microbatch_ids(
+    allocation: tuple[tuple[int, ...], ...] | list, scenario: Scenario
+) -> list[tuple[int, int]]:
     """(microbatch, origin) for every microbatch of one iteration.
 
     Microbatches are numbered origin-major: data node allocation[0][i] owns microbatches
     i*M .. i*M+M-1, with M = `microbatches_per_node`."""
     per_node = scenario.pipeline.microbatches_per_node
-    return [(i * per_node + j, origin)
-            for i, origin in enumerate(allocation[0]) for j in range(per_node)]
+    return [(i * per_node + j, origin) for i, origin in enumerate(allocation[0]) for j in range(per_node)]

@@ -23,26 +23,26 @@ stages, exchanged). The number of evaluations comes from the budget in work seco
 (effort.py) and the greedy's size (op placements / greedy.PLACEMENTS_PER_S), not from the
 clock, so a seed gives one allocation; the build's wall-clock safety cap only stops it early.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
-from ..scenario import Scenario
-from .allocation import Stages, random_allocation, as_stages
-from .bounds import PathBounds
-from .model_data import Rules
-from .candidates import candidate_count, candidate_paths, path_limit
-from .greedy import PLACEMENTS_PER_S, GreedyScheduler
 from ..ops import chain
+from ..scenario import Scenario
+from .allocation import Stages, as_stages, random_allocation
+from .bounds import PathBounds
+from .candidates import candidate_count, candidate_paths, path_limit
 from .effort import WallCap, unlimited
-from .model_data import build_data, link_matrix, plan_values
+from .greedy import PLACEMENTS_PER_S, GreedyScheduler
+from .model_data import Rules, build_data, link_matrix, plan_values
 from .paths import PlanningError
 
 log = logging.getLogger(__name__)
@@ -95,8 +95,9 @@ class _Scorer:
         self.evaluations += 1
         try:
             limit = SEARCH_PATHS_PER_ORIGIN
-            plan = GreedyScheduler(data, 0, candidates={o: candidate_paths(data, o, limit)
-                                                        for o in data.origins()}).run()
+            plan = GreedyScheduler(
+                data, 0, candidates={o: candidate_paths(data, o, limit) for o in data.origins()}
+            ).run()
             values = plan_values(data, plan)
             value = values[self.objective] * data.tick_s
             self.critical[stages] = _critical_stage(data, values, self.objective)
@@ -109,13 +110,21 @@ class _Scorer:
 def evaluation_cost_s(scenario: Scenario, stages: Stages) -> float:
     """Estimated seconds of one scoring greedy (its op placements / PLACEMENTS_PER_S)."""
     data = build_data(scenario, stages)
-    paths = min(SEARCH_PATHS_PER_ORIGIN, path_limit(data), max(candidate_count(data, o) for o in data.origins()))
+    paths = min(
+        SEARCH_PATHS_PER_ORIGIN, path_limit(data), max(candidate_count(data, o) for o in data.origins())
+    )
     return len(data.microbatches) * paths * len(chain(data.k)) / PLACEMENTS_PER_S
 
 
-def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "iteration",
-                          budget_s: float = 15.0, seed: int = 0, progress: Progress | None = None,
-                          cap: WallCap | None = None) -> SkipAllocation:
+def skip_aware_allocation(
+    scenario: Scenario,
+    start: Stages,
+    objective: str = "iteration",
+    budget_s: float = 15.0,
+    seed: int = 0,
+    progress: Progress | None = None,
+    cap: WallCap | None = None,
+) -> SkipAllocation:
     """Search an allocation for the partial variants' `objective` ('iteration' or 'makespan')
     from `start` (the full-pipeline allocation) in `budget_s` work seconds (module docstring):
     the evaluation count follows from them and the greedy's size, so a seed gives one
@@ -127,15 +136,20 @@ def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "i
     cost_s = evaluation_cost_s(scenario, start)
     evaluations = int(budget_s / cost_s)
     if evaluations < MIN_EVALUATIONS:  # not even the start and one other fit: keep the start
-        say(f"allocation search skipped: a greedy evaluation (~{cost_s:.1f} s) does not fit "
-            f"{MIN_EVALUATIONS} times in {budget_s:.1f} s")
-        return SkipAllocation(start, objective, math.nan, math.nan, 0, 0,
-                              round(time.monotonic() - started, 3))
+        say(
+            f"allocation search skipped: a greedy evaluation (~{cost_s:.1f} s) does not fit "
+            f"{MIN_EVALUATIONS} times in {budget_s:.1f} s"
+        )
+        return SkipAllocation(
+            start, objective, math.nan, math.nan, 0, 0, round(time.monotonic() - started, 3)
+        )
     search = _Budget(scorer, evaluations, cap)
     best, best_score = start, scorer.score(start)
     first = best_score
-    say(f"allocation search: full-pipeline allocation scores {best_score:.2f} s ({objective}, "
-        f"greedy), {evaluations} evaluations planned")
+    say(
+        f"allocation search: full-pipeline allocation scores {best_score:.2f} s ({objective}, "
+        f"greedy), {evaluations} evaluations planned"
+    )
     clusters = _clusters(scenario, rng)
     while not search.spent() and scorer.evaluations < max(MIN_EVALUATIONS, START_SHARE * evaluations):
         kind = START_KINDS[search.proposals % len(START_KINDS)]
@@ -147,21 +161,34 @@ def skip_aware_allocation(scenario: Scenario, start: Stages, objective: str = "i
         value = search.score(cand, best_score)
         if value < best_score:
             best, best_score = cand, value
-            say(f"allocation search {time.monotonic() - started:6.1f} s  best {best_score:.2f} s "
-                f"(start {scorer.evaluations})")
+            say(
+                f"allocation search {time.monotonic() - started:6.1f} s  best {best_score:.2f} s "
+                f"(start {scorer.evaluations})"
+            )
     while not search.spent():
         search.proposals += 1
         value = search.score(cand := _neighbour(best, rng, scorer.critical.get(best)), best_score)
         if value < best_score:
             best, best_score = cand, value
-            say(f"allocation search {time.monotonic() - started:6.1f} s  best {best_score:.2f} s "
-                f"(move {scorer.evaluations})")
+            say(
+                f"allocation search {time.monotonic() - started:6.1f} s  best {best_score:.2f} s "
+                f"(move {scorer.evaluations})"
+            )
     wall = time.monotonic() - started
-    log.info("skip-aware allocation for %s (%s): %.2f s against the full-pipeline one's %.2f s, "
-             "%d evaluations, %d pruned, %.1f s", scenario.name, objective, best_score, first,
-             scorer.evaluations, scorer.pruned, wall)
-    return SkipAllocation(best, objective, best_score, first, scorer.evaluations, scorer.pruned,
-                          round(wall, 3))
+    log.info(
+        "skip-aware allocation for %s (%s): %.2f s against the full-pipeline one's %.2f s, "
+        "%d evaluations, %d pruned, %.1f s",
+        scenario.name,
+        objective,
+        best_score,
+        first,
+        scorer.evaluations,
+        scorer.pruned,
+        wall,
+    )
+    return SkipAllocation(
+        best, objective, best_score, first, scorer.evaluations, scorer.pruned, round(wall, 3)
+    )
 
 
 class _Budget:
@@ -178,10 +205,12 @@ class _Budget:
         return self.scorer.score(stages, beat)
 
     def spent(self) -> bool:
-        return (self.scorer.evaluations >= self.evaluations
-                or self.proposals > PROPOSALS_PER_EVALUATION * self.evaluations
-                or self.stale >= STALE_PROPOSALS
-                or self.cap.spent("the skip-aware allocation search"))
+        return (
+            self.scorer.evaluations >= self.evaluations
+            or self.proposals > PROPOSALS_PER_EVALUATION * self.evaluations
+            or self.stale >= STALE_PROPOSALS
+            or self.cap.spent("the skip-aware allocation search")
+        )
 
 
 def _critical_stage(data, values: dict, objective: str) -> int:
@@ -213,7 +242,7 @@ def _redeal_rest(scenario: Scenario, stage0, rng: random.Random) -> Stages:
     rng.shuffle(rest)
     groups, at = [list(stage0)], 0
     for size in scenario.pipeline.stage_sizes[1:]:
-        groups.append(rest[at:at + size])
+        groups.append(rest[at : at + size])
         at += size
     return _normalise(groups)
 
@@ -222,8 +251,12 @@ def _neighbour(stages: Stages, rng: random.Random, critical: int | None = None) 
     """Two nodes of different stages exchanged (one of them, with CRITICAL_SHARE, from the stage
     that sets the objective), or (STAGE_MOVE_SHARE) two equal-size stages."""
     groups = [list(g) for g in stages]
-    pairs = [(a, b) for a in range(len(groups)) for b in range(a + 1, len(groups))
-             if len(groups[a]) == len(groups[b])]
+    pairs = [
+        (a, b)
+        for a in range(len(groups))
+        for b in range(a + 1, len(groups))
+        if len(groups[a]) == len(groups[b])
+    ]
     if pairs and rng.random() < STAGE_MOVE_SHARE:
         a, b = rng.choice(pairs)
         groups[a], groups[b] = groups[b], groups[a]

@@ -17,11 +17,12 @@ waits for. Placement of the W ops (a local search judged by the simulator):
 
 So every F, L and B keeps the start it had with W right after B, or starts earlier.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..costs import Costs
 from ..memory import peak_along
@@ -34,8 +35,9 @@ MAX_ROUNDS = 20  # simulations at most; each moves every W that delayed an op
 GAP_SLACK_S = 1e-9  # float noise when asking whether a W fits a gap
 
 
-def zero_bubble_fill(name: str, source: VariantSchedule, scenario: Scenario,
-                     allocation: Sequence[Sequence[int]]) -> VariantSchedule:
+def zero_bubble_fill(
+    name: str, source: VariantSchedule, scenario: Scenario, allocation: Sequence[Sequence[int]]
+) -> VariantSchedule:
     """`source` (a planned variant with a fused backward) with the backward split and its W ops
     placed into idle gaps (module docstring); the order as the simulator ran it."""
     from ..sim.simulate import simulate
@@ -48,10 +50,12 @@ def zero_bubble_fill(name: str, source: VariantSchedule, scenario: Scenario,
     costs = Costs(scenario)
 
     def run(candidate):
-        v = dataclasses.replace(source, name=name, order=candidate, split_backward=True, dispatch="planned",
-                                predicted={})  # the source's planned times are not this variant's
-        return v, simulate(Schedule(scenario.name, scenario.content_hash, scenario.source, stages, {name: v}),
-                           name, scenario)
+        v = dataclasses.replace(
+            source, name=name, order=candidate, split_backward=True, dispatch="planned", predicted={}
+        )  # the source's planned times are not this variant's
+        return v, simulate(
+            Schedule(scenario.name, scenario.content_hash, scenario.source, stages, {name: v}), name, scenario
+        )
 
     best_v, best = run(order)
     for _ in range(MAX_ROUNDS):
@@ -63,16 +67,24 @@ def zero_bubble_fill(name: str, source: VariantSchedule, scenario: Scenario,
         if sim.iteration_s > best.iteration_s or not no_later(sim.order, best.order):
             break
         best_v, best = v, sim
-    provenance = Provenance(name, status=f"W placed into idle gaps of {source.name}'s order",
-                            objective=round(best.iteration_s, 6), wall_s=time.monotonic() - started)
+    provenance = Provenance(
+        name,
+        status=f"W placed into idle gaps of {source.name}'s order",
+        objective=round(best.iteration_s, 6),
+        wall_s=time.monotonic() - started,
+    )
     return dataclasses.replace(best_v, order=best.order, provenance=provenance)
 
 
 def no_later(order: dict[int, Sequence[Op]], than: dict[int, Sequence[Op]]) -> bool:
     """Does every F, L and B of `order` start no later than in `than` (both simulated)?"""
     before = {o: o.start_s for ops in than.values() for o in ops}
-    return all(o.start_s <= before[o] + GAP_SLACK_S for ops in order.values() for o in ops
-               if o.kind is not OpKind.W and o in before)
+    return all(
+        o.start_s <= before[o] + GAP_SLACK_S
+        for ops in order.values()
+        for o in ops
+        if o.kind is not OpKind.W and o in before
+    )
 
 
 def _plain(ops: Sequence[Op]) -> list[Op]:
@@ -89,21 +101,24 @@ def _split(ops: Sequence[Op]) -> tuple[Op, ...]:
     return tuple(out)
 
 
-def _moved(timed: Sequence[Op], v: VariantSchedule, costs: Costs, sc: Scenario,
-           node: int) -> list[Op] | None:
+def _moved(timed: Sequence[Op], v: VariantSchedule, costs: Costs, sc: Scenario, node: int) -> list[Op] | None:
     """The node's order with each W that delayed the op after it moved before the first later
     op that had idle time enough for it in front (the end when none had); None when no W
     moves. Gaps come from this simulated timeline and shrink as W ops fill them."""
+
     def dur(o: Op) -> float:
         return costs.op_s(o.kind, node, True)
 
     room = {o: o.start_s - (p.start_s + dur(p)) for p, o in zip(timed, timed[1:])}  # idle before o
-    delayed = [i for i, (w, nxt) in enumerate(zip(timed, timed[1:]))
-               if w.kind is OpKind.W and nxt.start_s <= w.start_s + dur(w) + GAP_SLACK_S]
+    delayed = [
+        i
+        for i, (w, nxt) in enumerate(zip(timed, timed[1:]))
+        if w.kind is OpKind.W and nxt.start_s <= w.start_s + dur(w) + GAP_SLACK_S
+    ]
     ops, limit, changed = list(timed), v.memory_slots(node, sc), False
     for i in delayed:
         w = timed[i]
-        target = next((o for o in timed[i + 2:] if room[o] >= dur(w) - GAP_SLACK_S), None)
+        target = next((o for o in timed[i + 2 :] if room[o] >= dur(w) - GAP_SLACK_S), None)
         trial = [o for o in ops if o != w]
         trial.insert(len(trial) if target is None else trial.index(target), w)
         if limit is None or peak_along(trial, True) <= limit:

@@ -15,14 +15,16 @@ studies can see routing react.
 iteration time, and the first seed's result and realized paths (what a schedule stores as the
 online variant's prediction).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import statistics
 
-from ..ops import Op, OpKind, next_op, node_of
 from ..events import Routed
-from ..routing import Router, origins_only, path_length, routers as make_routers
+from ..ops import Op, OpKind, next_op, node_of
+from ..routing import Router, origins_only, path_length
+from ..routing import routers as make_routers
 from ..routing_step import carried, received, route_forward, spendings
 from ..scenario import Scenario
 from ..schedule import MicrobatchPath, Schedule
@@ -43,13 +45,22 @@ class Prediction:
 
     def as_predicted(self) -> dict[str, float]:
         """The schedule's `predicted` entries for the spread."""
-        return {"iteration_sd_s": round(self.sd_s, 4), "iteration_min_s": round(self.min_s, 4),
-                "iteration_max_s": round(self.max_s, 4)}
+        return {
+            "iteration_sd_s": round(self.sd_s, 4),
+            "iteration_min_s": round(self.min_s, 4),
+            "iteration_max_s": round(self.max_s, 4),
+        }
 
 
-def simulate_online(schedule: Schedule, variant: str, scenario: Scenario, seed: int | None = None,
-                    slow: dict[int, float] | None = None,
-                    *, iteration: int = 0) -> tuple[SimResult, tuple[MicrobatchPath, ...]]:
+def simulate_online(
+    schedule: Schedule,
+    variant: str,
+    scenario: Scenario,
+    seed: int | None = None,
+    slow: dict[int, float] | None = None,
+    *,
+    iteration: int = 0,
+) -> tuple[SimResult, tuple[MicrobatchPath, ...]]:
     """One iteration of an online variant with its routers seeded by `seed` (default: the
     variant's); returns the result and the realized paths."""
     sim = _Online(schedule, variant, scenario, seed, slow or {}, iteration)
@@ -57,19 +68,29 @@ def simulate_online(schedule: Schedule, variant: str, scenario: Scenario, seed: 
     return result, sim.realized()
 
 
-def predict(schedule: Schedule, variant: str, scenario: Scenario,
-            slow: dict[int, float] | None = None) -> Prediction:
+def predict(
+    schedule: Schedule, variant: str, scenario: Scenario, slow: dict[int, float] | None = None
+) -> Prediction:
     routing = schedule.variant(variant).routing
-    runs = [simulate_online(schedule, variant, scenario, routing.seed + i, slow)
-            for i in range(routing.seeds)]
+    runs = [
+        simulate_online(schedule, variant, scenario, routing.seed + i, slow) for i in range(routing.seeds)
+    ]
     times = [r.iteration_s for r, _ in runs]
     sd = statistics.stdev(times) if len(times) > 1 else 0.0
     return Prediction(statistics.fmean(times), sd, min(times), max(times), *runs[0])
 
 
 class _Online(_Simulation):
-    def __init__(self, schedule: Schedule, variant: str, scenario: Scenario, seed: int | None,
-                 slow: dict[int, float], iteration: int, routers: dict[int, Router] | None = None):
+    def __init__(
+        self,
+        schedule: Schedule,
+        variant: str,
+        scenario: Scenario,
+        seed: int | None,
+        slow: dict[int, float],
+        iteration: int,
+        routers: dict[int, Router] | None = None,
+    ):
         v = schedule.variant(variant)
         if v.routing is None:
             raise ValueError(f"variant {variant} has no online routing")
@@ -129,8 +150,16 @@ class _Online(_Simulation):
     def _route(self, node: int, op: Op) -> None:
         """The forward `op` ended on `node`: the routing step (routing_step.py) decides the next hop."""
         mb = op.microbatch
-        step = route_forward(self.routers[node], mb, op.hop, self.paths[mb], self.live, self.op_s(op, node),
-                             self.spending.get(node), self.iteration)
+        step = route_forward(
+            self.routers[node],
+            mb,
+            op.hop,
+            self.paths[mb],
+            self.live,
+            self.op_s(op, node),
+            self.spending.get(node),
+            self.iteration,
+        )
         if step.avoided is not None:
             self.state[step.avoided.node].disp.forget(mb)  # routed around: it will not see mb
         self.paths[mb] = step.hops

@@ -7,6 +7,7 @@ A module of its own because the result is read by more than the event loop that 
 and the `simulate` command's tables all take a SimResult, and none of them needs the loop's
 internals to do so.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,8 +35,12 @@ class NodeStats:
     def fractions(self, total_s: float) -> dict[str, float]:
         """busy/averaging/waiting/idle as fractions of `total_s` (0 when total_s is 0)."""
         scale = 1.0 / total_s if total_s > 0 else 0.0
-        return {"busy": self.busy_s * scale, "averaging": self.averaging_s * scale,
-                "waiting": self.waiting_s * scale, "idle": self.idle_s * scale}
+        return {
+            "busy": self.busy_s * scale,
+            "averaging": self.averaging_s * scale,
+            "waiting": self.waiting_s * scale,
+            "idle": self.idle_s * scale,
+        }
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ the node processes. Simplifications, against a run: a crash takes its node out f
 of its iteration (the run loses the work in flight and restarts it), and a moved node's weight
 transfer is not timed (the run sends it while the other nodes finish their iteration).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,15 +47,24 @@ class Session:
     stopped: str | None = None  # "iteration I: why" when the quorum rule stopped the session
 
 
-def simulate_session(schedule: Schedule, variant: str, scenario: Scenario, iterations: int,
-                     condition: Condition = Condition(), seed: int | None = None) -> Session:
+def simulate_session(
+    schedule: Schedule,
+    variant: str,
+    scenario: Scenario,
+    iterations: int,
+    condition: Condition = Condition(),
+    seed: int | None = None,
+) -> Session:
     """`iterations` iterations of `variant` under `condition`; `seed`: the routers' (default
     the variant's)."""
     v = schedule.variant(variant)
     routing = v.routing
     rebalancer = Rebalancer(schedule.allocation_of(variant), routing.rebalance if routing else 0.0)
-    routers = None if routing is None else make_routers(
-        routing if seed is None else dataclasses.replace(routing, seed=seed), scenario)
+    routers = (
+        None
+        if routing is None
+        else make_routers(routing if seed is None else dataclasses.replace(routing, seed=seed), scenario)
+    )
     out = Session()
     for it in range(iterations):
         down = condition.down(it)
@@ -83,8 +93,17 @@ def _on(schedule: Schedule, variant: str, allocation) -> Schedule:
     return dataclasses.replace(schedule, allocation=allocation, variants={variant: v})
 
 
-def _iteration(sched: Schedule, variant: str, scenario: Scenario, it: int, down: frozenset[int],
-               slow: dict[int, float], routers, full_allocation, seed) -> SimResult:
+def _iteration(
+    sched: Schedule,
+    variant: str,
+    scenario: Scenario,
+    it: int,
+    down: frozenset[int],
+    slow: dict[int, float],
+    routers,
+    full_allocation,
+    seed,
+) -> SimResult:
     v = sched.variant(variant)
     if v.routing is not None and v.routing.online:  # routed around down nodes as it runs
         v = dataclasses.replace(v, paths=tuple(p for p in v.paths if p.origin not in down))
@@ -96,5 +115,6 @@ def _iteration(sched: Schedule, variant: str, scenario: Scenario, it: int, down:
         return sim.run()
     for r in routers.values():
         r.begin_iteration()
-    return _Online(dataclasses.replace(sched, variants={variant: v}), variant, scenario, seed, slow, it,
-                   routers).run()
+    return _Online(
+        dataclasses.replace(sched, variants={variant: v}), variant, scenario, seed, slow, it, routers
+    ).run()

@@ -26,6 +26,7 @@ Semantics (shared with the CP-SAT planner and the distributed runtime):
 A deadlock (operations left, no event pending) raises `SimulationError` naming the stuck nodes.
 What a run reports (SimResult, NodeStats) is result.py's.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -34,11 +35,11 @@ import logging
 from dataclasses import dataclass
 
 from ..costs import Costs
-from ..errors import SkipPipeError
-from ..scenario import Scenario
 from ..dispatch import Dispatcher
+from ..errors import SkipPipeError
 from ..ops import F, Op, OpKind, local_next, next_op, node_of, node_ops
 from ..placement import averaging_ends
+from ..scenario import Scenario
 from ..schedule import Schedule, VariantSchedule
 from .result import NodeStats, SimResult, waiting_time
 
@@ -48,26 +49,41 @@ SIMULTANEOUS_S = 1e-9  # events closer than this (float noise) are handled as on
 MAX_LISTED = 4  # ops / slot holders named per node in a deadlock message
 _END, _ARRIVE = 0, 1  # event classes; within one instant ends are handled before arrivals
 
+
 class SimulationError(SkipPipeError):
     """The schedule cannot run to completion (deadlock) or its order is inconsistent."""
 
 
-def simulate(schedule: Schedule, variant: str, scenario: Scenario, use_order: bool = True,
-             *, iteration: int = 0, floating: frozenset[OpKind] = frozenset()) -> SimResult:
+def simulate(
+    schedule: Schedule,
+    variant: str,
+    scenario: Scenario,
+    use_order: bool = True,
+    *,
+    iteration: int = 0,
+    floating: frozenset[OpKind] = frozenset(),
+) -> SimResult:
     """Simulate one iteration of `variant`; `iteration` only labels the events; `floating`
     kinds run as soon as they arrive in planned mode (dispatch.Dispatcher; planners' dry runs).
 
     Raises SimulationError on a deadlock or an order that does not list each op of a node once."""
-    sim = _Simulation(schedule.for_variant(variant), schedule.variant(variant), scenario, use_order, iteration,
-                      floating)
+    sim = _Simulation(
+        schedule.for_variant(variant), schedule.variant(variant), scenario, use_order, iteration, floating
+    )
     result = sim.run()
     mode = "planned order" if result.used_order else "fcfs"
-    log.debug("simulated %s (%s): iteration %.3f s, makespan %.3f s", variant, mode,
-              result.iteration_s, result.makespan_s)
+    log.debug(
+        "simulated %s (%s): iteration %.3f s, makespan %.3f s",
+        variant,
+        mode,
+        result.iteration_s,
+        result.makespan_s,
+    )
     return result
 
 
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class _NodeState:
@@ -81,19 +97,34 @@ class _NodeState:
 class _Simulation:
     """Heap-based event loop over op ends and message arrivals (internal; times in seconds)."""
 
-    def __init__(self, schedule: Schedule, v: VariantSchedule, scenario: Scenario,
-                 use_order: bool, iteration: int, floating: frozenset[OpKind]):
+    def __init__(
+        self,
+        schedule: Schedule,
+        v: VariantSchedule,
+        scenario: Scenario,
+        use_order: bool,
+        iteration: int,
+        floating: frozenset[OpKind],
+    ):
         self.schedule, self.v, self.iteration = schedule, v, iteration
         self.costs = Costs(scenario)
         self.ordered = use_order and v.planned
         self.split = v.split_backward
         stage_of = schedule.stage_of()
         wanted = self._initial_ops(v)
-        self.state = {n.id: _NodeState(stage_of.get(n.id, -1),
-                                       Dispatcher(self._node_order(n.id, wanted.get(n.id, [])),
-                                                  v.memory_slots(n.id, scenario), self.ordered,
-                                                  self.split, frozenset(floating)))
-                      for n in scenario.nodes}
+        self.state = {
+            n.id: _NodeState(
+                stage_of.get(n.id, -1),
+                Dispatcher(
+                    self._node_order(n.id, wanted.get(n.id, [])),
+                    v.memory_slots(n.id, scenario),
+                    self.ordered,
+                    self.split,
+                    frozenset(floating),
+                ),
+            )
+            for n in scenario.nodes
+        }
         self.heap: list[tuple[float, int, int, int, Op]] = []
         self.seq = itertools.count()
         self.link_free_s: dict[tuple[int, int], float] = {}
@@ -113,8 +144,10 @@ class _Simulation:
             return wanted
         got = [Op(o.kind, o.microbatch, o.hop) for o in self.v.order.get(node, ())]
         if len(got) != len(set(got)) or set(got) != set(wanted):
-            raise SimulationError(f"variant {self.v.name}: node {node}'s planned order must list "
-                                  f"each of its {len(wanted)} operations exactly once")
+            raise SimulationError(
+                f"variant {self.v.name}: node {node}'s planned order must list "
+                f"each of its {len(wanted)} operations exactly once"
+            )
         return got
 
     # -- topology ---------------------------------------------------------------------------
@@ -196,10 +229,19 @@ class _Simulation:
         self.link_free_s[(src, dst)] = wire_end
         arrive = wire_end + self.costs.propagation_s(src, dst)
         self._push(arrive, _ARRIVE, dst, op)
-        self.events.append({"t": handoff_s, "node": src, "event": "send", "dst": dst,
-                            "microbatch": op.microbatch, "bytes": self.costs.activation_bytes,
-                            "arrive": arrive, "wire_start": wire_start,
-                            "iteration": self.iteration})
+        self.events.append(
+            {
+                "t": handoff_s,
+                "node": src,
+                "event": "send",
+                "dst": dst,
+                "microbatch": op.microbatch,
+                "bytes": self.costs.activation_bytes,
+                "arrive": arrive,
+                "wire_start": wire_start,
+                "iteration": self.iteration,
+            }
+        )
 
     def _dispatch(self, node: int) -> None:
         st = self.state[node]
@@ -210,24 +252,37 @@ class _Simulation:
         self.start_s[op] = self.now
         dur = self.op_s(op, node)
         self._push(self.now + dur, _END, node, op)
-        self.events.append({"t": self.now, "node": node, "event": "op", "kind": op.kind.value,
-                            "microbatch": op.microbatch, "hop": op.hop, "stage": st.stage,
-                            "dur": dur, "iteration": self.iteration})
+        self.events.append(
+            {
+                "t": self.now,
+                "node": node,
+                "event": "op",
+                "kind": op.kind.value,
+                "microbatch": op.microbatch,
+                "hop": op.hop,
+                "stage": st.stage,
+                "dur": dur,
+                "iteration": self.iteration,
+            }
+        )
 
     # -- outcome ----------------------------------------------------------------------------
 
     def _deadlock_message(self) -> str:
         left = sum(st.disp.left for st in self.state.values())
-        stuck = [f"node {n}: {self._blocked(st)}" for n, st in sorted(self.state.items())
-                 if st.disp.left]
+        stuck = [f"node {n}: {self._blocked(st)}" for n, st in sorted(self.state.items()) if st.disp.left]
         mode = "planned order" if self.ordered else "fcfs"
-        return (f"variant {self.v.name} ({mode}): deadlock at t={self.now:.6f}s with {left} "
-                f"operations left; " + "; ".join(stuck))
+        return (
+            f"variant {self.v.name} ({mode}): deadlock at t={self.now:.6f}s with {left} "
+            f"operations left; " + "; ".join(stuck)
+        )
 
     def _blocked(self, st: _NodeState) -> str:
         d = st.disp
-        slots = (f"memory full ({len(d.held)} slots held by "
-                 f"{_listed(f'mb{op.microbatch} hop{op.hop}' for op in d.held)})")
+        slots = (
+            f"memory full ({len(d.held)} slots held by "
+            f"{_listed(f'mb{op.microbatch} hop{op.hop}' for op in d.held)})"
+        )
         op = d.next_planned()
         if op is not None:
             why = slots if op in d.arrived else "input not arrived"
@@ -240,38 +295,66 @@ class _Simulation:
     def _result(self) -> SimResult:
         costs, alloc = self.costs, self.schedule.allocation
         done = tuple(max((self.state[n].last_end_s for n in nodes), default=0.0) for nodes in alloc)
-        avg = tuple(costs.averaging_s(s, nodes, self.v.loss_at)
-                    * max((self.slow.get(n, 1.0) for n in nodes), default=1.0)
-                    for s, nodes in enumerate(alloc))  # a straggler slows its stage's ring
+        avg = tuple(
+            costs.averaging_s(s, nodes, self.v.loss_at)
+            * max((self.slow.get(n, 1.0) for n in nodes), default=1.0)
+            for s, nodes in enumerate(alloc)
+        )  # a straggler slows its stage's ring
         ends = averaging_ends(done, avg, alloc)  # a V group averages its two stages in turn
         for s, nodes in enumerate(alloc):
             for n in nodes:
-                self.events.append({"t": ends[s] - avg[s], "node": n, "event": "op", "kind": "AVG",
-                                    "microbatch": None, "hop": None, "stage": s, "dur": avg[s],
-                                    "iteration": self.iteration})
+                self.events.append(
+                    {
+                        "t": ends[s] - avg[s],
+                        "node": n,
+                        "event": "op",
+                        "kind": "AVG",
+                        "microbatch": None,
+                        "hop": None,
+                        "stage": s,
+                        "dur": avg[s],
+                        "iteration": self.iteration,
+                    }
+                )
         iteration_s = max(ends, default=0.0)
         last = (OpKind.B, OpKind.W) if self.split else (OpKind.B,)
-        makespan_s = max((self.start_s[op] + self.op_s(op, p.origin) for p in self.v.paths
-                          for op in (Op(kind, p.microbatch, 0) for kind in last)), default=0.0)
+        makespan_s = max(
+            (
+                self.start_s[op] + self.op_s(op, p.origin)
+                for p in self.v.paths
+                for op in (Op(kind, p.microbatch, 0) for kind in last)
+            ),
+            default=0.0,
+        )
         ops_of: dict[int, list[Op]] = {n: [] for n in self.state}
         for op in self.start_s:
             ops_of[self.node_of(op)].append(op)
         held = self.schedule.stages_of()
-        stats = tuple(self._stats(n, ops_of[n], sum(avg[s] for s in held.get(n, ())), iteration_s)
-                      for n in sorted(self.state))
+        stats = tuple(
+            self._stats(n, ops_of[n], sum(avg[s] for s in held.get(n, ())), iteration_s)
+            for n in sorted(self.state)
+        )
         events = tuple(sorted(self.events, key=lambda e: (e["t"], e["node"])))
-        return SimResult(self.v.name, self.ordered, iteration_s, makespan_s, stats, events,
-                         avg, done, self._run_order())
+        return SimResult(
+            self.v.name, self.ordered, iteration_s, makespan_s, stats, events, avg, done, self._run_order()
+        )
 
-    def _stats(self, node: int, ops: list[Op], averaging_s: float,
-               iteration_s: float) -> NodeStats:
+    def _stats(self, node: int, ops: list[Op], averaging_s: float, iteration_s: float) -> NodeStats:
         busy = sorted((self.start_s[op], self.start_s[op] + self.op_s(op, node)) for op in ops)
         pending = [(self.arrival_s[op], self.start_s[op]) for op in ops]
         busy_s = sum(e - s for s, e in busy)
         waiting_s = waiting_time(pending, busy)
         idle_s = max(0.0, iteration_s - busy_s - averaging_s - waiting_s)
-        return NodeStats(node, self.state[node].stage, busy_s, averaging_s, waiting_s, idle_s,
-                         len(ops), self.state[node].disp.peak)
+        return NodeStats(
+            node,
+            self.state[node].stage,
+            busy_s,
+            averaging_s,
+            waiting_s,
+            idle_s,
+            len(ops),
+            self.state[node].disp.peak,
+        )
 
     def _run_order(self) -> dict[int, tuple[Op, ...]]:
         by_node: dict[int, list[Op]] = {}

@@ -8,6 +8,7 @@
 Each finished run is a small JSON under --results (committed), its weights under --work (not);
 a rerun skips every run whose settings match.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,7 @@ class Preset:
 PRESETS = {  # docs/study.md gives the measurements behind the sizes
     "quick": Preset(SETTINGS / "study-6x2.toml", 40, (2e-3, 4e-3, 8e-3), (0, 1), 4, "cpu", 128, 1),
     "cpu": Preset(SETTINGS / "study-6x1.toml", 1000, (3e-3, 6e-3, 1.2e-2), (0, 1, 2, 3, 4), 10, "cpu"),
-    "gpu": Preset(SETTINGS / "study-6x2-gpu.toml", 1000, (1e-3, 2e-3, 4e-3), (0, 1, 2, 3, 4), 10,
-                  "cuda"),
+    "gpu": Preset(SETTINGS / "study-6x2-gpu.toml", 1000, (1e-3, 2e-3, 4e-3), (0, 1, 2, 3, 4), 10, "cuda"),
 }
 
 
@@ -53,6 +53,7 @@ def _numbers(kind, what: str):
         if not values or len(set(values)) != len(values):
             raise argparse.ArgumentTypeError(f"{text!r}: give at least one value, each once")
         return values
+
     parse.__name__ = what
     return parse
 
@@ -64,8 +65,9 @@ def _names(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m skippipe.study", description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="budget (default cpu)")
-    p.add_argument("--quick", action="store_const", const="quick", dest="preset",
-                   help="the same as --preset quick")
+    p.add_argument(
+        "--quick", action="store_const", const="quick", dest="preset", help="the same as --preset quick"
+    )
     p.add_argument("--results", help="committed JSON results (default results/study/PRESET)")
     p.add_argument("--work", help="checkpoints, not committed (default runs/study/PRESET)")
     p.add_argument("--settings", help="scenario: model and stages (default: the preset's)")
@@ -73,23 +75,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="web", help="corpus (default: web, the World English Bible)")
     p.add_argument("--variants", type=_names, default=VARIANTS, help="comma-separated")
     p.add_argument("--lrs", type=_numbers(float, "rates"), help="first rates of the sweep")
-    p.add_argument("--max-lr-extensions", type=int,
-                   help="rates added per variant while its best is at an edge (default: preset's)")
+    p.add_argument(
+        "--max-lr-extensions",
+        type=int,
+        help="rates added per variant while its best is at an edge (default: preset's)",
+    )
     p.add_argument("--seeds", type=_numbers(int, "seeds"), help="seeds; the sweep uses the first")
     p.add_argument("--iterations", type=int, help="optimizer steps per run")
     p.add_argument("--evals", type=int, help="validation scores per run")
-    p.add_argument("--max-eval-windows", type=int,
-                   help="score only the first N windows of each split (smoke tests)")
-    p.add_argument("--target-ppl", type=float, action="append", help="time-to-target perplexity "
-                   "(repeatable; default: a range between the worst and best final validation ppl)")
+    p.add_argument(
+        "--max-eval-windows", type=int, help="score only the first N windows of each split (smoke tests)"
+    )
+    p.add_argument(
+        "--target-ppl",
+        type=float,
+        action="append",
+        help="time-to-target perplexity "
+        "(repeatable; default: a range between the worst and best final validation ppl)",
+    )
     p.add_argument("--jobs", type=int, default=2, help="runs at once, one process each")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (fingerprinted)")
     p.add_argument("--device", help="cpu or cuda (default: the preset's)")
     p.add_argument("--figures", help="directory for the PNGs (default: --work; docs for the record)")
-    p.add_argument("--report-only", action="store_true",
-                   help="tables and figures from the stored results; train nothing")
-    p.add_argument("--write-inputs", nargs=2, metavar=("PATHS_SCHEDULE", "TIMES_SCHEDULE"),
-                   help="write --inputs from two schedule files and stop")
+    p.add_argument(
+        "--report-only", action="store_true", help="tables and figures from the stored results; train nothing"
+    )
+    p.add_argument(
+        "--write-inputs",
+        nargs=2,
+        metavar=("PATHS_SCHEDULE", "TIMES_SCHEDULE"),
+        help="write --inputs from two schedule files and stop",
+    )
     p.add_argument("--measure", help="tokens per CPU-second of sizes DxLxTxB,... and stop")
     p.add_argument("--measure-iterations", type=int, default=20, help="steps per --measure size")
     return p
@@ -99,8 +115,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, the preset filling every one not given."""
     args = build_parser().parse_args(argv)
     preset = PRESETS[args.preset]
-    for name in ("settings", "iterations", "lrs", "seeds", "evals", "device", "max_eval_windows",
-                 "max_lr_extensions"):
+    for name in (
+        "settings",
+        "iterations",
+        "lrs",
+        "seeds",
+        "evals",
+        "device",
+        "max_eval_windows",
+        "max_lr_extensions",
+    ):
         if getattr(args, name) is None:
             setattr(args, name, getattr(preset, name))
     args.settings = str(args.settings)

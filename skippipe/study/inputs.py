@@ -19,6 +19,7 @@ Refresh with:
 (`python -m skippipe study-times`, times.py: the trained paths on the study scenario against the
 best full pipeline at equal memory), the time to target uses that instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,12 @@ def _variant_paths(variant) -> tuple[tuple[int, ...], ...]:
 
 
 def _source(path: Path, schedule, scenario) -> dict:
-    return {"schedule": str(path), "scenario": scenario.name, "scenario_hash": scenario.content_hash,
-            "solver": {name: asdict(v.provenance) for name, v in schedule.variants.items()}}
+    return {
+        "schedule": str(path),
+        "scenario": scenario.name,
+        "scenario_hash": scenario.content_hash,
+        "solver": {name: asdict(v.provenance) for name, v in schedule.variants.items()},
+    }
 
 
 def build_inputs(paths_schedule: Path, times_schedule: Path) -> dict:
@@ -57,12 +62,16 @@ def build_inputs(paths_schedule: Path, times_schedule: Path) -> dict:
 
     sched, scenario = load_schedule(paths_schedule)
     times, geo = load_schedule(times_schedule)
-    return {"scenario": scenario.name,
-            "paths": {name: [list(p) for p in _variant_paths(v)] for name, v in sched.variants.items()},
-            "wallclock_scenario": geo.name,
-            "iteration_s": {name: v.predicted[ITERATION_KEY] for name, v in times.variants.items()},
-            "provenance": {"paths": _source(paths_schedule, sched, scenario),
-                           "iteration_s": _source(times_schedule, times, geo)}}
+    return {
+        "scenario": scenario.name,
+        "paths": {name: [list(p) for p in _variant_paths(v)] for name, v in sched.variants.items()},
+        "wallclock_scenario": geo.name,
+        "iteration_s": {name: v.predicted[ITERATION_KEY] for name, v in times.variants.items()},
+        "provenance": {
+            "paths": _source(paths_schedule, sched, scenario),
+            "iteration_s": _source(times_schedule, times, geo),
+        },
+    }
 
 
 def write_inputs(paths_schedule: Path, times_schedule: Path, out: Path = INPUTS_FILE) -> Path:
@@ -73,10 +82,13 @@ def write_inputs(paths_schedule: Path, times_schedule: Path, out: Path = INPUTS_
 def load_inputs(path: Path = INPUTS_FILE) -> StudyInputs:
     try:
         raw = json.loads(Path(path).read_text())
-        return StudyInputs(raw["scenario"],
-                           {v: tuple(tuple(p) for p in ps) for v, ps in raw["paths"].items()},
-                           {v: float(t) for v, t in raw["iteration_s"].items()},
-                           raw["wallclock_scenario"], raw.get("provenance", {}))
+        return StudyInputs(
+            raw["scenario"],
+            {v: tuple(tuple(p) for p in ps) for v, ps in raw["paths"].items()},
+            {v: float(t) for v, t in raw["iteration_s"].items()},
+            raw["wallclock_scenario"],
+            raw.get("provenance", {}),
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SkipPipeError(f"{path}: not a study inputs file ({e})") from None
 

@@ -6,6 +6,7 @@ the same as a SkipPipe path. It asks whether SkipPipe's robustness to missing st
 any stage dropout gives. The draws depend only on (seed, iteration), so a rerun trains the same
 paths.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ def keep_probability(path_length: int, n_stages: int) -> float:
     return (path_length - 1) / (n_stages - 1)
 
 
-def layerdrop_paths(n_paths: int, n_stages: int, keep: float, seed: int,
-                    iteration: int) -> tuple[tuple[int, ...], ...]:
+def layerdrop_paths(
+    n_paths: int, n_stages: int, keep: float, seed: int, iteration: int
+) -> tuple[tuple[int, ...], ...]:
     """`n_paths` in-order paths: stage 0, then each other stage kept with probability `keep`."""
     rng = np.random.default_rng([seed, iteration])
     kept = rng.random((n_paths, n_stages - 1)) < keep

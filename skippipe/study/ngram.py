@@ -20,6 +20,7 @@ token of a window is context only, as for the model, and no reference looks back
 
 Perplexity = exp(mean negative log-likelihood over the scored targets).
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,9 @@ def _check(vocab_size: int, *arrays: np.ndarray) -> None:
             raise ValueError(f"token ids outside 0..{vocab_size - 1}")
 
 
-def unigram_perplexity(train: np.ndarray, contexts: np.ndarray, targets: np.ndarray,
-                       vocab_size: int, k: float = DEFAULT_ADD_K) -> float:
+def unigram_perplexity(
+    train: np.ndarray, contexts: np.ndarray, targets: np.ndarray, vocab_size: int, k: float = DEFAULT_ADD_K
+) -> float:
     """Add-k unigram perplexity of `targets` (contexts are ignored; same signature as bigram)."""
     _check(vocab_size, train, targets)
     counts = np.bincount(train, minlength=vocab_size).astype(np.float64)
@@ -46,8 +48,9 @@ def unigram_perplexity(train: np.ndarray, contexts: np.ndarray, targets: np.ndar
     return math.exp(-np.log(probs[targets]).mean())
 
 
-def bigram_perplexity(train: np.ndarray, contexts: np.ndarray, targets: np.ndarray,
-                      vocab_size: int, k: float = DEFAULT_ADD_K) -> float:
+def bigram_perplexity(
+    train: np.ndarray, contexts: np.ndarray, targets: np.ndarray, vocab_size: int, k: float = DEFAULT_ADD_K
+) -> float:
     """Add-k bigram perplexity of `targets[i]` after `contexts[i]`."""
     _check(vocab_size, train, contexts, targets)
     pairs = train[:-1].astype(np.int64) * vocab_size + train[1:]
@@ -61,12 +64,13 @@ def bigram_perplexity(train: np.ndarray, contexts: np.ndarray, targets: np.ndarr
 # ----------------------------------------------------------------------------------------------
 # Kneser-Ney.
 
+
 def _keys(tokens: np.ndarray, n: int, vocab_size: int) -> np.ndarray:
     """Every n-gram of `tokens` as one int64 (base-V digits, oldest token most significant)."""
     t = tokens.astype(np.int64)
     keys = np.zeros(len(t) - n + 1, dtype=np.int64)
     for i in range(n):
-        keys = keys * vocab_size + t[i:len(t) - n + 1 + i]
+        keys = keys * vocab_size + t[i : len(t) - n + 1 + i]
     return keys
 
 
@@ -85,6 +89,7 @@ def discounts(counts: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class _Order:
     """One order's counts (n-gram or continuation) and, per context, its totals."""
+
     keys: np.ndarray  # sorted n-gram keys
     counts: np.ndarray  # their counts
     contexts: np.ndarray  # sorted context keys (key // V)
@@ -97,8 +102,14 @@ def _order(keys: np.ndarray, counts: np.ndarray, vocab_size: int) -> _Order:
     d = discounts(counts)
     mass = d[np.minimum(counts, 3)]
     contexts, start = np.unique(keys // vocab_size, return_index=True)
-    return _Order(keys, counts, contexts, np.add.reduceat(counts, start).astype(np.float64),
-                  np.add.reduceat(mass, start), d)
+    return _Order(
+        keys,
+        counts,
+        contexts,
+        np.add.reduceat(counts, start).astype(np.float64),
+        np.add.reduceat(mass, start),
+        d,
+    )
 
 
 def _lookup(table: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -121,7 +132,7 @@ class KneserNey:
                 keys, counts = np.unique(_keys(train, n, vocab_size), return_counts=True)
             else:  # lower orders count distinct left extensions of each n-gram
                 longer = np.unique(_keys(train, n + 1, vocab_size))
-                keys, counts = np.unique(longer % vocab_size ** n, return_counts=True)
+                keys, counts = np.unique(longer % vocab_size**n, return_counts=True)
             self.orders.append(_order(keys, counts, vocab_size))
 
     def probabilities(self, history: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -153,11 +164,11 @@ def window_histories(windows: np.ndarray, width: int) -> tuple[np.ndarray, np.nd
     """(history [N, width], targets [N]) of every prediction in windows [B, T+1]: position t
     predicts t+1 from positions t-width+1..t of its own window (-1 before the window start)."""
     b, t1 = windows.shape
-    padded = np.concatenate([np.full((b, width), -1, dtype=np.int64),
-                             windows.astype(np.int64)], axis=1)
-    cols = [padded[:, i + 1:i + t1] for i in range(width)]  # oldest first
-    history = np.stack(cols, axis=-1).reshape(-1, width) if width else np.zeros((b * (t1 - 1), 0),
-                                                                                 dtype=np.int64)
+    padded = np.concatenate([np.full((b, width), -1, dtype=np.int64), windows.astype(np.int64)], axis=1)
+    cols = [padded[:, i + 1 : i + t1] for i in range(width)]  # oldest first
+    history = (
+        np.stack(cols, axis=-1).reshape(-1, width) if width else np.zeros((b * (t1 - 1), 0), dtype=np.int64)
+    )
     return history, windows[:, 1:].reshape(-1).astype(np.int64)
 
 
@@ -171,20 +182,30 @@ def window_pairs(batches) -> tuple[np.ndarray, np.ndarray]:
 
 def _split_references(train, batches, vocab_size: int, k: float, models) -> dict:
     contexts, targets = window_pairs(batches)
-    out = {"unigram": unigram_perplexity(train, contexts, targets, vocab_size, k),
-           "bigram": bigram_perplexity(train, contexts, targets, vocab_size, k),
-           "add_k": k, "tokens": int(len(targets))}
+    out = {
+        "unigram": unigram_perplexity(train, contexts, targets, vocab_size, k),
+        "bigram": bigram_perplexity(train, contexts, targets, vocab_size, k),
+        "add_k": k,
+        "tokens": int(len(targets)),
+    }
     for model in models:
-        nll = [-np.log(model.probabilities(*window_histories(b.numpy(), model.order - 1))).sum()
-               for b in batches]
+        nll = [
+            -np.log(model.probabilities(*window_histories(b.numpy(), model.order - 1))).sum() for b in batches
+        ]
         out[f"kn{model.order}"] = math.exp(sum(nll) / len(targets))
     return out
 
 
-def references(train: np.ndarray, splits: dict, vocab_size: int, k: float = DEFAULT_ADD_K,
-               orders: tuple[int, ...] = KN_ORDERS) -> dict[str, dict]:
+def references(
+    train: np.ndarray,
+    splits: dict,
+    vocab_size: int,
+    k: float = DEFAULT_ADD_K,
+    orders: tuple[int, ...] = KN_ORDERS,
+) -> dict[str, dict]:
     """Per split (name -> batches [B, T+1]): unigram and bigram add-k and Kneser-Ney perplexities
     of its targets; each Kneser-Ney model is fitted once."""
     models = [KneserNey(train, n, vocab_size) for n in orders]
-    return {name: _split_references(train, batches, vocab_size, k, models)
-            for name, batches in splits.items()}
+    return {
+        name: _split_references(train, batches, vocab_size, k, models) for name, batches in splits.items()
+    }

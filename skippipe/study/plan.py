@@ -8,6 +8,7 @@
 Every schedule is sized to its run: warm-up over WARMUP_FRACTION of the run's iterations, then
 cosine decay to its last iteration.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,7 +19,8 @@ from pathlib import Path
 from ..errors import SkipPipeError
 from . import runs
 from .inputs import load_inputs, reordered_paths
-from .layerdrop import VARIANT as LAYERDROP, keep_probability
+from .layerdrop import VARIANT as LAYERDROP
+from .layerdrop import keep_probability
 
 log = logging.getLogger("skippipe.study")
 
@@ -46,8 +48,10 @@ class Study:
         self.variants = args.variants
         missing = [v for v in self.variants if v != LAYERDROP and v not in self.inputs.paths]
         if missing:
-            raise SkipPipeError(f"--variants: {missing[0]!r} has no paths in {args.inputs} "
-                                f"(has {', '.join(self.inputs.paths)}, and {LAYERDROP})")
+            raise SkipPipeError(
+                f"--variants: {missing[0]!r} has no paths in {args.inputs} "
+                f"(has {', '.join(self.inputs.paths)}, and {LAYERDROP})"
+            )
         if LAYERDROP in self.variants and "baseline" not in self.inputs.paths:
             raise SkipPipeError(f"{args.inputs}: {LAYERDROP} thins the baseline's paths; none")
         self.lrs, self.seeds = args.lrs, args.seeds
@@ -60,10 +64,21 @@ class Study:
         keep = keep_probability(pipe.path_length, pipe.n_stages) if variant == LAYERDROP else 0.0
         paths = self.inputs.paths["baseline" if variant == LAYERDROP else variant]
         return runs.RunSpec(
-            variant, lr, seed, paths, keep, str(self.args.settings), self.args.data,
-            self.args.iterations, pipe.samples_per_microbatch,
-            round(WARMUP_FRACTION * self.args.iterations), self.eval_at, self.args.threads,
-            self.args.device, self.args.max_eval_windows)
+            variant,
+            lr,
+            seed,
+            paths,
+            keep,
+            str(self.args.settings),
+            self.args.data,
+            self.args.iterations,
+            pipe.samples_per_microbatch,
+            round(WARMUP_FRACTION * self.args.iterations),
+            self.eval_at,
+            self.args.threads,
+            self.args.device,
+            self.args.max_eval_windows,
+        )
 
     def reordered(self) -> tuple[tuple[int, ...], ...]:
         return reordered_paths(self.inputs)
@@ -138,8 +153,7 @@ def sweep_learning_rates(study: Study) -> list[dict]:
     seed, jobs = study.seeds[0], study.args.jobs
     earlier = {(r["variant"], r["learning_rate"]): r for r in stored_sweep(study)}
     tried = {v: sorted(set(study.lrs) | {lr for w, lr in earlier if w == v}) for v in study.variants}
-    new = [study.spec(v, lr, seed) for v in study.variants for lr in tried[v]
-           if (v, lr) not in earlier]
+    new = [study.spec(v, lr, seed) for v in study.variants for lr in tried[v] if (v, lr) not in earlier]
     done = list(earlier.values()) + run_all(_train(study, new), jobs)
     for _ in range(study.args.max_lr_extensions):
         best = best_learning_rates(done)
@@ -166,5 +180,5 @@ def execute(study: Study) -> tuple[list[dict], list[dict], dict[str, float]]:
     later = [study.spec(v, best[v], s) for v in study.variants for s in study.seeds[1:]]
     # the first seed's sparse pipelines need no wait: run them beside the other seeds' training
     mixed = run_all(_sweep(study, first) + _train(study, later), study.args.jobs)
-    sweeps = mixed[:len(first)] + run_all(_sweep(study, later), study.args.jobs)
-    return swept + mixed[len(first):], sweeps, best
+    sweeps = mixed[: len(first)] + run_all(_sweep(study, later), study.args.jobs)
+    return swept + mixed[len(first) :], sweeps, best

@@ -16,6 +16,7 @@ Quantities:
   between evaluations; speed-up = the baseline's simulated time / the variant's, per target;
   targets: a range between the chosen runs' final perplexities and the Kneser-Ney lines.
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -48,8 +49,12 @@ def versions(root: Path) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "not installed"
     try:
-        commit = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     out["commit"] = commit or "unknown"
@@ -84,8 +89,12 @@ def test_ppl(r: dict) -> float:
 
 
 def _references_fingerprint(study) -> dict:
-    return {"data": study.args.data, "settings": runs.settings_digest(study.args.settings),
-            "max_eval_windows": study.args.max_eval_windows, "splits": ["validation", "test"]}
+    return {
+        "data": study.args.data,
+        "settings": runs.settings_digest(study.args.settings),
+        "max_eval_windows": study.args.max_eval_windows,
+        "splits": ["validation", "test"],
+    }
 
 
 def references(study, compute: bool) -> dict[str, dict]:
@@ -99,16 +108,19 @@ def references(study, compute: bool) -> dict[str, dict]:
     if stored is not None:
         return stored["references"]
     if not compute:
-        raise SkipPipeError(f"{path}: no reference perplexities for these settings; run the "
-                            "study without --report-only")
+        raise SkipPipeError(
+            f"{path}: no reference perplexities for these settings; run the study without --report-only"
+        )
     from ..train.data import prepare_data
     from .ngram import references as count_references
 
     model = study.scenario.model
     data = prepare_data(study.args.data, model.vocab_size, test_split=True)
     spec = study.spec(study.variants[0], study.lrs[0], study.seeds[0])
-    splits = {name: runs.split_batches(tokens, spec, model.ctx_tokens)
-              for name, tokens in (("validation", data.validation), ("test", data.test))}
+    splits = {
+        name: runs.split_batches(tokens, spec, model.ctx_tokens)
+        for name, tokens in (("validation", data.validation), ("test", data.test))
+    }
     refs = count_references(data.train, splits, model.vocab_size)
     return write_result(path, {"fingerprint": fingerprint, "references": refs})["references"]
 
@@ -143,8 +155,9 @@ class Report:
         pipe = self.scenario.pipeline
         paths = self.study.inputs.paths["baseline" if variant == LAYERDROP else variant]
         lengths = [pipe.path_length] * len(paths) if variant == LAYERDROP else map(len, paths)
-        return layer_flops_per_iteration(self.scenario.model, lengths,
-                                         pipe.samples_per_microbatch, pipe.n_stages)
+        return layer_flops_per_iteration(
+            self.scenario.model, lengths, pipe.samples_per_microbatch, pipe.n_stages
+        )
 
     def iteration_s(self, variant: str) -> float | None:
         if self.times is not None:
@@ -161,13 +174,16 @@ class Report:
         """What the speed-up compares against, in words."""
         if self.times:
             return comparator_label(self.times)
-        return (f"vs the inputs file's {self.study.inputs.wallclock_scenario} times: another "
-                "scenario's paths and its FCFS full pipeline, not a claim (run --times)")
+        return (
+            f"vs the inputs file's {self.study.inputs.wallclock_scenario} times: another "
+            "scenario's paths and its FCFS full pipeline, not a claim (run --times)"
+        )
 
     def lr_tried(self, variant: str) -> dict[float, float]:
         """Learning rate -> first seed's final validation perplexity."""
-        return dict(sorted((r["learning_rate"], final_valid(r)) for r in self.swept
-                           if r["variant"] == variant))
+        return dict(
+            sorted((r["learning_rate"], final_valid(r)) for r in self.swept if r["variant"] == variant)
+        )
 
     def interior(self, variant: str) -> bool:
         tried = list(self.lr_tried(variant))
@@ -186,14 +202,20 @@ class Report:
         return dict(sorted(out.items()))
 
     def path_ppl(self, variant: str, path) -> list[float]:
-        return [math.exp(row["mean_nll"]) for s in self.sweeps[variant] for row in s["paths"]
-                if tuple(row["path"]) == tuple(path)]
+        return [
+            math.exp(row["mean_nll"])
+            for s in self.sweeps[variant]
+            for row in s["paths"]
+            if tuple(row["path"]) == tuple(path)
+        ]
 
     def curve(self, variant: str) -> list[tuple[int, list[float]]]:
         """(iteration, validation perplexity per seed) at each evaluation point."""
         points = [p["iteration"] for p in self.chosen[variant][0]["curve"]]
-        return [(it, [math.exp(r["curve"][i]["mean_nll"]) for r in self.chosen[variant]])
-                for i, it in enumerate(points)]
+        return [
+            (it, [math.exp(r["curve"][i]["mean_nll"]) for r in self.chosen[variant]])
+            for i, it in enumerate(points)
+        ]
 
     def test(self, variant: str) -> list[float]:
         return [test_ppl(r) for r in self.chosen[variant]]
@@ -240,8 +262,9 @@ def collect(study, compute_references: bool = False) -> Report:
     """The report of the stored results; a chosen run missing -> SkipPipeError."""
     swept = stored_sweep(study)
     if not swept:
-        raise SkipPipeError(f"{study.results}: no stored runs for these settings; run the study "
-                            "without --report-only")
+        raise SkipPipeError(
+            f"{study.results}: no stored runs for these settings; run the study without --report-only"
+        )
     best = best_learning_rates(swept)
     chosen, sweeps = {}, {}
     for v in study.variants:
@@ -251,13 +274,24 @@ def collect(study, compute_references: bool = False) -> Report:
         sweeps[v] = [stored(study, v, best[v], s, ".sweep") for s in study.seeds]
         missing = [s for s, r, w in zip(study.seeds, chosen[v], sweeps[v]) if r is None or w is None]
         if missing:
-            raise SkipPipeError(f"{study.results}: {v} at lr {best[v]:g}, seed {missing[0]}: no "
-                                "stored result for these settings; run the study to finish it")
+            raise SkipPipeError(
+                f"{study.results}: {v} at lr {best[v]:g}, seed {missing[0]}: no "
+                "stored result for these settings; run the study to finish it"
+            )
     refs = references(study, compute_references)
     targets = study.args.target_ppl or default_targets(chosen) + reference_targets(refs["validation"])
     times = load_times(study.results, study.args.settings, study.inputs.paths)
-    return Report(study, swept, best, chosen, sweeps, refs, sorted(set(targets), reverse=True),
-                  versions(Path(__file__).resolve().parents[2]), times)
+    return Report(
+        study,
+        swept,
+        best,
+        chosen,
+        sweeps,
+        refs,
+        sorted(set(targets), reverse=True),
+        versions(Path(__file__).resolve().parents[2]),
+        times,
+    )
 
 
 def write_report(study, rep: Report) -> None:
@@ -268,8 +302,10 @@ def write_report(study, rep: Report) -> None:
     out = study.results
     (out / "report.md").write_text(text)
     figures = Path(study.args.figures or study.work)  # PNGs are not results: committed via docs/
-    pngs = [plot_stages_kept(rep, figures / "study-stages-kept.png"),
-            plot_curves(rep, figures / "study-curves.png"),
-            plot_speedup(rep, figures / "study-speedup.png")]
+    pngs = [
+        plot_stages_kept(rep, figures / "study-stages-kept.png"),
+        plot_curves(rep, figures / "study-curves.png"),
+        plot_speedup(rep, figures / "study-speedup.png"),
+    ]
     print(text)
     print(f"report: {out / 'report.md'}\nfigures: {', '.join(map(str, pngs))}")

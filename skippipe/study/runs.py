@@ -9,6 +9,7 @@ A run writes `<results>/runs/<key>.json` (atomically, last) and its weights unde
 `fingerprint` matches the current settings (thread count and device type included: they change
 the floating-point sums) is reused by a rerun: the study is resumable.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -23,11 +24,11 @@ from pathlib import Path
 import torch
 
 from ..scenario import load_scenario
+from ..train.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from ..train.data import prepare_data, training_batches, validation_batches
 from ..train.evaluate import omission_subsets, path_nll
 from ..train.local import train_iteration
 from ..train.model import build_stages
-from ..train.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
 from ..train.optim import learning_rate, make_optimizer
 from ..train.recipe import recipe_config
 from ..util.files import write_atomic
@@ -41,6 +42,7 @@ EVAL_SAMPLES = 16  # windows per scoring batch (batching only: every window is s
 @dataclass(frozen=True)
 class RunSpec:
     """Everything that decides a run's result (its fingerprint)."""
+
     variant: str
     learning_rate: float
     seed: int
@@ -111,8 +113,7 @@ def _setup(threads: int) -> None:
 def split_batches(tokens, spec: RunSpec, ctx_tokens: int) -> list[torch.Tensor]:
     """The windows of a split the study scores: all of them, or the first max_eval_windows."""
     n = spec.max_eval_windows
-    return validation_batches(tokens, EVAL_SAMPLES, ctx_tokens,
-                              None if n is None else -(-n // EVAL_SAMPLES))
+    return validation_batches(tokens, EVAL_SAMPLES, ctx_tokens, None if n is None else -(-n // EVAL_SAMPLES))
 
 
 def full_nll(stages, batches) -> tuple[float, int]:
@@ -133,11 +134,23 @@ def _train_loop(spec: RunSpec, cfg, stages, batches, valid) -> tuple[list[dict],
         losses.append(loss)
         if it + 1 in spec.eval_at:
             nll, tokens = full_nll(stages, valid)
-            curve.append({"iteration": it + 1, "mean_nll": nll / tokens, "tokens": tokens,
-                          "train_loss": sum(losses) / len(losses)})
+            curve.append(
+                {
+                    "iteration": it + 1,
+                    "mean_nll": nll / tokens,
+                    "tokens": tokens,
+                    "train_loss": sum(losses) / len(losses),
+                }
+            )
             losses = []
-            log.info("[%s] iteration %d/%d train loss %.3f validation ppl %.2f", spec.key, it + 1,
-                     spec.iterations, loss, math.exp(nll / tokens))
+            log.info(
+                "[%s] iteration %d/%d train loss %.3f validation ppl %.2f",
+                spec.key,
+                it + 1,
+                spec.iterations,
+                loss,
+                math.exp(nll / tokens),
+            )
     return curve, train_cpu
 
 
@@ -153,31 +166,53 @@ def train_run(spec: RunSpec, results: Path, work: Path) -> dict:
     scenario = load_scenario(spec.settings)
     ctx = scenario.model.ctx_tokens
     data = prepare_data(spec.data, scenario.model.vocab_size, test_split=True)
-    cfg = recipe_config(scenario, iterations=spec.iterations, learning_rate=spec.learning_rate,
-                        seed=spec.seed, samples_per_microbatch=spec.samples_per_microbatch,
-                        warmup_iterations=spec.warmup_iterations)
+    cfg = recipe_config(
+        scenario,
+        iterations=spec.iterations,
+        learning_rate=spec.learning_rate,
+        seed=spec.seed,
+        samples_per_microbatch=spec.samples_per_microbatch,
+        warmup_iterations=spec.warmup_iterations,
+    )
     stages = build_stages(scenario.model, scenario.pipeline.n_stages, spec.seed, spec.device)
     batches = training_batches(data.train, cfg.samples_per_microbatch, ctx, spec.seed)
     valid = split_batches(data.validation, spec, ctx)
     curve, train_cpu = _train_loop(spec, cfg, stages, batches, valid)
     test_nll, test_tokens = full_nll(stages, split_batches(data.test, spec, ctx))
     per_iteration = len(spec.paths) * spec.samples_per_microbatch * ctx
-    info = CheckpointInfo(scenario.model, scenario.pipeline.n_stages, spec.iterations,
-                          spec.iterations * per_iteration, spec.variant, scenario.name,
-                          scenario.content_hash, data.corpus_name, str(data.tokenizer_path),
-                          spec.seed)
+    info = CheckpointInfo(
+        scenario.model,
+        scenario.pipeline.n_stages,
+        spec.iterations,
+        spec.iterations * per_iteration,
+        spec.variant,
+        scenario.name,
+        scenario.content_hash,
+        data.corpus_name,
+        str(data.tokenizer_path),
+        spec.seed,
+    )
     save_checkpoint(stages, work / spec.key / "checkpoint", info)
-    return write_result(path, {
-        "fingerprint": spec.fingerprint(), "key": spec.key, "variant": spec.variant,
-        "learning_rate": spec.learning_rate, "seed": spec.seed, "curve": curve,
-        "test": {"mean_nll": test_nll / test_tokens, "tokens": test_tokens},
-        "train_cpu_s": train_cpu, "wall_s": time.perf_counter() - start,
-        "tokens_per_iteration": per_iteration, "corpus": data.corpus_name,
-        "corpus_hash": data.corpus_hash})
+    return write_result(
+        path,
+        {
+            "fingerprint": spec.fingerprint(),
+            "key": spec.key,
+            "variant": spec.variant,
+            "learning_rate": spec.learning_rate,
+            "seed": spec.seed,
+            "curve": curve,
+            "test": {"mean_nll": test_nll / test_tokens, "tokens": test_tokens},
+            "train_cpu_s": train_cpu,
+            "wall_s": time.perf_counter() - start,
+            "tokens_per_iteration": per_iteration,
+            "corpus": data.corpus_name,
+            "corpus_hash": data.corpus_hash,
+        },
+    )
 
 
-def sweep_run(spec: RunSpec, results: Path, work: Path,
-              reordered: tuple[tuple[int, ...], ...]) -> dict:
+def sweep_run(spec: RunSpec, results: Path, work: Path, reordered: tuple[tuple[int, ...], ...]) -> dict:
     """Score the trained run on the test split along every kept-stage subset (sorted order) and
     along each reordered path in `reordered` (its sorted twin is one of the subsets)."""
     _setup(spec.threads)

@@ -6,6 +6,7 @@ Student's t distribution with n degrees of freedom: P(|T| > t) = I_x(n/2, 1/2) w
 x = n / (n + t^2), I the regularized incomplete beta function, evaluated by its continued
 fraction (modified Lentz); the quantile by bisection on it.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,10 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     d = 1.0 / (d if abs(d) > _TINY else _TINY)
     h = d
     for m in range(1, _MAX_TERMS):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + num * d
             d = 1.0 / (d if abs(d) > _TINY else _TINY)
             c = 1.0 + num / c
@@ -48,8 +51,7 @@ def incomplete_beta(a: float, b: float, x: float) -> float:
         return 0.0
     if x >= 1.0:
         return 1.0
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
     if x < (a + 1) / (a + b + 2):
         return math.exp(log_front) * _beta_fraction(a, b, x) / a
     return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
@@ -90,5 +92,4 @@ def paired_test(a: list[float], b: list[float], confidence: float = CONFIDENCE) 
         p = 1.0 if m == 0 else 0.0
     else:
         p = t_two_sided_p(m / (sd / math.sqrt(len(diff))), len(diff) - 1)
-    return {"pairs": len(diff), "mean": m, "sd": sd, "low": lo, "high": hi, "p": p,
-            "confidence": confidence}
+    return {"pairs": len(diff), "mean": m, "sd": sd, "low": lo, "high": hi, "p": p, "confidence": confidence}

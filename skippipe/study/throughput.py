@@ -7,6 +7,7 @@ microbatch); layers are split over the scenario's stages and `path_length` of th
 
     python -m skippipe.study --measure 64x12x128x4,96x12x128x4 --measure-iterations 20
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,14 @@ class Size:
 def model_for(base, size: Size):
     """The scenario's model at another size: head width 32, SwiGLU 8/3 d rounded up to 16."""
     ffn = 16 * math.ceil(8 * size.d_model / 3 / 16)
-    return replace(base, d_model=size.d_model, n_heads=size.d_model // 32, n_layers=size.n_layers,
-                   ffn_hidden=ffn, ctx_tokens=size.ctx_tokens)
+    return replace(
+        base,
+        d_model=size.d_model,
+        n_heads=size.d_model // 32,
+        n_layers=size.n_layers,
+        ffn_hidden=ffn,
+        ctx_tokens=size.ctx_tokens,
+    )
 
 
 def parameters(model) -> int:
@@ -67,8 +74,9 @@ def measure(scenario, size: Size, path_length: int, iterations: int, seed: int =
     if model.n_layers % n_stages:
         from ..errors import SkipPipeError
 
-        raise SkipPipeError(f"--measure {size.label()}: {model.n_layers} layers do not split "
-                            f"over {n_stages} stages")
+        raise SkipPipeError(
+            f"--measure {size.label()}: {model.n_layers} layers do not split over {n_stages} stages"
+        )
     stages = build_stages(model, n_stages, seed, "cpu")
     cfg = recipe_config(scenario, iterations=iterations, seed=seed)
     optimizer = make_optimizer(stages, cfg)
@@ -83,5 +91,11 @@ def measure(scenario, size: Size, path_length: int, iterations: int, seed: int =
         train_iteration(stages, optimizer, path, batches, cfg.grad_clip)
     cpu = time.process_time() - start
     tokens = iterations * size.samples * size.ctx_tokens
-    return {"size": size.label(), "parameters": parameters(model), "path_length": path_length,
-            "tokens": tokens, "cpu_s": cpu, "tokens_per_cpu_s": tokens / cpu}
+    return {
+        "size": size.label(),
+        "parameters": parameters(model),
+        "path_length": path_length,
+        "tokens": tokens,
+        "cpu_s": cpu,
+        "tokens_per_cpu_s": tokens / cpu,
+    }

@@ -18,6 +18,7 @@ against the best full-pipeline schedule at that memory.
 The file records the comparator, the scenario and what the times were made from; the report
 uses it only when its fingerprint matches the study's settings and paths.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,9 +39,13 @@ SKIP_VARIANTS = ("ca-partial", "random")
 def fingerprint(settings: str, paths: dict, effort: str, seed: int) -> dict:
     from .runs import settings_digest
 
-    return {"settings": settings_digest(settings), "effort": effort, "seed": seed,
-            "paths": {v: [list(p) for p in ps] for v, ps in sorted(paths.items())},
-            "layerdrop_samples": LAYERDROP_SAMPLES}
+    return {
+        "settings": settings_digest(settings),
+        "effort": effort,
+        "seed": seed,
+        "paths": {v: [list(p) for p in ps] for v, ps in sorted(paths.items())},
+        "layerdrop_samples": LAYERDROP_SAMPLES,
+    }
 
 
 def _with_paths(sched, name: str, paths, loss_at: str = "origin"):
@@ -76,8 +81,9 @@ def split_s(sched, scenario, paths, loss_at: str = "origin") -> float:
     from ..sim.simulate import simulate
 
     fused = _simulated(sched, "ca-partial", paths, scenario, loss_at)
-    source = VariantSchedule("ca-partial", tuple(paths), order=fused.order, dispatch="planned",
-                             loss_at=loss_at)
+    source = VariantSchedule(
+        "ca-partial", tuple(paths), order=fused.order, dispatch="planned", loss_at=loss_at
+    )
     split = zero_bubble_fill("ca-partial-zb", source, scenario, sched.allocation)
     filled = dataclasses.replace(sched, variants={**sched.variants, split.name: split})
     return min(fused.iteration_s, simulate(filled, split.name, scenario).iteration_s)
@@ -91,8 +97,9 @@ def _dealt(sched, scenario, sequences):
     stages = sched.allocation
     ids = microbatch_ids(stages, scenario)
     if len(ids) != len(sequences):
-        raise SkipPipeError(f"{len(sequences)} trained paths for {len(ids)} microbatches per "
-                            f"iteration of {scenario.name}")
+        raise SkipPipeError(
+            f"{len(sequences)} trained paths for {len(ids)} microbatches per iteration of {scenario.name}"
+        )
     dealt = {s: 0 for s in range(len(stages))}
     paths = []
     for (mb, origin), seq in zip(ids, sequences):
@@ -118,8 +125,8 @@ def fastest_nodes(sched, scenario, name: str, sequences) -> tuple[list, float]:
                 for node in sched.allocation[hop.stage]:
                     if node == path.hops[j].node:
                         continue
-                    hops = path.hops[:j] + (dataclasses.replace(hop, node=node),) + path.hops[j + 1:]
-                    trial = paths[:i] + [MicrobatchPath(path.microbatch, path.origin, hops)] + paths[i + 1:]
+                    hops = path.hops[:j] + (dataclasses.replace(hop, node=node),) + path.hops[j + 1 :]
+                    trial = paths[:i] + [MicrobatchPath(path.microbatch, path.origin, hops)] + paths[i + 1 :]
                     t = _iteration_s(sched, name, trial, scenario)
                     if t < best - 1e-12:
                         paths, best, path, improved = trial, t, trial[i], True
@@ -139,10 +146,13 @@ def layerdrop_s(sched, scenario, seed: int, split: bool = False) -> float:
     times = []
     for iteration in range(LAYERDROP_SAMPLES):
         kept = layerdrop_paths(len(full), pipe.n_stages, keep, seed, iteration)
-        thinned = [MicrobatchPath(p.microbatch, p.origin, tuple(h for h in p.hops if h.stage in ks))
-                   for p, ks in zip(full, kept)]
-        times.append(split_s(sched, scenario, thinned) if split else
-                     _iteration_s(sched, "random", thinned, scenario))
+        thinned = [
+            MicrobatchPath(p.microbatch, p.origin, tuple(h for h in p.hops if h.stage in ks))
+            for p, ks in zip(full, kept)
+        ]
+        times.append(
+            split_s(sched, scenario, thinned) if split else _iteration_s(sched, "random", thinned, scenario)
+        )
     return statistics.fmean(times)
 
 
@@ -166,8 +176,10 @@ def skip_times(sched, scenario, paths: dict, seed: int) -> tuple[dict, dict, dic
 def comparator_label(times: dict) -> str:
     """E.g. "vs zb-h1 at 3 slots, the best full pipeline at equal memory (study-6x1)"."""
     slots = "-".join(map(str, times["memory_slots"]))
-    return (f"vs {times['comparator']} at {slots} slots, the best full pipeline at equal memory "
-            f"({times['scenario']})")
+    return (
+        f"vs {times['comparator']} at {slots} slots, the best full pipeline at equal memory "
+        f"({times['scenario']})"
+    )
 
 
 def write_times(results: Path, content: dict) -> Path:
@@ -185,8 +197,9 @@ def write_times(results: Path, content: dict) -> Path:
     return path
 
 
-def load_times(results: Path, settings: str, paths: dict, effort: str | None = None,
-               seed: int | None = None) -> dict | None:
+def load_times(
+    results: Path, settings: str, paths: dict, effort: str | None = None, seed: int | None = None
+) -> dict | None:
     """The stored times when they were made for these settings and paths (any effort and seed
     unless given), else None."""
     from .runs import load_result
@@ -194,9 +207,13 @@ def load_times(results: Path, settings: str, paths: dict, effort: str | None = N
     stored = load_result(Path(results) / TIMES_FILE, None)
     if not stored or not isinstance(stored.get("fingerprint"), dict):
         return None
-    want = fingerprint(settings, paths, stored["fingerprint"].get("effort"),
-                       stored["fingerprint"].get("seed"))
-    if stored["fingerprint"] != want or effort not in (None, want["effort"]) \
-            or seed not in (None, want["seed"]):
+    want = fingerprint(
+        settings, paths, stored["fingerprint"].get("effort"), stored["fingerprint"].get("seed")
+    )
+    if (
+        stored["fingerprint"] != want
+        or effort not in (None, want["effort"])
+        or seed not in (None, want["seed"])
+    ):
         return None
     return stored

@@ -16,6 +16,7 @@ them on one side (`corpus.group_overlapping`). At a 1,024-piece vocabulary: 1.12
 The parsed corpus is cached as JSON under the cache directory, keyed by the package version and
 WEB_VERSION.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,8 +26,8 @@ import json
 import logging
 from pathlib import Path
 
-from .corpus import Corpus, DataError, Document, drop_repeats, group_overlapping, make_corpus
 from ..util.files import write_atomic
+from .corpus import Corpus, DataError, Document, drop_repeats, group_overlapping, make_corpus
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,10 @@ def _distribution() -> importlib.metadata.Distribution:
     try:
         return importlib.metadata.distribution(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
-        raise DataError(f"{NAME}: the package {DISTRIBUTION} is not installed (run ./setup.sh, "
-                        "or pass --data builtin for the standard-library corpus)") from None
+        raise DataError(
+            f"{NAME}: the package {DISTRIBUTION} is not installed (run ./setup.sh, "
+            "or pass --data builtin for the standard-library corpus)"
+        ) from None
 
 
 def _literal_dict(node: ast.expr) -> dict[int, int]:
@@ -61,7 +64,7 @@ def read_verses(path: Path) -> dict[int, str]:
     if len(args) < 4 or not isinstance(args[1], ast.Constant) or not isinstance(args[1].value, str):
         raise DataError(f"{DISTRIBUTION}: unexpected layout of {TEXT_FILE}")
     text, starts, ends = args[1].value, _literal_dict(args[2]), _literal_dict(args[3])
-    return {vid: text[starts[vid]:ends[vid]] for vid in sorted(starts)}
+    return {vid: text[starts[vid] : ends[vid]] for vid in sorted(starts)}
 
 
 def clean(verse: str) -> str:

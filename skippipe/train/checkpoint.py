@@ -1,11 +1,12 @@
 """Checkpoints: one state dict per stage (`stage-<s>.pt`, tensors only) plus a JSON description
 (`checkpoint.json`) of the model, the run and the data it was trained on."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Sequence
 
 import torch
 
@@ -76,8 +77,9 @@ def read_checkpoint_info(directory: str | Path) -> CheckpointInfo:
         raise SkipPipeError(f"{path}: malformed checkpoint description ({e})") from None
 
 
-def load_checkpoint(directory: str | Path,
-                    device: torch.device | str | None = None) -> tuple[CheckpointInfo, list[Stage]]:
+def load_checkpoint(
+    directory: str | Path, device: torch.device | str | None = None
+) -> tuple[CheckpointInfo, list[Stage]]:
     """Rebuild every stage of a checkpoint directory on `device` (default `pick_device()`)."""
     info = read_checkpoint_info(directory)
     stages = []

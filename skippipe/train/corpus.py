@@ -15,6 +15,7 @@ Validation must not contain text the model saw in training. Two tools keep it ou
 `shared_span_share(train, validation, span)` measures the result on token arrays: the share of
 validation tokens that lie inside a span of `span` tokens also present in training.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -99,7 +100,7 @@ def drop_repeats(documents: Iterable[Sequence[str]], min_words: int) -> list[lis
 def _shingles(text: str, span_words: int) -> set[int]:
     # Python's str hash: 64 bits, so a false link between two documents is vanishingly unlikely
     words = text.split()
-    return {hash(" ".join(words[i:i + span_words])) for i in range(len(words) - span_words + 1)}
+    return {hash(" ".join(words[i : i + span_words])) for i in range(len(words) - span_words + 1)}
 
 
 def group_overlapping(documents: Sequence[Document], span_words: int) -> list[Document]:
@@ -123,8 +124,10 @@ def group_overlapping(documents: Sequence[Document], span_words: int) -> list[Do
     sizes: dict[int, int] = {}
     for i in range(len(documents)):
         sizes[root(i)] = sizes.get(root(i), 0) + 1
-    return [replace(d, group=documents[root(i)].doc_id if sizes[root(i)] > 1 else "")
-            for i, d in enumerate(documents)]
+    return [
+        replace(d, group=documents[root(i)].doc_id if sizes[root(i)] > 1 else "")
+        for i, d in enumerate(documents)
+    ]
 
 
 def _span_hashes(tokens: np.ndarray, span: int) -> np.ndarray:
@@ -134,7 +137,7 @@ def _span_hashes(tokens: np.ndarray, span: int) -> np.ndarray:
     base = np.uint64(HASH_BASE)
     with np.errstate(over="ignore"):  # wrap-around is the modulus
         for k in range(span):
-            h = h * base + t[k:len(tokens) - span + 1 + k]
+            h = h * base + t[k : len(tokens) - span + 1 + k]
     return h
 
 

@@ -30,6 +30,7 @@ Batches: `training_batches(tokens, samples, ctx_tokens, seed)` yields int64 tens
 [samples, ctx_tokens+1] at seeded random offsets, forever; `validation_batches(...)` returns
 consecutive non-overlapping windows so every validation token is scored at most once.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,9 +52,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..util.files import write_atomic
 from . import bible
 from .corpus import VALIDATION_FRACTION, Corpus, DataError, Document, key_position, make_corpus
-from ..util.files import write_atomic
 from .tokenizer import cached_tokenizer, encode_documents, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,21 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_ENV = "SKIPPIPE_CACHE"  # overrides the cache directory
 DEFAULT_CACHE_DIR = REPO_ROOT / "runs" / "cache"
 CORPUS_VERSION = 1  # bump when the built-in corpus extraction changes (part of its cache key)
-STDLIB_SKIP = frozenset({  # never imported: side effects on import, GUIs, tests, or deprecated
-    "this", "antigravity", "idlelib", "turtledemo", "lib2to3", "test", "__hello__",
-    "__phello__", "tkinter", "turtle", "__main__"})
+STDLIB_SKIP = frozenset(
+    {  # never imported: side effects on import, GUIs, tests, or deprecated
+        "this",
+        "antigravity",
+        "idlelib",
+        "turtledemo",
+        "lib2to3",
+        "test",
+        "__hello__",
+        "__phello__",
+        "tkinter",
+        "turtle",
+        "__main__",
+    }
+)
 STDLIB_WALK_TIMEOUT_S = 300  # seconds allowed for the isolated docstring walk
 BUILTIN = "builtin"  # the standard-library corpus
 DEFAULT_SOURCE = bible.NAME  # the corpus of `None`: training, the study and the runtime
@@ -89,6 +102,7 @@ def cache_dir() -> Path:
 
 # ----------------------------------------------------------------------------------------------
 # Built-in corpus: pydoc topics and standard-library docstrings.
+
 
 def _member_docs(obj: object) -> list[str]:
     """Docstrings of a class and its public methods, or of a function."""
@@ -119,8 +133,11 @@ def _skipped(name: str) -> bool:
 def _quiet_import(name: str) -> object | None:
     """Import a module with stdout/stderr swallowed; None when it fails in any way."""
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             return importlib.import_module(name)
     except BaseException:  # noqa: BLE001 - any import failure (even SystemExit) skips the module
@@ -137,8 +154,9 @@ def _stdlib_module_names() -> list[str]:
         if module is None:
             continue
         names.append(top)
-        for info in pkgutil.walk_packages(getattr(module, "__path__", []), top + ".",
-                                          onerror=lambda _name: None):
+        for info in pkgutil.walk_packages(
+            getattr(module, "__path__", []), top + ".", onerror=lambda _name: None
+        ):
             if not _skipped(info.name):
                 names.append(info.name)
     return sorted(set(names))
@@ -166,14 +184,21 @@ def _builtin_cache_path(directory: Path) -> Path:
 
 def _run_stdlib_walk(path: Path) -> None:
     """Run `walk_stdlib_docs` in a child Python process writing to `path`."""
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); "
-            "from skippipe.train.data import walk_stdlib_docs; walk_stdlib_docs(sys.argv[2])")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from skippipe.train.data import walk_stdlib_docs; walk_stdlib_docs(sys.argv[2])"
+    )
     tmp = path.with_suffix(f".{os.getpid()}.tmp")  # processes may build the cache at once
     try:
-        subprocess.run([sys.executable, "-c", code, str(REPO_ROOT), str(tmp)], check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, timeout=STDLIB_WALK_TIMEOUT_S,
-                       env={**os.environ, "PYTHONHASHSEED": "0"})
+        subprocess.run(
+            [sys.executable, "-c", code, str(REPO_ROOT), str(tmp)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=STDLIB_WALK_TIMEOUT_S,
+            env={**os.environ, "PYTHONHASHSEED": "0"},
+        )
     except subprocess.CalledProcessError as e:
         last = (e.stderr or b"").decode(errors="replace").strip().splitlines()[-1:]
         raise DataError(f"built-in corpus extraction failed: {' '.join(last)}") from None
@@ -195,6 +220,7 @@ def builtin_corpus(directory: Path | None = None) -> Corpus:
 
 # ----------------------------------------------------------------------------------------------
 # Local text files and Hugging Face datasets.
+
 
 def _paragraphs(text: str) -> list[str]:
     return [p.strip() for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
@@ -227,9 +253,11 @@ def hf_corpus(spec: str) -> Corpus:
     try:
         import datasets  # optional, not a dependency of SkipPipe
     except ImportError:
-        raise DataError(f"{spec}: Hugging Face datasets are not available offline; install the "
-                        "`datasets` package (and be online) or pass --data PATH") from None
-    name, _, config = spec[len(HF_PREFIX):].partition(":")
+        raise DataError(
+            f"{spec}: Hugging Face datasets are not available offline; install the "
+            "`datasets` package (and be online) or pass --data PATH"
+        ) from None
+    name, _, config = spec[len(HF_PREFIX) :].partition(":")
     try:
         table = datasets.load_dataset(name, config or None, split="train")
     except Exception as e:  # noqa: BLE001 - report any loader failure as one line
@@ -255,6 +283,7 @@ def load_corpus(source: str | Path | None = None) -> Corpus:
 # ----------------------------------------------------------------------------------------------
 # Tokens.
 
+
 def _sentences(docs: Sequence[Document]) -> list[str]:
     return [line for d in docs for line in d.text.splitlines() if line.strip()]
 
@@ -276,8 +305,9 @@ def is_test(key: str) -> bool:
     return key_position(key) < VALIDATION_FRACTION * TEST_SHARE
 
 
-def _encode_split(corpus: Corpus, tokenizer_path: Path, vocab_size: int, directory: Path,
-                  test_split: bool) -> dict[str, np.ndarray]:
+def _encode_split(
+    corpus: Corpus, tokenizer_path: Path, vocab_size: int, directory: Path, test_split: bool
+) -> dict[str, np.ndarray]:
     """Token arrays per split ("train", "validation" and maybe "test"), cached or encoded."""
     path = _token_cache(directory, corpus, tokenizer_path, test_split)
     if path.is_file():
@@ -288,16 +318,16 @@ def _encode_split(corpus: Corpus, tokenizer_path: Path, vocab_size: int, directo
     splits = {"train": train_docs, "validation": held_out}
     if test_split:
         splits["validation"], splits["test"] = held_out_splits(held_out)
-    arrays = {name: encode_documents(processor, [d.text for d in docs])
-              for name, docs in splits.items()}
+    arrays = {name: encode_documents(processor, [d.text for d in docs]) for name, docs in splits.items()}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     write_atomic(path, buf.getvalue())
     return arrays
 
 
-def prepare_data(source: str | Path | None, vocab_size: int, tokenizer: str | Path | None = None,
-                 test_split: bool = False) -> TokenData:
+def prepare_data(
+    source: str | Path | None, vocab_size: int, tokenizer: str | Path | None = None, test_split: bool = False
+) -> TokenData:
     """Load a corpus, get its tokenizer (given or trained+cached) and tokenize its splits."""
     corpus = load_corpus(source)
     directory = cache_dir()
@@ -305,46 +335,49 @@ def prepare_data(source: str | Path | None, vocab_size: int, tokenizer: str | Pa
     held = held_out_splits(valid_docs) if test_split else (valid_docs,)
     if not train_docs or not all(held):
         what = "train, validation and test" if test_split else "train and validation"
-        raise DataError(f"{corpus.name}: {len(corpus.documents)} documents are too few to split "
-                        f"into {what}")
+        raise DataError(f"{corpus.name}: {len(corpus.documents)} documents are too few to split into {what}")
     if tokenizer is None:
-        path = cached_tokenizer(corpus.content_hash, lambda: _sentences(train_docs), vocab_size,
-                                directory)
+        path = cached_tokenizer(corpus.content_hash, lambda: _sentences(train_docs), vocab_size, directory)
     else:
         path = Path(tokenizer)
         load_tokenizer(path, vocab_size)
     arrays = _encode_split(corpus, path, vocab_size, directory, test_split)
-    log.info("corpus %s: %s tokens (tokenizer %s)", corpus.name,
-             ", ".join(f"{len(a)} {name}" for name, a in arrays.items()), path.name)
-    return TokenData(arrays["train"], arrays["validation"], path, corpus.name,
-                     corpus.content_hash, arrays.get("test"))
+    log.info(
+        "corpus %s: %s tokens (tokenizer %s)",
+        corpus.name,
+        ", ".join(f"{len(a)} {name}" for name, a in arrays.items()),
+        path.name,
+    )
+    return TokenData(
+        arrays["train"], arrays["validation"], path, corpus.name, corpus.content_hash, arrays.get("test")
+    )
 
 
 def _check_length(tokens: np.ndarray, ctx_tokens: int, what: str) -> None:
     if len(tokens) < ctx_tokens + 1:
-        raise DataError(f"{what} has {len(tokens)} tokens, fewer than one window of "
-                        f"{ctx_tokens + 1}")
+        raise DataError(f"{what} has {len(tokens)} tokens, fewer than one window of {ctx_tokens + 1}")
 
 
-def training_batches(tokens: np.ndarray, samples: int, ctx_tokens: int,
-                     seed: int) -> Iterator[torch.Tensor]:
+def training_batches(tokens: np.ndarray, samples: int, ctx_tokens: int, seed: int) -> Iterator[torch.Tensor]:
     """Endless int64 batches [samples, ctx_tokens+1] of windows at seeded random offsets."""
     _check_length(tokens, ctx_tokens, "training data")
     rng = np.random.default_rng(seed)
     width = ctx_tokens + 1
     while True:
         starts = rng.integers(0, len(tokens) - width + 1, size=samples)
-        yield torch.from_numpy(np.stack([tokens[s:s + width] for s in starts]).astype(np.int64))
+        yield torch.from_numpy(np.stack([tokens[s : s + width] for s in starts]).astype(np.int64))
 
 
-def validation_batches(tokens: np.ndarray, samples: int, ctx_tokens: int,
-                       max_batches: int | None = None) -> list[torch.Tensor]:
+def validation_batches(
+    tokens: np.ndarray, samples: int, ctx_tokens: int, max_batches: int | None = None
+) -> list[torch.Tensor]:
     """Consecutive non-overlapping windows [samples, ctx_tokens+1] from the start (last partial
     batch kept, partial window dropped), at most `max_batches` batches."""
     _check_length(tokens, ctx_tokens, "validation data")
     n_windows = (len(tokens) - 1) // ctx_tokens  # windows share their boundary token
     if max_batches is not None:
         n_windows = min(n_windows, max_batches * samples)
-    windows = np.stack([tokens[i * ctx_tokens:i * ctx_tokens + ctx_tokens + 1]
-                        for i in range(n_windows)]).astype(np.int64)
-    return [torch.from_numpy(windows[i:i + samples]) for i in range(0, n_windows, samples)]
+    windows = np.stack(
+        [tokens[i * ctx_tokens : i * ctx_tokens + ctx_tokens + 1] for i in range(n_windows)]
+    ).astype(np.int64)
+    return [torch.from_numpy(windows[i : i + samples]) for i in range(0, n_windows, samples)]

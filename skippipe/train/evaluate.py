@@ -14,6 +14,7 @@ API:
 - `sweep(stages, batches, subsets) -> list[Perplexity]`, `summarize(results) -> list[FractionSummary]`
 - `sweep_table(summaries) -> str`, `plot_sweep({label: results}, png_path) -> Path`
 """
+
 from __future__ import annotations
 
 import itertools
@@ -27,8 +28,8 @@ from pathlib import Path
 import torch
 
 from ..errors import SkipPipeError
-from .model import Stage, check_path, path_token_nll
 from ..util.tables import format_table
+from .model import Stage, check_path, path_token_nll
 
 SWEEP_EXHAUSTIVE_MAX_STAGES = 8  # S up to this: every subset of the non-first stages
 SWEEP_SAMPLES_PER_SIZE = 8  # beyond: this many seeded subsets per omitted count
@@ -79,8 +80,10 @@ def parse_stage_list(text: str, n_stages: int) -> tuple[int, ...]:
         raise SkipPipeError(f"--omit-stages {text!r}: a stage is listed twice")
     bad = [s for s in stages if not 1 <= s < n_stages]
     if bad:
-        raise SkipPipeError(f"--omit-stages {text!r}: stage {bad[0]} is not one of 1..{n_stages - 1}"
-                            " (stage 0 cannot be omitted)")
+        raise SkipPipeError(
+            f"--omit-stages {text!r}: stage {bad[0]} is not one of 1..{n_stages - 1}"
+            " (stage 0 cannot be omitted)"
+        )
     return tuple(sorted(stages))
 
 
@@ -92,8 +95,9 @@ def omission_path(n_stages: int, omitted: Sequence[int]) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def path_nll(stages: Sequence[Stage], batches: Sequence[torch.Tensor],
-             path: Sequence[int], progress=None) -> tuple[float, int]:
+def path_nll(
+    stages: Sequence[Stage], batches: Sequence[torch.Tensor], path: Sequence[int], progress=None
+) -> tuple[float, int]:
     """Summed next-token NLL (nats) and the number of predicted tokens along `path`;
     `progress` hears about every PROGRESS_EVERY_S seconds how many batches are scored."""
     device = next(stages[0].parameters()).device
@@ -110,8 +114,9 @@ def path_nll(stages: Sequence[Stage], batches: Sequence[torch.Tensor],
     return total, count
 
 
-def perplexity(stages: Sequence[Stage], batches: Sequence[torch.Tensor],
-               omitted: Sequence[int] = (), progress=None) -> Perplexity:
+def perplexity(
+    stages: Sequence[Stage], batches: Sequence[torch.Tensor], omitted: Sequence[int] = (), progress=None
+) -> Perplexity:
     """Token-level perplexity with the `omitted` stages skipped."""
     n_stages = len(stages)
     nll, tokens = path_nll(stages, batches, omission_path(n_stages, omitted), progress)
@@ -139,8 +144,9 @@ def omission_subsets(n_stages: int, seed: int) -> list[tuple[int, ...]]:
     return out
 
 
-def sweep(stages: Sequence[Stage], batches: Sequence[torch.Tensor],
-          subsets: Sequence[Sequence[int]], progress=None) -> list[Perplexity]:
+def sweep(
+    stages: Sequence[Stage], batches: Sequence[torch.Tensor], subsets: Sequence[Sequence[int]], progress=None
+) -> list[Perplexity]:
     """Perplexity for each omitted subset; `progress` (a print-like callable) hears about
     every PROGRESS_EVERY_S seconds how far the sweep is (a long sweep is not a hang)."""
     out, last = [], time.monotonic()
@@ -160,21 +166,31 @@ def summarize(results: Sequence[Perplexity]) -> list[FractionSummary]:
     out = []
     for count, group in sorted(by_count.items()):
         ppl = [r.perplexity for r in group]
-        out.append(FractionSummary(count, group[0].fraction, sum(ppl) / len(ppl), min(ppl),
-                                   max(ppl), len(group)))
+        out.append(
+            FractionSummary(count, group[0].fraction, sum(ppl) / len(ppl), min(ppl), max(ppl), len(group))
+        )
     return out
 
 
 def sweep_table(summaries: Sequence[FractionSummary]) -> str:
     """A plain-text table: omitted count, fraction, mean/min/max perplexity, subsets."""
-    rows = [(s.omitted_count, s.fraction, s.mean_perplexity, s.min_perplexity, s.max_perplexity,
-             s.subsets) for s in summaries]
-    return format_table(("omitted", "fraction", "mean ppl", "min ppl", "max ppl", "subsets"), rows,
-                        ("d", ".2f", ".2f", ".2f", ".2f", "d"), align=">" * 6)
+    rows = [
+        (s.omitted_count, s.fraction, s.mean_perplexity, s.min_perplexity, s.max_perplexity, s.subsets)
+        for s in summaries
+    ]
+    return format_table(
+        ("omitted", "fraction", "mean ppl", "min ppl", "max ppl", "subsets"),
+        rows,
+        ("d", ".2f", ".2f", ".2f", ".2f", "d"),
+        align=">" * 6,
+    )
 
 
-def plot_sweep(curves: Mapping[str, Sequence[Perplexity]], path: str | Path,
-               title: str = "Perplexity of sparse pipelines") -> Path:
+def plot_sweep(
+    curves: Mapping[str, Sequence[Perplexity]],
+    path: str | Path,
+    title: str = "Perplexity of sparse pipelines",
+) -> Path:
     """PNG of perplexity vs fraction omitted: one point per subset, a line through the means."""
     import matplotlib
 
@@ -184,10 +200,19 @@ def plot_sweep(curves: Mapping[str, Sequence[Perplexity]], path: str | Path,
     fig, ax = plt.subplots(figsize=PLOT_SIZE_IN)
     for label, results in curves.items():
         summary = summarize(results)
-        line, = ax.plot([s.fraction for s in summary], [s.mean_perplexity for s in summary],
-                        marker="o", label=f"{label} (mean)")
-        ax.scatter([r.fraction for r in results], [r.perplexity for r in results], s=10,
-                   alpha=0.4, color=line.get_color())
+        (line,) = ax.plot(
+            [s.fraction for s in summary],
+            [s.mean_perplexity for s in summary],
+            marker="o",
+            label=f"{label} (mean)",
+        )
+        ax.scatter(
+            [r.fraction for r in results],
+            [r.perplexity for r in results],
+            s=10,
+            alpha=0.4,
+            color=line.get_color(),
+        )
     ax.set_xlabel("fraction of non-first stages omitted")
     ax.set_ylabel("validation perplexity")
     ax.set_yscale("log")

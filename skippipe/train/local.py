@@ -21,6 +21,7 @@ Paths (tuples of stage ids, stage 0 first) come from:
 `metrics.jsonl` (one JSON event a line) and per-stage checkpoints under `run.run_dir`. The
 optimiser, learning-rate schedule and clipping are the runtime's too (optim.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,14 +34,14 @@ from pathlib import Path
 
 import torch
 
-from .data import TokenData, training_batches
 from ..errors import SkipPipeError
-from .model import Stage, build_stages, check_path, forward_path
-from .checkpoint import CheckpointInfo, save_checkpoint
-from .optim import TrainConfig, clip_stage, learning_rate, make_optimizer, set_learning_rate
 from ..scenario import ModelConfig, Scenario
 from ..util.rundir import keep_in
 from ..variants import REGISTRY
+from .checkpoint import CheckpointInfo, save_checkpoint
+from .data import TokenData, training_batches
+from .model import Stage, build_stages, check_path, forward_path
+from .optim import TrainConfig, clip_stage, learning_rate, make_optimizer, set_learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class TrainResult:
 # ----------------------------------------------------------------------------------------------
 # Paths.
 
+
 def baseline_paths(n_stages: int, n_microbatches: int) -> tuple[StagePath, ...]:
     """Every microbatch visits every stage in order."""
     return tuple(tuple(range(n_stages)) for _ in range(n_microbatches))
@@ -95,9 +97,14 @@ def schedule_paths(variant_schedule) -> tuple[StagePath, ...]:
 # ----------------------------------------------------------------------------------------------
 # One iteration.
 
-def train_iteration(stages: Sequence[Stage], optimizer: torch.optim.Optimizer,
-                    paths: Sequence[StagePath], batches: Iterator[torch.Tensor],
-                    grad_clip: float) -> tuple[float, float]:
+
+def train_iteration(
+    stages: Sequence[Stage],
+    optimizer: torch.optim.Optimizer,
+    paths: Sequence[StagePath],
+    batches: Iterator[torch.Tensor],
+    grad_clip: float,
+) -> tuple[float, float]:
     """One iteration: every microbatch along its path, one optimizer step.
 
     Returns (mean loss in nats over the microbatches, global gradient norm before clipping).
@@ -118,6 +125,7 @@ def train_iteration(stages: Sequence[Stage], optimizer: torch.optim.Optimizer,
 # ----------------------------------------------------------------------------------------------
 # The loop.
 
+
 class MetricsWriter:
     """Appends `{"t": unix s, "node": null, "event": ..., ...}` lines to metrics.jsonl."""
 
@@ -129,19 +137,34 @@ class MetricsWriter:
             f.write(json.dumps({"t": time.time(), "node": None, "event": event, **fields}) + "\n")
 
 
-def _checkpoint(stages, run: RunInfo, data: TokenData, cfg: TrainConfig, iteration: int,
-                tokens: int, metrics: MetricsWriter) -> Path:
-    info = CheckpointInfo(stages[0].cfg, len(stages), iteration, tokens, run.variant,
-                          run.scenario_name, run.scenario_hash, data.corpus_name,
-                          keep_in(run.run_dir / CHECKPOINT_DIR, data.tokenizer_path), cfg.seed,
-                          run.loss_at)
+def _checkpoint(
+    stages,
+    run: RunInfo,
+    data: TokenData,
+    cfg: TrainConfig,
+    iteration: int,
+    tokens: int,
+    metrics: MetricsWriter,
+) -> Path:
+    info = CheckpointInfo(
+        stages[0].cfg,
+        len(stages),
+        iteration,
+        tokens,
+        run.variant,
+        run.scenario_name,
+        run.scenario_hash,
+        data.corpus_name,
+        keep_in(run.run_dir / CHECKPOINT_DIR, data.tokenizer_path),
+        cfg.seed,
+        run.loss_at,
+    )
     directory = save_checkpoint(stages, run.run_dir / CHECKPOINT_DIR, info)
     metrics.write("checkpoint", iteration=iteration, path=str(directory))
     return directory
 
 
-def _check_inputs(paths: Sequence[Sequence[int]], n_stages: int,
-                  cfg: TrainConfig) -> tuple[StagePath, ...]:
+def _check_inputs(paths: Sequence[Sequence[int]], n_stages: int, cfg: TrainConfig) -> tuple[StagePath, ...]:
     if cfg.iterations < 1 or cfg.samples_per_microbatch < 1 or cfg.log_every < 1:
         raise SkipPipeError("iterations, samples per microbatch and log interval must be positive")
     if not paths:
@@ -151,9 +174,16 @@ def _check_inputs(paths: Sequence[Sequence[int]], n_stages: int,
 
 def _log_progress(stats: IterationStats, cfg: TrainConfig, variant: str) -> None:
     if stats.iteration % cfg.log_every == 0 or stats.iteration == cfg.iterations:
-        log.info("[%s] iteration %d/%d loss %.4f grad-norm %.3f lr %.2e %.0f tokens/s", variant,
-                 stats.iteration, cfg.iterations, stats.loss, stats.grad_norm,
-                 stats.learning_rate, stats.tokens_per_s)
+        log.info(
+            "[%s] iteration %d/%d loss %.4f grad-norm %.3f lr %.2e %.0f tokens/s",
+            variant,
+            stats.iteration,
+            cfg.iterations,
+            stats.loss,
+            stats.grad_norm,
+            stats.learning_rate,
+            stats.tokens_per_s,
+        )
 
 
 def _checkpoint_due(iteration: int, cfg: TrainConfig) -> bool:
@@ -161,14 +191,28 @@ def _checkpoint_due(iteration: int, cfg: TrainConfig) -> bool:
     return periodic or iteration == cfg.iterations
 
 
-def train(model_cfg: ModelConfig, n_stages: int, paths: Sequence[Sequence[int]], data: TokenData,
-          cfg: TrainConfig, run: RunInfo, device: torch.device | str | None = None) -> TrainResult:
+def train(
+    model_cfg: ModelConfig,
+    n_stages: int,
+    paths: Sequence[Sequence[int]],
+    data: TokenData,
+    cfg: TrainConfig,
+    run: RunInfo,
+    device: torch.device | str | None = None,
+) -> TrainResult:
     """Train from the seeded initial state; every iteration runs all `paths` (one per microbatch)."""
     paths = _check_inputs(paths, n_stages, cfg)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     metrics = MetricsWriter(run.run_dir / METRICS_FILE)
-    metrics.write("start", variant=run.variant, scenario=run.scenario_name, paths=paths,
-                  config=asdict(cfg), model=asdict(model_cfg), data=data.corpus_name)
+    metrics.write(
+        "start",
+        variant=run.variant,
+        scenario=run.scenario_name,
+        paths=paths,
+        config=asdict(cfg),
+        model=asdict(model_cfg),
+        data=data.corpus_name,
+    )
     stages = build_stages(model_cfg, n_stages, cfg.seed, device, run.loss_at)
     optimizer = make_optimizer(stages, cfg)
     batches = training_batches(data.train, cfg.samples_per_microbatch, model_cfg.ctx_tokens, cfg.seed)
@@ -186,8 +230,9 @@ def train(model_cfg: ModelConfig, n_stages: int, paths: Sequence[Sequence[int]],
     return TrainResult(run.run_dir, checkpoint, tuple(history), total, tuple(stages))
 
 
-def _timed_iteration(stages, optimizer, paths, batches, cfg: TrainConfig, it: int,
-                     tokens: int) -> IterationStats:
+def _timed_iteration(
+    stages, optimizer, paths, batches, cfg: TrainConfig, it: int, tokens: int
+) -> IterationStats:
     lr = learning_rate(it, cfg)
     set_learning_rate(optimizer, lr)
     start = time.perf_counter()
@@ -221,12 +266,14 @@ def local_paths(scenario: Scenario, variant: str, seed: int) -> tuple[StagePath,
         from ..planner.random_paths import random_stage_paths
 
         return tuple(random_stage_paths(scenario, n, seed))
-    raise SkipPipeError(f"variant {variant!r} needs a schedule file (without one: "
-                        f"{', '.join(LOCAL_VARIANTS)})")
+    raise SkipPipeError(
+        f"variant {variant!r} needs a schedule file (without one: {', '.join(LOCAL_VARIANTS)})"
+    )
 
 
-def resolve_paths(source: str | Path, variant: str,
-                  seed: int | None = None) -> tuple[Scenario, tuple[StagePath, ...], str]:
+def resolve_paths(
+    source: str | Path, variant: str, seed: int | None = None
+) -> tuple[Scenario, tuple[StagePath, ...], str]:
     """Scenario, paths and where the loss runs (ops.LOSS_AT) from a settings file (.toml) or a
     schedule file (.json: the variant's own; .toml: the variant's default).
 
@@ -245,4 +292,3 @@ def resolve_paths(source: str | Path, variant: str,
     scenario = load_scenario(source)
     seed = scenario.training.seed if seed is None else seed
     return scenario, local_paths(scenario, variant, seed), default_loss_at(variant)
-

@@ -35,6 +35,7 @@ Public API (used by train_local, evaluate and the distributed runtime):
 - `forward_path(stages, tokens[B,T+1], path) -> scalar loss` and `path_token_nll(...) -> [B,T]`.
 - Checkpoints of these stages: checkpoint.py.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -219,6 +220,7 @@ class Stage(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Seeded initialisation and state handling.
 
+
 def _meta_stage(cfg: ModelConfig, stage: int, n_stages: int, loss_at: str = "origin") -> Stage:
     """A stage whose tensors live on the meta device: shapes only, no memory, no RNG use."""
     with torch.device("meta"):
@@ -240,8 +242,9 @@ def _init_tensor(cfg: ModelConfig, key: str, shape: torch.Size, seed: int) -> to
     return torch.randn(shape, generator=gen) * std
 
 
-def initial_stage_state(cfg: ModelConfig, stage: int, n_stages: int, seed: int,
-                        loss_at: str = "origin") -> dict[str, torch.Tensor]:
+def initial_stage_state(
+    cfg: ModelConfig, stage: int, n_stages: int, seed: int, loss_at: str = "origin"
+) -> dict[str, torch.Tensor]:
     """Seeded initial state (CPU, float32) of one stage; a slice of `initial_state`. A tensor's
     value depends on its key only, so the head starts alike on whichever stage holds it."""
     shapes = {k: v.shape for k, v in _meta_stage(cfg, stage, n_stages, loss_at).state_dict().items()}
@@ -261,13 +264,20 @@ def load_stage_state(module: Stage, state: Mapping[str, torch.Tensor]) -> None:
     own = module.state_dict().keys()
     missing = [k for k in own if k not in state]
     if missing:
-        raise SkipPipeError(f"stage {module.stage} state is missing {missing[0]} "
-                            f"({len(missing)} keys missing)")
+        raise SkipPipeError(
+            f"stage {module.stage} state is missing {missing[0]} ({len(missing)} keys missing)"
+        )
     module.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
-def build_stage(cfg: ModelConfig, stage: int, n_stages: int,
-                device: torch.device | str | None = None, seed: int = 0, loss_at: str = "origin") -> Stage:
+def build_stage(
+    cfg: ModelConfig,
+    stage: int,
+    n_stages: int,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    loss_at: str = "origin",
+) -> Stage:
     """A stage on `device` (default `pick_device()`) holding its part of `initial_state(seed)`.
 
     Load trained weights afterwards with `load_stage_state` (e.g. from a checkpoint or a peer).
@@ -280,8 +290,13 @@ def build_stage(cfg: ModelConfig, stage: int, n_stages: int,
     return module
 
 
-def build_stages(cfg: ModelConfig, n_stages: int, seed: int,
-                 device: torch.device | str | None = None, loss_at: str = "origin") -> list[Stage]:
+def build_stages(
+    cfg: ModelConfig,
+    n_stages: int,
+    seed: int,
+    device: torch.device | str | None = None,
+    loss_at: str = "origin",
+) -> list[Stage]:
     """All stages of the model, seeded-initialised, on one device."""
     return [build_stage(cfg, s, n_stages, device, seed, loss_at) for s in range(n_stages)]
 
@@ -293,6 +308,7 @@ def head_of(stages: Sequence[Stage]) -> Stage:
 
 # ----------------------------------------------------------------------------------------------
 # Paths in one process.
+
 
 def check_path(path: Sequence[int], n_stages: int) -> tuple[int, ...]:
     """Basic path rules: starts at stage 0, stages distinct and in range. Returns a tuple."""

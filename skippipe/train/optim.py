@@ -1,6 +1,7 @@
 """The optimisation both trainers share (the single-process study in local.py and the node
 processes of the runtime): the training configuration, AdamW, the learning-rate schedule and
 per-stage gradient clipping. One copy, so both train the same way."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,14 @@ class TrainConfig:
     @classmethod
     def from_scenario(cls, scenario: Scenario, **overrides) -> TrainConfig:
         t = scenario.training
-        base = cls(t.iterations, scenario.pipeline.samples_per_microbatch, t.learning_rate,
-                   t.weight_decay, t.grad_clip, t.seed)
+        base = cls(
+            t.iterations,
+            scenario.pipeline.samples_per_microbatch,
+            t.learning_rate,
+            t.weight_decay,
+            t.grad_clip,
+            t.seed,
+        )
         return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -41,8 +48,7 @@ def make_optimizer(stages: Sequence[torch.nn.Module], cfg: TrainConfig) -> torch
     params = [p for s in stages for p in s.parameters()]
     decay = [p for p in params if p.dim() >= 2]
     keep = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": keep, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": keep, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=ADAMW_BETAS)
 
 

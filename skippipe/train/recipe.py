@@ -2,6 +2,7 @@
 run (so both train alike, loss for loss) and the sparse-pipeline study (skippipe.study): the
 scenario's settings, a linear warm-up over WARMUP_FRACTION of the iterations, then cosine decay.
 Kept free of torch so the commands' --help stays fast."""
+
 from __future__ import annotations
 
 from dataclasses import replace

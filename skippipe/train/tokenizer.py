@@ -13,6 +13,7 @@ API:
 - `load_tokenizer(path, max_vocab=None) -> SentencePieceProcessor`
 - `encode_documents(processor, texts) -> np.ndarray[int32]` (EOS after every document)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,10 @@ class TokenizerError(SkipPipeError):
 
 def tokenizer_key(corpus_hash: str, vocab_size: int) -> str:
     """Cache key of the tokenizer for a corpus and vocabulary size (16 hex digits)."""
-    text = f"v{TOKENIZER_VERSION}:{corpus_hash}:{vocab_size}:{MAX_TRAINING_SENTENCES}:" \
-           f"{TRAINER_SEED}:{sorted(TRAINER_SETTINGS.items())}"
+    text = (
+        f"v{TOKENIZER_VERSION}:{corpus_hash}:{vocab_size}:{MAX_TRAINING_SENTENCES}:"
+        f"{TRAINER_SEED}:{sorted(TRAINER_SETTINGS.items())}"
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -71,12 +74,18 @@ def train_tokenizer(sentences: Sequence[str], vocab_size: int) -> bytes:
     spm.set_random_generator_seed(TRAINER_SEED)
     model = _BytesSink()
     try:
-        spm.SentencePieceTrainer.train(sentence_iterator=iter(chosen), model_writer=model,
-                                       vocab_size=vocab_size, input_sentence_size=0,
-                                       shuffle_input_sentence=False, **TRAINER_SETTINGS)
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(chosen),
+            model_writer=model,
+            vocab_size=vocab_size,
+            input_sentence_size=0,
+            shuffle_input_sentence=False,
+            **TRAINER_SETTINGS,
+        )
     except RuntimeError as e:
-        raise TokenizerError(f"SentencePiece training failed (vocab_size {vocab_size}): "
-                             f"{str(e).splitlines()[0]}") from None
+        raise TokenizerError(
+            f"SentencePiece training failed (vocab_size {vocab_size}): {str(e).splitlines()[0]}"
+        ) from None
     return model.data
 
 
@@ -90,8 +99,9 @@ class _BytesSink:
         self.data += data
 
 
-def cached_tokenizer(corpus_hash: str, sentences: Callable[[], Sequence[str]], vocab_size: int,
-                     cache_dir: Path) -> Path:
+def cached_tokenizer(
+    corpus_hash: str, sentences: Callable[[], Sequence[str]], vocab_size: int, cache_dir: Path
+) -> Path:
     """Path of the tokenizer for this corpus and vocabulary; trains and caches it if absent.
 
     `sentences` is called only when training is needed.
@@ -116,8 +126,9 @@ def load_tokenizer(path: str | Path, max_vocab: int | None = None) -> spm.Senten
     except (OSError, RuntimeError):
         raise TokenizerError(f"{path}: not a SentencePiece model") from None
     if max_vocab is not None and processor.vocab_size() > max_vocab:
-        raise TokenizerError(f"{path}: {processor.vocab_size()} pieces exceed the model's "
-                             f"vocab_size {max_vocab}")
+        raise TokenizerError(
+            f"{path}: {processor.vocab_size()} pieces exceed the model's vocab_size {max_vocab}"
+        )
     return processor
 
 

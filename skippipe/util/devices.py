@@ -1,6 +1,7 @@
 """Torch devices: one rule for every command. Node processes take the CUDA devices round-robin
 by node id; single-process commands take CUDA when present; else the CPU. A device asked for
 by name must exist."""
+
 from __future__ import annotations
 
 import torch
@@ -34,6 +35,7 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SkipPipeError(f"device {name!r} requested but CUDA is not available")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise SkipPipeError(f"device {name!r} requested but only {torch.cuda.device_count()} "
-                            f"CUDA device(s) are visible")
+        raise SkipPipeError(
+            f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     return device

@@ -1,5 +1,6 @@
 """Files written whole or not at all: through a temporary file beside the target and a rename,
 so a killed process never leaves half a file for a reader (a cache, a result, a report)."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """Command options as data: a command module parses arguments, then hands the library one
 frozen dataclass of them (so the library never sees argparse)."""
+
 from __future__ import annotations
 
 import argparse

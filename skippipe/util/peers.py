@@ -1,5 +1,6 @@
 """Peer tables {node id: (host, port)}: every node's address, on one host or read from a
 peers.json file ({"0": "host:port", ...}, as every host of a multi-host run is given)."""
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ def load_peers(path: str | Path, n_nodes: int | None = None) -> Peers:
         raw = json.loads(Path(path).read_text())
         peers = {int(k): parse_address(v) for k, v in raw.items()}
     except (OSError, ValueError, AttributeError) as e:
-        raise SkipPipeError(f"{path}: not a peer table {{id: \"host:port\"}} ({e})") from None
+        raise SkipPipeError(f'{path}: not a peer table {{id: "host:port"}} ({e})') from None
     if n_nodes is not None:
         missing = sorted(set(range(n_nodes)) - set(peers))
         if missing:

@@ -7,6 +7,7 @@ directory), mode 0700: another user can neither take a user's ports away ("permi
 denied") nor plant a file or link there. A directory that is not the user's own, or that
 others may write, is refused, not repaired (someone else made it). Lock files are opened with
 O_NOFOLLOW, so a link planted anyway is never followed, and removed when the run ends."""
+
 from __future__ import annotations
 
 import contextlib
@@ -39,14 +40,17 @@ def lock_dir(path: Path | None = None) -> Path:
         raise SkipPipeError(f"cannot make the port-lock directory {path} ({e.strerror})") from None
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
-        raise SkipPipeError(f"port-lock directory {path} is not a directory (a link or a file); "
-                            f"remove it")
+        raise SkipPipeError(f"port-lock directory {path} is not a directory (a link or a file); remove it")
     if st.st_uid != os.getuid():
-        raise SkipPipeError(f"port-lock directory {path} belongs to uid {st.st_uid}, not to you "
-                            f"(uid {os.getuid()}); remove it or set TMPDIR")
+        raise SkipPipeError(
+            f"port-lock directory {path} belongs to uid {st.st_uid}, not to you "
+            f"(uid {os.getuid()}); remove it or set TMPDIR"
+        )
     if st.st_mode & 0o077:
-        raise SkipPipeError(f"port-lock directory {path} has mode {stat.S_IMODE(st.st_mode):04o}, "
-                            f"others may use it; make it 0700 (chmod 700 {path})")
+        raise SkipPipeError(
+            f"port-lock directory {path} has mode {stat.S_IMODE(st.st_mode):04o}, "
+            f"others may use it; make it 0700 (chmod 700 {path})"
+        )
     return path
 
 
@@ -75,9 +79,11 @@ def _locked(path: Path, host: str, port: int, node: int) -> int:
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise PortHeld(f"port {host}:{port} for node {node} is held by another run "
-                                f"(launcher pid {owner}); wait for it or choose another "
-                                f"--base-port") from None
+            raise PortHeld(
+                f"port {host}:{port} for node {node} is held by another run "
+                f"(launcher pid {owner}); wait for it or choose another "
+                f"--base-port"
+            ) from None
         try:
             if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
                 return fd

@@ -8,6 +8,7 @@ free for them, and must be for the check too. A live listener still fails the pr
 A launcher also holds a lock file per port (`reserve_ports`, portlock.py) from its check until
 its nodes are gone: a second run on the same ports, started while the first still plans or
 starts its nodes (before they bind), gets one clear error instead of merging into the first."""
+
 from __future__ import annotations
 
 import contextlib
@@ -70,8 +71,9 @@ def check_ports(peers: Mapping[int, tuple[str, int]], nodes: Iterable[int]) -> N
         check_host(host)
         err = bind_error(host, port)
         if err is not None:
-            raise SkipPipeError(f"port {host}:{port} for node {n} is not free ({err.strerror}); "
-                                f"choose another --base-port")
+            raise SkipPipeError(
+                f"port {host}:{port} for node {n} is not free ({err.strerror}); choose another --base-port"
+            )
 
 
 def check_host(host: str) -> None:
@@ -84,8 +86,9 @@ def check_host(host: str) -> None:
         try:
             s.bind((host, 0))
         except OSError as e:
-            raise SkipPipeError(f"host {host!r} is not an address of this machine ({e.strerror}); "
-                                f"check --host or --peers") from None
+            raise SkipPipeError(
+                f"host {host!r} is not an address of this machine ({e.strerror}); check --host or --peers"
+            ) from None
 
 
 @contextlib.contextmanager

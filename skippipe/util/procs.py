@@ -6,6 +6,7 @@ so a command killed with SIGKILL leaves no child behind.
 `Children` owns one command's children keyed by node id; `wait_until` is the one poll loop
 (a condition, a deadline and something to do on every tick); `supervised` stops them all
 however the command ends (return, error, Ctrl-C or SIGTERM)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,14 @@ class Children:
     def __init__(self) -> None:
         self.procs: dict[int, subprocess.Popen] = {}
 
-    def start(self, key: int, argv: Sequence[str], log_path: str | Path | None = None,
-              env: dict[str, str] | None = None, keep_stdout: bool = False) -> subprocess.Popen:
+    def start(
+        self,
+        key: int,
+        argv: Sequence[str],
+        log_path: str | Path | None = None,
+        env: dict[str, str] | None = None,
+        keep_stdout: bool = False,
+    ) -> subprocess.Popen:
         """Start `argv` in a new session, stdout and stderr to `log_path` (else inherited),
         stdin closed, unbuffered Python output. `keep_stdout`: stdout stays ours, only stderr
         goes to the log (a child whose output the user follows)."""
@@ -40,9 +47,14 @@ class Children:
         stderr = log if keep_stdout else (subprocess.STDOUT if log else None)
         try:
             self.procs[key] = subprocess.Popen(
-                list(argv), stdout=None if keep_stdout else log, stderr=stderr,
-                stdin=subprocess.DEVNULL, start_new_session=True, env=env,
-                preexec_fn=_die_with_parent(os.getpid()))
+                list(argv),
+                stdout=None if keep_stdout else log,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=env,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
         finally:
             if log is not None:
                 log.close()  # the child holds its own copy
@@ -54,8 +66,9 @@ class Children:
     def failed(self, expected: Iterable[int] = ()) -> dict[int, int]:
         """Children that exited non-zero, except the `expected` ones: key -> exit code."""
         expected = set(expected)
-        return {k: p.returncode for k, p in self.procs.items()
-                if p.poll() not in (None, 0) and k not in expected}
+        return {
+            k: p.returncode for k, p in self.procs.items() if p.poll() not in (None, 0) and k not in expected
+        }
 
     def pids(self) -> dict[int, int]:
         return {k: p.pid for k, p in self.procs.items()}
@@ -84,6 +97,7 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
         prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before we asked: nobody will tell us
             os._exit(1)
+
     return ask
 
 
@@ -126,8 +140,9 @@ def _raise_terminated(signum, frame):
     raise Terminated(signum)
 
 
-def wait_until(done: Callable[[], bool], timeout_s: float, poll_s: float = POLL_S,
-               tick: Callable[[], None] | None = None) -> bool:
+def wait_until(
+    done: Callable[[], bool], timeout_s: float, poll_s: float = POLL_S, tick: Callable[[], None] | None = None
+) -> bool:
     """Poll `done` (calling `tick` before each pause) until it holds: True, or False at the
     deadline."""
     deadline = time.monotonic() + timeout_s

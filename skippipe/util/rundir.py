@@ -1,5 +1,6 @@
 """Run directories: every command that writes results makes one fresh directory under a runs/
 root, named `<YYYYmmdd-HHMMSS>-<name>-<pid>` (a `-n` suffix when the name is taken)."""
+
 from __future__ import annotations
 
 import os

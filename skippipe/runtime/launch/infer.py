@@ -9,6 +9,7 @@ with the same stages omitted (evaluate.py), which `python -m skippipe infer` pri
 `compare_perplexity` is that command: `distributed_perplexity` starts the live nodes (each runs
 `node_main`), `local_perplexity` evaluates the checkpoint in this process.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -22,19 +23,19 @@ from pathlib import Path
 
 import torch
 
-from ...train.data import prepare_data, validation_batches
 from ...errors import SkipPipeError
-from ...train.model import Stage, build_stage, load_stage_state
-from ...train.checkpoint import STAGE_FILE, load_stage_file, read_checkpoint_info
-from ...variants import variant
 from ...schedule_file import load_schedule
+from ...train.checkpoint import STAGE_FILE, load_stage_file, read_checkpoint_info
+from ...train.data import prepare_data, validation_batches
+from ...train.model import Stage, build_stage, load_stage_state
 from ...util.devices import device_for
-from ..node.datamsg import pack_path, unpack_path
-from ..node.messenger import NodeFailure
-from ..node.runconfig import RunConfig, load_config
+from ...variants import variant
 from ..net.frames import TransportConfig
 from ..net.transport import Transport, TransportError
 from ..net.wire import Kind, Message
+from ..node.datamsg import pack_path, unpack_path
+from ..node.messenger import NodeFailure
+from ..node.runconfig import RunConfig, load_config
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ class InferencePlan:
     max_batches: int
 
 
-def plan(allocation: tuple[tuple[int, ...], ...], failed: set[int], samples: int,
-         max_batches: int, all_nodes: int) -> InferencePlan:
+def plan(
+    allocation: tuple[tuple[int, ...], ...], failed: set[int], samples: int, max_batches: int, all_nodes: int
+) -> InferencePlan:
     live = tuple(n for n in range(all_nodes) if n not in failed)
     origins = [n for n in allocation[0] if n not in failed]
     if not origins:
@@ -92,15 +94,23 @@ class InferenceNode:
         self.schedule = schedule.for_variant(cfg.variant)
         self.stage = self.schedule.stage_of()[node_id]
         self.device = device_for(node_id)
-        self.module = load_trained_stage(Path(cfg.run_dir), node_id, self.stage,
-                                         self.sc.pipeline.n_stages, self.device)
+        self.module = load_trained_stage(
+            Path(cfg.run_dir), node_id, self.stage, self.sc.pipeline.n_stages, self.device
+        )
         self.info = read_checkpoint_info(Path(cfg.run_dir) / "checkpoint")
 
     async def run(self) -> dict | None:
         host, port = self.cfg.peers[self.id]
         limits = TransportConfig.for_stage(self.module.cfg, self.plan.samples, self.module)
-        async with Transport(self.id, host, port, self.cfg.peers, Path(self.cfg.run_dir) / "transport",
-                             auth=self.cfg.auth(), config=limits) as t:
+        async with Transport(
+            self.id,
+            host,
+            port,
+            self.cfg.peers,
+            Path(self.cfg.run_dir) / "transport",
+            auth=self.cfg.auth(),
+            config=limits,
+        ) as t:
             self.t = t
             await self._hello()
             if self.id == self.plan.path[0]:
@@ -116,8 +126,11 @@ class InferenceNode:
         others = set(self.plan.live) - {self.id}
         deadline = time.monotonic() + self.cfg.connect_timeout_s
         for n in sorted(others):
-            await self.t.send(n, Message.from_json(Kind.CONTROL, self.id, {"hello": 1}),
-                              timeout_s=max(0.1, deadline - time.monotonic()))
+            await self.t.send(
+                n,
+                Message.from_json(Kind.CONTROL, self.id, {"hello": 1}),
+                timeout_s=max(0.1, deadline - time.monotonic()),
+            )
         heard: set[int] = set()
         self.early: list[Message] = []  # work that arrived before every greeting did
         while others - heard:
@@ -150,8 +163,9 @@ class InferenceNode:
 
     async def _score(self) -> dict:
         data = prepare_data(None, self.info.model.vocab_size)
-        batches = validation_batches(data.validation, self.plan.samples, self.info.model.ctx_tokens,
-                                     self.plan.max_batches)
+        batches = validation_batches(
+            data.validation, self.plan.samples, self.info.model.ctx_tokens, self.plan.max_batches
+        )
         nll, tokens = 0.0, 0
         for i, batch in enumerate(batches):
             batch = batch.to(self.device)
@@ -174,8 +188,12 @@ def node_main(config_path: str, node_id: int, plan_path: str) -> int:
     cfg = load_config(config_path)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    p = InferencePlan(**{k: tuple(v) if isinstance(v, list) else v
-                         for k, v in json.loads(Path(plan_path).read_text()).items()})
+    p = InferencePlan(
+        **{
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in json.loads(Path(plan_path).read_text()).items()
+        }
+    )
     try:
         result = asyncio.run(InferenceNode(cfg, node_id, p).run())
     except (NodeFailure, TransportError, TimeoutError) as e:
@@ -188,6 +206,7 @@ def node_main(config_path: str, node_id: int, plan_path: str) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # The `infer` command: start the live nodes, compare with single-process evaluation.
+
 
 def parse_failed(text: str, n_nodes: int) -> set[int]:
     """'4,5' -> {4, 5}, each a node of the run."""
@@ -210,10 +229,18 @@ def distributed_perplexity(run_dir: Path, failed: set[int], max_batches: int, sa
     if not (run_dir / "checkpoint" / "checkpoint.json").is_file():
         raise SkipPipeError(f"{run_dir}: no checkpoint (train with --checkpoint)")
     if variant(cfg.variant).v_placed:  # inference nodes serve one stage each
-        raise SkipPipeError(f"{run_dir}: {cfg.variant} nodes hold two stages; evaluate its checkpoint "
-                            f"in one process: python -m skippipe evaluate {run_dir / 'checkpoint'}")
+        raise SkipPipeError(
+            f"{run_dir}: {cfg.variant} nodes hold two stages; evaluate its checkpoint "
+            f"in one process: python -m skippipe evaluate {run_dir / 'checkpoint'}"
+        )
     sched, sc = load_schedule(cfg.schedule_path)
-    p = plan(sched.allocation_of(cfg.variant), failed, samples or sc.pipeline.samples_per_microbatch, max_batches, len(sc.nodes))
+    p = plan(
+        sched.allocation_of(cfg.variant),
+        failed,
+        samples or sc.pipeline.samples_per_microbatch,
+        max_batches,
+        len(sc.nodes),
+    )
     plan_path = _plan_path(run_dir, failed)
     plan_path.write_text(json.dumps(asdict(p)))
     launcher = Launcher(cfg, p.live, command=("infer-node",), extra=(str(plan_path),))
@@ -253,8 +280,8 @@ def _removed_on_error(*paths: Path):
 
 def local_perplexity(run_dir: Path, omitted, max_batches: int, samples: int) -> float:
     """Single-process perplexity of the run's checkpoint with `omitted` stages left out."""
-    from ...train.evaluate import perplexity
     from ...train.checkpoint import load_checkpoint
+    from ...train.evaluate import perplexity
 
     info, stages = load_checkpoint(run_dir / "checkpoint", "cpu")
     data = prepare_data(None, info.model.vocab_size)
@@ -262,8 +289,9 @@ def local_perplexity(run_dir: Path, omitted, max_batches: int, samples: int) -> 
     return perplexity(stages, batches, tuple(omitted)).perplexity
 
 
-def compare_perplexity(run_dir: str | Path, failed: str, max_batches: int, samples: int = 0,
-                       say=print) -> int:
+def compare_perplexity(
+    run_dir: str | Path, failed: str, max_batches: int, samples: int = 0, say=print
+) -> int:
     """Perplexity through the live nodes of `run_dir` (nodes `failed` down) beside the
     single-process figure with the same stages omitted; prints both."""
     run_dir = Path(run_dir)
@@ -273,8 +301,12 @@ def compare_perplexity(run_dir: str | Path, failed: str, max_batches: int, sampl
     with _removed_on_error(plan_path, plan_path.with_suffix(".result.json")):
         result = distributed_perplexity(run_dir, down, max_batches, samples)
         local = local_perplexity(run_dir, result["omitted_stages"], max_batches, result["samples"])
-    say(f"failed nodes {sorted(down) or 'none'}: path {result['path']}, stages omitted "
-        f"{result['omitted_stages'] or 'none'}")
-    say(f"perplexity through live nodes {result['perplexity']:.4f} | single process, same stages "
-        f"omitted {local:.4f} | relative difference {abs(result['perplexity'] / local - 1):.2e}")
+    say(
+        f"failed nodes {sorted(down) or 'none'}: path {result['path']}, stages omitted "
+        f"{result['omitted_stages'] or 'none'}"
+    )
+    say(
+        f"perplexity through live nodes {result['perplexity']:.4f} | single process, same stages "
+        f"omitted {local:.4f} | relative difference {abs(result['perplexity'] / local - 1):.2e}"
+    )
     return 0

@@ -15,6 +15,7 @@ length and its bytes. Requests: [b"set", key, value] -> [b"ok"]; [b"cas", key, v
 unless present) -> [held value]; [b"get", key] -> [] or [value]; [b"check", key...] ->
 [b"1" or b"0"]. An error is [b"error", why]. Values are the rendezvous's signed bytes; the
 server parses none of them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -76,7 +77,7 @@ def recv_message(sock: socket.socket, limit: int) -> list[bytes]:
         if at + LENGTH.size > n:
             raise ConnectionError("a malformed message")
         (size,) = LENGTH.unpack_from(body, at)
-        parts.append(body[at + LENGTH.size:at + LENGTH.size + size])
+        parts.append(body[at + LENGTH.size : at + LENGTH.size + size])
         at += LENGTH.size + size
         if at > n:
             raise ConnectionError("a malformed message")
@@ -151,14 +152,15 @@ class StoreServer:
 
     def _authenticated(self, conn: socket.socket, addr) -> bool:
         hello = _recv_exact(conn, HELLO_BYTES)
-        if hello.startswith(MAGIC) and hello[len(MAGIC):len(MAGIC) + RUN_ID_BYTES] != self.auth.run_id:
+        if hello.startswith(MAGIC) and hello[len(MAGIC) : len(MAGIC) + RUN_ID_BYTES] != self.auth.run_id:
             conn.sendall(KEYS_DIFFER)
             with self.lock:
                 self.other_keys += 1
                 first = self.other_keys == 1
             if first:
-                log.warning("rendezvous: refused %s:%d, a host with another run key (the run keys "
-                            "differ)", *addr[:2])
+                log.warning(
+                    "rendezvous: refused %s:%d, a host with another run key (the run keys differ)", *addr[:2]
+                )
             return False
         key, nonce = self.auth.parse_hello(hello)
         if key != CLIENT_KEY:
@@ -219,8 +221,9 @@ class StoreClient:
         if head == KEYS_DIFFER:
             raise KeysDiffer("the run keys differ: the store there serves a run with another key")
         try:
-            proof = auth.answer(head + _recv_exact(self.sock, CHALLENGE_BYTES - len(head)),
-                                CLIENT_KEY, SERVER_KEY, nonce)
+            proof = auth.answer(
+                head + _recv_exact(self.sock, CHALLENGE_BYTES - len(head)), CLIENT_KEY, SERVER_KEY, nonce
+            )
         except AuthError as e:
             raise StoreError(f"not a SkipPipe rendezvous store ({e})") from None
         self.sock.sendall(proof)

@@ -3,6 +3,7 @@ command's options to a RunConfig (scenario, schedule, data caches, peers, free p
 directory), then the launched run and its summary; and `--rejoin` into a running training.
 With `--rendezvous` the hosts learn each other's addresses and node 0's schedule through one
 address (rendezvous.py); `prepared` is shared with a node started by torchrun or SLURM (ranked.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -20,16 +21,15 @@ from ...planning import build_schedule
 from ...scenario import Scenario, load_scenario
 from ...schedule import Schedule, ScheduleError, VariantSchedule
 from ...schedule_file import load_schedule, save_schedule
-from ...util.peers import Peers, load_peers, local_peers
-from ...util.peers import PORT_MAX
+from ...util.peers import PORT_MAX, Peers, load_peers, local_peers
 from ...util.ports import LOOPBACK, reserve_free_ports, reserve_ports
 from ...util.rundir import can_create, new_run_dir, shown, writable_output
 from ...variants import REFERENCE
-from . import supervisor
 from ..net.auth import RunAuth
 from ..node.emulation import Emulation
-from .rendezvous import DEFAULT_TIMEOUT_S, SCHEDULE, Rendezvous, parse_endpoint, reachable_address
 from ..node.runconfig import RunConfig, load_config
+from . import supervisor
+from .rendezvous import DEFAULT_TIMEOUT_S, SCHEDULE, Rendezvous, parse_endpoint, reachable_address
 
 CONNECT_TIMEOUT_S = 60.0  # wall seconds for every peer to come up
 TIMEOUT_FACTOR = 20.0  # the whole run may take this many times its predicted duration ...
@@ -39,6 +39,7 @@ TIMEOUT_SLACK_S = 120.0  # ... plus this (start-up, tokenizer training on first 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
     """The run command's options (commands/run.py documents each)."""
+
     first: int
     last: int
     setting: str  # variant to train along
@@ -71,6 +72,7 @@ class RunOptions:
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """A run ready to start: its config (written nowhere yet), schedule and prediction."""
+
     cfg: RunConfig
     sched: Schedule
     sc: Scenario
@@ -89,18 +91,24 @@ def train(opts: RunOptions, say=print) -> int:
     """Start this host's nodes, follow them to the end, print the summary (and a Gantt chart)."""
     with prepared(opts, say) as run:
         cfg = run.cfg
-        timeout = opts.timeout or (TIMEOUT_SLACK_S + TIMEOUT_FACTOR * cfg.iterations
-                                   * Emulation.from_config(cfg).wall_s(run.predicted_s))
-        say(f"run {shown(cfg.run_dir)}: nodes {run.nodes.start}..{run.nodes.stop - 1} of {run.sc.name} "
+        timeout = opts.timeout or (
+            TIMEOUT_SLACK_S
+            + TIMEOUT_FACTOR * cfg.iterations * Emulation.from_config(cfg).wall_s(run.predicted_s)
+        )
+        say(
+            f"run {shown(cfg.run_dir)}: nodes {run.nodes.start}..{run.nodes.stop - 1} of {run.sc.name} "
             f"({len(run.sc.nodes)} nodes), {opts.setting}, {cfg.iterations} iterations, "
-            f"{run.sc.pipeline.samples_per_microbatch} samples per microbatch, time scale {cfg.time_scale:g}")
+            f"{run.sc.pipeline.samples_per_microbatch} samples per microbatch, time scale {cfg.time_scale:g}"
+        )
         result = supervisor.run(cfg, run.nodes, run.predicted_s, timeout, say)
     say(supervisor.summary(result.iterations, cfg))
     from .report import averaging_lines
+
     for line in averaging_lines(cfg, run.sc):
         say(line)
     if opts.gantt and result.iterations:
         from .report import measured_vs_predicted_gantt
+
         gantt = gantt_path(cfg.run_dir, opts.gantt)
         measured_vs_predicted_gantt(cfg, run.sched, run.sc, gantt)
         say(f"gantt: {shown(gantt)}")
@@ -114,8 +122,8 @@ def prepared(opts: RunOptions, say=print, run_name: str | None = None, scope: st
     directory and config. A rendezvous store this process serves lives until every node has
     the table and the schedule; `scope` keeps registrations apart in a store that outlives a
     run (torchrun's, rendezvous.py)."""
-    from ...sim.simulate import simulate
     from ...failures import parse_failures
+    from ...sim.simulate import simulate
 
     check_options(opts)
     auth = _auth(opts)  # a bad key fails before anything is made
@@ -126,35 +134,60 @@ def prepared(opts: RunOptions, say=print, run_name: str | None = None, scope: st
     with contextlib.ExitStack() as held:
         rdv = None
         if opts.rendezvous:
-            rdv = held.enter_context(Rendezvous(parse_endpoint(opts.rendezvous), auth, len(sc.nodes),
-                                                opts.rendezvous_timeout, scope))
+            rdv = held.enter_context(
+                Rendezvous(
+                    parse_endpoint(opts.rendezvous), auth, len(sc.nodes), opts.rendezvous_timeout, scope
+                )
+            )
         peers = _peers(opts, len(sc.nodes), nodes, rdv, held)
         if rdv is not None:
             peers = _register(rdv, peers, wide, say)
-        sched_path = _schedule(opts, sc, nodes, rdv, Path(held.enter_context(tempfile.TemporaryDirectory())), say)
+        sched_path = _schedule(
+            opts, sc, nodes, rdv, Path(held.enter_context(tempfile.TemporaryDirectory())), say
+        )
         if rdv is not None:  # the store is needed no longer: it is not served during the run
             rdv.finish(nodes)
         sched, _ = load_schedule(sched_path, sc)
         variant = sched.variant(opts.setting)
-        predicted = (variant.predicted["iteration_s"] if variant.routing  # online: mean over seeds
-                     else simulate(sched, opts.setting, sc).iteration_s)
+        predicted = (
+            variant.predicted["iteration_s"]
+            if variant.routing  # online: mean over seeds
+            else simulate(sched, opts.setting, sc).iteration_s
+        )
         _prepare_data(sc, opts.stand_in_model, say)
-        cfg = _config(opts, sc, wide, sched_path, variant, sched.allocation_of(opts.setting)[0], peers,
-                      nodes, failures, auth, run_name or opts.setting)
+        cfg = _config(
+            opts,
+            sc,
+            wide,
+            sched_path,
+            variant,
+            sched.allocation_of(opts.setting)[0],
+            peers,
+            nodes,
+            failures,
+            auth,
+            run_name or opts.setting,
+        )
         yield Prepared(cfg, sched, sc, nodes, predicted)
 
 
 def check_options(opts: RunOptions) -> None:
     """One clear error for an option no run can use, before anything is built or written."""
-    positive = {"--iterations": opts.iterations, "--time-scale": opts.time_scale, "--timeout": opts.timeout,
-                "--peer-timeout": opts.peer_timeout, "--plan-time-limit": opts.plan_time_limit,
-                "--rendezvous-timeout": opts.rendezvous_timeout}
+    positive = {
+        "--iterations": opts.iterations,
+        "--time-scale": opts.time_scale,
+        "--timeout": opts.timeout,
+        "--peer-timeout": opts.peer_timeout,
+        "--plan-time-limit": opts.plan_time_limit,
+        "--rendezvous-timeout": opts.rendezvous_timeout,
+    }
     for name, value in positive.items():
         if value is not None and not 0 < value < math.inf:  # 0 never means "the default"
             raise SkipPipeError(f"{name} must be positive and finite, got {value:g}")
     if opts.mb < 0:
-        raise SkipPipeError(f"MB (samples per microbatch) must be positive, or 0 for the scenario's; "
-                            f"got {opts.mb}")
+        raise SkipPipeError(
+            f"MB (samples per microbatch) must be positive, or 0 for the scenario's; got {opts.mb}"
+        )
     if opts.rendezvous:
         parse_endpoint(opts.rendezvous)
         if opts.peers:
@@ -176,13 +209,27 @@ def rejoin(opts: RunOptions, say=print) -> int:
     """Restart nodes first..last-1 into the running training of `opts.rejoin`."""
     cfg = load_config(Path(opts.rejoin) / "config.json")
     sc = load_scenario(cfg.scenario_path, cfg.scenario_overrides)
-    return supervisor.rejoin(cfg, check_range(opts.first, opts.last, sc),
-                         opts.timeout or TIMEOUT_SLACK_S + cfg.connect_timeout_s, say)
+    return supervisor.rejoin(
+        cfg,
+        check_range(opts.first, opts.last, sc),
+        opts.timeout or TIMEOUT_SLACK_S + cfg.connect_timeout_s,
+        say,
+    )
 
 
-def _config(opts: RunOptions, sc: Scenario, wide: dict, sched_path: Path, variant: VariantSchedule,
-            data_nodes: tuple[int, ...], peers: Peers, nodes: range, failures: tuple, auth: RunAuth,
-            run_name: str) -> RunConfig:
+def _config(
+    opts: RunOptions,
+    sc: Scenario,
+    wide: dict,
+    sched_path: Path,
+    variant: VariantSchedule,
+    data_nodes: tuple[int, ...],
+    peers: Peers,
+    nodes: range,
+    failures: tuple,
+    auth: RunAuth,
+    run_name: str,
+) -> RunConfig:
     run_dir = new_run_dir(run_name, opts.runs)
     # nodes read the run's own copy: a later re-plan of schedules/ cannot change a running run
     schedule_copy = run_dir / "schedule.json"
@@ -190,40 +237,61 @@ def _config(opts: RunOptions, sc: Scenario, wide: dict, sched_path: Path, varian
     return RunConfig(
         run_dir=str(run_dir),
         scenario_path=str(Path(opts.scenario).resolve()),
-        scenario_overrides=dict(sc.overrides), schedule_path=str(schedule_copy.resolve()),
-        variant=variant.name, iterations=wide["iterations"], time_scale=wide["time_scale"],
-        emulate_compute=wide["emulate_compute"], emulate_links=wide["emulate_links"],
-        peers=peers, local_nodes=tuple(nodes), data_nodes=data_nodes,
-        epoch=time.time(), seed=wide["seed"], peer_timeout_s=opts.peer_timeout,
-        connect_timeout_s=CONNECT_TIMEOUT_S, save_checkpoint=opts.checkpoint, failures=failures,
-        dump_gradients=opts.dump_gradients, stand_in_model=opts.stand_in_model,
-        run_key=auth.key.hex())
+        scenario_overrides=dict(sc.overrides),
+        schedule_path=str(schedule_copy.resolve()),
+        variant=variant.name,
+        iterations=wide["iterations"],
+        time_scale=wide["time_scale"],
+        emulate_compute=wide["emulate_compute"],
+        emulate_links=wide["emulate_links"],
+        peers=peers,
+        local_nodes=tuple(nodes),
+        data_nodes=data_nodes,
+        epoch=time.time(),
+        seed=wide["seed"],
+        peer_timeout_s=opts.peer_timeout,
+        connect_timeout_s=CONNECT_TIMEOUT_S,
+        save_checkpoint=opts.checkpoint,
+        failures=failures,
+        dump_gradients=opts.dump_gradients,
+        stand_in_model=opts.stand_in_model,
+        run_key=auth.key.hex(),
+    )
 
 
 def _run_wide(opts: RunOptions, sc: Scenario) -> dict:
     """The settings every node of a run shares, as JSON (a rendezvous compares them across
     hosts): the scenario, the variant and the options that change what or how nodes train."""
-    return {"scenario": sc.content_hash, "training": dataclasses.asdict(sc.training),
-            "samples_per_microbatch": sc.pipeline.samples_per_microbatch, "variant": opts.setting,
-            "iterations": opts.iterations or sc.training.iterations,
-            # the run's one time scale from here on; the scenario's value is only the default
-            "time_scale": sc.training.time_scale if opts.time_scale is None else opts.time_scale,
-            "seed": sc.training.seed if opts.seed is None else opts.seed,
-            "emulate_compute": not opts.no_emulate_compute, "emulate_links": not opts.no_emulate_links,
-            "peer_timeout_s": opts.peer_timeout, "stand_in_model": opts.stand_in_model}
+    return {
+        "scenario": sc.content_hash,
+        "training": dataclasses.asdict(sc.training),
+        "samples_per_microbatch": sc.pipeline.samples_per_microbatch,
+        "variant": opts.setting,
+        "iterations": opts.iterations or sc.training.iterations,
+        # the run's one time scale from here on; the scenario's value is only the default
+        "time_scale": sc.training.time_scale if opts.time_scale is None else opts.time_scale,
+        "seed": sc.training.seed if opts.seed is None else opts.seed,
+        "emulate_compute": not opts.no_emulate_compute,
+        "emulate_links": not opts.no_emulate_links,
+        "peer_timeout_s": opts.peer_timeout,
+        "stand_in_model": opts.stand_in_model,
+    }
 
 
 def _auth(opts: RunOptions) -> RunAuth:
     """The run key; hosts that meet at a rendezvous must all be given the same one."""
     auth = RunAuth.load(opts.run_key_file, fresh=not opts.rendezvous)
     if auth is None:
-        raise SkipPipeError("--rendezvous needs the run's key on every host: --run-key-file PATH "
-                            "or SKIPPIPE_RUN_KEY (64 hex digits, the same everywhere)")
+        raise SkipPipeError(
+            "--rendezvous needs the run's key on every host: --run-key-file PATH "
+            "or SKIPPIPE_RUN_KEY (64 hex digits, the same everywhere)"
+        )
     return auth
 
 
-def _peers(opts: RunOptions, n_nodes: int, nodes: range, rdv: Rendezvous | None,
-           held: contextlib.ExitStack) -> Peers:
+def _peers(
+    opts: RunOptions, n_nodes: int, nodes: range, rdv: Rendezvous | None, held: contextlib.ExitStack
+) -> Peers:
     """Every node's address (static), or with a rendezvous this host's nodes' only; this host's
     ports reserved for the run (until `held` closes)."""
     if opts.peers:
@@ -242,22 +310,29 @@ def _peers(opts: RunOptions, n_nodes: int, nodes: range, rdv: Rendezvous | None,
 def _numbered(nodes: range, host: str, base_port: int) -> Peers:
     """Node i on host:base_port+i, all of them below PORT_MAX."""
     if base_port + nodes.stop - 1 > PORT_MAX:
-        raise SkipPipeError(f"--base-port {base_port}: node {nodes.stop - 1} would listen on port "
-                            f"{base_port + nodes.stop - 1}, above {PORT_MAX}")
+        raise SkipPipeError(
+            f"--base-port {base_port}: node {nodes.stop - 1} would listen on port "
+            f"{base_port + nodes.stop - 1}, above {PORT_MAX}"
+        )
     return local_peers(nodes, host, base_port)
 
 
 def _register(rdv: Rendezvous, mine: Peers, setup: dict, say) -> Peers:
     """This host's nodes into the address book; the whole table once every node is in."""
-    say(f"{rdv.where}{' (served here)' if rdv.serves else ''}: registering node(s) "
-        f"{', '.join(f'{n} at {h}:{p}' for n, (h, p) in sorted(mine.items()))}; waiting for the others")
+    say(
+        f"{rdv.where}{' (served here)' if rdv.serves else ''}: registering node(s) "
+        f"{', '.join(f'{n} at {h}:{p}' for n, (h, p) in sorted(mine.items()))}; waiting for the others"
+    )
     peers = rdv.register(mine, setup)
-    say(f"{rdv.where}: all {len(peers)} nodes registered, on {len({h for h, _ in peers.values()})} address(es)")
+    say(
+        f"{rdv.where}: all {len(peers)} nodes registered, on {len({h for h, _ in peers.values()})} address(es)"
+    )
     return peers
 
 
-def _schedule(opts: RunOptions, sc: Scenario, nodes: range, rdv: Rendezvous | None, scratch: Path,
-              say) -> Path:
+def _schedule(
+    opts: RunOptions, sc: Scenario, nodes: range, rdv: Rendezvous | None, scratch: Path, say
+) -> Path:
     """The schedule file to run: this host's (given, cached or planned; node 0's host publishes
     it at a rendezvous), or the one node 0's host published."""
     if rdv is None or 0 in nodes:
@@ -268,8 +343,10 @@ def _schedule(opts: RunOptions, sc: Scenario, nodes: range, rdv: Rendezvous | No
     # node 0's host may still be planning
     data = rdv.fetch(SCHEDULE, opts.rendezvous_timeout + opts.plan_time_limit)
     if opts.schedule and Path(opts.schedule).read_bytes() != data:
-        raise SkipPipeError(f"--schedule {opts.schedule} differs from the schedule node 0's host runs; "
-                            f"give every host the same file (or none)")
+        raise SkipPipeError(
+            f"--schedule {opts.schedule} differs from the schedule node 0's host runs; "
+            f"give every host the same file (or none)"
+        )
     path = scratch / "schedule.json"
     path.write_bytes(data)
     say(f"{rdv.where}: running node 0's host's schedule")
@@ -280,6 +357,7 @@ def _prepare_data(sc: Scenario, stand_in_model: str, say) -> None:
     """Build the corpus and tokenizer caches once, before the data nodes all want them."""
     from ...train.data import prepare_data
     from ..node.compute import stand_in
+
     vocab = stand_in(sc.model, stand_in_model).vocab_size
     say(f"preparing the built-in corpus and a {vocab}-token tokenizer (cached after the first run)")
     prepare_data(None, vocab)
@@ -292,8 +370,9 @@ def scenario_for(settings: str, samples_per_microbatch: int | None) -> Scenario:
     return sc
 
 
-def ensure_schedule(sc: Scenario, variant: str, path: str | None, plan_time_limit_s: float,
-                    say=print) -> Path:
+def ensure_schedule(
+    sc: Scenario, variant: str, path: str | None, plan_time_limit_s: float, say=print
+) -> Path:
     """The schedule for this scenario: the given file, the cached one, or a freshly built one."""
     if path:
         load_schedule(path, sc)

@@ -10,6 +10,7 @@ directory per node, `<time>-<variant>-node<rank>-<pid>`) and runs in this proces
 the whole run's loss per iteration and the summary, as a launcher would, and writes
 `iterations.json` into its run directory.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,20 +36,25 @@ def rank_from_environment(env: Mapping[str, str], rendezvous: str | None = None)
     variables (`rendezvous` replaces MASTER_ADDR:MASTER_PORT); one clear error when missing."""
     names = next((pair for pair in RANK_VARIABLES if all(env.get(v) for v in pair)), None)
     if names is None:
-        raise SkipPipeError("no rank in the environment: start this form under torchrun (RANK, "
-                            "WORLD_SIZE) or srun (SLURM_PROCID, SLURM_NTASKS), or use "
-                            "`./run.sh FIRST LAST SETTING MB --rendezvous HOST:PORT`")
+        raise SkipPipeError(
+            "no rank in the environment: start this form under torchrun (RANK, "
+            "WORLD_SIZE) or srun (SLURM_PROCID, SLURM_NTASKS), or use "
+            "`./run.sh FIRST LAST SETTING MB --rendezvous HOST:PORT`"
+        )
     try:
         rank, world = (int(env[v]) for v in names)
     except ValueError:
-        raise SkipPipeError(f"{names[0]}={env[names[0]]!r}, {names[1]}={env[names[1]]!r}: not whole "
-                            f"numbers") from None
+        raise SkipPipeError(
+            f"{names[0]}={env[names[0]]!r}, {names[1]}={env[names[1]]!r}: not whole numbers"
+        ) from None
     if not 0 <= rank < world:
         raise SkipPipeError(f"{names[0]}={rank} is outside 0..{world - 1} ({names[1]}={world})")
     if rendezvous is None:
         if not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")):
-            raise SkipPipeError(f"{names[0]} is set but MASTER_ADDR/MASTER_PORT are not: export "
-                                f"the rendezvous host and port, or give --rendezvous HOST:PORT")
+            raise SkipPipeError(
+                f"{names[0]} is set but MASTER_ADDR/MASTER_PORT are not: export "
+                f"the rendezvous host and port, or give --rendezvous HOST:PORT"
+            )
         rendezvous = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
     return Rank(rank, world, rendezvous, f"restart-{env.get('TORCHELASTIC_RESTART_COUNT', '0')}")
 
@@ -57,10 +63,12 @@ def run_ranked(opts: RunOptions, rank: Rank, say=print) -> int:
     """Rendezvous, prepare and run node `rank.rank` in this process; its exit code."""
     from ..node.process import main
     from ..node.runconfig import save_config
+
     n_nodes = len(scenario_for(opts.scenario, opts.mb or None).nodes)
     if rank.world != n_nodes:
-        raise SkipPipeError(f"world size {rank.world}, but {opts.scenario} has {n_nodes} nodes: start "
-                            f"one process per node")
+        raise SkipPipeError(
+            f"world size {rank.world}, but {opts.scenario} has {n_nodes} nodes: start one process per node"
+        )
     opts = dataclasses.replace(opts, first=rank.rank, last=rank.rank + 1, rendezvous=rank.rendezvous)
     with prepared(opts, say, run_name=f"{opts.setting}-node{rank.rank}", scope=rank.scope) as run:
         config = save_config(run.cfg)

@@ -22,6 +22,7 @@ unpickled, and the keys live under the run id (derived from the key), so runs sh
 never meet. A holder of no key can still delete or overwrite the entry in torchrun's TCPStore
 (the run then stops with one error line), but never place a node in the run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,7 +66,9 @@ def reachable_address(endpoint: tuple[str, int]) -> str:
         try:
             s.connect(endpoint)
         except OSError as e:
-            raise RendezvousError(f"rendezvous {_shown(endpoint)}: no route to it ({e.strerror or e})") from None
+            raise RendezvousError(
+                f"rendezvous {_shown(endpoint)}: no route to it ({e.strerror or e})"
+            ) from None
         return s.getsockname()[0]
 
 
@@ -86,8 +89,14 @@ def _shown(endpoint: tuple[str, int]) -> str:
 class Rendezvous:
     """One process's view of the run's address book at `endpoint`."""
 
-    def __init__(self, endpoint: tuple[str, int], auth: RunAuth, n_nodes: int,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, scope: str = ""):
+    def __init__(
+        self,
+        endpoint: tuple[str, int],
+        auth: RunAuth,
+        n_nodes: int,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        scope: str = "",
+    ):
         self.endpoint, self.auth, self.n_nodes, self.timeout_s = endpoint, auth, n_nodes, timeout_s
         # scope: a torchrun restart registers afresh in the agent's long-lived store
         self.prefix = f"skippipe/{auth.run_id.hex()}/{scope}/"
@@ -118,8 +127,11 @@ class Rendezvous:
             self._call("finishing", self.store.set, self.prefix + f"done/{n}", b"1")
         if self.server is not None:
             with contextlib.suppress(RendezvousError):  # a host that never comes: stop anyway
-                self._await([f"done/{n}" for n in range(self.n_nodes)], self.timeout_s,
-                            "waiting for every node to have the schedule")
+                self._await(
+                    [f"done/{n}" for n in range(self.n_nodes)],
+                    self.timeout_s,
+                    "waiting for every node to have the schedule",
+                )
         self.close()
 
     def __enter__(self) -> Rendezvous:
@@ -143,16 +155,20 @@ class Rendezvous:
                 return StoreClient(self.endpoint, self.auth, self.timeout_s)
             except KeysDiffer:
                 self.close()
-                raise RendezvousError(f"{self.where}: the run keys differ: the store there serves a "
-                                      f"run with another key; give every host the same --run-key-file "
-                                      f"or SKIPPIPE_RUN_KEY") from None
+                raise RendezvousError(
+                    f"{self.where}: the run keys differ: the store there serves a "
+                    f"run with another key; give every host the same --run-key-file "
+                    f"or SKIPPIPE_RUN_KEY"
+                ) from None
             except (StoreError, OSError) as e:
                 # a store that is starting or busy (a loaded host) may drop a handshake: try
                 # again until the deadline, as for a store not yet listening
                 if time.monotonic() > deadline:
                     self.close()
-                    raise RendezvousError(f"{self.where}: no rendezvous store answers there "
-                                          f"({getattr(e, 'strerror', None) or e})") from None
+                    raise RendezvousError(
+                        f"{self.where}: no rendezvous store answers there "
+                        f"({getattr(e, 'strerror', None) or e})"
+                    ) from None
                 time.sleep(CONNECT_RETRY_S)
 
     def _open_agent_store(self, deadline: float) -> StoreClient:
@@ -160,10 +176,12 @@ class Rendezvous:
         torchrun's TCPStore (signed, under a key of no run id, so that a node with another key
         finds it and says the keys differ); the TCPStore is then left alone."""
         from torch.distributed import DistError, TCPStore
+
         self._await_listener(deadline)
         try:
-            agent = TCPStore(*self.endpoint, is_master=False,
-                             timeout=datetime.timedelta(seconds=self.timeout_s))
+            agent = TCPStore(
+                *self.endpoint, is_master=False, timeout=datetime.timedelta(seconds=self.timeout_s)
+            )
         except DistError as e:  # its message carries a C++ stack trace: the first line only
             why = str(e).splitlines()[0]
             raise RendezvousError(f"{self.where}: no store answers there ({why})") from None
@@ -186,8 +204,9 @@ class Rendezvous:
             return StoreClient(parse_endpoint(address), self.auth, max(0.1, deadline - time.monotonic()))
         except (StoreError, OSError) as e:
             self.close()
-            raise RendezvousError(f"{self.where}: the store at {address} does not answer "
-                                  f"({getattr(e, 'strerror', None) or e})") from None
+            raise RendezvousError(
+                f"{self.where}: the store at {address} does not answer ({getattr(e, 'strerror', None) or e})"
+            ) from None
 
     def _await_listener(self, deadline: float) -> None:
         """Wait for something to listen at the endpoint with plain sockets: torch's own retries
@@ -198,8 +217,10 @@ class Rendezvous:
                 return
             except OSError as e:
                 if time.monotonic() > deadline:
-                    raise RendezvousError(f"{self.where}: unreachable within {self.timeout_s:g} s "
-                                          f"({e.strerror or e}); is the first host started?") from None
+                    raise RendezvousError(
+                        f"{self.where}: unreachable within {self.timeout_s:g} s "
+                        f"({e.strerror or e}); is the first host started?"
+                    ) from None
             time.sleep(CONNECT_RETRY_S)  # a connection refused returns at once: pace the retries
 
     def _call(self, what: str, fn, *args):
@@ -217,16 +238,20 @@ class Rendezvous:
         while not self._call(what, self.store.check, keys):
             if time.monotonic() > deadline:
                 missing = [n for n, k in zip(names, keys) if not self._call(what, self.store.check, [k])]
-                raise RendezvousError(f"{self.where}: {what}: still missing {', '.join(missing)} after "
-                                      f"{seconds:g} s{self._other_keys()}")
+                raise RendezvousError(
+                    f"{self.where}: {what}: still missing {', '.join(missing)} after "
+                    f"{seconds:g} s{self._other_keys()}"
+                )
             time.sleep(POLL_S)
 
     def _other_keys(self) -> str:
         """What to add to a timeout when hosts with another key were turned away."""
         if self.server is None or not self.server.other_keys:
             return ""
-        return (f"; {self.server.other_keys} connection(s) with another run key were refused: the run "
-                f"keys differ (give every host the same --run-key-file or SKIPPIPE_RUN_KEY)")
+        return (
+            f"; {self.server.other_keys} connection(s) with another run key were refused: the run "
+            f"keys differ (give every host the same --run-key-file or SKIPPIPE_RUN_KEY)"
+        )
 
     # -- signed values ----------------------------------------------------------------------------
     def _sign(self, name: str, payload: bytes) -> bytes:
@@ -241,8 +266,10 @@ class Rendezvous:
     def _checked(self, key: str, value: bytes, what: str) -> bytes:
         mac, _, payload = bytes(value).partition(b" ")
         if not hmac.compare_digest(mac, self._signed(key, payload).partition(b" ")[0]):
-            raise RendezvousError(f"{self.where}: {what} is not signed with this run's key: the run "
-                                  f"keys differ, or a process without the key wrote it; refusing it")
+            raise RendezvousError(
+                f"{self.where}: {what} is not signed with this run's key: the run "
+                f"keys differ, or a process without the key wrote it; refusing it"
+            )
         return payload
 
     # -- the address book --------------------------------------------------------------------------
@@ -258,13 +285,17 @@ class Rendezvous:
             held = self._call("registering", self.store.compare_set, self.prefix + f"node/{n}", "", value)
             if held != value:
                 other = self._entry(n, held)
-                raise RendezvousError(f"{self.where}: node {n} is claimed twice: {other['host']}:"
-                                      f"{other['port']} holds it, {host}:{port} asked; give every "
-                                      f"host its own node range (rank)")
+                raise RendezvousError(
+                    f"{self.where}: node {n} is claimed twice: {other['host']}:"
+                    f"{other['port']} holds it, {host}:{port} asked; give every "
+                    f"host its own node range (rank)"
+                )
         names = [f"node/{n}" for n in range(self.n_nodes)]
         self._await(names, self.timeout_s - (time.monotonic() - start), "waiting for every node to register")
-        entries = {n: self._entry(n, self._call("reading", self.store.get, self.prefix + f"node/{n}"))
-                   for n in range(self.n_nodes)}
+        entries = {
+            n: self._entry(n, self._call("reading", self.store.get, self.prefix + f"node/{n}"))
+            for n in range(self.n_nodes)
+        }
         return self._table(entries, setup)
 
     def _entry(self, n: int, value: bytes) -> dict:
@@ -282,9 +313,11 @@ class Rendezvous:
             theirs = e.get("setup", {})
             for key in sorted(set(setup) | set(theirs)):
                 if setup.get(key) != theirs.get(key):
-                    raise RendezvousError(f"{self.where}: node {n} ({where}) runs {key} "
-                                          f"{theirs.get(key)!r}, this host {setup.get(key)!r}; start "
-                                          f"every host with the same scenario, setting and options")
+                    raise RendezvousError(
+                        f"{self.where}: node {n} ({where}) runs {key} "
+                        f"{theirs.get(key)!r}, this host {setup.get(key)!r}; start "
+                        f"every host with the same scenario, setting and options"
+                    )
             address = (str(e["host"]), int(e["port"]))
             if address in taken:
                 raise RendezvousError(f"{self.where}: nodes {taken[address]} and {n} both registered {where}")
@@ -299,5 +332,6 @@ class Rendezvous:
     def fetch(self, name: str, timeout_s: float) -> bytes:
         """What another process published as `name`, waiting up to `timeout_s` for it."""
         self._await([name], timeout_s, f"waiting for node 0's host to publish the {name}")
-        return self._verify(name, self._call(f"reading the {name}", self.store.get, self.prefix + name),
-                            f"the {name}")
+        return self._verify(
+            name, self._call(f"reading the {name}", self.store.get, self.prefix + name), f"the {name}"
+        )

@@ -1,26 +1,30 @@
 """Pictures of runs: the measured timeline of one iteration beside the simulator's prediction,
 and each stage's measured gradient averaging beside the cost model's (Costs.averaging_s)."""
+
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
 
-from ..node.emulation import Emulation
-from ..node.runconfig import RunConfig, events_dir
 from ...costs import Costs
 from ...scenario import Scenario
 from ...schedule import Schedule
 from ...sim.simulate import simulate
 from ...timeline import gantt_png, read_jsonl
 from ...variants import variant
+from ..node.emulation import Emulation
+from ..node.runconfig import RunConfig, events_dir
 
 TIMED_EVENTS = ("op", "send")
 
 
 def measured_iteration(cfg: RunConfig, iteration: int) -> list[dict]:
     """One iteration's op/send events, in scenario seconds from that iteration's first event."""
-    events = [e for e in read_jsonl(events_dir(cfg.run_dir))
-              if e.get("event") in TIMED_EVENTS and e.get("iteration") == iteration]
+    events = [
+        e
+        for e in read_jsonl(events_dir(cfg.run_dir))
+        if e.get("event") in TIMED_EVENTS and e.get("iteration") == iteration
+    ]
     if not events:
         return []
     t0 = min(e["t"] for e in events)
@@ -36,15 +40,20 @@ def measured_iteration(cfg: RunConfig, iteration: int) -> list[dict]:
     return out
 
 
-def measured_vs_predicted_gantt(cfg: RunConfig, sched: Schedule, sc: Scenario, path: str | Path,
-                                iteration: int | None = None) -> Path:
+def measured_vs_predicted_gantt(
+    cfg: RunConfig, sched: Schedule, sc: Scenario, path: str | Path, iteration: int | None = None
+) -> Path:
     """Gantt PNG: predicted (simulator) on top, measured below, both in scenario seconds.
     The default iteration is the last one (warm-up done)."""
     it = cfg.iterations - 1 if iteration is None else iteration
     predicted = simulate(sched, cfg.variant, sc).events
-    return gantt_png([(f"predicted ({cfg.variant})", predicted),
-                      (f"measured, iteration {it} (time scale {cfg.time_scale:g})", measured_iteration(cfg, it))],
-                     path)
+    return gantt_png(
+        [
+            (f"predicted ({cfg.variant})", predicted),
+            (f"measured, iteration {it} (time scale {cfg.time_scale:g})", measured_iteration(cfg, it)),
+        ],
+        path,
+    )
 
 
 def averaging_windows(cfg: RunConfig, sc: Scenario) -> list[dict]:
@@ -64,12 +73,20 @@ def averaging_windows(cfg: RunConfig, sc: Scenario) -> list[dict]:
         if len(nodes) < 2:
             continue
         start, ends = max(e["t"] for e in evs), [e["t"] + e["dur"] for e in evs]
-        rows.append({"iteration": it, "stage": stage, "nodes": nodes,
-                     "measured_s": to_scenario(max(ends) - start),
-                     "earliest_s": to_scenario(min(ends) - start),
-                     # a V-placed node averages its stage and the mirror one in turn
-                     "modelled_s": sum(costs.averaging_s(s, nodes) for s in
-                                       ({stage, n_stages - 1 - stage} if v_placed else {stage}))})
+        rows.append(
+            {
+                "iteration": it,
+                "stage": stage,
+                "nodes": nodes,
+                "measured_s": to_scenario(max(ends) - start),
+                "earliest_s": to_scenario(min(ends) - start),
+                # a V-placed node averages its stage and the mirror one in turn
+                "modelled_s": sum(
+                    costs.averaging_s(s, nodes)
+                    for s in ({stage, n_stages - 1 - stage} if v_placed else {stage})
+                ),
+            }
+        )
     return rows
 
 
@@ -81,15 +98,24 @@ def averaging_by_stage(windows: list[dict]) -> list[dict]:
     for stage in sorted({w["stage"] for w in steady}):
         ws = [w for w in steady if w["stage"] == stage]
         med = {k: statistics.median(w[k] for w in ws) for k in ("measured_s", "earliest_s", "modelled_s")}
-        out.append({"stage": stage, "nodes": len(ws[-1]["nodes"]), "iterations": len(ws), **med,
-                    "ratio": med["measured_s"] / med["modelled_s"],  # > 0: two or more nodes
-                    "earliest_ratio": med["earliest_s"] / med["modelled_s"]})
+        out.append(
+            {
+                "stage": stage,
+                "nodes": len(ws[-1]["nodes"]),
+                "iterations": len(ws),
+                **med,
+                "ratio": med["measured_s"] / med["modelled_s"],  # > 0: two or more nodes
+                "earliest_ratio": med["earliest_s"] / med["modelled_s"],
+            }
+        )
     return out
 
 
 def averaging_lines(cfg: RunConfig, sc: Scenario) -> list[str]:
     """The launcher's per-stage averaging lines (none when no stage averaged)."""
-    return [f"averaging stage {r['stage']} ({r['nodes']} nodes): measured {r['measured_s']:.3f} s, "
-            f"modelled {r['modelled_s']:.3f} s, measured/modelled {r['ratio']:.2f} "
-            f"(first node done at {r['earliest_ratio']:.2f})"
-            for r in averaging_by_stage(averaging_windows(cfg, sc))]
+    return [
+        f"averaging stage {r['stage']} ({r['nodes']} nodes): measured {r['measured_s']:.3f} s, "
+        f"modelled {r['modelled_s']:.3f} s, measured/modelled {r['ratio']:.2f} "
+        f"(first node done at {r['earliest_ratio']:.2f})"
+        for r in averaging_by_stage(averaging_windows(cfg, sc))
+    ]

@@ -10,6 +10,7 @@ iteration finished, or when the nodes ended the run disagreeing on which nodes a
 split). On node 0's host the lines hold every data node's loss, also those of other hosts
 (gather.py); another host's summary says it covers its own data nodes only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,8 +44,14 @@ class LaunchResult:
 class Launcher:
     """Owns the node processes of one run on this host (node id -> child process)."""
 
-    def __init__(self, cfg: RunConfig, nodes, rejoin: bool = False, command: tuple[str, ...] = ("node",),
-                 extra: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        nodes,
+        rejoin: bool = False,
+        command: tuple[str, ...] = ("node",),
+        extra: tuple[str, ...] = (),
+    ):
         self.cfg, self.nodes, self.rejoin = cfg, nodes, rejoin
         self.command, self.extra = command, extra + (("--rejoin",) if rejoin else ())
         self.children = Children()
@@ -105,12 +112,16 @@ class Progress:
             if e.get("event") == "peer_dead":
                 for p in set(e["peers"]) - self.told_dead:
                     self.told_dead.add(p)
-                    lines.append(f"node {p} declared dead by node {e['node']} in iteration "
-                                 f"{e.get('iteration')}: {e.get('why')}")
+                    lines.append(
+                        f"node {p} declared dead by node {e['node']} in iteration "
+                        f"{e.get('iteration')}: {e.get('why')}"
+                    )
             elif e.get("event") == "rebalance":
                 rates = ", ".join(f"{s}: {r:g}" for s, r in e["throughputs"].items())
-                lines.append(f"rebalancing: node {e['moved']} moves from stage {e['source']} to stage "
-                             f"{e['target']} at iteration {e['at']} (stage throughputs, forwards/s: {rates})")
+                lines.append(
+                    f"rebalancing: node {e['moved']} moves from stage {e['source']} to stage "
+                    f"{e['target']} at iteration {e['at']} (stage throughputs, forwards/s: {rates})"
+                )
             elif e.get("event") == "rejoined" and e["node"] in self.told_dead:
                 self.told_dead.discard(e["node"])
                 lines.append(f"node {e['node']} rejoined at iteration {e.get('iteration')}")
@@ -119,10 +130,12 @@ class Progress:
     def split(self) -> str | None:
         """Why the nodes that finished disagree on membership (None when they agree): this
         host's nodes and every node whose view one of them heard (gather.py)."""
-        seen = {e["sender"]: tuple(e.get("dead", ())) for e in self.events
-                if e.get("event") == "peer_finished"}
-        seen.update({e["node"]: tuple(e.get("dead", ())) for e in self.events
-                     if e.get("event") == "finished"})
+        seen = {
+            e["sender"]: tuple(e.get("dead", ())) for e in self.events if e.get("event") == "peer_finished"
+        }
+        seen.update(
+            {e["node"]: tuple(e.get("dead", ())) for e in self.events if e.get("event") == "finished"}
+        )
         if len(set(seen.values())) <= 1:
             return None
         views = ", ".join(f"node {n}: {list(d) or 'none'}" for n, d in sorted(seen.items()))
@@ -134,8 +147,7 @@ class Progress:
         if not lost:
             return None
         why, nodes = sorted({e["why"] for e in lost}), sorted({e["node"] for e in lost})
-        return (f"the run lost its quorum and node(s) {', '.join(map(str, nodes))} stopped: "
-                f"{' / '.join(why)}")
+        return f"the run lost its quorum and node(s) {', '.join(map(str, nodes))} stopped: {' / '.join(why)}"
 
     @property
     def first_host(self) -> bool:
@@ -170,25 +182,32 @@ class Progress:
         while True:
             i = len(self.rows)
             got, heard = ends.get(i, []), list(remote.get(i, {}).values())
-            if not got or (not final and (len(got) < self.cfg.expected_nodes(i)
-                                          or awaited - {e["sender"] for e in heard})):
+            if not got or (
+                not final
+                and (len(got) < self.cfg.expected_nodes(i) or awaited - {e["sender"] for e in heard})
+            ):
                 break
             prev_end = self.rows[-1]["end_t"] if self.rows else max(starts, default=got[0]["t"])
             end_t = max(e["t"] for e in got + heard)
             losses = [(e["loss_sum"], e["loss_count"]) for e in got + heard if e.get("loss_count")]
             count = sum(c for _, c in losses)
-            row = {"iteration": i, "end_t": end_t,
-                   "loss": sum(s for s, _ in losses) / count if count else float("nan"),
-                   "measured_s": Emulation.from_config(self.cfg).scenario_s(end_t - prev_end),
-                   "predicted_s": self.predicted_s}
+            row = {
+                "iteration": i,
+                "end_t": end_t,
+                "loss": sum(s for s, _ in losses) / count if count else float("nan"),
+                "measured_s": Emulation.from_config(self.cfg).scenario_s(end_t - prev_end),
+                "predicted_s": self.predicted_s,
+            }
             self.rows.append(row)
             new.append(row)
         return new
 
 
 def format_row(r: dict) -> str:
-    return (f"iteration {r['iteration']:>3}  loss {r['loss']:7.4f}  measured {r['measured_s']:8.3f} s"
-            f"  predicted {r['predicted_s']:8.3f} s  ratio {r['measured_s'] / r['predicted_s']:5.2f}")
+    return (
+        f"iteration {r['iteration']:>3}  loss {r['loss']:7.4f}  measured {r['measured_s']:8.3f} s"
+        f"  predicted {r['predicted_s']:8.3f} s  ratio {r['measured_s'] / r['predicted_s']:5.2f}"
+    )
 
 
 def summary(rows: list[dict], cfg: RunConfig | None = None) -> str:
@@ -201,15 +220,19 @@ def summary(rows: list[dict], cfg: RunConfig | None = None) -> str:
     steady = rows[1:] or rows  # iteration 0 includes warm-up (first allocations, connections)
     med = statistics.median(r["measured_s"] for r in steady)
     pred = rows[0]["predicted_s"]
-    return (f"summary: {len(rows)} iterations, loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}, "
-            f"median iteration {med:.3f} s (scenario time), predicted {pred:.3f} s, "
-            f"measured/predicted {med / pred:.2f}"
-            + ("" if mine is None else f"; losses of this host's data nodes {mine} only (node 0's host "
-                                       f"prints the whole run's)"))
+    return (
+        f"summary: {len(rows)} iterations, loss {rows[0]['loss']:.4f} -> {rows[-1]['loss']:.4f}, "
+        f"median iteration {med:.3f} s (scenario time), predicted {pred:.3f} s, "
+        f"measured/predicted {med / pred:.2f}"
+        + (
+            ""
+            if mine is None
+            else f"; losses of this host's data nodes {mine} only (node 0's host prints the whole run's)"
+        )
+    )
 
 
-def run(cfg: RunConfig, nodes: range, predicted_s: float, timeout_s: float,
-        say=print) -> LaunchResult:
+def run(cfg: RunConfig, nodes: range, predicted_s: float, timeout_s: float, say=print) -> LaunchResult:
     """Start the nodes, report progress until they finish, fail, time out or are interrupted."""
     save_config(cfg)
     events_dir(cfg.run_dir).mkdir(parents=True, exist_ok=True)
@@ -229,8 +252,10 @@ def run(cfg: RunConfig, nodes: range, predicted_s: float, timeout_s: float,
             elif launcher.failed():
                 code = _failed(cfg, launcher, progress, say)
         except (KeyboardInterrupt, Terminated) as e:
-            say(f"{'interrupted' if isinstance(e, KeyboardInterrupt) else e}: stopping every node "
-                f"this launcher started")
+            say(
+                f"{'interrupted' if isinstance(e, KeyboardInterrupt) else e}: stopping every node "
+                f"this launcher started"
+            )
             code = interrupted_exit_code(e)
     report(final=True)
     Path(cfg.run_dir, "iterations.json").write_text(json.dumps(progress.rows, indent=1))
@@ -255,6 +280,7 @@ def followed(cfg: RunConfig, predicted_s: float, say=print) -> Iterator[Progress
     def follow() -> None:
         while not stop.wait(POLL_S):
             _tell(progress, say)
+
     thread = threading.Thread(target=follow, daemon=True)
     thread.start()
     try:
@@ -276,8 +302,10 @@ def _failed(cfg: RunConfig, launcher: Launcher, progress: Progress, say) -> int:
         if why is not None:
             say(f"error: {why}")
             return QUORUM_EXIT
-    say(f"node(s) {sorted(bad)} failed (exit codes {sorted(bad.values())}); see "
-        f"{cfg.run_dir}/node-N.log; stopping the others")
+    say(
+        f"node(s) {sorted(bad)} failed (exit codes {sorted(bad.values())}); see "
+        f"{cfg.run_dir}/node-N.log; stopping the others"
+    )
     return 1
 
 
@@ -305,9 +333,10 @@ def rejoin(cfg: RunConfig, nodes: range, timeout_s: float, say=print) -> int:
                 say(f"rejoined node(s) did not finish within {timeout_s:.0f} s; stopping them")
                 code = 1
             elif launcher.failed():
-                say(f"rejoined node(s) {sorted(launcher.failed())} failed; see {cfg.run_dir}/node-N-rejoin.log")
+                say(
+                    f"rejoined node(s) {sorted(launcher.failed())} failed; see {cfg.run_dir}/node-N-rejoin.log"
+                )
                 code = 1
         except (KeyboardInterrupt, Terminated) as e:
             code = interrupted_exit_code(e)
     return code
-

@@ -19,6 +19,7 @@ role in the MAC (a reflected challenge is not a proof). A then knows the connect
 node C of this run: every frame on it must name C as its sender. Without the key an attacker
 gets a challenge it cannot answer, and is closed at the handshake deadline.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -86,8 +87,10 @@ class RunAuth:
             except (OSError, UnicodeDecodeError) as e:
                 raise AuthError(f"--run-key-file {key_file}: cannot read it ({e})") from None
             if mode & 0o077:  # as ssh does with a private key: others may have it already
-                raise AuthError(f"--run-key-file {key_file}: others may read or change it (mode "
-                                f"{stat.S_IMODE(mode):04o}); make it private: chmod 600 {key_file}")
+                raise AuthError(
+                    f"--run-key-file {key_file}: others may read or change it (mode "
+                    f"{stat.S_IMODE(mode):04o}); make it private: chmod 600 {key_file}"
+                )
             return cls.from_hex(text, f"--run-key-file {key_file}")
         if os.environ.get(KEY_ENV):
             return cls.from_hex(os.environ[KEY_ENV], KEY_ENV)
@@ -110,7 +113,7 @@ class RunAuth:
         """(connector's node key, its nonce); AuthError for another protocol or run."""
         self._check_head(data)
         at = len(MAGIC) + RUN_ID_BYTES
-        return data[at:at + NODE_KEY_BYTES], data[at + NODE_KEY_BYTES:]
+        return data[at : at + NODE_KEY_BYTES], data[at + NODE_KEY_BYTES :]
 
     def challenge(self, my_key: bytes, their_key: bytes, their_nonce: bytes) -> tuple[bytes, bytes]:
         """(CHALLENGE, the transcript both MACs cover)."""
@@ -122,8 +125,8 @@ class RunAuth:
         """The PROOF for a CHALLENGE from the node we meant to reach; AuthError otherwise."""
         self._check_head(data)
         at = len(MAGIC) + RUN_ID_BYTES
-        their_key = data[at:at + NODE_KEY_BYTES]
-        nonce = data[at + NODE_KEY_BYTES:at + NODE_KEY_BYTES + NONCE_BYTES]
+        their_key = data[at : at + NODE_KEY_BYTES]
+        nonce = data[at + NODE_KEY_BYTES : at + NODE_KEY_BYTES + NONCE_BYTES]
         if their_key != expected_key:
             raise AuthError("the peer answered as another node")
         transcript = self.run_id + my_key + their_key + my_nonce + nonce
@@ -136,9 +139,10 @@ class RunAuth:
             raise AuthError("the peer does not hold this run's key")
 
     def _check_head(self, data: bytes) -> None:
-        if data[:len(MAGIC)] != MAGIC:
+        if data[: len(MAGIC)] != MAGIC:
             raise AuthError("not a SkipPipe connection (wrong magic)")
-        theirs = data[len(MAGIC):len(MAGIC) + RUN_ID_BYTES]
+        theirs = data[len(MAGIC) : len(MAGIC) + RUN_ID_BYTES]
         if theirs != self.run_id:
-            raise AuthError(f"from another run (run id {theirs.hex()}, ours {self.run_id.hex()}: "
-                            f"the run keys differ)")
+            raise AuthError(
+                f"from another run (run id {theirs.hex()}, ours {self.run_id.hex()}: the run keys differ)"
+            )

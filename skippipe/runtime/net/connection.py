@@ -17,6 +17,7 @@ refers to it any more. Before the connection is
 authenticated only the scratch buffer exists; when it is full, reading pauses (a peer cannot
 make us buffer more).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,7 +25,7 @@ import mmap
 import os
 import socket
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 SCRATCH_BYTES = 64 * 1024  # small frames are parsed from here
 HANDSHAKE_SCRATCH_BYTES = 256  # the handshake's messages (at most 148 bytes) from here: a flood
@@ -78,8 +79,9 @@ class FrameConnection(asyncio.BufferedProtocol):
     every complete frame to `on_frame`; `write` + `drain` send. `lost` resolves (to the error or
     None) when the connection ends; `on_lost` is called then."""
 
-    def __init__(self, max_frame_bytes: int, on_too_large: Callable[[int], None],
-                 pool: BufferPool | None = None) -> None:
+    def __init__(
+        self, max_frame_bytes: int, on_too_large: Callable[[int], None], pool: BufferPool | None = None
+    ) -> None:
         self.max_frame_bytes, self.on_too_large = max_frame_bytes, on_too_large
         self.pool = pool if pool is not None else BufferPool()
         self.on_made: Callable[[FrameConnection], None] | None = None  # inbound: start the handshake
@@ -127,21 +129,21 @@ class FrameConnection(asyncio.BufferedProtocol):
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.body is not None:  # straight into the frame's own buffer
-            return memoryview(self.body)[self.have:self.body_len]
+            return memoryview(self.body)[self.have : self.body_len]
         if self.start == self.end:
             self.start = self.end = 0
         elif self.end == len(self.scratch):  # move the unread tail to the front
             tail = self.end - self.start
-            self.scratch[:tail] = self.scratch[self.start:self.end]
+            self.scratch[:tail] = self.scratch[self.start : self.end]
             self.start, self.end = 0, tail
-        return memoryview(self.scratch)[self.end:]
+        return memoryview(self.scratch)[self.end :]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self.body is not None:
             self.have += nbytes
             if self.have == self.body_len:
                 body, self.body = self.body, None
-                self.on_frame(memoryview(body)[:self.body_len])
+                self.on_frame(memoryview(body)[: self.body_len])
             return
         self.end += nbytes
         self._consume()
@@ -171,9 +173,9 @@ class FrameConnection(asyncio.BufferedProtocol):
     def start_frames(self, on_frame: Callable[[bytes | memoryview], None]) -> None:
         """From now on the connection carries frames (bytes already received included)."""
         self.on_frame = on_frame
-        unread = self.scratch[self.start:self.end]
+        unread = self.scratch[self.start : self.end]
         self.scratch = bytearray(SCRATCH_BYTES)
-        self.scratch[:len(unread)] = unread
+        self.scratch[: len(unread)] = unread
         self.start, self.end = 0, len(unread)
         self.transport.resume_reading()
         self._consume()
@@ -229,7 +231,7 @@ class FrameConnection(asyncio.BufferedProtocol):
 
     # -- parsing ------------------------------------------------------------------------------
     def _take(self, n: int) -> bytes:
-        out = bytes(self.scratch[self.start:self.start + n])
+        out = bytes(self.scratch[self.start : self.start + n])
         self.start += n
         return out
 
@@ -238,7 +240,7 @@ class FrameConnection(asyncio.BufferedProtocol):
             self._feed_handshake()
             return
         while self.body is None and self.end - self.start >= LENGTH_BYTES and not self.is_closing():
-            n = int.from_bytes(self.scratch[self.start:self.start + LENGTH_BYTES], "big")
+            n = int.from_bytes(self.scratch[self.start : self.start + LENGTH_BYTES], "big")
             if n > self.max_frame_bytes:
                 self.on_too_large(n)
                 self.abort()
@@ -255,7 +257,7 @@ class FrameConnection(asyncio.BufferedProtocol):
         self.start += LENGTH_BYTES
         got = min(self.end - self.start, n)
         self.body = self.pool.get(n) if n > MAPPED_FRAME_BYTES else bytearray(n)
-        self.body[:got] = self.scratch[self.start:self.start + got]
+        self.body[:got] = self.scratch[self.start : self.start + got]
         self.start += got
         self.body_len, self.have = n, got  # got < n: the frame does not fit in scratch
 

@@ -18,6 +18,7 @@ What is replaced, and why (faults of deccom 0.1.0 found by reading its source):
 - `KademliaDiscovery.find_peer` poisons later lookups of a key when a waiting lookup is
   cancelled; the stream layer runs lookups as shielded tasks and polls them, never cancels.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -25,8 +26,8 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from deccom.cryptofuncs.hash import SHA256
 from deccom.peers.peer import Peer
@@ -98,6 +99,7 @@ def quiet_deccom() -> None:
             module.print = _deccom_print
             module.open = _deccom_open
 
+
 def log_to(node_id: int, run_dir: Path) -> None:
     """DecCom's log files of node `node_id` go to `run_dir`/deccom/ from now on."""
     _RUN_DIRS[str(node_id)] = run_dir
@@ -113,6 +115,7 @@ quiet_deccom()
 
 # ---------------------------------------------------------------------------------------------
 # Node identity and the layers below the streams.
+
 
 def node_key(node_id: int) -> bytes:
     """DecCom node key of a SkipPipe node: SHA256 of its decimal id."""
@@ -162,8 +165,9 @@ class StaticPeers(FixedPeers):
             self.remove_peer(addr, peer.id_node)
 
 
-def discovery_layer(node_id: int, peers: Mapping[int, tuple[str, int]] | None,
-                    bootstrap: tuple[str, int] | None):
+def discovery_layer(
+    node_id: int, peers: Mapping[int, tuple[str, int]] | None, bootstrap: tuple[str, int] | None
+):
     """DecCom peer discovery over quiet UDP: the static table `peers` (this node's own entry
     skipped), else Kademlia from the `bootstrap` address (None: this node starts a network)."""
     if peers is not None:

@@ -7,6 +7,7 @@ scenario and the node's own stage: activations and their gradients (FORWARD/BACK
 stage's flat gradients (AVERAGE) and its weights with both AdamW moments (WEIGHTS, for a
 rejoining stage peer); control messages are far smaller than CONTROL_BYTES.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

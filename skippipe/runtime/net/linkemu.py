@@ -14,13 +14,14 @@ loopback wire then adds its own (small) time. All times are seconds on a monoton
 releases messages of a link strictly in FIFO order. emulation.py builds them from the scenario
 and the run's time scale.
 """
+
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Mapping
 
 Clock = Callable[[], float]  # monotonic seconds
 SleepUntil = Callable[[float], Awaitable[None]]  # wait until a clock time, seconds
@@ -74,8 +75,9 @@ class LinkTimeline:
             raise ValueError(f"nbytes must be non-negative, got {nbytes}")
         start = max(now_s, self._free_s)
         self._free_s = start + self.model.serialization_s(nbytes)
-        res = Reservation(self._next_seq, nbytes, now_s, start, self._free_s,
-                          self._free_s + self.model.propagation_s())
+        res = Reservation(
+            self._next_seq, nbytes, now_s, start, self._free_s, self._free_s + self.model.propagation_s()
+        )
         self._next_seq += 1
         return res
 
@@ -98,8 +100,13 @@ class _Link:
 class LinkEmulator:
     """Sender-side link emulation for node `src`: one FIFO timeline per destination."""
 
-    def __init__(self, src: int, models: Mapping[int, LinkModel], clock: Clock = time.monotonic,
-                 sleep_until: SleepUntil = sleep_until_monotonic) -> None:
+    def __init__(
+        self,
+        src: int,
+        models: Mapping[int, LinkModel],
+        clock: Clock = time.monotonic,
+        sleep_until: SleepUntil = sleep_until_monotonic,
+    ) -> None:
         self.src = src
         self._links = {dst: _Link(m) for dst, m in models.items()}
         self._clock = clock
@@ -132,6 +139,7 @@ class LinkEmulator:
 
 def _release_after(prev: asyncio.Future | None, mine: asyncio.Future) -> None:
     """Mark `mine` done once `prev` is, so later messages never overtake earlier ones."""
+
     def done(_: object = None) -> None:
         if not mine.done():
             mine.set_result(None)

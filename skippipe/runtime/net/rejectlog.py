@@ -5,6 +5,7 @@ The first refusal after a quiet interval is logged in full, so a single stray co
 still explained; those that follow within the interval are only counted, and the interval ends
 with one summary line (how many, by reason, the last one's detail). A steady flood thus writes
 one line per interval, whatever its rate."""
+
 from __future__ import annotations
 
 import asyncio
@@ -18,8 +19,9 @@ SUMMARY_INTERVAL_S = 10.0
 class RejectionLog:
     """Counts every refusal (`counts`, for tests and reports) and logs them at a bounded rate."""
 
-    def __init__(self, log: logging.LoggerAdapter | logging.Logger,
-                 interval_s: float = SUMMARY_INTERVAL_S) -> None:
+    def __init__(
+        self, log: logging.LoggerAdapter | logging.Logger, interval_s: float = SUMMARY_INTERVAL_S
+    ) -> None:
         self.log, self.interval_s = log, interval_s
         self.counts: collections.Counter[str] = collections.Counter()  # every refusal, ever
         self.held: collections.Counter[str] = collections.Counter()  # refusals not yet logged
@@ -47,7 +49,12 @@ class RejectionLog:
         if not self.held:
             return
         total, reasons = sum(self.held.values()), ", ".join(f"{r} {n}" for r, n in self.held.most_common())
-        self.log.warning("rejected %d more connection(s) or frame(s) in the last %g s (%s); last: %s",
-                         total, self.interval_s, reasons, self.last_detail)
+        self.log.warning(
+            "rejected %d more connection(s) or frame(s) in the last %g s (%s); last: %s",
+            total,
+            self.interval_s,
+            reasons,
+            self.last_detail,
+        )
         self.held.clear()
         self.quiet_from = time.monotonic() + self.interval_s

@@ -30,13 +30,14 @@ What is replaced, and why (faults of deccom 0.1.0 found by reading its source an
   (lengths above `max_frame_bytes` close the connection before any allocation; large frames go
   straight from the kernel into their own buffer).
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from deccom.peers.peer import Peer
 from deccom.protocols.streamprotocol import DictItem, StreamProtocol
@@ -72,11 +73,23 @@ class Streams(StreamProtocol):
     and carry our sends; every authenticated connection, either direction, is read until it
     ends."""
 
-    def __init__(self, node_id: int, static: bool, config: TransportConfig, auth: RunAuth,
-                 log: logging.LoggerAdapter, hooks: StreamHooks) -> None:
-        super().__init__(False, callback=_ignore, disconnected_callback=_ignore,
-                         connected_callback=_ignore, stream_callback=_ignore,
-                         stream_close_callback=_ignore)
+    def __init__(
+        self,
+        node_id: int,
+        static: bool,
+        config: TransportConfig,
+        auth: RunAuth,
+        log: logging.LoggerAdapter,
+        hooks: StreamHooks,
+    ) -> None:
+        super().__init__(
+            False,
+            callback=_ignore,
+            disconnected_callback=_ignore,
+            connected_callback=_ignore,
+            stream_callback=_ignore,
+            stream_close_callback=_ignore,
+        )
         self.node_id, self.config, self.auth, self.log, self.hooks = node_id, config, auth, log, hooks
         self.static = static  # a fixed peer table: unknown node keys are not looked up
         self.tasks: set[asyncio.Task] = set()
@@ -98,9 +111,14 @@ class Streams(StreamProtocol):
     def new_connection(self, node: int | None = None) -> FrameConnection:
         """A connection object (protocol); node None: an inbound one, still anonymous (its
         node is known, and named in errors, once it authenticates)."""
+
         def too_large(n: int) -> None:
-            self.hooks.reject("bad_length", f"frame of {n} bytes from node {conn.peer_node} "
-                              f"exceeds {self.config.max_frame_bytes}: connection closed")
+            self.hooks.reject(
+                "bad_length",
+                f"frame of {n} bytes from node {conn.peer_node} "
+                f"exceeds {self.config.max_frame_bytes}: connection closed",
+            )
+
         conn = FrameConnection(self.config.max_frame_bytes, too_large, self.pool)
         conn.peer_node = node
         self.conns.add(conn)
@@ -118,23 +136,27 @@ class Streams(StreamProtocol):
         """Authenticate one inbound connection within the deadline, then read its frames."""
         addr = conn.transport.get_extra_info("peername")
         if len(self.unauthenticated) >= self.config.max_unauthenticated:
-            self.hooks.reject("busy", f"connection from {addr}: {len(self.unauthenticated)} "
-                              f"others still authenticating: closed")
+            self.hooks.reject(
+                "busy",
+                f"connection from {addr}: {len(self.unauthenticated)} others still authenticating: closed",
+            )
             return conn.abort()
         self.unauthenticated.add(conn)
         try:
             async with asyncio.timeout(self.config.handshake_timeout_s):
                 node = await self.authenticate(conn)
         except TimeoutError:
-            return self.refuse(conn, "bad_handshake", f"connection from {addr} did not "
-                               f"authenticate within {self.config.handshake_timeout_s:g} s")
+            return self.refuse(
+                conn,
+                "bad_handshake",
+                f"connection from {addr} did not authenticate within {self.config.handshake_timeout_s:g} s",
+            )
         except UnknownNode as e:
             return self.refuse(conn, "unknown_sender", f"connection from {addr}: {e}")
         except AuthError as e:
             return self.refuse(conn, "unauthenticated", f"connection from {addr}: {e}")
         except ConnectionError:
-            return self.refuse(conn, "bad_handshake", f"connection from {addr} ended "
-                               f"during the handshake")
+            return self.refuse(conn, "bad_handshake", f"connection from {addr} ended during the handshake")
         finally:
             self.unauthenticated.discard(conn)
         self.log.debug("authenticated connection from node %d at %s", node, addr)
@@ -157,10 +179,12 @@ class Streams(StreamProtocol):
 
     def start_frames(self, conn: FrameConnection, node: int, item: DictItem | None) -> None:
         """An authenticated connection of `node`: its frames go to hooks.deliver."""
+
         def lost() -> None:
             self.conns.discard(conn)
             self.forget(item)
             self.hooks.closed(node)
+
         conn.on_lost = lost
         conn.peer_node = node
         if conn.lost.done():  # ended during the handshake's last step
@@ -230,8 +254,7 @@ class Streams(StreamProtocol):
     async def connect(self, key: bytes, node: int, peer: Peer) -> FrameConnection:
         """One non-blocking connection attempt and the connector's side of the handshake."""
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(lambda: self.new_connection(node),
-                                               peer.addr[0], peer.tcp)
+        _, conn = await loop.create_connection(lambda: self.new_connection(node), peer.addr[0], peer.tcp)
         try:
             async with asyncio.timeout(self.config.handshake_timeout_s):
                 hello, nonce = self.auth.hello(self.peer.id_node)
@@ -262,8 +285,9 @@ class Streams(StreamProtocol):
         if node is None or remote_port is None:
             return False
         try:
-            await self.connect(node_id, node, Peer((remote_ip, remote_port), pub_key=str(node),
-                                                   tcp=remote_port))
+            await self.connect(
+                node_id, node, Peer((remote_ip, remote_port), pub_key=str(node), tcp=remote_port)
+            )
         except (OSError, AuthError):
             return False
         return True

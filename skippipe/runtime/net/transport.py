@@ -21,6 +21,7 @@ the frame may or may not have arrived. A frame written just as the peer dies, be
 stream is seen, can be lost: the runtime's deadlines cover that. The link emulator's waiting is
 not part of the deadline.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,8 @@ import collections
 import errno
 import logging
 import socket
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from deccom.peers.peer import Peer
 
@@ -85,12 +86,20 @@ class Transport:
     `async with Transport(...) as t: await t.send(dst, msg); msg = await t.recv()`.
     """
 
-    def __init__(self, node_id: int, host: str, port: int,
-                 peers: Mapping[int, tuple[str, int]] | None = None,
-                 run_dir: str | Path | None = None, *, auth: RunAuth,
-                 bootstrap: tuple[str, int] | None = None,
-                 emulator: LinkEmulator | None = None, config: TransportConfig = TransportConfig(),
-                 on_disconnect: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        host: str,
+        port: int,
+        peers: Mapping[int, tuple[str, int]] | None = None,
+        run_dir: str | Path | None = None,
+        *,
+        auth: RunAuth,
+        bootstrap: tuple[str, int] | None = None,
+        emulator: LinkEmulator | None = None,
+        config: TransportConfig = TransportConfig(),
+        on_disconnect: Callable[[int], None] | None = None,
+    ) -> None:
         if (peers is None) == (bootstrap is None):
             raise TransportError(f"[node {node_id}] give exactly one of peers or bootstrap")
         self.node_id = node_id
@@ -123,12 +132,15 @@ class Transport:
             self._run_dir.mkdir(parents=True, exist_ok=True)
             log_to(self.node_id, self._run_dir)
         self._inbox = asyncio.Queue()
-        hooks = StreamHooks(deliver=self._deliver, reject=self._reject, closed=self._peer_closed,
-                            connect_failed=self._last_error.__setitem__)  # why, for SendTimeout
+        hooks = StreamHooks(
+            deliver=self._deliver,
+            reject=self._reject,
+            closed=self._peer_closed,
+            connect_failed=self._last_error.__setitem__,
+        )  # why, for SendTimeout
         self._streams = Streams(self.node_id, self.static, self.config, self.auth, self.log, hooks)
         seed = None if self._bootstrap in (SEED, (self.host, self.port)) else self._bootstrap
-        self._discovery = discovery_layer(self.node_id, self._initial_peers if self.static
-                                          else None, seed)
+        self._discovery = discovery_layer(self.node_id, self._initial_peers if self.static else None, seed)
         self._streams.set_lower(self._discovery)
         try:
             await self._listen()
@@ -137,8 +149,12 @@ class Transport:
             stop_logging_to(self.node_id)
             raise
         self._running = True
-        self.log.info("listening on %s:%d (%s)", self.host, self.port,
-                      "static peers" if self.static else f"bootstrap {self._bootstrap}")
+        self.log.info(
+            "listening on %s:%d (%s)",
+            self.host,
+            self.port,
+            "static peers" if self.static else f"bootstrap {self._bootstrap}",
+        )
         return self
 
     async def _bind(self) -> socket.socket:
@@ -149,7 +165,8 @@ class Transport:
             port = tcp.getsockname()[1]
             try:
                 self._udp, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-                    self._streams.get_lowest, local_addr=(self.host, port))
+                    self._streams.get_lowest, local_addr=(self.host, port)
+                )
             except OSError as e:
                 tcp.close()
                 if e.errno != errno.EADDRINUSE or attempt == attempts - 1:
@@ -162,8 +179,7 @@ class Transport:
     async def _listen(self) -> None:
         tcp = await self._bind()
         try:
-            self._server = await asyncio.get_running_loop().create_server(
-                self._streams.inbound, sock=tcp)
+            self._server = await asyncio.get_running_loop().create_server(self._streams.inbound, sock=tcp)
         except BaseException:
             tcp.close()
             raise
@@ -238,8 +254,9 @@ class Transport:
         async with self._emulator.transmit(dst, size):
             await self._send_frame(dst, frame, msg, deadline)
 
-    async def _send_frame(self, dst: int, frame: tuple[bytes, memoryview], msg: Message,
-                          deadline: float) -> None:
+    async def _send_frame(
+        self, dst: int, frame: tuple[bytes, memoryview], msg: Message, deadline: float
+    ) -> None:
         key = node_key(dst)
         what = f"{msg.kind.name} (iteration {msg.iteration}, microbatch {msg.microbatch})"
         try:
@@ -251,13 +268,16 @@ class Transport:
         except TimeoutError:
             self._streams.drop(key)
             why = self._last_error.get(dst, "no progress")
-            raise SendTimeout(f"[node {self.node_id}] send {what} to node {dst} "
-                              f"({self._peer_address(dst)}) timed out after {deadline:g} s "
-                              f"({why})") from None
+            raise SendTimeout(
+                f"[node {self.node_id}] send {what} to node {dst} "
+                f"({self._peer_address(dst)}) timed out after {deadline:g} s "
+                f"({why})"
+            ) from None
         except (ConnectionError, OSError) as e:
             self._streams.drop(key)
-            raise TransportError(f"[node {self.node_id}] send {what} to node {dst} "
-                                 f"({self._peer_address(dst)}) failed: {e}") from None
+            raise TransportError(
+                f"[node {self.node_id}] send {what} to node {dst} ({self._peer_address(dst)}) failed: {e}"
+            ) from None
 
     def _peer_address(self, node: int) -> str:
         peer = self._streams.get_peer(node_key(node)) if self._streams else None
@@ -283,8 +303,10 @@ class Transport:
         except WireError as e:
             return self._reject("malformed", f"malformed frame from node {node}: {e}")
         if msg.sender != node:
-            return self._reject("spoofed_sender", f"frame claiming sender {msg.sender} "
-                                f"arrived on the connection of node {node}")
+            return self._reject(
+                "spoofed_sender",
+                f"frame claiming sender {msg.sender} arrived on the connection of node {node}",
+            )
         self._inbox.put_nowait(msg)
 
     def _reject(self, reason: str, detail: str) -> None:

@@ -20,6 +20,7 @@ Layout (network byte order, no padding)::
 raises `WireError` naming what is wrong. CONTROL messages carry a UTF-8 JSON object (never pickle).
 The tensor bytes are those of the host (little-endian on every platform we run on).
 """
+
 from __future__ import annotations
 
 import enum
@@ -140,16 +141,33 @@ class Message:
         return _FIXED.size + _DIM.size * len(self.shape) + memoryview(self.payload).nbytes
 
     @classmethod
-    def from_tensor(cls, kind: Kind, sender: int, tensor: Any, *, iteration: int = 0,
-                    microbatch: int = 0, tags: tuple[int, ...] = (), copy: bool = True) -> Message:
+    def from_tensor(
+        cls,
+        kind: Kind,
+        sender: int,
+        tensor: Any,
+        *,
+        iteration: int = 0,
+        microbatch: int = 0,
+        tags: tuple[int, ...] = (),
+        copy: bool = True,
+    ) -> Message:
         """Wrap a numpy array or torch tensor (any device). With copy=False the payload views
         the tensor's memory (C-contiguous CPU tensors only); do not modify it before sending."""
         dtype, shape, raw = _tensor_bytes(tensor, copy)
         return cls(kind, sender, iteration, microbatch, tags, dtype, shape, raw)
 
     @classmethod
-    def from_json(cls, kind: Kind, sender: int, body: dict, *, iteration: int = 0,
-                  microbatch: int = 0, tags: tuple[int, ...] = ()) -> Message:
+    def from_json(
+        cls,
+        kind: Kind,
+        sender: int,
+        body: dict,
+        *,
+        iteration: int = 0,
+        microbatch: int = 0,
+        tags: tuple[int, ...] = (),
+    ) -> Message:
         """A message whose payload is a UTF-8 JSON object (CONTROL, DONE, ...)."""
         if not isinstance(body, dict):
             raise WireError(f"JSON body must be an object, got {type(body).__name__}")
@@ -197,8 +215,7 @@ def _check_shape(shape: tuple[int, ...], dtype: DType, payload_bytes: int) -> No
         raise WireError(f"negative dimension in shape {shape}")
     expected = math.prod(shape) * dtype.info.itemsize
     if expected != payload_bytes:
-        raise WireError(f"shape {shape} of {dtype.name} needs {expected} bytes, "
-                        f"payload has {payload_bytes}")
+        raise WireError(f"shape {shape} of {dtype.name} needs {expected} bytes, payload has {payload_bytes}")
 
 
 def _tensor_bytes(tensor: Any, copy: bool) -> tuple[DType, tuple[int, ...], bytes | memoryview]:
@@ -236,8 +253,18 @@ def _parse_json(payload: bytes | memoryview) -> dict:
 def encode_parts(msg: Message) -> tuple[bytes, memoryview]:
     """Header (fixed part + shape) and payload, for writers that join them with a prefix."""
     payload = memoryview(msg.payload).cast("B")
-    fixed = _FIXED.pack(MAGIC, WIRE_VERSION, msg.kind, msg.iteration, msg.microbatch,
-                        msg.sender, msg.dtype, len(msg.shape), *msg.tags, payload.nbytes)
+    fixed = _FIXED.pack(
+        MAGIC,
+        WIRE_VERSION,
+        msg.kind,
+        msg.iteration,
+        msg.microbatch,
+        msg.sender,
+        msg.dtype,
+        len(msg.shape),
+        *msg.tags,
+        payload.nbytes,
+    )
     dims = b"".join(_DIM.pack(d) for d in msg.shape)
     return fixed + dims, payload
 
@@ -258,8 +285,7 @@ def decode(buf: bytes | bytearray | memoryview) -> Message:
     view = memoryview(buf).cast("B").toreadonly()
     if view.nbytes < _FIXED.size:
         raise WireError(f"truncated header: {view.nbytes} bytes < {_FIXED.size}")
-    magic, version, kind, iteration, microbatch, sender, dtype, ndim, *rest = \
-        _FIXED.unpack_from(view)
+    magic, version, kind, iteration, microbatch, sender, dtype, ndim, *rest = _FIXED.unpack_from(view)
     tags, payload_len = tuple(rest[:NUM_TAGS]), rest[NUM_TAGS]
     if magic != MAGIC:
         raise WireError(f"bad magic {bytes(magic)!r} (expected {MAGIC!r})")
@@ -273,8 +299,9 @@ def decode(buf: bytes | bytearray | memoryview) -> Message:
         raise WireError(f"truncated shape: {view.nbytes} bytes < {header_len}")
     shape = tuple(_DIM.unpack_from(view, _FIXED.size + _DIM.size * i)[0] for i in range(ndim))
     if payload_len != view.nbytes - header_len:
-        raise WireError(f"payload length field {payload_len} differs from the "
-                        f"{view.nbytes - header_len} bytes received")
+        raise WireError(
+            f"payload length field {payload_len} differs from the {view.nbytes - header_len} bytes received"
+        )
     msg = Message(kind, sender, iteration, microbatch, tags, dtype, shape, view[header_len:])
     if kind is Kind.CONTROL:
         _check_control(msg)

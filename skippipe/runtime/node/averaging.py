@@ -11,18 +11,18 @@ and then for the all-reduce, instead of hiding the all-reduce in its wait).
 A peer declared dead (liveness.py) is left out; while waiting, the node serves late operations
 of re-routed microbatches so that no one waits on it.
 """
+
 from __future__ import annotations
 
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import torch
 
 from ...errors import SkipPipeError
+from ..net.wire import Kind, Message
 from .emulation import Emulation
 from .messenger import STALL_FACTOR, Messenger
-from ..net.wire import Kind, Message
-
 
 
 class AveragingStalled(SkipPipeError):
@@ -31,8 +31,10 @@ class AveragingStalled(SkipPipeError):
 
 def flat_grads(module: torch.nn.Module) -> torch.Tensor:
     """All parameter gradients in one float32 CPU vector (zeros where a parameter got none)."""
-    parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
-             for p in module.parameters()]
+    parts = [
+        (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
+        for p in module.parameters()
+    ]
     return torch.cat(parts).float().cpu()
 
 
@@ -40,7 +42,7 @@ def set_grads(module: torch.nn.Module, flat: torch.Tensor) -> None:
     offset = 0
     for p in module.parameters():
         n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).to(device=p.device, dtype=p.dtype).clone()
+        p.grad = flat[offset : offset + n].view_as(p).to(device=p.device, dtype=p.dtype).clone()
         offset += n
 
 
@@ -48,8 +50,14 @@ class StageAverager:
     """Averages one stage's gradients (`module`'s) with the stage's live peers, through the
     node's messenger; `serve_late` runs one late operation while it waits (False: none)."""
 
-    def __init__(self, stage: int, module: torch.nn.Module, messenger: Messenger, emulation: Emulation,
-                 serve_late: Callable[[], Awaitable[bool]]):
+    def __init__(
+        self,
+        stage: int,
+        module: torch.nn.Module,
+        messenger: Messenger,
+        emulation: Emulation,
+        serve_late: Callable[[], Awaitable[bool]],
+    ):
         self.stage, self.module = stage, module
         self.messenger, self.emulation, self.serve_late = messenger, emulation, serve_late
 
@@ -69,8 +77,16 @@ class StageAverager:
                 total += grads
             set_grads(self.module, total)
         await self.emulation.pad(ready, self.emulation.averaging_s(self.stage, [m.id, *peers]))
-        m.events.write("op", t=t_event, kind="AVG", microbatch=None, hop=None, stage=self.stage,
-                       dur=m.events.now() - t_event, iteration=it)
+        m.events.write(
+            "op",
+            t=t_event,
+            kind="AVG",
+            microbatch=None,
+            hop=None,
+            stage=self.stage,
+            dur=m.events.now() - t_event,
+            iteration=it,
+        )
 
     async def _collect(self, it: int, peers: list[int]) -> tuple[dict[int, torch.Tensor], float]:
         """Each live peer's gradients for iteration `it`, and when the last of them was taken
@@ -85,8 +101,10 @@ class StageAverager:
             if not set(peers) - set(got) - m.live.dead:
                 break
             if time.monotonic() > stall_deadline:
-                raise AveragingStalled(f"iteration {it}: stage peers {sorted(set(peers) - set(got))} "
-                                       f"alive but sent no gradients for {stall_s:g} s")
+                raise AveragingStalled(
+                    f"iteration {it}: stage peers {sorted(set(peers) - set(got))} "
+                    f"alive but sent no gradients for {stall_s:g} s"
+                )
             if await self.serve_late():
                 continue
             await m.wait(m.live.interval_s)

@@ -1,5 +1,6 @@
 """A node's part of a run's checkpoint: written at the end of a run that checkpoints, and by a
 node that stops for want of a quorum (quorum.py), with the steps it took."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,9 +42,22 @@ def save_checkpoint(node: Saving, iterations: int) -> None:
     writer = bool(live) and live[0] == node.id
     info, directory = None, Path(cfg.run_dir) / "checkpoint"
     if writer and node.stage == 0 and node.data is not None:
-        tokens = (iterations * node.n_microbatches * node.sc.pipeline.samples_per_microbatch
-                  * node.model_cfg.ctx_tokens)
-        info = CheckpointInfo(node.model_cfg, node.sc.pipeline.n_stages, iterations, tokens,
-                              cfg.variant, node.sc.name, node.sc.content_hash, node.data.corpus_name,
-                              keep_in(directory, node.data.tokenizer_path), cfg.seed)
+        tokens = (
+            iterations
+            * node.n_microbatches
+            * node.sc.pipeline.samples_per_microbatch
+            * node.model_cfg.ctx_tokens
+        )
+        info = CheckpointInfo(
+            node.model_cfg,
+            node.sc.pipeline.n_stages,
+            iterations,
+            tokens,
+            cfg.variant,
+            node.sc.name,
+            node.sc.content_hash,
+            node.data.corpus_name,
+            keep_in(directory, node.data.tokenizer_path),
+            cfg.seed,
+        )
     node.compute.save(directory, node.id, writer, info)

@@ -18,6 +18,7 @@ and takes one AdamW step. A late operation (of an iteration this node already st
 computes input gradients only, so the stepped weights' gradients stay untouched. All of it runs
 on the node's single worker thread, in order.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,10 +29,10 @@ import torch
 from ...errors import SkipPipeError
 from ...ops import Op, OpKind
 from ...scenario import ModelConfig, Scenario, load_scenario
-from ...train.data import prepare_data, training_batches
-from ...train.optim import TrainConfig, clip_stage, learning_rate, make_optimizer
-from ...train.model import build_stage
 from ...train.checkpoint import CheckpointInfo, save_checkpoint, save_stage
+from ...train.data import prepare_data, training_batches
+from ...train.model import build_stage
+from ...train.optim import TrainConfig, clip_stage, learning_rate, make_optimizer
 
 
 def stand_in(model: ModelConfig, settings: str) -> ModelConfig:
@@ -43,17 +44,30 @@ def stand_in(model: ModelConfig, settings: str) -> ModelConfig:
 
 
 class StageCompute:
-    def __init__(self, sc: Scenario, model_cfg: ModelConfig, stage: int, device: torch.device,
-                 train_cfg: TrainConfig, n_microbatches: int, split: bool = False,
-                 stages: tuple[int, ...] = (), loss_at: str = "origin"):
+    def __init__(
+        self,
+        sc: Scenario,
+        model_cfg: ModelConfig,
+        stage: int,
+        device: torch.device,
+        train_cfg: TrainConfig,
+        n_microbatches: int,
+        split: bool = False,
+        stages: tuple[int, ...] = (),
+        loss_at: str = "origin",
+    ):
         self.model_cfg, self.stage, self.device, self.train_cfg = model_cfg, stage, device, train_cfg
         self.n_microbatches, self.split, self.loss_at = n_microbatches, split, loss_at
         n_stages = sc.pipeline.n_stages
-        self.modules = {s: build_stage(model_cfg, s, n_stages, device, train_cfg.seed, loss_at)
-                        for s in stages or (stage,)}  # stage -> its chunk
+        self.modules = {
+            s: build_stage(model_cfg, s, n_stages, device, train_cfg.seed, loss_at)
+            for s in stages or (stage,)
+        }  # stage -> its chunk
         self.module = self.modules[stage]  # the first chunk: stage 0's embeds and scores
         self.chunks = torch.nn.ModuleList(self.modules.values())  # averaged, sized, rejoined as one
-        self.chunk_params = {s: [p for p in m.parameters() if p.requires_grad] for s, m in self.modules.items()}
+        self.chunk_params = {
+            s: [p for p in m.parameters() if p.requires_grad] for s, m in self.modules.items()
+        }
         self.params = [p for ps in self.chunk_params.values() for p in ps]
         self.optimizer = make_optimizer(list(self.modules.values()), train_cfg)
         self.late_saved: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -142,7 +156,9 @@ class StageCompute:
             return any(m.has_head for m in self.modules.values())
         return stage in self.modules
 
-    def run_late(self, it: int, op: Op, tensor: torch.Tensor, stage: int | None = None) -> torch.Tensor | None:
+    def run_late(
+        self, it: int, op: Op, tensor: torch.Tensor, stage: int | None = None
+    ) -> torch.Tensor | None:
         """A late operation of iteration `it` on the chunk of `stage`: forward with the current
         weights, backward to the input only (a late loss: the gradient of its iteration's labels'
         loss, not counted in the loss this node reported). None when there is nothing to send."""
@@ -182,8 +198,13 @@ class StageCompute:
         """Tests: each chunk's summed gradients (stage -> name -> tensor), before clipping and
         the step."""
         path.parent.mkdir(exist_ok=True)
-        torch.save({s: {k: p.grad.detach().cpu() for k, p in m.named_parameters() if p.grad is not None}
-                    for s, m in self.modules.items()}, path)
+        torch.save(
+            {
+                s: {k: p.grad.detach().cpu() for k, p in m.named_parameters() if p.grad is not None}
+                for s, m in self.modules.items()
+            },
+            path,
+        )
 
     def save(self, directory: Path, node_id: int, writer: bool, info: CheckpointInfo | None) -> None:
         """The stage under directory/nodes/node-N/; the stage's `writer` also writes
@@ -217,7 +238,7 @@ class StageCompute:
 
         def take(p):
             nonlocal offset
-            out = flat[offset:offset + p.numel()].view_as(p).to(device=p.device, dtype=p.dtype).clone()
+            out = flat[offset : offset + p.numel()].view_as(p).to(device=p.device, dtype=p.dtype).clone()
             offset += p.numel()
             return out
 
@@ -227,8 +248,11 @@ class StageCompute:
         for p, step in zip(params, steps):
             exp_avg, exp_avg_sq = take(p), take(p)
             if step:
-                self.optimizer.state[p] = {"step": torch.tensor(float(step)), "exp_avg": exp_avg,
-                                           "exp_avg_sq": exp_avg_sq}
+                self.optimizer.state[p] = {
+                    "step": torch.tensor(float(step)),
+                    "exp_avg": exp_avg,
+                    "exp_avg_sq": exp_avg_sq,
+                }
 
 
 def batch_stream(sc: Scenario, model_cfg: ModelConfig, seed: int, n_microbatches: int, first_iteration: int):

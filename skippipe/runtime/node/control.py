@@ -18,6 +18,7 @@ it is follows from its keys (the wire format predates these types and stays as i
 `decode` checks every field's type and range and raises ControlError for anything else: a
 malformed message is rejected by its receiver, never trusted.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, make_dataclass
@@ -36,7 +37,9 @@ class ControlError(SkipPipeError):
 
 def _flag(name: str, key: str, doc: str) -> type:
     """A message without fields: its key alone says it all."""
-    return make_dataclass(name, [], namespace={"key": key, "__doc__": doc, "__module__": __name__}, frozen=True)
+    return make_dataclass(
+        name, [], namespace={"key": key, "__doc__": doc, "__module__": __name__}, frozen=True
+    )
 
 
 Hello = _flag("Hello", "hello", "Start-up greeting.")
@@ -109,8 +112,19 @@ class MoveNotice:  # the announcement of a rebalance.Move
     at: int
 
 
-Control = (Hello | Finished | RejoinRequest | Dead | Restart | Reroute | RejoinAt | Welcome | Load | MoveNotice
-           | Report)
+Control = (
+    Hello
+    | Finished
+    | RejoinRequest
+    | Dead
+    | Restart
+    | Reroute
+    | RejoinAt
+    | Welcome
+    | Load
+    | MoveNotice
+    | Report
+)
 # Welcome and Finished before Dead: they also carry a "dead" list
 _TYPES = (Welcome, Finished, Restart, Reroute, RejoinAt, Dead, Load, MoveNotice, Report, Hello, RejoinRequest)
 _FLAGS = (Hello, RejoinRequest)  # no fields: the key's value is 1
@@ -118,8 +132,11 @@ MAX_LOSS = 1e30  # a loss sum beyond this is no loss
 
 
 def encode(ctrl: Control, sender: int) -> Message:
-    body = {ctrl.key: 1} if isinstance(ctrl, _FLAGS) else {
-        k: list(v) if isinstance(v, tuple) else v for k, v in asdict(ctrl).items()}
+    body = (
+        {ctrl.key: 1}
+        if isinstance(ctrl, _FLAGS)
+        else {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(ctrl).items()}
+    )
     return Message.from_json(Kind.CONTROL, sender, body)
 
 
@@ -135,20 +152,33 @@ def decode(msg: Message, n_nodes: int = MAX_ID + 1) -> Control:
         raise ControlError(f"control message from node {msg.sender}: unknown {sorted(body)[:3]}")
     names = {f.name for f in fields(cls)} or {cls.key}
     if set(body) != names:
-        raise ControlError(f"control message from node {msg.sender}: {cls.__name__} needs keys "
-                           f"{sorted(names)}, got {sorted(body)}")
+        raise ControlError(
+            f"control message from node {msg.sender}: {cls.__name__} needs keys "
+            f"{sorted(names)}, got {sorted(body)}"
+        )
     if cls in _FLAGS:
         return cls()
-    return cls(**{f.name: _value(msg.sender, f.name, body[f.name], f.type,
-                                 n_nodes - 1 if f.name in _NODE_FIELDS else MAX_ID) for f in fields(cls)})
+    return cls(
+        **{
+            f.name: _value(
+                msg.sender, f.name, body[f.name], f.type, n_nodes - 1 if f.name in _NODE_FIELDS else MAX_ID
+            )
+            for f in fields(cls)
+        }
+    )
 
 
 def _value(sender: int, name: str, value, typ: str, high: int):
     """Check one field: a finite float, an integer in 0..high, or a list of them (as a tuple)."""
     if typ == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -MAX_LOSS <= value <= MAX_LOSS:
-            raise ControlError(f"control message from node {sender}: {name} must be a finite number, "
-                               f"got {value!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not -MAX_LOSS <= value <= MAX_LOSS
+        ):
+            raise ControlError(
+                f"control message from node {sender}: {name} must be a finite number, got {value!r}"
+            )
         return float(value)
     if typ == "int":
         return _id(sender, name, value, high)
@@ -159,6 +189,7 @@ def _value(sender: int, name: str, value, typ: str, high: int):
 
 def _id(sender: int, name: str, value, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
-        raise ControlError(f"control message from node {sender}: {name} must be an integer "
-                           f"0..{high}, got {value!r}")
+        raise ControlError(
+            f"control message from node {sender}: {name} must be an integer 0..{high}, got {value!r}"
+        )
     return value

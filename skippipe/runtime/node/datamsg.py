@@ -6,6 +6,7 @@ microbatch's whole path, so any node can serve a re-routed microbatch it was not
 Under online routing the path is the part routed so far, and the hop tag's bits above HOP_BITS
 carry the sender's routing report (routes.py).
 """
+
 from __future__ import annotations
 
 from ...ops import B, F, L, Op, OpKind, next_op, node_of
@@ -38,8 +39,16 @@ def unpack_path(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(nodes)
 
 
-def onward(sender: int, it: int, path: MicrobatchPath, op: Op, out, attempt: int,
-           report: int = 0, loss_at: str = "origin") -> tuple[int, Message] | None:
+def onward(
+    sender: int,
+    it: int,
+    path: MicrobatchPath,
+    op: Op,
+    out,
+    attempt: int,
+    report: int = 0,
+    loss_at: str = "origin",
+) -> tuple[int, Message] | None:
     """Where the result `out` of `op` goes next and the message that takes it there; None after
     the backward at hop 0 (the microbatch is done). `report`: routing's bits of the hop tag;
     `loss_at`: the variant's (the loss on the last hop is a message to the sender itself)."""
@@ -48,8 +57,14 @@ def onward(sender: int, it: int, path: MicrobatchPath, op: Op, out, attempt: int
         return None
     kind = Kind.BACKWARD if nxt.kind is OpKind.B else Kind.FORWARD
     hop = len(path.hops) if nxt.kind is OpKind.L else nxt.hop
-    msg = Message.from_tensor(kind, sender, out, iteration=it, microbatch=op.microbatch,
-                              tags=(hop | report << HOP_BITS, attempt, *pack_path(path.nodes)))
+    msg = Message.from_tensor(
+        kind,
+        sender,
+        out,
+        iteration=it,
+        microbatch=op.microbatch,
+        tags=(hop | report << HOP_BITS, attempt, *pack_path(path.nodes)),
+    )
     return node_of(nxt, path.nodes, loss_at), msg
 
 

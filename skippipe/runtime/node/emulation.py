@@ -8,6 +8,7 @@ slowed by failure injection (faults.py, how=slow) multiplies its compute, its av
 the bytes of its outgoing messages by its slow factor. Reports divide `time_scale` out again
 (`scenario_s`), so measured times compare with the simulator's.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,8 +26,16 @@ if TYPE_CHECKING:
 class Emulation:
     """Time scaling for one run, and for one node of it when given the scenario's costs."""
 
-    def __init__(self, time_scale: float, *, compute: bool = True, links: bool = True,
-                 costs: Costs | None = None, node: int | None = None, chunks: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        time_scale: float,
+        *,
+        compute: bool = True,
+        links: bool = True,
+        costs: Costs | None = None,
+        node: int | None = None,
+        chunks: tuple[int, ...] = (),
+    ):
         if not time_scale > 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
         self.time_scale, self.compute, self.links = time_scale, compute, links
@@ -35,12 +44,19 @@ class Emulation:
         self.slow = 1.0  # failure injection's slow-down of this node (1: none)
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, costs: Costs | None = None, node: int | None = None,
-                    chunks: tuple[int, ...] = ()) -> Emulation:
+    def from_config(
+        cls, cfg: RunConfig, costs: Costs | None = None, node: int | None = None, chunks: tuple[int, ...] = ()
+    ) -> Emulation:
         """The run's emulation; with `costs` and `node` (holding the stages `chunks`), what that
         node waits for."""
-        return cls(cfg.time_scale, compute=cfg.emulate_compute, links=cfg.emulate_links,
-                   costs=costs, node=node, chunks=chunks)
+        return cls(
+            cfg.time_scale,
+            compute=cfg.emulate_compute,
+            links=cfg.emulate_links,
+            costs=costs,
+            node=node,
+            chunks=chunks,
+        )
 
     # -- scenario seconds -> wall seconds ---------------------------------------------------
     def wall_s(self, scenario_s: float) -> float:
@@ -73,8 +89,9 @@ class Emulation:
         for n in sc.nodes:
             if n.id != self.node:
                 link = sc.link(self.node, n.id)
-                models[n.id] = LinkModel(link.latency_s, link.bandwidth_bytes_per_s,
-                                         sc.costs.per_hop_overhead_s, self.time_scale)
+                models[n.id] = LinkModel(
+                    link.latency_s, link.bandwidth_bytes_per_s, sc.costs.per_hop_overhead_s, self.time_scale
+                )
         return LinkEmulator(self.node, models)
 
     async def pad(self, started: float, target_s: float) -> None:

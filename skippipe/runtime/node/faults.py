@@ -1,11 +1,13 @@
 """Failure injection into a running node: `FailureInjector` fires the node's planned failures
 (failures.py: the one failure model, shared with the simulator and the scenario's [faults])."""
+
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ...failures import FailureSpec
 from ...ops import OpKind
@@ -20,8 +22,14 @@ PHASE_OF = {OpKind.F: "forward", OpKind.L: "backward", OpKind.B: "backward", OpK
 class FailureInjector:
     """Fires one node's planned failures. `silence` makes the node stop answering (a hang)."""
 
-    def __init__(self, plan: tuple[FailureSpec, ...], node_id: int, events: EventWriter,
-                 emulation: Emulation, silence: Callable[[], None]):
+    def __init__(
+        self,
+        plan: tuple[FailureSpec, ...],
+        node_id: int,
+        events: EventWriter,
+        emulation: Emulation,
+        silence: Callable[[], None],
+    ):
         self.pending = [f for f in plan if f.node == node_id]
         self.events, self.emulation, self.silence = events, emulation, silence
 

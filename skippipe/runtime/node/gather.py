@@ -7,6 +7,7 @@ Receivers write what they hear as events (`report`, `peer_finished`): the launch
 host, or node 0 itself under torchrun, then prints the loss of every data node of the run per
 iteration and compares every node's view (launch/supervisor.py).
 """
+
 from __future__ import annotations
 
 from .control import Control, Finished, Report
@@ -36,12 +37,18 @@ class Gather:
         """Record a Report or Finished; False for any other message."""
         if isinstance(ctrl, Report):
             if sender in self.data_nodes:
-                self.m.events.write("report", sender=sender, iteration=ctrl.report, loss_sum=ctrl.loss_sum,
-                                    loss_count=ctrl.loss_count)
+                self.m.events.write(
+                    "report",
+                    sender=sender,
+                    iteration=ctrl.report,
+                    loss_sum=ctrl.loss_sum,
+                    loss_count=ctrl.loss_count,
+                )
         elif isinstance(ctrl, Finished):
             self.m.live.finished.add(sender)  # silence is fine from now on
-            self.m.events.write("peer_finished", sender=sender, iterations=ctrl.finished,
-                                dead=list(ctrl.dead))
+            self.m.events.write(
+                "peer_finished", sender=sender, iterations=ctrl.finished, dead=list(ctrl.dead)
+            )
         else:
             return False
         return True

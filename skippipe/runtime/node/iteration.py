@@ -18,6 +18,7 @@ DONE; each data message feeds the router and extends the node's view of the path
 dies, an origin restarts every unfinished own microbatch that touched it or whose forward is
 still out when the peer died (its path beyond the known part may cross it).
 """
+
 from __future__ import annotations
 
 import time
@@ -26,18 +27,28 @@ from ...dispatch import Dispatcher
 from ...events import Routed
 from ...ops import B, F, L, Op, OpKind, local_next
 from ...schedule import VariantSchedule
+from ..net.wire import Kind, Message
 from .compute import StageCompute
 from .control import Reroute, Restart
 from .datamsg import attempt_of, op_of, path_of
 from .messenger import Messenger
 from .routes import Routes
-from ..net.wire import Kind, Message
 
 
 class Iteration:
-    def __init__(self, it: int, variant: VariantSchedule, memory_slots: int | None, degraded: bool,
-                 data_node: bool, messenger: Messenger, compute: StageCompute,
-                 allocation: tuple[tuple[int, ...], ...], stages_of: dict[int, tuple[int, ...]], routes: Routes):
+    def __init__(
+        self,
+        it: int,
+        variant: VariantSchedule,
+        memory_slots: int | None,
+        degraded: bool,
+        data_node: bool,
+        messenger: Messenger,
+        compute: StageCompute,
+        allocation: tuple[tuple[int, ...], ...],
+        stages_of: dict[int, tuple[int, ...]],
+        routes: Routes,
+    ):
         self.it, self.m, self.compute, self.routes = it, messenger, compute, routes
         variant = routes.begin_iteration(variant)
         self.id = messenger.id
@@ -103,8 +114,9 @@ class Iteration:
                 self._forget(mb)
                 del self.paths[mb]
                 if reporter:
-                    self.m.events.write("microbatch_lost", iteration=self.it, microbatch=mb,
-                                        why="its data node died")
+                    self.m.events.write(
+                        "microbatch_lost", iteration=self.it, microbatch=mb, why="its data node died"
+                    )
             elif path.origin == self.id and mb not in self.completed and self._crossed(mb, path, dead, new):
                 self._restart(mb)
         if self.data_node and not self._own_unfinished():
@@ -138,8 +150,13 @@ class Iteration:
             return
         self.attempt[mb] += 1
         self.paths[mb] = new
-        self.m.events.write("microbatch_rerouted", iteration=self.it, microbatch=mb,
-                            attempt=self.attempt[mb], nodes=list(new.nodes))
+        self.m.events.write(
+            "microbatch_rerouted",
+            iteration=self.it,
+            microbatch=mb,
+            attempt=self.attempt[mb],
+            nodes=list(new.nodes),
+        )
         self.m.tell_live(Restart(mb, self.attempt[mb], self.it))
         self._add([F(mb, 0)])
         self.disp.arrive(F(mb, 0), time.monotonic())

@@ -17,16 +17,17 @@ any message from a peer counts as a sign of life. A peer is declared dead only w
 Each death this node declares itself is gossiped to every live peer, so that all nodes
 converge on the same set quickly.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from .control import Dead, encode
 from ..net.transport import Transport, TransportError
 from ..net.wire import Kind, Message
+from .control import Dead, encode
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,14 @@ REFUSAL_PAUSE_S = 0.1  # between those connection attempts
 
 
 class Liveness:
-    def __init__(self, node_id: int, peers: Iterable[int] | Mapping[int, tuple[str, int]],
-                 transport: Transport, timeout_s: float, on_dead: Callable[[set[int], str], None]):
+    def __init__(
+        self,
+        node_id: int,
+        peers: Iterable[int] | Mapping[int, tuple[str, int]],
+        transport: Transport,
+        timeout_s: float,
+        on_dead: Callable[[set[int], str], None],
+    ):
         """`peers`: the run's nodes, or its peer table (node -> (host, port)): with addresses, a
         closed peer's port is asked whether it still listens."""
         self.id, self.peers, self.transport = node_id, [p for p in peers if p != node_id], transport
@@ -98,8 +105,11 @@ class Liveness:
         """Declare dead every peer silent for longer than the deadline, and every accused peer
         silent since it was accused for `confirm_s`."""
         now = time.monotonic()
-        silent = {p for p in self.live_peers()
-                  if p not in self.finished and now - self.last_seen[p] > self.timeout_s}
+        silent = {
+            p
+            for p in self.live_peers()
+            if p not in self.finished and now - self.last_seen[p] > self.timeout_s
+        }
         if silent:
             self.declare(silent, f"silent for more than {self.timeout_s:g} s")
         for p, (when, by) in list(self.accused.items()):

@@ -6,6 +6,7 @@ moves rebalancing made (rebalance.Rebalancer), the peers planned back in from a 
 (rejoins), and the peers this node sends its stage's state to after a given iteration (the
 sponsoring of a rejoin or of a move). Who is alive is Liveness's business, not this one's.
 """
+
 from __future__ import annotations
 
 from ...rebalance import Allocation, Move, Rebalancer
@@ -13,8 +14,9 @@ from .control import MoveNotice
 
 
 class Membership:
-    def __init__(self, node: int, allocation: Allocation, stages_of: dict[int, tuple[int, ...]],
-                 rebalance: float):
+    def __init__(
+        self, node: int, allocation: Allocation, stages_of: dict[int, tuple[int, ...]], rebalance: float
+    ):
         self.id = node
         self.rebalancer = Rebalancer(allocation, rebalance)  # threshold 0: never moves anyone
         self.base_stages_of = stages_of  # while no node has moved (V placement: two stages)
@@ -59,8 +61,10 @@ class Membership:
     def serves_my_move(self, sender: int, now: int) -> bool:
         """Whether `sender` may send this node a stage's state at iteration `now`: a move of this
         node is due and `sender` serves its target stage."""
-        return any(m.node == self.id and m.at > now and sender in self.allocation_at(m.at - 1)[m.target]
-                   for m in self.rebalancer.moves)
+        return any(
+            m.node == self.id and m.at > now and sender in self.allocation_at(m.at - 1)[m.target]
+            for m in self.rebalancer.moves
+        )
 
     # -- rejoins and sponsoring -------------------------------------------------------------
     def plan_join(self, peer: int, at: int) -> None:

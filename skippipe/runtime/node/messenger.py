@@ -9,19 +9,20 @@ the emulated links (emulation.py) as background tasks; a send whose connection b
 retried (the transport reconnects) until the peer timeout, and only then declares its peer dead.
 `wait` sleeps until something arrives or the deadline passes.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
+from ..net.transport import Transport, TransportError
+from ..net.wire import Kind, Message
 from . import control
 from .emulation import Emulation
 from .liveness import Liveness
 from .runconfig import EventWriter
-from ..net.transport import Transport, TransportError
-from ..net.wire import Kind, Message
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,15 @@ class NodeFailure(Exception):
 
 
 class Messenger:
-    def __init__(self, node_id: int, transport: Transport, live: Liveness, events: EventWriter,
-                 emulation: Emulation, peer_timeout_s: float):
+    def __init__(
+        self,
+        node_id: int,
+        transport: Transport,
+        live: Liveness,
+        events: EventWriter,
+        emulation: Emulation,
+        peer_timeout_s: float,
+    ):
         self.id, self.transport, self.live, self.events = node_id, transport, live, events
         self.emulation, self.peer_timeout_s = emulation, peer_timeout_s
         self.links = emulation.link_emulator()
@@ -143,14 +151,18 @@ class Messenger:
         while unsent or others - greeted:
             for n in sorted(unsent):
                 try:
-                    await self.transport.send(n, control.encode(control.Hello(), self.id),
-                                              timeout_s=max(0.1, deadline - time.monotonic()))
+                    await self.transport.send(
+                        n,
+                        control.encode(control.Hello(), self.id),
+                        timeout_s=max(0.1, deadline - time.monotonic()),
+                    )
                     unsent.discard(n)
                 except TransportError:
                     pass
             if time.monotonic() > deadline:
-                raise NodeFailure(f"peers {sorted(unsent | (others - greeted))} did not come up "
-                                  f"within {timeout_s:g} s")
+                raise NodeFailure(
+                    f"peers {sorted(unsent | (others - greeted))} did not come up within {timeout_s:g} s"
+                )
             await self.wait(HELLO_RETRY_S)
         return 0
 
@@ -170,8 +182,15 @@ class Messenger:
         else:
             sent = await self._send_retrying(dst, msg)
         if sent and nominal_bytes is not None:
-            self.events.write("send", t=t, dst=dst, microbatch=msg.microbatch,
-                              bytes=nominal_bytes, arrive=self.events.now(), iteration=msg.iteration)
+            self.events.write(
+                "send",
+                t=t,
+                dst=dst,
+                microbatch=msg.microbatch,
+                bytes=nominal_bytes,
+                arrive=self.events.now(),
+                iteration=msg.iteration,
+            )
 
     async def _send_retrying(self, dst: int, msg: Message) -> bool:
         """Send, reconnecting after a broken connection, until the peer timeout: a peer we

@@ -16,11 +16,12 @@
   decider tells it of later ones directly (it counts as dead until its join iteration), so it
   comes back with everyone's allocation.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ...rebalance import Move, throughputs
 from .control import Load, MoveNotice
@@ -34,8 +35,15 @@ from .runconfig import RunConfig
 class Moves:
     """One node's part in the run's moves; inert unless the variant rebalances."""
 
-    def __init__(self, cfg: RunConfig, node: int, membership: Membership, routes: Routes, messenger: Messenger,
-                 rejoin: Rejoin):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        node: int,
+        membership: Membership,
+        routes: Routes,
+        messenger: Messenger,
+        rejoin: Rejoin,
+    ):
         self.cfg, self.id, self.m, self.routes, self.rejoin = cfg, node, messenger, routes, rejoin
         self.members = membership
         self.forward_s: dict[int, float] = {}  # node -> its latest reported forward EMA
@@ -93,8 +101,15 @@ class Moves:
         if move is None:
             return
         rate = throughputs(alloc, forward, self.m.live.dead)
-        self.m.events.write("rebalance", iteration=it, moved=move.node, source=move.source, target=move.target,
-                            at=move.at, throughputs={s: round(r, 4) for s, r in rate.items()})
+        self.m.events.write(
+            "rebalance",
+            iteration=it,
+            moved=move.node,
+            source=move.source,
+            target=move.target,
+            at=move.at,
+            throughputs={s: round(r, 4) for s, r in rate.items()},
+        )
         notice = MoveNotice(move.node, move.target, move.at)
         self.m.tell_live(notice)
         for r in sorted(self.members.coming_back() & self.m.live.dead):
@@ -113,5 +128,11 @@ class Moves:
         welcome, state, sponsor = await self.rejoin.take_state(deadline, "the moved node's new stage")
         compute = place(move.target)
         compute.load_state_vector(state, welcome.steps)
-        self.m.events.write("moved", iteration=it, source=move.source, target=move.target,
-                            sponsor=sponsor, wait_s=round(time.monotonic() - started, 3))
+        self.m.events.write(
+            "moved",
+            iteration=it,
+            source=move.source,
+            target=move.target,
+            sponsor=sponsor,
+            wait_s=round(time.monotonic() - started, 3),
+        )

@@ -23,6 +23,7 @@ stops (quorum.py); the run's first launcher hears of other hosts' nodes through 
 What peers tell the node waits in notices.py until the loop looks; process.py runs a node as its
 own process (config, logging, exit code).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -31,30 +32,30 @@ import time
 from pathlib import Path
 
 from ...costs import Costs
+from ...recovery import live_variant
 from ...scenario import load_scenario
 from ...schedule_file import load_schedule
 from ...train.recipe import recipe_config
 from ...util.devices import device_for
+from ..net.frames import TransportConfig
+from ..net.transport import Transport
 from .averaging import StageAverager
 from .checkpoint import save_checkpoint
 from .compute import StageCompute, batch_stream, stand_in
 from .emulation import Emulation
 from .faults import PHASE_OF, FailureInjector
 from .gather import Gather
+from .iteration import Iteration
 from .liveness import Liveness
 from .membership import Membership, rebalance_factor
-from .moves import Moves
-from .operations import Operations
 from .messenger import STALL_FACTOR, Messenger, NodeFailure
+from .moves import Moves
 from .notices import Notices
-from .iteration import Iteration
+from .operations import Operations
 from .quorum import Quorum
-from ...recovery import live_variant
 from .rejoin import Rejoin
 from .routes import Routes
 from .runconfig import EventWriter, RunConfig, events_dir
-from ..net.frames import TransportConfig
-from ..net.transport import Transport
 
 
 class Node:
@@ -73,25 +74,46 @@ class Node:
         self.my_microbatches = [p.microbatch for p in self.variant.paths if p.origin == node_id]
         self.model_cfg = stand_in(self.sc.model, cfg.stand_in_model)
         self.compute = self._stage_compute(self.stage, self.stages_of[node_id])
-        self.transport = Transport(node_id, *cfg.peers[node_id], cfg.peers, Path(cfg.run_dir) / "transport",
-                                   auth=cfg.auth(), on_disconnect=self._closed, config=TransportConfig.for_stage(
-                                       self.model_cfg, self.sc.pipeline.samples_per_microbatch, self.compute.chunks))
+        self.transport = Transport(
+            node_id,
+            *cfg.peers[node_id],
+            cfg.peers,
+            Path(cfg.run_dir) / "transport",
+            auth=cfg.auth(),
+            on_disconnect=self._closed,
+            config=TransportConfig.for_stage(
+                self.model_cfg, self.sc.pipeline.samples_per_microbatch, self.compute.chunks
+            ),
+        )
         self.live = Liveness(node_id, cfg.peers, self.transport, cfg.peer_timeout_s, self._on_dead)
-        self.messenger = Messenger(node_id, self.transport, self.live, self.events, self.emulation,
-                                   cfg.peer_timeout_s)
-        self.members = Membership(node_id, self.schedule.allocation, self.stages_of, rebalance_factor(self.variant))
+        self.messenger = Messenger(
+            node_id, self.transport, self.live, self.events, self.emulation, cfg.peer_timeout_s
+        )
+        self.members = Membership(
+            node_id, self.schedule.allocation, self.stages_of, rebalance_factor(self.variant)
+        )
         self.routes = Routes(node_id, self.variant, self.sc, self.members, self.messenger, self.emulation)
-        self.ops = Operations(self.variant, self.costs.activation_bytes, self.routes, self.messenger, self.emulation,
-                              self.events, self.members)
+        self.ops = Operations(
+            self.variant,
+            self.costs.activation_bytes,
+            self.routes,
+            self.messenger,
+            self.emulation,
+            self.events,
+            self.members,
+        )
         self.ops.place(self.compute, self.stage)
         self.rejoin = Rejoin(cfg, self.messenger, lambda: self.compute, self.members)
         self.moves = Moves(cfg, node_id, self.members, self.routes, self.messenger, self.rejoin)
         self.quorum = Quorum(len(cfg.peers), self.messenger, self.members.allocation_at)
         self.gather = Gather(node_id, cfg.data_nodes, self.messenger)
-        self.notices = Notices(self.messenger, self.live, self.gather, self.moves, self.rejoin)  # what peers tell
+        self.notices = Notices(
+            self.messenger, self.live, self.gather, self.moves, self.rejoin
+        )  # what peers tell
         self.steps = 0  # iterations this node took its step for
-        self.averager = StageAverager(self.stage, self.compute.chunks, self.messenger, self.emulation,
-                                      self.ops.serve_late)
+        self.averager = StageAverager(
+            self.stage, self.compute.chunks, self.messenger, self.emulation, self.ops.serve_late
+        )
         self.faults = FailureInjector(cfg.failures, node_id, self.events, self.emulation, self._silence)
         self.receiver: asyncio.Task | None = None
         self.data = None  # a data node's corpus and tokenizer
@@ -104,8 +126,13 @@ class Node:
     async def _run(self) -> None:
         async with self.transport:
             self.receiver = asyncio.create_task(self.messenger.receive_forever())
-            first = await (self.rejoin.come_back() if self.rejoining else
-                           self.messenger.greet_all(self.cfg.peers, self.notices.greeted, self.cfg.connect_timeout_s))
+            first = await (
+                self.rejoin.come_back()
+                if self.rejoining
+                else self.messenger.greet_all(
+                    self.cfg.peers, self.notices.greeted, self.cfg.connect_timeout_s
+                )
+            )
             batches = await self.ops.in_worker(self._batches, first)
             self.live.start()
             self.events.write("ready", pid=os.getpid(), stage=self.stage, first_iteration=first)
@@ -121,22 +148,34 @@ class Node:
 
     def _stage_compute(self, stage: int, stages: tuple[int, ...]) -> StageCompute:
         recipe = recipe_config(self.sc, iterations=self.cfg.iterations, seed=self.cfg.seed)  # as `train`
-        return StageCompute(self.sc, self.model_cfg, stage, device_for(self.id), recipe, self.n_microbatches,
-                            self.variant.split_backward, stages, self.variant.loss_at)
+        return StageCompute(
+            self.sc,
+            self.model_cfg,
+            stage,
+            device_for(self.id),
+            recipe,
+            self.n_microbatches,
+            self.variant.split_backward,
+            stages,
+            self.variant.loss_at,
+        )
 
     def _place(self, stage: int) -> StageCompute:
         """Rebalancing moved this node to `stage`: a fresh module (the caller loads its state)."""
         self.stage, self.emulation.chunks = stage, (stage,)
         self.compute = self._stage_compute(stage, (stage,))
         self.ops.place(self.compute, stage)
-        self.averager = StageAverager(stage, self.compute.chunks, self.messenger, self.emulation, self.ops.serve_late)
+        self.averager = StageAverager(
+            stage, self.compute.chunks, self.messenger, self.emulation, self.ops.serve_late
+        )
         return self.compute
 
     def _batches(self, first_iteration: int):
         if not self.my_microbatches and self.variant.loss_at != "last":  # last: labels (compute.py)
             return None
-        self.data, stream = batch_stream(self.sc, self.model_cfg, self.cfg.seed, self.n_microbatches,
-                                         first_iteration)
+        self.data, stream = batch_stream(
+            self.sc, self.model_cfg, self.cfg.seed, self.n_microbatches, first_iteration
+        )
         return stream
 
     async def _goodbye(self) -> None:
@@ -169,9 +208,18 @@ class Node:
         self.quorum.check(it)
         alloc, stages_of = self.members.begin(it)  # rebalancing may have moved nodes
         # the iteration where a node comes back runs degraded: not everyone may know yet
-        cur = Iteration(it, live_variant(self.variant, dead, alloc), self.variant.memory_slots(self.id, self.sc),
-                        bool(dead) or bool(revived) or it == self.rejoin.joined_at, bool(self.my_microbatches),
-                        self.messenger, self.compute, alloc, stages_of, self.routes)
+        cur = Iteration(
+            it,
+            live_variant(self.variant, dead, alloc),
+            self.variant.memory_slots(self.id, self.sc),
+            bool(dead) or bool(revived) or it == self.rejoin.joined_at,
+            bool(self.my_microbatches),
+            self.messenger,
+            self.compute,
+            alloc,
+            stages_of,
+            self.routes,
+        )
         self.compute.begin_iteration(it)
         if batches is not None:
             for g in range(self.n_microbatches):
@@ -198,8 +246,9 @@ class Node:
             op = cur.disp.next_op()
             if op is None:
                 if time.monotonic() - progress > stall_s:
-                    raise NodeFailure(f"iteration {it}: no progress for {stall_s:g} s; "
-                                      f"waiting for {cur.disp.pending()[:4]}")
+                    raise NodeFailure(
+                        f"iteration {it}: no progress for {stall_s:g} s; waiting for {cur.disp.pending()[:4]}"
+                    )
                 await self.messenger.wait(self.live.interval_s)
                 continue
             progress = time.monotonic()
@@ -218,8 +267,14 @@ class Node:
         await self.moves.take_stage(it + 1, self._place)
         self.messenger.close_iteration(it)
         self.notices.restarts.pop(it, None)
-        self.events.write("iteration_end", iteration=it, loss_sum=self.compute.loss_sum,
-                          loss_count=self.compute.loss_count, wall_s=time.monotonic() - t0,
-                          degraded=cur.degraded, peak_activations=cur.disp.peak)
+        self.events.write(
+            "iteration_end",
+            iteration=it,
+            loss_sum=self.compute.loss_sum,
+            loss_count=self.compute.loss_count,
+            wall_s=time.monotonic() - t0,
+            degraded=cur.degraded,
+            peak_activations=cur.disp.peak,
+        )
         self.steps += 1
         self.gather.after_iteration(it, self.compute.loss_sum, self.compute.loss_count)

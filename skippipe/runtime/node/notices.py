@@ -7,6 +7,7 @@ liveness.py, which believes it only if the accused stays silent here too.
 Kept apart from node.py because it is the node's intake, not its lifecycle or its loop: it only
 records, and the loop decides when to act on what it recorded.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -2,6 +2,7 @@
 order), padded to the operation's emulated duration, logged, and its output sent on to the next
 hop (chosen now for online variants: routes.py); and the late operations of iterations this node
 already finished (a re-routed microbatch's), served between its own."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,16 @@ if TYPE_CHECKING:
 
 
 class Operations:
-    def __init__(self, variant: VariantSchedule, activation_bytes: float, routes: Routes,
-                 messenger: Messenger, emulation: Emulation, events: EventWriter, members: Membership):
+    def __init__(
+        self,
+        variant: VariantSchedule,
+        activation_bytes: float,
+        routes: Routes,
+        messenger: Messenger,
+        emulation: Emulation,
+        events: EventWriter,
+        members: Membership,
+    ):
         self.variant, self.activation_bytes, self.routes = variant, activation_bytes, routes
         self.m, self.emulation, self.events, self.members = messenger, emulation, events, members
         self.pool = ThreadPoolExecutor(max_workers=1)  # torch work off the event loop, in order
@@ -46,8 +55,16 @@ class Operations:
         path = cur.paths[op.microbatch]
         out = await self.in_worker(self.compute.run, op, path.hops[op.hop].stage)
         await self.emulation.pad(start, self.emulation.op_s(op.kind, self.variant.split_backward))
-        self.events.write("op", t=t_event, kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
-                          stage=self.stage, dur=self.events.now() - t_event, iteration=cur.it)
+        self.events.write(
+            "op",
+            t=t_event,
+            kind=op.kind.value,
+            microbatch=op.microbatch,
+            hop=op.hop,
+            stage=self.stage,
+            dur=self.events.now() - t_event,
+            iteration=cur.it,
+        )
         self._send_on(cur.it, path, op, out, cur.attempt[op.microbatch], time.monotonic() - start)
 
     def _send_on(self, it: int, path, op: Op, out, attempt: int, wall_s: float) -> None:
@@ -70,8 +87,9 @@ class Operations:
         start = time.monotonic()
         out = await self.in_worker(lambda: self.compute.run_late(msg.iteration, op, msg.to_torch(), stage))
         await self.emulation.pad(start, self.emulation.op_s(op.kind, self.variant.split_backward))
-        self.events.write("late_op", kind=op.kind.value, microbatch=op.microbatch, hop=op.hop,
-                          iteration=msg.iteration)
+        self.events.write(
+            "late_op", kind=op.kind.value, microbatch=op.microbatch, hop=op.hop, iteration=msg.iteration
+        )
         if out is not None:
             self._send_on(msg.iteration, path, op, out, attempt_of(msg), time.monotonic() - start)
         return True

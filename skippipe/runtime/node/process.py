@@ -6,6 +6,7 @@ lifecycle: it loads the run config, sets torch's threads and the log format, run
 event loop and turns how it ended into the exit code the launcher reads (0; QUORUM_EXIT, after
 saving the stage when the run checkpoints; 1 on a node failure or a SkipPipe error).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def main(config_path: str, node_id: int, rejoin: bool = False) -> int:
     from .runconfig import load_config
+
     cfg = load_config(config_path)
     torch.set_num_threads(1)  # many node processes share the host's cores
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [node {node_id}] %(message)s")

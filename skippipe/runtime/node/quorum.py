@@ -19,6 +19,7 @@ quorum cancels its work, writes a `quorum_lost` event with the reason and exits 
 (process.py saves its stage first when the run checkpoints); the launcher prints the reason in
 one line and exits non-zero. Once a node ran its last iteration the verdict is moot.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -38,8 +39,9 @@ class Quorum:
     """One node's guard: checks the rule and stops the node's run when it fails (by
     cancelling it, and at the messenger's next wait)."""
 
-    def __init__(self, n_nodes: int, messenger: Messenger,
-                 allocation_at: Callable[[int], Sequence[Sequence[int]]]):
+    def __init__(
+        self, n_nodes: int, messenger: Messenger, allocation_at: Callable[[int], Sequence[Sequence[int]]]
+    ):
         self.n_nodes, self.allocation_at = n_nodes, allocation_at
         self.live, self.events = messenger.live, messenger.events
         messenger.stopping = self.enforce

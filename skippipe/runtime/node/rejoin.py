@@ -13,21 +13,22 @@ sponsor's dead set as its own view, having none), or from a node of the target s
 of its own that is due (moves.py; the dead set is not used then). Any other Welcome is rejected
 and logged: one well-formed message from a key holder must not change who is in the run.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
+from ..net.wire import Kind, Message
 from .compute import StageCompute
 from .control import Control, RejoinAt, RejoinRequest, Welcome
 from .membership import Membership
 from .messenger import STALL_FACTOR, Messenger, NodeFailure
 from .runconfig import RunConfig
-from ..net.wire import Kind, Message
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,13 @@ JOIN_AHEAD = 2  # iterations between the sponsor's announcement and the join
 
 
 class Rejoin:
-    def __init__(self, cfg: RunConfig, messenger: Messenger, compute: Callable[[], StageCompute],
-                 membership: Membership):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        messenger: Messenger,
+        compute: Callable[[], StageCompute],
+        membership: Membership,
+    ):
         self.cfg, self.m, self.members = cfg, messenger, membership
         self.compute = compute  # the node's current stage compute (a move replaces it)
         self.requests: set[int] = set()  # restarted peers asking to come back
@@ -124,7 +130,9 @@ class Rejoin:
             dead = tuple(sorted(live.dead - {r}))
             asyncio.create_task(self._send_state(r, it + 1, dead, tuple(steps), state))
 
-    async def _send_state(self, r: int, join: int, dead: tuple[int, ...], steps: tuple[int, ...], state) -> None:
+    async def _send_state(
+        self, r: int, join: int, dead: tuple[int, ...], steps: tuple[int, ...], state
+    ) -> None:
         for notice in self.members.notices():  # what the peer missed while it was away (moves)
             await self.m.tell_direct(r, notice)
         await self.m.tell_direct(r, Welcome(join, dead, steps))

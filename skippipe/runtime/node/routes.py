@@ -17,6 +17,7 @@ a dead peer is restarted by its origin (iteration.py: attempt + 1, routed afresh
 restarts on the plan's path with the dead hops replaced by a router draw. A ca-repair reroute
 around a slow planned hop tells that hop (Reroute) so it stops waiting for the microbatch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,12 +28,12 @@ from ...routing import Report, Router, origins_only, path_length
 from ...routing_step import Spending, carried, received, restarted, route_forward, spendings
 from ...scenario import Scenario
 from ...schedule import MicrobatchPath, VariantSchedule
+from ..net.wire import Message
 from .control import Reroute
 from .datamsg import HOP_BITS, TAG_HOP, onward
 from .emulation import Emulation
 from .membership import Membership
 from .messenger import Messenger
-from ..net.wire import Message
 
 SET_BITS, QUEUE_BITS, MICROS_BITS = 16, 8, 31  # report layout above the hop: set, queue, µs
 
@@ -40,8 +41,15 @@ SET_BITS, QUEUE_BITS, MICROS_BITS = 16, 8, 31  # report layout above the hop: se
 class Routes:
     """A node's routing across iterations; inert for a variant without routing."""
 
-    def __init__(self, node: int, variant: VariantSchedule, scenario: Scenario, members: Membership,
-                 messenger: Messenger, emulation: Emulation):
+    def __init__(
+        self,
+        node: int,
+        variant: VariantSchedule,
+        scenario: Scenario,
+        members: Membership,
+        messenger: Messenger,
+        emulation: Emulation,
+    ):
         self.id, self.members, self.m, self.emulation = node, members, messenger, emulation
         self.routing, self.loss_at = variant.routing, variant.loss_at
         self.rule = None if variant.routing is None else variant.routing.rule
@@ -107,15 +115,17 @@ class Routes:
         """The path a forward's result (it ran `forward_s` scenario seconds) travels on, with
         the next hop chosen now (routing_step.py); a planned hop routed around is told so."""
         live = self.live()
-        step = route_forward(self.router, path.microbatch, op.hop, path.hops, live, forward_s,
-                             self.spending, it)
+        step = route_forward(
+            self.router, path.microbatch, op.hop, path.hops, live, forward_s, self.spending, it
+        )
         if step.avoided is not None and step.avoided.node in live[step.avoided.stage]:
             self.m.tell(step.avoided.node, Reroute(path.microbatch, it))
         for event in step.events:
             self.m.events.write(event.name, **event.fields())
         return dataclasses.replace(path, hops=step.hops)
 
-    def restart_path(self, path: MicrobatchPath, dead: set[int],
-                     allocation: tuple[tuple[int, ...], ...]) -> MicrobatchPath | None:
+    def restart_path(
+        self, path: MicrobatchPath, dead: set[int], allocation: tuple[tuple[int, ...], ...]
+    ) -> MicrobatchPath | None:
         """A restarted attempt's path (routing_step.restarted)."""
         return restarted(None if self.rule is None else self.router, path, dead, allocation)

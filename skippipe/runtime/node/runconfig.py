@@ -1,6 +1,7 @@
 """Run configuration shared by the launcher and its node processes (`runs/<run-id>/config.json`),
 and the writer of each node's JSONL event stream (`runs/<run-id>/events/node-N.jsonl`, the
 simulator's timeline format: read it with timeline.read_jsonl)."""
+
 from __future__ import annotations
 
 import dataclasses
