@@ -89,8 +89,8 @@ def failure_log(run_dir: Path) -> dict:
         f["detected_after_s"] = round(min(seen) - f["t"], 3) if seen else None
     per_it: dict[int, dict] = {}
     for e in events:
-        if e["event"] in ("microbatch_rerouted", "microbatch_lost"):
-            key = "rerouted" if e["event"] == "microbatch_rerouted" else "lost"
+        if e["event"] in ("microbatch_rerouted", "microbatch_restarted", "microbatch_lost"):
+            key = "lost" if e["event"] == "microbatch_lost" else "rerouted"
             per_it.setdefault(e["iteration"], {"rerouted": 0, "lost": 0})[key] += 1
     return {"faults": faults, "microbatches": per_it}
 

@@ -16,7 +16,7 @@ def tally(events: list[dict]) -> dict:
     degraded = {e["iteration"] for e in events if e.get("event") == "iteration_end" and e.get("degraded")}
     back = [e["iteration"] for e in events if e.get("event") == "rejoined"]
     return {
-        "rerouted": names["microbatch_rerouted"],
+        "rerouted": names["microbatch_rerouted"] + names["microbatch_restarted"],
         "lost": names["microbatch_lost"],
         "moves": names["rebalance"],
         "faults": names["fault"],

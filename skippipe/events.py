@@ -1,4 +1,4 @@
-"""The routing events the simulator and the nodes both write, one dataclass each, so a simulated
+"""The routing events the simulator and the nodes write, one dataclass each, so a simulated
 run's event log and a node run's log name the same happenings the same way and can be diffed.
 
 Each event has a `name` (its "event" key in a JSONL log) and its fields; both writers add the
@@ -59,3 +59,15 @@ class Routed(Event):
     microbatch: int
     attempt: int  # a restarted microbatch's attempt (0: its first)
     nodes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Restarted(Event):
+    """A data node restarted a microbatch that touched a dead node, on a repaired path (the nodes
+    only: the simulator's sessions take failures by whole iterations)."""
+
+    name: ClassVar[str] = "microbatch_restarted"
+    iteration: int
+    microbatch: int
+    attempt: int  # 1 for the first restart
+    nodes: tuple[int, ...]  # the repaired path

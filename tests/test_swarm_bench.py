@@ -39,7 +39,7 @@ EVENTS = [
     _end(1, 0, 10.0, 2),
     _end(2, 0),
     {"event": "fault", "node": 2, "iteration": 1, "how": "crash", "t": 2.0},
-    {"event": "microbatch_rerouted", "node": 0, "iteration": 1, "microbatch": 3, "attempt": 1, "t": 2.1},
+    {"event": "microbatch_restarted", "node": 0, "iteration": 1, "microbatch": 3, "attempt": 1, "t": 2.1},
     {"event": "microbatch_rerouted", "node": 3, "iteration": 1, "microbatch": 4, "hop": 2, "t": 2.2},
     {"event": "microbatch_lost", "node": 0, "iteration": 1, "microbatch": 5, "t": 2.3},
     _end(0, 1, 9.0, 3, degraded=True),

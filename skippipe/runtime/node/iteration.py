@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 
 from ...dispatch import Dispatcher
-from ...events import Routed
+from ...events import Restarted, Routed
 from ...ops import B, F, L, Op, OpKind, local_next
 from ...schedule import VariantSchedule
 from ..net.wire import Kind, Message
@@ -150,13 +150,8 @@ class Iteration:
             return
         self.attempt[mb] += 1
         self.paths[mb] = new
-        self.m.events.write(
-            "microbatch_rerouted",
-            iteration=self.it,
-            microbatch=mb,
-            attempt=self.attempt[mb],
-            nodes=list(new.nodes),
-        )
+        restarted = Restarted(self.it, mb, self.attempt[mb], tuple(new.nodes))
+        self.m.events.write(restarted.name, **restarted.fields())
         self.m.tell_live(Restart(mb, self.attempt[mb], self.it))
         self._add([F(mb, 0)])
         self.disp.arrive(F(mb, 0), time.monotonic())
