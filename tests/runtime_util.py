@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 from conftest import ROOT
-
 from skippipe.util.ports import free_port_range as free_base_port  # noqa: F401 (tests import it here)
 from skippipe.util.procs import signal_session
 

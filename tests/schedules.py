@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from conftest import SETTINGS
-
 from skippipe.costs import Costs
 from skippipe.ops import Op, node_of, op_chain, prev_op
 from skippipe.scenario import load_scenario

@@ -15,15 +15,15 @@ import socket
 import threading
 
 import pytest
+
 from netutil import AUTH, framed, node, raw_connect
 from runtime_util import run_skippipe
-from test_runtime import RUN_DEADLINE_S, _run, _wait_ready
-
 from skippipe.runtime.net.auth import CHALLENGE_BYTES, HELLO_BYTES, AuthError, RunAuth
 from skippipe.runtime.net.connection import LENGTH_BYTES
 from skippipe.runtime.net.deccom_adapter import node_key
 from skippipe.runtime.net.frames import TransportConfig
 from skippipe.runtime.net.wire import Kind, Message, encode
+from test_runtime import RUN_DEADLINE_S, _run, _wait_ready
 
 HOST = "127.0.0.1"
 TEST_DEADLINE_S = 30.0

@@ -6,9 +6,9 @@ import random
 import re
 
 import pytest
+
 from conftest import SETTINGS
 from runtime_util import free_base_port, run_skippipe
-
 from skippipe.costs import Costs
 from skippipe.network import GIB
 from skippipe.runtime.launch.report import averaging_by_stage, averaging_windows

@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SETTINGS
 
+from conftest import ROOT, SETTINGS
 from schedules import make_paths, make_schedule
 from schedules import tiny as tiny_scenario
 from skippipe.cli import COMMANDS, main

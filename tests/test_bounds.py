@@ -7,12 +7,12 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from test_cpsat import CASES, RULE_CASES, SOLVE_S, brute_force, data_for, make_scenario
 
 from skippipe.planner.bounds import PathBounds, set_times
 from skippipe.planner.cpsat import PathModel, solve
 from skippipe.planner.greedy import greedy_plan
 from skippipe.planner.model_data import Rules, all_sequences, plan_values
+from test_cpsat import CASES, RULE_CASES, SOLVE_S, brute_force, data_for, make_scenario
 
 RELAX_S = 5.0  # tiny relaxations are proven optimal in milliseconds
 RULE_SETS = {

@@ -4,8 +4,8 @@ the best full pipeline, its files, and its errors."""
 import json
 
 import pytest
-from conftest import SETTINGS
 
+from conftest import SETTINGS
 from skippipe.cli import main
 
 TINY = SETTINGS / "tiny.toml"

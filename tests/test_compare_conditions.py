@@ -4,8 +4,8 @@ straggler or churn, at the same memory, against the best full pipeline under the
 import json
 
 import pytest
-from conftest import SETTINGS
 
+from conftest import SETTINGS
 from skippipe.cli import main
 from skippipe.commands.compare_conditions import SLOW_FACTOR, fault_node
 from skippipe.schedule_file import load_schedule

@@ -15,8 +15,8 @@ import math
 from collections import Counter, defaultdict
 
 import pytest
-from conftest import SETTINGS
 
+from conftest import SETTINGS
 from skippipe.costs import Costs
 from skippipe.network import Link, Network, Node
 from skippipe.planner.cpsat import PathModel, solve

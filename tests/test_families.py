@@ -11,7 +11,6 @@ formula plus m LOSS_S."""
 import dataclasses
 
 import pytest
-from test_simulate import allocation_of, make_scenario
 
 from skippipe.costs import Costs
 from skippipe.memory import family_limits, peak_along
@@ -21,6 +20,7 @@ from skippipe.rules import planned_makespan, violations
 from skippipe.schedule import Schedule
 from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.simulate import simulate
+from test_simulate import allocation_of, make_scenario
 
 LOSS_S = 0.05  # the loss op's cost (forward 1 s): positive, as in every settings file
 

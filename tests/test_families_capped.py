@@ -6,9 +6,8 @@ import dataclasses
 import json
 
 import pytest
-from conftest import SETTINGS
-from test_simulate import allocation_of, make_scenario
 
+from conftest import SETTINGS
 from skippipe.cli import main
 from skippipe.memory import hold_within, peak_along, rounds_within
 from skippipe.ops import B, F, Op, OpKind, W
@@ -23,6 +22,7 @@ from skippipe.schedule import Schedule
 from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.simulate import simulate
 from skippipe.variants import REGISTRY
+from test_simulate import allocation_of, make_scenario
 
 FAMILIES = tuple(v.name for v in REGISTRY.values() if v.family)  # in table order
 

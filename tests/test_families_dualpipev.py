@@ -9,7 +9,6 @@ identical columns side by side (the other families' test shows identical columns
 import dataclasses
 
 import pytest
-from test_simulate import allocation_of, make_scenario
 
 from skippipe.costs import Costs
 from skippipe.memory import family_limits
@@ -22,6 +21,7 @@ from skippipe.rules import planned_makespan, violations
 from skippipe.schedule import Hop, Schedule
 from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.simulate import simulate
+from test_simulate import allocation_of, make_scenario
 
 F_S, B_S, W_S = 1.0, 1.0, 1.0  # forward, input gradient, weight gradient
 LOSS_S = 0.05

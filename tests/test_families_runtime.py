@@ -9,9 +9,9 @@ import json
 
 import pytest
 import torch
+
 from conftest import SETTINGS
 from runtime_util import free_base_port, run_skippipe
-
 from skippipe.memory import peak_along
 from skippipe.scenario import load_scenario
 from skippipe.schedule_file import load_schedule

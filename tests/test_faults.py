@@ -8,9 +8,9 @@ import time
 
 import pytest
 import torch
+
 from conftest import SETTINGS
 from runtime_util import alive, finish, free_base_port, run_skippipe, start_skippipe
-
 from schedules import make_paths, make_schedule, timed_schedule, tiny
 from skippipe.failures import (
     DEFAULT_SLOW_FACTOR,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from conftest import SETTINGS
-
 from skippipe.planner.cpsat import Rules
 from skippipe.planner.greedy import greedy_plan
 from skippipe.planner.model_data import build_data, plan_values

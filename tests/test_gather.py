@@ -12,15 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, SETTINGS
 from runtime_util import finish, start_skippipe
-from test_faults import schedule_file  # noqa: F401 (the hand-built tiny schedule, a fixture)
-
 from skippipe.runtime.launch.supervisor import Progress, summary
 from skippipe.runtime.node.runconfig import RunConfig
 from skippipe.timeline import read_jsonl
 from skippipe.util.ports import free_port
 from skippipe.util.procs import signal_session
+from test_faults import schedule_file  # noqa: F401 (the hand-built tiny schedule, a fixture)
 
 RUN_DEADLINE_S = 240
 DATA_NODES = (0, 1)  # of the hand-built schedule (tests/schedules.py)

@@ -6,10 +6,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import SETTINGS
 from ortools.sat.python import cp_model
-from test_cpsat import FAR_S, NEAR_S, data_for, make_scenario
 
+from conftest import SETTINGS
 from skippipe.planner import candidates
 from skippipe.planner.candidates import candidate_paths
 from skippipe.planner.cpsat import PathModel
@@ -20,6 +19,7 @@ from skippipe.planner.paths import stage_sequences
 from skippipe.rules import validate
 from skippipe.scenario import load_scenario
 from skippipe.schedule import Provenance, Schedule
+from test_cpsat import FAR_S, NEAR_S, data_for, make_scenario
 
 GEO_ALLOCATION = ((1, 3, 11, 13, 15), (7, 14, 16), (2, 4, 19), (0, 9, 12), (5, 10, 17), (6, 8, 18))
 

@@ -10,9 +10,9 @@ import signal
 import time
 
 import pytest
+
 from conftest import SETTINGS
 from runtime_util import alive, finish, free_base_port, run_skippipe, start_skippipe
-
 from schedules import make_paths, make_schedule, tiny
 from skippipe.runtime.net.auth import RunAuth
 from skippipe.runtime.net.transport import Transport

@@ -4,9 +4,8 @@ the package spells a variant's name, so none can keep its own list of them or br
 import ast
 from pathlib import Path
 
-from test_layout import _modules
-
 from skippipe.variants import VARIANTS
+from test_layout import _modules
 
 # (module, name): a registered name that is another thing's name too, or plain data, not a fact
 ALLOWED = {

@@ -6,14 +6,14 @@ from __future__ import annotations
 import random
 
 import pytest
-from conftest import SETTINGS
-from test_greedy import GEO_ALLOCATION, check_valid
 
+from conftest import SETTINGS
 from skippipe.planner.bounds import PathBounds
 from skippipe.planner.greedy import greedy_plan
 from skippipe.planner.lns import NEIGHBOURHOODS, _neighbourhood, improve_paths
 from skippipe.planner.model_data import Rules, build_data, plan_values
 from skippipe.scenario import load_scenario
+from test_greedy import GEO_ALLOCATION, check_valid
 
 
 @pytest.fixture(scope="module")

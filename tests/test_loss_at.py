@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-from test_simulate import B_S, F_S, HOP_S, L_S, make_scenario, make_schedule, op_events, start_of
 
 from schedules import TINY_ALLOCATION
 from skippipe.costs import Costs
@@ -21,6 +20,7 @@ from skippipe.sim.online import simulate_online
 from skippipe.sim.simulate import simulate
 from skippipe.train.model import build_stages, forward_path, head_of
 from skippipe.variants import VARIANTS, default_loss_at
+from test_simulate import B_S, F_S, HOP_S, L_S, make_scenario, make_schedule, op_events, start_of
 
 
 def with_loss_at(sched, name, loss_at):

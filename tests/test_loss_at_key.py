@@ -4,8 +4,8 @@
 import json
 
 import pytest
-from conftest import SETTINGS
 
+from conftest import SETTINGS
 from skippipe.cli import main
 from skippipe.scenario import load_scenario
 from skippipe.schedule_file import load_schedule

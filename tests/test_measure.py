@@ -14,9 +14,9 @@ import time
 import tomllib
 
 import pytest
+
 from conftest import ROOT, SETTINGS
 from runtime_util import alive, free_base_port, run_skippipe
-
 from skippipe.cli import main
 from skippipe.measure.figures import (
     MIB,

@@ -17,8 +17,8 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, SETTINGS
 
+from conftest import ROOT, SETTINGS
 from skippipe.recovery import quorum_verdict as verdict
 from skippipe.runtime.node.quorum import QUORUM_EXIT
 from skippipe.scenario import load_scenario

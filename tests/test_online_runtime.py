@@ -7,14 +7,14 @@ import json
 import math
 
 import pytest
-from runtime_util import run_skippipe
-from test_runtime import RUN_DEADLINE_S, _run, _run_dir
 
+from runtime_util import run_skippipe
 from skippipe.events import StageSetChosen
 from skippipe.rules import violations
 from skippipe.schedule import Hop, MicrobatchPath
 from skippipe.schedule_file import load_schedule
 from skippipe.timeline import read_jsonl
+from test_runtime import RUN_DEADLINE_S, _run, _run_dir
 
 
 def _train(tmp_path, schedule, variant, *extra):

@@ -5,8 +5,8 @@ and progress lines stay short."""
 import time
 
 import pytest
-from conftest import ROOT
 
+from conftest import ROOT
 from skippipe.planner.allocation import round_robin_allocation
 from skippipe.planner.allocation_search import allocate
 from skippipe.planner.model_data import build_data

@@ -10,15 +10,15 @@ import signal
 import time
 
 import pytest
+
 from conftest import SETTINGS
 from runtime_util import alive, finish, free_base_port, run_skippipe, start_skippipe
-from test_faults import schedule_file  # noqa: F401 (the hand-built tiny schedule, a fixture)
-
 from skippipe.recovery import quorum_verdict as verdict
 from skippipe.runtime.node.control import Welcome
 from skippipe.runtime.node.quorum import QUORUM_EXIT, Quorum, QuorumLost
 from skippipe.timeline import read_jsonl
 from skippipe.util.procs import signal_session
+from test_faults import schedule_file  # noqa: F401 (the hand-built tiny schedule, a fixture)
 
 TINY_ALLOCATION = ((0, 1), (2, 3), (4,), (5,))  # tests/schedules.py: stages 2 and 3 have one node
 RUN_DEADLINE_S = 240

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from conftest import SETTINGS
 
+from conftest import SETTINGS
 from skippipe.planner import allocate, random_variant
 from skippipe.planner.random_paths import random_stage_paths
 from skippipe.rules import cc3_problem, stage_visit_cap

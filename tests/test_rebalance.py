@@ -5,14 +5,14 @@ import glob
 
 import pytest
 import torch
-from test_online_runtime import _train
-from test_runtime import _run_dir
 
 from skippipe.failures import Condition, FailureSpec
 from skippipe.rebalance import MIN_GAIN, Move, Rebalancer, decide, moved, throughputs
 from skippipe.runtime.node.control import Load, MoveNotice, decode, encode
 from skippipe.schedule_file import load_schedule
 from skippipe.sim.session import simulate_session
+from test_online_runtime import _train
+from test_runtime import _run_dir
 
 ALLOC = ((0, 3), (2, 5), (4,), (1,))  # tiny's swarm allocation
 EVEN = {n: 0.01 for n in range(6)}  # every node 100 forwards per second

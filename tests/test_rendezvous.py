@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, SETTINGS
 from runtime_util import finish, run_skippipe, start_skippipe
-
 from skippipe.errors import SkipPipeError
 from skippipe.runtime.launch import keystore
 from skippipe.runtime.launch.keystore import StoreClient, StoreError

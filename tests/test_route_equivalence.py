@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_routing import _online
 
 from schedules import TINY_ALLOCATION, timed_schedule, tiny
 from skippipe.events import Rerouted, StageSetChosen
@@ -20,6 +19,7 @@ from skippipe.runtime.node.membership import Membership
 from skippipe.runtime.node.routes import Routes
 from skippipe.schedule import MicrobatchPath
 from skippipe.sim.online import _Online
+from test_routing import _online
 
 COMPARED = (StageSetChosen.name, Rerouted.name)  # the events routes.py writes itself
 

@@ -6,9 +6,8 @@ import dataclasses
 from collections import Counter
 
 import pytest
-from conftest import SETTINGS
-from test_simulate import make_scenario
 
+from conftest import SETTINGS
 from schedules import TINY_ALLOCATION, timed_schedule, tiny
 from skippipe.planner.online import REBALANCE_THRESHOLD, online_variant
 from skippipe.routing import Report, Router, stage_budgets
@@ -17,6 +16,7 @@ from skippipe.scenario import load_scenario
 from skippipe.schedule import Hop, Routing, Schedule
 from skippipe.schedule_file import from_dict, to_dict
 from skippipe.sim.online import predict, simulate_online
+from test_simulate import make_scenario
 
 
 def _router(sc, seed=0, node=0, rule="swarm", k=None, choice="least-time"):

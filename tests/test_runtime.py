@@ -9,9 +9,9 @@ import time
 
 import pytest
 import torch
+
 from conftest import SETTINGS
 from runtime_util import alive, free_base_port, run_skippipe
-
 from skippipe.scenario import load_scenario
 from skippipe.timeline import read_jsonl
 from skippipe.train.data import prepare_data, training_batches

@@ -2,8 +2,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SETTINGS
 
+from conftest import ROOT, SETTINGS
 from skippipe.costs import Costs
 from skippipe.scenario import load_scenario
 from skippipe.settings_checks import ScenarioError

@@ -2,8 +2,8 @@ import dataclasses
 import json
 
 import pytest
-from conftest import SETTINGS
 
+from conftest import SETTINGS
 from schedules import make_paths, make_schedule, replace_path, sequential_ops, timed_schedule, tiny
 from skippipe.costs import Costs
 from skippipe.ops import B, F

@@ -7,8 +7,8 @@ import math
 import re
 
 import pytest
-from conftest import SETTINGS
 
+from conftest import SETTINGS
 from skippipe.cli import main
 from skippipe.costs import Costs
 from skippipe.network import Link, Network, Node

@@ -7,9 +7,9 @@ stage), over enough iterations for the learning rate to change."""
 import json
 
 import pytest
+
 from conftest import SETTINGS
 from runtime_util import free_base_port, run_skippipe
-
 from skippipe.train.study import StudyOptions, run_study
 
 TINY = SETTINGS / "tiny.toml"

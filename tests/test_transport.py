@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 import pytest
-from netutil import framed, node, raw_connect
 
+from netutil import framed, node, raw_connect
 from skippipe.runtime.net.connection import LENGTH_BYTES
 from skippipe.runtime.net.frames import TransportConfig
 from skippipe.runtime.net.linkemu import LinkEmulator, LinkModel
