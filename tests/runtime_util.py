@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from conftest import ROOT
+from skippipe.util.ports import free_port
 from skippipe.util.ports import free_port_range as free_base_port  # noqa: F401 (tests import it here)
 from skippipe.util.procs import signal_session
 
@@ -55,3 +60,23 @@ def alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def run_torchrun(tmp_path, node_args: list[str], timeout_s: float, options: tuple[str, ...] = ()):
+    """Six nodes started by torchrun on loopback (`python -m skippipe node NODE_ARGS`, runs under
+    tmp_path/runs, one run key), torchrun `options` added; skips where torchrun is missing."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists() and not shutil.which("torchrun"):
+        pytest.skip("torchrun is not installed next to this Python")
+    head = ["--nnodes", "1", "--nproc-per-node", "6", "--master-addr", "127.0.0.1"]
+    args = [str(torchrun), *head, "--master-port", str(free_port()), *options, "-m", "skippipe", "node"]
+    proc = subprocess.Popen(
+        [*args, *node_args, "--runs", str(tmp_path / "runs")],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "SKIPPIPE_RUN_KEY": "cd" * 32},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    return finish(proc, timeout_s)

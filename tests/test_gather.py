@@ -3,18 +3,14 @@ per iteration and the summary, another host says its lines hold its own data nod
 torchrun rank 0 prints the same and writes iterations.json."""
 
 import json
-import os
 import re
-import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SETTINGS
-from runtime_util import finish, start_skippipe
+from conftest import SETTINGS
+from runtime_util import finish, run_torchrun, start_skippipe
 from skippipe.runtime.launch.supervisor import Progress, summary
 from skippipe.runtime.node.runconfig import RunConfig
 from skippipe.timeline import read_jsonl
@@ -140,47 +136,13 @@ def test_two_launchers_the_first_prints_the_whole_runs_loss(tmp_path, schedule_f
 
 @pytest.mark.swarm
 def test_under_torchrun_rank_0_prints_the_whole_run(tmp_path, schedule_file):  # noqa: F811
-    torchrun = Path(sys.executable).parent / "torchrun"
-    if not torchrun.exists() and not shutil.which("torchrun"):
-        pytest.skip("torchrun is not installed next to this Python")
-    args = [
-        str(torchrun),
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        "6",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(free_port()),
-        "--tee",
-        "3",
-        "--local-ranks-filter",
-        "0",
-        "-m",
-        "skippipe",
-        "node",
-        str(SETTINGS / "tiny.toml"),
-        "--variant",
-        "random",
-        "--schedule",
-        str(schedule_file),
-        "--iterations",
-        "2",
-        "--runs",
-        str(tmp_path / "runs"),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SKIPPIPE_RUN_KEY": "cd" * 32}
-    proc = subprocess.Popen(
-        args,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    node_args = [str(SETTINGS / "tiny.toml"), "--variant", "random", "--schedule", str(schedule_file)]
+    r = run_torchrun(
+        tmp_path,
+        [*node_args, "--iterations", "2"],
+        RUN_DEADLINE_S,
+        ("--tee", "3", "--local-ranks-filter", "0"),
     )
-    r = finish(proc, RUN_DEADLINE_S)
     assert r.returncode == 0, r.stdout
     whole = _whole_run_losses(tmp_path / "runs")
     run0 = next((tmp_path / "runs").glob("*-node0-*"))

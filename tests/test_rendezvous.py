@@ -5,17 +5,12 @@ torchrun itself."""
 
 import concurrent.futures
 import json
-import os
-import shutil
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, SETTINGS
-from runtime_util import finish, run_skippipe, start_skippipe
+from runtime_util import finish, run_skippipe, run_torchrun, start_skippipe
 from skippipe.errors import SkipPipeError
 from skippipe.runtime.launch import keystore
 from skippipe.runtime.launch.keystore import StoreClient, StoreError
@@ -300,44 +295,8 @@ def test_bad_multi_host_input_is_one_line(tmp_path, args, env, message):
 @pytest.mark.swarm
 def test_six_nodes_under_torchrun(tmp_path, tiny_schedule):
     """torchrun serves the store itself; each node joins it with its RANK and trains."""
-    torchrun = Path(sys.executable).parent / "torchrun"
-    if not torchrun.exists() and not shutil.which("torchrun"):
-        pytest.skip("torchrun is not installed next to this Python")
-    port = free_port()
-    args = [
-        str(torchrun),
-        "--nnodes",
-        "1",
-        "--nproc-per-node",
-        "6",
-        "--master-addr",
-        "127.0.0.1",
-        "--master-port",
-        str(port),
-        "-m",
-        "skippipe",
-        "node",
-        str(SETTINGS / "tiny.toml"),
-        "--variant",
-        "ca-partial",
-        "--schedule",
-        str(tiny_schedule),
-        "--iterations",
-        "1",
-        "--runs",
-        str(tmp_path / "runs"),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SKIPPIPE_RUN_KEY": "cd" * 32}
-    proc = subprocess.Popen(
-        args,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    r = finish(proc, 240)
+    node_args = [str(SETTINGS / "tiny.toml"), "--variant", "ca-partial", "--schedule", str(tiny_schedule)]
+    r = run_torchrun(tmp_path, [*node_args, "--iterations", "1"], 240)
     assert r.returncode == 0, r.stdout
     assert r.stdout.count("all 6 nodes registered") == 6
     ends = [
