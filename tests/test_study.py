@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -251,6 +252,18 @@ def test_same_seed_and_threads_train_the_same(corpus, tmp_path):
     a = runs.train_run(spec, study.results, study.work)
     b = runs.train_run(spec, tmp_path / "again", tmp_path / "again-work")
     assert a["curve"][-1]["mean_nll"] == b["curve"][-1]["mean_nll"] and a["test"] == b["test"]
+
+
+def test_a_sweep_without_the_weights_trains_the_run_again(corpus, tmp_path, monkeypatch):
+    study = plan.Study(cli.parse_args(_args(corpus, tmp_path)))
+    spec = study.spec("baseline", 3e-3, 1)
+    trained = runs.train_run(spec, study.results, study.work)
+    shutil.rmtree(study.work / spec.key / "checkpoint")  # a fresh clone: results, no weights
+    calls = _count_iterations(monkeypatch)
+    sweep = runs.sweep_run(spec, study.results, study.work, ())
+    assert len(calls) == 2 and len(sweep["paths"]) == 2**5
+    again = runs.load_result(runs.result_path(study.results, spec.key), spec.fingerprint())
+    assert again["test"] == trained["test"]  # the same seed trained the same weights
 
 
 @pytest.mark.slow  # trains 9 tiny models, scores 6 sweeps and 3 Kneser-Ney models

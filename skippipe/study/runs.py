@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..scenario import load_scenario
-from ..train.checkpoint import CheckpointInfo, load_checkpoint, save_checkpoint
+from ..train.checkpoint import CHECKPOINT_META, CheckpointInfo, load_checkpoint, save_checkpoint
 from ..train.data import prepare_data, training_batches, validation_batches
 from ..train.evaluate import omission_subsets, path_nll
 from ..train.local import train_iteration
@@ -154,12 +154,12 @@ def _train_loop(spec: RunSpec, cfg, stages, batches, valid) -> tuple[list[dict],
     return curve, train_cpu
 
 
-def train_run(spec: RunSpec, results: Path, work: Path) -> dict:
+def train_run(spec: RunSpec, results: Path, work: Path, reuse: bool = True) -> dict:
     """Train one model, scoring the full model on validation at `spec.eval_at` and on test at
-    the end; returns the stored result."""
+    the end; returns the stored result (reused when `reuse` and it matches the settings)."""
     _setup(spec.threads)
     path = result_path(results, spec.key)
-    done = load_result(path, spec.fingerprint())
+    done = load_result(path, spec.fingerprint()) if reuse else None
     if done is not None:
         return done
     start = time.perf_counter()
@@ -221,7 +221,12 @@ def sweep_run(spec: RunSpec, results: Path, work: Path, reordered: tuple[tuple[i
     done = load_result(path, fingerprint)
     if done is not None:
         return done
-    info, stages = load_checkpoint(work / spec.key / "checkpoint", spec.device)
+    checkpoint = work / spec.key / "checkpoint"
+    if not (checkpoint / CHECKPOINT_META).exists():
+        # results are committed, weights are not: a fresh clone trains the run again (seeded)
+        log.info("[%s] no weights under %s; training the run again to score its paths", spec.key, checkpoint)
+        train_run(spec, results, work, reuse=False)
+    info, stages = load_checkpoint(checkpoint, spec.device)
     data = prepare_data(spec.data, info.model.vocab_size, info.tokenizer_path, test_split=True)
     test = split_batches(data.test, spec, info.model.ctx_tokens)
     n = info.n_stages
