@@ -31,3 +31,13 @@ def tiny_schedule(tmp_path_factory, tiny_scenario):
     path = tmp_path_factory.mktemp("schedule") / "tiny.json"
     save_schedule(sched, path)
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fork_server_stopped():
+    """Launches made inside the test process (compare --emulate) fork their nodes from a server
+    that would live until pytest exits; stop it with the session."""
+    yield
+    from skippipe.runtime.launch.forks import stop_server
+
+    stop_server()

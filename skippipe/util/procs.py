@@ -53,12 +53,16 @@ class Children:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 env=env,
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
             )
         finally:
             if log is not None:
                 log.close()  # the child holds its own copy
         return self.procs[key]
+
+    def adopt(self, key: int, proc) -> None:
+        """Own a child started elsewhere (forks.py's Forked: Popen's pid, poll, wait, returncode)."""
+        self.procs[key] = proc
 
     def running(self) -> list[int]:
         return [k for k, p in self.procs.items() if p.poll() is None]
@@ -85,7 +89,7 @@ class Children:
         stop_sessions(self.procs.values(), grace_s)
 
 
-def _die_with_parent(parent: int) -> Callable[[], None] | None:
+def die_with_parent(parent: int) -> Callable[[], None] | None:
     """For the child, between fork and exec: SIGTERM when the parent dies. Where prctl is
     missing (not Linux) there is nothing to ask for: None."""
     try:

@@ -2,12 +2,12 @@
 processes FIRST..LAST-1 of a scenario on this host, follows their event streams, prints one line
 per iteration and a summary.
 
-It only ever signals the processes it started (each in its own session), stops all of them on
-Ctrl-C, SIGTERM, SIGHUP or when one fails (and the kernel stops them if the launcher itself is
-killed: procs.py), and exits non-zero when a node failed unexpectedly, when its nodes stopped
-for want of a quorum (quorum.py: one line says which stages or what majority was lost), when no
-iteration finished, or when the nodes ended the run disagreeing on which nodes are dead (a
-split). On node 0's host the lines hold every data node's loss, also those of other hosts
+The nodes are forked from a server that imported their code once (forks.py). It only ever
+signals the processes it started (each in its own session), stops all of them on Ctrl-C,
+SIGTERM, SIGHUP or when one fails (and the kernel stops them if the launcher itself is
+killed), and exits non-zero when a node failed unexpectedly, when its nodes stopped for want of
+a quorum (quorum.py: one line says which stages or what majority was lost), when no iteration
+finished, or when the nodes ended the run disagreeing on which nodes are dead (a split). On node 0's host the lines hold every data node's loss, also those of other hosts
 (gather.py); another host's summary says it covers its own data nodes only.
 """
 
@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import statistics
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from ...util.procs import Children, Terminated, interrupted_exit_code, supervise
 from ..node.emulation import Emulation
 from ..node.quorum import QUORUM_EXIT
 from ..node.runconfig import RunConfig, events_dir, save_config
+from . import forks
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,9 @@ class Launcher:
     def start(self) -> None:
         config = str(Path(self.cfg.run_dir) / "config.json")
         for n in self.nodes:
-            argv = [sys.executable, "-m", "skippipe", *self.command, config, str(n), *self.extra]
-            self.children.start(n, argv, Path(self.cfg.run_dir) / f"node-{n}{self._log_suffix()}.log")
+            args = [*self.command, config, str(n), *self.extra]
+            log = Path(self.cfg.run_dir) / f"node-{n}{self._log_suffix()}.log"
+            self.children.adopt(n, forks.start(args, log))
 
     def _log_suffix(self) -> str:
         if self.rejoin:
