@@ -7,8 +7,9 @@ signals the processes it started (each in its own session), stops all of them on
 SIGTERM, SIGHUP or when one fails (and the kernel stops them if the launcher itself is
 killed), and exits non-zero when a node failed unexpectedly, when its nodes stopped for want of
 a quorum (quorum.py: one line says which stages or what majority was lost), when no iteration
-finished, or when the nodes ended the run disagreeing on which nodes are dead (a split). On node 0's host the lines hold every data node's loss, also those of other hosts
-(gather.py); another host's summary says it covers its own data nodes only.
+finished, or when the nodes ended the run disagreeing on which nodes are dead (a split). On
+node 0's host the lines hold every data node's loss, also those of other hosts (gather.py);
+another host's summary says it covers its own data nodes only.
 """
 
 from __future__ import annotations
