@@ -32,6 +32,7 @@ from ...util.procs import die_with_parent
 PRELOAD = ("torch", "torch._dynamo", "skippipe.cli", "skippipe.runtime.node.process")
 
 _CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(list(PRELOAD))  # read when the server starts (on first use)
 
 
 class Forked:
@@ -47,18 +48,17 @@ class Forked:
         return self.process.exitcode
 
     def poll(self) -> int | None:
-        return self.process.exitcode
+        return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
         self.process.join(timeout)
-        if self.process.exitcode is None:
+        if self.returncode is None:
             raise subprocess.TimeoutExpired(self.args, timeout)
-        return self.process.exitcode
+        return self.returncode
 
 
 def start(args: Sequence[str], log_path: str | Path) -> Forked:
     """`python -m skippipe ARGS`, forked from the server (started on first use)."""
-    _CONTEXT.set_forkserver_preload(list(PRELOAD))
     env, cwd = dict(os.environ), os.getcwd()
     process = _CONTEXT.Process(target=_main, args=(list(args), str(log_path), env, cwd), daemon=True)
     process.start()
